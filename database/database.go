@@ -1,0 +1,137 @@
+// Package database is the one boundary between watermill-jasper and a database driver.
+//
+// Long-running components (forwarder, subscriber, durability node, admin tools) take a DB,
+// built from the pool the application already has:
+//
+//	db := database.FromPgx(pgxPool)           // PostgreSQL, pgx natively
+//	db, err := database.FromStdSQL(sqlDB)     // database/sql: pgx's stdlib driver or go-mssqldb
+//
+// Publishers instead take watermill-sql's ContextExecutor (sql.TxFromStdSQL(tx),
+// sql.TxFromPgx(tx), sql.BeginnerFromPgx(pool)...), exactly as watermill-sql's publisher does.
+package database
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Dialect names a supported database.
+type Dialect string
+
+const (
+	// Postgres is PostgreSQL (11 or later), through pgx (natively or its database/sql driver).
+	Postgres Dialect = "postgres"
+	// SQLServer is Microsoft SQL Server (2016 SP1 or later), through go-mssqldb.
+	SQLServer Dialect = "sqlserver"
+)
+
+// ErrUnsupported is wrapped by errors about drivers or dialects this library cannot use.
+var ErrUnsupported = errors.New("watermill-jasper: unsupported database")
+
+// ParseDialect turns "postgres"/"postgresql"/"pg" or "sqlserver"/"mssql" into a Dialect.
+func ParseDialect(s string) (Dialect, error) {
+	switch strings.ToLower(s) {
+	case "postgres", "postgresql", "pg":
+		return Postgres, nil
+	case "sqlserver", "mssql":
+		return SQLServer, nil
+	}
+	return "", fmt.Errorf("%w: unknown dialect %q (use postgres or sqlserver)", ErrUnsupported, s)
+}
+
+// Validate reports whether d is a supported dialect.
+func (d Dialect) Validate() error {
+	if d != Postgres && d != SQLServer {
+		return fmt.Errorf("%w: unknown dialect %q (use postgres or sqlserver)", ErrUnsupported, string(d))
+	}
+	return nil
+}
+
+// Querier runs statements. Arguments are always bound parameters.
+type Querier interface {
+	// Exec runs a statement and returns the number of rows it affected.
+	Exec(ctx context.Context, query string, args ...any) (int64, error)
+	// Query runs a statement that returns rows. The caller must Close the rows.
+	Query(ctx context.Context, query string, args ...any) (Rows, error)
+}
+
+// Rows is a result set being read.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close() error
+}
+
+// Tx is a database transaction.
+type Tx interface {
+	Querier
+	Commit(ctx context.Context) error
+	Rollback(ctx context.Context) error
+}
+
+// DB is a connection pool.
+type DB interface {
+	Querier
+	// Dialect of the database behind the pool.
+	Dialect() Dialect
+	// Begin starts a transaction (READ COMMITTED, the database default).
+	Begin(ctx context.Context) (Tx, error)
+	// Acquire takes one connection out of the pool for the caller's exclusive use (session
+	// locks, LISTEN). Close returns it.
+	Acquire(ctx context.Context) (Conn, error)
+}
+
+// Conn is a connection held exclusively, for session-scoped state such as advisory locks
+// and LISTEN.
+type Conn interface {
+	Querier
+	// Begin starts a transaction on this connection.
+	Begin(ctx context.Context) (Tx, error)
+	// WaitForNotification blocks until a notification arrives on a channel this connection
+	// LISTENs to, or ctx ends. PostgreSQL only.
+	WaitForNotification(ctx context.Context) (channel string, payload string, err error)
+	// Close gives the connection back to the pool. When broken is true (its session state is
+	// unknown, e.g. a notification wait was interrupted) the connection is closed instead.
+	Close(broken bool) error
+}
+
+// QueryRow runs query and scans its single row into dest. It returns ErrNoRows when the
+// query returns none.
+func QueryRow(ctx context.Context, q Querier, query string, args []any, dest ...any) error {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	return rows.Close()
+}
+
+// ErrNoRows is returned by QueryRow when the query returned no row.
+var ErrNoRows = errors.New("watermill-jasper: no rows")
+
+// InTx runs fn in a transaction on db, committing when fn returns nil and rolling back otherwise.
+func InTx(ctx context.Context, db interface {
+	Begin(ctx context.Context) (Tx, error)
+}, fn func(tx Tx) error) error {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return err
+	}
+	return tx.Commit(ctx)
+}

@@ -1,0 +1,123 @@
+package database
+
+import (
+	"context"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// FromPgx wraps a pgx pool (PostgreSQL).
+func FromPgx(pool *pgxpool.Pool) DB { return pgxDB{pool: pool} }
+
+type pgxDB struct{ pool *pgxpool.Pool }
+
+func (d pgxDB) Dialect() Dialect { return Postgres }
+
+func (d pgxDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	tag, err := d.pool.Exec(ctx, query, args...)
+	return tag.RowsAffected(), err
+}
+
+func (d pgxDB) Query(ctx context.Context, query string, args ...any) (Rows, error) {
+	rows, err := d.pool.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgxRows{rows}, nil
+}
+
+func (d pgxDB) Begin(ctx context.Context) (Tx, error) {
+	tx, err := d.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pgxTx{tx}, nil
+}
+
+func (d pgxDB) Acquire(ctx context.Context) (Conn, error) {
+	c, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pgxConn{c: c}, nil
+}
+
+type pgxRows struct{ r pgx.Rows }
+
+func (r pgxRows) Next() bool             { return r.r.Next() }
+func (r pgxRows) Scan(dest ...any) error { return r.r.Scan(dest...) }
+func (r pgxRows) Err() error             { return r.r.Err() }
+func (r pgxRows) Close() error           { r.r.Close(); return r.r.Err() }
+
+type pgxQuerier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func pgxExec(ctx context.Context, q pgxQuerier, query string, args []any) (int64, error) {
+	tag, err := q.Exec(ctx, query, args...)
+	return tag.RowsAffected(), err
+}
+
+func pgxQuery(ctx context.Context, q pgxQuerier, query string, args []any) (Rows, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgxRows{rows}, nil
+}
+
+type pgxTx struct{ tx pgx.Tx }
+
+func (t pgxTx) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	return pgxExec(ctx, t.tx, query, args)
+}
+func (t pgxTx) Query(ctx context.Context, query string, args ...any) (Rows, error) {
+	return pgxQuery(ctx, t.tx, query, args)
+}
+func (t pgxTx) Commit(ctx context.Context) error   { return t.tx.Commit(ctx) }
+func (t pgxTx) Rollback(ctx context.Context) error { return t.tx.Rollback(ctx) }
+
+type pgxConn struct{ c *pgxpool.Conn }
+
+func (c *pgxConn) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	return pgxExec(ctx, c.c, query, args)
+}
+func (c *pgxConn) Query(ctx context.Context, query string, args ...any) (Rows, error) {
+	return pgxQuery(ctx, c.c, query, args)
+}
+func (c *pgxConn) Begin(ctx context.Context) (Tx, error) {
+	tx, err := c.c.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return pgxTx{tx}, nil
+}
+func (c *pgxConn) WaitForNotification(ctx context.Context) (string, string, error) {
+	return waitPgx(ctx, c.c.Conn())
+}
+func (c *pgxConn) Close(broken bool) error {
+	if c.c == nil {
+		return nil
+	}
+	if broken {
+		_ = c.c.Conn().Close(context.Background())
+	}
+	c.c.Release()
+	c.c = nil
+	return nil
+}
+
+func waitPgx(ctx context.Context, conn *pgx.Conn) (string, string, error) {
+	n, err := conn.WaitForNotification(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	if n == nil {
+		return "", "", errors.New("watermill-jasper: empty notification")
+	}
+	return n.Channel, n.Payload, nil
+}

@@ -1,0 +1,139 @@
+// Package testdb gives tests a real PostgreSQL (and, when configured, SQL Server) database:
+// one shared pool per test binary and a fresh schema with a random name per test, dropped
+// when the test ends. A database that cannot be reached fails the test with the command
+// that starts it; nothing is skipped silently.
+package testdb
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// DefaultPostgresDSN is the local test database of the build machines.
+const DefaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// MSSQLEnv names the variable holding a SQL Server DSN for the SQL Server tests.
+const MSSQLEnv = "WATERMILL_JASPER_TEST_MSSQL"
+
+// PostgresDSN is the DSN tests use: $WATERMILL_JASPER_TEST_POSTGRES, else DefaultPostgresDSN.
+func PostgresDSN() string {
+	if dsn := os.Getenv("WATERMILL_JASPER_TEST_POSTGRES"); dsn != "" {
+		return dsn
+	}
+	return DefaultPostgresDSN
+}
+
+const startHint = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start (or set WATERMILL_JASPER_TEST_POSTGRES)"
+
+var (
+	poolOnce sync.Once
+	pool     *pgxpool.Pool
+	poolErr  error
+	stdOnce  sync.Once
+	stdDB    *sql.DB
+	stdErr   error
+)
+
+// Pool returns the shared pgx pool of this test binary (at most 20 connections, so that
+// packages testing in parallel stay under PostgreSQL's 100).
+func Pool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	poolOnce.Do(func() {
+		cfg, err := pgxpool.ParseConfig(PostgresDSN())
+		if err != nil {
+			poolErr = err
+			return
+		}
+		cfg.MaxConns = 20
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pool, poolErr = pgxpool.NewWithConfig(ctx, cfg)
+		if poolErr == nil {
+			poolErr = pool.Ping(ctx)
+		}
+	})
+	if poolErr != nil {
+		t.Fatalf("PostgreSQL at %s is not reachable (%v); %s", redacted(), poolErr, startHint)
+	}
+	return pool
+}
+
+// StdDB returns the shared database/sql pool (pgx stdlib driver) of this test binary.
+func StdDB(t testing.TB) *sql.DB {
+	t.Helper()
+	stdOnce.Do(func() {
+		stdDB, stdErr = sql.Open("pgx", PostgresDSN())
+		if stdErr == nil {
+			stdDB.SetMaxOpenConns(10)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stdErr = stdDB.PingContext(ctx)
+		}
+	})
+	if stdErr != nil {
+		t.Fatalf("PostgreSQL at %s is not reachable (%v); %s", redacted(), stdErr, startHint)
+	}
+	return stdDB
+}
+
+func redacted() string {
+	if os.Getenv("WATERMILL_JASPER_TEST_POSTGRES") != "" {
+		return "$WATERMILL_JASPER_TEST_POSTGRES"
+	}
+	return DefaultPostgresDSN
+}
+
+// RandomName returns prefix followed by 12 random hex digits.
+func RandomName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// Schema creates an empty schema with a random name, drops it (CASCADE) when the test ends
+// and returns its name.
+func Schema(t testing.TB) string {
+	t.Helper()
+	p := Pool(t)
+	name := RandomName("wj_test_")
+	if _, err := p.Exec(context.Background(), fmt.Sprintf(`CREATE SCHEMA "%s"`, name)); err != nil {
+		t.Fatalf("create schema %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := p.Exec(ctx, fmt.Sprintf(`DROP SCHEMA IF EXISTS "%s" CASCADE`, name)); err != nil {
+			t.Errorf("drop schema %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// Migrated creates a random schema, migrates it and returns the pgx-backed handle and the
+// schema config.
+func Migrated(t testing.TB) (database.DB, schema.Config) {
+	t.Helper()
+	db := database.FromPgx(Pool(t))
+	cfg := schema.Config{Schema: Schema(t)}
+	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	cfg, err := cfg.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, cfg
+}

@@ -1,0 +1,209 @@
+package schema
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+)
+
+// DifferenceKind classifies a Difference.
+type DifferenceKind string
+
+// Kinds of differences Verify reports.
+const (
+	MissingTable      DifferenceKind = "missing table"
+	MissingColumn     DifferenceKind = "missing column"
+	WrongType         DifferenceKind = "wrong type"
+	WrongNullability  DifferenceKind = "wrong nullability"
+	MissingPrimaryKey DifferenceKind = "missing primary key"
+	MissingIndex      DifferenceKind = "missing index"
+	MissingObject     DifferenceKind = "missing object"
+)
+
+// Difference is one way a live database differs from the expected layout.
+type Difference struct {
+	Kind   DifferenceKind
+	Table  string // table, or "" for schema-level objects
+	Column string // column, index or object name, when the difference is about one
+	Want   string // expected type or nullability, when relevant
+	Got    string // actual type or nullability, when relevant
+	// Extension is true when the missing piece is one of this library's additive extensions
+	// (Migrate adds it); false for a difference from Jasper's own layout.
+	Extension bool
+}
+
+func (d Difference) String() string {
+	var b strings.Builder
+	if d.Extension {
+		b.WriteString("extension: ")
+	}
+	b.WriteString(string(d.Kind))
+	switch {
+	case d.Table != "" && d.Column != "":
+		fmt.Fprintf(&b, " %s.%s", d.Table, d.Column)
+	case d.Table != "":
+		fmt.Fprintf(&b, " %s", d.Table)
+	case d.Column != "":
+		fmt.Fprintf(&b, " %s", d.Column)
+	}
+	if d.Want != "" || d.Got != "" {
+		fmt.Fprintf(&b, ": want %s, got %s", d.Want, d.Got)
+	}
+	return b.String()
+}
+
+// VerifyOptions tunes Verify.
+type VerifyOptions struct {
+	// JasperOnly checks only Jasper's own layout and ignores missing extensions.
+	JasperOnly bool
+}
+
+type liveColumn struct {
+	typ      string
+	nullable bool
+}
+
+// Verify compares the live database with the expected layout and returns every difference:
+// missing tables and columns, wrong types and nullability, missing primary keys and, on SQL
+// Server, a missing EnvelopeIdList type or procedure. Missing extension columns and indexes are
+// reported as such (Difference.Extension). Columns the layout does not know are ignored. An
+// empty result means the layout matches. SQL Server varchar columns wider than Jasper's are
+// accepted.
+func Verify(ctx context.Context, db database.DB, cfg Config, opts VerifyOptions) ([]Difference, error) {
+	cfg, err := forDB(db, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := dialectDDL(cfg.Dialect)
+	p := d.placeholder(1)
+	tables := map[string]map[string]liveColumn{}
+	rows, err := db.Query(ctx, `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
+FROM information_schema.columns WHERE table_schema = `+p+` AND table_name IN ('`+IncomingTable+`', '`+OutgoingTable+`', '`+DeadLetterTable+`')`, cfg.Schema)
+	if err != nil {
+		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read columns: %w", cfg.Schema, err)
+	}
+	for rows.Next() {
+		var table, column, typ, nullable string
+		var length int64
+		if err := rows.Scan(&table, &column, &typ, &nullable, &length); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("watermill-jasper: verify schema %s: %w", cfg.Schema, err)
+		}
+		if cfg.Dialect == SQLServer && (typ == "varchar" || typ == "nvarchar" || typ == "varbinary") {
+			typ = fmt.Sprintf("%s:%d", typ, length)
+		}
+		if tables[table] == nil {
+			tables[table] = map[string]liveColumn{}
+		}
+		tables[table][strings.ToLower(column)] = liveColumn{typ: typ, nullable: nullable == "YES"}
+	}
+	if err := rows.Close(); err != nil {
+		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read columns: %w", cfg.Schema, err)
+	}
+
+	pks, err := stringSet(ctx, db, `SELECT tc.table_name FROM information_schema.table_constraints tc
+JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
+WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = `+p+` AND kcu.column_name = 'id'`, cfg.Schema)
+	if err != nil {
+		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read primary keys: %w", cfg.Schema, err)
+	}
+
+	var diffs []Difference
+	for _, t := range Tables() {
+		live, ok := tables[t.Name]
+		if !ok {
+			diffs = append(diffs, Difference{Kind: MissingTable, Table: t.Name})
+			continue
+		}
+		if !pks[t.Name] {
+			diffs = append(diffs, Difference{Kind: MissingPrimaryKey, Table: t.Name, Column: "id"})
+		}
+		for _, c := range t.Columns {
+			if c.Extension && opts.JasperOnly {
+				continue
+			}
+			lc, ok := live[c.Name]
+			if !ok {
+				diffs = append(diffs, Difference{Kind: MissingColumn, Table: t.Name, Column: c.Name, Extension: c.Extension})
+				continue
+			}
+			if want := d.infoType(c); !typeMatches(want, lc.typ) {
+				diffs = append(diffs, Difference{Kind: WrongType, Table: t.Name, Column: c.Name, Want: want, Got: lc.typ})
+			}
+			if lc.nullable != c.Nullable {
+				diffs = append(diffs, Difference{Kind: WrongNullability, Table: t.Name, Column: c.Name, Want: nullability(c.Nullable), Got: nullability(lc.nullable)})
+			}
+		}
+	}
+
+	if cfg.Dialect == SQLServer {
+		objects, err := stringSet(ctx, db, `SELECT t.name FROM sys.table_types t JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1
+UNION ALL SELECT p.name FROM sys.procedures p JOIN sys.schemas s ON s.schema_id = p.schema_id WHERE s.name = @p1`, cfg.Schema)
+		if err != nil {
+			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read objects: %w", cfg.Schema, err)
+		}
+		for _, name := range append([]string{EnvelopeIDList}, StoredProcedures()...) {
+			if !objects[strings.ToLower(name)] {
+				diffs = append(diffs, Difference{Kind: MissingObject, Column: name})
+			}
+		}
+	}
+
+	if !opts.JasperOnly {
+		q := `SELECT indexname FROM pg_indexes WHERE schemaname = $1`
+		if cfg.Dialect == SQLServer {
+			q = `SELECT i.name FROM sys.indexes i JOIN sys.tables t ON t.object_id = i.object_id JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1 AND i.name IS NOT NULL`
+		}
+		indexes, err := stringSet(ctx, db, q, cfg.Schema)
+		if err != nil {
+			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read indexes: %w", cfg.Schema, err)
+		}
+		for _, ix := range extensionIndexes {
+			if _, ok := tables[ix.Table]; ok && !indexes[ix.Name] {
+				diffs = append(diffs, Difference{Kind: MissingIndex, Table: ix.Table, Column: ix.Name, Extension: true})
+			}
+		}
+	}
+	return diffs, nil
+}
+
+func nullability(nullable bool) string {
+	if nullable {
+		return "NULL"
+	}
+	return "NOT NULL"
+}
+
+// typeMatches compares an expected and a live type; SQL Server varchar may be wider than Jasper's.
+func typeMatches(want, got string) bool {
+	if want == got {
+		return true
+	}
+	var wn, gn int
+	if _, err := fmt.Sscanf(want, "varchar:%d", &wn); err != nil {
+		return false
+	}
+	if _, err := fmt.Sscanf(got, "varchar:%d", &gn); err != nil {
+		return false
+	}
+	return gn == MaxLength || (wn != MaxLength && gn >= wn)
+}
+
+func stringSet(ctx context.Context, q database.Querier, query string, args ...any) (map[string]bool, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out[strings.ToLower(s)] = true
+	}
+	return out, rows.Close()
+}
