@@ -67,7 +67,9 @@ func TestMigrateConcurrently(t *testing.T) {
 	ctx := context.Background()
 	db := database.FromPgx(testdb.Pool(t))
 	cfg := schema.Config{Schema: testdb.RandomName("wj_test_conc_")}
-	t.Cleanup(func() { _, _ = db.Exec(context.Background(), fmt.Sprintf(`DROP SCHEMA IF EXISTS "%s" CASCADE`, cfg.Schema)) })
+	t.Cleanup(func() {
+		_, _ = db.Exec(context.Background(), fmt.Sprintf(`DROP SCHEMA IF EXISTS "%s" CASCADE`, cfg.Schema))
+	})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for i := 0; i < 8; i++ {
