@@ -1,0 +1,139 @@
+package row
+
+import (
+	"database/sql"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// UUIDCodec converts UUIDs for a driver: PostgreSQL takes the text form, SQL Server needs
+// go-mssqldb's UniqueIdentifier (mixed byte order). internal/sqldialect provides one per dialect.
+type UUIDCodec interface {
+	// Arg is the bind value for u.
+	Arg(u uuid.UUID) any
+	// Dest is a scan destination that stores into u (NULL leaves the zero UUID).
+	Dest(u *uuid.UUID) any
+}
+
+// Scanner is a row being read (database.Rows).
+type Scanner interface{ Scan(dest ...any) error }
+
+// Columns shared by both envelope tables, in bind and scan order.
+var sharedColumns = []string{
+	"id", "owner_id", "attempts", "body", "conversation_id", "correlation_id", "parent_id",
+	"saga_id", "message_type", "content_type", "reply_requested", "ack_requested", "reply_uri",
+	"message_uuid", "headers",
+}
+
+// OutgoingColumns are the columns OutgoingArgs binds and ScanOutgoing reads, in order.
+var OutgoingColumns = append(append([]string(nil), sharedColumns...), "destination", "deliver_by")
+
+// IncomingColumns are the columns IncomingArgs binds and ScanIncoming reads, in order.
+var IncomingColumns = append(append([]string(nil), sharedColumns...), "received_at", "status", "execution_time")
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+func nullTime(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UTC()
+}
+
+func (e *Envelope) sharedArgs(c UUIDCodec) []any {
+	var conv any
+	if e.ConversationID != nil {
+		conv = c.Arg(*e.ConversationID)
+	}
+	var headers any
+	if e.Headers != nil {
+		headers = string(e.Headers)
+	}
+	return []any{
+		c.Arg(e.ID), e.OwnerID, e.Attempts, e.Body, conv, nullString(e.CorrelationID), nullString(e.ParentID),
+		nullString(e.SagaID), e.MessageType, nullString(e.ContentType), nullString(e.ReplyRequested), e.AckRequested,
+		nullString(e.ReplyURI), nullString(e.MessageUUID), headers,
+	}
+}
+
+// OutgoingArgs appends the bind values of OutgoingColumns to args.
+func (e *Envelope) OutgoingArgs(args []any, c UUIDCodec) []any {
+	return append(append(args, e.sharedArgs(c)...), e.Destination, nullTime(e.DeliverBy))
+}
+
+// IncomingArgs appends the bind values of IncomingColumns to args.
+func (e *Envelope) IncomingArgs(args []any, c UUIDCodec) []any {
+	return append(append(args, e.sharedArgs(c)...), nullString(e.Destination), e.Status, nullTime(e.ExecutionTime))
+}
+
+type scanned struct {
+	conv                                               uuid.UUID
+	corr, parent, saga, ctype, replyReq, replyURI, mid sql.NullString
+	headers, dest                                      sql.NullString
+	attempts                                           sql.NullInt64
+	ack                                                sql.NullBool
+}
+
+func (e *Envelope) sharedDests(s *scanned, c UUIDCodec) []any {
+	return []any{
+		c.Dest(&e.ID), &e.OwnerID, &s.attempts, &e.Body, c.Dest(&s.conv), &s.corr, &s.parent, &s.saga,
+		&e.MessageType, &s.ctype, &s.replyReq, &s.ack, &s.replyURI, &s.mid, &s.headers,
+	}
+}
+
+func (e *Envelope) finish(s *scanned) {
+	if s.conv != uuid.Nil {
+		id := s.conv
+		e.ConversationID = &id
+	}
+	e.Attempts = int(s.attempts.Int64)
+	e.CorrelationID, e.ParentID, e.SagaID = s.corr.String, s.parent.String, s.saga.String
+	e.ContentType, e.ReplyRequested, e.ReplyURI = s.ctype.String, s.replyReq.String, s.replyURI.String
+	e.AckRequested = s.ack.Bool
+	e.MessageUUID = s.mid.String
+	e.Destination = s.dest.String
+	if s.headers.Valid {
+		e.Headers = []byte(s.headers.String)
+	}
+	if e.Body == nil {
+		e.Body = []byte{}
+	}
+}
+
+// ScanOutgoing reads one row selected with OutgoingColumns.
+func ScanOutgoing(r Scanner, c UUIDCodec) (Envelope, error) {
+	var e Envelope
+	var s scanned
+	var deliverBy sql.NullTime
+	if err := r.Scan(append(e.sharedDests(&s, c), &s.dest, &deliverBy)...); err != nil {
+		return Envelope{}, err
+	}
+	e.finish(&s)
+	if deliverBy.Valid {
+		t := deliverBy.Time.UTC()
+		e.DeliverBy = &t
+	}
+	return e, nil
+}
+
+// ScanIncoming reads one row selected with IncomingColumns.
+func ScanIncoming(r Scanner, c UUIDCodec) (Envelope, error) {
+	var e Envelope
+	var s scanned
+	var exec sql.NullTime
+	if err := r.Scan(append(e.sharedDests(&s, c), &s.dest, &e.Status, &exec)...); err != nil {
+		return Envelope{}, err
+	}
+	e.finish(&s)
+	if exec.Valid {
+		t := exec.Time.UTC()
+		e.ExecutionTime = &t
+	}
+	return e, nil
+}

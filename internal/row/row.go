@@ -1,0 +1,198 @@
+// Package row is the one place where a Watermill message becomes a Jasper envelope row and
+// back (DESIGN.md, "Message <-> envelope row"). Every package that reads or writes envelopes
+// uses it; the SQL that moves rows lives in internal/sqldialect.
+package row
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/components/delay"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+
+	"github.com/watermill-jasper/watermill-jasper/metadata"
+)
+
+// Envelope is one row of jasper_outgoing_envelopes or jasper_incoming_envelopes (Jasper 2.0
+// layout plus extensions). Empty strings are stored as NULL in nullable columns.
+type Envelope struct {
+	ID      uuid.UUID
+	OwnerID int32
+	// Status is the incoming status (Incoming, Scheduled, Handled); unused for outgoing rows.
+	Status string
+	// Destination is the outgoing destination, or the incoming received_at (the topic).
+	Destination    string
+	ExecutionTime  *time.Time
+	DeliverBy      *time.Time
+	Attempts       int
+	Body           []byte
+	ConversationID *uuid.UUID
+	CorrelationID  string
+	ParentID       string
+	SagaID         string
+	MessageType    string
+	ContentType    string
+	ReplyRequested string
+	AckRequested   bool
+	ReplyURI       string
+	// MessageUUID is the Watermill message UUID, verbatim (extension column message_uuid).
+	MessageUUID string
+	// Headers is every metadata pair as a JSON object (extension column headers); nil for rows
+	// written by Jasper, whose metadata is rebuilt from the columns.
+	Headers []byte
+}
+
+// Defaults fill columns Jasper requires when the message's metadata does not.
+type Defaults struct {
+	MessageType string // default "watermill-message"
+	ContentType string // default "application/json"
+}
+
+// DefaultMessageType and DefaultContentType are used when Defaults leaves them empty.
+const (
+	DefaultMessageType = "watermill-message"
+	DefaultContentType = "application/json"
+)
+
+// ErrInvalidMessage is wrapped by every error about a message that cannot become a row.
+var ErrInvalidMessage = errors.New("watermill-jasper: invalid message")
+
+// idNamespace seeds the deterministic envelope ids (UUIDv5 of topic and message UUID).
+var idNamespace = uuid.MustParse("6f0e5c7e-61a2-4a8b-9c3f-2b1d9a7e4c10")
+
+// EnvelopeID derives a row id from a topic and a message UUID: the same message published
+// twice to one topic gets one id (an idempotent re-publish), and to two topics two ids.
+func EnvelopeID(topic, messageUUID string) uuid.UUID {
+	return uuid.NewSHA1(idNamespace, []byte(topic+"\x00"+messageUUID))
+}
+
+// FromMessage maps a message published to topic into an envelope row. Status, OwnerID and
+// ExecutionTime are left for the caller (outbox or durable queue) to decide.
+func FromMessage(topic string, msg *message.Message, d Defaults) (Envelope, error) {
+	if msg == nil {
+		return Envelope{}, fmt.Errorf("%w: nil message", ErrInvalidMessage)
+	}
+	if d.MessageType == "" {
+		d.MessageType = DefaultMessageType
+	}
+	if d.ContentType == "" {
+		d.ContentType = DefaultContentType
+	}
+	md := msg.Metadata
+	e := Envelope{
+		ID:             EnvelopeID(topic, msg.UUID),
+		Destination:    topic,
+		Body:           msg.Payload,
+		CorrelationID:  md.Get(metadata.CorrelationID),
+		ParentID:       md.Get(metadata.TraceParent),
+		SagaID:         md.Get(metadata.SagaID),
+		MessageType:    firstNonEmpty(md.Get(metadata.MessageType), md.Get("name"), d.MessageType),
+		ContentType:    firstNonEmpty(md.Get(metadata.ContentType), d.ContentType),
+		ReplyRequested: md.Get(metadata.ReplyRequested),
+		ReplyURI:       md.Get(metadata.ReplyURI),
+		MessageUUID:    msg.UUID,
+	}
+	if e.Body == nil {
+		e.Body = []byte{} // body is NOT NULL
+	}
+	if v := md.Get(metadata.ConversationID); v != "" {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not a UUID", ErrInvalidMessage, metadata.ConversationID, v)
+		}
+		e.ConversationID = &id
+	}
+	if v := md.Get(metadata.AckRequested); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not a boolean", ErrInvalidMessage, metadata.AckRequested, v)
+		}
+		e.AckRequested = b
+	}
+	if v := md.Get(metadata.DeliverBy); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not an RFC 3339 time", ErrInvalidMessage, metadata.DeliverBy, v)
+		}
+		t = t.UTC()
+		e.DeliverBy = &t
+	}
+	if len(md) > 0 {
+		h, err := json.Marshal(map[string]string(md))
+		if err != nil {
+			return Envelope{}, fmt.Errorf("%w: metadata: %w", ErrInvalidMessage, err)
+		}
+		e.Headers = h
+	}
+	return e, nil
+}
+
+// DelayedUntil returns when a message delayed with Watermill's components/delay is due, or
+// the zero time when it is not delayed.
+func DelayedUntil(msg *message.Message) (time.Time, error) {
+	if v := msg.Metadata.Get(delay.DelayedUntilKey); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%w: metadata %s=%q is not an RFC 3339 time", ErrInvalidMessage, delay.DelayedUntilKey, v)
+		}
+		return t.UTC(), nil
+	}
+	return time.Time{}, nil
+}
+
+// ToMessage rebuilds the Watermill message from a row. Rows written by this library get
+// their metadata back exactly; rows written by Jasper get metadata from the columns. Either
+// way the delivery keys (envelope id, attempts) are set.
+func (e Envelope) ToMessage() (*message.Message, error) {
+	md := message.Metadata{}
+	if len(e.Headers) > 0 {
+		if err := json.Unmarshal(e.Headers, (*map[string]string)(&md)); err != nil {
+			return nil, fmt.Errorf("watermill-jasper: envelope %s: unreadable headers column: %w", e.ID, err)
+		}
+	} else {
+		set := func(k, v string) {
+			if v != "" {
+				md.Set(k, v)
+			}
+		}
+		set(metadata.MessageType, e.MessageType)
+		set(metadata.ContentType, e.ContentType)
+		set(metadata.CorrelationID, e.CorrelationID)
+		set(metadata.TraceParent, e.ParentID)
+		set(metadata.SagaID, e.SagaID)
+		set(metadata.ReplyURI, e.ReplyURI)
+		set(metadata.ReplyRequested, e.ReplyRequested)
+		if e.ConversationID != nil {
+			md.Set(metadata.ConversationID, e.ConversationID.String())
+		}
+		if e.AckRequested {
+			md.Set(metadata.AckRequested, "true")
+		}
+		if e.DeliverBy != nil {
+			md.Set(metadata.DeliverBy, e.DeliverBy.UTC().Format(time.RFC3339Nano))
+		}
+	}
+	md.Set(metadata.EnvelopeID, e.ID.String())
+	md.Set(metadata.Attempts, strconv.Itoa(e.Attempts))
+	id := e.MessageUUID
+	if id == "" {
+		id = e.ID.String()
+	}
+	msg := message.NewMessage(id, e.Body)
+	msg.Metadata = md
+	return msg, nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if strings.TrimSpace(v) != "" {
+			return v
+		}
+	}
+	return ""
+}

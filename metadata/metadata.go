@@ -1,0 +1,45 @@
+// Package metadata names the Watermill message metadata keys that watermill-jasper maps to
+// Jasper envelope columns. Set them on a message before publishing to fill the columns; the
+// subscriber and forwarder set them on the messages they deliver.
+//
+// Every metadata pair is also stored verbatim (the headers extension column), so a message
+// written by this library round-trips exactly; the keys below only decide what goes into
+// Jasper's own columns, which .NET Jasper nodes read.
+package metadata
+
+const (
+	// MessageType fills message_type (Jasper's message alias, which .NET handlers are found by).
+	// Fallbacks: the "name" key that Watermill's CQRS marshalers set, then the publisher's
+	// configured default ("watermill-message").
+	MessageType = "jasper_message_type"
+	// ContentType fills content_type. Fallback: the publisher's default ("application/json",
+	// Jasper's default serializer).
+	ContentType = "jasper_content_type"
+	// CorrelationID fills correlation_id; it is Watermill's own correlation id key
+	// (middleware.CorrelationIDMetadataKey).
+	CorrelationID = "correlation_id"
+	// TraceParent (W3C trace context) fills parent_id, so a trace continues across the outbox.
+	TraceParent = "traceparent"
+	// ConversationID fills conversation_id; it must be a UUID.
+	ConversationID = "jasper_conversation_id"
+	// SagaID fills saga_id.
+	SagaID = "jasper_saga_id"
+	// ReplyURI fills reply_uri.
+	ReplyURI = "jasper_reply_uri"
+	// ReplyRequested fills reply_requested (a message type alias).
+	ReplyRequested = "jasper_reply_requested"
+	// AckRequested fills ack_requested ("true" or "false").
+	AckRequested = "jasper_ack_requested"
+	// DeliverBy is the expiry (RFC 3339) filling deliver_by: an outgoing envelope not sent by
+	// then is discarded, as Jasper does.
+	DeliverBy = "jasper_deliver_by"
+	// Attempts is set on delivered messages: how many times delivery was attempted before.
+	Attempts = "jasper_attempts"
+	// EnvelopeID is set on delivered messages: the id of the row they came from.
+	EnvelopeID = "jasper_envelope_id"
+	// Destination is set on messages relayed by the forwarder: the Jasper destination URI of
+	// the outgoing envelope (the output topic may differ, see the forwarder's topic mapping).
+	Destination = "jasper_destination"
+	// Source is the Jasper "source" header (the sending service's name), kept in dead letters.
+	Source = "jasper_source"
+)
