@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"time"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/bench"
+)
+
+func benchCommand() command {
+	return group{
+		name:    "bench",
+		summary: "measure the outbox against Watermill's own (outbox)",
+		description: "Benchmarks run against a real PostgreSQL (and RabbitMQ); every leg works in a fresh schema " +
+			"with a random name that is dropped when the leg ends, also on failure or Ctrl-C.",
+		subs: []spec{benchOutbox},
+		examples: []string{
+			"bench outbox",
+			"bench outbox --amqp none --runs 3",
+		},
+	}.command()
+}
+
+var benchOutbox = spec{
+	name:    "bench outbox",
+	summary: "compare this library's outbox with Watermill's, side by side in one process",
+	description: "The same workload goes through (a) this library (publisher in the business transaction, " +
+		"forwarder) and (b) Watermill's outbox (watermill-sql v4 publisher in the same transaction + " +
+		"components/forwarder + watermill-sql subscriber polling every 10 ms), to a GoChannel sink and to " +
+		"RabbitMQ with publisher confirms. It measures the publish rate (one message per business " +
+		"transaction), the drain rate of a prefilled backlog, commit -> sink latency at a steady rate, " +
+		"the statements an idle relay sends, and, as the physical limit, a raw claim-then-delete loop " +
+		"over the same table.\n\nProgress goes to stderr; the tables and, last, one RESULT line go to stdout.",
+	examples: []string{
+		"bench outbox --dsn postgres://postgres@127.0.0.1:5432/test",
+		"bench outbox --amqp none --backlog 50000 --runs 3",
+	},
+	setup: func(fs *flag.FlagSet) runFunc {
+		var db dbFlags
+		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
+			"(default: $"+dsnEnv+", else "+defaultDSN+")")
+		cfg := bench.OutboxConfig{}
+		fs.StringVar(&cfg.AMQPURI, "amqp", bench.DefaultAMQPURI, "RabbitMQ `URL`, or none to skip the RabbitMQ legs")
+		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultBacklog, "`N` messages in the backlog of the drain legs and the raw loop")
+		fs.IntVar(&cfg.Payload, "payload", bench.DefaultPayload, "payload size in `BYTES`")
+		fs.IntVar(&cfg.Publishers, "publishers", bench.DefaultPublishers, "`N` goroutines running business transactions in the publish legs")
+		fs.DurationVar(&cfg.PublishDuration, "publish-duration", bench.DefaultPublishDuration, "`DURATION` of each publish leg (after a short warm-up)")
+		fs.IntVar(&cfg.Rate, "rate", bench.DefaultRate, "steady publish rate of the latency legs, in `MSG/S`")
+		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
+		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
+		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
+		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
+		return func(ctx context.Context, e *env, _ []string) error {
+			dsn, err := db.DSN()
+			if err != nil {
+				return err
+			}
+			d, err := dialectOfDSN(dsn)
+			if err != nil {
+				return err
+			}
+			if d != database.Postgres {
+				return usageErrorf("bench outbox needs PostgreSQL: give a postgres:// --dsn")
+			}
+			switch {
+			case cfg.Backlog < 1, cfg.Payload < 1, cfg.Publishers < 1, cfg.Rate < 1, cfg.Runs < 1:
+				return usageErrorf("--backlog, --payload, --publishers, --rate and --runs must be positive")
+			case cfg.PublishDuration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:
+				return usageErrorf("--publish-duration and --latency-duration must be at least 100ms")
+			}
+			cfg.DSN = dsn
+			if *cpuProfile != "" {
+				f, err := os.Create(*cpuProfile)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
+			res, err := bench.RunOutbox(ctx, cfg, e.stderr)
+			if err != nil {
+				return redactError(err, dsn)
+			}
+			if err := res.WriteTable(e.stdout); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(e.stdout, "\n"+res.ResultLine())
+			return err
+		}
+	},
+}

@@ -1,0 +1,357 @@
+package main
+
+// The database connection shared by every command: the --dsn and --schema flags, opening a
+// handle for the DSN's dialect, and keeping passwords out of every line the CLI prints.
+//
+// A command that needs the database registers the flags and opens the handle:
+//
+//	var db dbFlags
+//	db.register(fs)
+//	...
+//	h, cfg, closeDB, err := db.open(ctx) // validated schema.Config, pinged handle
+//	if err != nil {
+//		return err
+//	}
+//	defer closeDB()
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/microsoft/go-mssqldb" // database/sql driver "sqlserver"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+const (
+	// dsnEnv names the variable holding the default DSN.
+	dsnEnv = "DATABASE_URL"
+	// defaultDSN is used when neither --dsn nor $DATABASE_URL is set.
+	defaultDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	// connectTimeout bounds opening and pinging the database, so an unreachable one fails fast.
+	connectTimeout = 10 * time.Second
+	// redactedSecret replaces passwords in everything printed.
+	redactedSecret = "xxxxx"
+)
+
+// Help texts of the shared flags (also shown by the root usage).
+const (
+	dsnUsage = "database `URL`: postgres://user:password@host:5432/db?sslmode=disable (or postgresql://...) " +
+		"for PostgreSQL, sqlserver://user:password@host:1433?database=db for SQL Server " +
+		"(default: $" + dsnEnv + ", else " + defaultDSN + ")"
+	schemaUsage = "`NAME` of the schema holding the tables: letters, digits and underscores " +
+		"(default: public on PostgreSQL, dbo on SQL Server)"
+)
+
+// stringFlag is a string flag that remembers whether it was given, so that an explicitly
+// empty value can be told from an absent one.
+type stringFlag struct {
+	value string
+	set   bool
+}
+
+func (s *stringFlag) String() string {
+	if s == nil {
+		return ""
+	}
+	return s.value
+}
+
+func (s *stringFlag) Set(v string) error {
+	s.value, s.set = v, true
+	return nil
+}
+
+// dbFlags are the --dsn and --schema flags of every command that uses the database.
+type dbFlags struct {
+	dsn    stringFlag
+	schema stringFlag
+}
+
+// register adds --dsn and --schema to fs.
+func (f *dbFlags) register(fs *flag.FlagSet) {
+	fs.Var(&f.dsn, "dsn", dsnUsage)
+	fs.Var(&f.schema, "schema", schemaUsage)
+}
+
+// DSN returns the database URL: --dsn, else $DATABASE_URL, else defaultDSN. An explicitly
+// empty --dsn is a usage error.
+func (f *dbFlags) DSN() (string, error) {
+	if f.dsn.set {
+		if strings.TrimSpace(f.dsn.value) == "" {
+			return "", usageErrorf("--dsn is empty: give a database URL such as %s", defaultDSN)
+		}
+		return f.dsn.value, nil
+	}
+	if v := os.Getenv(dsnEnv); v != "" {
+		return v, nil
+	}
+	return defaultDSN, nil
+}
+
+// dialect returns the dialect named by the DSN's scheme, without connecting.
+func (f *dbFlags) dialect() (database.Dialect, error) {
+	dsn, err := f.DSN()
+	if err != nil {
+		return "", err
+	}
+	return dialectOfDSN(dsn)
+}
+
+// config returns the validated, normalized schema config for dialect d: --schema, else the
+// dialect's default schema. An explicitly empty or invalid name is a usage error.
+func (f *dbFlags) config(d database.Dialect) (schema.Config, error) {
+	name := schema.DefaultSchema(d)
+	if f.schema.set {
+		name = f.schema.value
+		if err := schema.ValidateIdentifier(name); err != nil {
+			return schema.Config{}, &usageError{fmt.Errorf("invalid --schema: %w", err)}
+		}
+	}
+	cfg, err := schema.Config{Dialect: d, Schema: name}.Normalized()
+	if err != nil {
+		return schema.Config{}, &usageError{fmt.Errorf("invalid --schema: %w", err)}
+	}
+	return cfg, nil
+}
+
+// open checks --schema, then connects to --dsn and pings the database. It returns the
+// handle, the schema config for the database's dialect and the function that closes the
+// handle. Every error is one line without the DSN's password.
+func (f *dbFlags) open(ctx context.Context) (database.DB, schema.Config, func(), error) {
+	dsn, err := f.DSN()
+	if err != nil {
+		return nil, schema.Config{}, nil, err
+	}
+	d, err := dialectOfDSN(dsn)
+	if err != nil {
+		return nil, schema.Config{}, nil, err
+	}
+	cfg, err := f.config(d)
+	if err != nil {
+		return nil, schema.Config{}, nil, err
+	}
+	db, closeDB, err := openDB(ctx, dsn)
+	if err != nil {
+		return nil, schema.Config{}, nil, err
+	}
+	return db, cfg, closeDB, nil
+}
+
+// dialectOfDSN picks the dialect from the DSN's scheme: postgres:// and postgresql:// are
+// PostgreSQL, sqlserver:// is SQL Server. The error never quotes the DSN.
+func dialectOfDSN(dsn string) (database.Dialect, error) {
+	scheme, _, ok := strings.Cut(dsn, "://")
+	if !ok {
+		return "", usageErrorf("--dsn is not a database URL: want postgres://..., postgresql://... or sqlserver://...")
+	}
+	switch strings.ToLower(scheme) {
+	case "postgres", "postgresql":
+		return database.Postgres, nil
+	case "sqlserver":
+		return database.SQLServer, nil
+	}
+	if schemeRE.MatchString(scheme) {
+		return "", usageErrorf("--dsn scheme %q is not supported: want postgres://, postgresql:// or sqlserver://", scheme)
+	}
+	return "", usageErrorf("--dsn is not a database URL: want postgres://..., postgresql://... or sqlserver://...")
+}
+
+var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,20}$`)
+
+// openDB opens a pool for dsn (pgxpool for postgres:// and postgresql://, database/sql with
+// go-mssqldb for sqlserver://) and pings it, giving up after connectTimeout. closeFn closes
+// the pool. Errors are one line and never contain the DSN's password.
+func openDB(ctx context.Context, dsn string) (db database.DB, closeFn func(), err error) {
+	d, err := dialectOfDSN(dsn)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := url.Parse(dsn); err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error quotes the whole URL
+		}
+		return nil, nil, redactError(usageErrorf("invalid --dsn: %v", err), dsn)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	switch d {
+	case database.Postgres:
+		pcfg, err := pgxpool.ParseConfig(dsn)
+		if err != nil {
+			return nil, nil, redactError(usageErrorf("invalid --dsn for PostgreSQL: %s", parseConfigMessage(err)), dsn)
+		}
+		if pcfg.ConnConfig.ConnectTimeout == 0 {
+			pcfg.ConnConfig.ConnectTimeout = connectTimeout
+		}
+		pool, err := pgxpool.NewWithConfig(pingCtx, pcfg)
+		if err != nil {
+			return nil, nil, redactError(fmt.Errorf("cannot connect to PostgreSQL: %w", err), dsn)
+		}
+		if err := pool.Ping(pingCtx); err != nil {
+			pool.Close()
+			return nil, nil, redactError(fmt.Errorf("cannot connect to PostgreSQL: %w", err), dsn)
+		}
+		return database.FromPgx(pool), pool.Close, nil
+	default:
+		sqlDB, err := sql.Open("sqlserver", dsn)
+		if err != nil {
+			return nil, nil, redactError(usageErrorf("invalid --dsn for SQL Server: %v", err), dsn)
+		}
+		if err := sqlDB.PingContext(pingCtx); err != nil {
+			_ = sqlDB.Close()
+			return nil, nil, redactError(fmt.Errorf("cannot connect to SQL Server: %w", err), dsn)
+		}
+		h, err := database.FromStdSQL(sqlDB)
+		if err != nil {
+			_ = sqlDB.Close()
+			return nil, nil, redactError(err, dsn)
+		}
+		return h, func() { _ = sqlDB.Close() }, nil
+	}
+}
+
+var parseConfigPrefix = regexp.MustCompile("^cannot parse `[^`]*`: ")
+
+// parseConfigMessage is pgx's parse error without the (redacted) connection string it quotes.
+func parseConfigMessage(err error) string {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		return parseConfigPrefix.ReplaceAllString(pe.Error(), "")
+	}
+	return err.Error()
+}
+
+// redactDSN returns dsn with its password (in the user info, or in a password-like query
+// parameter) replaced by xxxxx. A DSN that is not a URL is replaced entirely.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme == "" {
+		if scheme, _, ok := strings.Cut(dsn, "://"); ok && schemeRE.MatchString(scheme) {
+			return scheme + "://(unreadable DSN, redacted)"
+		}
+		return "(unreadable DSN, redacted)"
+	}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), redactedSecret)
+		}
+	}
+	q := u.Query()
+	changed := false
+	for k := range q {
+		if isSecretKey(k) {
+			for i := range q[k] {
+				q[k][i] = redactedSecret
+			}
+			changed = true
+		}
+	}
+	if changed {
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// isSecretKey reports whether a DSN query parameter holds a secret.
+func isSecretKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, s := range []string{"password", "passwd", "pwd", "secret", "token"} {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// dsnSecrets returns the secrets of dsn (passwords, raw and decoded), longest first. For a
+// DSN that is not a valid URL, everything between the first colon after the scheme and the
+// last @ counts as a password.
+func dsnSecrets(dsn string) []string {
+	var out []string
+	add := func(s string) {
+		if s != "" && s != redactedSecret {
+			out = append(out, s)
+			if dec, err := url.QueryUnescape(s); err == nil && dec != s {
+				out = append(out, dec)
+			}
+		}
+	}
+	_, rest, ok := strings.Cut(dsn, "://")
+	if !ok {
+		rest = dsn
+	}
+	authority := rest
+	if i := strings.IndexAny(authority, "/?#"); i >= 0 && !strings.Contains(authority[i:], "@") {
+		authority = authority[:i]
+	}
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		if _, pw, ok := strings.Cut(authority[:at], ":"); ok {
+			add(pw)
+		}
+	}
+	if u, err := url.Parse(dsn); err == nil {
+		if u.User != nil {
+			if pw, ok := u.User.Password(); ok {
+				add(pw)
+			}
+		}
+		for k, vs := range u.Query() {
+			if isSecretKey(k) {
+				for _, v := range vs {
+					add(v)
+				}
+			}
+		}
+	}
+	for _, kv := range strings.FieldsFunc(rest, func(r rune) bool { return r == '?' || r == '&' || r == ';' || r == ' ' }) {
+		if k, v, ok := strings.Cut(kv, "="); ok && isSecretKey(k) {
+			add(strings.Trim(v, `'"`))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// scrub removes dsn and its secrets from msg.
+func scrub(msg, dsn string) string {
+	if dsn == "" {
+		return msg
+	}
+	msg = strings.ReplaceAll(msg, dsn, redactDSN(dsn))
+	for _, s := range dsnSecrets(dsn) {
+		msg = strings.ReplaceAll(msg, s, redactedSecret)
+	}
+	return msg
+}
+
+// redactedError is an error whose message has been scrubbed of a DSN's secrets; errors.Is
+// and errors.As still see the original.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redactError returns err with the DSN and its password removed from its message.
+func redactError(err error, dsn string) error {
+	if err == nil {
+		return nil
+	}
+	return &redactedError{msg: scrub(err.Error(), dsn), err: err}
+}

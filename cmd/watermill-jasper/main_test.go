@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+)
+
+// binary is the CLI built once by TestMain; the tests run it as a subprocess.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "watermill-jasper-cli-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, program)
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build the CLI:", err)
+		_ = os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// errorLines returns the lines printed on stderr.
+func (r result) errorLines() []string {
+	return strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// cli runs the binary with args and stdin, without $DATABASE_URL unless extraEnv sets it.
+func cli(t *testing.T, stdin string, extraEnv []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, dsnEnv+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, extraEnv...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errOut.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run %v: %v", args, err)
+	}
+	return r
+}
+
+// db runs a command against the test PostgreSQL in schema s.
+func db(t *testing.T, stdin, s string, args ...string) result {
+	t.Helper()
+	return cli(t, stdin, nil, append(args, "--dsn", testdb.PostgresDSN(), "--schema", s)...)
+}
+
+// assertFailure checks a failed run: the exit status and exactly one stderr line with the
+// program's prefix and every wanted fragment.
+func assertFailure(t *testing.T, r result, code int, want ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Errorf("want exit status %d, got %s", code, r)
+	}
+	lines := r.errorLines()
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], program+": ") {
+		t.Errorf("want exactly one stderr line starting %q, got %q", program+": ", r.stderr)
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr should mention %q, got %q", w, r.stderr)
+		}
+	}
+}
+
+func assertSuccess(t *testing.T, r result) {
+	t.Helper()
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("want success, got %s", r)
+	}
+}
+
+func TestRootUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
+		r := cli(t, "", nil, args...)
+		assertSuccess(t, r)
+		for _, c := range commands {
+			if !strings.Contains(r.stdout, "\n  "+c.name+" ") {
+				t.Errorf("%v: root usage does not list %s:\n%s", args, c.name, r.stdout)
+			}
+		}
+		for _, w := range []string{"Usage:", "--dsn URL", "--schema NAME", "$DATABASE_URL", defaultDSN, "Examples:"} {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("%v: root usage lacks %q", args, w)
+			}
+		}
+	}
+	r := cli(t, "", nil)
+	if r.code != 2 || !strings.Contains(r.stderr, "Usage:") || r.stdout != "" {
+		t.Errorf("no arguments: want the usage on stderr and exit 2, got %s", r)
+	}
+	assertFailure(t, cli(t, "", nil, "frobnicate"), 2, `unknown command "frobnicate"`)
+	assertFailure(t, cli(t, "", nil, "--dsn", "postgres://x"), 2, "give a command")
+}
+
+// TestEveryCommandHasCompleteHelp checks, for every entry of the command table and every
+// subcommand, that --help and -h exit 0 and list every flag and an example.
+func TestEveryCommandHasCompleteHelp(t *testing.T) {
+	t.Parallel()
+	for _, c := range commands {
+		r := cli(t, "", nil, c.name, "--help")
+		assertSuccess(t, r)
+		if !strings.Contains(r.stdout, "Usage:") || !strings.Contains(r.stdout, "Example") {
+			t.Errorf("%s --help: no usage or example:\n%s", c.name, r.stdout)
+		}
+		for _, s := range c.specs {
+			args := strings.Fields(s.name)
+			fs, _ := s.newFlagSet()
+			for _, h := range []string{"--help", "-h"} {
+				r := cli(t, "", nil, append(args, h)...)
+				assertSuccess(t, r)
+				if !strings.Contains(r.stdout, "Usage:\n  "+program+" "+s.name) || !strings.Contains(r.stdout, "Example") {
+					t.Errorf("%s %s: no usage or example:\n%s", s.name, h, r.stdout)
+				}
+				fs.VisitAll(func(f *flag.Flag) {
+					if !strings.Contains(r.stdout, "--"+f.Name) {
+						t.Errorf("%s %s does not document --%s", s.name, h, f.Name)
+					}
+				})
+			}
+			if len(c.specs) > 1 {
+				// A group's own help lists every subcommand and every flag too.
+				group := cli(t, "", nil, c.name, "-h").stdout
+				if !strings.Contains(group, "\n  "+lastWord(s.name)+"\n") {
+					t.Errorf("%s -h does not list %s", c.name, s.name)
+				}
+				fs.VisitAll(func(f *flag.Flag) {
+					if !strings.Contains(group, "--"+f.Name) {
+						t.Errorf("%s -h does not document --%s of %s", c.name, f.Name, s.name)
+					}
+				})
+			}
+		}
+		if len(c.specs) > 1 {
+			r := cli(t, "", nil, c.name)
+			if r.code != 2 || !strings.Contains(r.stderr, "Usage:") {
+				t.Errorf("%s without a subcommand: want its usage on stderr and exit 2, got %s", c.name, r)
+			}
+			assertFailure(t, cli(t, "", nil, c.name, "nope"), 2, `unknown subcommand "nope"`)
+		}
+	}
+	assertFailure(t, cli(t, "", nil, "storage", "counts", "--nope"), 2, "--nope", "storage counts --help")
+	assertFailure(t, cli(t, "", nil, "storage", "counts", "extra"), 2, `"extra"`)
+}
+
+func testDSN() string { return testdb.PostgresDSN() }
