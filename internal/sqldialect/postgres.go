@@ -1,10 +1,13 @@
 package sqldialect
 
 import (
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"strings"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
@@ -36,7 +39,7 @@ func newPostgres(cfg schema.Config) *postgres {
 		incCols: strings.Join(row.IncomingColumns, ", "),
 	}
 	// The channel name is an identifier: validated schema name, folded to lower case.
-	p.chn = "jasper_outgoing_" + cfg.Schema
+	p.chn = outgoingChannel(cfg.Schema)
 	p.notifyOut = fmt.Sprintf("SELECT pg_notify('%s', '')", p.chn)
 	p.claimOut = fmt.Sprintf(`UPDATE %[1]s SET owner_id = $1 WHERE id IN (
   SELECT id FROM %[1]s
@@ -70,6 +73,20 @@ ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, body = EXCLUDED.bod
 		p.insertOutCache[i] = p.buildInsertOutgoing(i + 1)
 	}
 	return p
+}
+
+// outgoingChannel names the NOTIFY channel of a schema's outgoing table. PostgreSQL rejects
+// channel names of 64 bytes or more in pg_notify ("channel name too long") and truncates
+// them in LISTEN, so a long schema name is shortened and suffixed with a hash of the whole.
+func outgoingChannel(schemaName string) string {
+	const prefix, limit = "jasper_outgoing_", 63
+	if len(prefix)+len(schemaName) <= limit {
+		return prefix + schemaName
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(schemaName))
+	suffix := fmt.Sprintf("_%08x", h.Sum32())
+	return prefix + schemaName[:limit-len(prefix)-len(suffix)] + suffix
 }
 
 func (p *postgres) Name() database.Dialect { return database.Postgres }
@@ -128,3 +145,153 @@ func (p *postgres) DeleteOutgoing() string        { return p.deleteOut }
 func (p *postgres) ReleaseOutgoingFailed() string { return p.releaseOutFailed }
 func (p *postgres) ReleaseOutgoing() string       { return p.releaseOut }
 func (p *postgres) DeadLetterOutgoing() string    { return p.deadLetterOut }
+
+// Publisher statements (InsertIncoming, InsertEnvelopes) and the scheduled-send release.
+
+func (p *postgres) MaxParams() int { return 65535 }
+
+func (p *postgres) IsMissingTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
+}
+
+func (p *postgres) InsertIncoming(n int) string {
+	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, values(1, n, len(row.IncomingColumns)))
+}
+
+func (p *postgres) InsertEnvelopes(outgoing, incoming int, notify bool) string {
+	switch {
+	case incoming == 0 && !notify:
+		return p.InsertOutgoing(outgoing)
+	case outgoing == 0:
+		return p.InsertIncoming(incoming)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "WITH o AS (INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING 1)",
+		p.out, p.outCols, values(1, outgoing, len(row.OutgoingColumns)))
+	incValues := values(1+outgoing*len(row.OutgoingColumns), incoming, len(row.IncomingColumns))
+	if !notify {
+		fmt.Fprintf(&b, "\nINSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, incValues)
+		return b.String()
+	}
+	if incoming > 0 {
+		fmt.Fprintf(&b, ", i AS (INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING 1)", p.inc, p.incCols, incValues)
+	}
+	fmt.Fprintf(&b, "\nSELECT pg_notify('%s', '') WHERE EXISTS (SELECT 1 FROM o)", p.chn)
+	return b.String()
+}
+
+func (p *postgres) ReleaseDueScheduledSends() string {
+	return fmt.Sprintf(`DELETE FROM %[1]s WHERE id IN (
+  SELECT id FROM %[1]s
+  WHERE status = 'Scheduled' AND owner_id = 0 AND message_type = 'scheduled-envelope' AND execution_time <= now()
+  ORDER BY execution_time
+  LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING %[2]s`, p.inc, p.incCols)
+}
+
+// Notifications and advisory locks (forwarder wake-up, durability node lock).
+
+func (p *postgres) ListenOutgoing() string { return `LISTEN "` + p.chn + `"` }
+
+func (p *postgres) AdvisoryLockKey(id int32) any { return int64(id) }
+
+func (p *postgres) TryAdvisoryLock() string { return `SELECT pg_try_advisory_lock($1::bigint)` }
+
+// A bigint advisory key is stored in pg_locks as classid = high 32 bits, objid = low 32 bits,
+// objsubid = 1.
+func (p *postgres) HoldsAdvisoryLock() string {
+	return `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+  AND granted AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid)`
+}
+
+func (p *postgres) ReleaseAdvisoryLock() string { return `SELECT pg_advisory_unlock($1::bigint)` }
+
+// Subscriber statements (incoming envelopes of a topic).
+
+// incomingChannel names the NOTIFY channel of a schema's incoming table, shortened like
+// outgoingChannel when the schema name is long.
+func incomingChannel(schemaName string) string {
+	const prefix, limit = "jasper_incoming_", 63
+	if len(prefix)+len(schemaName) <= limit {
+		return prefix + schemaName
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(schemaName))
+	suffix := fmt.Sprintf("_%08x", h.Sum32())
+	return prefix + schemaName[:limit-len(prefix)-len(suffix)] + suffix
+}
+
+func (p *postgres) IncomingChannel() string { return incomingChannel(p.cfg.Schema) }
+
+func (p *postgres) ListenIncoming() string { return `LISTEN "` + p.IncomingChannel() + `"` }
+
+func (p *postgres) NotifyIncoming() string {
+	return fmt.Sprintf("SELECT pg_notify('%s', $1::text)", p.IncomingChannel())
+}
+
+func (p *postgres) ClaimIncoming() string {
+	return fmt.Sprintf(`WITH c AS (
+  SELECT id FROM %[1]s
+  WHERE received_at = $2 AND status = 'Incoming' AND owner_id = 0
+  LIMIT $3 FOR UPDATE SKIP LOCKED)
+UPDATE %[1]s AS i SET owner_id = $1 FROM c WHERE i.id = c.id
+RETURNING i.%[2]s`, p.inc, strings.Join(row.IncomingColumns, ", i."))
+}
+
+func (p *postgres) DeleteIncoming() string {
+	return fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.inc)
+}
+
+func (p *postgres) RetryIncoming() string {
+	return fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1,
+  status = CASE WHEN $2::bigint > 0 THEN 'Scheduled' ELSE 'Incoming' END,
+  execution_time = CASE WHEN $2::bigint > 0 THEN now() + $2::bigint * interval '1 millisecond' ELSE execution_time END
+WHERE id = ANY($1::uuid[]) AND owner_id = $3`, p.inc)
+}
+
+func (p *postgres) ReleaseIncoming() string {
+	return fmt.Sprintf(`UPDATE %s SET owner_id = 0,
+  attempts = COALESCE(attempts, 0) + CASE WHEN id = ANY($2::uuid[]) THEN 1 ELSE 0 END
+WHERE id = ANY($1::uuid[]) AND owner_id = $3`, p.inc)
+}
+
+func (p *postgres) ReleaseScheduled() string {
+	return fmt.Sprintf(`WITH due AS (
+  SELECT id FROM %[1]s
+  WHERE status = 'Scheduled' AND owner_id = 0 AND execution_time <= now() AND message_type <> 'scheduled-envelope'
+    AND (cardinality($1::text[]) = 0 OR received_at = ANY($1::text[]))
+  ORDER BY execution_time
+  LIMIT $2 FOR UPDATE SKIP LOCKED
+), released AS (
+  UPDATE %[1]s AS i SET status = 'Incoming' FROM due WHERE i.id = due.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM released),
+  (SELECT EXTRACT(EPOCH FROM min(execution_time) - now())::float8 * 1000 FROM %[1]s
+   WHERE status = 'Scheduled' AND owner_id = 0 AND execution_time > now() AND message_type <> 'scheduled-envelope'
+     AND (cardinality($1::text[]) = 0 OR received_at = ANY($1::text[])))`, p.inc)
+}
+
+func (p *postgres) DeadLetterIncoming() string {
+	return fmt.Sprintf(`WITH x AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+    AS x(id, explanation, exception_type, exception_message, exception_text, source)
+), moved AS (
+  DELETE FROM %[1]s i USING x WHERE i.id = x.id
+  RETURNING i.*, x.explanation AS x_explanation, x.exception_type AS x_exception_type,
+    x.exception_message AS x_exception_message, x.exception_text AS x_exception_text, x.source AS x_source
+)
+INSERT INTO %[2]s (id, execution_time, attempts, body, conversation_id, correlation_id, parent_id, saga_id,
+  message_type, content_type, reply_requested, ack_requested, reply_uri, received_at, source, explanation,
+  exception_text, exception_type, exception_message, message_uuid, headers)
+SELECT id, execution_time, COALESCE(attempts, 0), body, conversation_id, correlation_id, parent_id, saga_id,
+  message_type, content_type, reply_requested, ack_requested, reply_uri, received_at, x_source, x_explanation,
+  x_exception_text, x_exception_type, x_exception_message, message_uuid, headers
+FROM moved
+ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempts = EXCLUDED.attempts,
+  body = EXCLUDED.body, received_at = EXCLUDED.received_at, source = EXCLUDED.source,
+  explanation = EXCLUDED.explanation, exception_text = EXCLUDED.exception_text,
+  exception_type = EXCLUDED.exception_type, exception_message = EXCLUDED.exception_message,
+  headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`, p.inc, p.dlq)
+}

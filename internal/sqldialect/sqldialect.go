@@ -48,6 +48,82 @@ type Dialect interface {
 	// of the same length: explanation, exception_type, exception_message, exception_text,
 	// source.
 	DeadLetterOutgoing() string
+
+	// MaxParams is the most bind parameters one statement may carry (65535 on PostgreSQL).
+	MaxParams() int
+	// IsMissingTable reports whether err says that a table or the schema does not exist
+	// (PostgreSQL SQLSTATE 42P01 / 3F000): the tables were not created (schema.Migrate).
+	IsMissingTable(err error) bool
+	// InsertIncoming inserts n envelopes bound with row.IncomingArgs, one after another;
+	// an envelope whose id exists already is skipped.
+	InsertIncoming(n int) string
+	// InsertEnvelopes inserts, in one statement, outgoing envelopes bound with
+	// row.OutgoingArgs followed by incoming envelopes bound with row.IncomingArgs (either
+	// count may be 0, not both), skipping ids that exist already. When notify is true and
+	// the dialect can, it also notifies OutgoingChannel if an outgoing envelope was
+	// inserted; the notification is delivered when the transaction commits.
+	InsertEnvelopes(outgoing, incoming int, notify bool) string
+	// ReleaseDueScheduledSends deletes up to $1 due scheduled sends (incoming rows with
+	// status Scheduled, owner 0, message_type scheduled-envelope, execution_time <= now), skipping
+	// rows locked by others, and returns them with row.IncomingColumns. Run it in a
+	// transaction that also inserts the unwrapped envelopes (row.UnwrapScheduled) into the
+	// outgoing table. Args: limit int.
+	ReleaseDueScheduledSends() string
+
+	// ListenOutgoing subscribes the connection it runs on to OutgoingChannel ("" when the
+	// dialect has no notifications). Args: none.
+	ListenOutgoing() string
+	// AdvisoryLockKey is the bind value of a Jasper lock id (a node id or one of the
+	// jasperid lock ids): on PostgreSQL the int32 sign-extended to bigint, as Jasper passes it.
+	AdvisoryLockKey(id int32) any
+	// TryAdvisoryLock takes a session-level advisory lock without waiting and returns one
+	// boolean row: true when taken (re-entrant within one session). Args: AdvisoryLockKey.
+	TryAdvisoryLock() string
+	// HoldsAdvisoryLock returns one boolean row: whether the session it runs on holds the
+	// session-level advisory lock. Args: AdvisoryLockKey.
+	HoldsAdvisoryLock() string
+	// ReleaseAdvisoryLock releases one level of a session-level advisory lock held by the
+	// session it runs on and returns one boolean row (false when it was not held).
+	// Args: AdvisoryLockKey.
+	ReleaseAdvisoryLock() string
+
+	// Subscriber statements (incoming envelopes of a topic: received_at = topic).
+
+	// IncomingChannel is the LISTEN channel of this schema's incoming table ("" if none);
+	// the notification payload is the topic (received_at) that has new envelopes.
+	IncomingChannel() string
+	// ListenIncoming subscribes the connection it runs on to IncomingChannel. Args: none.
+	ListenIncoming() string
+	// NotifyIncoming notifies IncomingChannel (delivered when the transaction commits).
+	// Args: topic string.
+	NotifyIncoming() string
+	// ClaimIncoming claims up to $3 unowned envelopes with status Incoming of one topic for
+	// a node, skipping rows locked by others, and returns them with row.IncomingColumns.
+	// Args: owner int32, topic string, limit int.
+	ClaimIncoming() string
+	// DeleteIncoming deletes incoming envelopes by id (acknowledged). Args: IDList.
+	DeleteIncoming() string
+	// RetryIncoming counts one more attempt on envelopes still owned by a node and hands
+	// them back for a retry after a delay, as Jasper's scheduled retry does: status
+	// Scheduled, execution_time = now + delay, owner 0 (ReleaseScheduled makes them
+	// Incoming again when due). A delay <= 0 makes them Incoming at once.
+	// Args: IDList, delay milliseconds int64, owner int32.
+	RetryIncoming() string
+	// ReleaseIncoming hands envelopes still owned by a node back (owner 0); those also
+	// listed in the second list count one more attempt (they were delivered but not
+	// acknowledged). Args: IDList, IDList, owner int32.
+	ReleaseIncoming() string
+	// ReleaseScheduled makes up to $2 due scheduled envelopes (status Scheduled, owner 0,
+	// execution_time <= now, not a scheduled send: see ReleaseDueScheduledSends) Incoming
+	// and unowned, skipping rows locked by others, and returns one row: the number released
+	// (bigint) and the milliseconds until the next of the remaining scheduled envelopes is
+	// due (float8, NULL when none), measured on the database clock.
+	// Args: topics StringList (empty = every topic), limit int.
+	ReleaseScheduled() string
+	// DeadLetterIncoming moves incoming envelopes to the dead letters. Args: IDList, then
+	// StringLists of the same length: explanation, exception_type, exception_message,
+	// exception_text, source.
+	DeadLetterIncoming() string
 }
 
 // For returns the dialect for a (normalized) schema config.

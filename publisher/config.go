@@ -1,0 +1,80 @@
+package publisher
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// ErrInvalidConfig is wrapped by every error NewPublisher and Config.Validate return about
+// the configuration.
+var ErrInvalidConfig = errors.New("watermill-jasper: invalid publisher config")
+
+// Table chooses the Jasper table a Publisher writes to.
+type Table string
+
+// Outgoing is the transactional outbox, jasper_outgoing_envelopes: one envelope per message
+// with destination = topic and owner_id 0, relayed to a broker by the forwarder. It is the
+// default.
+//
+// Extension point: an Incoming table (a durable local queue in jasper_incoming_envelopes,
+// received_at = topic, read by package subscriber) is planned; it will be a second Table
+// constant handled in Publisher.envelopes. Delayed messages already go to the incoming table
+// as Jasper scheduled sends whatever the Table.
+const Outgoing Table = "outgoing"
+
+// Defaults fill the columns Jasper requires (message_type, content_type) when a message's
+// metadata does not: see metadata.MessageType and metadata.ContentType for the fallbacks.
+type Defaults = row.Defaults
+
+// Config configures a Publisher. The zero value is usable: PostgreSQL, schema "public", the
+// outgoing table, with notifications.
+type Config struct {
+	// Schema says where the tables are. Default: PostgreSQL, Jasper's default schema.
+	// The tables must exist (`watermill-jasper schema migrate` or schema.Migrate).
+	Schema schema.Config
+
+	// Table the messages are written to. Default: Outgoing.
+	Table Table
+
+	// Defaults for message_type ("watermill-message") and content_type ("application/json").
+	Defaults Defaults
+
+	// DisableNotify turns off the PostgreSQL notification that each Publish sends on the
+	// schema's outgoing channel (in the same statement as the insert), which wakes the
+	// forwarders LISTENing to it as soon as the transaction commits (NOTIFY is
+	// transactional: nothing is sent on rollback). Forwarders still find the envelopes by
+	// polling. Ignored on databases without notifications.
+	DisableNotify bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Schema.Dialect == "" {
+		c.Schema.Dialect = schema.Postgres
+	}
+	if c.Table == "" {
+		c.Table = Outgoing
+	}
+	if c.Defaults.MessageType == "" {
+		c.Defaults.MessageType = row.DefaultMessageType
+	}
+	if c.Defaults.ContentType == "" {
+		c.Defaults.ContentType = row.DefaultContentType
+	}
+}
+
+// Validate checks the config, after defaults are applied.
+func (c Config) Validate() error {
+	c.setDefaults()
+	if err := c.Schema.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	switch c.Table {
+	case Outgoing:
+	default:
+		return fmt.Errorf("%w: unknown table %q (use publisher.Outgoing)", ErrInvalidConfig, string(c.Table))
+	}
+	return nil
+}
