@@ -1,0 +1,64 @@
+package jasperamqp_test
+
+import (
+	"errors"
+	"fmt"
+	"log"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
+)
+
+func ExampleParseDestination() {
+	for _, uri := range []string{
+		"rabbitmq://queue/orders",
+		"RABBITMQ://EXCHANGE/events/routing/order.created/", // .NET canonical spelling
+		"local://durable/invoices",
+		"rabbitmq://topic/x",
+	} {
+		d, err := jasperamqp.ParseDestination(uri)
+		if err != nil {
+			fmt.Println("invalid:", errors.Is(err, jasperamqp.ErrInvalidDestination))
+			continue
+		}
+		fmt.Printf("%s %q exchange=%q key=%q\n", d.Kind, d.Name, d.AMQPExchange(), d.RoutingKey)
+	}
+	// Output:
+	// queue "orders" exchange="" key="orders"
+	// exchange "events" exchange="events" key="order.created"
+	// local "invoices" exchange="" key=""
+	// invalid: true
+}
+
+func ExampleRedactURL() {
+	fmt.Println(jasperamqp.RedactURL("amqp://relay:s3cret@rabbit:5672/prod"))
+	// Output: amqp://relay:xxxxx@rabbit:5672/prod
+}
+
+// A relay publishes each outgoing envelope to its destination URI; envelopes that can never be
+// delivered over AMQP are told apart from transient failures.
+func ExampleNewPublisher() {
+	pub, err := jasperamqp.NewPublisher("amqp://guest:guest@localhost:5672/", watermill.NewStdLogger(false, false),
+		jasperamqp.WithDeclareQueues(true), // create missing queues durable, as Jasper's auto-provisioning does
+	)
+	if err != nil {
+		log.Fatal(err) // the password is redacted from err
+	}
+	defer pub.Close()
+
+	destination := "rabbitmq://queue/orders" // jasper_outgoing_envelopes.destination
+	msg := message.NewMessage(watermill.NewUUID(), []byte(`{"orderId":42}`))
+	err = pub.Publish(destination, msg) // returns once RabbitMQ has confirmed the message
+
+	var permanent interface{ Permanent() bool }
+	switch {
+	case err == nil:
+		// delete the outgoing envelope
+	case errors.As(err, &permanent) && permanent.Permanent():
+		// local://..., tcp://... or malformed: move the envelope to jasper_dead_letters
+	default:
+		// broker down, queue missing (jasperamqp.ErrDestinationNotFound), ...: retry later
+	}
+}
