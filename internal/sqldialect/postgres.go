@@ -41,11 +41,15 @@ func newPostgres(cfg schema.Config) *postgres {
 	// The channel name is an identifier: validated schema name, folded to lower case.
 	p.chn = outgoingChannel(cfg.Schema)
 	p.notifyOut = fmt.Sprintf("SELECT pg_notify('%s', '')", p.chn)
-	p.claimOut = fmt.Sprintf(`UPDATE %[1]s SET owner_id = $1 WHERE id IN (
+	// id = ANY(ARRAY(subquery)), not id IN (subquery): the IN form is planned as a hash
+	// semi-join over a sequential scan of the whole table, so every claim cost O(backlog)
+	// and draining a backlog was quadratic; the array is an init plan probed through the
+	// primary key.
+	p.claimOut = fmt.Sprintf(`UPDATE %[1]s SET owner_id = $1 WHERE id = ANY(ARRAY(
   SELECT id FROM %[1]s
   WHERE owner_id = 0 AND NOT (destination = ANY($2::text[]))
     AND (cardinality($3::text[]) = 0 OR destination = ANY($3::text[]))
-  LIMIT $4 FOR UPDATE SKIP LOCKED)
+  LIMIT $4 FOR UPDATE SKIP LOCKED))
 RETURNING %[2]s`, p.out, p.outCols)
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[])`, p.out)

@@ -1,0 +1,203 @@
+// Package durability gives a process its Jasper node identity.
+//
+// A Jasper node is a process sharing the envelope tables. Its id is the owner_id written on
+// the envelopes it holds (0 means "no node"), and it holds a database lock keyed by that id
+// for as long as it lives. Other nodes test that lock to tell a live owner from a dead one,
+// and hand the envelopes of dead owners back to everyone (Jasper's DurabilityAgent does
+// this; jasper-spec §5). Go and .NET nodes share one id space and one lock space, so ids are
+// chosen and locked exactly as Jasper does: a random int32 (the deterministic hash of a
+// random GUID), locked on PostgreSQL with a session-level advisory lock whose bigint key is
+// the id sign-extended.
+//
+// A Node holds its lock on a connection of its own for the life of the process. Components
+// that write owner_id (the forwarder, the subscriber) take a Node, or create one for their
+// own lifetime when none is given.
+package durability
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
+	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// ErrNodeIDInUse is wrapped by the error of NewNode when the configured node id is locked by
+// another database session, i.e. another live process (Go or .NET) runs with that id.
+var ErrNodeIDInUse = errors.New("watermill-jasper: node id in use")
+
+// ErrNodeClosed is returned by Check once the node is closed.
+var ErrNodeClosed = errors.New("watermill-jasper: node is closed")
+
+// randomIDAttempts bounds how many random ids NewNode tries before giving up (a collision
+// between two random int32 ids is already very unlikely).
+const randomIDAttempts = 16
+
+// newNodeID draws a random node id (a variable so tests can force collisions).
+var newNodeID = jasperid.NewNodeID
+
+// unlockTimeout bounds the statement that releases the lock on Close.
+const unlockTimeout = 5 * time.Second
+
+// NodeConfig configures a Node.
+type NodeConfig struct {
+	// ID is the node id: the owner_id of the envelopes this node holds and the key of its
+	// lock. 0 (the default) picks a random id as Jasper does (the hash of a random GUID,
+	// never 0), trying another one if a live node already holds it. A fixed id is refused
+	// with ErrNodeIDInUse while another session holds it.
+	ID int32
+}
+
+// Node is this process's identity among the nodes sharing the Jasper tables. It holds its
+// lock on a dedicated connection taken from the pool until Close. It is safe for concurrent
+// use.
+type Node struct {
+	db      database.DB
+	dialect sqldialect.Dialect
+	logger  watermill.LoggerAdapter
+	id      int32
+
+	mu     sync.Mutex
+	conn   database.Conn // holds the lock; nil once closed or after the connection was lost
+	closed bool
+}
+
+// NewNode picks the node id (config.ID, or a random one), takes its lock on a dedicated
+// connection of db and returns the Node. It fails with an error wrapping ErrNodeIDInUse when
+// a configured id is held by another session. Close releases the lock and the connection.
+func NewNode(ctx context.Context, db database.DB, config NodeConfig, logger watermill.LoggerAdapter) (*Node, error) {
+	if db == nil {
+		return nil, errors.New("watermill-jasper: durability.NewNode needs a database.DB (database.FromPgx or database.FromStdSQL)")
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	// Locks are database-wide, so the schema does not matter here, only the dialect.
+	d, err := sqldialect.For(schema.Config{Dialect: db.Dialect()})
+	if err != nil {
+		return nil, fmt.Errorf("watermill-jasper: node lock: %w", err)
+	}
+	n := &Node{db: db, dialect: d, logger: logger}
+	for attempt := 1; ; attempt++ {
+		id := config.ID
+		if id == 0 {
+			id = newNodeID()
+		}
+		conn, err := n.lock(ctx, id)
+		if err == nil {
+			n.id, n.conn = id, conn
+			break
+		}
+		if config.ID == 0 && errors.Is(err, ErrNodeIDInUse) && attempt < randomIDAttempts {
+			continue
+		}
+		return nil, err
+	}
+	n.logger = logger.With(watermill.LogFields{"node_id": n.id})
+	n.logger.Info("Node lock taken", nil)
+	return n, nil
+}
+
+// lock takes the lock of id on a new connection and returns that connection.
+func (n *Node) lock(ctx context.Context, id int32) (database.Conn, error) {
+	conn, err := n.db.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watermill-jasper: node %d: take a connection for the node lock: %w", id, err)
+	}
+	var ok bool
+	if err := database.QueryRow(ctx, conn, n.dialect.TryAdvisoryLock(), []any{n.dialect.AdvisoryLockKey(id)}, &ok); err != nil {
+		_ = conn.Close(true)
+		return nil, fmt.Errorf("watermill-jasper: node %d: take the node lock: %w", id, err)
+	}
+	if !ok {
+		_ = conn.Close(false)
+		return nil, fmt.Errorf("%w: node id %d is locked by another database session (another live process uses it); configure another id or 0 for a random one", ErrNodeIDInUse, id)
+	}
+	return conn, nil
+}
+
+// ID returns the node id: the owner_id this node writes on the envelopes it holds.
+func (n *Node) ID() int32 { return n.id }
+
+// Check verifies that the node still holds its lock and takes it again on a new connection
+// when the old one was lost (database restart, network failure). It returns nil when the
+// lock is held on return, ErrNodeClosed after Close, an error wrapping ErrNodeIDInUse when
+// another session took the id meanwhile, or the database error that prevented the check.
+//
+// The durability agent calls it periodically; components may call it too.
+func (n *Node) Check(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrNodeClosed
+	}
+	key := []any{n.dialect.AdvisoryLockKey(n.id)}
+	if n.conn != nil {
+		var held bool
+		err := database.QueryRow(ctx, n.conn, n.dialect.HoldsAdvisoryLock(), key, &held)
+		if err == nil && held {
+			return nil
+		}
+		if err == nil {
+			// The session is fine but the lock is gone (someone ran pg_advisory_unlock_all on
+			// it?): take it again on the same session.
+			var ok bool
+			err = database.QueryRow(ctx, n.conn, n.dialect.TryAdvisoryLock(), key, &ok)
+			if err == nil && ok {
+				n.logger.Info("Node lock taken again", nil)
+				return nil
+			}
+			if err == nil {
+				return fmt.Errorf("%w: node %d lost its lock and another session holds it now", ErrNodeIDInUse, n.id)
+			}
+		}
+		_ = n.conn.Close(true)
+		n.conn = nil
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n.logger.Error("Node lock connection lost, taking the lock again", err, nil)
+	}
+	conn, err := n.lock(ctx, n.id)
+	if err != nil {
+		return err
+	}
+	n.conn = conn
+	n.logger.Info("Node lock taken again on a new connection", nil)
+	return nil
+}
+
+// Close releases the node lock and gives its connection back to the pool. It is idempotent.
+// Envelopes still owned by this node keep its id; a living node's durability agent hands
+// them back once it sees the lock free.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	if n.conn == nil {
+		return nil
+	}
+	conn := n.conn
+	n.conn = nil
+	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
+	defer cancel()
+	var released bool
+	err := database.QueryRow(ctx, conn, n.dialect.ReleaseAdvisoryLock(), []any{n.dialect.AdvisoryLockKey(n.id)}, &released)
+	if err != nil || !released {
+		// Closing the session releases every lock it holds.
+		n.logger.Info("Node lock not released cleanly, closing its connection", watermill.LogFields{"error": fmt.Sprint(err)})
+		return conn.Close(true)
+	}
+	n.logger.Info("Node lock released", nil)
+	return conn.Close(false)
+}

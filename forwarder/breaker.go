@@ -1,0 +1,153 @@
+package forwarder
+
+import (
+	"sync"
+	"time"
+)
+
+// breaker is the per-destination circuit breaker (Jasper's sender circuit, jasper-spec
+// §5.6): after `after` consecutive failures a destination is paused; its envelopes are not
+// claimed until the pause ends, then one envelope (the probe) is tried alone. A success
+// closes the circuit; a failed probe pauses the destination again for twice as long, up to
+// maxPause. Destinations that never failed have no entry.
+type breaker struct {
+	after           int
+	pause, maxPause time.Duration
+	// opened is called (without the lock) when a destination is paused, closed when it
+	// resumes after a pause.
+	opened func(destination string, pause time.Duration, failures int)
+	closed func(destination string)
+
+	mu    sync.Mutex
+	dests map[string]*circuit
+}
+
+type circuit struct {
+	failures int       // consecutive failures
+	opens    int       // consecutive pauses (0: the circuit is closed)
+	until    time.Time // paused until
+	probing  bool      // the probe is being published
+}
+
+func newBreaker(after int, pause, maxPause time.Duration) *breaker {
+	return &breaker{after: after, pause: pause, maxPause: maxPause, dests: map[string]*circuit{}}
+}
+
+// excluded appends the destinations kept out of regular claims to buf: every destination
+// whose circuit is not closed (paused, waiting for its probe, or being probed).
+func (b *breaker) excluded(buf []string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for d, c := range b.dests {
+		if c.opens > 0 {
+			buf = append(buf, d)
+		}
+	}
+	return buf
+}
+
+// takeProbes appends to buf the destinations whose pause is over and that nobody probes
+// yet; the caller becomes their prober and must end each probe with success, failure,
+// probeDone or probeEmpty.
+func (b *breaker) takeProbes(now time.Time, buf []string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for d, c := range b.dests {
+		if c.opens > 0 && !c.probing && !now.Before(c.until) {
+			c.probing = true
+			buf = append(buf, d)
+		}
+	}
+	return buf
+}
+
+// allow is asked right before a publish: probes were granted by takeProbes; other
+// publishes are allowed while the circuit is closed.
+func (b *breaker) allow(destination string, probe bool) bool {
+	if probe {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.dests[destination]
+	return c == nil || c.opens == 0
+}
+
+// success records a successful publish: the circuit closes.
+func (b *breaker) success(destination string) {
+	b.mu.Lock()
+	c := b.dests[destination]
+	if c == nil {
+		b.mu.Unlock()
+		return
+	}
+	delete(b.dests, destination)
+	resumed := c.opens > 0
+	b.mu.Unlock()
+	if resumed && b.closed != nil {
+		b.closed(destination)
+	}
+}
+
+// failure records a failed publish and pauses the destination when it must be.
+func (b *breaker) failure(destination string, probe bool, now time.Time) {
+	b.mu.Lock()
+	c := b.dests[destination]
+	if c == nil {
+		c = &circuit{}
+		b.dests[destination] = c
+	}
+	c.failures++
+	var open bool
+	switch {
+	case probe:
+		c.probing = false
+		open = true
+	case c.opens == 0:
+		open = c.failures >= b.after
+	}
+	// Otherwise a publish started before the circuit opened failed late: counted, but the
+	// pause already runs.
+	if !open {
+		b.mu.Unlock()
+		return
+	}
+	c.opens++
+	pause := b.pause
+	for i := 1; i < c.opens && pause < b.maxPause; i++ {
+		pause *= 2
+	}
+	pause = min(pause, b.maxPause)
+	c.until = now.Add(pause)
+	failures := c.failures
+	b.mu.Unlock()
+	if b.opened != nil {
+		b.opened(destination, pause, failures)
+	}
+}
+
+// probeDone ends a probe that was not published after all (the forwarder stopped, the
+// envelope expired or could not be read): the next claim takes another.
+func (b *breaker) probeDone(destination string) {
+	b.mu.Lock()
+	if c := b.dests[destination]; c != nil {
+		c.probing = false
+	}
+	b.mu.Unlock()
+}
+
+// probeEmpty ends a probe that found no envelope: with nothing to send the circuit is
+// forgotten; new envelopes are tried normally (and pause it again if it still fails).
+func (b *breaker) probeEmpty(destination string) {
+	b.mu.Lock()
+	delete(b.dests, destination)
+	b.mu.Unlock()
+}
+
+// paused reports whether destination's circuit is not closed (for tests and logs).
+func (b *breaker) paused(destination string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.dests[destination]
+	return c != nil && c.opens > 0
+}

@@ -1,0 +1,163 @@
+package forwarder
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// Defaults of Config.
+const (
+	DefaultBatchSize          = 500
+	DefaultWorkers            = 2
+	DefaultPublishConcurrency = 64
+	DefaultPollInterval       = time.Second
+	DefaultMaxAttempts        = 10
+	DefaultCircuitBreakAfter  = 3
+	DefaultCircuitPause       = time.Second
+	DefaultMaxCircuitPause    = 30 * time.Second
+)
+
+// ErrInvalidConfig is wrapped by every error of Config.Validate.
+var ErrInvalidConfig = errors.New("watermill-jasper: invalid forwarder config")
+
+// Config configures a Forwarder. Only Publisher is required.
+type Config struct {
+	// Schema names the database schema holding the Jasper tables. Its Dialect defaults to
+	// the database's.
+	Schema schema.Config
+
+	// Publisher receives the envelopes (required): any Watermill publisher, e.g.
+	// watermill-amqp's with Publish.ConfirmDelivery set, so that a row is deleted only once
+	// the broker has confirmed the message. Publish is called with one message at a time,
+	// from up to PublishConcurrency goroutines at once; it must be safe for concurrent use
+	// (Watermill's contract). The forwarder never closes it.
+	Publisher message.Publisher
+
+	// Topic maps an envelope's destination (a Jasper URI such as rabbitmq://queue/orders, or
+	// the topic a Go publisher wrote) to the topic passed to Publisher.Publish. Default: the
+	// destination itself. An error is permanent: the envelope goes to the dead letters.
+	Topic func(destination string) (string, error)
+
+	// Node is the identity whose id marks the envelopes being relayed (owner_id). When nil,
+	// Run creates a node with a random id and closes it when it returns.
+	Node *durability.Node
+
+	// BatchSize is how many envelopes one claim takes. Default 500.
+	BatchSize int
+	// Workers is how many claim loops run concurrently (while one publishes a batch, another
+	// claims the next). Default 2.
+	Workers int
+	// PublishConcurrency is how many Publish calls run at once, across all workers. Publishers
+	// that wait for a broker confirmation inside Publish (watermill-amqp with
+	// ConfirmDelivery) get their throughput from concurrent calls. With watermill-amqp, also
+	// set Publish.ChannelPoolSize to about this value: without a pool it opens and closes an
+	// AMQP channel for every Publish, which costs more than the publish itself. Default 64.
+	PublishConcurrency int
+	// PollInterval is how often the outbox is queried when no notification arrives (idle, at
+	// most one query per interval). Default 1s.
+	PollInterval time.Duration
+
+	// MaxAttempts is how many failed publishes an envelope gets before it is moved to
+	// jasper_dead_letters with the last error. Default 10.
+	MaxAttempts int
+
+	// CircuitBreakAfter consecutive failed publishes to one destination pause that
+	// destination: its envelopes are not claimed for CircuitPause, after which one envelope is
+	// tried alone; a success resumes the destination, a failure pauses it again for twice as
+	// long, up to MaxCircuitPause. Other destinations are not delayed. Default 3.
+	CircuitBreakAfter int
+	// CircuitPause is the first pause of a destination. Default 1s.
+	CircuitPause time.Duration
+	// MaxCircuitPause caps the doubling pauses. Default 30s.
+	MaxCircuitPause time.Duration
+
+	// Destinations restricts the forwarder to these destinations; empty relays all.
+	Destinations []string
+
+	// DisableNotify turns off the LISTEN/NOTIFY wake-up (use it behind PgBouncer in
+	// transaction mode); the forwarder then polls every PollInterval.
+	DisableNotify bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Topic == nil {
+		c.Topic = identityTopic
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.PublishConcurrency == 0 {
+		c.PublishConcurrency = DefaultPublishConcurrency
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.CircuitBreakAfter == 0 {
+		c.CircuitBreakAfter = DefaultCircuitBreakAfter
+	}
+	if c.CircuitPause == 0 {
+		c.CircuitPause = DefaultCircuitPause
+	}
+	if c.MaxCircuitPause == 0 {
+		c.MaxCircuitPause = max(DefaultMaxCircuitPause, c.CircuitPause)
+	}
+}
+
+func identityTopic(destination string) (string, error) { return destination, nil }
+
+// maxBatchSize keeps a claim's id list well inside one statement's limits.
+const maxBatchSize = 10000
+
+// Validate checks the config after defaults are applied and returns an error naming the
+// field to fix.
+func (c Config) Validate() error {
+	c.setDefaults()
+	if c.Publisher == nil {
+		return fmt.Errorf("%w: Publisher is required (the Watermill publisher envelopes are relayed to)", ErrInvalidConfig)
+	}
+	if err := c.Schema.Validate(); err != nil {
+		return fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
+	}
+	type positive struct {
+		name  string
+		value int64
+	}
+	for _, p := range []positive{
+		{"BatchSize", int64(c.BatchSize)},
+		{"Workers", int64(c.Workers)},
+		{"PublishConcurrency", int64(c.PublishConcurrency)},
+		{"PollInterval", int64(c.PollInterval)},
+		{"MaxAttempts", int64(c.MaxAttempts)},
+		{"CircuitBreakAfter", int64(c.CircuitBreakAfter)},
+		{"CircuitPause", int64(c.CircuitPause)},
+		{"MaxCircuitPause", int64(c.MaxCircuitPause)},
+	} {
+		if p.value < 0 {
+			return fmt.Errorf("%w: %s is negative (%d); leave it 0 for the default", ErrInvalidConfig, p.name, p.value)
+		}
+	}
+	if c.BatchSize > maxBatchSize {
+		return fmt.Errorf("%w: BatchSize %d is above %d", ErrInvalidConfig, c.BatchSize, maxBatchSize)
+	}
+	if c.MaxCircuitPause < c.CircuitPause {
+		return fmt.Errorf("%w: MaxCircuitPause (%s) is shorter than CircuitPause (%s)", ErrInvalidConfig, c.MaxCircuitPause, c.CircuitPause)
+	}
+	for i, d := range c.Destinations {
+		if d == "" {
+			return fmt.Errorf("%w: Destinations[%d] is empty", ErrInvalidConfig, i)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,640 @@
+package forwarder
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/metadata"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+func TestForwardsCommittedEnvelopes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	const topic = "orders"
+	msgs := newMessages(5, "order")
+	for i, m := range msgs {
+		m.Metadata.Set("tenant", fmt.Sprint(i))
+		m.Metadata.Set(metadata.CorrelationID, "corr-"+fmt.Sprint(i))
+	}
+	msgs[0].Payload = nil // an empty payload round-trips too
+	c := collect(t, pubsub, topic, len(msgs))
+
+	// A poll interval longer than the test: delivery relies on the notification.
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, PollInterval: time.Hour}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	e.insert(topic, msgs...)
+	c.wait(t, "forwarded messages")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, want := range msgs {
+		got := c.byUUID[want.UUID]
+		if len(got) != 1 {
+			t.Fatalf("message %s received %d times", want.UUID, len(got))
+		}
+		m := got[0]
+		if !bytes.Equal(m.Payload, want.Payload) {
+			t.Errorf("payload %q, want %q", m.Payload, want.Payload)
+		}
+		for k, v := range want.Metadata {
+			if m.Metadata.Get(k) != v {
+				t.Errorf("metadata %s = %q, want %q", k, m.Metadata.Get(k), v)
+			}
+		}
+		if m.Metadata.Get(metadata.Destination) != topic {
+			t.Errorf("metadata %s = %q, want %q", metadata.Destination, m.Metadata.Get(metadata.Destination), topic)
+		}
+		if m.Metadata.Get(metadata.EnvelopeID) != row.EnvelopeID(topic, want.UUID).String() {
+			t.Errorf("metadata %s = %q", metadata.EnvelopeID, m.Metadata.Get(metadata.EnvelopeID))
+		}
+	}
+	if n := e.outgoing(); n != 0 {
+		t.Fatalf("%d outgoing rows left after delivery", n)
+	}
+	st := f.Stats()
+	if st.Claimed != 5 || st.Sent != 5 || st.Failed != 0 || st.Expired != 0 || st.DeadLettered != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestPollingWithoutNotify(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "t", 3)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, DisableNotify: true, PollInterval: 20 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	e.insert("t", newMessages(3, "p")...)
+	c.wait(t, "polled messages")
+}
+
+// Two forwarders on separate nodes share one table: every envelope is published once.
+func TestTwoForwardersDeliverExactlyOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	const n = 10000
+	const topic = "events"
+	msgs := newMessages(n, "e")
+	e.insert(topic, msgs...) // a backlog before they start
+	c := collect(t, pubsub, topic, n)
+	rec := newRecorder(pubsub)
+
+	var forwarders []*Forwarder
+	for range 2 {
+		f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: rec, BatchSize: 200}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forwarders = append(forwarders, f)
+	}
+	for _, f := range forwarders {
+		start(t, f)
+	}
+	c.wait(t, "10,000 envelopes through two forwarders")
+	var claimed int64
+	for _, f := range forwarders {
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st := f.Stats()
+		t.Logf("forwarder stats %+v", st)
+		claimed += st.Claimed
+	}
+	if claimed != n {
+		t.Errorf("claimed %d envelopes in total, want %d", claimed, n)
+	}
+	for _, m := range msgs {
+		if got := rec.publishedCount(m.UUID); got != 1 {
+			t.Fatalf("message %s published %d times", m.UUID, got)
+		}
+	}
+	c.mu.Lock()
+	total := c.total
+	c.mu.Unlock()
+	if total != n {
+		t.Fatalf("subscriber received %d messages, want %d", total, n)
+	}
+	if left := e.outgoing(); left != 0 {
+		t.Fatalf("%d rows left", left)
+	}
+}
+
+// A destination whose publishes always fail is paused without delaying another one; once
+// it has failed MaxAttempts times its envelopes are in the dead letters, and only they are.
+func TestFailingDestinationDoesNotDelayOthers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	rec := newRecorder(pubsub)
+	rec.fail["bad"] = errBroken
+	bad := newMessages(3, "bad")
+	good := newMessages(300, "good")
+	c := collect(t, pubsub, "good", len(good))
+
+	// Phase 1: a pause far longer than the test, so "bad" stays paused once it breaks.
+	node, err := durability.NewNode(context.Background(), e.db, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	f1, err := NewForwarder(e.db, Config{
+		Schema: e.schema, Publisher: rec, Node: node, BatchSize: 50,
+		CircuitBreakAfter: 3, CircuitPause: time.Hour, MaxAttempts: 3,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pausedCh := make(chan string, 10)
+	f1.onPause = func(d string) { pausedCh <- d }
+	start(t, f1)
+
+	e.insert("bad", bad...)
+	select {
+	case d := <-pausedCh:
+		if d != "bad" {
+			t.Fatalf("paused destination %q, want bad", d)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("destination bad was not paused")
+	}
+	attemptsWhenPaused := rec.attemptsOf("bad")
+
+	e.insert("good", good...)
+	c.wait(t, "healthy destination while the failing one is paused")
+	if got := rec.attemptsOf("bad"); got != attemptsWhenPaused {
+		t.Fatalf("bad was tried %d more times while paused", got-attemptsWhenPaused)
+	}
+	if !f1.breaker.paused("bad") {
+		t.Fatal("bad is not paused any more")
+	}
+	if err := f1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(schema.OutgoingTable, "owner_id <> 0"); n != 0 {
+		t.Fatalf("%d envelopes still owned after Close", n)
+	}
+
+	// Phase 2: short pauses, so the bad envelopes reach MaxAttempts quickly.
+	f2, err := NewForwarder(e.db, Config{
+		Schema: e.schema, Publisher: rec, BatchSize: 50,
+		CircuitBreakAfter: 3, CircuitPause: time.Millisecond, MaxCircuitPause: 5 * time.Millisecond,
+		MaxAttempts: 3, PollInterval: 10 * time.Millisecond,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deadMu sync.Mutex
+	dlq := make(chan struct{})
+	var dead int
+	f2.onDeadLettered = func(n int) { // called from the workers, one at a time per worker
+		deadMu.Lock()
+		defer deadMu.Unlock()
+		if dead += n; dead == len(bad) {
+			close(dlq)
+		}
+	}
+	start(t, f2)
+	select {
+	case <-dlq:
+	case <-time.After(testTimeout):
+		t.Fatalf("bad envelopes not dead-lettered: stats %+v", f2.Stats())
+	}
+	if err := f2.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if n := e.outgoing(); n != 0 {
+		t.Fatalf("%d outgoing rows left", n)
+	}
+	if n := e.deadLetters(); n != len(bad) {
+		t.Fatalf("%d dead letters, want %d", n, len(bad))
+	}
+	rows, err := e.db.Query(context.Background(), fmt.Sprintf(
+		`SELECT id, message_uuid, received_at, attempts, explanation, exception_type, exception_message, exception_text, message_type FROM %s`,
+		e.schema.Qualified(schema.DeadLetterTable)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	badIDs := map[string]bool{}
+	for _, m := range bad {
+		badIDs[m.UUID] = true
+	}
+	for rows.Next() {
+		var id uuid.UUID
+		var muuid, receivedAt, explanation, typ, msg, text, mtype string
+		var attempts int
+		if err := rows.Scan(&id, &muuid, &receivedAt, &attempts, &explanation, &typ, &msg, &text, &mtype); err != nil {
+			t.Fatal(err)
+		}
+		if !badIDs[muuid] || receivedAt != "bad" {
+			t.Errorf("unexpected dead letter %s (uuid %s, destination %s)", id, muuid, receivedAt)
+		}
+		if attempts != 3 {
+			t.Errorf("dead letter attempts %d, want 3", attempts)
+		}
+		if !strings.Contains(explanation, "3 times") || typ != "*errors.errorString" ||
+			!strings.Contains(msg, errBroken.Error()) || !strings.Contains(text, "*fmt.wrapError") || mtype == "" {
+			t.Errorf("dead letter fields: explanation %q type %q message %q text %q message_type %q", explanation, typ, msg, text, mtype)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Attempts stayed low: the circuit let one probe at a time through.
+	t.Logf("bad destination tried %d times for %d envelopes; phase 2 stats %+v", rec.attemptsOf("bad"), len(bad), f2.Stats())
+}
+
+func TestExpiredEnvelopeIsDiscarded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	rec := newRecorder(pubsub)
+	expired := message.NewMessage(watermill.NewUUID(), []byte("too late"))
+	expired.Metadata.Set(metadata.DeliverBy, time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano))
+	fresh := message.NewMessage(watermill.NewUUID(), []byte("in time"))
+	fresh.Metadata.Set(metadata.DeliverBy, time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano))
+	c := collect(t, pubsub, "t", 1)
+
+	// Both rows in one statement: one claim takes both, so once the fresh one arrives the
+	// expired one has been judged.
+	e.insert("t", expired, fresh)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: rec}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	c.wait(t, "fresh message")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := rec.publishedCount(expired.UUID); n != 0 {
+		t.Fatalf("expired message published %d times", n)
+	}
+	if st := f.Stats(); st.Expired != 1 || st.Sent != 1 {
+		t.Fatalf("stats %+v, want 1 expired and 1 sent", st)
+	}
+	if n := e.outgoing(); n != 0 {
+		t.Fatalf("%d rows left", n)
+	}
+	if n := e.deadLetters(); n != 0 {
+		t.Fatalf("%d dead letters, expired envelopes are discarded", n)
+	}
+}
+
+// blockingPublisher blocks every Publish until release is closed.
+type blockingPublisher struct {
+	entered chan string
+	release chan struct{}
+	mu      sync.Mutex
+	sent    map[string]bool
+}
+
+func (b *blockingPublisher) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		b.entered <- m.UUID
+		<-b.release
+		b.mu.Lock()
+		b.sent[m.UUID] = true
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+func (b *blockingPublisher) Close() error { return nil }
+
+func TestCloseReleasesClaimedButUnsent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pub := &blockingPublisher{entered: make(chan string, 100), release: make(chan struct{}), sent: map[string]bool{}}
+	const n = 10
+	e.insert("t", newMessages(n, "c")...)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pub, Workers: 1, PublishConcurrency: 1, BatchSize: n}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	select {
+	case <-pub.entered: // the batch is claimed and its first message is being published
+	case <-time.After(testTimeout):
+		t.Fatal("nothing published")
+	}
+	if owned := e.count(schema.OutgoingTable, "owner_id <> 0"); owned != n {
+		t.Fatalf("%d rows owned while publishing, want %d", owned, n)
+	}
+	closed := make(chan struct{})
+	go func() { _ = f.Close(); close(closed) }()
+	<-f.closing // Close has been requested...
+	close(pub.release)
+	<-closed // ...and waited for the publish in flight.
+
+	if len(pub.sent) != 1 {
+		t.Fatalf("%d messages published, want only the one in flight", len(pub.sent))
+	}
+	if left := e.outgoing(); left != n-1 {
+		t.Fatalf("%d rows left, want %d (the sent one deleted)", left, n-1)
+	}
+	if owned := e.count(schema.OutgoingTable, "owner_id <> 0"); owned != 0 {
+		t.Fatalf("%d rows still owned after Close", owned)
+	}
+	if attempted := e.count(schema.OutgoingTable, "attempts <> 0"); attempted != 0 {
+		t.Fatalf("%d released rows had an attempt counted", attempted)
+	}
+	if st := f.Stats(); st.Sent != 1 || st.Released != n-1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// An unreadable row and a destination that cannot be mapped go to the dead letters at once,
+// without blocking the other rows.
+func TestPermanentFailuresAreDeadLetteredAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	unreadable, err := row.FromMessage("t", message.NewMessage(watermill.NewUUID(), []byte("x")), row.Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unreadable.Headers = []byte("{not json")
+	unmapped, err := row.FromMessage("nowhere", message.NewMessage(watermill.NewUUID(), []byte("y")), row.Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := newMessages(20, "g")
+	c := collect(t, pubsub, "t", len(good))
+	envs := []row.Envelope{unreadable, unmapped}
+	for _, m := range good {
+		r, err := row.FromMessage("t", m, row.Defaults{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, r)
+	}
+	e.insertEnvelopes(envs...)
+
+	errNoRoute := errors.New("no route")
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, Topic: func(d string) (string, error) {
+		if d == "nowhere" {
+			return "", errNoRoute
+		}
+		return d, nil
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	c.wait(t, "good messages")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.outgoing(); n != 0 {
+		t.Fatalf("%d rows left", n)
+	}
+	if n := e.count(schema.DeadLetterTable, "id = $1 AND explanation LIKE '%cannot be read%' AND attempts = 1", unreadable.ID.String()); n != 1 {
+		t.Errorf("unreadable envelope not dead-lettered with an explanation")
+	}
+	if n := e.count(schema.DeadLetterTable, "id = $1 AND explanation LIKE '%cannot be mapped%' AND exception_message = 'no route'", unmapped.ID.String()); n != 1 {
+		t.Errorf("unmapped envelope not dead-lettered with an explanation")
+	}
+	if st := f.Stats(); st.DeadLettered != 2 || st.Sent != int64(len(good)) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestRunAfterCloseAndTwice(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: goChannel(t)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	if err := f.Run(context.Background()); !errors.Is(err, ErrRunning) {
+		t.Fatalf("second Run = %v, want ErrRunning", err)
+	}
+	_ = f.Close()
+	_ = f.Close()
+
+	g, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: goChannel(t)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = g.Close() // before Run: returns at once
+	if err := g.Run(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Run after Close = %v, want ErrClosed", err)
+	}
+}
+
+// Cancelling Run's context stops it; claimed rows are handed back.
+func TestRunStopsOnContextCancel(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: goChannel(t)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- f.Run(ctx) }()
+	<-f.Running()
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Run did not return after cancel")
+	}
+	_ = f.Close()
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	pub := goChannel(t)
+	for name, c := range map[string]Config{
+		"no publisher":        {},
+		"negative batch":      {Publisher: pub, BatchSize: -1},
+		"huge batch":          {Publisher: pub, BatchSize: maxBatchSize + 1},
+		"negative workers":    {Publisher: pub, Workers: -1},
+		"pause above max":     {Publisher: pub, CircuitPause: time.Minute, MaxCircuitPause: time.Second},
+		"empty destination":   {Publisher: pub, Destinations: []string{""}},
+		"bad schema":          {Publisher: pub, Schema: schema.Config{Schema: "1x"}},
+		"negative attempts":   {Publisher: pub, MaxAttempts: -2},
+		"negative poll":       {Publisher: pub, PollInterval: -time.Second},
+		"negative breakAfter": {Publisher: pub, CircuitBreakAfter: -1},
+	} {
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: Validate = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+	if err := (Config{Publisher: pub}).Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	c := Config{Publisher: pub, CircuitPause: time.Minute}
+	c.setDefaults()
+	if c.MaxCircuitPause < c.CircuitPause || c.BatchSize != DefaultBatchSize || c.Workers != DefaultWorkers ||
+		c.PublishConcurrency != DefaultPublishConcurrency || c.MaxAttempts != DefaultMaxAttempts {
+		t.Fatalf("defaults %+v", c)
+	}
+	if _, err := NewForwarder(nil, Config{Publisher: pub}, nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("nil db: %v", err)
+	}
+}
+
+func TestErrorReport(t *testing.T) {
+	t.Parallel()
+	root := errors.New("connection refused")
+	err := fmt.Errorf("publish: %w", fmt.Errorf("dial: %w", root))
+	typ, msg, text := errorReport(err)
+	if typ != "*errors.errorString" {
+		t.Errorf("type %q", typ)
+	}
+	if msg != "publish: dial: connection refused" {
+		t.Errorf("message %q", msg)
+	}
+	if want := "*fmt.wrapError: publish: dial: connection refused\n*fmt.wrapError: dial: connection refused\n*errors.errorString: connection refused"; text != want {
+		t.Errorf("text %q, want %q", text, want)
+	}
+}
+
+// The notification connection is killed: the forwarder listens again and nothing committed
+// meanwhile waits for a poll (the poll interval is longer than the test).
+func TestListenerReconnects(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "t", 2)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, PollInterval: time.Hour}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan struct{}, 10)
+	f.onListening = func() { listening <- struct{}{} }
+	start(t, f)
+	waitListening := func() {
+		t.Helper()
+		select {
+		case <-listening:
+		case <-time.After(testTimeout):
+			t.Fatal("not listening")
+		}
+	}
+	waitListening()
+	e.insert("t", newMessages(1, "before")...)
+	c.waitCount(t, 1, "message before the kill")
+
+	listen := e.dialect.ListenOutgoing()
+	var killed bool
+	// The timeout makes pg_terminate_backend wait until the backend has exited.
+	if err := database.QueryRow(context.Background(), e.db,
+		`SELECT bool_and(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()`,
+		[]any{listen}, &killed); err != nil || !killed {
+		t.Fatalf("kill the LISTEN connection: %v (killed %v)", err, killed)
+	}
+	waitListening()
+	e.insert("t", newMessages(1, "after")...)
+	c.wait(t, "message after the listener reconnected")
+}
+
+// The same relay over database/sql (pgx's stdlib driver), notifications included.
+func TestForwardsWithDatabaseSQL(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	std, err := database.FromStdSQL(testdb.StdDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "t", 50)
+	f, err := NewForwarder(std, Config{Schema: e.schema, Publisher: pubsub, PollInterval: time.Hour, BatchSize: 20}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan struct{}, 1)
+	f.onListening = func() {
+		select {
+		case listening <- struct{}{}:
+		default:
+		}
+	}
+	start(t, f)
+	select {
+	case <-listening:
+	case <-time.After(testTimeout):
+		t.Fatal("not listening")
+	}
+	e.insert("t", newMessages(50, "s")...)
+	c.wait(t, "messages relayed over database/sql")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.outgoing(); n != 0 {
+		t.Fatalf("%d rows left", n)
+	}
+}
+
+// A schema name of up to 63 bytes still gets notifications: the channel name is shortened
+// (PostgreSQL rejects channel names of 64 bytes or more in pg_notify).
+func TestLongSchemaNameNotifications(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	db := database.FromPgx(pool)
+	name := testdb.RandomName("wj_test_long_")
+	name += strings.Repeat("x", schema.MaxIdentifierLength-len(name))
+	cfg := schema.Config{Schema: name}
+	t.Cleanup(func() {
+		if _, err := db.Exec(context.Background(), `DROP SCHEMA IF EXISTS "`+name+`" CASCADE`); err != nil {
+			t.Errorf("drop schema: %v", err)
+		}
+	})
+	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cfg.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sqldialect.For(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.OutgoingChannel()) > 63 {
+		t.Fatalf("channel %q is %d bytes", d.OutgoingChannel(), len(d.OutgoingChannel()))
+	}
+	e := &env{t: t, db: db, schema: cfg, dialect: d}
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "t", 3)
+	f, err := NewForwarder(db, Config{Schema: cfg, Publisher: pubsub, PollInterval: time.Hour}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	e.insert("t", newMessages(3, "l")...) // pg_notify fails here without the shortening
+	c.wait(t, "messages of a schema with a 63-byte name")
+}

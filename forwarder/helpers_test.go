@@ -1,0 +1,253 @@
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// testTimeout bounds every wait of these tests.
+const testTimeout = 60 * time.Second
+
+type env struct {
+	t       testing.TB
+	db      database.DB
+	schema  schema.Config
+	dialect sqldialect.Dialect
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	db, cfg := testdb.Migrated(t)
+	d, err := sqldialect.For(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, db: db, schema: cfg, dialect: d}
+}
+
+// insert writes the messages as outgoing envelopes to topic, in statements of up to 1000
+// rows, as the publisher would, and notifies the forwarders.
+func (e *env) insert(topic string, msgs ...*message.Message) {
+	e.t.Helper()
+	envs := make([]row.Envelope, len(msgs))
+	for i, m := range msgs {
+		r, err := row.FromMessage(topic, m, row.Defaults{})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		envs[i] = r
+	}
+	e.insertEnvelopes(envs...)
+}
+
+func (e *env) insertEnvelopes(envs ...row.Envelope) {
+	e.t.Helper()
+	ctx := context.Background()
+	for len(envs) > 0 {
+		n := min(len(envs), 1000)
+		args := make([]any, 0, n*len(row.OutgoingColumns))
+		for i := range envs[:n] {
+			args = envs[i].OutgoingArgs(args, e.dialect.UUIDs())
+		}
+		if _, err := e.db.Exec(ctx, e.dialect.InsertOutgoing(n), args...); err != nil {
+			e.t.Fatalf("insert envelopes: %v", err)
+		}
+		envs = envs[n:]
+	}
+	if _, err := e.db.Exec(ctx, e.dialect.NotifyOutgoing()); err != nil {
+		e.t.Fatalf("notify: %v", err)
+	}
+}
+
+func (e *env) count(table string, where string, args ...any) int {
+	e.t.Helper()
+	var n int
+	q := fmt.Sprintf(`SELECT count(*) FROM %s`, e.schema.Qualified(table))
+	if where != "" {
+		q += " WHERE " + where
+	}
+	if err := database.QueryRow(context.Background(), e.db, q, args, &n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func (e *env) outgoing() int { return e.count(schema.OutgoingTable, "") }
+
+func (e *env) deadLetters() int { return e.count(schema.DeadLetterTable, "") }
+
+// start runs f until the test ends (or Close) and waits until it is running.
+func start(t testing.TB, f *Forwarder) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() { errc <- f.Run(context.Background()) }()
+	t.Cleanup(func() {
+		_ = f.Close()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-f.Running():
+	case err := <-errc:
+		t.Fatalf("Run returned early: %v", err)
+	case <-time.After(testTimeout):
+		t.Fatal("forwarder did not start")
+	}
+}
+
+func newMessages(n int, prefix string) []*message.Message {
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf("%s-%d", prefix, i)))
+	}
+	return msgs
+}
+
+// goChannel returns a GoChannel pub/sub closed when the test ends.
+func goChannel(t testing.TB) *gochannel.GoChannel {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1024}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = pubsub.Close() })
+	return pubsub
+}
+
+// collector acks every message of a subscription and records it by UUID.
+type collector struct {
+	mu      sync.Mutex
+	byUUID  map[string][]*message.Message
+	total   int
+	want    int
+	done    chan struct{} // closed when len(byUUID) reaches want
+	arrived chan struct{} // signalled (coalesced) on every message
+}
+
+func collect(t testing.TB, sub message.Subscriber, topic string, want int) *collector {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch, err := sub.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{byUUID: map[string][]*message.Message{}, want: want, done: make(chan struct{}), arrived: make(chan struct{}, 1)}
+	if want == 0 {
+		close(c.done)
+	}
+	go func() {
+		for m := range ch {
+			m.Ack()
+			c.mu.Lock()
+			c.byUUID[m.UUID] = append(c.byUUID[m.UUID], m)
+			c.total++
+			if len(c.byUUID) == c.want && c.want > 0 {
+				close(c.done)
+			}
+			c.mu.Unlock()
+			select {
+			case c.arrived <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return c
+}
+
+func (c *collector) wait(t testing.TB, what string) {
+	t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(testTimeout):
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		t.Fatalf("%s: received %d distinct messages of %d", what, len(c.byUUID), c.want)
+	}
+}
+
+// distinct returns how many distinct messages arrived.
+func (c *collector) distinct() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.byUUID)
+}
+
+// waitCount waits until at least k distinct messages arrived.
+func (c *collector) waitCount(t testing.TB, k int, what string) {
+	t.Helper()
+	timeout := time.After(testTimeout)
+	for c.distinct() < k {
+		select {
+		case <-c.arrived:
+		case <-timeout:
+			t.Fatalf("%s: received %d distinct messages of %d", what, c.distinct(), k)
+		}
+	}
+}
+
+// recorder wraps a publisher, counting publishes per topic and UUID, and can fail topics.
+type recorder struct {
+	next message.Publisher
+
+	mu        sync.Mutex
+	published map[string]int // by UUID, successful publishes
+	attempts  map[string]int // by topic, every call
+	fail      map[string]error
+	onFail    func(topic string, calls int)
+}
+
+func newRecorder(next message.Publisher) *recorder {
+	return &recorder{next: next, published: map[string]int{}, attempts: map[string]int{}, fail: map[string]error{}}
+}
+
+var errBroken = errors.New("broker says no")
+
+func (r *recorder) Publish(topic string, msgs ...*message.Message) error {
+	r.mu.Lock()
+	r.attempts[topic]++
+	calls := r.attempts[topic]
+	failErr := r.fail[topic]
+	onFail := r.onFail
+	r.mu.Unlock()
+	if failErr != nil {
+		if onFail != nil {
+			onFail(topic, calls)
+		}
+		return fmt.Errorf("publish to %s: %w", topic, failErr)
+	}
+	if err := r.next.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	for _, m := range msgs {
+		r.published[m.UUID]++
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recorder) Close() error { return nil }
+
+func (r *recorder) publishedCount(uuid string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.published[uuid]
+}
+
+func (r *recorder) attemptsOf(topic string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.attempts[topic]
+}
