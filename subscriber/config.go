@@ -1,0 +1,171 @@
+package subscriber
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// ErrInvalidConfig is wrapped by every error NewSubscriber and Config.Validate return about
+// the configuration.
+var ErrInvalidConfig = errors.New("watermill-jasper: invalid subscriber config")
+
+// Defaults of Config.
+const (
+	DefaultBatchSize        = 100
+	DefaultMaxInFlight      = 1
+	DefaultPollInterval     = time.Second
+	DefaultNackBackoff      = 100 * time.Millisecond
+	DefaultMaxNackBackoff   = 10 * time.Second
+	DefaultAckFlushInterval = 5 * time.Millisecond
+	DefaultRetryInterval    = time.Second
+	DefaultCloseTimeout     = 30 * time.Second
+
+	// MaxBatchSize bounds BatchSize and AckBatchSize.
+	MaxBatchSize = 10000
+)
+
+// Config configures a Subscriber. The zero value is usable: PostgreSQL, schema "public",
+// batches of 100, one message in flight, notifications on, polling every second.
+type Config struct {
+	// Schema says where the tables are. Default: PostgreSQL, Jasper's default schema. The
+	// tables must exist (`watermill-jasper schema migrate`, schema.Migrate, or
+	// InitializeSchema).
+	Schema schema.Config
+
+	// Node is the node whose id is written into owner_id while this subscriber holds an
+	// envelope. Default (nil): one node per database handle, shared by every Subscriber of
+	// that handle and held (its lock taken) from the first NewSubscriber to the last Close.
+	// A Node passed here is not closed by the Subscriber and must outlive it: envelopes
+	// owned by a node whose lock is gone are handed to other nodes by durability agents.
+	Node *durability.Node
+
+	// BatchSize is how many envelopes one claim takes (one statement). Default 100.
+	// A subscription holds at most about three batches: the one being delivered and, while
+	// a backlog lasts, the next two (claimed concurrently).
+	BatchSize int
+
+	// MaxInFlight is how many messages of one subscription may be delivered and not yet
+	// acknowledged at a time. Default 1: the next message is sent only after the previous
+	// one was acked or nacked.
+	MaxInFlight int
+
+	// PollInterval is how often a subscription looks for new and due scheduled envelopes
+	// when nothing woke it up (notifications are the fast path). Default 1s.
+	PollInterval time.Duration
+
+	// NackBackoff is the delay before a nacked message is delivered again, after its first
+	// nack; it doubles with each further attempt up to MaxNackBackoff. Nacked envelopes are
+	// handed back as Jasper does a scheduled retry (status Scheduled, execution_time =
+	// now + delay, attempts + 1), so any subscriber of the topic may deliver them again.
+	// Default 100ms. Negative: no delay.
+	NackBackoff time.Duration
+	// MaxNackBackoff caps the nack delay. Default 10s.
+	MaxNackBackoff time.Duration
+
+	// AckFlushInterval is the longest an acknowledgement waits before its row is deleted:
+	// acks are collected and deleted many per statement, every AckFlushInterval or every
+	// AckBatchSize acks, and always before Close returns. Default 5ms.
+	AckFlushInterval time.Duration
+	// AckBatchSize is how many acks trigger a flush at once. Default BatchSize.
+	AckBatchSize int
+
+	// RetryInterval is the wait after a database error before trying again. Default 1s.
+	RetryInterval time.Duration
+
+	// CloseTimeout bounds the statements Close (and the end of a subscription) runs to
+	// delete acknowledged envelopes and hand the others back. Default 30s.
+	CloseTimeout time.Duration
+
+	// DisableNotify turns off the PostgreSQL LISTEN wake-up (one connection per database
+	// handle, shared by every Subscriber); subscriptions then only poll.
+	DisableNotify bool
+
+	// DisableScheduledRelease stops subscriptions from making their topic's due scheduled
+	// envelopes Incoming (for when a durability agent does it for every topic). Nacked
+	// messages then wait for that agent too.
+	DisableScheduledRelease bool
+
+	// InitializeSchema makes SubscribeInitialize and Subscribe create the missing tables,
+	// columns and indexes (schema.Migrate). Default false: they only verify the layout and
+	// return an error saying how to create it.
+	InitializeSchema bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Schema.Dialect == "" {
+		c.Schema.Dialect = schema.Postgres
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.NackBackoff == 0 {
+		c.NackBackoff = DefaultNackBackoff
+	}
+	if c.MaxNackBackoff == 0 {
+		c.MaxNackBackoff = DefaultMaxNackBackoff
+	}
+	if c.AckFlushInterval == 0 {
+		c.AckFlushInterval = DefaultAckFlushInterval
+	}
+	if c.AckBatchSize == 0 {
+		c.AckBatchSize = c.BatchSize
+	}
+	if c.RetryInterval == 0 {
+		c.RetryInterval = DefaultRetryInterval
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
+}
+
+// Validate checks the config, after defaults are applied.
+func (c Config) Validate() error {
+	c.setDefaults()
+	if err := c.Schema.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	switch {
+	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
+		return fmt.Errorf("%w: BatchSize is %d, it must be between 1 and %d", ErrInvalidConfig, c.BatchSize, MaxBatchSize)
+	case c.AckBatchSize < 1 || c.AckBatchSize > MaxBatchSize:
+		return fmt.Errorf("%w: AckBatchSize is %d, it must be between 1 and %d", ErrInvalidConfig, c.AckBatchSize, MaxBatchSize)
+	case c.MaxInFlight < 1 || c.MaxInFlight > MaxBatchSize:
+		return fmt.Errorf("%w: MaxInFlight is %d, it must be between 1 and %d", ErrInvalidConfig, c.MaxInFlight, MaxBatchSize)
+	case c.PollInterval < 0:
+		return fmt.Errorf("%w: PollInterval is negative (%s)", ErrInvalidConfig, c.PollInterval)
+	case c.MaxNackBackoff < 0:
+		return fmt.Errorf("%w: MaxNackBackoff is negative (%s)", ErrInvalidConfig, c.MaxNackBackoff)
+	case c.NackBackoff > 0 && c.NackBackoff > c.MaxNackBackoff:
+		return fmt.Errorf("%w: NackBackoff (%s) is longer than MaxNackBackoff (%s)", ErrInvalidConfig, c.NackBackoff, c.MaxNackBackoff)
+	case c.AckFlushInterval < 0:
+		return fmt.Errorf("%w: AckFlushInterval is negative (%s)", ErrInvalidConfig, c.AckFlushInterval)
+	case c.RetryInterval < 0:
+		return fmt.Errorf("%w: RetryInterval is negative (%s)", ErrInvalidConfig, c.RetryInterval)
+	case c.CloseTimeout < 0:
+		return fmt.Errorf("%w: CloseTimeout is negative (%s)", ErrInvalidConfig, c.CloseTimeout)
+	}
+	return nil
+}
+
+// nackDelay is the delay before redelivering a message that had attempts earlier attempts
+// and was just nacked: NackBackoff * 2^attempts, capped by MaxNackBackoff.
+func (c *Config) nackDelay(attempts int) time.Duration {
+	if c.NackBackoff <= 0 {
+		return 0
+	}
+	d := c.NackBackoff
+	for i := 0; i < attempts && d < c.MaxNackBackoff; i++ {
+		d *= 2
+	}
+	return min(d, c.MaxNackBackoff)
+}
