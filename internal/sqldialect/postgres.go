@@ -299,3 +299,71 @@ ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempt
   exception_type = EXCLUDED.exception_type, exception_message = EXCLUDED.exception_message,
   headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`, p.inc, p.dlq)
 }
+
+// Inbox and dead-letter middleware statements.
+
+func (p *postgres) InsertHandled() string {
+	return fmt.Sprintf(`INSERT INTO %s (%s, keep_until) VALUES (%s, now() + $%d::bigint * interval '1 millisecond')
+ON CONFLICT (id) DO NOTHING`, p.inc, p.incCols, strings.TrimSuffix(strings.TrimPrefix(values(1, 1, len(row.IncomingColumns)), "("), ")"),
+		len(row.IncomingColumns)+1)
+}
+
+func (p *postgres) MarkIncomingHandled() string {
+	return fmt.Sprintf(`UPDATE %s SET status = 'Handled', keep_until = now() + $3::bigint * interval '1 millisecond',
+  owner_id = 0, body = ''::bytea
+WHERE id = $1 AND received_at = $2 AND status = 'Incoming'`, p.inc)
+}
+
+func (p *postgres) IncomingStatus() string {
+	return fmt.Sprintf(`SELECT status FROM %s WHERE id = $1 AND received_at = $2`, p.inc)
+}
+
+func (p *postgres) DeleteExpiredHandled() string {
+	return fmt.Sprintf(`DELETE FROM %[1]s WHERE id = ANY(ARRAY(
+  SELECT id FROM %[1]s WHERE status = 'Handled' AND keep_until <= now()
+  LIMIT $1 FOR UPDATE SKIP LOCKED))`, p.inc)
+}
+
+// pgIncomingTypes are the PostgreSQL types of row.IncomingColumns, for casting bind values
+// outside an INSERT's VALUES list (where the column types are not inferred).
+var pgIncomingTypes = map[string]string{
+	"id": "uuid", "owner_id": "integer", "attempts": "integer", "body": "bytea", "conversation_id": "uuid",
+	"correlation_id": "varchar", "parent_id": "varchar", "saga_id": "varchar", "message_type": "varchar",
+	"content_type": "varchar", "reply_requested": "varchar", "ack_requested": "boolean", "reply_uri": "varchar",
+	"message_uuid": "text", "headers": "text", "received_at": "varchar", "status": "varchar",
+	"execution_time": "timestamptz",
+}
+
+func (p *postgres) InsertDeadLetter() string {
+	casts := make([]string, len(row.IncomingColumns))
+	for i, c := range row.IncomingColumns {
+		t, ok := pgIncomingTypes[c]
+		if !ok {
+			panic("sqldialect: no PostgreSQL type for incoming column " + c)
+		}
+		casts[i] = fmt.Sprintf("$%d::%s", i+1, t)
+	}
+	n := len(row.IncomingColumns)
+	return fmt.Sprintf(`INSERT INTO %[1]s (id, execution_time, attempts, body, conversation_id, correlation_id, parent_id,
+  saga_id, message_type, content_type, reply_requested, ack_requested, reply_uri, received_at, source, explanation,
+  exception_text, exception_type, exception_message, message_uuid, headers)
+SELECT id, execution_time, COALESCE(attempts, 0), body, conversation_id, correlation_id, parent_id, saga_id,
+  message_type, content_type, reply_requested, ack_requested, reply_uri, received_at, $%[7]d::varchar,
+  $%[3]d::varchar, $%[6]d::varchar, $%[4]d::varchar, $%[5]d::varchar, message_uuid, headers
+FROM (VALUES (%[8]s)) AS v(%[2]s)
+ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempts = EXCLUDED.attempts,
+  body = EXCLUDED.body, conversation_id = EXCLUDED.conversation_id, correlation_id = EXCLUDED.correlation_id,
+  parent_id = EXCLUDED.parent_id, saga_id = EXCLUDED.saga_id, message_type = EXCLUDED.message_type,
+  content_type = EXCLUDED.content_type, reply_requested = EXCLUDED.reply_requested,
+  ack_requested = EXCLUDED.ack_requested, reply_uri = EXCLUDED.reply_uri, received_at = EXCLUDED.received_at,
+  source = EXCLUDED.source, explanation = EXCLUDED.explanation, exception_text = EXCLUDED.exception_text,
+  exception_type = EXCLUDED.exception_type, exception_message = EXCLUDED.exception_message,
+  message_uuid = EXCLUDED.message_uuid, headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`,
+		p.dlq, p.incCols, n+1, n+2, n+3, n+4, n+5, strings.Join(casts, ", "))
+}
+
+func (p *postgres) Savepoint() string { return `SAVEPOINT watermill_jasper_attempt` }
+func (p *postgres) RollbackToSavepoint() string {
+	return `ROLLBACK TO SAVEPOINT watermill_jasper_attempt`
+}
+func (p *postgres) ReleaseSavepoint() string { return `RELEASE SAVEPOINT watermill_jasper_attempt` }

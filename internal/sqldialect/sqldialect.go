@@ -124,6 +124,40 @@ type Dialect interface {
 	// StringLists of the same length: explanation, exception_type, exception_message,
 	// exception_text, source.
 	DeadLetterIncoming() string
+
+	// Inbox and dead-letter middleware statements (package middleware).
+
+	// InsertHandled records that an inbox consumer handled a message: it inserts one incoming
+	// envelope bound with row.IncomingArgs (status Handled) followed by the retention in
+	// milliseconds (int64; keep_until = now + retention), and does nothing when the id
+	// exists. Affected rows: 1 recorded, 0 recorded before (a duplicate). A concurrent
+	// insert of the same id waits for the first transaction and then does nothing.
+	InsertHandled() string
+	// MarkIncomingHandled marks the incoming envelope a subscriber delivered as handled by
+	// an inbox: status Handled, keep_until = now + $3 milliseconds, owner 0, body emptied,
+	// only when id = $1, received_at = $2 and status is Incoming. Affected rows: 1 marked,
+	// 0 not (the row is gone, another delivery marked it, or it is not Incoming).
+	// Args: id, topic string, retention milliseconds int64.
+	MarkIncomingHandled() string
+	// IncomingStatus returns the status of one incoming envelope of a topic (no row: none).
+	// Args: id, topic string.
+	IncomingStatus() string
+	// DeleteExpiredHandled deletes up to $1 Handled envelopes whose keep_until has passed,
+	// skipping rows locked by others. Affected rows: the number deleted. Args: limit int.
+	DeleteExpiredHandled() string
+	// InsertDeadLetter writes one dead letter: an envelope bound with row.IncomingArgs
+	// (received_at = the topic, attempts = the attempts made), then explanation,
+	// exception_type, exception_message, exception_text, source. A dead letter with the same
+	// id is replaced (the message failed again).
+	InsertDeadLetter() string
+	// Savepoint, RollbackToSavepoint and ReleaseSavepoint manage one savepoint of a fixed
+	// name inside a transaction (one attempt of a handler). Args: none.
+	Savepoint() string
+	RollbackToSavepoint() string
+	ReleaseSavepoint() string
+
+	// Durability agent statements (package durability), in durability.go.
+	DurabilityStatements
 }
 
 // For returns the dialect for a (normalized) schema config.
