@@ -17,6 +17,7 @@ const (
 	DefaultWorkers            = 2
 	DefaultPublishConcurrency = 64
 	DefaultPollInterval       = time.Second
+	DefaultActivePollInterval = 2 * time.Millisecond
 	DefaultMaxAttempts        = 10
 	DefaultCircuitBreakAfter  = 3
 	DefaultCircuitPause       = time.Second
@@ -59,9 +60,14 @@ type Config struct {
 	// set Publish.ChannelPoolSize to about this value: without a pool it opens and closes an
 	// AMQP channel for every Publish, which costs more than the publish itself. Default 64.
 	PublishConcurrency int
-	// PollInterval is how often the outbox is queried when no notification arrives (idle, at
-	// most one query per interval). Default 1s.
+	// PollInterval is how often the outbox is queried when it has been empty for a whole
+	// PollInterval and no notification arrives: an idle forwarder queries at most once per
+	// interval. Default 1s.
 	PollInterval time.Duration
+	// ActivePollInterval is how often the outbox is queried while it is busy: from a claim
+	// that found envelopes until PollInterval has passed without finding any. Publishers then
+	// need no per-transaction NOTIFY (which serialises commits) for low latency. Default 2ms.
+	ActivePollInterval time.Duration
 
 	// MaxAttempts is how many failed publishes an envelope gets before it is moved to
 	// jasper_dead_letters with the last error. Default 10.
@@ -101,6 +107,9 @@ func (c *Config) setDefaults() {
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
+	if c.ActivePollInterval == 0 {
+		c.ActivePollInterval = min(DefaultActivePollInterval, c.PollInterval)
+	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
@@ -139,6 +148,7 @@ func (c Config) Validate() error {
 		{"Workers", int64(c.Workers)},
 		{"PublishConcurrency", int64(c.PublishConcurrency)},
 		{"PollInterval", int64(c.PollInterval)},
+		{"ActivePollInterval", int64(c.ActivePollInterval)},
 		{"MaxAttempts", int64(c.MaxAttempts)},
 		{"CircuitBreakAfter", int64(c.CircuitBreakAfter)},
 		{"CircuitPause", int64(c.CircuitPause)},

@@ -102,6 +102,8 @@ type Forwarder struct {
 	jobs chan *item    // messages to publish, read by PublishConcurrency goroutines
 
 	claimed, sent, failed, expired, deadLettered, released atomic.Int64
+	lastFound                                              atomic.Int64  // unix nanos of the last claim that found envelopes
+	busy                                                   chan struct{} // tells poll that claims find envelopes again
 }
 
 // NewForwarder validates config and returns a Forwarder relaying the outgoing envelopes of
@@ -138,6 +140,7 @@ func NewForwarder(db database.DB, config Config, logger watermill.LoggerAdapter)
 		done:    make(chan struct{}),
 		running: make(chan struct{}),
 		wake:    make(chan struct{}, 1),
+		busy:    make(chan struct{}, 1),
 		jobs:    make(chan *item),
 	}
 	f.breaker = newBreaker(config.CircuitBreakAfter, config.CircuitPause, config.MaxCircuitPause)
@@ -277,17 +280,31 @@ func (f *Forwarder) circuitClosed(destination string) {
 	f.logger.Info("Destination resumed", watermill.LogFields{"destination": destination})
 }
 
-// poll wakes a worker every PollInterval: the fallback when notifications are off or lost.
+// poll wakes a worker every ActivePollInterval while claims find envelopes (until
+// PollInterval has passed since the last one that did), else every PollInterval: low latency
+// under load without per-commit notifications, and one query per PollInterval when idle.
 func (f *Forwarder) poll(ctx context.Context) {
-	t := time.NewTicker(f.config.PollInterval)
+	t := time.NewTimer(f.config.ActivePollInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-f.busy: // a claim found envelopes: poll at the active pace from now on
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 		case <-t.C:
 			f.signal()
 		}
+		interval := f.config.PollInterval
+		if time.Since(time.Unix(0, f.lastFound.Load())) < f.config.PollInterval {
+			interval = f.config.ActivePollInterval
+		}
+		t.Reset(interval)
 	}
 }
 

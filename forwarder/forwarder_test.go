@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -637,4 +638,54 @@ func TestLongSchemaNameNotifications(t *testing.T) {
 	start(t, f)
 	e.insert("t", newMessages(3, "l")...) // pg_notify fails here without the shortening
 	c.wait(t, "messages of a schema with a 63-byte name")
+}
+
+// While the outbox is busy the forwarder polls every ActivePollInterval, so an envelope
+// committed without any notification is relayed long before the (idle) PollInterval.
+func TestActivePollingWithoutNotify(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "t", 2)
+	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, DisableNotify: true, PollInterval: time.Hour}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.insert("t", newMessages(1, "first")...)
+	start(t, f) // drains the backlog at start: the outbox is now busy
+	c.waitCount(t, 1, "backlog at start")
+	e.insert("t", newMessages(1, "second")...) // no notification, next idle poll in an hour
+	c.wait(t, "envelope committed while busy")
+}
+
+// countingDB counts claims of outgoing envelopes.
+type countingDB struct {
+	database.DB
+	claims atomic.Int64
+}
+
+func (c *countingDB) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
+	if strings.Contains(query, "owner_id = 0") {
+		c.claims.Add(1)
+	}
+	return c.DB.Query(ctx, query, args...)
+}
+
+// An idle forwarder queries the outbox at most once per PollInterval.
+func TestIdleForwarderPollsOncePerInterval(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	db := &countingDB{DB: e.db}
+	const interval = 100 * time.Millisecond
+	f, err := NewForwarder(db, Config{Schema: e.schema, Publisher: goChannel(t), DisableNotify: true, PollInterval: interval}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, f)
+	before := db.claims.Load()
+	const window = 20 * interval
+	time.Sleep(window) // the quantity under test is the number of queries in an idle window
+	if got, limit := db.claims.Load()-before, int64(window/interval)+2; got > limit {
+		t.Fatalf("idle forwarder claimed %d times in %v, want at most %d (one per %v)", got, window, limit, interval)
+	}
 }

@@ -105,6 +105,15 @@ func (w *worker) run(ctx context.Context) {
 			f.logger.Error("Cannot claim outgoing envelopes; retrying at the next wake-up", err, watermill.LogFields{"worker": w.id})
 		}
 		full = err == nil && n == f.config.BatchSize
+		if len(w.envs) > 0 {
+			now := time.Now().UnixNano()
+			if prev := f.lastFound.Swap(now); time.Duration(now-prev) >= f.config.PollInterval {
+				select { // idle until now: switch the poller to the active pace
+				case f.busy <- struct{}{}:
+				default:
+				}
+			}
+		}
 		if full {
 			f.signal() // more is waiting: let another worker claim the next batch meanwhile
 		}
