@@ -12,6 +12,19 @@
 // A Node holds its lock on a connection of its own for the life of the process. Components
 // that write owner_id (the forwarder, the subscriber) take a Node, or create one for their
 // own lifetime when none is given.
+//
+// An Agent is Jasper's DurabilityAgent for a Node: it releases due scheduled envelopes,
+// wakes the local forwarders and subscribers when unowned envelopes wait, hands back the
+// envelopes of dormant nodes (owners whose lock nobody holds; never those of a live Go or
+// .NET node), deletes expired envelopes and Handled inbox rows in bounded batches, checks
+// the node lock (taking it again after a lost connection) and samples the tables for
+// metrics (package metrics). A process runs one Node and one Agent:
+//
+//	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, logger)
+//	agent, err := durability.NewAgent(db, node, durability.Config{Schema: cfg}, logger)
+//	go agent.Run(ctx)
+//	// ... forwarders and subscribers with Node: node ...
+//	// stop: forwarders and subscribers first, then agent.Close(), then node.Close()
 package durability
 
 import (
@@ -67,6 +80,8 @@ type Node struct {
 	mu     sync.Mutex
 	conn   database.Conn // holds the lock; nil once closed or after the connection was lost
 	closed bool
+	// relocks counts the times Check took the lock again after it was lost.
+	relocks uint64
 }
 
 // NewNode picks the node id (config.ID, or a random one), takes its lock on a dedicated
@@ -151,6 +166,7 @@ func (n *Node) Check(ctx context.Context) error {
 			var ok bool
 			err = database.QueryRow(ctx, n.conn, n.dialect.TryAdvisoryLock(), key, &ok)
 			if err == nil && ok {
+				n.relocks++
 				n.logger.Info("Node lock taken again", nil)
 				return nil
 			}
@@ -170,8 +186,20 @@ func (n *Node) Check(ctx context.Context) error {
 		return err
 	}
 	n.conn = conn
+	n.relocks++
 	n.logger.Info("Node lock taken again on a new connection", nil)
 	return nil
+}
+
+// Relocks returns how many times Check found the node lock lost (its connection broken, or
+// the lock released under it) and took it again. While the lock was lost, other nodes were
+// free to treat this node as dead and hand its envelopes back; a change of this number tells
+// the durability agent to hand back the envelopes still marked with this node's id that no
+// local component may know about (a claim whose answer was lost with the connection).
+func (n *Node) Relocks() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.relocks
 }
 
 // Close releases the node lock and gives its connection back to the pool. It is idempotent.

@@ -34,7 +34,8 @@ var storageCounts = spec{
 	name:    "storage counts",
 	summary: "print how many envelopes the tables hold",
 	description: "Incoming envelopes by status, outgoing envelopes by destination, dead letters, and the incoming " +
-		"and outgoing rows each node (owner_id) holds; owner 0 means no node holds them.",
+		"and outgoing rows each node (owner_id) holds; owner 0 means no node holds them. Each node is shown alive " +
+		"(a session holds its lock) or dormant (none does: a durability agent hands its rows back).",
 	examples: []string{"storage counts --dsn postgres://app@db.internal:5432/app --schema messaging"},
 	setup: func(fs *flag.FlagSet) runFunc {
 		var db dbFlags
@@ -49,9 +50,43 @@ var storageCounts = spec{
 			if err != nil {
 				return err
 			}
-			return printCounts(e.stdout, cfg, c)
+			if err := printCounts(e.stdout, cfg, c); err != nil {
+				return err
+			}
+			ids := make([]int32, len(c.Owners))
+			for i, o := range c.Owners {
+				ids[i] = o.OwnerID
+			}
+			live, err := admin.NodeLiveness(ctx, h, ids)
+			if err != nil {
+				return err
+			}
+			return printNodes(e.stdout, ids, live)
 		}
 	},
+}
+
+// printNodes lists the nodes (owner_id other than 0) holding rows and whether each is alive.
+func printNodes(w io.Writer, ids []int32, live map[int32]admin.Liveness) error {
+	fmt.Fprintln(w, "\nNodes holding envelopes (alive: a session holds the node lock; dormant: none does, and a durability agent hands its envelopes back)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NODE\tSTATE")
+	n := 0
+	for _, id := range ids {
+		if id == admin.AnyNode {
+			continue
+		}
+		fmt.Fprintf(tw, "  %d\t%s\n", id, live[id])
+		n++
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if n == 0 {
+		_, err := fmt.Fprintln(w, "  (none)")
+		return err
+	}
+	return nil
 }
 
 // knownStatuses are always listed by storage counts, even when no row has them.

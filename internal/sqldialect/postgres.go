@@ -367,3 +367,7 @@ func (p *postgres) RollbackToSavepoint() string {
 	return `ROLLBACK TO SAVEPOINT watermill_jasper_attempt`
 }
 func (p *postgres) ReleaseSavepoint() string { return `RELEASE SAVEPOINT watermill_jasper_attempt` }
+
+func (p *postgres) DeleteHandledMark() string {
+	return fmt.Sprintf(`DELETE FROM %s WHERE id = $1 AND status = 'Handled'`, p.inc)
+}

@@ -155,6 +155,9 @@ type Dialect interface {
 	Savepoint() string
 	RollbackToSavepoint() string
 	ReleaseSavepoint() string
+	// DeleteHandledMark deletes one Handled incoming envelope: an inbox withdrawing the mark
+	// it wrote in the same transaction. Args: id.
+	DeleteHandledMark() string
 
 	// Durability agent statements (package durability), in durability.go.
 	DurabilityStatements

@@ -1,0 +1,83 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// Liveness tells whether the node behind an owner_id is running.
+type Liveness int
+
+const (
+	// LivenessUnknown: the database cannot tell (SQL Server, for now).
+	LivenessUnknown Liveness = iota
+	// Alive: a database session holds the node's lock (a running Go or .NET node).
+	Alive
+	// Dormant: no session holds the node's lock. Its envelopes wait for a durability
+	// agent's reassignment pass, which hands them back to every node.
+	Dormant
+)
+
+func (l Liveness) String() string {
+	switch l {
+	case Alive:
+		return "alive"
+	case Dormant:
+		return "dormant"
+	}
+	return "unknown"
+}
+
+// NodeLiveness tells, for each owner id, whether a session holds its node lock (Jasper's
+// session advisory lock keyed by the id). It only reads the database's lock table: it never
+// takes a lock, so it cannot disturb a running node. AnyNode (0) is not a node and is left
+// out of the result. On SQL Server every id is LivenessUnknown.
+func NodeLiveness(ctx context.Context, db database.DB, owners []int32) (map[int32]Liveness, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: nil database handle", schema.ErrInvalidConfig)
+	}
+	res := make(map[int32]Liveness, len(owners))
+	ids := make([]int32, 0, len(owners))
+	for _, id := range owners {
+		if id != AnyNode {
+			res[id] = LivenessUnknown
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return res, nil
+	}
+	d, err := sqldialect.For(schema.Config{Dialect: db.Dialect()})
+	if errors.Is(err, database.ErrUnsupported) {
+		return res, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.Query(ctx, d.OwnersAlive(), ids)
+	if err != nil {
+		return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
+	}
+	for rows.Next() {
+		var id int32
+		var alive bool
+		if err := rows.Scan(&id, &alive); err != nil {
+			_ = rows.Close()
+			return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
+		}
+		if alive {
+			res[id] = Alive
+		} else {
+			res[id] = Dormant
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
+	}
+	return res, nil
+}

@@ -1,0 +1,287 @@
+package durability_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/forwarder"
+	"github.com/watermill-jasper/watermill-jasper/internal/tcpproxy"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/subscriber"
+)
+
+// The subscriber is woken by the agent (Agent.AddWaker).
+var _ durability.Waker = (*subscriber.Subscriber)(nil)
+
+// memorySink is an in-process "broker": it counts every copy of every message and signals
+// when a number of distinct messages has arrived.
+type memorySink struct {
+	latency time.Duration
+
+	mu      sync.Mutex
+	copies  map[string]int
+	waiters []sinkWaiter
+}
+
+type sinkWaiter struct {
+	n  int
+	ch chan struct{}
+}
+
+func (s *memorySink) Publish(_ string, msgs ...*message.Message) error {
+	if s.latency > 0 {
+		time.Sleep(s.latency) // a broker's round trip
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		s.copies[m.UUID]++
+	}
+	kept := s.waiters[:0]
+	for _, w := range s.waiters {
+		if len(s.copies) >= w.n {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	s.waiters = kept
+	return nil
+}
+
+func (s *memorySink) Close() error { return nil }
+
+// reached is closed once n distinct messages have arrived.
+func (s *memorySink) reached(n int) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	if len(s.copies) >= n {
+		close(ch)
+		return ch
+	}
+	s.waiters = append(s.waiters, sinkWaiter{n: n, ch: ch})
+	return ch
+}
+
+func (s *memorySink) stats() (distinct, duplicates int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.copies {
+		duplicates += c - 1
+	}
+	return len(s.copies), duplicates
+}
+
+// lockHolderPID returns the backend holding the advisory lock of id, or 0.
+func lockHolderPID(t *testing.T, db database.DB, id int32) int32 {
+	t.Helper()
+	var pid int32
+	err := database.QueryRow(context.Background(), db, `SELECT COALESCE(max(pid), 0) FROM pg_locks WHERE locktype = 'advisory'
+	  AND granted AND objsubid = 1 AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid`,
+		[]any{int64(id)}, &pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// publishDirect commits messages to the outbox on the direct (not proxied) pool.
+func publishDirect(t *testing.T, cfg schema.Config, msgs []*message.Message) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := testdb.Pool(t).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	pub, err := publisher.NewPublisher(watermillsql.TxFromPgx(tx), publisher.Config{Schema: cfg}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(msgs) > 0 {
+		n := min(len(msgs), 500)
+		if err := pub.Publish("orders", msgs[:n]...); err != nil {
+			t.Fatal(err)
+		}
+		msgs = msgs[n:]
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func proxyMessages(prefix string, n int) []*message.Message {
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(fmt.Sprintf("%s-%05d", prefix, i), []byte(`{}`))
+	}
+	return msgs
+}
+
+// The database connection of the node, its agent and its forwarder is cut for 10 seconds by
+// a TCP proxy in the middle of a relay. Without a restart, the node lock is taken again on a
+// new connection, the agent's jobs work again (a scheduled send that fell due during the
+// cut is released) and every message is delivered; the envelopes the node held when its
+// lock was lost are handed back, so none stays owned.
+func TestConnectionCutRecovers(t *testing.T) {
+	t.Parallel()
+	const cut = 10 * time.Second
+	direct, cfg := testdb.Migrated(t)
+
+	pc, err := pgxpool.ParseConfig(testdb.PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := tcpproxy.New(net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	p, _ := strconv.Atoi(port)
+	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
+	pc.ConnConfig.ConnectTimeout = 2 * time.Second
+	pc.MaxConns = 8
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	db := database.FromPgx(pool)
+
+	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	agent, err := durability.NewAgent(db, node, durability.Config{
+		Schema:                      cfg,
+		ScheduledJobPollingTime:     200 * time.Millisecond,
+		NodeReassignmentPollingTime: time.Second,
+		NodeCheckInterval:           200 * time.Millisecond,
+		MetricsSamplingInterval:     200 * time.Millisecond,
+		StatementTimeout:            5 * time.Second,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relocked := make(chan struct{})
+	var once sync.Once
+	durability.SetJobHook(agent, func(job string, err error) {
+		if job == durability.JobNodeCheck && err == nil && node.Relocks() > 0 {
+			once.Do(func() { close(relocked) })
+		}
+	})
+	sink := &memorySink{latency: time.Millisecond, copies: map[string]int{}}
+	fwd, err := forwarder.NewForwarder(db, forwarder.Config{
+		Schema: cfg, Node: node, Publisher: sink, BatchSize: 100, PublishConcurrency: 4, PollInterval: 100 * time.Millisecond,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	before := proxyMessages("before", 2000)
+	scheduled := message.NewMessage("scheduled-during-cut", []byte(`{}`))
+	delay.Message(scheduled, delay.For(3*time.Second))
+	publishDirect(t, cfg, append(before, scheduled))
+	during := proxyMessages("during", 1000)
+	total := len(before) + 1 + len(during)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = agent.Run(context.Background()) })
+	wg.Go(func() { _ = fwd.Run(context.Background()) })
+	defer func() {
+		_ = fwd.Close()
+		_ = agent.Close()
+		wg.Wait()
+	}()
+
+	select {
+	case <-sink.reached(500):
+	case <-time.After(crashTimeout):
+		t.Fatal("the relay did not start")
+	}
+	oldPID := lockHolderPID(t, direct, node.ID())
+	proxy.Cut()
+	cutAt := time.Now()
+	t.Logf("connection cut after %d messages", func() int { d, _ := sink.stats(); return d }())
+	publishDirect(t, cfg, during)
+	// The node's session ends with its connection: its lock is free during the cut.
+	for lockHolderPID(t, direct, node.ID()) != 0 {
+		if time.Since(cutAt) > cut/2 {
+			t.Fatal("the node lock is still held after its connection was cut")
+		}
+		time.Sleep(20 * time.Millisecond) // the backend's exit has no event to wait for
+	}
+	time.Sleep(cut - time.Since(cutAt)) // the outage itself
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	restoredAt := time.Now()
+
+	select {
+	case <-relocked:
+		t.Logf("node lock taken again %s after the connection came back", time.Since(restoredAt))
+	case <-time.After(crashTimeout):
+		t.Fatal("the node lock was not taken again")
+	}
+	select {
+	case <-sink.reached(total):
+		t.Logf("all %d messages delivered %s after the connection came back", total, time.Since(restoredAt))
+	case <-time.After(crashTimeout):
+		d, _ := sink.stats()
+		t.Fatalf("%d of %d messages delivered", d, total)
+	}
+	if pid := lockHolderPID(t, direct, node.ID()); pid == 0 || pid == oldPID {
+		t.Errorf("lock holder after the cut: %d (before: %d)", pid, oldPID)
+	}
+	// Nothing stays in the outbox nor owned by the node (polled: no event says "idle").
+	deadline := time.Now().Add(crashTimeout)
+	for {
+		var left, owned int64
+		err := database.QueryRow(context.Background(), direct, `SELECT count(*), count(*) FILTER (WHERE owner_id <> 0) FROM `+
+			cfg.Qualified(schema.OutgoingTable), nil, &left, &owned)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d envelopes left in the outbox (%d owned)", left, owned)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	distinct, dups := sink.stats()
+	st := agent.Stats()
+	t.Logf("%d distinct messages, %d duplicates; agent: %d envelopes handed back after the lock was lost, %d scheduled sends released, job errors during the cut %v",
+		distinct, dups, st.HandedBack, st.ScheduledSent, st.JobErrors)
+	if distinct != total {
+		t.Errorf("%d distinct messages delivered, want %d", distinct, total)
+	}
+	if st.ScheduledSent != 1 {
+		t.Errorf("scheduled sends released: %d, want 1", st.ScheduledSent)
+	}
+	if st.JobErrors[durability.JobNodeCheck] == 0 {
+		t.Error("the node check never failed during the cut: was the connection cut?")
+	}
+	if g, ok := agent.Gauges(); !ok || time.Since(g.SampledAt) > 5*time.Second {
+		t.Errorf("gauges not sampled again after the cut: %+v", g)
+	}
+}
