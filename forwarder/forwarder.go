@@ -258,6 +258,10 @@ func (f *Forwarder) Stats() Stats {
 	}
 }
 
+// Wake makes the forwarder claim at once, e.g. after the durability agent handed envelopes
+// back (it implements durability.Waker). Wake-ups coalesce.
+func (f *Forwarder) Wake() { f.signal() }
+
 // signal wakes one idle worker; wake-ups coalesce.
 func (f *Forwarder) signal() {
 	select {

@@ -165,6 +165,8 @@ var (
 
 	extensionIndexes = []Index{
 		{Name: "idx_jasper_outgoing_envelopes_owner", Table: OutgoingTable, Columns: []string{"owner_id"}},
+		{Name: "idx_jasper_outgoing_envelopes_deliver_by", Table: OutgoingTable, Columns: []string{"deliver_by"}, Where: "deliver_by IS NOT NULL"},
+		{Name: "idx_jasper_incoming_envelopes_owner", Table: IncomingTable, Columns: []string{"owner_id"}, Where: "owner_id <> 0"},
 		{Name: "idx_jasper_incoming_envelopes_queue", Table: IncomingTable, Columns: []string{"received_at", "status", "owner_id"}},
 		{Name: "idx_jasper_incoming_envelopes_scheduled", Table: IncomingTable, Columns: []string{"execution_time"}, Where: "status = 'Scheduled'"},
 		{Name: "idx_jasper_incoming_envelopes_keep_until", Table: IncomingTable, Columns: []string{"keep_until"}, Where: "keep_until IS NOT NULL"},
