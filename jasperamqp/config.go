@@ -60,6 +60,16 @@ type Options struct {
 	CloseTimeout time.Duration
 	// PrefetchCount is the subscriber config's Qos prefetch (default 1).
 	PrefetchCount int
+	// ConfirmChannels is the number of confirm-mode channels the publisher from
+	// NewConfirmPublisher publishes on (default DefaultConfirmChannels). Publish calls are spread
+	// over them; any number of calls share one channel, each waiting for its own confirms, so a
+	// few channels are enough.
+	ConfirmChannels int
+	// DropUnroutable makes the publisher from NewConfirmPublisher publish without the mandatory
+	// flag, so that RabbitMQ drops a message no queue receives (and still confirms it), as
+	// watermill-amqp and Jasper do. By default (false) such a message is returned by RabbitMQ and
+	// Publish fails with ErrUnroutable.
+	DropUnroutable bool
 }
 
 // Option changes Options.
@@ -76,9 +86,10 @@ func DefaultOptions() Options {
 			BackoffMultiplier:          1.5,
 			BackoffMaxInterval:         30 * time.Second,
 		},
-		Marshaler:     Marshaler{},
-		CloseTimeout:  30 * time.Second,
-		PrefetchCount: 1,
+		Marshaler:       Marshaler{},
+		CloseTimeout:    30 * time.Second,
+		PrefetchCount:   1,
+		ConfirmChannels: DefaultConfirmChannels,
 	}
 }
 
@@ -122,6 +133,12 @@ func WithCloseTimeout(d time.Duration) Option { return func(o *Options) { o.Clos
 // WithPrefetchCount sets Options.PrefetchCount.
 func WithPrefetchCount(n int) Option { return func(o *Options) { o.PrefetchCount = n } }
 
+// WithConfirmChannels sets Options.ConfirmChannels (values below 1 mean the default).
+func WithConfirmChannels(n int) Option { return func(o *Options) { o.ConfirmChannels = n } }
+
+// WithDropUnroutable sets Options.DropUnroutable.
+func WithDropUnroutable(drop bool) Option { return func(o *Options) { o.DropUnroutable = drop } }
+
 func buildOptions(opts []Option) Options {
 	o := DefaultOptions()
 	for _, opt := range opts {
@@ -140,6 +157,9 @@ func buildOptions(opts []Option) Options {
 	}
 	if o.CloseTimeout <= 0 {
 		o.CloseTimeout = DefaultOptions().CloseTimeout
+	}
+	if o.ConfirmChannels <= 0 {
+		o.ConfirmChannels = DefaultConfirmChannels
 	}
 	return o
 }

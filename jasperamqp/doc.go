@@ -1,4 +1,5 @@
-// Package jasperamqp relays Jasper outbox envelopes to RabbitMQ through watermill-amqp (v2).
+// Package jasperamqp relays Jasper outbox envelopes to RabbitMQ: through watermill-amqp (v2)
+// with NewPublisher, or natively on amqp091-go with pipelined confirms with NewConfirmPublisher.
 //
 // Jasper stores the destination of every outgoing envelope as a URI in
 // jasper_outgoing_envelopes.destination. The RabbitMQ transport writes three shapes:
@@ -22,6 +23,15 @@
 //     confirms it, and the outbox row would be deleted;
 //   - the messages' contexts and an optional WithPublishTimeout bound how long Publish blocks
 //     (watermill-amqp itself waits for confirms without a deadline).
+//
+// NewConfirmPublisher is the same publisher built directly on amqp091-go for throughput: a few
+// confirm-mode channels shared by all Publish calls, each call waiting for its own confirms, so
+// confirms are pipelined across concurrent callers (watermill-amqp v2 publishes one message and
+// waits for its confirm before the next on each channel). It also publishes with the mandatory
+// flag, so that a message RabbitMQ cannot route fails with ErrUnroutable instead of being dropped,
+// turns nacks into ErrNacked and connection or channel losses into ErrConnectionLost, and
+// re-dials in the background. Use it for relays; NewPublisher remains for code that wants
+// watermill-amqp's publisher underneath.
 //
 // Local destinations (local://QUEUE, local://durable/QUEUE) are Jasper's in-process queues, not
 // AMQP: route them elsewhere (for example into jasper_incoming_envelopes) before this publisher.

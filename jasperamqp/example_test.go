@@ -62,3 +62,25 @@ func ExampleNewPublisher() {
 		// broker down, queue missing (jasperamqp.ErrDestinationNotFound), ...: retry later
 	}
 }
+
+// A relay's publisher: confirms are pipelined across concurrent Publish calls (call Publish from
+// many goroutines, as the forwarder does), unroutable messages fail instead of being dropped,
+// and a lost connection is re-dialled in the background.
+func ExampleNewConfirmPublisher() {
+	pub, err := jasperamqp.NewConfirmPublisher("amqp://guest:guest@localhost:5672/", watermill.NewStdLogger(false, false),
+		jasperamqp.WithDeclareQueues(true),
+		jasperamqp.WithConfirmChannels(2),
+	)
+	if err != nil {
+		log.Fatal(err) // the password is redacted from err
+	}
+	defer pub.Close() // waits for the calls in flight
+
+	err = pub.Publish("rabbitmq://queue/orders", message.NewMessage(watermill.NewUUID(), []byte(`{"orderId":42}`)))
+	switch {
+	case err == nil:
+		// confirmed by RabbitMQ: delete the outgoing envelope
+	case errors.Is(err, jasperamqp.ErrConnectionLost), errors.Is(err, jasperamqp.ErrUnroutable), errors.Is(err, jasperamqp.ErrNacked):
+		// retry later (the message may have arrived if the connection was lost after sending it)
+	}
+}

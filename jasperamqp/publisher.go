@@ -48,6 +48,9 @@ var ErrClosed = errors.New("jasperamqp: publisher is closed")
 //     AMQP" until the connection is back (re-dialled with Options.Reconnect);
 //   - a queue deleted after its first check is not noticed: RabbitMQ drops what is routed to it.
 //
+// NewConfirmPublisher has the same topics, checks and marshaling without these limits
+// (pipelined confirms, unroutable messages reported): prefer it for relays.
+//
 // The AMQP URL's password is never logged nor returned in an error.
 func NewPublisher(amqpURL string, logger watermill.LoggerAdapter, opts ...Option) (message.Publisher, error) {
 	if logger == nil {
@@ -104,20 +107,9 @@ type publisher struct {
 
 // Publish implements message.Publisher; see NewPublisher.
 func (p *publisher) Publish(topic string, messages ...*message.Message) error {
-	for i, m := range messages {
-		if m == nil {
-			return fmt.Errorf("jasperamqp: publish to %s: message %d of %d is nil", topic, i+1, len(messages))
-		}
-	}
-	d, err := ParseDestination(topic)
-	if err != nil {
+	d, err := checkPublish(topic, messages)
+	if err != nil || len(messages) == 0 {
 		return err
-	}
-	if !d.IsAMQP() {
-		return &DestinationError{URI: topic, Reason: notAMQPReason(d), Err: ErrNotRabbitMQ}
-	}
-	if len(messages) == 0 {
-		return nil
 	}
 
 	p.mu.Lock()

@@ -17,10 +17,28 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
+// newPublisherFunc builds a publisher for a test and closes it when the test ends.
+type newPublisherFunc func(t testing.TB, opts ...Option) message.Publisher
+
+// forEachPublisher runs test as a subtest for each constructor: NewPublisher (watermill-amqp)
+// and NewConfirmPublisher (amqp091 with pipelined confirms), which must behave alike.
+func forEachPublisher(t *testing.T, test func(t *testing.T, newPub newPublisherFunc)) {
+	t.Run("watermill-amqp", func(t *testing.T) { test(t, newTestPublisher) })
+	t.Run("confirm", func(t *testing.T) { test(t, newTestConfirmPublisher) })
+}
+
 func newTestPublisher(t testing.TB, opts ...Option) message.Publisher {
+	return newTestPublisherWith(t, NewPublisher, opts...)
+}
+
+func newTestConfirmPublisher(t testing.TB, opts ...Option) message.Publisher {
+	return newTestPublisherWith(t, NewConfirmPublisher, opts...)
+}
+
+func newTestPublisherWith(t testing.TB, constructor func(string, watermill.LoggerAdapter, ...Option) (message.Publisher, error), opts ...Option) message.Publisher {
 	t.Helper()
 	newBroker(t) // fails with the start hint when the broker is down
-	pub, err := NewPublisher(testURL(), watermill.NopLogger{}, opts...)
+	pub, err := constructor(testURL(), watermill.NopLogger{}, opts...)
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
@@ -33,233 +51,248 @@ func newTestPublisher(t testing.TB, opts ...Option) message.Publisher {
 }
 
 func TestPublishToDurableQueue(t *testing.T) {
-	b := newBroker(t)
-	q := name("queue")
-	b.deleteQueueAtEnd(q)
-	pub := newTestPublisher(t, WithDeclareQueues(true))
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		b := newBroker(t)
+		q := name("queue")
+		b.deleteQueueAtEnd(q)
+		pub := newPub(t, WithDeclareQueues(true))
 
-	msg := message.NewMessage(watermill.NewUUID(), []byte(`{"order":42}`))
-	msg.Metadata.Set("jasper_message_type", "order-created")
-	msg.Metadata.Set("jasper_content_type", "application/json")
-	msg.Metadata.Set("correlation_id", "corr-1")
-	if err := pub.Publish("rabbitmq://queue/"+q, msg); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-
-	// The publisher declared the queue durable: redeclaring it non-durable is refused.
-	ch, err := b.conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = ch.QueueDeclare(q, false, false, false, false, nil)
-	var ae *amqp091.Error
-	if !errors.As(err, &ae) || ae.Code != amqp091.PreconditionFailed {
-		t.Errorf("queue %s is not durable: redeclaring it non-durable gave %v", q, err)
-	}
-	_ = ch.Close()
-
-	d := b.get(q)
-	if string(d.Body) != `{"order":42}` {
-		t.Errorf("body %q", d.Body)
-	}
-	if d.DeliveryMode != amqp091.Persistent {
-		t.Errorf("delivery mode %d, want %d (persistent)", d.DeliveryMode, amqp091.Persistent)
-	}
-	if d.Exchange != "" || d.RoutingKey != q {
-		t.Errorf("published to exchange %q key %q, want the default exchange with key %q", d.Exchange, d.RoutingKey, q)
-	}
-	if got := d.Headers[amqp.DefaultMessageUUIDHeaderKey]; got != msg.UUID {
-		t.Errorf("header %s = %v, want %s", amqp.DefaultMessageUUIDHeaderKey, got, msg.UUID)
-	}
-	for k, v := range msg.Metadata {
-		if d.Headers[k] != v {
-			t.Errorf("header %s = %v, want %q", k, d.Headers[k], v)
+		msg := message.NewMessage(watermill.NewUUID(), []byte(`{"order":42}`))
+		msg.Metadata.Set("jasper_message_type", "order-created")
+		msg.Metadata.Set("jasper_content_type", "application/json")
+		msg.Metadata.Set("correlation_id", "corr-1")
+		if err := pub.Publish("rabbitmq://queue/"+q, msg); err != nil {
+			t.Fatalf("Publish: %v", err)
 		}
-	}
-	if d.MessageId != msg.UUID || d.ContentType != "application/json" {
-		t.Errorf("message-id %q content-type %q", d.MessageId, d.ContentType)
-	}
-	// And watermill-amqp's own unmarshaling gives the message back.
-	back, err := Marshaler{}.Unmarshal(d)
-	if err != nil || !back.Equals(msg) {
-		t.Errorf("unmarshal: %v, %+v", err, back)
-	}
+
+		// The publisher declared the queue durable: redeclaring it non-durable is refused.
+		ch, err := b.conn.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ch.QueueDeclare(q, false, false, false, false, nil)
+		var ae *amqp091.Error
+		if !errors.As(err, &ae) || ae.Code != amqp091.PreconditionFailed {
+			t.Errorf("queue %s is not durable: redeclaring it non-durable gave %v", q, err)
+		}
+		_ = ch.Close()
+
+		d := b.get(q)
+		if string(d.Body) != `{"order":42}` {
+			t.Errorf("body %q", d.Body)
+		}
+		if d.DeliveryMode != amqp091.Persistent {
+			t.Errorf("delivery mode %d, want %d (persistent)", d.DeliveryMode, amqp091.Persistent)
+		}
+		if d.Exchange != "" || d.RoutingKey != q {
+			t.Errorf("published to exchange %q key %q, want the default exchange with key %q", d.Exchange, d.RoutingKey, q)
+		}
+		if got := d.Headers[amqp.DefaultMessageUUIDHeaderKey]; got != msg.UUID {
+			t.Errorf("header %s = %v, want %s", amqp.DefaultMessageUUIDHeaderKey, got, msg.UUID)
+		}
+		for k, v := range msg.Metadata {
+			if d.Headers[k] != v {
+				t.Errorf("header %s = %v, want %q", k, d.Headers[k], v)
+			}
+		}
+		if d.MessageId != msg.UUID || d.ContentType != "application/json" {
+			t.Errorf("message-id %q content-type %q", d.MessageId, d.ContentType)
+		}
+		// And watermill-amqp's own unmarshaling gives the message back.
+		back, err := Marshaler{}.Unmarshal(d)
+		if err != nil || !back.Equals(msg) {
+			t.Errorf("unmarshal: %v, %+v", err, back)
+		}
+	})
 }
 
 func TestPublishToMissingQueue(t *testing.T) {
-	b := newBroker(t)
-	q := name("missing")
-	pub := newTestPublisher(t) // DeclareQueues false: check only
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		b := newBroker(t)
+		q := name("missing")
+		pub := newPub(t) // DeclareQueues false: check only
 
-	err := pub.Publish("rabbitmq://queue/"+q, message.NewMessage(watermill.NewUUID(), []byte("x")))
-	if !errors.Is(err, ErrDestinationNotFound) {
-		t.Fatalf("publish to a missing queue: %v, want ErrDestinationNotFound", err)
-	}
-	var de *DestinationError
-	if errors.As(err, &de) {
-		t.Errorf("a missing queue is not a permanent failure: %v", err)
-	}
-	for _, want := range []string{q, "WithDeclareQueues"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not mention %q", err, want)
+		err := pub.Publish("rabbitmq://queue/"+q, message.NewMessage(watermill.NewUUID(), []byte("x")))
+		if !errors.Is(err, ErrDestinationNotFound) {
+			t.Fatalf("publish to a missing queue: %v, want ErrDestinationNotFound", err)
 		}
-	}
-	if b.queueExists(q) {
-		b.deleteQueueAtEnd(q)
-		t.Fatalf("queue %s was created without DeclareQueues", q)
-	}
+		var de *DestinationError
+		if errors.As(err, &de) {
+			t.Errorf("a missing queue is not a permanent failure: %v", err)
+		}
+		for _, want := range []string{q, "WithDeclareQueues"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %q", err, want)
+			}
+		}
+		if b.queueExists(q) {
+			b.deleteQueueAtEnd(q)
+			t.Fatalf("queue %s was created without DeclareQueues", q)
+		}
 
-	// Once the queue exists the same publisher delivers (failures are not cached).
-	b.queue(q)
-	if err := pub.Publish("rabbitmq://queue/"+q, message.NewMessage(watermill.NewUUID(), []byte("y"))); err != nil {
-		t.Fatalf("publish after creating the queue: %v", err)
-	}
-	if got := b.get(q); string(got.Body) != "y" {
-		t.Errorf("body %q", got.Body)
-	}
+		// Once the queue exists the same publisher delivers (failures are not cached).
+		b.queue(q)
+		if err := pub.Publish("rabbitmq://queue/"+q, message.NewMessage(watermill.NewUUID(), []byte("y"))); err != nil {
+			t.Fatalf("publish after creating the queue: %v", err)
+		}
+		if got := b.get(q); string(got.Body) != "y" {
+			t.Errorf("body %q", got.Body)
+		}
+	})
 }
 
 func TestPublishToExchangeWithRoutingKey(t *testing.T) {
-	b := newBroker(t)
-	ex := name("exchange")
-	ch := b.ch()
-	if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	b.deleteExchangeAtEnd(ex)
-	created, cancelled := name("created"), name("cancelled")
-	for q, key := range map[string]string{created: "order.created", cancelled: "order.cancelled"} {
-		b.queue(q)
-		if err := ch.QueueBind(q, key, ex, false, nil); err != nil {
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		b := newBroker(t)
+		ex := name("exchange")
+		ch := b.ch()
+		if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
 			t.Fatal(err)
 		}
-	}
-	pub := newTestPublisher(t)
+		b.deleteExchangeAtEnd(ex)
+		created, cancelled := name("created"), name("cancelled")
+		for q, key := range map[string]string{created: "order.created", cancelled: "order.cancelled"} {
+			b.queue(q)
+			if err := ch.QueueBind(q, key, ex, false, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pub := newPub(t)
 
-	// .NET canonical spelling: upper-case scheme and host, trailing slash.
-	topic := "RABBITMQ://EXCHANGE/" + ex + "/routing/order.created/"
-	msg := message.NewMessage(watermill.NewUUID(), []byte("created"))
-	if err := pub.Publish(topic, msg); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-	d := b.get(created)
-	if string(d.Body) != "created" || d.Exchange != ex || d.RoutingKey != "order.created" ||
-		d.Headers[amqp.DefaultMessageUUIDHeaderKey] != msg.UUID || d.DeliveryMode != amqp091.Persistent {
-		t.Errorf("got body %q exchange %q key %q headers %v mode %d", d.Body, d.Exchange, d.RoutingKey, d.Headers, d.DeliveryMode)
-	}
-	if n := b.count(cancelled); n != 0 {
-		t.Errorf("%d messages went to the queue bound to another key", n)
-	}
+		// .NET canonical spelling: upper-case scheme and host, trailing slash.
+		topic := "RABBITMQ://EXCHANGE/" + ex + "/routing/order.created/"
+		msg := message.NewMessage(watermill.NewUUID(), []byte("created"))
+		if err := pub.Publish(topic, msg); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		d := b.get(created)
+		if string(d.Body) != "created" || d.Exchange != ex || d.RoutingKey != "order.created" ||
+			d.Headers[amqp.DefaultMessageUUIDHeaderKey] != msg.UUID || d.DeliveryMode != amqp091.Persistent {
+			t.Errorf("got body %q exchange %q key %q headers %v mode %d", d.Body, d.Exchange, d.RoutingKey, d.Headers, d.DeliveryMode)
+		}
+		if n := b.count(cancelled); n != 0 {
+			t.Errorf("%d messages went to the queue bound to another key", n)
+		}
+	})
 }
 
 func TestPublishToFanoutExchange(t *testing.T) {
-	b := newBroker(t)
-	ex, q := name("fanout"), name("fanout-q")
-	if err := b.ch().ExchangeDeclare(ex, "fanout", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	b.deleteExchangeAtEnd(ex)
-	b.queue(q)
-	if err := b.ch().QueueBind(q, "", ex, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	pub := newTestPublisher(t)
-	if err := pub.Publish("rabbitmq://exchange/"+ex, message.NewMessage(watermill.NewUUID(), []byte("fan"))); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-	if d := b.get(q); string(d.Body) != "fan" || d.RoutingKey != "" {
-		t.Errorf("body %q key %q", d.Body, d.RoutingKey)
-	}
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		b := newBroker(t)
+		ex, q := name("fanout"), name("fanout-q")
+		if err := b.ch().ExchangeDeclare(ex, "fanout", true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		b.deleteExchangeAtEnd(ex)
+		b.queue(q)
+		if err := b.ch().QueueBind(q, "", ex, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		pub := newPub(t)
+		if err := pub.Publish("rabbitmq://exchange/"+ex, message.NewMessage(watermill.NewUUID(), []byte("fan"))); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		if d := b.get(q); string(d.Body) != "fan" || d.RoutingKey != "" {
+			t.Errorf("body %q key %q", d.Body, d.RoutingKey)
+		}
+	})
 }
 
 func TestPublishToMissingExchange(t *testing.T) {
-	b := newBroker(t)
-	ex := name("missing-ex")
-	topic := "rabbitmq://exchange/" + ex + "/routing/k"
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		b := newBroker(t)
+		ex := name("missing-ex")
+		topic := "rabbitmq://exchange/" + ex + "/routing/k"
 
-	pub := newTestPublisher(t)
-	err := pub.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("x")))
-	if !errors.Is(err, ErrDestinationNotFound) || !strings.Contains(err.Error(), ex) {
-		t.Fatalf("publish to a missing exchange: %v, want ErrDestinationNotFound naming it", err)
-	}
+		pub := newPub(t)
+		err := pub.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("x")))
+		if !errors.Is(err, ErrDestinationNotFound) || !strings.Contains(err.Error(), ex) {
+			t.Fatalf("publish to a missing exchange: %v, want ErrDestinationNotFound naming it", err)
+		}
 
-	declaring := newTestPublisher(t, WithDeclareExchanges(true, "topic"))
-	b.deleteExchangeAtEnd(ex)
-	if err := declaring.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
-		t.Fatalf("publish with WithDeclareExchanges: %v", err)
-	}
-	// Declared durable, of type topic: an equivalent declaration passes, another type fails.
-	if err := b.ch().ExchangeDeclare(ex, "topic", true, false, false, false, nil); err != nil {
-		t.Errorf("exchange %s is not a durable topic exchange: %v", ex, err)
-	}
-	err = b.ch().ExchangeDeclare(ex, "fanout", true, false, false, false, nil)
-	var ae *amqp091.Error
-	if !errors.As(err, &ae) || ae.Code != amqp091.PreconditionFailed {
-		t.Errorf("redeclaring %s as fanout: %v, want 406", ex, err)
-	}
+		// No queue is bound: without DropUnroutable the confirm publisher reports ErrUnroutable.
+		declaring := newPub(t, WithDeclareExchanges(true, "topic"), WithDropUnroutable(true))
+		b.deleteExchangeAtEnd(ex)
+		if err := declaring.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
+			t.Fatalf("publish with WithDeclareExchanges: %v", err)
+		}
+		// Declared durable, of type topic: an equivalent declaration passes, another type fails.
+		if err := b.ch().ExchangeDeclare(ex, "topic", true, false, false, false, nil); err != nil {
+			t.Errorf("exchange %s is not a durable topic exchange: %v", ex, err)
+		}
+		err = b.ch().ExchangeDeclare(ex, "fanout", true, false, false, false, nil)
+		var ae *amqp091.Error
+		if !errors.As(err, &ae) || ae.Code != amqp091.PreconditionFailed {
+			t.Errorf("redeclaring %s as fanout: %v, want 406", ex, err)
+		}
+	})
 }
 
 func TestPublishRejectsNonRabbitMQDestinations(t *testing.T) {
-	pub := newTestPublisher(t)
-	msg := func() *message.Message { return message.NewMessage(watermill.NewUUID(), []byte("x")) }
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		pub := newPub(t)
+		msg := func() *message.Message { return message.NewMessage(watermill.NewUUID(), []byte("x")) }
 
-	for _, topic := range []string{"local://x", "local://durable/orders", "tcp://localhost:2222/", "sqs://orders"} {
-		err := pub.Publish(topic, msg())
-		if !errors.Is(err, ErrNotRabbitMQ) {
-			t.Errorf("%s: %v, want ErrNotRabbitMQ", topic, err)
-			continue
+		for _, topic := range []string{"local://x", "local://durable/orders", "tcp://localhost:2222/", "sqs://orders"} {
+			err := pub.Publish(topic, msg())
+			if !errors.Is(err, ErrNotRabbitMQ) {
+				t.Errorf("%s: %v, want ErrNotRabbitMQ", topic, err)
+				continue
+			}
+			var de *DestinationError
+			if !errors.As(err, &de) || !de.Permanent() || de.URI != topic {
+				t.Errorf("%s: %#v is not a permanent *DestinationError", topic, err)
+			}
+			if !strings.Contains(err.Error(), topic) || !strings.Contains(err.Error(), "rabbitmq://queue/NAME") {
+				t.Errorf("%s: unclear error %q", topic, err)
+			}
+			if strings.HasPrefix(topic, "local:") && !strings.Contains(err.Error(), "local") {
+				t.Errorf("%s: error %q does not say it is a local queue", topic, err)
+			}
 		}
-		var de *DestinationError
-		if !errors.As(err, &de) || !de.Permanent() || de.URI != topic {
-			t.Errorf("%s: %#v is not a permanent *DestinationError", topic, err)
+		for _, topic := range []string{"rabbitmq://topic/x", "rabbitmq://queue/", "orders"} {
+			err := pub.Publish(topic, msg())
+			var de *DestinationError
+			if !errors.Is(err, ErrInvalidDestination) || !errors.As(err, &de) || !de.Permanent() {
+				t.Errorf("%s: %v, want a permanent ErrInvalidDestination", topic, err)
+			}
 		}
-		if !strings.Contains(err.Error(), topic) || !strings.Contains(err.Error(), "rabbitmq://queue/NAME") {
-			t.Errorf("%s: unclear error %q", topic, err)
+		if err := pub.Publish("rabbitmq://queue/x", msg(), nil); err == nil || !strings.Contains(err.Error(), "message 2 of 2 is nil") {
+			t.Errorf("nil message: %v", err)
 		}
-		if strings.HasPrefix(topic, "local:") && !strings.Contains(err.Error(), "local") {
-			t.Errorf("%s: error %q does not say it is a local queue", topic, err)
+		if err := pub.Publish("rabbitmq://queue/does-not-matter"); err != nil {
+			t.Errorf("publishing no message: %v", err)
 		}
-	}
-	for _, topic := range []string{"rabbitmq://topic/x", "rabbitmq://queue/", "orders"} {
-		err := pub.Publish(topic, msg())
-		var de *DestinationError
-		if !errors.Is(err, ErrInvalidDestination) || !errors.As(err, &de) || !de.Permanent() {
-			t.Errorf("%s: %v, want a permanent ErrInvalidDestination", topic, err)
-		}
-	}
-	if err := pub.Publish("rabbitmq://queue/x", msg(), nil); err == nil || !strings.Contains(err.Error(), "message 2 of 2 is nil") {
-		t.Errorf("nil message: %v", err)
-	}
-	if err := pub.Publish("rabbitmq://queue/does-not-matter"); err != nil {
-		t.Errorf("publishing no message: %v", err)
-	}
+	})
 }
 
 func TestPublishHonoursContext(t *testing.T) {
-	b := newBroker(t)
-	q := name("ctx")
-	b.queue(q)
-	pub := newTestPublisher(t, WithPublishTimeout(30*time.Second))
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		b := newBroker(t)
+		q := name("ctx")
+		b.queue(q)
+		pub := newPub(t, WithPublishTimeout(30*time.Second))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	msg := message.NewMessage(watermill.NewUUID(), []byte("late"))
-	msg.SetContext(ctx)
-	if err := pub.Publish("rabbitmq://queue/"+q, msg); !errors.Is(err, context.Canceled) {
-		t.Errorf("publish with a cancelled context: %v", err)
-	}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		msg := message.NewMessage(watermill.NewUUID(), []byte("late"))
+		msg.SetContext(ctx)
+		if err := pub.Publish("rabbitmq://queue/"+q, msg); !errors.Is(err, context.Canceled) {
+			t.Errorf("publish with a cancelled context: %v", err)
+		}
 
-	// With a live context (and the timeout) the publish goes through the waiting path.
-	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	msg = message.NewMessage(watermill.NewUUID(), []byte("on time"))
-	msg.SetContext(ctx)
-	if err := pub.Publish("rabbitmq://queue/"+q, msg); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-	if d := b.get(q); string(d.Body) != "on time" {
-		t.Errorf("got %q (the cancelled message must not have been sent)", d.Body)
-	}
+		// With a live context (and the timeout) the publish goes through the waiting path.
+		ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		msg = message.NewMessage(watermill.NewUUID(), []byte("on time"))
+		msg.SetContext(ctx)
+		if err := pub.Publish("rabbitmq://queue/"+q, msg); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		if d := b.get(q); string(d.Body) != "on time" {
+			t.Errorf("got %q (the cancelled message must not have been sent)", d.Body)
+		}
+	})
 }
 
 func TestCloseRejectsLaterPublishes(t *testing.T) {
@@ -331,79 +364,81 @@ func TestNewPublisherNeverShowsThePassword(t *testing.T) {
 // TestConcurrentPublishArrivesExactlyOnce publishes 2,000 messages from 64 goroutines, one
 // message per Publish call, and checks that each arrives exactly once.
 func TestConcurrentPublishArrivesExactlyOnce(t *testing.T) {
-	const total, workers = 2000, 64
-	b := newBroker(t)
-	q := name("concurrent")
-	b.queue(q)
-	pub := newTestPublisher(t)
-	topic := "rabbitmq://queue/" + q
+	forEachPublisher(t, func(t *testing.T, newPub newPublisherFunc) {
+		const total, workers = 2000, 64
+		b := newBroker(t)
+		q := name("concurrent")
+		b.queue(q)
+		pub := newPub(t)
+		topic := "rabbitmq://queue/" + q
 
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, total)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= total {
-					return
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, total)
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := next.Add(1) - 1
+					if i >= total {
+						return
+					}
+					msg := message.NewMessage(fmt.Sprintf("msg-%04d", i), []byte(strconv.FormatInt(i, 10)))
+					if err := pub.Publish(topic, msg); err != nil {
+						errs <- fmt.Errorf("message %d: %w", i, err)
+					}
 				}
-				msg := message.NewMessage(fmt.Sprintf("msg-%04d", i), []byte(strconv.FormatInt(i, 10)))
-				if err := pub.Publish(topic, msg); err != nil {
-					errs <- fmt.Errorf("message %d: %w", i, err)
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if t.Failed() {
+			return
+		}
+
+		// Confirmed means enqueued: everything is there before we start consuming.
+		if n := b.count(q); n != total {
+			t.Errorf("queue holds %d messages after all confirms, want %d", n, total)
+		}
+		seen := make(map[string]int, total)
+		ch := b.ch()
+		deliveries, err := ch.Consume(q, "", true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(60 * time.Second)
+		for len(seen) < total {
+			select {
+			case d := <-deliveries:
+				id, _ := d.Headers[amqp.DefaultMessageUUIDHeaderKey].(string)
+				seen[id]++
+				i, _ := strconv.Atoi(string(d.Body))
+				if want := fmt.Sprintf("msg-%04d", i); id != want {
+					t.Errorf("message %s carries payload %q", id, d.Body)
 				}
+			case <-timeout:
+				t.Fatalf("only %d of %d distinct messages arrived", len(seen), total)
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if t.Failed() {
-		return
-	}
-
-	// Confirmed means enqueued: everything is there before we start consuming.
-	if n := b.count(q); n != total {
-		t.Errorf("queue holds %d messages after all confirms, want %d", n, total)
-	}
-	seen := make(map[string]int, total)
-	ch := b.ch()
-	deliveries, err := ch.Consume(q, "", true, false, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	timeout := time.After(60 * time.Second)
-	for len(seen) < total {
+		}
+		// Nothing beyond the 2,000: no late duplicates.
 		select {
 		case d := <-deliveries:
-			id, _ := d.Headers[amqp.DefaultMessageUUIDHeaderKey].(string)
-			seen[id]++
-			i, _ := strconv.Atoi(string(d.Body))
-			if want := fmt.Sprintf("msg-%04d", i); id != want {
-				t.Errorf("message %s carries payload %q", id, d.Body)
+			t.Errorf("extra delivery %v", d.Headers[amqp.DefaultMessageUUIDHeaderKey])
+		case <-time.After(300 * time.Millisecond):
+		}
+		for id, n := range seen {
+			if n != 1 {
+				t.Errorf("%s arrived %d times", id, n)
 			}
-		case <-timeout:
-			t.Fatalf("only %d of %d distinct messages arrived", len(seen), total)
 		}
-	}
-	// Nothing beyond the 2,000: no late duplicates.
-	select {
-	case d := <-deliveries:
-		t.Errorf("extra delivery %v", d.Headers[amqp.DefaultMessageUUIDHeaderKey])
-	case <-time.After(300 * time.Millisecond):
-	}
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("%s arrived %d times", id, n)
+		if n := b.count(q); n != 0 {
+			t.Errorf("%d messages left over", n)
 		}
-	}
-	if n := b.count(q); n != 0 {
-		t.Errorf("%d messages left over", n)
-	}
+	})
 }
 
 // TestPublishThroughput logs the publish rate with confirms for 1 and 64 concurrent publishers

@@ -94,9 +94,18 @@ func target(d Destination) (kind Kind, name string) {
 	return Queue, d.RoutingKey
 }
 
+func targetKey(d Destination) string {
+	kind, name := target(d)
+	return kind.String() + "\x00" + name
+}
+
+// forget makes the next ensure of d check the broker again (after RabbitMQ returned a message
+// to it as unroutable: its queue was deleted after the check).
+func (t *topologyChecker) forget(d Destination) { t.ready.Delete(targetKey(d)) }
+
 func (t *topologyChecker) ensure(d Destination) error {
 	kind, name := target(d)
-	key := kind.String() + "\x00" + name
+	key := targetKey(d)
 	if _, ok := t.ready.Load(key); ok {
 		return nil
 	}
@@ -158,7 +167,7 @@ func (t *topologyChecker) onChannel(f func(*amqp091.Channel) error) error {
 	if t.conn == nil || t.conn.IsClosed() {
 		conn, err := dial(t.url, t.opts)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", ErrConnectionLost, err)
 		}
 		t.conn = conn
 	}
@@ -166,7 +175,7 @@ func (t *topologyChecker) onChannel(f func(*amqp091.Channel) error) error {
 	if err != nil {
 		_ = t.conn.Close()
 		t.conn = nil
-		return fmt.Errorf("jasperamqp: open channel for topology check: %w", err)
+		return fmt.Errorf("jasperamqp: open channel for topology check: %w: %w", ErrConnectionLost, err)
 	}
 	defer ch.Close() //nolint:errcheck // closed by the broker already after a failed declare
 	return f(ch)

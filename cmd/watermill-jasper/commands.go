@@ -11,7 +11,7 @@ var commands = []command{
 
 	// deadLettersCommand(), // dead-letters (deadletters.go)
 
-	// relayCommand(), // relay (relay.go)
+	relayCommand(), // relay (relay.go)
 
 	benchCommand(), // bench (bench.go)
 }

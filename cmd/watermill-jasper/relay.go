@@ -1,0 +1,481 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/forwarder"
+	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
+	"github.com/watermill-jasper/watermill-jasper/metadata"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+const (
+	// amqpURLEnv names the variable --to defaults to, so that the broker's password need not
+	// appear on the command line (where ps shows it).
+	amqpURLEnv = "AMQP_URL"
+	// toStdout is the --to value that prints the messages instead of publishing them.
+	toStdout = "stdout"
+	// defaultRelayConcurrency and defaultRelayWorkers are above the forwarder's library
+	// defaults: with the confirm publisher a Publish call in flight is cheap, and the throughput
+	// is about (messages in flight) / (RabbitMQ's confirm latency), which grows under load (it
+	// fsyncs persistent messages before confirming them).
+	defaultRelayConcurrency = 512
+	defaultRelayWorkers     = 4
+	// maxRelayBatch is the forwarder's upper bound of Config.BatchSize.
+	maxRelayBatch = 10000
+	// previewBytes is how much of a payload --to stdout shows.
+	previewBytes = 64
+)
+
+func relayCommand() command { return relaySpec.command() }
+
+var relaySpec = spec{
+	name:    "relay",
+	summary: "relay the outbox (jasper_outgoing_envelopes) to RabbitMQ, or print it",
+	description: "A standalone relay for databases written by other programs (Jasper .NET nodes, plain SQL " +
+		"inserts, this library's publisher): it claims the unowned outgoing envelopes (owner_id 0), publishes " +
+		"each to the RabbitMQ queue or exchange named by its Jasper destination URI (rabbitmq://queue/NAME, " +
+		"rabbitmq://exchange/NAME, rabbitmq://exchange/NAME/routing/KEY) as a persistent message, and deletes " +
+		"it once RabbitMQ confirmed it. Publishes are pipelined over a few confirm-mode channels; a message " +
+		"RabbitMQ cannot route (missing queue, exchange without a matching binding) fails instead of being " +
+		"dropped, and is retried up to --max-attempts times, then moved to jasper_dead_letters. An envelope " +
+		"whose destination is not a RabbitMQ URI (tcp://, local://, ...) is moved to the dead letters at once: " +
+		"use --destination to relay only some destinations when Jasper nodes send the others. Envelopes " +
+		"whose deliver_by has passed are deleted unsent, as Jasper does. The AMQP message carries the payload " +
+		"as body, message-id = the envelope's message id (its id for rows written by Jasper), content-type, " +
+		"and the envelope's metadata as headers.\n\n" +
+		"--to stdout prints each envelope instead, as one line (destination, message id, message type, size, " +
+		"payload preview), and deletes it like any relayed envelope: for debugging, on a copy or a test database.\n\n" +
+		"Rows held by a node (owner_id not 0) are left alone: after a relay or a Jasper node was killed, run " +
+		"\"" + program + " storage release\" while no node runs to hand its rows back. The schema must have this " +
+		"library's extension columns (\"" + program + " schema migrate\", which is safe on a Jasper database).\n\n" +
+		"Progress is one line on stderr every --progress interval. SIGINT or SIGTERM stops the relay " +
+		"gracefully: the publishes in flight finish, the claimed envelopes not sent are handed back, a summary " +
+		"is printed on stderr and the exit status is 0; a second signal stops waiting for the broker. " +
+		"The relay exits with status 1 when the database or RabbitMQ cannot be reached at start; later " +
+		"outages are logged and retried (the connection to RabbitMQ is re-dialled with back-off). " +
+		"Passwords of --to and --dsn are never printed.",
+	examples: []string{
+		"relay --to amqp://relay:secret@rabbit.internal:5672/ --dsn postgres://app@db.internal:5432/app --schema messaging",
+		"relay --to amqp://guest:guest@localhost:5672/ --destination rabbitmq://queue/orders --declare-queues",
+		"relay --to stdout --schema messaging --destination rabbitmq://queue/orders",
+	},
+	setup: setupRelay,
+}
+
+// destinationsFlag collects repeated --destination flags.
+type destinationsFlag []string
+
+func (d *destinationsFlag) String() string { return strings.Join(*d, ",") }
+
+func (d *destinationsFlag) Set(v string) error {
+	if strings.TrimSpace(v) == "" {
+		return errors.New("empty destination")
+	}
+	*d = append(*d, v)
+	return nil
+}
+
+type relayFlags struct {
+	db            dbFlags
+	to            stringFlag
+	destinations  destinationsFlag
+	batch         int
+	workers       int
+	concurrency   int
+	maxAttempts   int
+	channels      int
+	declareQueues bool
+	pollInterval  time.Duration
+	progress      time.Duration
+	verbose       bool
+}
+
+func setupRelay(fs *flag.FlagSet) runFunc {
+	var f relayFlags
+	f.db.register(fs)
+	fs.Var(&f.to, "to", "where to relay: an AMQP `URL` amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), "+
+		"or stdout to print the messages (default: $"+amqpURLEnv+")")
+	fs.Var(&f.destinations, "destination", "relay only envelopes whose destination column is exactly `URI`; "+
+		"repeat it for several (default: every destination)")
+	fs.IntVar(&f.batch, "batch", forwarder.DefaultBatchSize, "`N` envelopes claimed per statement")
+	fs.IntVar(&f.workers, "workers", defaultRelayWorkers, "`N` claim loops running at once (one publishes a batch while another claims the next)")
+	fs.IntVar(&f.concurrency, "concurrency", defaultRelayConcurrency, "`N` messages waiting for RabbitMQ's confirm at once")
+	fs.IntVar(&f.maxAttempts, "max-attempts", forwarder.DefaultMaxAttempts, "failed publishes (`N`) before an envelope is moved to jasper_dead_letters")
+	fs.IntVar(&f.channels, "channels", jasperamqp.DefaultConfirmChannels, "`N` AMQP channels in confirm mode the publishes are spread over")
+	fs.BoolVar(&f.declareQueues, "declare-queues", false, "declare the queue of a rabbitmq://queue/NAME destination (durable) "+
+		"when it does not exist, as Jasper's auto-provisioning does; otherwise its envelopes fail until it is created")
+	fs.DurationVar(&f.pollInterval, "poll-interval", forwarder.DefaultPollInterval, "how often the table is queried when "+
+		"no notification arrives (`DURATION`; rows inserted by Jasper or plain SQL send none)")
+	fs.DurationVar(&f.progress, "progress", 10*time.Second, "print a status line on stderr every `DURATION` (0: never)")
+	fs.BoolVar(&f.verbose, "verbose", false, "also log informational events (node lock, reconnections, paused destinations) on stderr")
+	return f.run
+}
+
+func (f *relayFlags) validate() (to string, err error) {
+	to = f.to.value
+	if !f.to.set {
+		to = os.Getenv(amqpURLEnv)
+	}
+	to = strings.TrimSpace(to)
+	switch {
+	case to == "":
+		return "", usageErrorf("relay needs --to: an AMQP URL (amqp://USER:PASSWORD@HOST:PORT/) or stdout (or set $%s)", amqpURLEnv)
+	case strings.EqualFold(to, toStdout):
+		to = toStdout
+	default:
+		scheme, _, ok := strings.Cut(to, "://")
+		if s := strings.ToLower(scheme); !ok || (s != "amqp" && s != "amqps") {
+			return "", usageErrorf("invalid --to %s: want amqp://USER:PASSWORD@HOST:PORT/VHOST, amqps://... or stdout", jasperamqp.RedactURL(to))
+		}
+	}
+	for _, n := range []struct {
+		name  string
+		value int
+	}{{"--batch", f.batch}, {"--workers", f.workers}, {"--concurrency", f.concurrency}, {"--max-attempts", f.maxAttempts}, {"--channels", f.channels}} {
+		if n.value < 1 {
+			return "", usageErrorf("%s must be at least 1, got %d", n.name, n.value)
+		}
+	}
+	if f.batch > maxRelayBatch {
+		return "", usageErrorf("--batch must be at most %d, got %d", maxRelayBatch, f.batch)
+	}
+	if f.pollInterval <= 0 {
+		return "", usageErrorf("--poll-interval must be positive, got %s", f.pollInterval)
+	}
+	if f.progress < 0 {
+		return "", usageErrorf("--progress must not be negative, got %s", f.progress)
+	}
+	if f.declareQueues && to == toStdout {
+		return "", usageErrorf("--declare-queues needs an AMQP --to")
+	}
+	return to, nil
+}
+
+func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
+	to, err := f.validate()
+	if err != nil {
+		return err
+	}
+	dsn, _ := f.db.DSN()
+	h, cfg, closeDB, err := f.db.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	if err := checkRelaySchema(ctx, h, cfg); err != nil {
+		return err
+	}
+
+	secrets := []string{dsn}
+	if to != toStdout {
+		secrets = append(secrets, to)
+	}
+	logger := &stderrLogger{mu: &sync.Mutex{}, w: e.stderr, verbose: f.verbose, secrets: secrets}
+	say := func(format string, args ...any) { logger.printf(format, args...) }
+
+	var pub message.Publisher
+	topic := jasperTopic
+	target := jasperamqp.RedactURL(to)
+	if to == toStdout {
+		pub = &stdoutPublisher{w: e.stdout}
+		topic = nil // every destination, verbatim
+		target = "stdout"
+	} else {
+		pub, err = jasperamqp.NewConfirmPublisher(to, logger,
+			jasperamqp.WithDeclareQueues(f.declareQueues),
+			jasperamqp.WithConfirmChannels(f.channels))
+		if err != nil {
+			return err
+		}
+	}
+	defer pub.Close()
+
+	fwd, err := forwarder.NewForwarder(h, forwarder.Config{
+		Schema:             cfg,
+		Publisher:          pub,
+		Topic:              topic,
+		BatchSize:          f.batch,
+		Workers:            f.workers,
+		PublishConcurrency: f.concurrency,
+		MaxAttempts:        f.maxAttempts,
+		PollInterval:       f.pollInterval,
+		Destinations:       f.destinations,
+	}, logger)
+	if err != nil {
+		if errors.Is(err, forwarder.ErrInvalidConfig) {
+			return &usageError{err}
+		}
+		return err
+	}
+
+	// The messages' context: cancelled only by a second signal, so that the first one lets the
+	// publishes in flight finish.
+	msgCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
+	defer abandon()
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(signals)
+
+	start := time.Now()
+	runErr := make(chan error, 1)
+	go func() { runErr <- fwd.Run(msgCtx) }()
+	select {
+	case <-fwd.Running():
+	case err := <-runErr:
+		if err == nil {
+			err = errors.New("the forwarder stopped before it started")
+		}
+		return err
+	}
+	only := "every destination"
+	if len(f.destinations) > 0 {
+		only = strings.Join(f.destinations, ", ")
+	}
+	say("relay: relaying schema %s of %s to %s (%s; batch %d, workers %d, concurrency %d); SIGINT or SIGTERM stops",
+		cfg.Schema, redactDSN(dsn), target, only, f.batch, f.workers, f.concurrency)
+
+	var ticks <-chan time.Time
+	if f.progress > 0 {
+		t := time.NewTicker(f.progress)
+		defer t.Stop()
+		ticks = t.C
+	}
+	last, lastAt := forwarder.Stats{}, start
+	signalled := 0 // signals read from our channel; the first one may also have cancelled ctx
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-signals:
+			signalled++
+			break wait
+		case err := <-runErr:
+			// Run returns nil only after Close or a cancelled context: neither happened.
+			if err == nil {
+				err = errors.New("the forwarder stopped unexpectedly")
+			}
+			return err
+		case now := <-ticks:
+			st := fwd.Stats()
+			say("relay: %s", progressLine(st, last, now.Sub(lastAt), now.Sub(start)))
+			last, lastAt = st, now
+		}
+	}
+
+	say("relay: stopping: waiting for the publishes in flight, handing back the unsent envelopes (signal again to stop waiting)")
+	closed := make(chan struct{})
+	go func() {
+		_ = fwd.Close()
+		close(closed)
+	}()
+closing:
+	for {
+		select {
+		case <-closed:
+			break closing
+		case <-signals:
+			if signalled++; signalled >= 2 {
+				say("relay: second signal: no longer waiting for the broker's confirms")
+				abandon()
+				<-closed
+				break closing
+			}
+		}
+	}
+	if err := <-runErr; err != nil && !errors.Is(err, forwarder.ErrClosed) {
+		return err
+	}
+	elapsed := time.Since(start)
+	if err := pub.Close(); err != nil {
+		say("relay: closing the publisher: %s", scrubAll(err.Error(), secrets))
+	}
+	say("relay: stopped after %s: %s", elapsed.Round(time.Millisecond), summaryLine(fwd.Stats(), elapsed))
+	return nil
+}
+
+// checkRelaySchema fails with the command to run when the tables or the extension columns the
+// forwarder reads are missing.
+func checkRelaySchema(ctx context.Context, db database.DB, cfg schema.Config) error {
+	diffs, err := schema.Verify(ctx, db, cfg, schema.VerifyOptions{})
+	if err != nil {
+		return err
+	}
+	var missing []string
+	for _, d := range diffs {
+		if d.Kind == schema.MissingTable || (d.Kind == schema.MissingColumn && d.Table != schema.IncomingTable) {
+			missing = append(missing, d.String())
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	sort.Strings(missing)
+	return fmt.Errorf("schema %s is not ready for the relay (%s): run \"%s schema migrate --schema %s\" (safe on a database Jasper created)",
+		cfg.Schema, strings.Join(missing, "; "), program, cfg.Schema)
+}
+
+// jasperTopic is the relay's topic mapping to RabbitMQ: the destination itself when it is a
+// RabbitMQ URI; anything else is an error, which sends the envelope to the dead letters.
+func jasperTopic(destination string) (string, error) {
+	d, err := jasperamqp.ParseDestination(destination)
+	if err != nil {
+		return "", err
+	}
+	if !d.IsAMQP() {
+		return "", fmt.Errorf("destination %q is not a RabbitMQ destination (%s): the relay sends only to RabbitMQ: %w",
+			destination, jasperamqp.AcceptedShapes, jasperamqp.ErrNotRabbitMQ)
+	}
+	return destination, nil
+}
+
+func rate(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
+
+// progressLine is the periodic status: totals, and the send rate since the previous line.
+func progressLine(st, last forwarder.Stats, since, total time.Duration) string {
+	return fmt.Sprintf("sent %d (%.0f msgs/s over the last %s), failed %d, expired %d, dead-lettered %d, released %d, running %s",
+		st.Sent, rate(st.Sent-last.Sent, since), since.Round(time.Millisecond), st.Failed, st.Expired, st.DeadLettered,
+		st.Released, total.Round(time.Second))
+}
+
+// summaryLine is printed once the relay stopped.
+func summaryLine(st forwarder.Stats, elapsed time.Duration) string {
+	return fmt.Sprintf("sent %d (%.0f msgs/s), failed %d, expired %d, dead-lettered %d, released %d (handed back unsent), claimed %d",
+		st.Sent, rate(st.Sent, elapsed), st.Failed, st.Expired, st.DeadLettered, st.Released, st.Claimed)
+}
+
+// stdoutPublisher prints one line per message: destination, message id, message type, size
+// and a quoted preview of the payload.
+type stdoutPublisher struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (p *stdoutPublisher) Publish(topic string, msgs ...*message.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range msgs {
+		if m == nil {
+			return errors.New("nil message")
+		}
+		if _, err := fmt.Fprintln(p.w, stdoutLine(topic, m)); err != nil {
+			return fmt.Errorf("write to stdout: %w", err)
+		}
+	}
+	return nil
+}
+
+func (p *stdoutPublisher) Close() error { return nil }
+
+func stdoutLine(topic string, m *message.Message) string {
+	typ := m.Metadata.Get(metadata.MessageType)
+	if typ == "" {
+		typ = "-"
+	}
+	preview := m.Payload
+	cut := len(preview) > previewBytes
+	if cut {
+		preview = preview[:previewBytes]
+		for len(preview) > 0 && !utf8.Valid(preview) { // do not split a character
+			preview = preview[:len(preview)-1]
+		}
+	}
+	q := strconv.Quote(string(preview))
+	if cut {
+		q += "..."
+	}
+	return fmt.Sprintf("%s %s %s %d bytes %s", topic, m.UUID, typ, len(m.Payload), q)
+}
+
+// stderrLogger is the relay's watermill.LoggerAdapter: errors (and, with --verbose, info) as
+// one line on stderr each, without the passwords of the DSN and the AMQP URL.
+type stderrLogger struct {
+	mu      *sync.Mutex // shared by the loggers derived with With
+	w       io.Writer
+	verbose bool
+	secrets []string
+	fields  watermill.LogFields
+}
+
+func (l *stderrLogger) log(level, msg string, err error, fields watermill.LogFields) {
+	var b strings.Builder
+	b.WriteString("relay: ")
+	b.WriteString(level)
+	b.WriteString(": ")
+	b.WriteString(msg)
+	if err != nil {
+		b.WriteString(": ")
+		b.WriteString(err.Error())
+	}
+	all := l.fields.Add(fields)
+	keys := make([]string, 0, len(all))
+	for k := range all {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%v", k, all[k])
+	}
+	line := strings.Join(strings.FieldsFunc(scrubAll(b.String(), l.secrets), func(r rune) bool { return r == '\n' || r == '\r' }), " ")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintln(l.w, line)
+}
+
+func (l *stderrLogger) Error(msg string, err error, fields watermill.LogFields) {
+	l.log("error", msg, err, fields)
+}
+
+func (l *stderrLogger) Info(msg string, fields watermill.LogFields) {
+	if l.verbose {
+		l.log("info", msg, nil, fields)
+	}
+}
+
+func (l *stderrLogger) Debug(string, watermill.LogFields) {}
+
+func (l *stderrLogger) Trace(string, watermill.LogFields) {}
+
+func (l *stderrLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return &stderrLogger{mu: l.mu, w: l.w, verbose: l.verbose, secrets: l.secrets, fields: l.fields.Add(fields)}
+}
+
+// printf writes one line on stderr (the relay's own status lines, which show URLs redacted
+// already), under the loggers' lock.
+func (l *stderrLogger) printf(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintln(l.w, line)
+}
+
+// scrubAll removes the secrets of every URL in urls from s.
+func scrubAll(s string, urls []string) string {
+	for _, u := range urls {
+		s = scrub(s, u)
+	}
+	return s
+}
