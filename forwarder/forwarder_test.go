@@ -689,3 +689,73 @@ func TestIdleForwarderPollsOncePerInterval(t *testing.T) {
 		t.Fatalf("idle forwarder claimed %d times in %v, want at most %d (one per %v)", got, window, limit, interval)
 	}
 }
+
+type permanentErr struct{}
+
+func (permanentErr) Error() string   { return "no such destination, ever" }
+func (permanentErr) Permanent() bool { return true }
+
+type temporaryErr struct{}
+
+func (temporaryErr) Error() string   { return "connection lost" }
+func (temporaryErr) Temporary() bool { return true }
+
+// A permanent publish error dead-letters the envelope at once; a temporary one (the
+// transport, not the message) hands it back without counting an attempt.
+func TestPermanentAndTemporaryPublishErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rec := newRecorder(goChannel(t))
+	rec.fail["never"] = permanentErr{}
+	rec.fail["flaky"] = temporaryErr{}
+	flakyCalls := make(chan int, 100)
+	rec.onFail = func(topic string, calls int) {
+		if topic == "flaky" {
+			flakyCalls <- calls
+		}
+	}
+	f, err := NewForwarder(e.db, Config{
+		Schema: e.schema, Publisher: rec, MaxAttempts: 2,
+		CircuitPause: time.Millisecond, MaxCircuitPause: time.Millisecond, PollInterval: 10 * time.Millisecond,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := make(chan int, 10)
+	f.onDeadLettered = func(n int) { dead <- n }
+	start(t, f)
+	e.insert("never", newMessages(1, "never")...)
+	select {
+	case <-dead:
+	case <-time.After(testTimeout):
+		t.Fatal("permanent failure was not dead-lettered")
+	}
+	if got := rec.attemptsOf("never"); got != 1 {
+		t.Fatalf("a permanently failing envelope was published %d times, want 1", got)
+	}
+	var attempts int
+	if err := database.QueryRow(context.Background(), e.db, fmt.Sprintf("SELECT attempts FROM %s", e.schema.Qualified(schema.DeadLetterTable)), nil, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 1 {
+		t.Fatalf("dead letter attempts = %d, want 1", attempts)
+	}
+
+	e.insert("flaky", newMessages(1, "flaky")...)
+	for calls := 0; calls < 5; { // far more failures than MaxAttempts
+		select {
+		case calls = <-flakyCalls:
+		case <-time.After(testTimeout):
+			t.Fatal("flaky destination was not retried")
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.deadLetters(); n != 1 {
+		t.Fatalf("%d dead letters, want only the permanent failure's: a temporarily failing envelope was dead-lettered", n)
+	}
+	if n := e.count(schema.OutgoingTable, "COALESCE(attempts, 0) = 0"); n != 1 {
+		t.Fatalf("temporary failures were counted as attempts (rows with 0 attempts: %d, want 1)", n)
+	}
+}

@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -248,7 +249,15 @@ func (w *worker) process() {
 			if firstErr == nil {
 				firstErr, firstDest = it.err, it.env.Destination
 			}
-			if attempts := it.env.Attempts + 1; attempts >= f.config.MaxAttempts {
+			if isPermanent(it.err) {
+				w.dead.add(it.env.ID, fmt.Sprintf("Publishing to topic %q failed permanently", it.topic),
+					it.err, it.msg.Metadata.Get(metadata.Source))
+				f.deadLettered.Add(1)
+			} else if isTemporary(it.err) {
+				// The failure says nothing about the envelope (e.g. the broker connection was
+				// lost): hand it back without counting an attempt; the breaker still counts it.
+				w.release = append(w.release, it.env.ID)
+			} else if attempts := it.env.Attempts + 1; attempts >= f.config.MaxAttempts {
 				w.dead.add(it.env.ID, fmt.Sprintf("Publishing to topic %q failed %d times (MaxAttempts %d)", it.topic, attempts, f.config.MaxAttempts),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
@@ -346,7 +355,7 @@ func (w *worker) flushOnce(base context.Context) error {
 		dl.reset()
 	}
 	if len(w.retry) > 0 {
-		if err := exec(d.ReleaseOutgoingFailed(), d.IDList(w.retry)); err != nil {
+		if err := exec(d.ReleaseOutgoingFailed(), d.IDList(w.retry), w.owner); err != nil {
 			return fmt.Errorf("hand back failed envelopes: %w", err)
 		}
 		w.retry = w.retry[:0]
@@ -358,4 +367,20 @@ func (w *worker) flushOnce(base context.Context) error {
 		w.release = w.release[:0]
 	}
 	return nil
+}
+
+// isPermanent reports whether a publish error says the message can never be published
+// (its error, or one it wraps, has a Permanent() bool method returning true, as jasperamqp's
+// destination errors do): the envelope goes to the dead letters at once.
+func isPermanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
+}
+
+// isTemporary reports whether a publish error is about the transport, not the message (a
+// Temporary() bool method returning true, as jasperamqp.ErrConnectionLost has): the attempt
+// is not counted against MaxAttempts.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
 }

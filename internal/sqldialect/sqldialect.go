@@ -38,7 +38,8 @@ type Dialect interface {
 	ClaimOutgoing() string
 	// DeleteOutgoing deletes envelopes by id. Args: IDList.
 	DeleteOutgoing() string
-	// ReleaseOutgoingFailed hands envelopes back (owner 0) counting one more attempt.
+	// ReleaseOutgoingFailed hands envelopes back (owner 0) counting one more attempt; only
+	// rows still owned by the node are touched. Args: IDList, owner int32.
 	// Args: IDList.
 	ReleaseOutgoingFailed() string
 	// ReleaseOutgoing hands envelopes back (owner 0) without counting an attempt.
