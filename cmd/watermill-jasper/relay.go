@@ -20,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -208,7 +209,16 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	}
 	defer pub.Close()
 
+	// One node for the forwarder and the durability agent: the agent hands back the envelopes
+	// of dormant nodes (a relay or a Jasper node that died), releases due scheduled sends and
+	// wakes the forwarder.
+	node, err := durability.NewNode(ctx, h, durability.NodeConfig{}, logger)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
 	fwd, err := forwarder.NewForwarder(h, forwarder.Config{
+		Node:               node,
 		Schema:             cfg,
 		Publisher:          pub,
 		Topic:              topic,
@@ -233,6 +243,17 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(signals)
+
+	agent, err := durability.NewAgent(h, node, durability.Config{Schema: cfg, Wakers: []durability.Waker{fwd}}, logger)
+	if err != nil {
+		return err
+	}
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- agent.Run(context.WithoutCancel(ctx)) }()
+	defer func() {
+		_ = agent.Close()
+		<-agentDone
+	}()
 
 	start := time.Now()
 	runErr := make(chan error, 1)
