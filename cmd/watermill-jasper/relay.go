@@ -250,10 +250,12 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	}
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- agent.Run(context.WithoutCancel(ctx)) }()
-	defer func() {
+	stopAgent := sync.OnceFunc(func() {
 		_ = agent.Close()
 		<-agentDone
-	}()
+		_ = node.Close()
+	})
+	defer stopAgent()
 
 	start := time.Now()
 	runErr := make(chan error, 1)
@@ -326,6 +328,7 @@ closing:
 		return err
 	}
 	elapsed := time.Since(start)
+	stopAgent()
 	if err := pub.Close(); err != nil {
 		say("relay: closing the publisher: %s", scrubAll(err.Error(), secrets))
 	}
