@@ -100,7 +100,7 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 		dialect: dialect,
 		codec:   dialect.UUIDs(),
 		config:  config,
-		notify:  !config.DisableNotify && dialect.OutgoingChannel() != "",
+		notify:  config.Notify && dialect.OutgoingChannel() != "",
 		logger:  logger,
 		now:     time.Now,
 	}, nil

@@ -365,7 +365,7 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 
 		// Written but not committed: nothing yet; committed: one notification.
 		tx, commit, _ := h.begin(t)
-		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg}), "orders", newMsgs(3, "a")...)
+		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: true}), "orders", newMsgs(3, "a")...)
 		marker(t, ch, "before-commit")
 		if got := l.next(); got != "before-commit" {
 			t.Fatalf("got notification %q before the commit", got)
@@ -379,7 +379,7 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 
 		// Rolled back: none.
 		tx, _, rollback := h.begin(t)
-		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg}), "orders", newMsgs(3, "b")...)
+		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: true}), "orders", newMsgs(3, "b")...)
 		if err := rollback(); err != nil {
 			t.Fatal(err)
 		}
@@ -388,13 +388,13 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 			t.Fatalf("got notification %q from a rolled back publish", got)
 		}
 
-		// Nothing new inserted (re-publish), only scheduled sends, or DisableNotify: none.
-		pool := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
+		// Nothing new inserted (re-publish), only scheduled sends, or Notify off (the default): none.
+		pool := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: true})
 		mustPublish(t, pool, "orders", newMsgs(3, "a")...)
 		later := message.NewMessage("later", nil)
 		delay.Message(later, delay.For(time.Hour))
 		mustPublish(t, pool, "orders", later)
-		quiet := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, DisableNotify: true})
+		quiet := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
 		mustPublish(t, quiet, "orders", newMsgs(3, "c")...)
 		marker(t, ch, "quiet")
 		if got := l.next(); got != "quiet" {

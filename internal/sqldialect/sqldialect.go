@@ -5,6 +5,7 @@ package sqldialect
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/google/uuid"
 
@@ -164,6 +165,10 @@ type Dialect interface {
 	DurabilityStatements
 }
 
+// cache holds the dialect of each schema config seen: immutable values, one per schema, so
+// the only shared state is a memo of pure functions of the config.
+var cache sync.Map // schema.Config -> Dialect
+
 // For returns the dialect for a (normalized) schema config.
 func For(cfg schema.Config) (Dialect, error) {
 	cfg, err := cfg.Normalized()
@@ -172,7 +177,13 @@ func For(cfg schema.Config) (Dialect, error) {
 	}
 	switch cfg.Dialect {
 	case database.Postgres:
-		return newPostgres(cfg), nil
+		// Building every statement costs more than a publish: publishers are created per
+		// transaction, so the immutable dialect of a schema is built once and shared.
+		if d, ok := cache.Load(cfg); ok {
+			return d.(Dialect), nil
+		}
+		d, _ := cache.LoadOrStore(cfg, newPostgres(cfg))
+		return d.(Dialect), nil
 	case database.SQLServer:
 		return nil, fmt.Errorf("%w: the SQL Server runtime dialect is not implemented yet (schema tools work)", database.ErrUnsupported)
 	}

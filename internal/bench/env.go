@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// env is what every leg of one RunOutbox shares: the pool, the progress writer and the
+// registry of schemas still to drop.
+type env struct {
+	cfg      OutboxConfig
+	pool     *pgxpool.Pool
+	progress io.Writer
+	payload  []byte
+	logger   watermill.LoggerAdapter
+
+	mu      sync.Mutex
+	schemas map[string]struct{}
+	queues  map[string]struct{}
+}
+
+func newEnv(ctx context.Context, cfg OutboxConfig, progress io.Writer) (*env, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("bench: parse DSN: %w", err)
+	}
+	// Publishers, the relays' workers and LISTEN connections, the sinks' checks.
+	pcfg.MaxConns = int32(max(cfg.Publishers+12, 20))
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("bench: connect to PostgreSQL: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("bench: connect to PostgreSQL: %w", err)
+	}
+	if progress == nil {
+		progress = io.Discard
+	}
+	payload := make([]byte, cfg.Payload)
+	for i := range payload {
+		payload[i] = 'a' + byte(i%26)
+	}
+	return &env{
+		cfg: cfg, pool: pool, progress: progress, payload: payload,
+		logger:  watermill.NopLogger{},
+		schemas: map[string]struct{}{}, queues: map[string]struct{}{},
+	}, nil
+}
+
+func (e *env) logf(format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	fmt.Fprintf(e.progress, format+"\n", args...)
+}
+
+// randomName returns prefix followed by 12 random hex digits.
+func randomName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// created records every schema name this process created, for tests.
+var created struct {
+	sync.Mutex
+	names []string
+}
+
+func createdSchemas() []string {
+	created.Lock()
+	defer created.Unlock()
+	return append([]string(nil), created.names...)
+}
+
+// newSchema creates a fresh schema holding the business table and registers it for dropping.
+func (e *env) newSchema(ctx context.Context) (string, error) {
+	name := randomName("wj_bench_")
+	e.mu.Lock()
+	e.schemas[name] = struct{}{}
+	e.mu.Unlock()
+	created.Lock()
+	created.names = append(created.names, name)
+	created.Unlock()
+	_, err := e.pool.Exec(ctx, fmt.Sprintf(`CREATE SCHEMA %q; CREATE TABLE %q.orders (id uuid PRIMARY KEY, amount bigint NOT NULL)`, name, name))
+	if err != nil {
+		return "", fmt.Errorf("bench: create schema %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// dropSchema drops a schema and everything in it, even when ctx is already cancelled.
+func (e *env) dropSchema(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err := e.pool.Exec(ctx, fmt.Sprintf(`DROP SCHEMA IF EXISTS %q CASCADE`, name))
+	if err != nil {
+		return fmt.Errorf("bench: drop schema %s: %w", name, err)
+	}
+	e.mu.Lock()
+	delete(e.schemas, name)
+	e.mu.Unlock()
+	return nil
+}
+
+// close drops every schema still registered (a leg that failed to clean up) and closes the pool.
+func (e *env) close() error {
+	e.mu.Lock()
+	left := make([]string, 0, len(e.schemas))
+	for s := range e.schemas {
+		left = append(left, s)
+	}
+	queues := make([]string, 0, len(e.queues))
+	for q := range e.queues {
+		queues = append(queues, q)
+	}
+	e.mu.Unlock()
+	var errs []error
+	for _, s := range left {
+		errs = append(errs, e.dropSchema(s))
+	}
+	errs = append(errs, e.deleteQueues(queues...))
+	e.pool.Close()
+	return errors.Join(errs...)
+}
+
+var orderSeq atomic.Int64
+
+// newMessage is the message of one business transaction: a fresh UUID, the configured
+// payload and one metadata pair, the same for every implementation.
+func (e *env) newMessage() *message.Message {
+	msg := message.NewMessage(watermill.NewUUID(), e.payload)
+	msg.Metadata.Set("correlation_id", strconv.FormatInt(orderSeq.Add(1), 10))
+	return msg
+}
+
+// insertOrder is the business write of every business transaction.
+func insertOrder(ctx context.Context, tx pgx.Tx, schemaName string, msg *message.Message) error {
+	_, err := tx.Exec(ctx, `INSERT INTO "`+schemaName+`".orders (id, amount) VALUES ($1, $2)`, msg.UUID, int64(len(msg.Payload)))
+	return err
+}
+
+// countRows counts the rows of a table (qualified, quoted name).
+func (e *env) countRows(ctx context.Context, table string) (int64, error) {
+	var n int64
+	err := e.pool.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n)
+	return n, err
+}
+
+// analyze refreshes planner statistics after a prefill, for every implementation alike.
+func (e *env) analyze(ctx context.Context, table string) error {
+	_, err := e.pool.Exec(ctx, "ANALYZE "+table)
+	return err
+}

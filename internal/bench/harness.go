@@ -1,0 +1,383 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// stallTimeout fails a drain or latency leg that makes no progress for this long.
+const stallTimeout = 60 * time.Second
+
+// PublishResult is one publish leg: business transactions per second.
+type PublishResult struct {
+	Name    string
+	TPS     float64       // committed business transactions per second
+	Txs     int64         // committed during the measurement
+	Elapsed time.Duration // measured time (warm-ups excluded)
+}
+
+// timedPublish runs txFn in workers goroutines for a warm-up and then dur, and reports the
+// committed business transactions per second during dur.
+func (e *env) timedPublish(ctx context.Context, label string, workers int, warmup, dur time.Duration, txFn func(ctx context.Context) error) (PublishResult, error) {
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var done atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if err := txFn(ctx); err != nil {
+					if ctx.Err() == nil {
+						errOnce.Do(func() { firstErr = err; cancel() })
+					}
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	result := PublishResult{Name: label}
+	if wait(warmup) {
+		start, n0 := time.Now(), done.Load()
+		ticker := time.NewTicker(time.Second)
+		end := time.NewTimer(dur)
+	loop:
+		for {
+			select {
+			case <-ticker.C:
+				el := time.Since(start)
+				e.logf("publish %s: %.0fs/%.0fs %d tx (%.0f tx/s)", label, el.Seconds(), dur.Seconds(), done.Load()-n0, float64(done.Load()-n0)/el.Seconds())
+			case <-end.C:
+				break loop
+			case <-ctx.Done():
+				break loop
+			}
+		}
+		ticker.Stop()
+		end.Stop()
+		result.Elapsed = time.Since(start)
+		result.Txs = done.Load() - n0
+		result.TPS = float64(result.Txs) / result.Elapsed.Seconds()
+	}
+	cancel()
+	wg.Wait()
+	if firstErr != nil {
+		return result, fmt.Errorf("publish %s: %w", label, firstErr)
+	}
+	if err := parent.Err(); err != nil {
+		return result, fmt.Errorf("publish %s: %w", label, err)
+	}
+	return result, nil
+}
+
+// DrainResult is one drain leg: how fast a relay emptied a prefilled backlog into a sink.
+type DrainResult struct {
+	Impl, Sink string
+	N          int
+	Elapsed    time.Duration // relay start -> last message at the sink
+	FirstMsg   time.Duration // relay start -> first message at the sink
+	Rate       float64
+	Received   int   // distinct messages at the sink
+	Dups       int64 // duplicate arrivals
+	Left       int64 // rows the relay had not deleted/acked when stopped
+	Statements int64 // statements the relay sent, when counted (-1 otherwise)
+}
+
+// relay is a running outbox relay.
+type relay interface {
+	// stop closes the relay and waits for it.
+	stop() error
+	// counts returns how many statements (every BEGIN, COMMIT and ROLLBACK included) and
+	// transactions it has sent, or -1, -1 when they are not counted.
+	counts() (statements, txs int64)
+}
+
+// timedDrain starts a relay over a prefilled backlog of n messages and times it until the
+// sink's consumer has received all n. Then it waits for the relay to finish acknowledging
+// (left reports the rows not yet deleted/acked), stops it and checks for duplicates.
+func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start func(context.Context) (relay, error), left func(context.Context) (int64, error)) (DrainResult, error) {
+	label := fmt.Sprintf("drain %s %s %d", impl, s.kind, n)
+	res := DrainResult{Impl: impl, Sink: s.kind, N: n, Statements: -1}
+	t0 := time.Now()
+	r, err := start(ctx)
+	if err != nil {
+		return res, fmt.Errorf("%s: start relay: %w", label, err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = r.stop()
+		}
+	}()
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	lastProgress, lastCount := time.Now(), 0
+wait:
+	for {
+		select {
+		case <-s.counter.done:
+			break wait
+		case <-ctx.Done():
+			return res, fmt.Errorf("%s: %w", label, ctx.Err())
+		case <-ticker.C:
+			got, _ := s.counter.counts()
+			el := time.Since(t0)
+			e.logf("%s: %d/%d (%.0f msg/s)", label, got, n, float64(got)/el.Seconds())
+			if got != lastCount {
+				lastProgress, lastCount = time.Now(), got
+			} else if time.Since(lastProgress) > stallTimeout {
+				return res, fmt.Errorf("%s: stalled at %d/%d for %s", label, got, n, stallTimeout)
+			}
+		}
+	}
+	first, last := s.counter.times()
+	res.Elapsed = last.Sub(t0)
+	res.FirstMsg = first.Sub(t0)
+	res.Rate = float64(n) / res.Elapsed.Seconds()
+	// Let the relay finish its deletes/acks, then stop it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res.Left, err = left(ctx)
+		if err != nil {
+			return res, fmt.Errorf("%s: count rows left: %w", label, err)
+		}
+		if res.Left == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res.Statements, _ = r.counts()
+	stopped = true
+	if err := r.stop(); err != nil {
+		return res, fmt.Errorf("%s: stop relay: %w", label, err)
+	}
+	if d, ok := r.(interface{ describe() string }); ok {
+		e.logf("%s: %s", label, d.describe())
+	}
+	// Late duplicates would arrive within a moment of the stop.
+	time.Sleep(100 * time.Millisecond)
+	res.Received, res.Dups = s.counter.counts()
+	e.logf("%s: %d/%d in %s (%.0f msg/s), %d duplicates, %d rows left", label, res.Received, n, res.Elapsed.Round(time.Millisecond), res.Rate, res.Dups, res.Left)
+	if res.Received != n {
+		return res, fmt.Errorf("%s: sink received %d distinct messages, want %d", label, res.Received, n)
+	}
+	return res, nil
+}
+
+// LatencyResult is one latency leg: commit -> sink arrival at a steady publish rate.
+type LatencyResult struct {
+	Impl, Sink    string
+	Rate          float64 // achieved publish rate
+	Sent          int
+	Received      int
+	Dups          int64
+	P50, P99, Max time.Duration
+}
+
+// latencyWorkers run the business transactions of a latency leg, so that slow commits do not
+// hold back the ticker's pace.
+const latencyWorkers = 16
+
+// timedLatency publishes one message per business transaction at a steady rate (ticker
+// paced, several workers so that one slow commit does not delay the next ones) for dur, and
+// measures, per message, the time from Commit() returning to the sink's consumer receiving
+// it. The relay must be running.
+func (e *env) timedLatency(ctx context.Context, impl string, s *sink, rate int, dur time.Duration, publishOne func(ctx context.Context, msg *message.Message) error) (LatencyResult, error) {
+	label := fmt.Sprintf("latency %s %s %d/s", impl, s.kind, rate)
+	res := LatencyResult{Impl: impl, Sink: s.kind}
+	var (
+		mu        sync.Mutex
+		committed = map[string]time.Time{}
+		firstErr  error
+		wg        sync.WaitGroup
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ticks := make(chan struct{}, 1024)
+	for range latencyWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range ticks {
+				msg := e.newMessage()
+				if err := publishOne(ctx, msg); err != nil {
+					mu.Lock()
+					if firstErr == nil && ctx.Err() == nil {
+						firstErr = err
+						cancel()
+					}
+					mu.Unlock()
+					continue
+				}
+				at := time.Now()
+				mu.Lock()
+				committed[msg.UUID] = at
+				mu.Unlock()
+			}
+		}()
+	}
+	// The ticker wakes the dispatcher; each wake-up issues every message due by then, so
+	// that a late wake-up (a busy scheduler) does not lower the rate.
+	ticker := time.NewTicker(min(time.Second/time.Duration(rate), 5*time.Millisecond))
+	progress := time.NewTicker(time.Second)
+	start := time.Now()
+	end := time.NewTimer(dur)
+	issued, dropped := 0, 0
+loop:
+	for {
+		select {
+		case <-ticker.C:
+			due := min(int(time.Since(start).Seconds()*float64(rate)), int(dur.Seconds()*float64(rate)))
+			for ; issued < due; issued++ {
+				select {
+				case ticks <- struct{}{}:
+				default:
+					dropped++
+				}
+			}
+		case <-progress.C:
+			mu.Lock()
+			sent := len(committed)
+			mu.Unlock()
+			got, _ := s.counter.counts()
+			e.logf("%s: %.0fs/%.0fs sent %d, received %d", label, time.Since(start).Seconds(), dur.Seconds(), sent, got)
+		case <-end.C:
+			break loop
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	ticker.Stop()
+	progress.Stop()
+	elapsed := time.Since(start)
+	close(ticks)
+	wg.Wait()
+	if firstErr != nil {
+		return res, fmt.Errorf("%s: %w", label, firstErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("%s: %w", label, err)
+	}
+	res.Sent = len(committed)
+	res.Rate = float64(issued-dropped) / elapsed.Seconds()
+	// Wait for everything sent to arrive.
+	deadline := time.Now().Add(stallTimeout)
+	for {
+		got, _ := s.counter.counts()
+		if got >= res.Sent {
+			break
+		}
+		if time.Now().After(deadline) {
+			return res, fmt.Errorf("%s: sink received %d of %d messages", label, got, res.Sent)
+		}
+		select {
+		case <-ctx.Done():
+			return res, fmt.Errorf("%s: %w", label, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	res.Received, res.Dups = s.counter.counts()
+	lat := make([]time.Duration, 0, len(committed))
+	for id, at := range committed {
+		got, ok := s.counter.receivedAt(id)
+		if !ok {
+			return res, fmt.Errorf("%s: message %s was committed but never arrived", label, id)
+		}
+		// The relay may deliver before the publishing goroutine has read the clock after
+		// Commit returned; such a message counts as 0.
+		lat = append(lat, max(got.Sub(at), 0))
+	}
+	if res.Received != res.Sent {
+		return res, fmt.Errorf("%s: sink received %d distinct messages, %d were sent", label, res.Received, res.Sent)
+	}
+	res.P50, res.P99, res.Max = percentile(lat, 0.50), percentile(lat, 0.99), percentile(lat, 1)
+	note := ""
+	if dropped > 0 {
+		note = fmt.Sprintf(" (%d ticks dropped: publishing fell behind)", dropped)
+	}
+	e.logf("%s: %d msgs at %.0f/s: p50 %s p99 %s max %s%s", label, res.Sent, res.Rate, fmtMs(res.P50), fmtMs(res.P99), fmtMs(res.Max), note)
+	return res, nil
+}
+
+// percentile returns the nearest-rank p-quantile of ds (sorted in place).
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	i := int(math.Ceil(p*float64(len(ds)))) - 1
+	return ds[max(0, min(i, len(ds)-1))]
+}
+
+func fmtMs(d time.Duration) string {
+	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+}
+
+// IdleResult is what an idle relay (nothing to send) costs the database.
+type IdleResult struct {
+	Impl          string
+	StatementsSec float64
+	TxSec         float64
+}
+
+// timedIdle starts a relay over an empty outbox, lets it settle and counts its statements
+// and transactions over dur.
+func (e *env) timedIdle(ctx context.Context, impl string, dur time.Duration, start func(context.Context) (relay, error)) (IdleResult, error) {
+	label := "idle " + impl
+	res := IdleResult{Impl: impl}
+	r, err := start(ctx)
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", label, err)
+	}
+	defer func() { _ = r.stop() }()
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	s0, t0 := r.counts()
+	at := time.Now()
+	select {
+	case <-time.After(dur):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	el := time.Since(at).Seconds()
+	s1, t1 := r.counts()
+	if s0 < 0 {
+		return res, fmt.Errorf("%s: the relay does not count its statements", label)
+	}
+	res.StatementsSec = float64(s1-s0) / el
+	res.TxSec = float64(t1-t0) / el
+	e.logf("%s: %.1f statements/s, %.1f transactions/s", label, res.StatementsSec, res.TxSec)
+	return res, nil
+}
+
+// queryCounter counts the statements and transactions a relay sends.
+type queryCounter struct {
+	statements atomic.Int64
+	txs        atomic.Int64
+}

@@ -1,0 +1,174 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets of the RESULT figures (the acceptance numbers).
+var targets = []struct {
+	name   string
+	get    func(Summary) float64
+	want   float64
+	atMost bool
+}{
+	{"drain_gochannel_x", func(s Summary) float64 { return s.DrainGoChannelX }, 4, false},
+	{"drain_amqp_x", func(s Summary) float64 { return s.DrainAMQPX }, 8, false},
+	{"drain_of_limit", func(s Summary) float64 { return s.DrainOfLimit }, 0.7, false},
+	{"publish_cost_x", func(s Summary) float64 { return s.PublishCostX }, 1.1, true},
+	{"p99_ms", func(s Summary) float64 { return s.P99Ms }, 5, true},
+	{"flat", func(s Summary) float64 { return s.Flat }, 0.8, false},
+}
+
+// WriteTable prints the results as aligned tables.
+func (r OutboxResult) WriteTable(w io.Writer) error {
+	cfg := r.Config
+	var b strings.Builder
+	runs := "1 run"
+	if r.Runs > 1 {
+		runs = fmt.Sprintf("median of %d runs", r.Runs)
+	}
+	fmt.Fprintf(&b, "Outbox benchmark: PostgreSQL %s, %d CPUs, %d-byte payloads, %s, %s\n",
+		r.ServerVersion, runtime.NumCPU(), cfg.Payload, runs, r.Elapsed.Round(time.Second))
+	fmt.Fprintf(&b, "ours = publisher + forwarder (defaults); watermill = watermill-sql v4 publisher in the tx + components/forwarder + watermill-sql subscriber (poll %s)\n", WatermillPollInterval)
+
+	section := func(title string) *tabwriter.Writer {
+		fmt.Fprintf(&b, "\n%s\n", title)
+		return tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	}
+
+	t := section(fmt.Sprintf("PUBLISH: business transactions (INSERT order + 1 message, commit), %d goroutines, %s each", cfg.Publishers, cfg.PublishDuration))
+	fmt.Fprintln(t, "  variant\ttx/s\ttime vs bare INSERT\t")
+	bare, hasBare := r.publish(pubBare)
+	for _, p := range r.Publish {
+		rel := "-"
+		if hasBare && p.TPS > 0 {
+			rel = fmt.Sprintf("%.3fx", bare.TPS/p.TPS)
+		}
+		fmt.Fprintf(t, "  %s\t%s\t%s\t\n", p.Name, num(p.TPS), rel)
+	}
+	_ = t.Flush()
+
+	t = section("DRAIN: prefilled backlog -> sink, timed from relay start to the last message at the sink's consumer")
+	fmt.Fprintln(t, "  impl\tsink\tbacklog\tmsg/s\ttime\tfirst msg\tmsg/s after 1st\tvs watermill\tof raw loop\tdups\tleft\tstmts/1k msgs\t")
+	if r.Raw.N > 0 {
+		fmt.Fprintf(t, "  %s\tnone\t%d\t%s\t%s\t-\t-\t-\t1.00\t-\t0\t%.1f\t\n", implRaw, r.Raw.N, num(r.Raw.Rate), r.Raw.Elapsed.Round(time.Millisecond),
+			float64(2*r.Raw.Batches+1)*1000/float64(r.Raw.N))
+	}
+	for _, d := range r.Drains {
+		vsWM := "-"
+		if d.Impl == implOurs {
+			if wm, ok := r.drain(implWatermill, d.Sink, d.N); ok && wm.Rate > 0 {
+				vsWM = fmt.Sprintf("%.2fx", d.Rate/wm.Rate)
+			}
+		}
+		ofRaw := "-"
+		if r.Raw.Rate > 0 && d.Sink == sinkGoChannel {
+			ofRaw = fmt.Sprintf("%.2f", d.Rate/r.Raw.Rate)
+		}
+		stmts := "-"
+		if d.Statements >= 0 {
+			stmts = fmt.Sprintf("%.1f", float64(d.Statements)*1000/float64(d.N))
+		}
+		steady := "-"
+		if d.N > 1 && d.Elapsed > d.FirstMsg {
+			steady = num(float64(d.N-1) / (d.Elapsed - d.FirstMsg).Seconds())
+		}
+		fmt.Fprintf(t, "  %s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", d.Impl, d.Sink, d.N, num(d.Rate),
+			d.Elapsed.Round(time.Millisecond), fmtMs(d.FirstMsg), steady, vsWM, ofRaw, d.Dups, d.Left, stmts)
+	}
+	_ = t.Flush()
+
+	t = section(fmt.Sprintf("LATENCY: Commit() returned -> sink's consumer received, one message per business transaction at a steady %d msg/s for %s", cfg.Rate, cfg.LatencyDuration))
+	fmt.Fprintln(t, "  impl\tsink\tmsg/s\tmessages\tp50\tp99\tmax\tdups\t")
+	for _, l := range r.Latency {
+		fmt.Fprintf(t, "  %s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%d\t\n", l.Impl, l.Sink, l.Rate, l.Sent, fmtMs(l.P50), fmtMs(l.P99), fmtMs(l.Max), l.Dups)
+	}
+	_ = t.Flush()
+
+	t = section(fmt.Sprintf("IDLE: relay with nothing to send, statements sent to PostgreSQL (BEGIN/COMMIT included) over %s", cfg.IdleDuration))
+	fmt.Fprintln(t, "  impl\tstatements/s\ttransactions/s\t")
+	for _, i := range r.Idle {
+		fmt.Fprintf(t, "  %s\t%.1f\t%.1f\t\n", i.Impl, i.StatementsSec, i.TxSec)
+	}
+	_ = t.Flush()
+
+	fmt.Fprintf(&b, "\nNOTES\n")
+	for _, n := range []string{
+		"Prefills are not timed: ours COPYs the rows our publisher writes (same mapping, row.FromMessage); Watermill's go through its own publisher, 1,000 messages per transaction; both tables are ANALYZEd.",
+		"Drains are timed from the call that starts the relay (node lock, LISTEN, first claim or poll included) to the last distinct message at the sink's consumer; then the relay must delete/ack every row (left) and duplicates are counted by message UUID. msg/s after 1st leaves the start-up out: (N-1) / (last - first arrival).",
+		"gochannel: in-process GoChannel, one consumer goroutine that acks. amqp: persistent messages through the default exchange to a fresh durable queue, publisher confirms, arrivals counted by an amqp091 auto-ack consumer.",
+		"watermill amqp: watermill-amqp NewDurableQueueConfig with Publish.ConfirmDelivery, otherwise its defaults (a channel opened per Publish). watermill+jasperamqp: Watermill's relay through our AMQP publisher (channel pool), to separate the relay from the AMQP client. ours amqp: jasperamqp, destination rabbitmq://queue/NAME.",
+		"Statements count every BEGIN/COMMIT/ROLLBACK; transactions include autocommit statements. The raw loop is one claim and one delete per 1,000 rows on one connection.",
+	} {
+		writeWrapped(&b, n, "  - ", "    ")
+	}
+
+	t = section("TARGETS")
+	fmt.Fprintln(t, "  figure\tvalue\ttarget\tmet\t")
+	for _, tg := range targets {
+		v := tg.get(r.Summary)
+		op := ">="
+		if tg.atMost {
+			op = "<="
+		}
+		met := "yes"
+		switch {
+		case math.IsNaN(v):
+			met = "not measured"
+		case tg.atMost && v > tg.want, !tg.atMost && v < tg.want:
+			met = "NO"
+		}
+		val := "n/a"
+		if !math.IsNaN(v) {
+			val = fmt.Sprintf("%.3g", v)
+		}
+		fmt.Fprintf(t, "  %s\t%s\t%s %g\t%s\t\n", tg.name, val, op, tg.want, met)
+	}
+	_ = t.Flush()
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// num formats a rate with thousands separators.
+func num(v float64) string {
+	s := fmt.Sprintf("%.0f", v)
+	n := len(s)
+	if n <= 3 {
+		return s
+	}
+	var b strings.Builder
+	pre := n % 3
+	if pre > 0 {
+		b.WriteString(s[:pre])
+	}
+	for i := pre; i < n; i += 3 {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(s[i : i+3])
+	}
+	return b.String()
+}
+
+// writeWrapped writes text wrapped at 100 columns, the first line after first, the others
+// after rest.
+func writeWrapped(b *strings.Builder, text, first, rest string) {
+	line := first
+	for _, w := range strings.Fields(text) {
+		if len(line) > len(rest) && len(line)+1+len(w) > 100 {
+			b.WriteString(strings.TrimRight(line, " ") + "\n")
+			line = rest
+		}
+		if line != first && line != rest {
+			line += " "
+		}
+		line += w
+	}
+	b.WriteString(line + "\n")
+}

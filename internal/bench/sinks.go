@@ -1,0 +1,241 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	wmamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
+)
+
+// Sink names.
+const (
+	sinkGoChannel = "gochannel"
+	sinkAMQP      = "amqp"
+)
+
+// counter counts what a sink's consumer receives, by message UUID: distinct messages (with
+// the time each first arrived) and duplicates. done is closed when target distinct messages
+// have arrived (never for a target of 0).
+type counter struct {
+	mu      sync.Mutex
+	seen    map[string]time.Time
+	total   int64
+	target  int
+	done    chan struct{}
+	firstAt time.Time
+	lastAt  time.Time // when the target-th distinct message arrived
+}
+
+func newCounter(target int) *counter {
+	return &counter{seen: make(map[string]time.Time, target), target: target, done: make(chan struct{})}
+}
+
+func (c *counter) add(uuid string) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.total++
+	if _, dup := c.seen[uuid]; dup {
+		return
+	}
+	c.seen[uuid] = now
+	if len(c.seen) == 1 {
+		c.firstAt = now
+	}
+	if len(c.seen) == c.target {
+		c.lastAt = now
+		close(c.done)
+	}
+}
+
+// counts returns distinct messages and duplicates received so far.
+func (c *counter) counts() (distinct int, dups int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen), c.total - int64(len(c.seen))
+}
+
+func (c *counter) times() (first, last time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.firstAt, c.lastAt
+}
+
+func (c *counter) receivedAt(uuid string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.seen[uuid]
+	return t, ok
+}
+
+// sink is where a relay delivers: a topic on an output publisher, and a consumer counting
+// arrivals.
+type sink struct {
+	kind    string
+	topic   string
+	counter *counter
+	// publisher is the relay's output publisher for GoChannel (nil for AMQP: each relay
+	// builds its own AMQP publisher, see amqpPublisherConfig).
+	publisher message.Publisher
+	close     func() error
+}
+
+// newGoChannelSink is an in-process GoChannel with one consumer goroutine that counts and acks.
+func newGoChannelSink(ctx context.Context, e *env, target int) (*sink, error) {
+	gc := gochannel.NewGoChannel(gochannel.Config{}, e.logger)
+	topic := "bench_orders"
+	ctx, cancel := context.WithCancel(ctx)
+	msgs, err := gc.Subscribe(ctx, topic)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("bench: subscribe to GoChannel: %w", err)
+	}
+	c := newCounter(target)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m := range msgs {
+			c.add(m.UUID)
+			m.Ack()
+		}
+	}()
+	return &sink{
+		kind: sinkGoChannel, topic: topic, counter: c, publisher: gc,
+		close: func() error {
+			cancel()
+			err := gc.Close()
+			<-done
+			return err
+		},
+	}, nil
+}
+
+// newAMQPSink declares a fresh durable queue (deleted by close) and consumes it with an
+// amqp091 consumer (auto-ack) that counts arrivals by Watermill's message UUID header. The
+// relays publish persistent messages to it through the default exchange with confirms. When
+// the broker closes the consumer's connection (another process forcing connections closed,
+// say), it reconnects and consumes on: the queue is durable, nothing is lost.
+func newAMQPSink(ctx context.Context, e *env, target int) (*sink, error) {
+	queue := randomName("wj_bench_")
+	consume := func(ctx context.Context) (*amqp.Connection, <-chan amqp.Delivery, error) {
+		conn, err := amqp.Dial(e.cfg.AMQPURI)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bench: connect to RabbitMQ at %s: %w (use --amqp none to skip the RabbitMQ legs)", jasperamqp.RedactURL(e.cfg.AMQPURI), err)
+		}
+		ch, err := conn.Channel()
+		if err == nil {
+			_, err = ch.QueueDeclare(queue, true, false, false, false, nil)
+		}
+		var deliveries <-chan amqp.Delivery
+		if err == nil {
+			deliveries, err = ch.ConsumeWithContext(ctx, queue, "", true, false, false, false, nil)
+		}
+		if err != nil {
+			_ = conn.Close()
+			return nil, nil, fmt.Errorf("bench: consume queue %s: %w", queue, err)
+		}
+		return conn, deliveries, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	conn, deliveries, err := consume(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	e.mu.Lock()
+	e.queues[queue] = struct{}{}
+	e.mu.Unlock()
+	var connMu sync.Mutex
+	c := newCounter(target)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			for d := range deliveries {
+				id, _ := d.Headers[wmamqp.DefaultMessageUUIDHeaderKey].(string)
+				c.add(id)
+			}
+			for ctx.Err() == nil {
+				nc, nd, err := consume(ctx)
+				if err == nil {
+					connMu.Lock()
+					_ = conn.Close()
+					conn, deliveries = nc, nd
+					connMu.Unlock()
+					e.logf("amqp sink: consumer reconnected to queue %s", queue)
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}()
+	return &sink{
+		kind: sinkAMQP, topic: queue, counter: c,
+		close: func() error {
+			cancel()
+			connMu.Lock()
+			err := conn.Close()
+			connMu.Unlock()
+			if errors.Is(err, amqp.ErrClosed) {
+				err = nil
+			}
+			<-done
+			return errors.Join(err, e.deleteQueues(queue))
+		},
+	}, nil
+}
+
+// deleteQueues deletes RabbitMQ queues over a fresh connection.
+func (e *env) deleteQueues(queues ...string) error {
+	if len(queues) == 0 {
+		return nil
+	}
+	conn, err := amqp.Dial(e.cfg.AMQPURI)
+	if err != nil {
+		return fmt.Errorf("bench: connect to RabbitMQ at %s to delete queues: %w", jasperamqp.RedactURL(e.cfg.AMQPURI), err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("bench: delete queues: %w", err)
+	}
+	for _, q := range queues {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			return fmt.Errorf("bench: delete queue %s: %w", q, err)
+		}
+		e.mu.Lock()
+		delete(e.queues, q)
+		e.mu.Unlock()
+	}
+	return nil
+}
+
+// amqpPublisherConfig is the watermill-amqp configuration of Watermill's relay: a durable
+// queue config (default exchange, routing key = topic = queue, persistent messages) with
+// publisher confirms, otherwise watermill-amqp's defaults.
+func amqpPublisherConfig(uri string) wmamqp.Config {
+	cfg := wmamqp.NewDurableQueueConfig(uri)
+	cfg.Publish.ConfirmDelivery = true
+	return cfg
+}
+
+func newSink(ctx context.Context, e *env, kind string, target int) (*sink, error) {
+	if kind == sinkAMQP {
+		return newAMQPSink(ctx, e, target)
+	}
+	return newGoChannelSink(ctx, e, target)
+}
