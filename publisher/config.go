@@ -15,15 +15,18 @@ var ErrInvalidConfig = errors.New("watermill-jasper: invalid publisher config")
 // Table chooses the Jasper table a Publisher writes to.
 type Table string
 
-// Outgoing is the transactional outbox, jasper_outgoing_envelopes: one envelope per message
-// with destination = topic and owner_id 0, relayed to a broker by the forwarder. It is the
-// default.
-//
-// Extension point: an Incoming table (a durable local queue in jasper_incoming_envelopes,
-// received_at = topic, read by package subscriber) is planned; it will be a second Table
-// constant handled in Publisher.envelopes. Delayed messages already go to the incoming table
-// as Jasper scheduled sends whatever the Table.
-const Outgoing Table = "outgoing"
+const (
+	// Outgoing is the transactional outbox, jasper_outgoing_envelopes: one envelope per
+	// message with destination = topic and owner_id 0, relayed to a broker by the forwarder.
+	// Delayed messages become Jasper scheduled sends (scheduled-envelope rows of the incoming
+	// table) that the durability agent moves to the outbox when due. It is the default.
+	Outgoing Table = "outgoing"
+	// Incoming is a durable local queue, jasper_incoming_envelopes: one envelope per message
+	// with received_at = topic, status Incoming and owner_id 0, delivered by package
+	// subscriber (as Jasper's durable local queues write them). Delayed messages are written
+	// with status Scheduled and execution_time = the due time; they are delivered once due.
+	Incoming Table = "incoming"
+)
 
 // Defaults fill the columns Jasper requires (message_type, content_type) when a message's
 // metadata does not: see metadata.MessageType and metadata.ContentType for the fallbacks.
@@ -76,9 +79,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	switch c.Table {
-	case Outgoing:
+	case Outgoing, Incoming:
 	default:
-		return fmt.Errorf("%w: unknown table %q (use publisher.Outgoing)", ErrInvalidConfig, string(c.Table))
+		return fmt.Errorf("%w: unknown table %q (use publisher.Outgoing or publisher.Incoming)", ErrInvalidConfig, string(c.Table))
 	}
 	return nil
 }

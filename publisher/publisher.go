@@ -152,6 +152,10 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 		return err
 	}
 	stmts := p.statements(out, inc)
+	if p.config.Table == Incoming && p.config.Notify && p.dialect.IncomingChannel() != "" && len(inc) > 0 {
+		// Subscribers of the topic wake when the transaction commits.
+		stmts = append(stmts, statement{query: p.dialect.NotifyIncoming(), args: []any{topic}})
+	}
 
 	exec, inTx := p.executor(ctx)
 	p.logger.Trace("Publishing messages to Jasper envelope tables", watermill.LogFields{
@@ -198,6 +202,21 @@ func (p *Publisher) envelopes(topic string, messages []*message.Message) (out, i
 		if err != nil {
 			return nil, nil, messageError(topic, i, msg, err)
 		}
+		if p.config.Table == Incoming {
+			e, err := row.FromMessage(topic, msg, p.config.Defaults)
+			if err != nil {
+				return nil, nil, messageError(topic, i, msg, err)
+			}
+			e.OwnerID, e.Status = 0, schema.StatusIncoming
+			if due.After(now) {
+				e.Status, e.ExecutionTime = schema.StatusScheduled, &due
+			}
+			if _, dup := seen[e.ID]; !dup {
+				seen[e.ID] = struct{}{}
+				inc = append(inc, e)
+			}
+			continue
+		}
 		if due.After(now) {
 			e, err := row.WrapScheduled(topic, msg, p.config.Defaults, due, now)
 			if err != nil {
@@ -214,7 +233,7 @@ func (p *Publisher) envelopes(topic string, messages []*message.Message) (out, i
 		case Outgoing:
 			e, err = row.FromMessage(topic, msg, p.config.Defaults)
 			e.OwnerID = 0 // any node may forward it
-		default: // rejected by Config.Validate; an Incoming table goes here
+		default: // rejected by Config.Validate
 			err = fmt.Errorf("%w: table %q", ErrInvalidConfig, p.config.Table)
 		}
 		if err != nil {

@@ -561,3 +561,60 @@ func TestReleaseDueScheduledSends(t *testing.T) {
 		}
 	}
 }
+
+// The Incoming table is a durable local queue: incoming rows with received_at = topic,
+// status Incoming (or Scheduled with execution_time when delayed), owner 0; committed with the
+// transaction and notifying the subscribers of the topic when Notify is set.
+func TestIncomingTableIsADurableLocalQueue(t *testing.T) {
+	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
+		d, err := sqldialect.For(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := listen(t, d.IncomingChannel())
+		tx, commit, _ := h.begin(t)
+		p := newPublisher(t, tx, publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: true})
+		later := message.NewMessage("later", []byte("l"))
+		due := time.Now().UTC().Add(time.Hour).Truncate(time.Second)
+		delay.Message(later, delay.Until(due))
+		mustPublish(t, p, "local://orders", append(newMsgs(2, "now"), later)...)
+		marker(t, d.IncomingChannel(), "before-commit")
+		if got := l.next(); got != "before-commit" {
+			t.Fatalf("notification %q before the commit", got)
+		}
+		wantCounts(t, cfg, 0, 0)
+		if err := commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.next(); got != "local://orders" {
+			t.Fatalf("after commit: notification %q, want the topic", got)
+		}
+		rows, err := testdb.Pool(t).Query(context.Background(), "SELECT message_uuid, status, owner_id, received_at, execution_time, message_type FROM "+cfg.Qualified(schema.IncomingTable)+" ORDER BY message_uuid")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var got []string
+		for rows.Next() {
+			var uuid, status, receivedAt, messageType string
+			var owner int32
+			var exec *time.Time
+			if err := rows.Scan(&uuid, &status, &owner, &receivedAt, &exec, &messageType); err != nil {
+				t.Fatal(err)
+			}
+			if owner != 0 || receivedAt != "local://orders" || messageType != "watermill-message" {
+				t.Errorf("%s: owner %d, received_at %q, message_type %q", uuid, owner, receivedAt, messageType)
+			}
+			switch {
+			case uuid == "later" && (status != schema.StatusScheduled || exec == nil || !exec.Equal(due)):
+				t.Errorf("delayed message: status %s, execution_time %v, want Scheduled at %v", status, exec, due)
+			case uuid != "later" && (status != schema.StatusIncoming || exec != nil):
+				t.Errorf("%s: status %s, execution_time %v, want Incoming now", uuid, status, exec)
+			}
+			got = append(got, uuid)
+		}
+		if len(got) != 3 {
+			t.Fatalf("incoming rows %v, want 3", got)
+		}
+	})
+}

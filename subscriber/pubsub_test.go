@@ -4,10 +4,12 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill"
+	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
@@ -31,7 +33,13 @@ func runPubSubSuite(t *testing.T, maxInFlight int) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = sub.Close() })
-		return newTestPublisher(t, db, cfg), sub
+		// The real durable-local-queue publisher: incoming rows, notifying subscribers on commit.
+		pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(testdb.Pool(t)),
+			publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: true}, watermill.NopLogger{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pub, sub
 	}, nil)
 }
 
