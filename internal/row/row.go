@@ -155,27 +155,15 @@ func (e Envelope) ToMessage() (*message.Message, error) {
 			return nil, fmt.Errorf("watermill-jasper: envelope %s: unreadable headers column: %w", e.ID, err)
 		}
 	} else {
-		set := func(k, v string) {
-			if v != "" {
-				md.Set(k, v)
-			}
-		}
-		set(metadata.MessageType, e.MessageType)
-		set(metadata.ContentType, e.ContentType)
-		set(metadata.CorrelationID, e.CorrelationID)
-		set(metadata.TraceParent, e.ParentID)
-		set(metadata.SagaID, e.SagaID)
-		set(metadata.ReplyURI, e.ReplyURI)
-		set(metadata.ReplyRequested, e.ReplyRequested)
+		conv := ""
 		if e.ConversationID != nil {
-			md.Set(metadata.ConversationID, e.ConversationID.String())
+			conv = e.ConversationID.String()
 		}
-		if e.AckRequested {
-			md.Set(metadata.AckRequested, "true")
-		}
-		if e.DeliverBy != nil {
-			md.Set(metadata.DeliverBy, e.DeliverBy.UTC().Format(time.RFC3339Nano))
-		}
+		jasperFields{
+			MessageType: e.MessageType, ContentType: e.ContentType, CorrelationID: e.CorrelationID,
+			ParentID: e.ParentID, ConversationID: conv, SagaID: e.SagaID, ReplyURI: e.ReplyURI,
+			ReplyRequested: e.ReplyRequested, AckRequested: e.AckRequested, DeliverBy: e.DeliverBy,
+		}.setMetadata(md)
 	}
 	md.Set(metadata.EnvelopeID, e.ID.String())
 	md.Set(metadata.Attempts, strconv.Itoa(e.Attempts))
@@ -195,4 +183,33 @@ func firstNonEmpty(vs ...string) string {
 		}
 	}
 	return ""
+}
+
+// jasperFields are the envelope fields that have a metadata key: the columns of a row written
+// by Jasper, or the typed headers of a binary envelope.
+type jasperFields struct {
+	Source, MessageType, ContentType, CorrelationID, ParentID, ConversationID string
+	SagaID, ReplyURI, ReplyRequested                                          string
+	AckRequested                                                              bool
+	DeliverBy                                                                 *time.Time
+}
+
+// setMetadata sets the metadata keys of the fields that have a value.
+func (f jasperFields) setMetadata(md message.Metadata) {
+	for _, kv := range [...][2]string{
+		{metadata.Source, f.Source}, {metadata.MessageType, f.MessageType}, {metadata.ContentType, f.ContentType},
+		{metadata.CorrelationID, f.CorrelationID}, {metadata.TraceParent, f.ParentID},
+		{metadata.ConversationID, f.ConversationID}, {metadata.SagaID, f.SagaID}, {metadata.ReplyURI, f.ReplyURI},
+		{metadata.ReplyRequested, f.ReplyRequested},
+	} {
+		if kv[1] != "" {
+			md.Set(kv[0], kv[1])
+		}
+	}
+	if f.AckRequested {
+		md.Set(metadata.AckRequested, "true")
+	}
+	if f.DeliverBy != nil {
+		md.Set(metadata.DeliverBy, f.DeliverBy.UTC().Format(time.RFC3339Nano))
+	}
 }

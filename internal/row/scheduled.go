@@ -128,26 +128,12 @@ func UnwrapScheduled(env Envelope) (topic string, msg *message.Message, err erro
 		for _, h := range inner.Headers {
 			md.Set(h.Key, h.Value)
 		}
-		set := func(k, v string) {
-			if v != "" {
-				md.Set(k, v)
-			}
-		}
-		set(metadata.Source, inner.Source)
-		set(metadata.MessageType, inner.MessageType)
-		set(metadata.ContentType, inner.ContentType)
-		set(metadata.CorrelationID, inner.CorrelationID)
-		set(metadata.TraceParent, inner.ParentID)
-		set(metadata.ConversationID, inner.ConversationID)
-		set(metadata.SagaID, inner.SagaID)
-		set(metadata.ReplyURI, inner.ReplyURI)
-		set(metadata.ReplyRequested, inner.ReplyRequested)
-		if inner.AckRequested {
-			md.Set(metadata.AckRequested, "true")
-		}
-		if inner.DeliverBy != nil {
-			md.Set(metadata.DeliverBy, inner.DeliverBy.UTC().Format(time.RFC3339Nano))
-		}
+		jasperFields{
+			Source: inner.Source, MessageType: inner.MessageType, ContentType: inner.ContentType,
+			CorrelationID: inner.CorrelationID, ParentID: inner.ParentID, ConversationID: inner.ConversationID,
+			SagaID: inner.SagaID, ReplyURI: inner.ReplyURI, ReplyRequested: inner.ReplyRequested,
+			AckRequested: inner.AckRequested, DeliverBy: inner.DeliverBy,
+		}.setMetadata(md)
 	}
 	id := env.MessageUUID
 	if id == "" {
