@@ -54,25 +54,9 @@ RETURNING %[2]s`, p.out, p.outCols)
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.out)
 	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.out)
-	p.deadLetterOut = fmt.Sprintf(`WITH x AS (
-  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-    AS x(id, explanation, exception_type, exception_message, exception_text, source)
-), moved AS (
-  DELETE FROM %[1]s o USING x WHERE o.id = x.id
-  RETURNING o.*, x.explanation AS x_explanation, x.exception_type AS x_exception_type,
-    x.exception_message AS x_exception_message, x.exception_text AS x_exception_text, x.source AS x_source
-)
-INSERT INTO %[2]s (id, attempts, body, conversation_id, correlation_id, parent_id, saga_id, message_type,
-  content_type, reply_requested, ack_requested, reply_uri, received_at, source, explanation, exception_text,
-  exception_type, exception_message, message_uuid, headers)
-SELECT id, COALESCE(attempts, 0) + 1, body, conversation_id, correlation_id, parent_id, saga_id, message_type,
-  content_type, reply_requested, ack_requested, reply_uri, destination, x_source, x_explanation, x_exception_text,
-  x_exception_type, x_exception_message, message_uuid, headers
-FROM moved
-ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, body = EXCLUDED.body, received_at = EXCLUDED.received_at,
-  source = EXCLUDED.source, explanation = EXCLUDED.explanation, exception_text = EXCLUDED.exception_text,
-  exception_type = EXCLUDED.exception_type, exception_message = EXCLUDED.exception_message,
-  headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`, p.out, p.dlq)
+	// Outgoing rows have no execution_time; their destination becomes received_at, and the
+	// failed publish that sends them there counts as one more attempt.
+	p.deadLetterOut = moveToDeadLetters(p.out, p.dlq, "NULL", "COALESCE(attempts, 0) + 1", "destination")
 	for i := range p.insertOutCache {
 		p.insertOutCache[i] = p.buildInsertOutgoing(i + 1)
 	}
@@ -278,26 +262,35 @@ SELECT (SELECT count(*) FROM released),
 }
 
 func (p *postgres) DeadLetterIncoming() string {
+	return moveToDeadLetters(p.inc, p.dlq, "execution_time", "COALESCE(attempts, 0)", "received_at")
+}
+
+// moveToDeadLetters renders the statement that moves rows of the envelope table src into the
+// dead letters dlq, in one statement: ids and reasons come as arrays ($1 ids, $2 explanation,
+// $3 exception_type, $4 exception_message, $5 exception_text, $6 source); executionTime,
+// attempts and receivedAt are expressions over the moved row. A dead letter with the same id
+// is replaced (the message failed again).
+func moveToDeadLetters(src, dlq, executionTime, attempts, receivedAt string) string {
 	return fmt.Sprintf(`WITH x AS (
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
     AS x(id, explanation, exception_type, exception_message, exception_text, source)
 ), moved AS (
-  DELETE FROM %[1]s i USING x WHERE i.id = x.id
-  RETURNING i.*, x.explanation AS x_explanation, x.exception_type AS x_exception_type,
+  DELETE FROM %[1]s e USING x WHERE e.id = x.id
+  RETURNING e.*, x.explanation AS x_explanation, x.exception_type AS x_exception_type,
     x.exception_message AS x_exception_message, x.exception_text AS x_exception_text, x.source AS x_source
 )
 INSERT INTO %[2]s (id, execution_time, attempts, body, conversation_id, correlation_id, parent_id, saga_id,
   message_type, content_type, reply_requested, ack_requested, reply_uri, received_at, source, explanation,
   exception_text, exception_type, exception_message, message_uuid, headers)
-SELECT id, execution_time, COALESCE(attempts, 0), body, conversation_id, correlation_id, parent_id, saga_id,
-  message_type, content_type, reply_requested, ack_requested, reply_uri, received_at, x_source, x_explanation,
+SELECT id, %[3]s, %[4]s, body, conversation_id, correlation_id, parent_id, saga_id,
+  message_type, content_type, reply_requested, ack_requested, reply_uri, %[5]s, x_source, x_explanation,
   x_exception_text, x_exception_type, x_exception_message, message_uuid, headers
 FROM moved
 ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempts = EXCLUDED.attempts,
   body = EXCLUDED.body, received_at = EXCLUDED.received_at, source = EXCLUDED.source,
   explanation = EXCLUDED.explanation, exception_text = EXCLUDED.exception_text,
   exception_type = EXCLUDED.exception_type, exception_message = EXCLUDED.exception_message,
-  headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`, p.inc, p.dlq)
+  headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`, src, dlq, executionTime, attempts, receivedAt)
 }
 
 // Inbox and dead-letter middleware statements.
