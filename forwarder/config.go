@@ -15,7 +15,7 @@ import (
 const (
 	DefaultBatchSize          = 500
 	DefaultWorkers            = 2
-	DefaultPublishConcurrency = 64
+	DefaultPublishConcurrency = 256
 	DefaultPollInterval       = time.Second
 	DefaultActivePollInterval = 2 * time.Millisecond
 	DefaultMaxAttempts        = 10
@@ -58,7 +58,7 @@ type Config struct {
 	// that wait for a broker confirmation inside Publish (watermill-amqp with
 	// ConfirmDelivery) get their throughput from concurrent calls. With watermill-amqp, also
 	// set Publish.ChannelPoolSize to about this value: without a pool it opens and closes an
-	// AMQP channel for every Publish, which costs more than the publish itself. Default 64.
+	// AMQP channel for every Publish, which costs more than the publish itself. Default 256.
 	PublishConcurrency int
 	// PollInterval is how often the outbox is queried when it has been empty for a whole
 	// PollInterval and no notification arrives: an idle forwarder queries at most once per

@@ -62,7 +62,6 @@ type Publisher struct {
 	dialect sqldialect.Dialect
 	codec   row.UUIDCodec
 	config  Config
-	notify  bool
 	logger  watermill.LoggerAdapter
 	now     func() time.Time
 
@@ -100,7 +99,6 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 		dialect: dialect,
 		codec:   dialect.UUIDs(),
 		config:  config,
-		notify:  config.Notify && dialect.OutgoingChannel() != "",
 		logger:  logger,
 		now:     time.Now,
 	}, nil
@@ -151,8 +149,10 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	if err != nil {
 		return err
 	}
-	stmts := p.statements(out, inc)
-	if p.config.Table == Incoming && p.config.Notify && p.dialect.IncomingChannel() != "" && len(inc) > 0 {
+	notifyOut := len(out) > 0 && p.dialect.OutgoingChannel() != "" && p.shouldNotify(p.dialect.OutgoingChannel())
+	stmts := p.statements(out, inc, notifyOut)
+	if p.config.Table == Incoming && len(inc) > 0 && p.dialect.IncomingChannel() != "" &&
+		p.shouldNotify(p.dialect.IncomingChannel()+"\x00"+topic) {
 		// Subscribers of the topic wake when the transaction commits.
 		stmts = append(stmts, statement{query: p.dialect.NotifyIncoming(), args: []any{topic}})
 	}
@@ -258,7 +258,7 @@ type statement struct {
 
 // statements packs the rows into as few statements as the parameter limit allows: one for
 // any call of up to MaxParams / len(row.IncomingColumns) messages.
-func (p *Publisher) statements(out, inc []row.Envelope) []statement {
+func (p *Publisher) statements(out, inc []row.Envelope, notify bool) []statement {
 	wo, wi := len(row.OutgoingColumns), len(row.IncomingColumns)
 	maxParams := p.dialect.MaxParams()
 	var stmts []statement
@@ -272,7 +272,7 @@ func (p *Publisher) statements(out, inc []row.Envelope) []statement {
 		for k := range inc[:ni] {
 			args = inc[k].IncomingArgs(args, p.codec)
 		}
-		stmts = append(stmts, statement{query: p.dialect.InsertEnvelopes(no, ni, p.notify && no > 0), args: args})
+		stmts = append(stmts, statement{query: p.dialect.InsertEnvelopes(no, ni, notify && no > 0), args: args})
 		out, inc = out[no:], inc[ni:]
 	}
 	return stmts
@@ -324,3 +324,26 @@ func (p *Publisher) Close() error {
 
 // Schema returns the normalized schema config the Publisher writes to.
 func (p *Publisher) Schema() schema.Config { return p.config.Schema }
+
+// lastNotify holds, per notification channel (and topic), the time of the last publish of
+// this process that notified it: the state NotifyCoalesced shares between the Publishers of
+// a schema, which are typically created per transaction.
+var lastNotify sync.Map // string -> *atomic.Int64 (unix nanos)
+
+// shouldNotify applies the notify policy to a publish about to be sent on key.
+func (p *Publisher) shouldNotify(key string) bool {
+	switch p.config.Notify {
+	case NotifyEveryPublish:
+		return true
+	case NotifyNever:
+		return false
+	}
+	v, ok := lastNotify.Load(key)
+	if !ok {
+		v, _ = lastNotify.LoadOrStore(key, new(atomic.Int64))
+	}
+	last := v.(*atomic.Int64)
+	now := p.now().UnixNano()
+	prev := last.Load()
+	return now-prev >= int64(p.config.NotifyInterval) && last.CompareAndSwap(prev, now)
+}

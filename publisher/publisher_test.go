@@ -365,7 +365,7 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 
 		// Written but not committed: nothing yet; committed: one notification.
 		tx, commit, _ := h.begin(t)
-		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: true}), "orders", newMsgs(3, "a")...)
+		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish}), "orders", newMsgs(3, "a")...)
 		marker(t, ch, "before-commit")
 		if got := l.next(); got != "before-commit" {
 			t.Fatalf("got notification %q before the commit", got)
@@ -379,7 +379,7 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 
 		// Rolled back: none.
 		tx, _, rollback := h.begin(t)
-		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: true}), "orders", newMsgs(3, "b")...)
+		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish}), "orders", newMsgs(3, "b")...)
 		if err := rollback(); err != nil {
 			t.Fatal(err)
 		}
@@ -388,13 +388,13 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 			t.Fatalf("got notification %q from a rolled back publish", got)
 		}
 
-		// Nothing new inserted (re-publish), only scheduled sends, or Notify off (the default): none.
-		pool := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: true})
+		// Nothing new inserted (re-publish), only scheduled sends, or NotifyNever: none.
+		pool := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish})
 		mustPublish(t, pool, "orders", newMsgs(3, "a")...)
 		later := message.NewMessage("later", nil)
 		delay.Message(later, delay.For(time.Hour))
 		mustPublish(t, pool, "orders", later)
-		quiet := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
+		quiet := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: publisher.NotifyNever})
 		mustPublish(t, quiet, "orders", newMsgs(3, "c")...)
 		marker(t, ch, "quiet")
 		if got := l.next(); got != "quiet" {
@@ -573,7 +573,7 @@ func TestIncomingTableIsADurableLocalQueue(t *testing.T) {
 		}
 		l := listen(t, d.IncomingChannel())
 		tx, commit, _ := h.begin(t)
-		p := newPublisher(t, tx, publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: true})
+		p := newPublisher(t, tx, publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish})
 		later := message.NewMessage("later", []byte("l"))
 		due := time.Now().UTC().Add(time.Hour).Truncate(time.Second)
 		delay.Message(later, delay.Until(due))
@@ -615,6 +615,29 @@ func TestIncomingTableIsADurableLocalQueue(t *testing.T) {
 		}
 		if len(got) != 3 {
 			t.Fatalf("incoming rows %v, want 3", got)
+		}
+	})
+}
+
+// NotifyCoalesced (the default) notifies at most once per NotifyInterval per schema, across
+// the Publishers of the process (typically one per transaction).
+func TestNotifyCoalesced(t *testing.T) {
+	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
+		d, err := sqldialect.For(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := d.OutgoingChannel()
+		l := listen(t, ch)
+		c := publisher.Config{Schema: cfg, NotifyInterval: time.Hour}
+		mustPublish(t, newPublisher(t, h.pool(t), c), "orders", newMsgs(1, "a")...)
+		if got := l.next(); got != "" {
+			t.Fatalf("first publish: notification %q, want the publisher's", got)
+		}
+		mustPublish(t, newPublisher(t, h.pool(t), c), "orders", newMsgs(1, "b")...) // another Publisher, same schema
+		marker(t, ch, "coalesced")
+		if got := l.next(); got != "coalesced" {
+			t.Fatalf("second publish within the interval notified (%q)", got)
 		}
 	})
 }

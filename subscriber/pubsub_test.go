@@ -35,7 +35,7 @@ func runPubSubSuite(t *testing.T, maxInFlight int) {
 		t.Cleanup(func() { _ = sub.Close() })
 		// The real durable-local-queue publisher: incoming rows, notifying subscribers on commit.
 		pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(testdb.Pool(t)),
-			publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: true}, watermill.NopLogger{})
+			publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish}, watermill.NopLogger{})
 		if err != nil {
 			t.Fatal(err)
 		}

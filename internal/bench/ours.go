@@ -19,7 +19,7 @@ import (
 
 // oursOptions vary how our outbox is used.
 type oursOptions struct {
-	// notify publishes with publisher.Config.Notify.
+	// notify publishes with publisher.NotifyEveryPublish (default: NotifyCoalesced).
 	notify bool
 	// sharedPublisher publishes through one Publisher built on the pool, joining each
 	// business transaction with publisher.WithTx, instead of a Publisher per transaction
@@ -55,7 +55,11 @@ func newOursOutbox(opts oursOptions) outboxFactory {
 func (o *oursOutbox) close() error { return o.js.close() }
 
 func (o *oursOutbox) publisherConfig() publisher.Config {
-	return publisher.Config{Schema: o.js.cfg, Notify: o.opts.notify}
+	cfg := publisher.Config{Schema: o.js.cfg}
+	if o.opts.notify {
+		cfg.Notify = publisher.NotifyEveryPublish
+	}
+	return cfg
 }
 
 // topic is the envelope's destination: a Jasper RabbitMQ queue URI for the AMQP sink (what
@@ -67,13 +71,13 @@ func (o *oursOutbox) topic(s *sink) string {
 	return s.topic
 }
 
-// output is the GoChannel, or jasperamqp's publisher (watermill-amqp with confirms,
-// persistent messages and its default channel pool) for RabbitMQ.
+// output is the GoChannel, or jasperamqp's confirm publisher (amqp091 with pipelined
+// publisher confirms, persistent messages: what the relay command uses) for RabbitMQ.
 func (o *oursOutbox) output(s *sink) (message.Publisher, bool, error) {
 	if s.kind != sinkAMQP {
 		return s.publisher, false, nil
 	}
-	p, err := jasperamqp.NewPublisher(o.js.e.cfg.AMQPURI, o.js.e.logger)
+	p, err := jasperamqp.NewConfirmPublisher(o.js.e.cfg.AMQPURI, o.js.e.logger)
 	if err != nil {
 		return nil, false, fmt.Errorf("bench: jasperamqp publisher: %w", err)
 	}

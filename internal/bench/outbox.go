@@ -16,9 +16,9 @@ const (
 	pubOrdersOnly = "orders only (no message)"
 	pubBare       = "bare INSERT of the same row"
 	pubOurs       = "ours (default)"
-	pubOursNoNtfy = "ours Notify"
+	pubOursNoNtfy = "ours NotifyEveryPublish"
 	pubOursShared = "ours shared publisher + WithTx"
-	pubOursShNoN  = "ours shared publisher + WithTx, Notify"
+	pubOursShNoN  = "ours shared publisher + WithTx, NotifyEveryPublish"
 	pubWatermill  = "watermill forwarder.NewPublisher"
 )
 

@@ -103,7 +103,7 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 		"Prefills are not timed: ours COPYs the rows our publisher writes (same mapping, row.FromMessage); Watermill's go through its own publisher, 1,000 messages per transaction; both tables are ANALYZEd.",
 		"Drains are timed from the call that starts the relay (node lock, LISTEN, first claim or poll included) to the last distinct message at the sink's consumer; then the relay must delete/ack every row (left) and duplicates are counted by message UUID. msg/s after 1st leaves the start-up out: (N-1) / (last - first arrival).",
 		"gochannel: in-process GoChannel, one consumer goroutine that acks. amqp: persistent messages through the default exchange to a fresh durable queue, publisher confirms, arrivals counted by an amqp091 auto-ack consumer.",
-		"watermill amqp: watermill-amqp NewDurableQueueConfig with Publish.ConfirmDelivery, otherwise its defaults (a channel opened per Publish). watermill+jasperamqp: Watermill's relay through our AMQP publisher (channel pool), to separate the relay from the AMQP client. ours amqp: jasperamqp, destination rabbitmq://queue/NAME.",
+		"watermill amqp: watermill-amqp NewDurableQueueConfig with Publish.ConfirmDelivery, otherwise its defaults (a channel opened per Publish). watermill+jasperamqp: Watermill's relay through jasperamqp.NewPublisher (watermill-amqp, channel pool), to separate the relay from the AMQP client. ours amqp: jasperamqp.NewConfirmPublisher (pipelined confirms), destination rabbitmq://queue/NAME.",
 		"Statements count every BEGIN/COMMIT/ROLLBACK; transactions include autocommit statements. The raw loop is one claim and one delete per 1,000 rows on one connection.",
 	} {
 		writeWrapped(&b, n, "  - ", "    ")
