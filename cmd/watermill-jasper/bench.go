@@ -18,7 +18,7 @@ func benchCommand() command {
 		summary: "measure the outbox against Watermill's own (outbox)",
 		description: "Benchmarks run against a real PostgreSQL (and RabbitMQ); every leg works in a fresh schema " +
 			"with a random name that is dropped when the leg ends, also on failure or Ctrl-C.",
-		subs: []spec{benchOutbox},
+		subs: []spec{benchOutbox, benchSubscriber},
 		examples: []string{
 			"bench outbox",
 			"bench outbox --amqp none --runs 3",

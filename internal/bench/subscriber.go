@@ -1,0 +1,596 @@
+package bench
+
+// RunSubscriber: `watermill-jasper bench subscriber`. It reuses the outbox benchmark's env
+// (pool, progress, schema registry and teardown), jasperSchema (fresh migrated schemas), the
+// counter of sinks.go (distinct UUIDs and duplicates), the statement counters and medianBy.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/subscriber"
+)
+
+// Defaults of SubscriberConfig.
+const (
+	DefaultSubscriberBacklog = 20000
+	DefaultSubscriberPayload = 64
+	// DefaultSubscriberBatch is both subscribers' default batch: our BatchSize and
+	// watermill-sql's SubscribeBatchSize.
+	DefaultSubscriberBatch = 100
+)
+
+// SubscriberWideInFlight is the second in-flight setting of the subscriber benchmark: our
+// subscriber with MaxInFlight 4, watermill-sql with 4 subscribers of one consumer group.
+const SubscriberWideInFlight = 4
+
+// implWatermillSQL names watermill-sql's subscriber in the subscriber benchmark.
+const implWatermillSQL = "watermill-sql"
+
+const (
+	// subTopic is the topic of every subscriber leg (a valid watermill-sql topic).
+	subTopic = "bench_orders"
+	// wmConsumerGroup is the consumer group of every watermill-sql subscriber.
+	wmConsumerGroup = "bench"
+	// prefillBatch is how many messages one prefill transaction writes.
+	prefillBatch = 1000
+)
+
+// SubscriberConfig configures RunSubscriber. Zero values take the defaults above.
+type SubscriberConfig struct {
+	// DSN of the PostgreSQL database the legs create their schemas in.
+	DSN string
+	// Backlog is how many messages are prefilled and consumed in every leg.
+	Backlog int
+	// Payload is the message payload size in bytes.
+	Payload int
+	// Batch is how many messages one claim (ours: BatchSize) or one query (watermill-sql:
+	// SubscribeBatchSize) takes; the default is both libraries' default.
+	Batch int
+	// Runs repeats the whole benchmark; the report shows medians.
+	Runs int
+}
+
+func (c SubscriberConfig) withDefaults() SubscriberConfig {
+	if c.Backlog == 0 {
+		c.Backlog = DefaultSubscriberBacklog
+	}
+	if c.Payload == 0 {
+		c.Payload = DefaultSubscriberPayload
+	}
+	if c.Batch == 0 {
+		c.Batch = DefaultSubscriberBatch
+	}
+	if c.Runs == 0 {
+		c.Runs = DefaultRuns
+	}
+	return c
+}
+
+func (c SubscriberConfig) validate() error {
+	var errs []error
+	if c.DSN == "" {
+		errs = append(errs, errors.New("no PostgreSQL DSN"))
+	}
+	if c.Backlog < 1 {
+		errs = append(errs, fmt.Errorf("backlog must be positive (got %d)", c.Backlog))
+	}
+	if c.Payload < 1 {
+		errs = append(errs, fmt.Errorf("payload must be at least 1 byte (got %d)", c.Payload))
+	}
+	if c.Batch < 1 || c.Batch > subscriber.MaxBatchSize {
+		errs = append(errs, fmt.Errorf("batch must be 1..%d (got %d)", subscriber.MaxBatchSize, c.Batch))
+	}
+	if c.Runs < 1 {
+		errs = append(errs, fmt.Errorf("runs must be at least 1 (got %d)", c.Runs))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("bench subscriber: invalid config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ConsumeResult is one consume leg: a prefilled backlog consumed through a router.
+type ConsumeResult struct {
+	Impl string
+	// InFlight is our subscriber's MaxInFlight, or the number of watermill-sql subscribers
+	// of the consumer group (one router handler each).
+	InFlight   int
+	N          int
+	Elapsed    time.Duration // router start -> last distinct message handled
+	FirstMsg   time.Duration // router start -> first message handled
+	Rate       float64
+	Received   int   // distinct messages handled
+	Dups       int64 // duplicate deliveries
+	Left       int64 // messages not acknowledged in the database when the router was stopped
+	Statements int64 // statements sent (BEGIN/COMMIT/ROLLBACK included), up to the last ack
+}
+
+// SubscriberSummary holds the figures of the RESULT line; NaN when not measured.
+type SubscriberSummary struct {
+	// Sub1X is our rate with one message in flight over watermill-sql's with one subscriber.
+	Sub1X float64
+	// Sub4X is our rate with 4 in flight over watermill-sql's best (1 or 4 subscribers).
+	Sub4X float64
+	// Sub4OfLimit is our rate with 4 in flight over the raw claim-then-delete loop's.
+	Sub4OfLimit float64
+}
+
+// SubscriberResult is what RunSubscriber measured: for several runs, the median run of
+// each leg.
+type SubscriberResult struct {
+	Config  SubscriberConfig
+	Runs    int
+	Raw     RawResult
+	Legs    []ConsumeResult
+	Summary SubscriberSummary
+	// Elapsed is the wall time of the whole benchmark.
+	Elapsed time.Duration
+	// ServerVersion is PostgreSQL's server_version.
+	ServerVersion string
+}
+
+// subscriberRun is one run of every leg.
+type subscriberRun struct {
+	raw  RawResult
+	legs []ConsumeResult
+}
+
+// RunSubscriber consumes the same prefilled backlog, in one process, through a Watermill
+// router whose handler only counts: by our subscriber with 1 and SubscriberWideInFlight
+// messages in flight, and by watermill-sql v4's subscriber (log schema, poll interval 10 ms)
+// with 1 and SubscriberWideInFlight subscribers of one consumer group; the raw
+// claim-then-delete loop over the incoming table is the limit. Progress goes to progress.
+// Every schema it creates is dropped before it returns, also when ctx is cancelled.
+func RunSubscriber(ctx context.Context, cfg SubscriberConfig, progress io.Writer) (SubscriberResult, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return SubscriberResult{}, err
+	}
+	start := time.Now()
+	// Four watermill-sql subscribers each hold a connection through their batch, our
+	// subscriber its node lock and LISTEN connections: the pool's 20 are plenty.
+	e, err := newEnv(ctx, OutboxConfig{DSN: cfg.DSN, Payload: cfg.Payload, Publishers: 1}, progress)
+	if err != nil {
+		return SubscriberResult{}, err
+	}
+	var version string
+	_ = e.pool.QueryRow(ctx, "SHOW server_version").Scan(&version)
+	var runs []subscriberRun
+	err = func() error {
+		for i := range cfg.Runs {
+			if cfg.Runs > 1 {
+				e.logf("run %d/%d", i+1, cfg.Runs)
+			}
+			r, err := e.subscriberRunOnce(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			runs = append(runs, r)
+		}
+		return nil
+	}()
+	err = errors.Join(err, e.close())
+	if err != nil {
+		return SubscriberResult{}, err
+	}
+	res := medianSubscriberRuns(runs)
+	res.Config, res.Runs, res.Elapsed, res.ServerVersion = cfg, cfg.Runs, time.Since(start), version
+	res.Summary = summarizeSubscriber(res)
+	return res, nil
+}
+
+func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subscriberRun, error) {
+	var r subscriberRun
+	raw, err := e.rawIncomingLeg(ctx, cfg.Backlog)
+	if err != nil {
+		return r, err
+	}
+	r.raw = raw
+	for _, l := range []struct {
+		impl     string
+		inFlight int
+	}{
+		{implOurs, 1},
+		{implOurs, SubscriberWideInFlight},
+		{implWatermillSQL, 1},
+		{implWatermillSQL, SubscriberWideInFlight},
+	} {
+		var res ConsumeResult
+		var err error
+		if l.impl == implOurs {
+			res, err = e.oursConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
+		} else {
+			res, err = e.wmConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
+		}
+		if err != nil {
+			return r, err
+		}
+		r.legs = append(r.legs, res)
+	}
+	return r, nil
+}
+
+func medianSubscriberRuns(runs []subscriberRun) SubscriberResult {
+	var res SubscriberResult
+	if len(runs) == 0 {
+		return res
+	}
+	raws := make([]RawResult, len(runs))
+	for i, r := range runs {
+		raws[i] = r.raw
+	}
+	res.Raw = medianOf(raws, func(r RawResult) float64 { return r.Rate })
+	for i := range runs[0].legs {
+		legs := make([]ConsumeResult, len(runs))
+		for k, r := range runs {
+			legs[k] = r.legs[i]
+		}
+		res.Legs = append(res.Legs, medianOf(legs, func(c ConsumeResult) float64 { return c.Rate }))
+	}
+	return res
+}
+
+// medianOf returns the element with the median key (the lower middle for an even count).
+func medianOf[T any](vs []T, key func(T) float64) T {
+	vs = append([]T(nil), vs...)
+	sort.SliceStable(vs, func(i, j int) bool { return key(vs[i]) < key(vs[j]) })
+	return vs[(len(vs)-1)/2]
+}
+
+// leg returns the consume leg of impl with inFlight.
+func (r SubscriberResult) leg(impl string, inFlight int) (ConsumeResult, bool) {
+	for _, l := range r.Legs {
+		if l.Impl == impl && l.InFlight == inFlight {
+			return l, true
+		}
+	}
+	return ConsumeResult{}, false
+}
+
+// wmBest is watermill-sql's best consume leg.
+func (r SubscriberResult) wmBest() (ConsumeResult, bool) {
+	var best ConsumeResult
+	found := false
+	for _, l := range r.Legs {
+		if l.Impl == implWatermillSQL && (!found || l.Rate > best.Rate) {
+			best, found = l, true
+		}
+	}
+	return best, found
+}
+
+// --- The raw loop over the incoming table.
+
+// prefillIncoming writes n messages for topic as our durable local queue's rows, through
+// our publisher (publisher.Incoming), prefillBatch messages per transaction, then ANALYZEs.
+func (j *jasperSchema) prefillIncoming(ctx context.Context, topic string, n int) error {
+	pub, err := publisher.NewPublisher(wmsql.BeginnerFromPgx(j.e.pool), publisher.Config{Schema: j.cfg, Table: publisher.Incoming}, j.e.logger)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	for done := 0; done < n; {
+		k := min(prefillBatch, n-done)
+		msgs := make([]*message.Message, k)
+		for i := range msgs {
+			msgs[i] = j.e.newMessage()
+			msgs[i].SetContext(ctx)
+		}
+		if err := pub.Publish(topic, msgs...); err != nil {
+			return fmt.Errorf("bench: prefill incoming: %w", err)
+		}
+		done += k
+	}
+	return j.e.analyze(ctx, j.incoming())
+}
+
+func (j *jasperSchema) incoming() string { return j.cfg.Qualified(schema.IncomingTable) }
+
+// rawIncomingOwner is the owner id the raw loop claims with.
+const rawIncomingOwner = int32(1)
+
+// runRawIncomingLoop drains a prefilled topic of the incoming table with our subscriber's
+// own statements and nothing else: claim up to rawBatch rows (the subscriber's claim: UPDATE
+// ... SET owner_id ... FROM (SELECT ... WHERE received_at = topic AND status = 'Incoming' AND
+// owner_id = 0 LIMIT n FOR UPDATE SKIP LOCKED) RETURNING its columns), read them, then DELETE
+// ... WHERE id = ANY($1) (its ack); one goroutine, each statement its own transaction. It is
+// the outbox benchmark's raw loop on the incoming table: the physical limit of the design.
+func (j *jasperSchema) runRawIncomingLoop(ctx context.Context, topic string, n int) (RawResult, error) {
+	label := fmt.Sprintf("raw loop %d", n)
+	res := RawResult{N: n}
+	claim, del := j.dialect.ClaimIncoming(), j.dialect.DeleteIncoming()
+	codec := j.dialect.UUIDs()
+	ids := make([]uuid.UUID, 0, rawBatch)
+	done := 0
+	start := time.Now()
+	lastLog := start
+	for {
+		rows, err := j.e.pool.Query(ctx, claim, rawIncomingOwner, topic, rawBatch)
+		if err != nil {
+			return res, fmt.Errorf("%s: claim: %w", label, err)
+		}
+		ids = ids[:0]
+		for rows.Next() {
+			env, err := row.ScanIncoming(rows, codec)
+			if err != nil {
+				rows.Close()
+				return res, fmt.Errorf("%s: scan: %w", label, err)
+			}
+			ids = append(ids, env.ID)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return res, fmt.Errorf("%s: claim: %w", label, err)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		if _, err := j.e.pool.Exec(ctx, del, j.dialect.IDList(ids)); err != nil {
+			return res, fmt.Errorf("%s: delete: %w", label, err)
+		}
+		done += len(ids)
+		res.Batches++
+		if time.Since(lastLog) >= time.Second {
+			lastLog = time.Now()
+			j.e.logf("%s: %d/%d (%.0f rows/s)", label, done, n, float64(done)/time.Since(start).Seconds())
+		}
+	}
+	res.Elapsed = time.Since(start)
+	res.Rate = float64(done) / res.Elapsed.Seconds()
+	if done != n {
+		return res, fmt.Errorf("%s: claimed and deleted %d rows, want %d", label, done, n)
+	}
+	j.e.logf("%s: %d rows in %s (%.0f rows/s)", label, done, res.Elapsed.Round(time.Millisecond), res.Rate)
+	return res, nil
+}
+
+// rawIncomingLeg prefills a fresh schema's incoming table and runs the raw loop over it.
+func (e *env) rawIncomingLeg(ctx context.Context, n int) (res RawResult, err error) {
+	j, err := newJasperSchema(ctx, e)
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, j.close()) }()
+	e.logf("raw loop %d: prefilling", n)
+	if err := j.prefillIncoming(ctx, subTopic, n); err != nil {
+		return res, err
+	}
+	return j.runRawIncomingLoop(ctx, subTopic, n)
+}
+
+// --- Consume legs.
+
+// oursConsumeLeg prefills a fresh schema's incoming table and times our subscriber
+// (defaults but BatchSize batch and MaxInFlight inFlight) consuming it through a router.
+func (e *env) oursConsumeLeg(ctx context.Context, n, batch, inFlight int) (res ConsumeResult, err error) {
+	label := fmt.Sprintf("%s %d in flight", implOurs, inFlight)
+	j, err := newJasperSchema(ctx, e)
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, j.close()) }()
+	e.logf("%s: prefilling %d", label, n)
+	if err := j.prefillIncoming(ctx, subTopic, n); err != nil {
+		return res, err
+	}
+	cdb := &countingDB{db: database.FromPgx(e.pool), qc: &queryCounter{}}
+	sub, err := subscriber.NewSubscriber(cdb, subscriber.Config{Schema: j.cfg, BatchSize: batch, MaxInFlight: inFlight}, e.logger)
+	if err != nil {
+		return res, err
+	}
+	// The router closes it; Close is idempotent (for the error paths).
+	defer func() { err = errors.Join(err, sub.Close()) }()
+	// Untimed, as watermill-sql's (which creates its tables): the subscriber checks the
+	// tables once (catalog queries, tens of ms) and Subscribe then skips the check.
+	if err := sub.SubscribeInitialize(subTopic); err != nil {
+		return res, err
+	}
+	c := newCounter(n)
+	r, err := message.NewRouter(message.RouterConfig{}, e.logger)
+	if err != nil {
+		return res, err
+	}
+	r.AddConsumerHandler("bench-ours", subTopic, sub, countingHandler(c))
+	left := func(ctx context.Context) (int64, error) { return e.countRows(ctx, j.incoming()) }
+	return e.timedConsume(ctx, label, ConsumeResult{Impl: implOurs, InFlight: inFlight, N: n}, c, r, left, cdb.qc)
+}
+
+// wmConsumeLeg prefills a fresh schema's watermill-sql table through its publisher and times
+// that many watermill-sql subscribers of one consumer group consuming it through a router
+// (one handler each).
+func (e *env) wmConsumeLeg(ctx context.Context, n, batch, subscribers int) (res ConsumeResult, err error) {
+	label := fmt.Sprintf("%s %d subscriber(s)", implWatermillSQL, subscribers)
+	name, err := e.newSchema(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, e.dropSchema(name)) }()
+	adapter := wmsql.DefaultPostgreSQLSchema{
+		GenerateMessagesTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_%s"`, name, topic) },
+		GeneratePayloadType:       func(string) string { return "BYTEA" },
+		SubscribeBatchSize:        batch,
+	}
+	offsets := wmsql.DefaultPostgreSQLOffsetsAdapter{
+		GenerateMessagesOffsetsTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_offsets_%s"`, name, topic) },
+	}
+	qc := &queryCounter{}
+	var subs []*wmsql.Subscriber
+	defer func() {
+		for _, s := range subs {
+			err = errors.Join(err, s.Close())
+		}
+	}()
+	for range subscribers {
+		s, err := wmsql.NewSubscriber(countingBeginner{b: wmsql.BeginnerFromPgx(e.pool), qc: qc}, wmsql.SubscriberConfig{
+			ConsumerGroup:  wmConsumerGroup,
+			PollInterval:   WatermillPollInterval,
+			SchemaAdapter:  adapter,
+			OffsetsAdapter: offsets,
+		}, e.logger)
+		if err != nil {
+			return res, err
+		}
+		subs = append(subs, s)
+	}
+	for _, s := range subs {
+		if err := s.SubscribeInitialize(subTopic); err != nil {
+			return res, fmt.Errorf("bench: initialize watermill-sql tables: %w", err)
+		}
+	}
+	table := adapter.MessagesTable(subTopic)
+	e.logf("%s: prefilling %d", label, n)
+	for done := 0; done < n; {
+		k := min(prefillBatch, n-done)
+		msgs := make([]*message.Message, k)
+		for i := range msgs {
+			msgs[i] = e.newMessage()
+		}
+		// One transaction of k messages (a multi-row INSERT).
+		err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+			p, err := wmsql.NewPublisher(wmsql.TxFromPgx(tx), wmsql.PublisherConfig{SchemaAdapter: adapter}, e.logger)
+			if err != nil {
+				return err
+			}
+			return p.Publish(subTopic, msgs...)
+		})
+		if err != nil {
+			return res, fmt.Errorf("bench: prefill watermill-sql: %w", err)
+		}
+		done += k
+	}
+	if err := e.analyze(ctx, table); err != nil {
+		return res, err
+	}
+	c := newCounter(n)
+	r, err := message.NewRouter(message.RouterConfig{}, e.logger)
+	if err != nil {
+		return res, err
+	}
+	for i, s := range subs {
+		r.AddConsumerHandler(fmt.Sprintf("bench-wm-%d", i), subTopic, s, countingHandler(c))
+	}
+	// Messages past the consumer group's acknowledged offset.
+	left := func(ctx context.Context) (int64, error) {
+		var k int64
+		err := e.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s t
+WHERE NOT EXISTS (SELECT 1 FROM %s o WHERE o.consumer_group = $1
+  AND (t.transaction_id, t."offset") <= (o.last_processed_transaction_id, o.offset_acked))`,
+			table, offsets.MessagesOffsetsTable(subTopic)), wmConsumerGroup).Scan(&k)
+		return k, err
+	}
+	return e.timedConsume(ctx, label, ConsumeResult{Impl: implWatermillSQL, InFlight: subscribers, N: n}, c, r, left, qc)
+}
+
+// countingHandler is the benchmark's handler: it records the message's UUID and acks.
+func countingHandler(c *counter) message.NoPublishHandlerFunc {
+	return func(msg *message.Message) error {
+		c.add(msg.UUID)
+		return nil
+	}
+}
+
+// consumeProgressEvery is how often a consume leg reports its progress.
+const consumeProgressEvery = 500 * time.Millisecond
+
+// timedConsume runs r (its handlers count into c) and times it from the call that starts it
+// until c has seen all res.N messages. Then it waits for every message to be acknowledged in
+// the database (left), stops the router (which closes the subscribers) and checks the counts:
+// exactly res.N distinct messages, duplicates reported.
+func (e *env) timedConsume(ctx context.Context, label string, res ConsumeResult, c *counter, r *message.Router,
+	left func(context.Context) (int64, error), qc *queryCounter) (ConsumeResult, error) {
+	n := res.N
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runErr := make(chan error, 1)
+	t0 := time.Now()
+	go func() { runErr <- r.Run(runCtx) }()
+	running := true
+	stop := func() error {
+		if !running {
+			return nil
+		}
+		running = false
+		err := r.Close()
+		select {
+		case rerr := <-runErr:
+			err = errors.Join(err, rerr)
+		case <-time.After(time.Minute):
+			err = errors.Join(err, errors.New("router did not stop within 1m"))
+		}
+		return err
+	}
+	defer func() { _ = stop() }()
+
+	ticker := time.NewTicker(consumeProgressEvery)
+	defer ticker.Stop()
+	lastProgress, lastCount := time.Now(), 0
+wait:
+	for {
+		select {
+		case <-c.done:
+			break wait
+		case <-ctx.Done():
+			return res, fmt.Errorf("%s: %w", label, ctx.Err())
+		case err := <-runErr:
+			running = false
+			got, _ := c.counts()
+			return res, fmt.Errorf("%s: router stopped after %d/%d messages: %w", label, got, n, err)
+		case <-ticker.C:
+			got, _ := c.counts()
+			el := time.Since(t0)
+			e.logf("%s: %d/%d (%.0f msg/s)", label, got, n, float64(got)/el.Seconds())
+			if got != lastCount {
+				lastProgress, lastCount = time.Now(), got
+			} else if time.Since(lastProgress) > stallTimeout {
+				return res, fmt.Errorf("%s: stalled at %d/%d for %s", label, got, n, stallTimeout)
+			}
+		}
+	}
+	first, last := c.times()
+	res.Elapsed = last.Sub(t0)
+	res.FirstMsg = first.Sub(t0)
+	res.Rate = float64(n) / res.Elapsed.Seconds()
+	// Let the subscribers acknowledge everything in the database, then stop them.
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res.Left, err = left(ctx)
+		if err != nil {
+			return res, fmt.Errorf("%s: count messages left: %w", label, err)
+		}
+		if res.Left == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	res.Statements = qc.statements.Load()
+	if err := stop(); err != nil {
+		return res, fmt.Errorf("%s: stop router: %w", label, err)
+	}
+	// Late duplicates would arrive within a moment of the stop.
+	time.Sleep(100 * time.Millisecond)
+	res.Received, res.Dups = c.counts()
+	e.logf("%s: %d/%d in %s (%.0f msg/s, first after %s), %d duplicates, %d left, %d statements",
+		label, res.Received, n, res.Elapsed.Round(time.Millisecond), res.Rate, fmtMs(res.FirstMsg), res.Dups, res.Left, res.Statements)
+	if res.Received != n {
+		return res, fmt.Errorf("%s: handled %d distinct messages, want %d", label, res.Received, n)
+	}
+	if res.Left != 0 {
+		return res, fmt.Errorf("%s: %d messages still unacknowledged in the database 10s after the last was handled", label, res.Left)
+	}
+	return res, nil
+}
