@@ -15,10 +15,10 @@ import (
 func benchCommand() command {
 	return group{
 		name:    "bench",
-		summary: "measure the outbox against Watermill's own (outbox)",
+		summary: "benchmarks: this library's outbox against Watermill's own (outbox)",
 		description: "Benchmarks run against a real PostgreSQL (and RabbitMQ); every leg works in a fresh schema " +
 			"with a random name that is dropped when the leg ends, also on failure or Ctrl-C.",
-		subs: []spec{benchOutbox, benchSubscriber},
+		subs: []spec{benchOutbox, benchInbox, benchSubscriber},
 		examples: []string{
 			"bench outbox",
 			"bench outbox --amqp none --runs 3",

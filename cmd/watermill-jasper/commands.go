@@ -9,7 +9,7 @@ var commands = []command{
 
 	storageCommand(),
 
-	// deadLettersCommand(), // dead-letters (deadletters.go)
+	deadLettersCommand(), // dead-letters (deadletters.go)
 
 	relayCommand(), // relay (relay.go)
 

@@ -229,7 +229,7 @@ RETURNING i.%[2]s`, p.inc, strings.Join(row.IncomingColumns, ", i."))
 }
 
 func (p *postgres) DeleteIncoming() string {
-	return fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.inc)
+	return fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[]) AND status <> 'Handled'`, p.inc)
 }
 
 func (p *postgres) RetryIncoming() string {

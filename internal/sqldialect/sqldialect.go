@@ -103,7 +103,8 @@ type Dialect interface {
 	// a node, skipping rows locked by others, and returns them with row.IncomingColumns.
 	// Args: owner int32, topic string, limit int.
 	ClaimIncoming() string
-	// DeleteIncoming deletes incoming envelopes by id (acknowledged). Args: IDList.
+	// DeleteIncoming deletes incoming envelopes by id (acknowledged), except rows an inbox
+	// marked Handled in the handler's transaction (they are its dedup record). Args: IDList.
 	DeleteIncoming() string
 	// RetryIncoming counts one more attempt on envelopes still owned by a node and hands
 	// them back for a retry after a delay, as Jasper's scheduled retry does: status

@@ -1,0 +1,236 @@
+// Inbox-dedup: exactly-once effects for messages consumed from RabbitMQ, with dead letters.
+//
+//	go run ./_examples/inbox-dedup
+//
+// A watermill-amqp subscriber feeds a router whose handler "capture-payment" runs behind the
+// dead-letter middleware (outside) and the inbox middleware (inside). For each order the
+// handler writes a payment row and publishes PaymentCaptured through the outbox publisher,
+// both in the inbox transaction, so the payment, the outgoing envelope and the Handled mark
+// commit together. The example then sends, through RabbitMQ:
+//
+//   - three orders, each published twice with the same message UUID (as a broker or an
+//     at-least-once relay may deliver them): one payment each;
+//   - an order whose first attempt fails (a transient error): retried in process, one payment;
+//   - an order that cannot be parsed (a permanent error): moved to jasper_dead_letters at once
+//     and acknowledged, with Watermill's poison metadata keys set.
+//
+// It checks the counts and exits 1 if one is wrong. The rows stay in the schema
+// "inbox_dedup_example" for the CLI (watermill-jasper dead-letters list --schema
+// inbox_dedup_example); each run starts by emptying it.
+//
+// Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable),
+// AMQP_URL (default amqp://guest:guest@localhost:5672/).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/metadata"
+	"github.com/watermill-jasper/watermill-jasper/middleware"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+const schemaName = "inbox_dedup_example"
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "inbox-dedup:", err)
+		os.Exit(1)
+	}
+}
+
+type order struct {
+	ID     string `json:"order_id"`
+	Amount int    `json:"amount"`
+}
+
+func run() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	logger := watermill.NopLogger{}
+
+	dsn := envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	amqpURL := envOr("AMQP_URL", "amqp://guest:guest@localhost:5672/")
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil {
+		return errors.New("PostgreSQL is not reachable; start it or set DATABASE_URL")
+	}
+	db := database.FromPgx(pool)
+	cfg := schema.Config{Schema: schemaName}
+
+	// 1. The Jasper tables and the business table, emptied.
+	if err := schema.Migrate(ctx, db, cfg); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+schemaName+`.payments (order_id text PRIMARY KEY, amount int NOT NULL, message_uuid text NOT NULL);
+TRUNCATE `+schemaName+`.payments`); err != nil {
+		return err
+	}
+	if _, err := admin.Clear(ctx, db, cfg); err != nil {
+		return err
+	}
+	fmt.Printf("1. schema %q migrated and emptied\n", schemaName)
+
+	// 2. The middleware: dead letters outside, the inbox inside (the recommended order).
+	inbox, err := middleware.NewInbox(middleware.InboxConfig{DB: db, Schema: cfg, ConsumerName: "payments-service", Logger: logger})
+	if err != nil {
+		return err
+	}
+	go func() { _ = inbox.Run(ctx) }() // deletes expired Handled marks in the background
+	defer inbox.Close()
+	deadLetters, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{DB: db, Schema: cfg, MaxAttempts: 3,
+		InitialInterval: 50 * time.Millisecond, Logger: logger})
+	if err != nil {
+		return err
+	}
+	// The outbox publisher, on the pool: inside the handler it joins the inbox transaction.
+	outbox, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: cfg}, logger)
+	if err != nil {
+		return err
+	}
+
+	// 3. RabbitMQ -> router. The queue is private to this run and deleted when it ends.
+	queue := "inbox-dedup-example-" + watermill.NewShortUUID()
+	amqpCfg := amqp.NewDurableQueueConfig(amqpURL)
+	amqpCfg.Queue.AutoDelete = true
+	sub, err := amqp.NewSubscriber(amqpCfg, logger)
+	if err != nil {
+		return fmt.Errorf("RabbitMQ is not reachable (start it, or set AMQP_URL): %w", err)
+	}
+	pub, err := amqp.NewPublisher(amqpCfg, logger)
+	if err != nil {
+		return fmt.Errorf("RabbitMQ is not reachable (start it, or set AMQP_URL): %w", err)
+	}
+	defer pub.Close()
+
+	var flakyAttempts atomic.Int32
+	done := make(chan struct{}, 16)
+	router, err := message.NewRouter(message.RouterConfig{}, logger)
+	if err != nil {
+		return err
+	}
+	router.AddConsumerHandler("capture-payment", queue, sub, func(msg *message.Message) error {
+		var o order
+		if err := json.Unmarshal(msg.Payload, &o); err != nil {
+			return middleware.Permanent(fmt.Errorf("order %s: unreadable payload: %w", msg.UUID, err))
+		}
+		if o.ID == "order-flaky" && flakyAttempts.Add(1) == 1 {
+			return errors.New("payment provider timed out") // transient: retried in process
+		}
+		tx, _ := middleware.TxFromContext(msg.Context())
+		if _, err := tx.Exec(msg.Context(), `INSERT INTO `+schemaName+`.payments (order_id, amount, message_uuid) VALUES ($1, $2, $3)`,
+			o.ID, o.Amount, msg.UUID); err != nil {
+			return err
+		}
+		captured := message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"order_id":%q}`, o.ID))
+		captured.Metadata.Set(metadata.MessageType, "PaymentCaptured")
+		return middleware.Publish(msg.Context(), outbox, "rabbitmq://queue/payments-captured", captured)
+	}).AddMiddleware(
+		ackCounter(done), // outermost: counts acknowledged deliveries
+		deadLetters.Middleware,
+		inbox.Middleware,
+	)
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(ctx) }()
+	select {
+	case <-router.Running():
+	case err := <-routerDone:
+		return err
+	}
+	fmt.Printf("2. router consuming RabbitMQ queue %s: dead letters -> inbox -> capture-payment\n", queue)
+
+	// 4. The messages: duplicates, a flaky one and a poison one.
+	var sends []*message.Message
+	for i, amount := range []int{10, 20, 30} {
+		m := message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"order_id":"order-%d","amount":%d}`, i+1, amount))
+		sends = append(sends, m, m.Copy()) // the same UUID twice
+	}
+	sends = append(sends,
+		message.NewMessage(watermill.NewUUID(), []byte(`{"order_id":"order-flaky","amount":40}`)),
+		message.NewMessage(watermill.NewUUID(), []byte(`{"order_id": not json`)))
+	for _, m := range sends {
+		if err := pub.Publish(queue, m); err != nil {
+			return fmt.Errorf("publish to RabbitMQ: %w", err)
+		}
+	}
+	fmt.Printf("3. published %d messages to RabbitMQ (3 orders twice each, a flaky one, a poison one)\n", len(sends))
+	for range sends {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return errors.New("timed out waiting for the router to acknowledge every message")
+		}
+	}
+	if err := router.Close(); err != nil {
+		return err
+	}
+	if err := <-routerDone; err != nil {
+		return err
+	}
+
+	// 5. What happened.
+	var payments int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+schemaName+`.payments`).Scan(&payments); err != nil {
+		return err
+	}
+	counts, err := admin.Counts(ctx, db, cfg)
+	if err != nil {
+		return err
+	}
+	dls, err := admin.ListDeadLetters(ctx, db, cfg, admin.ListOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("4. %d deliveries acknowledged; %d payments, %d PaymentCaptured in the outbox, %d Handled marks, %d dead letter(s)\n",
+		len(sends), payments, counts.OutgoingTotal(), counts.IncomingStatus(schema.StatusHandled), counts.DeadLetters)
+	for _, d := range dls {
+		fmt.Printf("5. dead letter %s: topic %s, handler %s, %d attempt(s), %s: %s\n",
+			d.ID, d.ReceivedAt, d.Source, d.Attempts, d.ExceptionType, d.ExceptionMessage)
+	}
+	fmt.Printf("   inspect it: go run ./cmd/watermill-jasper dead-letters list --schema %s\n", schemaName)
+	if payments != 4 || counts.OutgoingTotal() != 4 || counts.IncomingStatus(schema.StatusHandled) != 4 || counts.DeadLetters != 1 ||
+		len(dls) != 1 || dls[0].Attempts != 1 || dls[0].Source != "capture-payment" {
+		return errors.New("unexpected counts: want 4 payments, 4 outgoing envelopes, 4 Handled marks, 1 dead letter after 1 attempt")
+	}
+	fmt.Println("6. every order paid exactly once; the poison message is parked with its error")
+	return nil
+}
+
+// ackCounter signals done for every message the router will acknowledge.
+func ackCounter(done chan<- struct{}) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			out, err := h(msg)
+			if err == nil {
+				done <- struct{}{}
+			}
+			return out, err
+		}
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,273 @@
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/metadata"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// Defaults of DeadLetterConfig.
+const (
+	DefaultMaxAttempts     = 3
+	DefaultInitialInterval = 100 * time.Millisecond
+	DefaultMaxInterval     = 10 * time.Second
+	DefaultMultiplier      = 2.0
+)
+
+// Watermill's poison metadata keys, set on a dead-lettered message (and kept in its
+// headers) for tooling written for middleware.PoisonQueue.
+const (
+	ReasonForPoisonedKey  = wmmiddleware.ReasonForPoisonedKey
+	PoisonedTopicKey      = wmmiddleware.PoisonedTopicKey
+	PoisonedHandlerKey    = wmmiddleware.PoisonedHandlerKey
+	PoisonedSubscriberKey = wmmiddleware.PoisonedSubscriberKey
+)
+
+// DeadLetterConfig configures a DeadLetter.
+type DeadLetterConfig struct {
+	// DB holds the jasper_dead_letters table. Required.
+	DB database.DB
+	// Schema says where the Jasper tables are. Default: PostgreSQL, schema "public".
+	Schema schema.Config
+	// MaxAttempts is how many times the handler runs, in process, before the message is
+	// dead-lettered. Default 3; 1 dead-letters on the first error.
+	MaxAttempts int
+	// InitialInterval is the wait before the second attempt; each later wait is Multiplier
+	// times longer, up to MaxInterval. Default 100ms; negative: no wait.
+	InitialInterval time.Duration
+	// MaxInterval caps the wait between attempts. Default 10s.
+	MaxInterval time.Duration
+	// Multiplier grows the wait between attempts. Default 2 (must be >= 1).
+	Multiplier float64
+	// IsPermanent reports errors that retrying cannot fix: the message is dead-lettered at
+	// once. Errors marked with Permanent are always permanent. Default: only those.
+	IsPermanent func(error) bool
+	// Defaults fill message_type and content_type of dead letters when the message's
+	// metadata does not (see package metadata).
+	Defaults publisher.Defaults
+	// Logger; default none.
+	Logger watermill.LoggerAdapter
+}
+
+func (c *DeadLetterConfig) setDefaults() {
+	if c.Schema.Dialect == "" && c.DB != nil {
+		c.Schema.Dialect = c.DB.Dialect()
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.InitialInterval == 0 {
+		c.InitialInterval = DefaultInitialInterval
+	}
+	if c.MaxInterval == 0 {
+		c.MaxInterval = DefaultMaxInterval
+	}
+	if c.Multiplier == 0 {
+		c.Multiplier = DefaultMultiplier
+	}
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+}
+
+// Validate checks the config, after defaults are applied.
+func (c DeadLetterConfig) Validate() error {
+	c.setDefaults()
+	switch {
+	case c.DB == nil:
+		return fmt.Errorf("%w: DeadLetterConfig.DB is nil; pass database.FromPgx(pool) or database.FromStdSQL(db)", ErrInvalidConfig)
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("%w: DeadLetterConfig.MaxAttempts is %d, it must be at least 1", ErrInvalidConfig, c.MaxAttempts)
+	case c.MaxInterval < 0:
+		return fmt.Errorf("%w: DeadLetterConfig.MaxInterval is negative (%s)", ErrInvalidConfig, c.MaxInterval)
+	case c.Multiplier < 1:
+		return fmt.Errorf("%w: DeadLetterConfig.Multiplier is %g, it must be at least 1", ErrInvalidConfig, c.Multiplier)
+	}
+	if err := c.Schema.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if c.Schema.Dialect != c.DB.Dialect() {
+		return fmt.Errorf("%w: DeadLetterConfig.Schema says dialect %s but DB is %s", ErrInvalidConfig, c.Schema.Dialect, c.DB.Dialect())
+	}
+	return nil
+}
+
+// DeadLetter is the dead-letter middleware (see the package documentation).
+type DeadLetter struct {
+	db      database.DB
+	dialect sqldialect.Dialect
+	codec   row.UUIDCodec
+	config  DeadLetterConfig
+	logger  watermill.LoggerAdapter
+}
+
+// NewDeadLetter returns a DeadLetter. The Jasper tables must exist (schema.Migrate, or
+// `watermill-jasper schema migrate`).
+func NewDeadLetter(config DeadLetterConfig) (*DeadLetter, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	d, err := sqldialect.For(config.Schema)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	config.Schema = d.Schema()
+	return &DeadLetter{db: config.DB, dialect: d, codec: d.UUIDs(), config: config, logger: config.Logger}, nil
+}
+
+// Middleware is the dead-letter middleware as a message.HandlerMiddleware.
+func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		return d.handle(msg, h)
+	}
+}
+
+func (d *DeadLetter) handle(msg *message.Message, h message.HandlerFunc) ([]*message.Message, error) {
+	orig := msg.Context()
+	st := stateFrom(orig) // set when an Inbox runs outside this middleware
+	var lastErr error
+	attempts := 0
+	permanent := false
+	for {
+		attempts++
+		produced, err := d.attempt(orig, st, msg, h)
+		msg.SetContext(orig)
+		if err == nil {
+			return produced, nil
+		}
+		lastErr = err
+		if orig.Err() != nil {
+			// Shutting down: leave the message to its redelivery.
+			return nil, err
+		}
+		permanent = IsPermanent(err) || (d.config.IsPermanent != nil && d.config.IsPermanent(err))
+		if permanent || attempts >= d.config.MaxAttempts {
+			break
+		}
+		wait := d.backoff(attempts)
+		d.logger.Debug("Dead letters: handler failed, retrying", watermill.LogFields{
+			"message_uuid": msg.UUID, "attempt": attempts, "wait": wait.String(), "error": err.Error(),
+		})
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-orig.Done():
+				t.Stop()
+				return nil, lastErr
+			case <-t.C:
+			}
+		}
+	}
+	if err := d.deadLetter(orig, st, msg, lastErr, attempts, permanent); err != nil {
+		return nil, errors.Join(lastErr, err)
+	}
+	return nil, nil
+}
+
+// attempt runs the handler once; inside an inbox transaction, in a savepoint rolled back
+// when it fails, so a failed attempt leaves nothing behind.
+func (d *DeadLetter) attempt(ctx context.Context, st *txState, msg *message.Message, h message.HandlerFunc) ([]*message.Message, error) {
+	if st == nil {
+		return h(msg)
+	}
+	dl := st.inbox.dialect
+	if _, err := st.tx.Exec(ctx, dl.Savepoint()); err != nil {
+		return nil, fmt.Errorf("watermill-jasper dead letters: savepoint: %w", err)
+	}
+	produced, err := h(msg)
+	if err != nil {
+		if _, rbErr := st.tx.Exec(context.WithoutCancel(ctx), dl.RollbackToSavepoint()); rbErr != nil {
+			return nil, errors.Join(err, fmt.Errorf("watermill-jasper dead letters: roll back the failed attempt: %w", rbErr))
+		}
+		return nil, err
+	}
+	if _, err := st.tx.Exec(ctx, dl.ReleaseSavepoint()); err != nil {
+		return nil, fmt.Errorf("watermill-jasper dead letters: release savepoint: %w", err)
+	}
+	return produced, nil
+}
+
+func (d *DeadLetter) backoff(attempts int) time.Duration {
+	if d.config.InitialInterval < 0 {
+		return 0
+	}
+	w := float64(d.config.InitialInterval)
+	for i := 1; i < attempts; i++ {
+		w *= d.config.Multiplier
+		if w >= float64(d.config.MaxInterval) {
+			return d.config.MaxInterval
+		}
+	}
+	return min(time.Duration(w), d.config.MaxInterval)
+}
+
+// deadLetter writes the message to jasper_dead_letters and sets the poison keys.
+func (d *DeadLetter) deadLetter(ctx context.Context, st *txState, msg *message.Message, cause error, attempts int, permanent bool) error {
+	handler := message.HandlerNameFromCtx(ctx)
+	topic := message.SubscribeTopicFromCtx(ctx)
+	msg.Metadata.Set(ReasonForPoisonedKey, cause.Error())
+	msg.Metadata.Set(PoisonedTopicKey, topic)
+	msg.Metadata.Set(PoisonedHandlerKey, handler)
+	msg.Metadata.Set(PoisonedSubscriberKey, message.SubscriberNameFromCtx(ctx))
+
+	var explanation string
+	if permanent {
+		explanation = fmt.Sprintf("Handler %q returned a permanent error on attempt %d; not retried", handler, attempts)
+	} else {
+		explanation = fmt.Sprintf("Handler %q failed %d times (MaxAttempts %d)", handler, attempts, d.config.MaxAttempts)
+	}
+	e, err := row.FromMessage(topic, msg, d.config.Defaults)
+	if err != nil {
+		e, _ = row.FromMessage(topic, withoutColumnKeys(msg), d.config.Defaults)
+		if h, jerr := json.Marshal(map[string]string(msg.Metadata)); jerr == nil {
+			e.Headers = h
+		}
+		explanation += fmt.Sprintf(" (metadata that cannot fill its column was left out of the columns, kept in the headers: %v)", err)
+	}
+	e.Attempts = attempts
+	if prior, err := strconv.Atoi(msg.Metadata.Get(metadata.Attempts)); err == nil && prior > 0 {
+		e.Attempts += prior // earlier deliveries, counted by this library's subscriber
+	}
+	source := handler
+	if source == "" {
+		source = msg.Metadata.Get(metadata.Source)
+	}
+	typ, text, chain := errorReport(cause)
+	args := e.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+5), d.codec)
+	args = append(args, explanation, typ, text, chain, source)
+
+	inTx := st != nil && st.inbox.config.Schema == d.config.Schema
+	if inTx {
+		_, err = st.tx.Exec(ctx, d.dialect.InsertDeadLetter(), args...)
+	} else {
+		_, err = d.db.Exec(ctx, d.dialect.InsertDeadLetter(), args...)
+	}
+	if err != nil {
+		return fmt.Errorf("watermill-jasper dead letters: write dead letter of message %s: %w", msg.UUID, err)
+	}
+	if st != nil {
+		// The inbox outside withdraws its Handled mark (in its transaction) so that the
+		// replayed dead letter is handled.
+		st.deadLettered.Store(true)
+	}
+	d.logger.Error("Message moved to the dead letters", cause, watermill.LogFields{
+		"message_uuid": msg.UUID, "dead_letter_id": e.ID.String(), "handler": handler, "topic": topic,
+		"attempts": e.Attempts, "permanent": permanent,
+	})
+	return nil
+}
