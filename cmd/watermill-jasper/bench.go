@@ -15,7 +15,7 @@ import (
 func benchCommand() command {
 	return group{
 		name:    "bench",
-		summary: "benchmarks: this library's outbox against Watermill's own (outbox)",
+		summary: "benchmarks against Watermill's own components (outbox, subscriber, inbox)",
 		description: "Benchmarks run against a real PostgreSQL (and RabbitMQ); every leg works in a fresh schema " +
 			"with a random name that is dropped when the leg ends, also on failure or Ctrl-C.",
 		subs: []spec{benchOutbox, benchInbox, benchSubscriber},
