@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/pprof"
 	"time"
@@ -74,26 +75,47 @@ var benchOutbox = spec{
 				return usageErrorf("--publish-duration and --latency-duration must be at least 100ms")
 			}
 			cfg.DSN = dsn
-			if *cpuProfile != "" {
-				f, err := os.Create(*cpuProfile)
-				if err != nil {
-					return fmt.Errorf("--cpuprofile: %w", err)
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return fmt.Errorf("--cpuprofile: %w", err)
-				}
-				defer pprof.StopCPUProfile()
+			stop, err := startCPUProfile(*cpuProfile)
+			if err != nil {
+				return err
 			}
+			defer stop()
 			res, err := bench.RunOutbox(ctx, cfg, e.stderr)
 			if err != nil {
 				return redactError(err, dsn)
 			}
-			if err := res.WriteTable(e.stdout); err != nil {
-				return err
-			}
-			_, err = fmt.Fprintln(e.stdout, "\n"+res.ResultLine())
-			return err
+			return writeBenchResult(e.stdout, res)
 		}
 	},
+}
+
+// benchResult is what every benchmark returns: a table, and its RESULT line.
+type benchResult interface {
+	WriteTable(w io.Writer) error
+	ResultLine() string
+}
+
+// writeBenchResult prints the table, then the RESULT line last.
+func writeBenchResult(w io.Writer, res benchResult) error {
+	if err := res.WriteTable(w); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w, "\n"+res.ResultLine())
+	return err
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called; an empty path profiles nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -60,11 +59,7 @@ var benchInbox = spec{
 			if err != nil {
 				return redactError(err, dsn)
 			}
-			if err := res.WriteTable(e.stdout); err != nil {
-				return err
-			}
-			_, err = fmt.Fprintln(e.stdout, "\n"+res.ResultLine())
-			return err
+			return writeBenchResult(e.stdout, res)
 		}
 	},
 }

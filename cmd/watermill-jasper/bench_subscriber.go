@@ -3,9 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
-	"os"
-	"runtime/pprof"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/bench"
@@ -56,26 +53,16 @@ var benchSubscriber = spec{
 				return usageErrorf("--backlog, --payload, --batch and --runs must be positive")
 			}
 			cfg.DSN = dsn
-			if *cpuProfile != "" {
-				f, err := os.Create(*cpuProfile)
-				if err != nil {
-					return fmt.Errorf("--cpuprofile: %w", err)
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return fmt.Errorf("--cpuprofile: %w", err)
-				}
-				defer pprof.StopCPUProfile()
+			stop, err := startCPUProfile(*cpuProfile)
+			if err != nil {
+				return err
 			}
+			defer stop()
 			res, err := bench.RunSubscriber(ctx, cfg, e.stderr)
 			if err != nil {
 				return redactError(err, dsn)
 			}
-			if err := res.WriteTable(e.stdout); err != nil {
-				return err
-			}
-			_, err = fmt.Fprintln(e.stdout, "\n"+res.ResultLine())
-			return err
+			return writeBenchResult(e.stdout, res)
 		}
 	},
 }
