@@ -25,12 +25,13 @@ func holdLock(t *testing.T, db database.DB, id int32) database.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close(true) })
-	var ok bool
-	if err := database.QueryRow(ctx, conn, `SELECT pg_try_advisory_lock($1::bigint)`, []any{int64(id)}, &ok); err != nil {
-		t.Fatal(err)
-	}
-	if !ok {
-		t.Fatalf("lock %d is already held", id)
+	// Jasper's global lock ids are database-wide: agents of other tests (other schemas, other
+	// packages) take them for the length of a short transaction, so wait for the lock rather
+	// than fail when one of them holds it at this moment.
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(waitCtx, `SELECT pg_advisory_lock($1::bigint)`, int64(id)); err != nil {
+		t.Fatalf("take lock %d: %v", id, err)
 	}
 	return conn
 }
