@@ -59,7 +59,7 @@ func NodeLiveness(ctx context.Context, db database.DB, owners []int32) (map[int3
 	if err != nil {
 		return nil, err
 	}
-	rows, err := db.Query(ctx, d.OwnersAlive(), ids)
+	rows, err := db.Query(ctx, d.OwnersAlive(), d.OwnerList(ids))
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
 	}

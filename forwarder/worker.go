@@ -344,8 +344,7 @@ func (w *worker) flushOnce(base context.Context) error {
 	}
 	if len(w.dead.ids) > 0 {
 		dl := &w.dead
-		if err := exec(d.DeadLetterOutgoing(), d.IDList(dl.ids), d.StringList(dl.explanation), d.StringList(dl.typ),
-			d.StringList(dl.message), d.StringList(dl.text), d.StringList(dl.source)); err != nil {
+		if err := exec(d.DeadLetterOutgoing(), d.DeadLetterArgs(dl.ids, dl.explanation, dl.typ, dl.message, dl.text, dl.source)...); err != nil {
 			return fmt.Errorf("move envelopes to the dead letters: %w", err)
 		}
 		f.logger.Info("Envelopes moved to the dead letters", watermill.LogFields{"count": len(dl.ids), "explanation": dl.explanation[0]})

@@ -196,7 +196,9 @@ func (d *DeadLetter) attempt(ctx context.Context, st *txState, msg *message.Mess
 		}
 		return nil, err
 	}
-	if _, err := st.tx.Exec(ctx, dl.ReleaseSavepoint()); err != nil {
+	if rel := dl.ReleaseSavepoint(); rel == "" {
+		// SQL Server has no savepoint release: the savepoint ends with the transaction.
+	} else if _, err := st.tx.Exec(ctx, rel); err != nil {
 		return nil, fmt.Errorf("watermill-jasper dead letters: release savepoint: %w", err)
 	}
 	return produced, nil

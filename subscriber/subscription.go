@@ -662,8 +662,7 @@ func (f *flusher) moveToDeadLetters(dead []deadItem) error {
 	}
 	ctx, cancel := f.sub.stmtCtx()
 	defer cancel()
-	_, err := s.db.Exec(ctx, s.stmts.deadLetter, s.dialect.IDList(ids), s.dialect.StringList(explanation),
-		s.dialect.StringList(typ), s.dialect.StringList(msg), s.dialect.StringList(text), s.dialect.StringList(source))
+	_, err := s.db.Exec(ctx, s.stmts.deadLetter, s.dialect.DeadLetterArgs(ids, explanation, typ, msg, text, source)...)
 	if err == nil {
 		for _, d := range dead {
 			f.sub.logger.Error("Unreadable envelope moved to the dead letters", d.err, watermill.LogFields{"envelope_id": d.env.ID.String()})

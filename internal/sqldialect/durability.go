@@ -5,7 +5,8 @@ package sqldialect
 // own so that the agent's SQL reads in one place.
 type DurabilityStatements interface {
 	// TryAdvisoryXactLock takes a transaction-level advisory lock without waiting and returns
-	// one boolean row: true when taken. The lock ends with the transaction. It conflicts with
+	// one boolean row: true when taken. The lock ends with the transaction (SQL Server:
+	// sp_getapplock @LockOwner = 'Transaction'; run it inside a transaction). It conflicts with
 	// a session-level lock of the same key, so it fails while a live node (Go or .NET) holds
 	// its node lock, or while a .NET Jasper agent holds a global job lock (its
 	// TryGetGlobalLock is session-level on PostgreSQL). Args: AdvisoryLockKey.
@@ -42,8 +43,8 @@ type DurabilityStatements interface {
 	// (bigint). Args: none.
 	StorageGauges() string
 
-	// OwnersAlive returns, for each owner id of $1 (int4[]), one row: the id (int) and whether
-	// a session holds its node lock (boolean). It only reads the lock table: it never takes
-	// a lock. Args: owner ids []int32.
+	// OwnersAlive returns, for each owner id of $1, one row: the id (int) and whether a
+	// session holds its node lock (boolean). It never takes a lock (PostgreSQL reads
+	// pg_locks; SQL Server asks APPLOCK_TEST). Args: OwnerList.
 	OwnersAlive() string
 }

@@ -87,6 +87,18 @@ func (p *postgres) StringList(s []string) any {
 	return s
 }
 
+func (p *postgres) OwnerList(ids []int32) any {
+	if ids == nil {
+		return []int32{}
+	}
+	return ids
+}
+
+func (p *postgres) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, exceptionMessage, exceptionText, source []string) []any {
+	return []any{p.IDList(ids), p.StringList(explanation), p.StringList(exceptionType), p.StringList(exceptionMessage),
+		p.StringList(exceptionText), p.StringList(source)}
+}
+
 func (p *postgres) IDList(ids []uuid.UUID) any {
 	out := make([]string, len(ids))
 	for i, id := range ids {

@@ -1,6 +1,13 @@
 // Package sqldialect holds every runtime SQL statement of watermill-jasper, one file per
-// dialect (postgres.go, sqlserver.go). Statements are built once per schema from validated
-// identifiers; every value is a bound parameter. DDL lives in package schema.
+// dialect (postgres.go, postgres_durability.go; sqlserver.go, sqlserver_durability.go).
+// Statements are built once per schema from validated identifiers; every value is a bound
+// parameter. DDL lives in package schema.
+//
+// Notation of the contracts below: "$n" is the n-th argument (written $n on PostgreSQL and
+// @pn on SQL Server); "bigint", "float8", "boolean" and "text" name the Go values a result
+// column scans into (int64, float64, bool, string), whatever the dialect's own type
+// (bigint, float, bit, nvarchar on SQL Server). A statement that is "" is not supported by
+// the dialect and must be skipped by the caller (notifications, savepoint release).
 package sqldialect
 
 import (
@@ -20,10 +27,19 @@ type Dialect interface {
 	Schema() schema.Config
 	// UUIDs converts UUID values for this driver.
 	UUIDs() row.UUIDCodec
-	// IDList is the bind value for a list of envelope ids (uuid[] on PostgreSQL).
+	// IDList is the bind value for a list of envelope ids (uuid[] on PostgreSQL, Jasper's
+	// EnvelopeIdList table-valued parameter on SQL Server).
 	IDList(ids []uuid.UUID) any
-	// StringList is the bind value for a list of strings (text[] on PostgreSQL).
+	// StringList is the bind value for a list of strings (text[] on PostgreSQL, a JSON array
+	// on SQL Server).
 	StringList(s []string) any
+	// OwnerList is the bind value for a list of owner ids (int4[] on PostgreSQL, a JSON
+	// array on SQL Server).
+	OwnerList(ids []int32) any
+	// DeadLetterArgs are the six arguments of DeadLetterOutgoing and DeadLetterIncoming:
+	// the ids and, for each id at the same index, the explanation, exception type, exception
+	// message, exception text and source.
+	DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, exceptionMessage, exceptionText, source []string) []any
 
 	// InsertOutgoing inserts n envelopes bound with row.OutgoingArgs, one after another;
 	// an envelope whose id exists already is skipped (idempotent re-publish).
@@ -41,20 +57,21 @@ type Dialect interface {
 	DeleteOutgoing() string
 	// ReleaseOutgoingFailed hands envelopes back (owner 0) counting one more attempt; only
 	// rows still owned by the node are touched. Args: IDList, owner int32.
-	// Args: IDList.
 	ReleaseOutgoingFailed() string
 	// ReleaseOutgoing hands envelopes back (owner 0) without counting an attempt.
 	// Args: IDList, owner int32 (only rows still owned by it are released).
 	ReleaseOutgoing() string
-	// DeadLetterOutgoing moves envelopes to the dead letters. Args: IDList, then StringLists
-	// of the same length: explanation, exception_type, exception_message, exception_text,
-	// source.
+	// DeadLetterOutgoing moves envelopes to the dead letters. Args: DeadLetterArgs (six
+	// values). Values too long for a narrow dead-letter column are truncated and the
+	// explanation says so.
 	DeadLetterOutgoing() string
 
-	// MaxParams is the most bind parameters one statement may carry (65535 on PostgreSQL).
+	// MaxParams is the most bind parameters one statement may carry (65535 on PostgreSQL,
+	// 2100 on SQL Server).
 	MaxParams() int
 	// IsMissingTable reports whether err says that a table or the schema does not exist
-	// (PostgreSQL SQLSTATE 42P01 / 3F000): the tables were not created (schema.Migrate).
+	// (PostgreSQL SQLSTATE 42P01 / 3F000; SQL Server errors 208, 2812, 2715): the tables were
+	// not created (schema.Migrate).
 	IsMissingTable(err error) bool
 	// InsertIncoming inserts n envelopes bound with row.IncomingArgs, one after another;
 	// an envelope whose id exists already is skipped.
@@ -76,10 +93,12 @@ type Dialect interface {
 	// dialect has no notifications). Args: none.
 	ListenOutgoing() string
 	// AdvisoryLockKey is the bind value of a Jasper lock id (a node id or one of the
-	// jasperid lock ids): on PostgreSQL the int32 sign-extended to bigint, as Jasper passes it.
+	// jasperid lock ids), as Jasper passes it: on PostgreSQL the int32 sign-extended to
+	// bigint; on SQL Server the applock resource name, the decimal int32 ("-1167534268").
 	AdvisoryLockKey(id int32) any
 	// TryAdvisoryLock takes a session-level advisory lock without waiting and returns one
-	// boolean row: true when taken (re-entrant within one session). Args: AdvisoryLockKey.
+	// boolean row: true when taken (re-entrant within one session). SQL Server:
+	// sp_getapplock @LockOwner = 'Session'. Args: AdvisoryLockKey.
 	TryAdvisoryLock() string
 	// HoldsAdvisoryLock returns one boolean row: whether the session it runs on holds the
 	// session-level advisory lock. Args: AdvisoryLockKey.
@@ -123,9 +142,8 @@ type Dialect interface {
 	// due (float8, NULL when none), measured on the database clock.
 	// Args: topics StringList (empty = every topic), limit int.
 	ReleaseScheduled() string
-	// DeadLetterIncoming moves incoming envelopes to the dead letters. Args: IDList, then
-	// StringLists of the same length: explanation, exception_type, exception_message,
-	// exception_text, source.
+	// DeadLetterIncoming moves incoming envelopes to the dead letters. Args: DeadLetterArgs
+	// (six values).
 	DeadLetterIncoming() string
 
 	// Inbox and dead-letter middleware statements (package middleware).
@@ -154,7 +172,8 @@ type Dialect interface {
 	// id is replaced (the message failed again).
 	InsertDeadLetter() string
 	// Savepoint, RollbackToSavepoint and ReleaseSavepoint manage one savepoint of a fixed
-	// name inside a transaction (one attempt of a handler). Args: none.
+	// name inside a transaction (one attempt of a handler). Args: none. ReleaseSavepoint is
+	// "" on SQL Server (no release; skip it).
 	Savepoint() string
 	RollbackToSavepoint() string
 	ReleaseSavepoint() string
@@ -186,7 +205,11 @@ func For(cfg schema.Config) (Dialect, error) {
 		d, _ := cache.LoadOrStore(cfg, newPostgres(cfg))
 		return d.(Dialect), nil
 	case database.SQLServer:
-		return nil, fmt.Errorf("%w: the SQL Server runtime dialect is not implemented yet (schema tools work)", database.ErrUnsupported)
+		if d, ok := cache.Load(cfg); ok {
+			return d.(Dialect), nil
+		}
+		d, _ := cache.LoadOrStore(cfg, newSQLServer(cfg))
+		return d.(Dialect), nil
 	}
 	return nil, fmt.Errorf("%w: dialect %q", database.ErrUnsupported, cfg.Dialect)
 }

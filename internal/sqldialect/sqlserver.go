@@ -1,0 +1,515 @@
+package sqldialect
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+	mssql "github.com/microsoft/go-mssqldb"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// The SQL Server dialect (go-mssqldb through database/sql). Choices, in one place:
+//
+//   - Placeholders are @p1..@pN (go-mssqldb's positional names); every table, type and
+//     procedure is schema-qualified and bracket-quoted, and so is every column.
+//   - Id lists (IDList) are Jasper's table type [schema].[EnvelopeIdList] passed as a
+//     table-valued parameter (mssql.TVP); Jasper's procedures are called where their
+//     semantics are exactly ours: DeleteOutgoing runs uspDeleteOutgoingEnvelopes. The other
+//     procedures do not fit our statements (uspDeleteIncomingEnvelopes would delete the
+//     Handled inbox rows DeleteIncoming must keep; uspMarkOutgoingOwnership and
+//     uspMarkIncomingOwnership do not check the current owner, which our releases must; our
+//     claims select and mark in one statement), so those statements use the same TVP in
+//     their own SQL.
+//   - String lists (StringList: destinations, topics) and the zipped dead-letter lists
+//     (DeadLetterArgs) are JSON arrays in one nvarchar(max) parameter, opened with OPENJSON
+//     (SQL Server 2016 or later, database compatibility level 130 or more). A TVP would need
+//     a table type Jasper does not have; JSON needs no schema change and keeps the order
+//     that the dead-letter lists are zipped by ([key] is the array index).
+//   - uniqueidentifier values are mssql.UniqueIdentifier (its Value and Scan swap the first
+//     three groups into SQL Server's byte order).
+//   - Parameters compared with varchar columns are cast to the column's type in the SQL
+//     (CAST(@p2 AS varchar(100))), so the column is not converted and its index is sought;
+//     OPENJSON lists are read WITH (... varchar(n)) for the same reason.
+//   - Metadata columns narrower on SQL Server than a value may be (correlation_id,
+//     parent_id, saga_id, content_type, reply_uri: varchar(100); message_type,
+//     reply_requested: varchar(250) and 100 in the dead letters; source 250) are truncated
+//     with LEFT(...): the full values stay in the headers column (nvarchar(max)). The topic
+//     columns (destination, received_at) are never truncated: a topic too long for them is
+//     an error, since a truncated topic would deliver elsewhere. A dead letter whose values
+//     were truncated says so in its explanation.
+//   - Inserts that skip existing ids are INSERT ... SELECT ... WHERE NOT EXISTS (... WITH
+//     (UPDLOCK, HOLDLOCK)); the dead-letter upsert is MERGE ... WITH (HOLDLOCK).
+//   - Claims are UPDATE TOP (n) ... WITH (READPAST, UPDLOCK, ROWLOCK) ... OUTPUT inserted.*.
+//   - Locks are application locks (sp_getapplock) named as Jasper names them: the decimal
+//     int32 (jasper-spec §5.3, §5.4), in the database principal public (Jasper's default).
+//   - There are no notifications: Notify*/Listen*/…Channel return "" and components poll.
+//   - Savepoints are SAVE TRANSACTION / ROLLBACK TRANSACTION; there is no release.
+
+type msUUIDs struct{}
+
+func (msUUIDs) Arg(u uuid.UUID) any   { return mssql.UniqueIdentifier(u) }
+func (msUUIDs) Dest(u *uuid.UUID) any { return msUUIDDest{u} }
+
+// msUUIDDest scans a uniqueidentifier (NULL leaves the zero UUID).
+type msUUIDDest struct{ u *uuid.UUID }
+
+func (d msUUIDDest) Scan(v any) error {
+	if v == nil {
+		*d.u = uuid.Nil
+		return nil
+	}
+	var m mssql.UniqueIdentifier
+	if err := m.Scan(v); err != nil {
+		return err
+	}
+	*d.u = uuid.UUID(m)
+	return nil
+}
+
+// envelopeIDRow is one row of the EnvelopeIdList table type (one uniqueidentifier column).
+type envelopeIDRow struct {
+	ID mssql.UniqueIdentifier
+}
+
+type sqlserver struct {
+	cfg           schema.Config
+	out, inc, dlq string
+	idListType    string // schema.EnvelopeIdList, as go-mssqldb wants a TVP type name
+	outCols       string
+	incCols       string
+	sizes         map[string]map[string]int // table -> varchar column -> size
+}
+
+func newSQLServer(cfg schema.Config) *sqlserver {
+	m := &sqlserver{
+		cfg:        cfg,
+		out:        cfg.Qualified(schema.OutgoingTable),
+		inc:        cfg.Qualified(schema.IncomingTable),
+		dlq:        cfg.Qualified(schema.DeadLetterTable),
+		idListType: cfg.Schema + "." + schema.EnvelopeIDList,
+		outCols:    msCols("", row.OutgoingColumns),
+		incCols:    msCols("", row.IncomingColumns),
+		sizes:      map[string]map[string]int{},
+	}
+	for _, t := range schema.Tables() {
+		s := map[string]int{}
+		for _, c := range t.Columns {
+			if c.Type == schema.TypeString && c.Size != schema.MaxLength {
+				s[c.Name] = c.Size
+			}
+		}
+		m.sizes[t.Name] = s
+	}
+	return m
+}
+
+// msCols bracket-quotes columns, each prefixed with prefix (e.g. "inserted.").
+func msCols(prefix string, cols []string) string {
+	q := make([]string, len(cols))
+	for i, c := range cols {
+		q[i] = prefix + "[" + c + "]"
+	}
+	return strings.Join(q, ", ")
+}
+
+// msValues renders n rows of width @pN placeholders, numbered from first.
+func msValues(first, n, width int) string {
+	var b strings.Builder
+	arg := first
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := 0; j < width; j++ {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "@p%d", arg)
+			arg++
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
+}
+
+// msAddMS is now plus a bigint parameter of milliseconds (DATEADD takes int: split it).
+func msAddMS(param string) string {
+	return fmt.Sprintf("DATEADD(millisecond, CAST(%[1]s %% 1000 AS int), DATEADD(second, CAST(%[1]s / 1000 AS int), SYSDATETIMEOFFSET()))", param)
+}
+
+// topicColumns are never truncated (see the file comment).
+var topicColumns = map[string]bool{"destination": true, "received_at": true}
+
+// fit renders expr for column col of table, truncated to the column's size when the column
+// is a narrow varchar (topic columns excepted).
+func (m *sqlserver) fit(table, col, expr string) string {
+	if n, ok := m.sizes[table][col]; ok && !topicColumns[col] {
+		return fmt.Sprintf("LEFT(%s, %d)", expr, n)
+	}
+	return expr
+}
+
+func (m *sqlserver) tableOf(qualified string) string {
+	switch qualified {
+	case m.out:
+		return schema.OutgoingTable
+	case m.inc:
+		return schema.IncomingTable
+	}
+	return schema.DeadLetterTable
+}
+
+// buildInsert renders an idempotent insert of n rows of cols (bound from @p<first>) into
+// table, plus extra columns computed from the last parameters (extraCols/extraExprs over
+// v.*). Ids present already, or repeated in the batch, are skipped.
+func (m *sqlserver) buildInsert(table string, cols []string, first, n int, extraCols, extraExprs []string) string {
+	t := m.tableOf(table)
+	sel := make([]string, 0, len(cols)+len(extraExprs))
+	for _, c := range cols {
+		sel = append(sel, m.fit(t, c, "v.["+c+"]"))
+	}
+	sel = append(sel, extraExprs...)
+	all := msCols("", append(append([]string(nil), cols...), extraCols...))
+	src := fmt.Sprintf("(VALUES %s) AS v(%s)", msValues(first, n, len(cols)), msCols("", cols))
+	if n > 1 {
+		src = fmt.Sprintf("(SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.[id] ORDER BY (SELECT NULL)) AS [wj_rn] FROM (VALUES %s) AS r(%s)) AS v",
+			msValues(first, n, len(cols)), msCols("", cols))
+	}
+	where := fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s AS t WITH (UPDLOCK, HOLDLOCK) WHERE t.[id] = v.[id])", table)
+	if n > 1 {
+		where = "v.[wj_rn] = 1 AND " + where
+	}
+	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s", table, all, strings.Join(sel, ", "), src, where)
+}
+
+func (m *sqlserver) Name() database.Dialect { return database.SQLServer }
+func (m *sqlserver) Schema() schema.Config  { return m.cfg }
+func (m *sqlserver) UUIDs() row.UUIDCodec   { return msUUIDs{} }
+
+// IDList is a table-valued parameter of Jasper's EnvelopeIdList type.
+func (m *sqlserver) IDList(ids []uuid.UUID) any {
+	rows := make([]envelopeIDRow, len(ids))
+	for i, id := range ids {
+		rows[i].ID = mssql.UniqueIdentifier(id)
+	}
+	return mssql.TVP{TypeName: m.idListType, Value: rows}
+}
+
+// StringList is a JSON array of strings (one nvarchar parameter), opened with OPENJSON.
+func (m *sqlserver) StringList(s []string) any {
+	if s == nil {
+		s = []string{}
+	}
+	b, _ := json.Marshal(s) // strings always marshal
+	return string(b)
+}
+
+// OwnerList is a JSON array of ints.
+func (m *sqlserver) OwnerList(ids []int32) any {
+	if ids == nil {
+		ids = []int32{}
+	}
+	b, _ := json.Marshal(ids)
+	return string(b)
+}
+
+// DeadLetterArgs are six JSON arrays of the same length (ids as strings, then the five
+// reasons), zipped by array index in the statement.
+func (m *sqlserver) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, exceptionMessage, exceptionText, source []string) []any {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = id.String()
+	}
+	return []any{m.StringList(s), m.StringList(explanation), m.StringList(exceptionType),
+		m.StringList(exceptionMessage), m.StringList(exceptionText), m.StringList(source)}
+}
+
+// MaxParams: SQL Server accepts at most 2100 parameters per request.
+func (m *sqlserver) MaxParams() int { return 2100 }
+
+// IsMissingTable: error 208 "Invalid object name", 2812 "Could not find stored procedure",
+// 2715 "Column, parameter, or variable: Cannot find data type" (EnvelopeIdList missing).
+func (m *sqlserver) IsMissingTable(err error) bool {
+	var e mssql.Error
+	if errors.As(err, &e) {
+		return e.Number == 208 || e.Number == 2812 || e.Number == 2715
+	}
+	var pe *mssql.Error
+	if errors.As(err, &pe) && pe != nil {
+		return pe.Number == 208 || pe.Number == 2812 || pe.Number == 2715
+	}
+	return false
+}
+
+// Publisher statements.
+
+func (m *sqlserver) InsertOutgoing(n int) string {
+	return m.buildInsert(m.out, row.OutgoingColumns, 1, n, nil, nil)
+}
+
+func (m *sqlserver) InsertIncoming(n int) string {
+	return m.buildInsert(m.inc, row.IncomingColumns, 1, n, nil, nil)
+}
+
+// InsertEnvelopes: two inserts in one batch; notify is ignored (no notifications).
+func (m *sqlserver) InsertEnvelopes(outgoing, incoming int, notify bool) string {
+	switch {
+	case incoming == 0:
+		return m.InsertOutgoing(outgoing)
+	case outgoing == 0:
+		return m.InsertIncoming(incoming)
+	}
+	return m.InsertOutgoing(outgoing) + ";\n" +
+		m.buildInsert(m.inc, row.IncomingColumns, 1+outgoing*len(row.OutgoingColumns), incoming, nil, nil)
+}
+
+func (m *sqlserver) NotifyOutgoing() string  { return "" }
+func (m *sqlserver) OutgoingChannel() string { return "" }
+func (m *sqlserver) ListenOutgoing() string  { return "" }
+func (m *sqlserver) IncomingChannel() string { return "" }
+func (m *sqlserver) ListenIncoming() string  { return "" }
+func (m *sqlserver) NotifyIncoming() string  { return "" }
+
+// Forwarder statements.
+
+func (m *sqlserver) ClaimOutgoing() string {
+	return fmt.Sprintf(`UPDATE TOP (@p4) o SET [owner_id] = @p1
+OUTPUT %[2]s
+FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
+WHERE o.[owner_id] = 0
+  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p2) WITH ([d] varchar(250) '$') AS x WHERE x.[d] = o.[destination])
+  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p3)) OR o.[destination] IN (SELECT y.[d] FROM OPENJSON(@p3) WITH ([d] varchar(250) '$') AS y))`,
+		m.out, msCols("inserted.", row.OutgoingColumns))
+}
+
+// DeleteOutgoing runs Jasper's procedure.
+func (m *sqlserver) DeleteOutgoing() string {
+	return fmt.Sprintf(`EXEC %s @IDLIST = @p1`, m.cfg.Qualified("uspDeleteOutgoingEnvelopes"))
+}
+
+func (m *sqlserver) ReleaseOutgoingFailed() string {
+	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0, [attempts] = COALESCE([attempts], 0) + 1
+WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p2`, m.out)
+}
+
+func (m *sqlserver) ReleaseOutgoing() string {
+	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0 WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p2`, m.out)
+}
+
+func (m *sqlserver) DeadLetterOutgoing() string {
+	return m.moveToDeadLetters(m.out, "NULL", "COALESCE(deleted.[attempts], 0) + 1", "deleted.[destination]")
+}
+
+func (m *sqlserver) ReleaseDueScheduledSends() string {
+	return fmt.Sprintf(`WITH due AS (
+  SELECT TOP (@p1) * FROM %[1]s WITH (READPAST, UPDLOCK, ROWLOCK)
+  WHERE [status] = 'Scheduled' AND [owner_id] = 0 AND [message_type] = 'scheduled-envelope'
+    AND [execution_time] <= SYSDATETIMEOFFSET()
+  ORDER BY [execution_time])
+DELETE FROM due
+OUTPUT %[2]s`, m.inc, msCols("deleted.", row.IncomingColumns))
+}
+
+// Locks: application locks named by the decimal int32, as Jasper's SqlServerSettings does.
+
+func (m *sqlserver) AdvisoryLockKey(id int32) any { return strconv.FormatInt(int64(id), 10) }
+
+// msGetAppLock returns one bit row: whether sp_getapplock granted the lock (return >= 0).
+func msGetAppLock(owner string) string {
+	return fmt.Sprintf(`DECLARE @r int;
+EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = '%s', @LockTimeout = 0;
+SELECT CAST(CASE WHEN @r >= 0 THEN 1 ELSE 0 END AS bit)`, owner)
+}
+
+func (m *sqlserver) TryAdvisoryLock() string { return msGetAppLock("Session") }
+
+func (m *sqlserver) HoldsAdvisoryLock() string {
+	return `SELECT CAST(CASE WHEN APPLOCK_MODE('public', @p1, 'Session') = 'NoLock' THEN 0 ELSE 1 END AS bit)`
+}
+
+// ReleaseAdvisoryLock checks first: sp_releaseapplock raises error 1223 for a lock not held.
+func (m *sqlserver) ReleaseAdvisoryLock() string {
+	return `DECLARE @r int = -1;
+IF APPLOCK_MODE('public', @p1, 'Session') <> 'NoLock'
+  EXEC @r = sp_releaseapplock @Resource = @p1, @LockOwner = 'Session';
+SELECT CAST(CASE WHEN @r >= 0 THEN 1 ELSE 0 END AS bit)`
+}
+
+// Subscriber statements.
+
+func (m *sqlserver) ClaimIncoming() string {
+	return fmt.Sprintf(`UPDATE TOP (@p3) i SET [owner_id] = @p1
+OUTPUT %[2]s
+FROM %[1]s AS i WITH (READPAST, UPDLOCK, ROWLOCK)
+WHERE i.[received_at] = CAST(@p2 AS varchar(100)) AND i.[status] = 'Incoming' AND i.[owner_id] = 0`,
+		m.inc, msCols("inserted.", row.IncomingColumns))
+}
+
+// DeleteIncoming cannot be uspDeleteIncomingEnvelopes: Handled rows must stay.
+func (m *sqlserver) DeleteIncoming() string {
+	return fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT [id] FROM @p1) AND [status] <> 'Handled'`, m.inc)
+}
+
+func (m *sqlserver) RetryIncoming() string {
+	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0, [attempts] = COALESCE([attempts], 0) + 1,
+  [status] = CASE WHEN @p2 > 0 THEN 'Scheduled' ELSE 'Incoming' END,
+  [execution_time] = CASE WHEN @p2 > 0 THEN %s ELSE [execution_time] END
+WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.inc, msAddMS("@p2"))
+}
+
+func (m *sqlserver) ReleaseIncoming() string {
+	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0,
+  [attempts] = COALESCE([attempts], 0) + CASE WHEN [id] IN (SELECT [id] FROM @p2) THEN 1 ELSE 0 END
+WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.inc)
+}
+
+// ReleaseScheduled: the count is @@ROWCOUNT of the update, the next due time is measured in
+// microseconds with DATEDIFF_BIG (SQL Server 2016) and returned as float milliseconds.
+func (m *sqlserver) ReleaseScheduled() string {
+	const topics = `(NOT EXISTS (SELECT 1 FROM OPENJSON(@p1)) OR [received_at] IN (SELECT t.[t] FROM OPENJSON(@p1) WITH ([t] varchar(100) '$') AS t))`
+	return fmt.Sprintf(`DECLARE @n bigint;
+WITH due AS (
+  SELECT TOP (@p2) [status] FROM %[1]s WITH (READPAST, UPDLOCK, ROWLOCK)
+  WHERE [status] = 'Scheduled' AND [owner_id] = 0 AND [execution_time] <= SYSDATETIMEOFFSET()
+    AND [message_type] <> 'scheduled-envelope' AND %[2]s
+  ORDER BY [execution_time])
+UPDATE due SET [status] = 'Incoming';
+SET @n = @@ROWCOUNT;
+SELECT @n, CAST(DATEDIFF_BIG(microsecond, SYSDATETIMEOFFSET(), (
+  SELECT min([execution_time]) FROM %[1]s
+  WHERE [status] = 'Scheduled' AND [owner_id] = 0 AND [execution_time] > SYSDATETIMEOFFSET()
+    AND [message_type] <> 'scheduled-envelope' AND %[2]s)) AS float) / 1000.0`, m.inc, topics)
+}
+
+func (m *sqlserver) DeadLetterIncoming() string {
+	return m.moveToDeadLetters(m.inc, "deleted.[execution_time]", "COALESCE(deleted.[attempts], 0)", "deleted.[received_at]")
+}
+
+// dlqColumns are the dead-letter columns written by both dead-letter statements, in order.
+var dlqColumns = []string{"id", "execution_time", "attempts", "body", "conversation_id", "correlation_id", "parent_id",
+	"saga_id", "message_type", "content_type", "reply_requested", "ack_requested", "reply_uri", "received_at", "source",
+	"explanation", "exception_text", "exception_type", "exception_message", "message_uuid", "headers"}
+
+// dlqMerge renders the MERGE of source rows s (columns named as dlqColumns, unsized) into
+// the dead letters: values are fitted to the columns, the explanation says which were
+// truncated, and a dead letter with the same id is replaced.
+func (m *sqlserver) dlqMerge(source string) string {
+	var notes []string
+	vals := make([]string, len(dlqColumns))
+	for i, c := range dlqColumns {
+		vals[i] = "s.[" + c + "]"
+		if n, ok := m.sizes[schema.DeadLetterTable][c]; ok {
+			vals[i] = fmt.Sprintf("LEFT(s.[%s], %d)", c, n)
+			notes = append(notes, fmt.Sprintf("CASE WHEN LEN(s.[%[1]s]) > %[2]d THEN ' [SQL Server: %[1]s truncated to %[2]d characters]' ELSE '' END", c, n))
+		}
+		if c == "explanation" {
+			vals[i] = "COALESCE(s.[explanation], '')"
+		}
+	}
+	for i, c := range dlqColumns {
+		if c == "explanation" {
+			vals[i] += " + " + strings.Join(notes, " + ")
+		}
+	}
+	set := make([]string, 0, len(dlqColumns)+2)
+	for i, c := range dlqColumns[1:] {
+		set = append(set, fmt.Sprintf("[%s] = %s", c, vals[i+1]))
+	}
+	set = append(set, "[timestamp] = SYSDATETIMEOFFSET()", "[replayable] = 0")
+	return fmt.Sprintf(`MERGE %[1]s WITH (HOLDLOCK) AS d
+USING (%[2]s) AS s
+ON d.[id] = s.[id]
+WHEN MATCHED THEN UPDATE SET %[3]s
+WHEN NOT MATCHED THEN INSERT (%[4]s) VALUES (%[5]s);`,
+		m.dlq, source, strings.Join(set, ", "), msCols("", dlqColumns), strings.Join(vals, ", "))
+}
+
+// moveToDeadLetters moves rows of src to the dead letters. Args: the six JSON arrays of
+// DeadLetterArgs ($1 ids, $2 explanation, $3 exception_type, $4 exception_message,
+// $5 exception_text, $6 source), zipped by array index.
+func (m *sqlserver) moveToDeadLetters(src, executionTime, attempts, receivedAt string) string {
+	moved := []string{"deleted.[id]", executionTime, attempts, "deleted.[body]", "deleted.[conversation_id]",
+		"deleted.[correlation_id]", "deleted.[parent_id]", "deleted.[saga_id]", "deleted.[message_type]",
+		"deleted.[content_type]", "deleted.[reply_requested]", "deleted.[ack_requested]", "deleted.[reply_uri]",
+		receivedAt, "deleted.[message_uuid]", "deleted.[headers]"}
+	source := `SELECT m.[id], m.[execution_time], m.[attempts], m.[body], m.[conversation_id], m.[correlation_id],
+    m.[parent_id], m.[saga_id], m.[message_type], m.[content_type], m.[reply_requested], m.[ack_requested],
+    m.[reply_uri], m.[received_at], x.[source], x.[explanation], x.[exception_text], x.[exception_type],
+    x.[exception_message], m.[message_uuid], m.[headers]
+  FROM @m AS m JOIN (SELECT *, ROW_NUMBER() OVER (PARTITION BY [id] ORDER BY (SELECT NULL)) AS [rn] FROM @x) AS x
+    ON x.[id] = m.[id] AND x.[rn] = 1`
+	return fmt.Sprintf(`DECLARE @x TABLE ([id] uniqueidentifier NOT NULL, [explanation] nvarchar(max), [exception_type] nvarchar(max),
+  [exception_message] nvarchar(max), [exception_text] nvarchar(max), [source] nvarchar(max));
+INSERT INTO @x ([id], [explanation], [exception_type], [exception_message], [exception_text], [source])
+SELECT CAST(i.[value] AS uniqueidentifier), e.[value], t.[value], g.[value], x.[value], s.[value]
+FROM OPENJSON(@p1) AS i
+  JOIN OPENJSON(@p2) AS e ON e.[key] = i.[key]
+  JOIN OPENJSON(@p3) AS t ON t.[key] = i.[key]
+  JOIN OPENJSON(@p4) AS g ON g.[key] = i.[key]
+  JOIN OPENJSON(@p5) AS x ON x.[key] = i.[key]
+  JOIN OPENJSON(@p6) AS s ON s.[key] = i.[key];
+DECLARE @m TABLE ([id] uniqueidentifier NOT NULL, [execution_time] datetimeoffset, [attempts] int,
+  [body] varbinary(max), [conversation_id] uniqueidentifier, [correlation_id] varchar(max), [parent_id] varchar(max),
+  [saga_id] varchar(max), [message_type] varchar(max), [content_type] varchar(max), [reply_requested] varchar(max),
+  [ack_requested] bit, [reply_uri] varchar(max), [received_at] varchar(max), [message_uuid] nvarchar(max),
+  [headers] nvarchar(max));
+DELETE FROM e
+OUTPUT %[2]s INTO @m
+FROM %[1]s AS e WHERE e.[id] IN (SELECT [id] FROM @x);
+%[3]s`, src, strings.Join(moved, ", "), m.dlqMerge(source))
+}
+
+// Inbox and dead-letter middleware statements.
+
+func (m *sqlserver) InsertHandled() string {
+	n := len(row.IncomingColumns)
+	return m.buildInsert(m.inc, row.IncomingColumns, 1, 1, []string{"keep_until"}, []string{msAddMS(fmt.Sprintf("@p%d", n+1))})
+}
+
+func (m *sqlserver) MarkIncomingHandled() string {
+	return fmt.Sprintf(`UPDATE %s SET [status] = 'Handled', [keep_until] = %s, [owner_id] = 0, [body] = 0x
+WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND [status] = 'Incoming'`, m.inc, msAddMS("@p3"))
+}
+
+func (m *sqlserver) IncomingStatus() string {
+	return fmt.Sprintf(`SELECT [status] FROM %s WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100))`, m.inc)
+}
+
+func (m *sqlserver) DeleteExpiredHandled() string {
+	return fmt.Sprintf(`DELETE TOP (@p1) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK)
+WHERE [status] = 'Handled' AND [keep_until] <= SYSDATETIMEOFFSET()`, m.inc)
+}
+
+// InsertDeadLetter: the envelope (row.IncomingArgs) then explanation, exception_type,
+// exception_message, exception_text, source.
+func (m *sqlserver) InsertDeadLetter() string {
+	n := len(row.IncomingColumns)
+	reasons := []string{"explanation", "exception_type", "exception_message", "exception_text", "source"}
+	cols := append(append([]string(nil), row.IncomingColumns...), reasons...)
+	source := fmt.Sprintf(`SELECT v.[id], v.[execution_time], COALESCE(v.[attempts], 0) AS [attempts], v.[body], v.[conversation_id],
+    v.[correlation_id], v.[parent_id], v.[saga_id], v.[message_type], v.[content_type], v.[reply_requested],
+    v.[ack_requested], v.[reply_uri], v.[received_at], v.[source], v.[explanation], v.[exception_text],
+    v.[exception_type], v.[exception_message], v.[message_uuid], v.[headers]
+  FROM (VALUES %s) AS v(%s)`, msValues(1, 1, n+len(reasons)), msCols("", cols))
+	return m.dlqMerge(source)
+}
+
+func (m *sqlserver) Savepoint() string { return `SAVE TRANSACTION watermill_jasper_attempt` }
+func (m *sqlserver) RollbackToSavepoint() string {
+	return `ROLLBACK TRANSACTION watermill_jasper_attempt`
+}
+
+// ReleaseSavepoint is "": SQL Server has no release; the savepoint ends with the transaction.
+func (m *sqlserver) ReleaseSavepoint() string { return "" }
+
+func (m *sqlserver) DeleteHandledMark() string {
+	return fmt.Sprintf(`DELETE FROM %s WHERE [id] = @p1 AND [status] = 'Handled'`, m.inc)
+}
