@@ -1,0 +1,114 @@
+package testdb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/microsoft/go-mssqldb" // database/sql driver "sqlserver"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// Target is one database a dialect test runs against: a handle and a migrated schema of
+// its own (random name, dropped when the test ends).
+type Target struct {
+	// Name is the dialect name, for t.Run.
+	Name   string
+	DB     database.DB
+	Schema schema.Config
+}
+
+// Targets returns the databases to test, each with a fresh migrated schema: PostgreSQL
+// always (through pgx natively), SQL Server when WATERMILL_JASPER_TEST_MSSQL holds a DSN
+// (sqlserver://user:pass@host:1433?database=db, through go-mssqldb and database/sql).
+func Targets(t testing.TB) []Target {
+	t.Helper()
+	db, cfg := Migrated(t)
+	out := []Target{{Name: string(schema.Postgres), DB: db, Schema: cfg}}
+	if os.Getenv(MSSQLEnv) != "" {
+		db, cfg := MigratedSQLServer(t)
+		out = append(out, Target{Name: string(schema.SQLServer), DB: db, Schema: cfg})
+	}
+	return out
+}
+
+var (
+	msOnce sync.Once
+	msDB   *sql.DB
+	msErr  error
+)
+
+// SQLServerDB returns the shared go-mssqldb pool of this test binary; the test is skipped
+// when WATERMILL_JASPER_TEST_MSSQL is not set, and fails when the server cannot be reached.
+func SQLServerDB(t testing.TB) *sql.DB {
+	t.Helper()
+	dsn := os.Getenv(MSSQLEnv)
+	if dsn == "" {
+		t.Skipf("SQL Server tests need a DSN in %s (sqlserver://user:pass@host:1433?database=db)", MSSQLEnv)
+	}
+	msOnce.Do(func() {
+		msDB, msErr = sql.Open("sqlserver", dsn)
+		if msErr == nil {
+			msDB.SetMaxOpenConns(20)
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			msErr = msDB.PingContext(ctx)
+		}
+	})
+	if msErr != nil {
+		t.Fatalf("SQL Server at $%s is not reachable: %v", MSSQLEnv, msErr)
+	}
+	return msDB
+}
+
+// MigratedSQLServer creates a schema with a random name on the SQL Server of
+// WATERMILL_JASPER_TEST_MSSQL with schema.Migrate (tables, EnvelopeIdList, Jasper's
+// procedures), drops it all when the test ends and returns the handle and the config.
+func MigratedSQLServer(t testing.TB) (database.DB, schema.Config) {
+	t.Helper()
+	db, err := database.FromStdSQL(SQLServerDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := schema.Config{Dialect: schema.SQLServer, Schema: RandomName("wj_test_")}.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := DropSQLServerSchema(ctx, db, cfg); err != nil {
+			t.Errorf("drop schema %s: %v", cfg.Schema, err)
+		}
+	})
+	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return db, cfg
+}
+
+// DropSQLServerSchema drops what Migrate created in a SQL Server schema (procedures, tables,
+// the table type) and the schema itself.
+func DropSQLServerSchema(ctx context.Context, db database.DB, cfg schema.Config) error {
+	var stmts []string
+	for _, p := range schema.StoredProcedures() {
+		stmts = append(stmts, "DROP PROCEDURE IF EXISTS "+cfg.Qualified(p))
+	}
+	for _, tb := range schema.Tables() {
+		stmts = append(stmts, "DROP TABLE IF EXISTS "+cfg.Qualified(tb.Name))
+	}
+	stmts = append(stmts, "DROP TYPE IF EXISTS "+cfg.Qualified(schema.EnvelopeIDList),
+		fmt.Sprintf("IF EXISTS (SELECT * FROM sys.schemas WHERE name = N'%s') EXEC(N'DROP SCHEMA %s')", cfg.Schema, cfg.QuoteIdent(cfg.Schema)))
+	for _, s := range stmts {
+		if _, err := db.Exec(ctx, s); err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	return nil
+}
