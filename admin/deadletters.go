@@ -105,8 +105,8 @@ func deadLetterTools(db database.DB, cfg schema.Config) (schema.Config, deadLett
 	if err != nil {
 		return cfg, deadLetterStatements{}, err
 	}
-	if cfg.Dialect != schema.Postgres {
-		return cfg, deadLetterStatements{}, fmt.Errorf("%w: the dead-letter tools support PostgreSQL only for now", database.ErrUnsupported)
+	if cfg.Dialect == schema.SQLServer {
+		return cfg, sqlserverDeadLetterStatements(cfg), nil
 	}
 	return cfg, postgresDeadLetterStatements(cfg), nil
 }
@@ -115,7 +115,8 @@ func deadLetterTools(db database.DB, cfg schema.Config) (schema.Config, deadLett
 // not migrated yet).
 func wrapDL(op string, cfg schema.Config, err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42703" {
+	var msErr interface{ SQLErrorNumber() int32 } // go-mssqldb: 207 invalid column name
+	if (errors.As(err, &pgErr) && pgErr.Code == "42703") || (errors.As(err, &msErr) && msErr.SQLErrorNumber() == 207) {
 		return fmt.Errorf("watermill-jasper: %s in schema %s: a column this library adds is missing; add it with `watermill-jasper schema migrate` (Jasper's rows are kept): %w", op, cfg.Schema, err)
 	}
 	return wrap(op, cfg, err)
@@ -236,7 +237,7 @@ func CountDeadLetters(ctx context.Context, db database.DB, cfg schema.Config, to
 		return 0, err
 	}
 	var n int64
-	if err := database.QueryRow(ctx, db, st.count, []any{topic, []string{}, millis(olderThan)}, &n); err != nil {
+	if err := database.QueryRow(ctx, db, st.count, []any{topic, st.idList(nil), millis(olderThan)}, &n); err != nil {
 		return 0, wrapDL("count dead letters", cfg, err)
 	}
 	return n, nil
@@ -353,7 +354,7 @@ func ReplayDeadLetters(ctx context.Context, db database.DB, cfg schema.Config, s
 		ids[i] = id.String()
 	}
 	var total int64
-	if err := database.QueryRow(ctx, db, st.count, []any{sel.Topic, ids, int64(0)}, &total); err != nil {
+	if err := database.QueryRow(ctx, db, st.count, []any{sel.Topic, st.idList(ids), int64(0)}, &total); err != nil {
 		return res, wrapDL("count dead letters", cfg, err)
 	}
 	seen := map[uuid.UUID]bool{}
@@ -393,7 +394,7 @@ func ReplayDeadLetters(ctx context.Context, db database.DB, cfg schema.Config, s
 
 // replayBatchIncoming moves one batch to the incoming table and returns the ids it looked at.
 func replayBatchIncoming(ctx context.Context, db database.DB, cfg schema.Config, st deadLetterStatements, after any, ids []string, topic string, opts *ReplayOptions, res *ReplayResult) ([]uuid.UUID, error) {
-	rows, err := db.Query(ctx, st.toIncoming, after, ids, topic, opts.BatchSize, opts.Topic)
+	rows, err := db.Query(ctx, st.toIncoming, after, st.idList(ids), topic, opts.BatchSize, opts.Topic)
 	if err != nil {
 		return nil, wrapDL("replay dead letters", cfg, err)
 	}
@@ -435,7 +436,7 @@ func replayBatchIncoming(ctx context.Context, db database.DB, cfg schema.Config,
 // replayBatchPublish publishes one batch through opts.Publisher, deletes what it published,
 // and returns the ids it looked at.
 func replayBatchPublish(ctx context.Context, db database.DB, cfg schema.Config, st deadLetterStatements, after any, ids []string, topic string, opts *ReplayOptions, res *ReplayResult) ([]uuid.UUID, error) {
-	rows, err := db.Query(ctx, st.page, after, ids, topic, opts.BatchSize)
+	rows, err := db.Query(ctx, st.page, after, st.idList(ids), topic, opts.BatchSize)
 	if err != nil {
 		return nil, wrapDL("read dead letters", cfg, err)
 	}
@@ -474,7 +475,7 @@ func replayBatchPublish(ctx context.Context, db database.DB, cfg schema.Config, 
 		for i, id := range published {
 			pids[i] = id.String()
 		}
-		if _, err := db.Exec(context.WithoutCancel(ctx), st.deleteIDs, pids); err != nil {
+		if _, err := db.Exec(context.WithoutCancel(ctx), st.deleteIDs, st.idList(pids)); err != nil {
 			return batch, errors.Join(pubErr, wrapDL("delete replayed dead letters (they were published and will be published again by the next replay)", cfg, err))
 		}
 		res.Replayed += int64(len(published))

@@ -25,6 +25,9 @@ type deadLetterStatements struct {
 	toIncoming string
 	// purge: args older-than milliseconds (0 = any age), topic, limit. Affected: deleted.
 	purge string
+	// idList is the bind value of a list of ids given as strings (text[] on PostgreSQL, a
+	// JSON array on SQL Server).
+	idList func(ids []string) any
 }
 
 // deadLetterColumns is what Get and page read, in order (see scanDeadLetter).
@@ -50,6 +53,12 @@ func postgresDeadLetterStatements(cfg schema.Config) deadLetterStatements {
 	keys := "ARRAY['" + strings.Join(deliveryKeys, "', '") + "']"
 	const sel = `(cardinality($2::uuid[]) = 0 OR id = ANY($2::uuid[])) AND ($3::text = '' OR received_at = $3::text)`
 	return deadLetterStatements{
+		idList: func(ids []string) any {
+			if ids == nil {
+				return []string{}
+			}
+			return ids
+		},
 		count: fmt.Sprintf(`SELECT count(*) FROM %s WHERE ($1::text = '' OR received_at = $1::text)
   AND (cardinality($2::uuid[]) = 0 OR id = ANY($2::uuid[]))
   AND ($3::bigint = 0 OR COALESCE("timestamp", '-infinity') < now() - $3::bigint * interval '1 millisecond')`, dlq),

@@ -19,7 +19,8 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// pgHandles are the PostgreSQL handles (the dead-letter tools are PostgreSQL only).
+// pgHandles are the PostgreSQL handles: these tests write rows with PostgreSQL SQL
+// (TestDeadLetterToolsOnEveryDialect covers SQL Server).
 func pgHandles(t *testing.T) map[string]database.DB {
 	h := handles(t)
 	delete(h, "sqlserver")

@@ -14,7 +14,7 @@ import (
 type Liveness int
 
 const (
-	// LivenessUnknown: the database cannot tell (SQL Server, for now).
+	// LivenessUnknown: the database cannot tell (an unsupported dialect).
 	LivenessUnknown Liveness = iota
 	// Alive: a database session holds the node's lock (a running Go or .NET node).
 	Alive
@@ -34,9 +34,10 @@ func (l Liveness) String() string {
 }
 
 // NodeLiveness tells, for each owner id, whether a session holds its node lock (Jasper's
-// session advisory lock keyed by the id). It only reads the database's lock table: it never
-// takes a lock, so it cannot disturb a running node. AnyNode (0) is not a node and is left
-// out of the result. On SQL Server every id is LivenessUnknown.
+// session advisory lock keyed by the id; on SQL Server its application lock). It never takes
+// a lock, so it cannot disturb a running node: PostgreSQL reads pg_locks, SQL Server asks
+// APPLOCK_TEST (which answers for the pooled session it runs on, never a node's own lock
+// session). AnyNode (0) is not a node and is left out of the result.
 func NodeLiveness(ctx context.Context, db database.DB, owners []int32) (map[int32]Liveness, error) {
 	if db == nil {
 		return nil, fmt.Errorf("%w: nil database handle", schema.ErrInvalidConfig)

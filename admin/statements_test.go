@@ -1,14 +1,17 @@
 package admin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -78,3 +81,78 @@ func TestIsTableMissing(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadLetterStatementsOffline checks the dead-letter SQL of both dialects without a
+// database: every statement uses exactly the placeholders 1..N of its documented
+// arguments, and identifiers are quoted and schema-qualified for the dialect.
+func TestDeadLetterStatementsOffline(t *testing.T) {
+	args := map[string]int{"count": 3, "list": 2, "get": 1, "page": 4, "deleteIDs": 1, "toIncoming": 5, "purge": 3}
+	for _, d := range []schema.Dialect{schema.Postgres, schema.SQLServer} {
+		cfg, err := schema.Config{Dialect: d, Schema: "App_1"}.Normalized()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, st, err := deadLetterTools(fakeDB{d}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		re := regexp.MustCompile(`\$(\d+)`)
+		if d == schema.SQLServer {
+			re = regexp.MustCompile(`@p(\d+)\b`)
+		}
+		v := reflect.ValueOf(st)
+		for i := 0; i < v.NumField(); i++ {
+			name := v.Type().Field(i).Name
+			if v.Field(i).Kind() != reflect.String {
+				continue
+			}
+			q := v.Field(i).String()
+			want, ok := args[name]
+			if !ok {
+				t.Fatalf("no documented argument count for %s", name)
+			}
+			seen := map[string]bool{}
+			for _, m := range re.FindAllStringSubmatch(q, -1) {
+				seen[m[1]] = true
+			}
+			if len(seen) != want {
+				t.Errorf("%s %s: %d distinct placeholders, want %d", d, name, len(seen), want)
+			}
+			for n := 1; n <= want; n++ {
+				if !seen[fmt.Sprint(n)] {
+					t.Errorf("%s %s: placeholder %d unused", d, name, n)
+				}
+			}
+			qual := cfg.Qualified(schema.DeadLetterTable)
+			if !strings.Contains(q, qual) || strings.Contains(strings.ReplaceAll(q, qual, ""), schema.DeadLetterTable) {
+				t.Errorf("%s %s: dead-letter table not always written %s", d, name, qual)
+			}
+			if d == schema.SQLServer {
+				bare := regexp.MustCompile(`'[^']*'`).ReplaceAllString(q, "''") // string literals ('$.key' paths)
+				for _, bad := range []string{"$", "::", "ANY(", "now()", "RETURNING", "ON CONFLICT", "LIMIT", "interval", `"`, "jsonb"} {
+					if strings.Contains(bare, bad) {
+						t.Errorf("sqlserver %s: PostgreSQL syntax %q", name, bad)
+					}
+				}
+				if strings.Count(q, "(") != strings.Count(q, ")") || strings.Count(q, "[") != strings.Count(q, "]") || strings.Count(q, "'")%2 != 0 {
+					t.Errorf("sqlserver %s: unbalanced:\n%s", name, q)
+				}
+			}
+		}
+		if got := st.idList(nil); got == nil {
+			t.Errorf("%s: idList(nil) is nil", d)
+		}
+	}
+}
+
+type fakeDB struct{ d schema.Dialect }
+
+func (f fakeDB) Dialect() database.Dialect { return f.d }
+func (fakeDB) Exec(context.Context, string, ...any) (int64, error) {
+	return 0, errors.New("offline")
+}
+func (fakeDB) Query(context.Context, string, ...any) (database.Rows, error) {
+	return nil, errors.New("offline")
+}
+func (fakeDB) Begin(context.Context) (database.Tx, error)     { return nil, errors.New("offline") }
+func (fakeDB) Acquire(context.Context) (database.Conn, error) { return nil, errors.New("offline") }
