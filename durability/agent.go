@@ -146,7 +146,8 @@ type Unowned struct {
 //     and subscribers claim unowned envelopes themselves, so nothing is claimed here);
 //   - dormant-node reassignment (every NodeReassignmentPollingTime, under Jasper's
 //     "jasper-reassign-envelopes" lock): every other owner of envelopes whose node lock can
-//     be taken (pg_try_advisory_xact_lock(owner), as Jasper does) is dead, and its envelopes
+//     be taken (pg_try_advisory_xact_lock(owner) on PostgreSQL, sp_getapplock owned by the
+//     transaction on SQL Server, as Jasper does) is dead, and its envelopes
 //     are handed back (owner_id = 0) in bounded batches; an owner whose lock another session
 //     holds (a live Go or .NET node) is never touched;
 //   - expired envelopes (every ExpiredEnvelopesPollingTime, under Jasper's
@@ -159,7 +160,8 @@ type Unowned struct {
 //     back, since other nodes were free to consider it dead meanwhile;
 //   - gauges (every MetricsSamplingInterval): one query sampling the tables (Gauges).
 //
-// Global locks are transaction-level advisory locks on Jasper's lock ids: they exclude a
+// Global locks are transaction-level advisory locks on Jasper's lock ids (SQL Server:
+// sp_getapplock @LockOwner = 'Transaction' on the resource named by the decimal id): they exclude a
 // .NET agent holding the same id as a session lock, are released by the end of their
 // transaction whatever happens to the connection, and work through PgBouncer in transaction
 // mode. Jasper's lock ids are database-wide, so agents of other schemas of the same database

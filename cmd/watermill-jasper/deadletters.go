@@ -33,7 +33,7 @@ func deadLettersCommand() command {
 		summary: "list, show, replay or purge the dead letters (list, show, replay, purge)",
 		description: "Dead letters are the rows of " + schema.DeadLetterTable + ", written by this library's " +
 			"dead-letter middleware, forwarder, relay and subscriber, or by .NET Jasper (whose rows have no message " +
-			"UUID or headers: their metadata is rebuilt from the columns). PostgreSQL only for now; the schema " +
+			"UUID or headers: their metadata is rebuilt from the columns). PostgreSQL and SQL Server; the schema " +
 			"needs this library's extension columns (\"" + program + " schema migrate\", safe on a Jasper database).",
 		subs: []spec{deadLettersList, deadLettersShow, deadLettersReplay, deadLettersPurge},
 		examples: []string{
