@@ -134,6 +134,18 @@ func TestDeadLetterStatementsOffline(t *testing.T) {
 						t.Errorf("sqlserver %s: PostgreSQL syntax %q", name, bad)
 					}
 				}
+				known := map[string]bool{cfg.Schema: true, "topic": true, "value": true} // + OPENJSON's value
+				for _, tb := range schema.Tables() {
+					known[tb.Name] = true
+					for _, c := range tb.Columns {
+						known[c.Name] = true
+					}
+				}
+				for _, m := range regexp.MustCompile(`\[([^\]]+)\]`).FindAllStringSubmatch(bare, -1) {
+					if !known[m[1]] {
+						t.Errorf("sqlserver %s: unknown identifier [%s]", name, m[1])
+					}
+				}
 				if strings.Count(q, "(") != strings.Count(q, ")") || strings.Count(q, "[") != strings.Count(q, "]") || strings.Count(q, "'")%2 != 0 {
 					t.Errorf("sqlserver %s: unbalanced:\n%s", name, q)
 				}

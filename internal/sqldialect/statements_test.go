@@ -294,3 +294,32 @@ func TestSQLServerUUIDCodec(t *testing.T) {
 		t.Fatalf("scan NULL = %s, %v", back, err)
 	}
 }
+
+// Every bracketed identifier of a SQL Server statement is a column of Jasper's tables (or
+// of this library's extensions), an object of the schema, or one of the few names the
+// statements define themselves: a typo in a column name cannot wait for a live server.
+func TestSQLServerIdentifiersExist(t *testing.T) {
+	d := dialects(t)[1]
+	known := map[string]bool{d.Schema().Schema: true, schema.EnvelopeIDList: true}
+	for _, tb := range schema.Tables() {
+		known[tb.Name] = true
+		for _, c := range tb.Columns {
+			known[c.Name] = true
+		}
+	}
+	for _, p := range schema.StoredProcedures() {
+		known[p] = true
+	}
+	// Names defined by the statements: derived-table and OPENJSON columns.
+	for _, n := range []string{"wj_rn", "rn", "d", "t", "n", "value", "key", "topic"} {
+		known[n] = true
+	}
+	ident := regexp.MustCompile(`\[([^\]]+)\]`)
+	for _, c := range statementCases() {
+		for _, m := range ident.FindAllStringSubmatch(stripLiterals(c.sql(d)), -1) {
+			if !known[m[1]] {
+				t.Errorf("sqlserver %s: unknown identifier [%s]", c.name, m[1])
+			}
+		}
+	}
+}
