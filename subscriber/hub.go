@@ -134,8 +134,12 @@ func (h *hub) sharedNode(ctx context.Context) (*durability.Node, error) {
 // listen registers sub for wake-ups on channel (LISTENed with listenSQL) and topic, and
 // waits (up to ctx) until the channel is LISTENed, so that nothing committed after listen
 // returns goes unnoticed. It returns an error when LISTEN could not be run; the
-// subscription then relies on polling.
+// subscription then relies on polling. A dialect without notifications (SQL Server) has no
+// channel (""): nothing is LISTENed, no connection is taken, and the subscription polls.
 func (h *hub) listen(ctx context.Context, channel, listenSQL, topic string, sub *subscription) error {
+	if channel == "" || listenSQL == "" {
+		return nil
+	}
 	h.mu.Lock()
 	if h.ctx.Err() != nil {
 		h.mu.Unlock()

@@ -67,7 +67,7 @@ type Dialect interface {
 	DeadLetterOutgoing() string
 
 	// MaxParams is the most bind parameters one statement may carry (65535 on PostgreSQL,
-	// 2100 on SQL Server).
+	// 2098 on SQL Server: 2100 per request, less sp_executesql's own two).
 	MaxParams() int
 	// IsMissingTable reports whether err says that a table or the schema does not exist
 	// (PostgreSQL SQLSTATE 42P01 / 3F000; SQL Server errors 208, 2812, 2715): the tables were

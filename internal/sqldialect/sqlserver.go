@@ -232,8 +232,9 @@ func (m *sqlserver) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, 
 		m.StringList(exceptionMessage), m.StringList(exceptionText), m.StringList(source)}
 }
 
-// MaxParams: SQL Server accepts at most 2100 parameters per request.
-func (m *sqlserver) MaxParams() int { return 2100 }
+// MaxParams: SQL Server accepts at most 2100 parameters per request, and go-mssqldb sends a
+// parameterised statement through sp_executesql, whose @stmt and @params count among them.
+func (m *sqlserver) MaxParams() int { return 2098 }
 
 // IsMissingTable: error 208 "Invalid object name", 2812 "Could not find stored procedure",
 // 2715 "Column, parameter, or variable: Cannot find data type" (EnvelopeIdList missing).
