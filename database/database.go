@@ -135,3 +135,37 @@ func InTx(ctx context.Context, db interface {
 	}
 	return tx.Commit(ctx)
 }
+
+// FirstStatementBeginner is an optional capability of a DB: BeginExec starts a transaction
+// and runs its first statement in one round trip to the database (BEGIN and the statement
+// pipelined), instead of two. FromPgx pools have it; use the package function BeginExec,
+// which falls back to Begin then Exec for any other DB.
+type FirstStatementBeginner interface {
+	// BeginExec starts a transaction (READ COMMITTED, the database default), runs query in
+	// it and returns the transaction and the number of rows the statement affected. When the
+	// statement fails the transaction is rolled back and a nil Tx is returned with the error.
+	BeginExec(ctx context.Context, query string, args ...any) (Tx, int64, error)
+}
+
+// BeginExec starts a transaction on db and runs query as its first statement, in one round
+// trip when db implements FirstStatementBeginner (FromPgx pools do), else as Begin then Exec.
+// It returns the transaction and the rows the statement affected; when the statement fails the
+// transaction is rolled back and a nil Tx is returned with the error, so the caller has
+// nothing to end.
+func BeginExec(ctx context.Context, db interface {
+	Begin(ctx context.Context) (Tx, error)
+}, query string, args ...any) (Tx, int64, error) {
+	if b, ok := db.(FirstStatementBeginner); ok {
+		return b.BeginExec(ctx, query, args...)
+	}
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	n, err := tx.Exec(ctx, query, args...)
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, 0, err
+	}
+	return tx, n, nil
+}

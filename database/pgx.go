@@ -37,6 +37,97 @@ func (d pgxDB) Begin(ctx context.Context) (Tx, error) {
 	return pgxTx{tx}, nil
 }
 
+var _ FirstStatementBeginner = pgxDB{}
+
+// BeginExec acquires a connection and sends BEGIN and query in one pipelined round trip
+// (a pgx batch, in the pool's query exec mode). The transaction it returns drives COMMIT and
+// ROLLBACK on that connection itself and gives the connection back to the pool when it ends.
+func (d pgxDB) BeginExec(ctx context.Context, query string, args ...any) (Tx, int64, error) {
+	c, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, 2)}
+	b.Queue("begin")
+	b.Queue(query, args...)
+	br := c.SendBatch(ctx, b)
+	_, err = br.Exec()
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		pc := c.Conn().PgConn()
+		if !pc.IsClosed() && !pc.IsBusy() && pc.TxStatus() != 'I' {
+			_, _ = c.Exec(context.WithoutCancel(ctx), "rollback")
+		}
+		c.Release() // a connection left in a transaction or busy is destroyed by the pool
+		return nil, 0, err
+	}
+	return &pgxConnTx{c: c}, tag.RowsAffected(), nil
+}
+
+// pgxConnTx is a transaction opened by BeginExec on an acquired connection.
+type pgxConnTx struct{ c *pgxpool.Conn }
+
+func (t *pgxConnTx) conn() (*pgxpool.Conn, error) {
+	if t.c == nil {
+		return nil, pgx.ErrTxClosed
+	}
+	return t.c, nil
+}
+
+func (t *pgxConnTx) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	c, err := t.conn()
+	if err != nil {
+		return 0, err
+	}
+	return pgxExec(ctx, c, query, args)
+}
+
+func (t *pgxConnTx) Query(ctx context.Context, query string, args ...any) (Rows, error) {
+	c, err := t.conn()
+	if err != nil {
+		return nil, err
+	}
+	return pgxQuery(ctx, c, query, args)
+}
+
+// Commit sends COMMIT and releases the connection. As pgx.Tx.Commit, a transaction that
+// failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback.
+func (t *pgxConnTx) Commit(ctx context.Context) error {
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	t.c = nil
+	tag, err := c.Exec(ctx, "commit")
+	c.Release() // destroyed by the pool unless idle and healthy
+	if err != nil {
+		return err
+	}
+	if tag.String() != "COMMIT" {
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
+}
+
+// Rollback sends ROLLBACK and releases the connection. After Commit or Rollback it returns
+// pgx.ErrTxClosed, as pgx.Tx does.
+func (t *pgxConnTx) Rollback(ctx context.Context) error {
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	t.c = nil
+	_, err = c.Exec(ctx, "rollback")
+	c.Release()
+	return err
+}
+
 func (d pgxDB) Acquire(ctx context.Context) (Conn, error) {
 	c, err := d.pool.Acquire(ctx)
 	if err != nil {

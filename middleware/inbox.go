@@ -181,21 +181,18 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 	orig := msg.Context()
 	handler := message.HandlerNameFromCtx(orig)
 	topic := message.SubscribeTopicFromCtx(orig)
-	tx, err := in.db.Begin(orig)
-	if err != nil {
-		return nil, in.errorf(msg, "begin transaction", err)
-	}
+	// BEGIN and the mark go to the database in one round trip where the driver allows it
+	// (database.BeginExec): the mark is the transaction's first statement.
+	tx, kind, id, err := in.beginMarked(orig, msg, handler, topic)
 	finished := false
 	defer func() {
 		msg.SetContext(orig)
-		if !finished { // an error, a duplicate, or a panic: nothing of this attempt stays
+		if tx != nil && !finished { // an error, a duplicate, or a panic: nothing of this attempt stays
 			_ = tx.Rollback(context.WithoutCancel(orig))
 		}
 	}()
-
-	kind, id, err := in.mark(orig, tx, msg, handler, topic)
 	if err != nil {
-		return nil, in.errorf(msg, "record the message as handled", err)
+		return nil, in.errorf(msg, "begin a transaction and record the message as handled", err)
 	}
 	if kind == markDuplicate {
 		in.logger.Debug("Inbox: message handled before, acknowledged without running the handler", watermill.LogFields{
@@ -254,43 +251,53 @@ func (in *Inbox) errorf(msg *message.Message, op string, err error) error {
 	return fmt.Errorf("watermill-jasper inbox %q: message %s: %s: %w", in.config.ConsumerName, msg.UUID, op, err)
 }
 
-// mark records the message as handled inside tx, first of all, and says how.
-func (in *Inbox) mark(ctx context.Context, tx database.Tx, msg *message.Message, handler, topic string) (markKind, uuid.UUID, error) {
+// beginMarked starts the inbox transaction with the mark as its first statement and says
+// how the message was marked. The returned Tx, when not nil, is the caller's to end, also
+// when err is not nil.
+func (in *Inbox) beginMarked(ctx context.Context, msg *message.Message, handler, topic string) (database.Tx, markKind, uuid.UUID, error) {
 	if id, ok := ownRowID(msg, topic); ok {
-		kind, err := in.markOwnRow(ctx, tx, id, topic)
+		tx, n, err := database.BeginExec(ctx, in.db, in.dialect.MarkIncomingHandled(), in.codec.Arg(id), topic, in.keepMS)
+		if err != nil {
+			return nil, 0, id, err
+		}
+		if n == 1 {
+			return tx, markOwnRow, id, nil
+		}
+		kind, err := in.ownRowStatus(ctx, tx, id, topic)
 		if err != nil || kind != markKeyed {
-			return kind, id, err
+			return tx, kind, id, err
 		}
 		// No row of this topic with that id: the metadata came along from elsewhere (a
 		// relayed message keeps its envelope id); fall back to a keyed mark.
+		key := InboxKey(in.config.ConsumerName, handler, msg.UUID)
+		n, err = tx.Exec(ctx, in.dialect.InsertHandled(), in.markArgs(msg, topic, key)...)
+		return tx, keyedKind(n), key, err
 	}
-	id := InboxKey(in.config.ConsumerName, handler, msg.UUID)
-	e := in.markEnvelope(msg, topic)
-	e.ID = id
-	args := e.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+1), in.codec)
-	n, err := tx.Exec(ctx, in.dialect.InsertHandled(), append(args, in.keepMS)...)
-	if err != nil {
-		return 0, id, err
-	}
-	if n == 0 {
-		return markDuplicate, id, nil
-	}
-	return markKeyed, id, nil
+	key := InboxKey(in.config.ConsumerName, handler, msg.UUID)
+	tx, n, err := database.BeginExec(ctx, in.db, in.dialect.InsertHandled(), in.markArgs(msg, topic, key)...)
+	return tx, keyedKind(n), key, err
 }
 
-// markOwnRow marks the incoming row a subscriber of this library delivered. It returns
-// markOwnRow when marked, markDuplicate when the row exists but cannot be marked (handled
-// already, or in the hands of another delivery), markKeyed when there is no such row.
-func (in *Inbox) markOwnRow(ctx context.Context, tx database.Tx, id uuid.UUID, topic string) (markKind, error) {
-	n, err := tx.Exec(ctx, in.dialect.MarkIncomingHandled(), in.codec.Arg(id), topic, in.keepMS)
-	if err != nil {
-		return 0, err
+func keyedKind(inserted int64) markKind {
+	if inserted == 0 {
+		return markDuplicate
 	}
-	if n == 1 {
-		return markOwnRow, nil
-	}
+	return markKeyed
+}
+
+// markArgs are the bind values of InsertHandled for the mark row id of msg.
+func (in *Inbox) markArgs(msg *message.Message, topic string, id uuid.UUID) []any {
+	e := in.markEnvelope(msg, topic)
+	e.ID = id
+	return append(e.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+1), in.codec), in.keepMS)
+}
+
+// ownRowStatus says, after MarkIncomingHandled marked no row, why: markDuplicate when the
+// row exists but cannot be marked (handled already, or in the hands of another delivery),
+// markKeyed when there is no such row.
+func (in *Inbox) ownRowStatus(ctx context.Context, tx database.Tx, id uuid.UUID, topic string) (markKind, error) {
 	var status string
-	err = database.QueryRow(ctx, tx, in.dialect.IncomingStatus(), []any{in.codec.Arg(id), topic}, &status)
+	err := database.QueryRow(ctx, tx, in.dialect.IncomingStatus(), []any{in.codec.Arg(id), topic}, &status)
 	switch {
 	case errors.Is(err, database.ErrNoRows):
 		return markKeyed, nil

@@ -1,0 +1,153 @@
+package database_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+)
+
+// BeginExec: BEGIN and the first statement in one round trip on pgx, Begin then Exec on
+// database/sql; a failing first statement leaves no transaction and no busy connection.
+func TestBeginExec(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := testdb.Schema(t)
+	table := fmt.Sprintf(`"%s".t`, s)
+	if _, err := testdb.Pool(t).Exec(ctx, `CREATE TABLE `+table+` (id int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, testdb.PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	pgxDB := database.FromPgx(pool)
+	if _, ok := pgxDB.(database.FirstStatementBeginner); !ok {
+		t.Fatal("FromPgx does not implement FirstStatementBeginner")
+	}
+	stdDB, err := database.FromStdSQL(testdb.StdDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	insert := `INSERT INTO ` + table + ` (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
+	strict := `INSERT INTO ` + table + ` (id) VALUES ($1)`
+	count := func(id int) int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE id = $1`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for i, c := range []struct {
+		name string
+		db   database.DB
+	}{{"pgx", pgxDB}, {"database/sql", stdDB}} {
+		base := 100 * (i + 1)
+		t.Run(c.name, func(t *testing.T) {
+			// Committed with a second statement.
+			tx, n, err := database.BeginExec(ctx, c.db, insert, base+1)
+			if err != nil || n != 1 {
+				t.Fatalf("BeginExec: %d, %v", n, err)
+			}
+			if _, err := tx.Exec(ctx, insert, base+2); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if count(base+1) != 1 || count(base+2) != 1 {
+				t.Fatal("committed rows missing")
+			}
+			// ON CONFLICT DO NOTHING: 0 rows, then rolled back.
+			tx, n, err = database.BeginExec(ctx, c.db, insert, base+1)
+			if err != nil || n != 0 {
+				t.Fatalf("BeginExec of a duplicate: %d, %v", n, err)
+			}
+			if _, err := tx.Exec(ctx, insert, base+3); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if count(base+3) != 0 {
+				t.Fatal("rolled back row exists")
+			}
+			// A failing first statement: nil Tx, the error, nothing left open.
+			tx, _, err = database.BeginExec(ctx, c.db, strict, base+1)
+			var pgErr *pgconn.PgError
+			if tx != nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+				t.Fatalf("BeginExec of a failing statement: tx %v, err %v", tx, err)
+			}
+			// A statement failing later: Commit reports the rollback.
+			tx, _, err = database.BeginExec(ctx, c.db, insert, base+4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, strict, base+1); err == nil {
+				t.Fatal("duplicate insert did not fail")
+			}
+			if err := tx.Commit(ctx); err == nil {
+				t.Fatal("Commit of a failed transaction returned nil")
+			}
+			if count(base+4) != 0 {
+				t.Fatal("row of a failed transaction exists")
+			}
+		})
+	}
+	// pgx specifics: errors as pgx.Tx's, and every connection back in the pool.
+	tx, _, err := database.BeginExec(ctx, pgxDB, insert, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, strict, 101); err == nil {
+		t.Fatal("duplicate insert did not fail")
+	}
+	if err := tx.Commit(ctx); !errors.Is(err, pgx.ErrTxCommitRollback) {
+		t.Errorf("Commit of a failed transaction: %v, want pgx.ErrTxCommitRollback", err)
+	}
+	if err := tx.Commit(ctx); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Errorf("second Commit: %v, want pgx.ErrTxClosed", err)
+	}
+	if err := tx.Rollback(ctx); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Errorf("Rollback after Commit: %v, want pgx.ErrTxClosed", err)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections still acquired", n)
+	}
+	// Connections given back after a failed first statement are usable (not left in an
+	// aborted transaction).
+	for i := range 2 * int(pool.Config().MaxConns) {
+		if _, _, err := database.BeginExec(ctx, pgxDB, strict, 101); err == nil {
+			t.Fatal("duplicate insert did not fail")
+		}
+		tx, _, err := database.BeginExec(ctx, pgxDB, insert, 1000+i)
+		if err != nil {
+			t.Fatalf("BeginExec after a failed one: %v", err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections still acquired", n)
+	}
+	// A cancelled context: an error, and the connection is not handed out again mid-transaction.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if tx, _, err := database.BeginExec(cctx, pgxDB, insert, 5000); err == nil || tx != nil {
+		t.Errorf("BeginExec with a cancelled context: %v, %v", tx, err)
+	}
+	if tx, _, err := database.BeginExec(ctx, pgxDB, insert, 5001); err != nil {
+		t.Fatal(err)
+	} else if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
