@@ -15,16 +15,20 @@ var benchInbox = spec{
 	summary: "measure the inbox middleware against the same handler without it and behind Watermill's Deduplicator",
 	description: "The same handler (one business transaction per message: an INSERT into a table with a uuid " +
 		"primary key) runs behind a Watermill router (a) without deduplication, in its own transaction, " +
-		"(b) behind this library's inbox, its INSERT in the inbox transaction with the Handled mark, and (c) behind " +
-		"Watermill's in-memory Deduplicator keyed on the message UUID. It measures the handled messages per " +
-		"second with --in-flight messages in flight, and the send -> ack latency at a steady --rate; the " +
-		"business transaction alone, in --in-flight goroutines without a router, is the ceiling. Every leg " +
-		"works in a fresh schema that is dropped at its end.\n\nProgress goes to stderr; the tables and, last, " +
-		"one RESULT line (inbox_msgs_per_s, inbox_p99_added_ms = the inbox's p99 minus the plain handler's, ...) " +
-		"go to stdout.",
+		"(b) behind this library's inbox, its INSERT in the inbox transaction with the Handled mark (BEGIN and " +
+		"the mark pipelined in one round trip), (c) the same with BEGIN sent apart, as on a database/sql handle, " +
+		"and (d) behind Watermill's in-memory Deduplicator keyed on the message UUID. It measures the handled " +
+		"messages per second with --in-flight messages in flight (and the round trips per message), and the " +
+		"send -> ack latency at a steady --rate (with the p99 of pool acquire, BEGIN and COMMIT and the GCs). " +
+		"Two raw loops in --in-flight goroutines without a router give the limits: the business transaction " +
+		"alone (the ceiling) and the inbox's statements alone (BEGIN; INSERT mark; INSERT; COMMIT). Every leg " +
+		"runs --runs times in a rotated order, each in a fresh schema dropped at its end; the report gives " +
+		"medians, ratios taken within a run.\n\nProgress goes to stderr; the tables and, last, one RESULT line " +
+		"(inbox_msgs_per_s, inbox_p99_added_ms = the median of each run's inbox p99 minus its plain handler's " +
+		"p99, ...) go to stdout.",
 	examples: []string{
 		"bench inbox --dsn postgres://postgres@127.0.0.1:5432/test",
-		"bench inbox --in-flight 8 --rate 1000 --duration 10s",
+		"bench inbox --in-flight 8 --rate 1000 --duration 10s --runs 5",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
 		var db dbFlags
@@ -36,6 +40,8 @@ var benchInbox = spec{
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultInboxRate, "steady rate of the latency legs, in `MSG/S`")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultInboxLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultInboxPayload, "payload size in `BYTES` (at least 36: it starts with the message UUID)")
+		fs.IntVar(&cfg.Runs, "runs", bench.DefaultInboxRuns, "repeat every leg `N` times (in a rotated order) and report the medians")
+		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
 		return func(ctx context.Context, e *env, _ []string) error {
 			dsn, err := db.DSN()
 			if err != nil {
@@ -49,12 +55,17 @@ var benchInbox = spec{
 				return usageErrorf("bench inbox needs PostgreSQL: give a postgres:// --dsn")
 			}
 			switch {
-			case cfg.InFlight < 1, cfg.Rate < 1, cfg.Payload < 1:
-				return usageErrorf("--in-flight, --rate and --payload must be positive")
+			case cfg.InFlight < 1, cfg.Rate < 1, cfg.Payload < 1, cfg.Runs < 1:
+				return usageErrorf("--in-flight, --rate, --payload and --runs must be positive")
 			case cfg.Duration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:
 				return usageErrorf("--duration and --latency-duration must be at least 100ms")
 			}
 			cfg.DSN = dsn
+			stop, err := startCPUProfile(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer stop()
 			res, err := bench.RunInbox(ctx, cfg, e.stderr)
 			if err != nil {
 				return redactError(err, dsn)

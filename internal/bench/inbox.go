@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -25,7 +26,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -36,6 +40,7 @@ const (
 	DefaultInboxRate            = 1000
 	DefaultInboxLatencyDuration = 5 * time.Second
 	DefaultInboxPayload         = 256
+	DefaultInboxRuns            = 3
 )
 
 // InboxBenchConfig configures RunInbox. Zero values take the defaults above.
@@ -52,6 +57,9 @@ type InboxBenchConfig struct {
 	LatencyDuration time.Duration
 	// Payload size in bytes.
 	Payload int
+	// Runs is how many times every leg runs (in a rotated order, so that a slow spell of the
+	// machine does not always hit the same variant); the report gives the medians.
+	Runs int
 }
 
 func (c InboxBenchConfig) withDefaults() InboxBenchConfig {
@@ -70,6 +78,9 @@ func (c InboxBenchConfig) withDefaults() InboxBenchConfig {
 	if c.Payload == 0 {
 		c.Payload = DefaultInboxPayload
 	}
+	if c.Runs == 0 {
+		c.Runs = DefaultInboxRuns
+	}
 	return c
 }
 
@@ -85,6 +96,8 @@ func (c InboxBenchConfig) validate() error {
 		return errors.New("bench inbox: durations must be at least 100ms")
 	case c.Payload < 1:
 		return fmt.Errorf("bench inbox: payload must be at least 1 byte (got %d)", c.Payload)
+	case c.Runs < 1 || c.Runs > 100:
+		return fmt.Errorf("bench inbox: runs must be 1..100 (got %d)", c.Runs)
 	}
 	return nil
 }
@@ -93,14 +106,21 @@ func (c InboxBenchConfig) validate() error {
 const (
 	InboxVariantPlain        = "no dedup"
 	InboxVariantInbox        = "inbox"
+	InboxVariantInboxApart   = "inbox, BEGIN apart"
 	InboxVariantDeduplicator = "Watermill Deduplicator"
 )
+
+// inboxVariants are the router legs, in their first run's order.
+var inboxVariants = []string{InboxVariantPlain, InboxVariantInbox, InboxVariantInboxApart, InboxVariantDeduplicator}
 
 // InboxThroughput is one throughput leg: handled messages per second with InFlight in flight.
 type InboxThroughput struct {
 	Variant  string
 	MsgsPerS float64
 	Handled  int64
+	// RoundTrips is the requests written to PostgreSQL per message (socket writes; pgx
+	// writes a statement, or a pipelined batch, in one).
+	RoundTrips float64
 }
 
 // InboxLatency is one latency leg: send -> ack latency at a steady rate.
@@ -109,19 +129,36 @@ type InboxLatency struct {
 	Sent          int
 	Rate          float64
 	P50, P99, Max time.Duration
+	Phases        InboxPhases
 }
 
-// InboxResult is the outcome of RunInbox.
+// InboxRun is one run of every leg.
+type InboxRun struct {
+	// CeilingTPS is the business transaction alone (BEGIN; INSERT; COMMIT), InFlight
+	// goroutines, no router.
+	CeilingTPS float64
+	// RawInboxTPS is the inbox's statements alone (BEGIN; INSERT mark; INSERT; COMMIT),
+	// InFlight goroutines, no router: what committing them costs on this machine.
+	RawInboxTPS float64
+	Throughput  []InboxThroughput
+	Latency     []InboxLatency
+	// CPUPressure is the share of the run's time some task of the machine waited for a CPU
+	// (Linux PSI "some", the benchmark's own load included; 0 where unknown).
+	CPUPressure float64
+}
+
+// InboxResult is the outcome of RunInbox: every run, and the medians over the runs.
 type InboxResult struct {
 	Config InboxBenchConfig
-	// CeilingTPS is the business transaction alone, InFlight goroutines, no router: the
-	// physical limit.
-	CeilingTPS float64
-	Throughput []InboxThroughput
-	Latency    []InboxLatency
+	Runs   []InboxRun
+	// Medians over the runs.
+	CeilingTPS  float64
+	RawInboxTPS float64
+	Throughput  []InboxThroughput
+	Latency     []InboxLatency
 }
 
-func (r InboxResult) throughput(v string) InboxThroughput {
+func (r InboxRun) throughput(v string) InboxThroughput {
 	for _, t := range r.Throughput {
 		if t.Variant == v {
 			return t
@@ -130,7 +167,7 @@ func (r InboxResult) throughput(v string) InboxThroughput {
 	return InboxThroughput{Variant: v}
 }
 
-func (r InboxResult) latency(v string) InboxLatency {
+func (r InboxRun) latency(v string) InboxLatency {
 	for _, l := range r.Latency {
 		if l.Variant == v {
 			return l
@@ -139,49 +176,156 @@ func (r InboxResult) latency(v string) InboxLatency {
 	return InboxLatency{Variant: v}
 }
 
-// P99Added is the inbox's p99 latency minus the plain handler's, at the steady rate.
-func (r InboxResult) P99Added() time.Duration {
-	return r.latency(InboxVariantInbox).P99 - r.latency(InboxVariantPlain).P99
+func (r InboxResult) throughput(v string) InboxThroughput {
+	return InboxRun{Throughput: r.Throughput}.throughput(v)
 }
 
-// ResultLine is the machine-readable summary.
+func (r InboxResult) latency(v string) InboxLatency {
+	return InboxRun{Latency: r.Latency}.latency(v)
+}
+
+// p99Added is one run's p99 of variant v minus the plain handler's p99, both measured in
+// that run.
+func (r InboxRun) p99Added(v string) time.Duration {
+	return r.latency(v).P99 - r.latency(InboxVariantPlain).P99
+}
+
+// P99Added is the median over the runs of the inbox's p99 minus the plain handler's p99 of
+// the same run, at the steady rate.
+func (r InboxResult) P99Added() time.Duration { return r.p99AddedOf(InboxVariantInbox) }
+
+func (r InboxResult) p99AddedOf(v string) time.Duration {
+	return medianDuration(r.Runs, func(run InboxRun) time.Duration { return run.p99Added(v) })
+}
+
+// OfCeiling is the median over the runs of variant v's msg/s divided by the business
+// transaction ceiling of the same run.
+func (r InboxResult) OfCeiling(v string) float64 {
+	return medianFloat(r.Runs, func(run InboxRun) float64 { return ratio(run.throughput(v).MsgsPerS, run.CeilingTPS) })
+}
+
+// OfRawInbox is the median over the runs of variant v's msg/s divided by the raw inbox
+// transactions of the same run.
+func (r InboxResult) OfRawInbox(v string) float64 {
+	return medianFloat(r.Runs, func(run InboxRun) float64 { return ratio(run.throughput(v).MsgsPerS, run.RawInboxTPS) })
+}
+
+func ratio(a, b float64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}
+
+func medianFloat(runs []InboxRun, f func(InboxRun) float64) float64 {
+	if len(runs) == 0 {
+		return 0
+	}
+	xs := make([]float64, len(runs))
+	for i, r := range runs {
+		xs[i] = f(r)
+	}
+	sort.Float64s(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2]
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+}
+
+func medianDuration(runs []InboxRun, f func(InboxRun) time.Duration) time.Duration {
+	return time.Duration(medianFloat(runs, func(r InboxRun) float64 { return float64(f(r)) }))
+}
+
+// summarize fills the medians from the runs.
+func (r *InboxResult) summarize() {
+	r.CeilingTPS = medianFloat(r.Runs, func(run InboxRun) float64 { return run.CeilingTPS })
+	r.RawInboxTPS = medianFloat(r.Runs, func(run InboxRun) float64 { return run.RawInboxTPS })
+	r.Throughput, r.Latency = nil, nil
+	for _, v := range inboxVariants {
+		r.Throughput = append(r.Throughput, InboxThroughput{
+			Variant:    v,
+			MsgsPerS:   medianFloat(r.Runs, func(run InboxRun) float64 { return run.throughput(v).MsgsPerS }),
+			Handled:    int64(medianFloat(r.Runs, func(run InboxRun) float64 { return float64(run.throughput(v).Handled) })),
+			RoundTrips: medianFloat(r.Runs, func(run InboxRun) float64 { return run.throughput(v).RoundTrips }),
+		})
+		md := func(f func(InboxLatency) time.Duration) time.Duration {
+			return medianDuration(r.Runs, func(run InboxRun) time.Duration { return f(run.latency(v)) })
+		}
+		r.Latency = append(r.Latency, InboxLatency{
+			Variant: v,
+			Sent:    int(medianFloat(r.Runs, func(run InboxRun) float64 { return float64(run.latency(v).Sent) })),
+			Rate:    medianFloat(r.Runs, func(run InboxRun) float64 { return run.latency(v).Rate }),
+			P50:     md(func(l InboxLatency) time.Duration { return l.P50 }),
+			P99:     md(func(l InboxLatency) time.Duration { return l.P99 }),
+			Max:     md(func(l InboxLatency) time.Duration { return l.Max }),
+			Phases: InboxPhases{
+				AcquireP99: md(func(l InboxLatency) time.Duration { return l.Phases.AcquireP99 }),
+				BeginP99:   md(func(l InboxLatency) time.Duration { return l.Phases.BeginP99 }),
+				CommitP50:  md(func(l InboxLatency) time.Duration { return l.Phases.CommitP50 }),
+				CommitP99:  md(func(l InboxLatency) time.Duration { return l.Phases.CommitP99 }),
+				GCs:        uint32(medianFloat(r.Runs, func(run InboxRun) float64 { return float64(run.latency(v).Phases.GCs) })),
+				GCPauseMax: md(func(l InboxLatency) time.Duration { return l.Phases.GCPauseMax }),
+			},
+		})
+	}
+}
+
+// ResultLine is the machine-readable summary (medians over the runs).
 func (r InboxResult) ResultLine() string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 	return fmt.Sprintf("RESULT inbox_msgs_per_s=%.0f inbox_p99_added_ms=%s plain_msgs_per_s=%.0f deduplicator_msgs_per_s=%.0f "+
-		"ceiling_tx_per_s=%.0f inbox_p99_ms=%s plain_p99_ms=%s deduplicator_p99_ms=%s in_flight=%d rate=%d",
+		"ceiling_tx_per_s=%.0f raw_inbox_tx_per_s=%.0f inbox_of_ceiling=%.2f inbox_of_raw_inbox=%.2f "+
+		"inbox_apart_msgs_per_s=%.0f inbox_apart_p99_added_ms=%s inbox_round_trips=%.2f inbox_apart_round_trips=%.2f "+
+		"inbox_p99_ms=%s plain_p99_ms=%s deduplicator_p99_ms=%s in_flight=%d rate=%d runs=%d",
 		r.throughput(InboxVariantInbox).MsgsPerS, ms(r.P99Added()), r.throughput(InboxVariantPlain).MsgsPerS,
-		r.throughput(InboxVariantDeduplicator).MsgsPerS, r.CeilingTPS,
+		r.throughput(InboxVariantDeduplicator).MsgsPerS, r.CeilingTPS, r.RawInboxTPS,
+		r.OfCeiling(InboxVariantInbox), r.OfRawInbox(InboxVariantInbox),
+		r.throughput(InboxVariantInboxApart).MsgsPerS, ms(r.p99AddedOf(InboxVariantInboxApart)),
+		r.throughput(InboxVariantInbox).RoundTrips, r.throughput(InboxVariantInboxApart).RoundTrips,
 		ms(r.latency(InboxVariantInbox).P99), ms(r.latency(InboxVariantPlain).P99), ms(r.latency(InboxVariantDeduplicator).P99),
-		r.Config.InFlight, r.Config.Rate)
+		r.Config.InFlight, r.Config.Rate, len(r.Runs))
 }
 
-// WriteTable prints the results as two tables.
+// WriteTable prints the results (medians over the runs, and each run's headline numbers).
 func (r InboxResult) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "Handler: one business transaction per message (INSERT into a table with a uuid primary key), "+
-		"%d-byte payloads, through a Watermill router.\n", r.Config.Payload)
-	fmt.Fprintf(w, "Ceiling (the same transaction, %d goroutines, no router): %.0f tx/s\n\n", r.Config.InFlight, r.CeilingTPS)
+		"%d-byte payloads, through a Watermill router. Medians of %d run(s).\n", r.Config.Payload, len(r.Runs))
+	fmt.Fprintf(w, "Ceiling (BEGIN; INSERT; COMMIT, %d goroutines, no router): %.0f tx/s\n", r.Config.InFlight, r.CeilingTPS)
+	fmt.Fprintf(w, "Raw inbox statements (BEGIN; INSERT mark; INSERT; COMMIT, %d goroutines, no router): %.0f tx/s\n\n", r.Config.InFlight, r.RawInboxTPS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "THROUGHPUT (%d in flight)\tMSG/S\tOF CEILING\n", r.Config.InFlight)
+	fmt.Fprintf(tw, "THROUGHPUT (%d in flight)\tMSG/S\tOF CEILING\tOF RAW INBOX\tROUND TRIPS/MSG\n", r.Config.InFlight)
 	for _, t := range r.Throughput {
-		pct := 0.0
-		if r.CeilingTPS > 0 {
-			pct = t.MsgsPerS * 100 / r.CeilingTPS
-		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f%%\n", t.Variant, t.MsgsPerS, pct)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f%%\t%.0f%%\t%.2f\n", t.Variant, t.MsgsPerS, 100*r.OfCeiling(t.Variant), 100*r.OfRawInbox(t.Variant), t.RoundTrips)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "LATENCY at %d msg/s (send -> ack)\tSENT\tP50\tP99\tMAX\n", r.Config.Rate)
+	fmt.Fprintf(tw, "LATENCY at %d msg/s (send -> ack)\tSENT\tP50\tP99\tP99 ADDED\tMAX\tACQUIRE P99\tBEGIN P99\tCOMMIT P50\tCOMMIT P99\tGCS\tGC PAUSE MAX\n", r.Config.Rate)
 	for _, l := range r.Latency {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", l.Variant, l.Sent, inboxMs(l.P50), inboxMs(l.P99), inboxMs(l.Max))
+		added := "-"
+		if l.Variant != InboxVariantPlain {
+			added = inboxMs(r.p99AddedOf(l.Variant))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", l.Variant, l.Sent, inboxMs(l.P50), inboxMs(l.P99), added, inboxMs(l.Max),
+			inboxMs(l.Phases.AcquireP99), inboxMs(l.Phases.BeginP99), inboxMs(l.Phases.CommitP50), inboxMs(l.Phases.CommitP99), l.Phases.GCs, inboxMs(l.Phases.GCPauseMax))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "\ninbox p99 added: %s\n", inboxMs(r.P99Added()))
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "RUN\tCPU PRESSURE\tCEILING TX/S\tRAW INBOX TX/S\tINBOX MSG/S\tAPART MSG/S\tPLAIN P99\tINBOX P99\tADDED\n")
+	for i, run := range r.Runs {
+		fmt.Fprintf(tw, "%d\t%.0f%%\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\n", i+1, 100*run.CPUPressure, run.CeilingTPS, run.RawInboxTPS,
+			run.throughput(InboxVariantInbox).MsgsPerS, run.throughput(InboxVariantInboxApart).MsgsPerS,
+			inboxMs(run.latency(InboxVariantPlain).P99), inboxMs(run.latency(InboxVariantInbox).P99), inboxMs(run.p99Added(InboxVariantInbox)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "\ninbox p99 added (median of the runs' inbox p99 - plain p99): %s\n", inboxMs(r.P99Added()))
 	return err
 }
 
@@ -204,6 +348,8 @@ type inboxEnv struct {
 	pool     *pgxpool.Pool
 	progress io.Writer
 	payload  []byte
+	writes   atomic.Int64 // requests written to PostgreSQL (writeCountingConn)
+	tracer   *inboxTracer
 }
 
 func (e *inboxEnv) logf(format string, args ...any) { fmt.Fprintf(e.progress, format+"\n", args...) }
@@ -283,8 +429,12 @@ func (l *inboxLeg) handler(variant string) (message.NoPublishHandlerFunc, []mess
 		// Keyed on the message UUID (its default, an Adler-32 of the payload, collides).
 		d := &wmmiddleware.Deduplicator{KeyFactory: func(m *message.Message) (string, error) { return m.UUID, nil }}
 		return ownTx, []message.HandlerMiddleware{d.Middleware}, nil
-	case InboxVariantInbox:
-		in, err := middleware.NewInbox(middleware.InboxConfig{DB: database.FromPgx(l.e.pool), Schema: l.cfg, ConsumerName: "bench"})
+	case InboxVariantInbox, InboxVariantInboxApart:
+		db := database.FromPgx(l.e.pool)
+		if variant == InboxVariantInboxApart {
+			db = beginApartDB{db} // no database.FirstStatementBeginner: BEGIN, then the mark
+		}
+		in, err := middleware.NewInbox(middleware.InboxConfig{DB: db, Schema: l.cfg, ConsumerName: "bench"})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -298,6 +448,10 @@ func (l *inboxLeg) handler(variant string) (message.NoPublishHandlerFunc, []mess
 	return nil, nil, fmt.Errorf("bench inbox: unknown variant %q", variant)
 }
 
+// beginApartDB hides the pgx pool's BeginExec: the inbox then sends BEGIN and its mark as two
+// round trips, as it does on a database/sql handle.
+type beginApartDB struct{ database.DB }
+
 // inboxSubscriber feeds a router: Subscribe returns the channel the leg's driver sends on.
 type inboxSubscriber struct{ ch chan *message.Message }
 
@@ -306,29 +460,112 @@ func (g inboxSubscriber) Subscribe(context.Context, string) (<-chan *message.Mes
 }
 func (g inboxSubscriber) Close() error { return nil }
 
-// withRouter runs a router with the variant's handler and calls drive with the channel to
-// send on; the router is closed afterwards.
-func (l *inboxLeg) withRouter(ctx context.Context, variant string, drive func(send chan<- *message.Message) error) error {
+// inboxWorker is one variant set up for a run: a fresh schema and, for the router variants,
+// a running router fed by send.
+type inboxWorker struct {
+	variant string
+	leg     *inboxLeg
+	// one handles one message (router variants: send it and wait for its ack) or runs one raw
+	// transaction.
+	one   func(ctx context.Context) error
+	send  chan *message.Message // router variants only
+	close func() error
+	// measured
+	handled  int64
+	elapsed  time.Duration
+	writes   int64
+	lat      []time.Duration
+	phaseRec phaseRec
+}
+
+func (w *inboxWorker) router() bool { return w.send != nil }
+
+// Names of the raw loops (no router).
+const (
+	inboxRawCeiling = "raw BEGIN; INSERT; COMMIT"
+	inboxRawInbox   = "raw BEGIN; INSERT mark; INSERT; COMMIT"
+)
+
+// newWorker sets up a variant: a router variant runs its router until close.
+func (e *inboxEnv) newWorker(ctx context.Context, variant string) (*inboxWorker, error) {
+	l, err := e.newLeg(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w := &inboxWorker{variant: variant, leg: l, close: l.close}
+	switch variant {
+	case inboxRawCeiling, inboxRawInbox:
+		w.one, err = l.rawTx(variant == inboxRawInbox)
+		if err != nil {
+			_ = l.close()
+			return nil, err
+		}
+		return w, nil
+	}
 	h, mws, err := l.handler(variant)
 	if err != nil {
-		return err
+		_ = l.close()
+		return nil, err
 	}
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: time.Minute}, watermill.NopLogger{})
 	if err != nil {
-		return err
+		_ = l.close()
+		return nil, err
 	}
-	sub := inboxSubscriber{ch: make(chan *message.Message)}
-	r.AddConsumerHandler("bench-inbox", "orders", sub, h).AddMiddleware(mws...)
+	w.send = make(chan *message.Message)
+	r.AddConsumerHandler("bench-inbox", "orders", inboxSubscriber{ch: w.send}, h).AddMiddleware(mws...)
 	runErr := make(chan error, 1)
-	go func() { runErr <- r.Run(ctx) }()
+	go func() { runErr <- r.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-r.Running():
 	case err := <-runErr:
-		return err
+		_ = l.close()
+		return nil, err
 	}
-	err = drive(sub.ch)
-	close(sub.ch)
-	return errors.Join(err, r.Close(), <-runErr)
+	w.close = func() error {
+		close(w.send)
+		return errors.Join(r.Close(), <-runErr, l.close())
+	}
+	w.one = func(ctx context.Context) error {
+		msg := e.newMessage()
+		if err := inboxSend(ctx, w.send, msg); err != nil {
+			return err
+		}
+		return inboxWaitAck(ctx, msg)
+	}
+	return w, nil
+}
+
+// rawTx returns one raw business transaction, no router: with mark set preceded by the
+// inbox's mark INSERT (the same statement and values the inbox sends), each statement its
+// own round trip (BEGIN; INSERT mark; INSERT; COMMIT).
+func (l *inboxLeg) rawTx(mark bool) (func(ctx context.Context) error, error) {
+	insert := l.insertSQL()
+	d, err := sqldialect.For(l.cfg)
+	if err != nil {
+		return nil, err
+	}
+	insertMark := d.InsertHandled()
+	keepMS := middleware.DefaultKeepFor.Milliseconds()
+	return func(ctx context.Context) error {
+		msg := l.e.newMessage()
+		return pgx.BeginFunc(ctx, l.e.pool, func(tx pgx.Tx) error {
+			if mark {
+				env, err := row.FromMessage("orders", msg, publisher.Defaults{})
+				if err != nil {
+					return err
+				}
+				env.ID = middleware.InboxKey("bench", "bench-inbox", msg.UUID)
+				env.Status, env.Body, env.Headers = schema.StatusHandled, []byte{}, nil
+				args := env.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+1), d.UUIDs())
+				if _, err := tx.Exec(ctx, insertMark, append(args, keepMS)...); err != nil {
+					return err
+				}
+			}
+			_, err := tx.Exec(ctx, insert, msg.UUID, int64(len(msg.Payload)))
+			return err
+		})
+	}, nil
 }
 
 func (e *inboxEnv) newMessage() *message.Message {
@@ -361,181 +598,109 @@ func inboxWaitAck(ctx context.Context, msg *message.Message) error {
 	}
 }
 
-// throughputLeg keeps InFlight messages in flight for a warm-up and Duration.
-func (e *inboxEnv) throughputLeg(ctx context.Context, variant string) (InboxThroughput, error) {
-	l, err := e.newLeg(ctx)
-	if err != nil {
-		return InboxThroughput{}, err
-	}
-	defer l.close()
-	res := InboxThroughput{Variant: variant}
-	err = l.withRouter(ctx, variant, func(ch chan<- *message.Message) error {
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		var handled atomic.Int64
-		var firstErr error
-		var once sync.Once
-		var wg sync.WaitGroup
-		for range e.cfg.InFlight {
-			wg.Go(func() {
-				for ctx.Err() == nil {
-					msg := e.newMessage()
-					err := inboxSend(ctx, ch, msg)
-					if err == nil {
-						err = inboxWaitAck(ctx, msg)
-					}
-					if err != nil {
-						if ctx.Err() == nil {
-							once.Do(func() { firstErr = err; cancel() })
-						}
-						return
-					}
-					handled.Add(1)
-				}
-			})
-		}
-		warm := time.NewTimer(time.Second)
-		select {
-		case <-warm.C:
-		case <-ctx.Done():
-		}
-		start, n0 := time.Now(), handled.Load()
-		measure := time.NewTimer(e.cfg.Duration)
-		select {
-		case <-measure.C:
-		case <-ctx.Done():
-		}
-		res.Handled = handled.Load() - n0
-		res.MsgsPerS = float64(res.Handled) / time.Since(start).Seconds()
-		cancel()
-		wg.Wait()
-		return firstErr
-	})
-	if err != nil {
-		return res, fmt.Errorf("bench inbox: throughput %s: %w", variant, err)
-	}
-	if variant == InboxVariantInbox {
-		var marks int64
-		if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM "+l.cfg.Qualified(schema.IncomingTable)+" WHERE status = 'Handled'").Scan(&marks); err != nil {
-			return res, err
-		}
-		e.logf("  (%d Handled marks written)", marks)
-	}
-	e.logf("throughput %-24s %8.0f msg/s (%d in %s, %d in flight)", variant, res.MsgsPerS, res.Handled, e.cfg.Duration, e.cfg.InFlight)
-	return res, nil
-}
-
-// latencyLeg sends at a steady Rate for LatencyDuration and measures send -> ack.
-func (e *inboxEnv) latencyLeg(ctx context.Context, variant string) (InboxLatency, error) {
-	l, err := e.newLeg(ctx)
-	if err != nil {
-		return InboxLatency{}, err
-	}
-	defer l.close()
-	res := InboxLatency{Variant: variant}
-	err = l.withRouter(ctx, variant, func(ch chan<- *message.Message) error {
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		n := int(float64(e.cfg.Rate) * e.cfg.LatencyDuration.Seconds())
-		warm := min(e.cfg.Rate/2, 500) // the first ones warm the connections up and are not counted
-		lat := make([]time.Duration, n+warm)
-		var firstErr error
-		var once sync.Once
-		var wg sync.WaitGroup
-		interval := time.Second / time.Duration(e.cfg.Rate)
-		start := time.Now()
-		for i := range n + warm {
-			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-				time.Sleep(d) // pacing the steady rate
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			msg := e.newMessage()
-			t0 := time.Now()
-			if err := inboxSend(ctx, ch, msg); err != nil {
-				break
-			}
-			wg.Go(func() {
-				if err := inboxWaitAck(ctx, msg); err != nil {
-					once.Do(func() { firstErr = err; cancel() })
-					return
-				}
-				lat[i] = time.Since(t0)
-			})
-		}
-		wg.Wait()
-		if firstErr != nil {
-			return firstErr
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		ls := lat[warm:]
-		res.Sent = len(ls)
-		res.Rate = float64(len(lat)) / time.Since(start).Seconds()
-		res.P50, res.P99 = inboxPercentile(ls, 0.50), inboxPercentile(ls, 0.99)
-		res.Max = ls[len(ls)-1]
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("bench inbox: latency %s: %w", variant, err)
-	}
-	e.logf("latency    %-24s p50 %s p99 %s max %s (%d at %d msg/s)", variant, inboxMs(res.P50), inboxMs(res.P99), inboxMs(res.Max), res.Sent, e.cfg.Rate)
-	return res, nil
-}
-
-// ceiling runs the business transaction alone in InFlight goroutines.
-func (e *inboxEnv) ceiling(ctx context.Context) (float64, error) {
-	l, err := e.newLeg(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer l.close()
-	insert := l.insertSQL()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var done atomic.Int64
+// saturate keeps InFlight messages (or raw transactions) of w going for warm, then measures
+// for d; the goroutines finish the message they hold and stop, so nothing of w is left in
+// flight when it returns. measure false only warms up.
+func (e *inboxEnv) saturate(ctx context.Context, w *inboxWorker, warm, d time.Duration, measure bool) error {
+	var handled atomic.Int64
+	var stop atomic.Bool
 	var firstErr error
 	var once sync.Once
+	failed := make(chan struct{})
 	var wg sync.WaitGroup
 	for range e.cfg.InFlight {
 		wg.Go(func() {
-			for ctx.Err() == nil {
-				msg := e.newMessage()
-				err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-					_, err := tx.Exec(ctx, insert, msg.UUID, int64(len(msg.Payload)))
-					return err
-				})
-				if err != nil {
-					if ctx.Err() == nil {
-						once.Do(func() { firstErr = err; cancel() })
-					}
+			for !stop.Load() {
+				if err := w.one(ctx); err != nil {
+					once.Do(func() { firstErr = err; close(failed) })
 					return
 				}
-				done.Add(1)
+				handled.Add(1)
 			}
 		})
 	}
-	warm := time.NewTimer(time.Second)
-	select {
-	case <-warm.C:
-	case <-ctx.Done():
+	sleep := func(d time.Duration) {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-failed:
+		case <-ctx.Done():
+		}
 	}
-	start, n0 := time.Now(), done.Load()
-	measure := time.NewTimer(e.cfg.Duration)
-	select {
-	case <-measure.C:
-	case <-ctx.Done():
-	}
-	tps := float64(done.Load()-n0) / time.Since(start).Seconds()
-	cancel()
+	sleep(warm)
+	start, n0, w0 := time.Now(), handled.Load(), e.writes.Load()
+	sleep(d)
+	n1, w1, elapsed := handled.Load(), e.writes.Load(), time.Since(start)
+	stop.Store(true)
 	wg.Wait()
 	if firstErr != nil {
-		return 0, fmt.Errorf("bench inbox: ceiling: %w", firstErr)
+		return fmt.Errorf("bench inbox: %s: %w", w.variant, firstErr)
 	}
-	e.logf("ceiling    %-24s %8.0f tx/s (%d goroutines, no router)", "business transaction", tps, e.cfg.InFlight)
-	return tps, nil
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if measure {
+		w.handled += n1 - n0
+		w.writes += w1 - w0
+		w.elapsed += elapsed
+	}
+	return nil
+}
+
+// steady sends to w at the steady Rate for d and records send -> ack latencies (when
+// record is set) and the driver's phases; it waits for every message it sent.
+func (e *inboxEnv) steady(ctx context.Context, w *inboxWorker, d time.Duration, record bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n := max(1, int(float64(e.cfg.Rate)*d.Seconds()))
+	lat := make([]time.Duration, n)
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	interval := time.Second / time.Duration(e.cfg.Rate)
+	if record {
+		e.tracer.record(&w.phaseRec)
+	}
+	start := time.Now()
+	for i := range n {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d) // pacing the steady rate
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		msg := e.newMessage()
+		t0 := time.Now()
+		if err := inboxSend(ctx, w.send, msg); err != nil {
+			break
+		}
+		wg.Go(func() {
+			if err := inboxWaitAck(ctx, msg); err != nil {
+				once.Do(func() { firstErr = err; cancel() })
+				return
+			}
+			lat[i] = time.Since(t0)
+		})
+	}
+	wg.Wait()
+	e.tracer.record(nil)
+	if firstErr != nil {
+		return fmt.Errorf("bench inbox: latency %s: %w", w.variant, firstErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if record {
+		w.lat = append(w.lat, lat...)
+	}
+	return nil
+}
+
+// inboxSlices splits d into slices of about a second.
+func inboxSlices(d time.Duration) (int, time.Duration) {
+	n := max(1, int((d+time.Second/2)/time.Second))
+	return n, d / time.Duration(n)
 }
 
 // RunInbox measures the inbox middleware: handler throughput with InFlight messages in flight
@@ -555,6 +720,20 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 		return res, fmt.Errorf("bench inbox: parse DSN: %w", err)
 	}
 	pcfg.MaxConns = int32(max(cfg.InFlight+4, 32))
+	e := &inboxEnv{cfg: cfg, progress: progress, tracer: &inboxTracer{}}
+	if e.progress == nil {
+		e.progress = io.Discard
+	}
+	e.payload = []byte(strings.Repeat("x", max(cfg.Payload, 36)))[:max(cfg.Payload, 36)]
+	dial := pcfg.ConnConfig.DialFunc
+	pcfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return writeCountingConn{Conn: c, writes: &e.writes}, nil
+	}
+	pcfg.ConnConfig.Tracer = e.tracer
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return res, fmt.Errorf("bench inbox: connect to PostgreSQL: %w", err)
@@ -563,27 +742,105 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 	if err := pool.Ping(ctx); err != nil {
 		return res, fmt.Errorf("bench inbox: connect to PostgreSQL: %w", err)
 	}
-	if progress == nil {
-		progress = io.Discard
-	}
-	e := &inboxEnv{cfg: cfg, pool: pool, progress: progress, payload: []byte(strings.Repeat("x", max(cfg.Payload, 36)))[:max(cfg.Payload, 36)]}
+	e.pool = pool
 
-	if res.CeilingTPS, err = e.ceiling(ctx); err != nil {
-		return res, err
-	}
-	for _, v := range []string{InboxVariantPlain, InboxVariantInbox, InboxVariantDeduplicator} {
-		t, err := e.throughputLeg(ctx, v)
+	for i := range cfg.Runs {
+		e.logf("run %d/%d", i+1, cfg.Runs)
+		run, err := e.run(ctx, i)
 		if err != nil {
 			return res, err
 		}
-		res.Throughput = append(res.Throughput, t)
-	}
-	for _, v := range []string{InboxVariantPlain, InboxVariantInbox, InboxVariantDeduplicator} {
-		l, err := e.latencyLeg(ctx, v)
-		if err != nil {
-			return res, err
+		res.Runs = append(res.Runs, run)
+		res.summarize()
+		if cfg.Runs > 1 {
+			e.logf("run %d/%d: inbox %.0f msg/s (%.0f%% of the ceiling %.0f tx/s, %.0f%% of the raw inbox %.0f tx/s), p99 added %s; medians so far: %.0f msg/s, p99 added %s",
+				i+1, cfg.Runs, run.throughput(InboxVariantInbox).MsgsPerS, 100*ratio(run.throughput(InboxVariantInbox).MsgsPerS, run.CeilingTPS), run.CeilingTPS,
+				100*ratio(run.throughput(InboxVariantInbox).MsgsPerS, run.RawInboxTPS), run.RawInboxTPS, inboxMs(run.p99Added(InboxVariantInbox)),
+				res.throughput(InboxVariantInbox).MsgsPerS, inboxMs(res.P99Added()))
 		}
-		res.Latency = append(res.Latency, l)
 	}
 	return res, nil
+}
+
+// run is one run: every variant is set up (a schema each, routers running), warmed up, then
+// measured in slices of about a second taken in turn (the order rotated every round), so
+// that every variant sees the same spells of a busy machine and the ratios compare like with
+// like: throughput slices first, then latency slices at the steady rate.
+func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
+	var p0 int64
+	var pressureOK bool
+	p0, pressureOK = cpuPressure()
+	t0 := time.Now()
+	var workers []*inboxWorker
+	defer func() {
+		for _, w := range workers {
+			err = errors.Join(err, w.close())
+		}
+	}()
+	for _, v := range append([]string{inboxRawCeiling, inboxRawInbox}, inboxVariants...) {
+		w, err := e.newWorker(ctx, v)
+		if err != nil {
+			return run, err
+		}
+		workers = append(workers, w)
+	}
+	for _, w := range workers {
+		if err := e.saturate(ctx, w, 500*time.Millisecond, 0, false); err != nil {
+			return run, err
+		}
+	}
+	rounds, slice := inboxSlices(e.cfg.Duration)
+	for r := range rounds {
+		for k := range workers {
+			w := workers[(k+r+i)%len(workers)]
+			if err := e.saturate(ctx, w, 200*time.Millisecond, slice, true); err != nil {
+				return run, err
+			}
+		}
+	}
+	var routers []*inboxWorker
+	for _, w := range workers {
+		switch {
+		case w.variant == inboxRawCeiling:
+			run.CeilingTPS = ratio(float64(w.handled), w.elapsed.Seconds())
+			e.logf("%-40s %8.0f tx/s (%d goroutines, no router)", w.variant, run.CeilingTPS, e.cfg.InFlight)
+		case w.variant == inboxRawInbox:
+			run.RawInboxTPS = ratio(float64(w.handled), w.elapsed.Seconds())
+			e.logf("%-40s %8.0f tx/s (%d goroutines, no router)", w.variant, run.RawInboxTPS, e.cfg.InFlight)
+		default:
+			t := InboxThroughput{Variant: w.variant, Handled: w.handled, MsgsPerS: ratio(float64(w.handled), w.elapsed.Seconds()),
+				RoundTrips: ratio(float64(w.writes), float64(w.handled))}
+			run.Throughput = append(run.Throughput, t)
+			routers = append(routers, w)
+			e.logf("throughput %-29s %8.0f msg/s (%d in %s, %d in flight, %.2f round trips/msg)", w.variant, t.MsgsPerS, t.Handled, w.elapsed.Round(time.Millisecond), e.cfg.InFlight, t.RoundTrips)
+		}
+	}
+	for _, w := range routers {
+		if err := e.steady(ctx, w, 300*time.Millisecond, false); err != nil { // warm at the rate
+			return run, err
+		}
+	}
+	rounds, slice = inboxSlices(e.cfg.LatencyDuration)
+	for r := range rounds {
+		for k := range routers {
+			if err := e.steady(ctx, routers[(k+r+i)%len(routers)], slice, true); err != nil {
+				return run, err
+			}
+		}
+	}
+	for _, w := range routers {
+		l := InboxLatency{Variant: w.variant, Sent: len(w.lat), Phases: w.phaseRec.phases()}
+		l.Rate = float64(e.cfg.Rate)
+		l.P50, l.P99 = inboxPercentile(w.lat, 0.50), inboxPercentile(w.lat, 0.99)
+		if len(w.lat) > 0 {
+			l.Max = w.lat[len(w.lat)-1]
+		}
+		run.Latency = append(run.Latency, l)
+		e.logf("latency    %-29s p50 %s p99 %s max %s (%d at %d msg/s; p99 acquire %s, begin %s, commit %s; %d GCs)", w.variant, inboxMs(l.P50), inboxMs(l.P99), inboxMs(l.Max), l.Sent, e.cfg.Rate,
+			inboxMs(l.Phases.AcquireP99), inboxMs(l.Phases.BeginP99), inboxMs(l.Phases.CommitP99), l.Phases.GCs)
+	}
+	if p1, ok := cpuPressure(); ok && pressureOK {
+		run.CPUPressure = float64(p1-p0) / float64(time.Since(t0).Microseconds())
+	}
+	return run, nil
 }

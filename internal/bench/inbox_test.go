@@ -18,17 +18,17 @@ func TestRunInboxTiny(t *testing.T) {
 	var progress bytes.Buffer
 	res, err := RunInbox(ctx, InboxBenchConfig{
 		DSN: testdb.PostgresDSN(), InFlight: 2, Duration: 200 * time.Millisecond,
-		Rate: 200, LatencyDuration: 300 * time.Millisecond, Payload: 64,
+		Rate: 200, LatencyDuration: 300 * time.Millisecond, Payload: 64, Runs: 1,
 	}, &progress)
 	if err != nil {
 		t.Fatalf("RunInbox: %v\n%s", err, progress.String())
 	}
-	if res.CeilingTPS <= 0 || len(res.Throughput) != 3 || len(res.Latency) != 3 {
+	if res.CeilingTPS <= 0 || res.RawInboxTPS <= 0 || len(res.Runs) != 1 || len(res.Throughput) != 4 || len(res.Latency) != 4 {
 		t.Fatalf("result %+v", res)
 	}
 	for _, th := range res.Throughput {
-		if th.MsgsPerS <= 0 {
-			t.Errorf("%s: no messages handled", th.Variant)
+		if th.MsgsPerS <= 0 || th.RoundTrips <= 0 {
+			t.Errorf("%s: no messages handled, or no round trips counted: %+v", th.Variant, th)
 		}
 	}
 	for _, l := range res.Latency {
@@ -44,7 +44,7 @@ func TestRunInboxTiny(t *testing.T) {
 	if err := res.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []string{"THROUGHPUT (2 in flight)", "LATENCY at 200 msg/s", "inbox p99 added:", InboxVariantDeduplicator} {
+	for _, w := range []string{"THROUGHPUT (2 in flight)", "LATENCY at 200 msg/s", "inbox p99 added", InboxVariantDeduplicator, InboxVariantInboxApart, "Raw inbox statements"} {
 		if !strings.Contains(table.String(), w) {
 			t.Errorf("table lacks %q:\n%s", w, table.String())
 		}
@@ -56,8 +56,8 @@ func TestRunInboxTiny(t *testing.T) {
 	if err := testdb.Pool(t).QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname = ANY($1)`, names).Scan(&left); err != nil {
 		t.Fatal(err)
 	}
-	if len(names) != 7 || left != 0 {
-		t.Errorf("%d bench schemas created, %d left; want 7 and 0", len(names), left)
+	if len(names) != 6 || left != 0 {
+		t.Errorf("%d bench schemas created, %d left; want 6 and 0 (one per variant)", len(names), left)
 	}
 	if _, err := RunInbox(ctx, InboxBenchConfig{}, nil); err == nil {
 		t.Error("RunInbox without a DSN did not fail")
