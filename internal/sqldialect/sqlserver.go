@@ -33,7 +33,8 @@ import (
 //     a table type Jasper does not have; JSON needs no schema change and keeps the order
 //     that the dead-letter lists are zipped by ([key] is the array index).
 //   - uniqueidentifier values are mssql.UniqueIdentifier (its Value and Scan swap the first
-//     three groups into SQL Server's byte order).
+//     three groups into SQL Server's byte order). go-mssqldb's "guid conversion" DSN option
+//     must stay off (its default): it would swap them a second time.
 //   - Parameters compared with varchar columns are cast to the column's type in the SQL
 //     (CAST(@p2 AS varchar(100))), so the column is not converted and its index is sought;
 //     OPENJSON lists are read WITH (... varchar(n)) for the same reason.
