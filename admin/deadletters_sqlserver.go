@@ -49,7 +49,7 @@ func sqlserverDeadLetterStatements(cfg schema.Config) deadLetterStatements {
 		return fmt.Sprintf("(NOT EXISTS (SELECT 1 FROM OPENJSON(%[1]s)) OR [id] IN (SELECT TRY_CAST(j.[value] AS uniqueidentifier) FROM OPENJSON(%[1]s) AS j))", p)
 	}
 	topic := func(p string) string {
-		return fmt.Sprintf("(%[1]s = N'' OR [received_at] = CAST(%[1]s AS varchar(100)))", p)
+		return fmt.Sprintf("(%[1]s = N'' OR ([received_at] = CAST(%[1]s AS varchar(100)) AND LEN(%[1]s) <= 100))", p)
 	}
 	older := func(p string) string {
 		return fmt.Sprintf("(%s = 0 OR COALESCE([timestamp], %s) < %s)", p, msLongAgo, msAgo(p))

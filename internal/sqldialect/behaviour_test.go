@@ -329,6 +329,17 @@ func TestBehaviourIncoming(t *testing.T) {
 			t.Fatalf("%d incoming rows left, want 3 (i2, later, other)", n)
 		}
 
+		// A topic longer than received_at (varchar(100) on SQL Server) does not match the
+		// topic named by its first 100 characters.
+		prefix := strings.Repeat("p", 100)
+		b.insertIn(inEnv(prefix, schema.StatusIncoming, nil))
+		if got := b.claimIn(5, prefix+"-longer", 10); len(got) != 0 {
+			t.Fatalf("a longer topic claimed %d envelopes of its prefix", len(got))
+		}
+		if got := b.claimIn(5, prefix, 10); len(got) != 1 {
+			t.Fatalf("claimed %d envelopes of a 100-character topic, want 1", len(got))
+		}
+
 		// Scheduled sends: due ones are deleted and returned.
 		send := inEnv(row.DurableLocalURI, schema.StatusScheduled, &past)
 		send.MessageType = row.ScheduledEnvelopeType

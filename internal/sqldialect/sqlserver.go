@@ -37,7 +37,9 @@ import (
 //     must stay off (its default): it would swap them a second time.
 //   - Parameters compared with varchar columns are cast to the column's type in the SQL
 //     (CAST(@p2 AS varchar(100))), so the column is not converted and its index is sought;
-//     OPENJSON lists are read WITH (... varchar(n)) for the same reason.
+//     OPENJSON lists are read WITH (... varchar(n)) for the same reason. Since a cast
+//     truncates, each also checks that the value fits (LEN(...) <= n): a longer topic matches
+//     nothing rather than the topic named by its prefix.
 //   - Metadata columns narrower on SQL Server than a value may be (correlation_id,
 //     parent_id, saga_id, content_type, reply_uri: varchar(100); message_type,
 //     reply_requested: varchar(250) and 100 in the dead letters; source 250) are truncated
@@ -287,8 +289,10 @@ func (m *sqlserver) ClaimOutgoing() string {
 OUTPUT %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
 WHERE o.[owner_id] = 0
-  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p2) WITH ([d] varchar(250) '$') AS x WHERE x.[d] = o.[destination])
-  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p3)) OR o.[destination] IN (SELECT y.[d] FROM OPENJSON(@p3) WITH ([d] varchar(250) '$') AS y))`,
+  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p2) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS x
+    WHERE x.[d] = o.[destination] AND LEN(x.[n]) <= 250)
+  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p3)) OR o.[destination] IN (
+    SELECT y.[d] FROM OPENJSON(@p3) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`,
 		m.out, msCols("inserted.", row.OutgoingColumns))
 }
 
@@ -351,7 +355,7 @@ func (m *sqlserver) ClaimIncoming() string {
 	return fmt.Sprintf(`UPDATE TOP (@p3) i SET [owner_id] = @p1
 OUTPUT %[2]s
 FROM %[1]s AS i WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE i.[received_at] = CAST(@p2 AS varchar(100)) AND i.[status] = 'Incoming' AND i.[owner_id] = 0`,
+WHERE i.[received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND i.[status] = 'Incoming' AND i.[owner_id] = 0`,
 		m.inc, msCols("inserted.", row.IncomingColumns))
 }
 
@@ -376,7 +380,8 @@ WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.inc)
 // ReleaseScheduled: the count is @@ROWCOUNT of the update, the next due time is measured in
 // microseconds with DATEDIFF_BIG (SQL Server 2016) and returned as float milliseconds.
 func (m *sqlserver) ReleaseScheduled() string {
-	const topics = `(NOT EXISTS (SELECT 1 FROM OPENJSON(@p1)) OR [received_at] IN (SELECT t.[t] FROM OPENJSON(@p1) WITH ([t] varchar(100) '$') AS t))`
+	const topics = `(NOT EXISTS (SELECT 1 FROM OPENJSON(@p1)) OR [received_at] IN (
+      SELECT t.[t] FROM OPENJSON(@p1) WITH ([t] varchar(100) '$', [n] nvarchar(max) '$') AS t WHERE LEN(t.[n]) <= 100))`
 	return fmt.Sprintf(`DECLARE @n bigint;
 WITH due AS (
   SELECT TOP (@p2) [status] FROM %[1]s WITH (READPAST, UPDLOCK, ROWLOCK)
@@ -478,11 +483,11 @@ func (m *sqlserver) InsertHandled() string {
 
 func (m *sqlserver) MarkIncomingHandled() string {
 	return fmt.Sprintf(`UPDATE %s SET [status] = 'Handled', [keep_until] = %s, [owner_id] = 0, [body] = 0x
-WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND [status] = 'Incoming'`, m.inc, msAddMS("@p3"))
+WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND [status] = 'Incoming'`, m.inc, msAddMS("@p3"))
 }
 
 func (m *sqlserver) IncomingStatus() string {
-	return fmt.Sprintf(`SELECT [status] FROM %s WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100))`, m.inc)
+	return fmt.Sprintf(`SELECT [status] FROM %s WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100`, m.inc)
 }
 
 func (m *sqlserver) DeleteExpiredHandled() string {
