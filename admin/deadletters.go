@@ -21,7 +21,7 @@ import (
 
 // Dead-letter tools: list, show, replay and purge the rows of jasper_dead_letters, whoever
 // wrote them (the dead-letter middleware, the forwarder, the subscriber, or .NET Jasper,
-// whose rows have no message_uuid or headers). PostgreSQL only for now.
+// whose rows have no message_uuid or headers). PostgreSQL and SQL Server.
 
 // ErrDeadLetterNotFound is wrapped by GetDeadLetter's error when no dead letter has the id.
 var ErrDeadLetterNotFound = errors.New("watermill-jasper: no such dead letter")
