@@ -263,7 +263,15 @@ func TestSQLServerProceduresTakeEnvelopeIdList(t *testing.T) {
 	if !ok || tvp.TypeName != cfg.Schema+"."+schema.EnvelopeIDList {
 		t.Fatalf("IDList = %#v, want an mssql.TVP of %s.%s", d.IDList(nil), cfg.Schema, schema.EnvelopeIDList)
 	}
-	// go-mssqldb accepts the TVP and the other bind values (its own parameter check).
+	// go-mssqldb's parameter check (CheckNamedValue) accepts every bind value. It passes a TVP
+	// through without looking at it, so the TVP's type name is checked against the rules
+	// go-mssqldb applies when it encodes one: schema.name, one dot, no quotes or semicolons.
+	if strings.Count(tvp.TypeName, ".") != 1 || strings.ContainsAny(tvp.TypeName, "'\";[]\n") {
+		t.Errorf("TVP type name %q", tvp.TypeName)
+	}
+	if rows, ok := tvp.Value.([]envelopeIDRow); !ok || len(rows) != 1 {
+		t.Errorf("TVP rows %#v", tvp.Value)
+	}
 	var conn mssql.Conn
 	for _, v := range append([]any{tvp, d.IDList(nil), d.StringList(nil), d.OwnerList([]int32{1, -2}), d.AdvisoryLockKey(-5),
 		d.UUIDs().Arg(uuid.New())}, d.DeadLetterArgs([]uuid.UUID{uuid.New()}, []string{"e"}, []string{"t"}, []string{"m"}, []string{"x"}, []string{"s"})...) {
