@@ -5,6 +5,14 @@
 // Every metadata pair is also stored verbatim (the headers extension column), so a message
 // written by this library round-trips exactly; the keys below only decide what goes into
 // Jasper's own columns, which .NET Jasper nodes read.
+//
+// Tracing: the W3C traceparent travels under the key TraceParent ("traceparent", the W3C
+// header name) through the outbox, scheduled sends, the forwarder, the subscriber and dead
+// letters, so a handler continues the producer's trace by extracting it from the delivered
+// message's metadata, e.g. with OpenTelemetry:
+// propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier(msg.Metadata)); injecting
+// the handler's span the same way into a message it publishes continues the trace further.
+// This library creates no spans and does not depend on OpenTelemetry.
 package metadata
 
 const (
@@ -19,6 +27,9 @@ const (
 	// (middleware.CorrelationIDMetadataKey).
 	CorrelationID = "correlation_id"
 	// TraceParent (W3C trace context) fills parent_id, so a trace continues across the outbox.
+	// Delivered and relayed messages carry it back under this key, also those of rows written
+	// by .NET Jasper (from parent_id). Other trace keys ("tracestate", "baggage") round-trip
+	// with every metadata pair (headers column), but no Jasper column holds them.
 	TraceParent = "traceparent"
 	// ConversationID fills conversation_id; it must be a UUID.
 	ConversationID = "jasper_conversation_id"
