@@ -107,11 +107,20 @@ const (
 	InboxVariantPlain        = "no dedup"
 	InboxVariantInbox        = "inbox"
 	InboxVariantInboxApart   = "inbox, BEGIN apart"
+	InboxVariantInboxCleanup = "inbox + cleanup"
 	InboxVariantDeduplicator = "Watermill Deduplicator"
 )
 
 // inboxVariants are the router legs, in their first run's order.
-var inboxVariants = []string{InboxVariantPlain, InboxVariantInbox, InboxVariantInboxApart, InboxVariantDeduplicator}
+var inboxVariants = []string{InboxVariantPlain, InboxVariantInbox, InboxVariantInboxApart, InboxVariantInboxCleanup, InboxVariantDeduplicator}
+
+// The cleanup variant keeps its marks inboxCleanupKeepFor and deletes the expired ones every
+// inboxCleanupEvery while it is measured, so that it deletes marks about as fast as it
+// writes them: the steady state of a long-running inbox, compressed.
+const (
+	inboxCleanupKeepFor = 2 * time.Second
+	inboxCleanupEvery   = 250 * time.Millisecond
+)
 
 // InboxThroughput is one throughput leg: handled messages per second with InFlight in flight.
 type InboxThroughput struct {
@@ -276,12 +285,14 @@ func (r InboxResult) ResultLine() string {
 	return fmt.Sprintf("RESULT inbox_msgs_per_s=%.0f inbox_p99_added_ms=%s plain_msgs_per_s=%.0f deduplicator_msgs_per_s=%.0f "+
 		"ceiling_tx_per_s=%.0f raw_inbox_tx_per_s=%.0f inbox_of_ceiling=%.2f inbox_of_raw_inbox=%.2f "+
 		"inbox_apart_msgs_per_s=%.0f inbox_apart_p99_added_ms=%s inbox_round_trips=%.2f inbox_apart_round_trips=%.2f "+
+		"inbox_cleanup_msgs_per_s=%.0f inbox_cleanup_p99_added_ms=%s "+
 		"inbox_p99_ms=%s plain_p99_ms=%s deduplicator_p99_ms=%s in_flight=%d rate=%d runs=%d",
 		r.throughput(InboxVariantInbox).MsgsPerS, ms(r.P99Added()), r.throughput(InboxVariantPlain).MsgsPerS,
 		r.throughput(InboxVariantDeduplicator).MsgsPerS, r.CeilingTPS, r.RawInboxTPS,
 		r.OfCeiling(InboxVariantInbox), r.OfRawInbox(InboxVariantInbox),
 		r.throughput(InboxVariantInboxApart).MsgsPerS, ms(r.p99AddedOf(InboxVariantInboxApart)),
 		r.throughput(InboxVariantInbox).RoundTrips, r.throughput(InboxVariantInboxApart).RoundTrips,
+		r.throughput(InboxVariantInboxCleanup).MsgsPerS, ms(r.p99AddedOf(InboxVariantInboxCleanup)),
 		ms(r.latency(InboxVariantInbox).P99), ms(r.latency(InboxVariantPlain).P99), ms(r.latency(InboxVariantDeduplicator).P99),
 		r.Config.InFlight, r.Config.Rate, len(r.Runs))
 }
@@ -359,6 +370,7 @@ type inboxLeg struct {
 	e      *inboxEnv
 	cfg    schema.Config
 	orders string
+	inbox  *middleware.Inbox // the cleanup variant's, whose Cleanup runs while it is measured
 }
 
 func (e *inboxEnv) newLeg(ctx context.Context) (*inboxLeg, error) {
@@ -429,14 +441,21 @@ func (l *inboxLeg) handler(variant string) (message.NoPublishHandlerFunc, []mess
 		// Keyed on the message UUID (its default, an Adler-32 of the payload, collides).
 		d := &wmmiddleware.Deduplicator{KeyFactory: func(m *message.Message) (string, error) { return m.UUID, nil }}
 		return ownTx, []message.HandlerMiddleware{d.Middleware}, nil
-	case InboxVariantInbox, InboxVariantInboxApart:
+	case InboxVariantInbox, InboxVariantInboxApart, InboxVariantInboxCleanup:
 		db := database.FromPgx(l.e.pool)
 		if variant == InboxVariantInboxApart {
 			db = beginApartDB{db} // no database.FirstStatementBeginner: BEGIN, then the mark
 		}
-		in, err := middleware.NewInbox(middleware.InboxConfig{DB: db, Schema: l.cfg, ConsumerName: "bench"})
+		c := middleware.InboxConfig{DB: db, Schema: l.cfg, ConsumerName: "bench"}
+		if variant == InboxVariantInboxCleanup {
+			c.KeepFor = inboxCleanupKeepFor
+		}
+		in, err := middleware.NewInbox(c)
 		if err != nil {
 			return nil, nil, err
+		}
+		if variant == InboxVariantInboxCleanup {
+			l.inbox = in
 		}
 		h := func(msg *message.Message) error {
 			tx, _ := middleware.TxFromContext(msg.Context())
@@ -476,6 +495,7 @@ type inboxWorker struct {
 	writes   int64
 	lat      []time.Duration
 	phaseRec phaseRec
+	deleted  atomic.Int64 // marks deleted by the cleanup variant
 }
 
 func (w *inboxWorker) router() bool { return w.send != nil }
@@ -608,6 +628,13 @@ func (e *inboxEnv) saturate(ctx context.Context, w *inboxWorker, warm, d time.Du
 	var once sync.Once
 	failed := make(chan struct{})
 	var wg sync.WaitGroup
+	if w.leg.inbox != nil {
+		wg.Go(func() {
+			if err := w.cleanup(ctx, &stop); err != nil {
+				once.Do(func() { firstErr = err; close(failed) })
+			}
+		})
+	}
 	for range e.cfg.InFlight {
 		wg.Go(func() {
 			for !stop.Load() {
@@ -648,6 +675,20 @@ func (e *inboxEnv) saturate(ctx context.Context, w *inboxWorker, warm, d time.Du
 	return nil
 }
 
+// cleanup deletes the expired marks of the cleanup variant every inboxCleanupEvery until
+// stop is set.
+func (w *inboxWorker) cleanup(ctx context.Context, stop *atomic.Bool) error {
+	for !stop.Load() {
+		n, err := w.leg.inbox.Cleanup(ctx)
+		if err != nil {
+			return err
+		}
+		w.deleted.Add(n)
+		time.Sleep(inboxCleanupEvery)
+	}
+	return nil
+}
+
 // steady sends to w at the steady Rate for d and records send -> ack latencies (when
 // record is set) and the driver's phases; it waits for every message it sent.
 func (e *inboxEnv) steady(ctx context.Context, w *inboxWorker, d time.Duration, record bool) error {
@@ -659,6 +700,17 @@ func (e *inboxEnv) steady(ctx context.Context, w *inboxWorker, d time.Duration, 
 	var once sync.Once
 	var wg sync.WaitGroup
 	interval := time.Second / time.Duration(e.cfg.Rate)
+	if w.leg.inbox != nil {
+		var stop atomic.Bool
+		var cwg sync.WaitGroup
+		defer cwg.Wait()
+		defer stop.Store(true)
+		cwg.Go(func() {
+			if err := w.cleanup(ctx, &stop); err != nil && ctx.Err() == nil {
+				once.Do(func() { firstErr = err; cancel() })
+			}
+		})
+	}
 	if record {
 		e.tracer.record(&w.phaseRec)
 	}
@@ -697,11 +749,20 @@ func (e *inboxEnv) steady(ctx context.Context, w *inboxWorker, d time.Duration, 
 	return nil
 }
 
-// inboxSlices splits d into slices of about a second.
-func inboxSlices(d time.Duration) (int, time.Duration) {
-	n := max(1, int((d+time.Second/2)/time.Second))
+// inboxSlices splits d into slices of about size.
+func inboxSlices(d, size time.Duration) (int, time.Duration) {
+	n := max(1, int((d+size/2)/size))
 	return n, d / time.Duration(n)
 }
+
+// Slice sizes: a throughput slice (after its 200ms warm-up) and a latency slice. Latency
+// slices are short because a stall of the machine (a 2-core box running other work) sets
+// the p99 of whichever variant it hits: at 1,000 msg/s a 50 ms stall delays 50 messages,
+// 1% of a 5 s leg. Short slices taken in turn spread the stalls evenly over the variants.
+const (
+	inboxThroughputSlice = time.Second
+	inboxLatencySlice    = 250 * time.Millisecond
+)
 
 // RunInbox measures the inbox middleware: handler throughput with InFlight messages in flight
 // and send -> ack latency at a steady Rate, through a Watermill router, for the same handler
@@ -763,9 +824,9 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 }
 
 // run is one run: every variant is set up (a schema each, routers running), warmed up, then
-// measured in slices of about a second taken in turn (the order rotated every round), so
-// that every variant sees the same spells of a busy machine and the ratios compare like with
-// like: throughput slices first, then latency slices at the steady rate.
+// measured in short slices taken in turn (the order rotated every round), so that every
+// variant sees the same spells of a busy machine and the ratios compare like with like:
+// throughput slices first, then latency slices at the steady rate.
 func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 	var p0 int64
 	var pressureOK bool
@@ -789,7 +850,7 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 			return run, err
 		}
 	}
-	rounds, slice := inboxSlices(e.cfg.Duration)
+	rounds, slice := inboxSlices(e.cfg.Duration, inboxThroughputSlice)
 	for r := range rounds {
 		for k := range workers {
 			w := workers[(k+r+i)%len(workers)]
@@ -813,6 +874,9 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 			run.Throughput = append(run.Throughput, t)
 			routers = append(routers, w)
 			e.logf("throughput %-29s %8.0f msg/s (%d in %s, %d in flight, %.2f round trips/msg)", w.variant, t.MsgsPerS, t.Handled, w.elapsed.Round(time.Millisecond), e.cfg.InFlight, t.RoundTrips)
+			if w.leg.inbox != nil {
+				e.logf("           (its cleanup deleted %d expired marks so far)", w.deleted.Load())
+			}
 		}
 	}
 	for _, w := range routers {
@@ -820,7 +884,7 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 			return run, err
 		}
 	}
-	rounds, slice = inboxSlices(e.cfg.LatencyDuration)
+	rounds, slice = inboxSlices(e.cfg.LatencyDuration, inboxLatencySlice)
 	for r := range rounds {
 		for k := range routers {
 			if err := e.steady(ctx, routers[(k+r+i)%len(routers)], slice, true); err != nil {

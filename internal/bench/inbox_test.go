@@ -23,7 +23,7 @@ func TestRunInboxTiny(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunInbox: %v\n%s", err, progress.String())
 	}
-	if res.CeilingTPS <= 0 || res.RawInboxTPS <= 0 || len(res.Runs) != 1 || len(res.Throughput) != 4 || len(res.Latency) != 4 {
+	if res.CeilingTPS <= 0 || res.RawInboxTPS <= 0 || len(res.Runs) != 1 || len(res.Throughput) != 5 || len(res.Latency) != 5 {
 		t.Fatalf("result %+v", res)
 	}
 	for _, th := range res.Throughput {
@@ -44,7 +44,7 @@ func TestRunInboxTiny(t *testing.T) {
 	if err := res.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []string{"THROUGHPUT (2 in flight)", "LATENCY at 200 msg/s", "inbox p99 added", InboxVariantDeduplicator, InboxVariantInboxApart, "Raw inbox statements"} {
+	for _, w := range []string{"THROUGHPUT (2 in flight)", "LATENCY at 200 msg/s", "inbox p99 added", InboxVariantDeduplicator, InboxVariantInboxApart, InboxVariantInboxCleanup, "Raw inbox statements"} {
 		if !strings.Contains(table.String(), w) {
 			t.Errorf("table lacks %q:\n%s", w, table.String())
 		}
@@ -56,8 +56,8 @@ func TestRunInboxTiny(t *testing.T) {
 	if err := testdb.Pool(t).QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname = ANY($1)`, names).Scan(&left); err != nil {
 		t.Fatal(err)
 	}
-	if len(names) != 6 || left != 0 {
-		t.Errorf("%d bench schemas created, %d left; want 6 and 0 (one per variant)", len(names), left)
+	if len(names) != 7 || left != 0 {
+		t.Errorf("%d bench schemas created, %d left; want 7 and 0 (one per variant)", len(names), left)
 	}
 	if _, err := RunInbox(ctx, InboxBenchConfig{}, nil); err == nil {
 		t.Error("RunInbox without a DSN did not fail")
