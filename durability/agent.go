@@ -282,8 +282,8 @@ func (a *Agent) wake() {
 
 // Run runs the jobs until Close is called or ctx is cancelled, then hands the node's
 // envelopes back and returns nil. It returns an error only when it cannot start (Run
-// called twice, or after Close). Database failures are logged and the jobs tried again at
-// their next tick; they never stop Run.
+// called twice, or after Close). Database failures are logged and the failed job tried
+// again with back-off (after 1 s, doubling, at most its period); they never stop Run.
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	switch {
@@ -409,6 +409,7 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 	t := time.NewTimer(first)
 	defer t.Stop()
 	failing := false
+	var backoff time.Duration // after a failure: how soon to try again (doubling, up to period)
 	for {
 		select {
 		case <-ctx.Done():
@@ -424,7 +425,7 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 			a.jobErrors[name]++
 			a.errMu.Unlock()
 			if !failing {
-				a.logger.Error("Durability job failed; retrying every period", err, watermill.LogFields{"job": name, "period": period.String()})
+				a.logger.Error("Durability job failed; retrying with back-off up to every period", err, watermill.LogFields{"job": name, "period": period.String()})
 			} else {
 				a.logger.Debug("Durability job failed again", watermill.LogFields{"job": name, "error": err.Error()})
 			}
@@ -439,6 +440,16 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 		d := period
 		if next > 0 && next < d {
 			d = next
+		}
+		if err != nil {
+			// A failed pass (database unreachable, too many clients, a statement timeout) is
+			// tried again soon rather than a whole period later (a minute for the
+			// reassignment): from failureRetry, doubling, never more often than that nor
+			// later than the period.
+			backoff = min(max(2*backoff, failureRetry), period)
+			d = min(d, backoff+rand.N(backoff/4+1))
+		} else {
+			backoff = 0
 		}
 		t.Reset(d)
 	}
@@ -463,6 +474,10 @@ func (a *Agent) tryLock(ctx context.Context, tx database.Tx, id int32) (bool, er
 // that did not do this schema's work, so waiting a whole period (a minute for the
 // reassignment) would be too long; trying a lock costs one short transaction.
 const skippedRetry = 500 * time.Millisecond
+
+// failureRetry is how soon a job whose pass failed runs again the first time; the wait
+// doubles with each further failure, up to the job's period.
+const failureRetry = time.Second
 
 func retryIfSkipped(skipped bool) time.Duration {
 	if !skipped {

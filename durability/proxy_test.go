@@ -290,3 +290,83 @@ func TestConnectionCutRecovers(t *testing.T) {
 		t.Errorf("gauges not sampled again after the cut: %+v", g)
 	}
 }
+
+// A pass that fails is tried again soon, not a whole period later: with the reassignment's
+// period at one hour, a pass that failed while the connection was cut runs again, and
+// succeeds, within seconds of the connection coming back.
+func TestFailedPassRetriedBeforeItsPeriod(t *testing.T) {
+	t.Parallel()
+	_, cfg := testdb.Migrated(t)
+	pc, err := pgxpool.ParseConfig(testdb.PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := tcpproxy.New(net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	p, _ := strconv.Atoi(port)
+	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
+	pc.ConnConfig.ConnectTimeout = time.Second
+	pc.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	db := database.FromPgx(pool)
+	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	agent, err := durability.NewAgent(db, node, durability.Config{
+		Schema:                         cfg,
+		FirstNodeReassignmentExecution: 0,
+		NodeReassignmentPollingTime:    time.Hour,
+		StatementTimeout:               time.Second,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed, succeeded := make(chan struct{}), make(chan struct{})
+	var failOnce, okOnce sync.Once
+	durability.SetJobHook(agent, func(job string, err error) {
+		if job != durability.JobReassignment {
+			return
+		}
+		if err != nil {
+			failOnce.Do(func() { close(failed) })
+			return
+		}
+		select {
+		case <-failed:
+			okOnce.Do(func() { close(succeeded) })
+		default:
+		}
+	})
+	proxy.Cut()
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = agent.Run(context.Background()) })
+	defer func() {
+		_ = agent.Close()
+		wg.Wait()
+	}()
+	select {
+	case <-failed:
+	case <-time.After(crashTimeout):
+		t.Fatal("the reassignment pass did not fail while the connection was cut")
+	}
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	restored := time.Now()
+	select {
+	case <-succeeded:
+		t.Logf("reassignment pass succeeded %s after the connection came back (period: 1h)", time.Since(restored))
+	case <-time.After(crashTimeout):
+		t.Fatalf("no successful reassignment pass %s after the connection came back: failed passes wait for the period", crashTimeout)
+	}
+}
