@@ -25,6 +25,15 @@ func FromStdSQL(db *sql.DB) (DB, error) {
 	return stdDB{db: db, dialect: d}, nil
 }
 
+// DialectOfStdSQL returns the dialect of a *sql.DB's driver: PostgreSQL for pgx's stdlib
+// driver, SQL Server for go-mssqldb; any other driver is an error wrapping ErrUnsupported.
+func DialectOfStdSQL(db *sql.DB) (Dialect, error) {
+	if db == nil {
+		return "", fmt.Errorf("%w: nil *sql.DB", ErrUnsupported)
+	}
+	return dialectOfDriver(db)
+}
+
 func dialectOfDriver(db *sql.DB) (Dialect, error) {
 	t := reflect.TypeOf(db.Driver())
 	for t.Kind() == reflect.Pointer {

@@ -36,8 +36,10 @@ type Defaults = row.Defaults
 // Config configures a Publisher. The zero value is usable: PostgreSQL, schema "public", the
 // outgoing table, with notifications.
 type Config struct {
-	// Schema says where the tables are. Default: PostgreSQL, Jasper's default schema.
-	// The tables must exist (`watermill-jasper schema migrate` or schema.Migrate).
+	// Schema says where the tables are. Default: Jasper's default schema, and the dialect of
+	// the handle's database when it shows (watermill-sql's pgx adapters, BeginnerFromStdSQL
+	// over a *sql.DB), else PostgreSQL: set Dialect to schema.SQLServer for a go-mssqldb
+	// *sql.Tx. The tables must exist (`watermill-jasper schema migrate` or schema.Migrate).
 	Schema schema.Config
 
 	// Table the messages are written to. Default: Outgoing.

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	stdsql "database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -81,6 +83,13 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 	if db == nil {
 		return nil, fmt.Errorf("%w: db is nil; pass sql.TxFromStdSQL(tx), sql.TxFromPgx(tx), sql.BeginnerFromStdSQL(db) or sql.BeginnerFromPgx(pool)", ErrInvalidConfig)
 	}
+	if d, ok := dialectOf(db); ok {
+		if config.Schema.Dialect == "" {
+			config.Schema.Dialect = d
+		} else if config.Schema.Dialect != d {
+			return nil, fmt.Errorf("%w: Schema.Dialect is %s but db is a %s handle", ErrInvalidConfig, config.Schema.Dialect, d)
+		}
+	}
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
 		return nil, err
@@ -102,6 +111,23 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 		logger:  logger,
 		now:     time.Now,
 	}, nil
+}
+
+// dialectOf tells the dialect of the handles whose database can be seen: watermill-sql's
+// pgx adapters and a *sql.DB behind BeginnerFromStdSQL. A *sql.Tx does not show its
+// driver: Config.Schema.Dialect says it (default PostgreSQL).
+func dialectOf(db sql.ContextExecutor) (database.Dialect, bool) {
+	switch h := db.(type) {
+	case sql.PgxBeginner, sql.PgxTx, *sql.PgxTx:
+		return database.Postgres, true
+	case sql.StdSQLBeginner:
+		if sdb, ok := h.SQLBeginner.(*stdsql.DB); ok {
+			if d, err := database.DialectOfStdSQL(sdb); err == nil {
+				return d, true
+			}
+		}
+	}
+	return "", false
 }
 
 // isTx reports whether db looks like a transaction (watermill-sql's own test).

@@ -339,9 +339,25 @@ func TestNewPublisherErrors(t *testing.T) {
 	if err := (publisher.Config{}).Validate(); err != nil {
 		t.Errorf("zero Config: %v", err)
 	}
-	// SQL Server has a dialect: the config is accepted (the executor's driver cannot be seen).
-	if _, err := publisher.NewPublisher(db, publisher.Config{Schema: schema.Config{Dialect: schema.SQLServer}}, nil); err != nil {
-		t.Errorf("SQL Server config: %v", err)
+	// A handle whose database can be seen must match the configured dialect; an empty
+	// dialect takes the handle's.
+	sqlServerCfg := publisher.Config{Schema: schema.Config{Dialect: schema.SQLServer}}
+	for name, h := range map[string]sql.ContextExecutor{"pgx pool": db, "pgx stdlib *sql.DB": sql.BeginnerFromStdSQL(testdb.StdDB(t))} {
+		if _, err := publisher.NewPublisher(h, sqlServerCfg, nil); !errors.Is(err, publisher.ErrInvalidConfig) || !strings.Contains(err.Error(), "sqlserver") {
+			t.Errorf("%s with a SQL Server config: error %v, want ErrInvalidConfig naming the mismatch", name, err)
+		}
+		if _, err := publisher.NewPublisher(h, publisher.Config{}, nil); err != nil {
+			t.Errorf("%s with no dialect: %v", name, err)
+		}
+	}
+	// A *sql.Tx does not show its driver: the configured SQL Server dialect is taken.
+	tx, err := testdb.StdDB(t).Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := publisher.NewPublisher(sql.TxFromStdSQL(tx), sqlServerCfg, nil); err != nil {
+		t.Errorf("SQL Server config on a *sql.Tx: %v", err)
 	}
 }
 

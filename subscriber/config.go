@@ -31,7 +31,7 @@ const (
 // Config configures a Subscriber. The zero value is usable: PostgreSQL, schema "public",
 // batches of 100, one message in flight, notifications on, polling every second.
 type Config struct {
-	// Schema says where the tables are. Default: PostgreSQL, Jasper's default schema. The
+	// Schema says where the tables are. Default: the database's dialect, Jasper's default schema. The
 	// tables must exist (`watermill-jasper schema migrate`, schema.Migrate, or
 	// InitializeSchema).
 	Schema schema.Config

@@ -105,6 +105,9 @@ func NewSubscriber(db database.DB, config Config, logger watermill.LoggerAdapter
 	if db == nil {
 		return nil, fmt.Errorf("%w: nil database handle (use database.FromPgx or database.FromStdSQL)", ErrInvalidConfig)
 	}
+	if config.Schema.Dialect == "" {
+		config.Schema.Dialect = db.Dialect()
+	}
 	config.setDefaults()
 	if config.Schema.Dialect != db.Dialect() {
 		return nil, fmt.Errorf("%w: config says dialect %s but the database is %s", ErrInvalidConfig, config.Schema.Dialect, db.Dialect())
