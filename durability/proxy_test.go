@@ -144,26 +144,7 @@ func TestConnectionCutRecovers(t *testing.T) {
 	const cut = 10 * time.Second
 	direct, cfg := testdb.Migrated(t)
 
-	pc, err := pgxpool.ParseConfig(testdb.PostgresDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.New(net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	host, port, _ := net.SplitHostPort(proxy.Addr())
-	p, _ := strconv.Atoi(port)
-	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
-	pc.ConnConfig.ConnectTimeout = 2 * time.Second
-	pc.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	db := database.FromPgx(pool)
+	db, proxy := proxiedDB(t, 8, 2*time.Second)
 
 	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, nil)
 	if err != nil {
@@ -297,26 +278,7 @@ func TestConnectionCutRecovers(t *testing.T) {
 func TestFailedPassRetriedBeforeItsPeriod(t *testing.T) {
 	t.Parallel()
 	_, cfg := testdb.Migrated(t)
-	pc, err := pgxpool.ParseConfig(testdb.PostgresDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := tcpproxy.New(net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	host, port, _ := net.SplitHostPort(proxy.Addr())
-	p, _ := strconv.Atoi(port)
-	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
-	pc.ConnConfig.ConnectTimeout = time.Second
-	pc.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	db := database.FromPgx(pool)
+	db, proxy := proxiedDB(t, 4, time.Second)
 	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -369,4 +331,30 @@ func TestFailedPassRetriedBeforeItsPeriod(t *testing.T) {
 	case <-time.After(crashTimeout):
 		t.Fatalf("no successful reassignment pass %s after the connection came back: failed passes wait for the period", crashTimeout)
 	}
+}
+
+// proxiedDB returns a pool of at most maxConns connections to the test database through a
+// TCP proxy the test can cut; both are closed when the test ends.
+func proxiedDB(t *testing.T, maxConns int32, connectTimeout time.Duration) (database.DB, *tcpproxy.Proxy) {
+	t.Helper()
+	pc, err := pgxpool.ParseConfig(testdb.PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := tcpproxy.New(net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	p, _ := strconv.Atoi(port)
+	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
+	pc.ConnConfig.ConnectTimeout = connectTimeout
+	pc.MaxConns = maxConns
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return database.FromPgx(pool), proxy
 }

@@ -107,28 +107,11 @@ func (p *postgres) IDList(ids []uuid.UUID) any {
 	return out
 }
 
-func values(first, n, width int) string {
-	var b strings.Builder
-	arg := first
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteByte('(')
-		for j := 0; j < width; j++ {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "$%d", arg)
-			arg++
-		}
-		b.WriteByte(')')
-	}
-	return b.String()
-}
+// pgValues renders n rows of width $N placeholders, numbered from first.
+func pgValues(first, n, width int) string { return values("$%d", first, n, width) }
 
 func (p *postgres) buildInsertOutgoing(n int) string {
-	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.out, p.outCols, values(1, n, len(row.OutgoingColumns)))
+	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.out, p.outCols, pgValues(1, n, len(row.OutgoingColumns)))
 }
 
 func (p *postgres) InsertOutgoing(n int) string {
@@ -156,7 +139,7 @@ func (p *postgres) IsMissingTable(err error) bool {
 }
 
 func (p *postgres) InsertIncoming(n int) string {
-	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, values(1, n, len(row.IncomingColumns)))
+	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, pgValues(1, n, len(row.IncomingColumns)))
 }
 
 func (p *postgres) InsertEnvelopes(outgoing, incoming int, notify bool) string {
@@ -168,8 +151,8 @@ func (p *postgres) InsertEnvelopes(outgoing, incoming int, notify bool) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "WITH o AS (INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING 1)",
-		p.out, p.outCols, values(1, outgoing, len(row.OutgoingColumns)))
-	incValues := values(1+outgoing*len(row.OutgoingColumns), incoming, len(row.IncomingColumns))
+		p.out, p.outCols, pgValues(1, outgoing, len(row.OutgoingColumns)))
+	incValues := pgValues(1+outgoing*len(row.OutgoingColumns), incoming, len(row.IncomingColumns))
 	if !notify {
 		fmt.Fprintf(&b, "\nINSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, incValues)
 		return b.String()
@@ -309,7 +292,7 @@ ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempt
 
 func (p *postgres) InsertHandled() string {
 	return fmt.Sprintf(`INSERT INTO %s (%s, keep_until) VALUES (%s, now() + $%d::bigint * interval '1 millisecond')
-ON CONFLICT (id) DO NOTHING`, p.inc, p.incCols, strings.TrimSuffix(strings.TrimPrefix(values(1, 1, len(row.IncomingColumns)), "("), ")"),
+ON CONFLICT (id) DO NOTHING`, p.inc, p.incCols, strings.TrimSuffix(strings.TrimPrefix(pgValues(1, 1, len(row.IncomingColumns)), "("), ")"),
 		len(row.IncomingColumns)+1)
 }
 

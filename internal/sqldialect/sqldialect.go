@@ -12,6 +12,7 @@ package sqldialect
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/google/uuid"
@@ -212,4 +213,26 @@ func For(cfg schema.Config) (Dialect, error) {
 		return d.(Dialect), nil
 	}
 	return nil, fmt.Errorf("%w: dialect %q", database.ErrUnsupported, cfg.Dialect)
+}
+
+// values renders n rows of width placeholders, numbered from first, each written by mark
+// ("$%d" on PostgreSQL, "@p%d" on SQL Server).
+func values(mark string, first, n, width int) string {
+	var b strings.Builder
+	arg := first
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := 0; j < width; j++ {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, mark, arg)
+			arg++
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
 }

@@ -123,25 +123,7 @@ func msCols(prefix string, cols []string) string {
 }
 
 // msValues renders n rows of width @pN placeholders, numbered from first.
-func msValues(first, n, width int) string {
-	var b strings.Builder
-	arg := first
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteByte('(')
-		for j := 0; j < width; j++ {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "@p%d", arg)
-			arg++
-		}
-		b.WriteByte(')')
-	}
-	return b.String()
-}
+func msValues(first, n, width int) string { return values("@p%d", first, n, width) }
 
 // msAddMS is now plus a bigint parameter of milliseconds (DATEADD takes int: split it).
 func msAddMS(param string) string {
