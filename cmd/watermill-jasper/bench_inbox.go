@@ -40,6 +40,7 @@ var benchInbox = spec{
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultInboxRate, "steady rate of the latency legs, in `MSG/S`")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultInboxLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultInboxPayload, "payload size in `BYTES` (at least 36: it starts with the message UUID)")
+		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultInboxRuns, "repeat every leg `N` times (in a rotated order) and report the medians")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
 		return func(ctx context.Context, e *env, _ []string) error {
@@ -55,6 +56,8 @@ var benchInbox = spec{
 				return usageErrorf("bench inbox needs PostgreSQL: give a postgres:// --dsn")
 			}
 			switch {
+			case cfg.MaxConns < 0:
+				return usageErrorf("--max-conns must be positive")
 			case cfg.InFlight < 1, cfg.Rate < 1, cfg.Payload < 1, cfg.Runs < 1:
 				return usageErrorf("--in-flight, --rate, --payload and --runs must be positive")
 			case cfg.Duration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:

@@ -57,6 +57,9 @@ type InboxBenchConfig struct {
 	LatencyDuration time.Duration
 	// Payload size in bytes.
 	Payload int
+	// MaxConns is the size of the pgx pool every variant uses. Default: InFlight + 4, at
+	// least 32 (pgxpool's own default is the greater of 4 and the CPUs).
+	MaxConns int
 	// Runs is how many times every leg runs (in a rotated order, so that a slow spell of the
 	// machine does not always hit the same variant); the report gives the medians.
 	Runs int
@@ -81,6 +84,9 @@ func (c InboxBenchConfig) withDefaults() InboxBenchConfig {
 	if c.Runs == 0 {
 		c.Runs = DefaultInboxRuns
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = max(c.InFlight+4, 32)
+	}
 	return c
 }
 
@@ -96,6 +102,8 @@ func (c InboxBenchConfig) validate() error {
 		return errors.New("bench inbox: durations must be at least 100ms")
 	case c.Payload < 1:
 		return fmt.Errorf("bench inbox: payload must be at least 1 byte (got %d)", c.Payload)
+	case c.MaxConns < 1:
+		return fmt.Errorf("bench inbox: max-conns must be positive (got %d)", c.MaxConns)
 	case c.Runs < 1 || c.Runs > 100:
 		return fmt.Errorf("bench inbox: runs must be 1..100 (got %d)", c.Runs)
 	}
@@ -300,7 +308,7 @@ func (r InboxResult) ResultLine() string {
 // WriteTable prints the results (medians over the runs, and each run's headline numbers).
 func (r InboxResult) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "Handler: one business transaction per message (INSERT into a table with a uuid primary key), "+
-		"%d-byte payloads, through a Watermill router. Medians of %d run(s).\n", r.Config.Payload, len(r.Runs))
+		"%d-byte payloads, through a Watermill router; pool of %d connections. Medians of %d run(s).\n", r.Config.Payload, r.Config.MaxConns, len(r.Runs))
 	fmt.Fprintf(w, "Ceiling (BEGIN; INSERT; COMMIT, %d goroutines, no router): %.0f tx/s\n", r.Config.InFlight, r.CeilingTPS)
 	fmt.Fprintf(w, "Raw inbox statements (BEGIN; INSERT mark; INSERT; COMMIT, %d goroutines, no router): %.0f tx/s\n\n", r.Config.InFlight, r.RawInboxTPS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -780,7 +788,7 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 	if err != nil {
 		return res, fmt.Errorf("bench inbox: parse DSN: %w", err)
 	}
-	pcfg.MaxConns = int32(max(cfg.InFlight+4, 32))
+	pcfg.MaxConns = int32(cfg.MaxConns)
 	e := &inboxEnv{cfg: cfg, progress: progress, tracer: &inboxTracer{}}
 	if e.progress == nil {
 		e.progress = io.Discard
