@@ -23,6 +23,7 @@ const (
 	Dormant
 )
 
+// String returns "alive", "dormant" or "unknown".
 func (l Liveness) String() string {
 	switch l {
 	case Alive:

@@ -12,6 +12,7 @@ var ErrPermanent = errors.New("permanent error")
 // PermanentError marks an error that retrying cannot fix (see Permanent).
 type PermanentError struct{ Err error }
 
+// Error returns the text of the wrapped error, unchanged.
 func (e *PermanentError) Error() string { return e.Err.Error() }
 
 // Unwrap returns the wrapped error.

@@ -34,6 +34,9 @@ type Difference struct {
 	Extension bool
 }
 
+// String describes the difference on one line, e.g. "wrong type
+// jasper_outgoing_envelopes.body: want bytea, got text", or "extension: missing column
+// jasper_dead_letters.replayable" for a missing extension.
 func (d Difference) String() string {
 	var b strings.Builder
 	if d.Extension {

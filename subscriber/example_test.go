@@ -1,0 +1,88 @@
+package subscriber_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+
+	"github.com/ThreeDotsLabs/watermill"
+	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/metadata"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/subscriber"
+)
+
+// A durable local queue: the publisher writes the message into jasper_incoming_envelopes
+// (Config.Table = publisher.Incoming, received_at = the topic), and the subscriber delivers
+// it. Ack deletes the row; a Nack hands it back for a retry after a back-off.
+func ExampleNewSubscriber() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, exampleDSN())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	db := database.FromPgx(pool)
+	cfg, dropSchema := exampleSchema(ctx, db)
+	defer dropSchema()
+
+	// Publish into the durable local queue "local://orders". Built on the pool, the
+	// publisher commits on its own (or joins the transaction of the message's context,
+	// publisher.WithTx).
+	pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{
+		Schema: cfg,
+		Table:  publisher.Incoming,
+	}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pub.Close()
+	if err := pub.Publish("local://orders", message.NewMessage("order-42-placed", []byte(`{"order_id":42}`))); err != nil {
+		log.Fatal(err)
+	}
+
+	sub, err := subscriber.NewSubscriber(db, subscriber.Config{Schema: cfg}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sub.Close() // flushes acks, hands back what was claimed and not acked
+	msgs, err := sub.Subscribe(ctx, "local://orders")
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	msg := <-msgs
+	fmt.Println(msg.UUID, string(msg.Payload), "earlier attempts:", msg.Metadata.Get(metadata.Attempts))
+	msg.Ack()
+	// Output: order-42-placed {"order_id":42} earlier attempts: 0
+}
+
+// exampleDSN is the PostgreSQL of the example: $DATABASE_URL, else the test database.
+func exampleDSN() string {
+	if v := os.Getenv("DATABASE_URL"); v != "" {
+		return v
+	}
+	return testdb.PostgresDSN()
+}
+
+// exampleSchema creates the Jasper tables in a fresh schema for the example, and returns
+// the function dropping it. An application runs `watermill-jasper schema migrate` (or
+// schema.Migrate) once instead.
+func exampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
+	cfg := schema.Config{Schema: testdb.RandomName("wj_example_")}
+	if err := schema.Migrate(ctx, db, cfg); err != nil {
+		log.Fatal(err)
+	}
+	return cfg, func() {
+		if _, err := db.Exec(context.Background(), `DROP SCHEMA `+cfg.QuoteIdent(cfg.Schema)+` CASCADE`); err != nil {
+			log.Print(err)
+		}
+	}
+}
