@@ -191,6 +191,7 @@ type Agent struct {
 	running chan struct{}
 
 	relocks uint64 // the node's Relocks seen last (node-check goroutine only)
+	unknown uint64 // the node's UnknownOutcomes seen last (node-check goroutine only)
 	gauges  atomic.Pointer[Gauges]
 
 	scheduledReleased, scheduledSent, deadLettered, recovered, dormantNodes atomic.Int64
@@ -236,6 +237,7 @@ func NewAgent(db database.DB, node *Node, config Config, logger watermill.Logger
 		done:      make(chan struct{}),
 		running:   make(chan struct{}),
 		relocks:   node.Relocks(),
+		unknown:   node.UnknownOutcomes(),
 		jobErrors: map[string]int64{},
 		logger: logger.With(watermill.LogFields{
 			"component": "watermill-jasper/durability", "node_id": node.ID(), "schema": d.Schema().Schema,
@@ -486,7 +488,8 @@ func retryIfSkipped(skipped bool) time.Duration {
 	return skippedRetry + rand.N(skippedRetry/2) // jittered, so that agents do not retry in step
 }
 
-// checkNode checks the node lock and, when it had to be taken again, hands back the
+// checkNode checks the node lock and, when it had to be taken again or a component reported
+// a claim whose outcome is unknown (Node.ReportUnknownOutcome), hands back the
 // envelopes still marked with this node's id.
 func (a *Agent) checkNode(ctx context.Context) (time.Duration, error) {
 	cctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
@@ -498,16 +501,20 @@ func (a *Agent) checkNode(ctx context.Context) (time.Duration, error) {
 		}
 		return 0, fmt.Errorf("node lock: %w", err)
 	}
-	r := a.node.Relocks()
-	if r == a.relocks {
+	r, u := a.node.Relocks(), a.node.UnknownOutcomes()
+	if r == a.relocks && u == a.unknown {
 		return 0, nil
+	}
+	why := "its lock was taken again"
+	if r == a.relocks {
+		why = "a claim's outcome was unknown"
 	}
 	in, out, err := a.ReleaseOwnEnvelopes(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("hand back this node's envelopes after its lock was taken again: %w", err)
+		return 0, fmt.Errorf("hand back this node's envelopes after %s: %w", why, err)
 	}
-	a.relocks = r // only once handed back; otherwise tried again at the next check
-	a.logger.Info("Node lock was lost and is held again; envelopes marked with this node handed back", watermill.LogFields{
+	a.relocks, a.unknown = r, u // only once handed back; otherwise tried again at the next check
+	a.logger.Info("Envelopes marked with this node handed back after "+why, watermill.LogFields{
 		"incoming": in, "outgoing": out,
 	})
 	return 0, nil

@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -82,6 +83,8 @@ type Node struct {
 	closed bool
 	// relocks counts the times Check took the lock again after it was lost.
 	relocks uint64
+	// unknownOutcomes counts ReportUnknownOutcome calls.
+	unknownOutcomes atomic.Uint64
 }
 
 // NewNode picks the node id (config.ID, or a random one), takes its lock on a dedicated
@@ -201,6 +204,19 @@ func (n *Node) Relocks() uint64 {
 	defer n.mu.Unlock()
 	return n.relocks
 }
+
+// ReportUnknownOutcome tells the node that a statement marking envelopes with its id (a
+// claim) failed without a readable answer (the connection was lost, it timed out, or its
+// rows could not all be read): envelopes may now carry this node's id that no local
+// component works on, and since the node's lock is held, no other node hands them back.
+// The node's durability agent hands back every envelope marked with this node's id at its
+// next node check, as after a lost lock (the batches in flight are then delivered again:
+// at least once). Forwarders and subscribers call it; it is cheap and safe for concurrent
+// use.
+func (n *Node) ReportUnknownOutcome() { n.unknownOutcomes.Add(1) }
+
+// UnknownOutcomes returns how many times ReportUnknownOutcome was called.
+func (n *Node) UnknownOutcomes() uint64 { return n.unknownOutcomes.Load() }
 
 // Close releases the node lock and gives its connection back to the pool. It is idempotent.
 // Envelopes still owned by this node keep its id; a living node's durability agent hands

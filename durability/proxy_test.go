@@ -13,6 +13,7 @@ import (
 	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -335,7 +336,7 @@ func TestFailedPassRetriedBeforeItsPeriod(t *testing.T) {
 
 // proxiedDB returns a pool of at most maxConns connections to the test database through a
 // TCP proxy the test can cut; both are closed when the test ends.
-func proxiedDB(t *testing.T, maxConns int32, connectTimeout time.Duration) (database.DB, *tcpproxy.Proxy) {
+func proxiedDB(t *testing.T, maxConns int32, connectTimeout time.Duration, configure ...func(*pgxpool.Config)) (database.DB, *tcpproxy.Proxy) {
 	t.Helper()
 	pc, err := pgxpool.ParseConfig(testdb.PostgresDSN())
 	if err != nil {
@@ -351,10 +352,105 @@ func proxiedDB(t *testing.T, maxConns int32, connectTimeout time.Duration) (data
 	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
 	pc.ConnConfig.ConnectTimeout = connectTimeout
 	pc.MaxConns = maxConns
+	for _, f := range configure {
+		f(pc)
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
 	return database.FromPgx(pool), proxy
+}
+
+// A claim that commits on the server but whose answer never reaches the forwarder (the
+// connection breaks while the reply is on its way) leaves envelopes marked with a node that
+// is alive, so no reassignment will ever hand them back. The forwarder reports the unknown
+// outcome to its node, and the node's agent hands the envelopes back at its next check: they
+// are delivered without a restart.
+func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
+	t.Parallel()
+	direct, cfg := testdb.Migrated(t)
+	// One connection, and every statement sent in one go (no prepare round trip first), so
+	// that the claim reaches the server while replies are held.
+	proxied, proxy := proxiedDB(t, 1, time.Second, func(c *pgxpool.Config) {
+		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	})
+
+	// The node and its agent work on the direct connection: their lock stays held.
+	node, err := durability.NewNode(context.Background(), direct, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	agent, err := durability.NewAgent(direct, node, durability.Config{
+		Schema:            cfg,
+		NodeCheckInterval: 100 * time.Millisecond,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memorySink{copies: map[string]int{}}
+	fwd, err := forwarder.NewForwarder(proxied, forwarder.Config{
+		// One worker that claims only when woken: its claim is the one sent while replies are held.
+		Schema: cfg, Node: node, Publisher: sink, Workers: 1, DisableNotify: true, PollInterval: time.Hour,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent.AddWaker(fwd)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = agent.Run(context.Background()) })
+	defer func() {
+		_ = fwd.Close()
+		_ = agent.Close()
+		wg.Wait()
+	}()
+
+	// The forwarder's first claim is the one whose answer is held: the envelopes are there
+	// before it starts, and the proxied pool has a connection open already (opening one
+	// needs the server's replies).
+	msgs := proxyMessages("lost-answer", 50)
+	publishDirect(t, cfg, msgs)
+	if _, err := proxied.Exec(context.Background(), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	proxy.HoldReplies()
+	wg.Go(func() { _ = fwd.Run(context.Background()) })
+	// The claim marks the envelopes on the server; its answer is held.
+	deadline := time.Now().Add(crashTimeout)
+	for owned(t, direct, cfg, node.ID()) != int64(len(msgs)) {
+		if time.Now().After(deadline) {
+			var n, o int64
+			_ = database.QueryRow(context.Background(), direct, `SELECT count(*), max(owner_id) FROM `+cfg.Qualified(schema.OutgoingTable), nil, &n, &o)
+			t.Fatalf("the forwarder did not claim the envelopes: %d rows, max owner %d, node %d, sink %d", n, o, node.ID(), len(sink.copies))
+		}
+		time.Sleep(10 * time.Millisecond) // no event tells that a held claim committed
+	}
+	proxy.Cut() // the answer is lost with the connection
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sink.reached(len(msgs)):
+	case <-time.After(crashTimeout):
+		d, _ := sink.stats()
+		t.Fatalf("%d of %d messages delivered; %d envelopes still owned by the live node %d (unknown outcomes reported: %d)",
+			d, len(msgs), owned(t, direct, cfg, node.ID()), node.ID(), node.UnknownOutcomes())
+	}
+	if node.UnknownOutcomes() == 0 {
+		t.Error("the forwarder reported no unknown outcome")
+	}
+	t.Logf("delivered after the lost answer; unknown outcomes reported: %d, handed back: %d", node.UnknownOutcomes(), agent.Stats().HandedBack)
+}
+
+// owned counts the outgoing envelopes marked with owner.
+func owned(t *testing.T, db database.DB, cfg schema.Config, owner int32) int64 {
+	t.Helper()
+	var n int64
+	if err := database.QueryRow(context.Background(), db, `SELECT count(*) FROM `+cfg.Qualified(schema.OutgoingTable)+` WHERE owner_id = $1`,
+		[]any{owner}, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -203,7 +203,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 
 	var workers sync.WaitGroup
 	for i := range f.config.Workers {
-		w := f.newWorker(ctx, i, owner, stopCtx.Done())
+		w := f.newWorker(ctx, i, node, stopCtx.Done())
 		workers.Go(func() { w.run(stopCtx) })
 	}
 	f.logger.Info("Forwarder started", watermill.LogFields{

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
 
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 )
@@ -19,6 +20,7 @@ import (
 type worker struct {
 	f      *Forwarder
 	id     int
+	node   *durability.Node
 	owner  int32
 	msgCtx context.Context // Run's context, set on every message
 	stop   <-chan struct{} // closed when the forwarder stops
@@ -58,9 +60,9 @@ func (d *deadLetters) reset() {
 		d.ids[:0], d.explanation[:0], d.typ[:0], d.message[:0], d.text[:0], d.source[:0]
 }
 
-func (f *Forwarder) newWorker(msgCtx context.Context, id int, owner int32, stop <-chan struct{}) *worker {
+func (f *Forwarder) newWorker(msgCtx context.Context, id int, node *durability.Node, stop <-chan struct{}) *worker {
 	return &worker{
-		f: f, id: id, owner: owner, msgCtx: msgCtx, stop: stop,
+		f: f, id: id, node: node, owner: node.ID(), msgCtx: msgCtx, stop: stop,
 		envs:  make([]row.Envelope, 0, f.config.BatchSize),
 		items: make([]item, 0, f.config.BatchSize),
 	}
@@ -163,6 +165,7 @@ func (w *worker) claimInto(base context.Context, excluded, only []string, limit 
 	rows, err := f.db.Query(ctx, f.dialect.ClaimOutgoing(), w.owner, f.dialect.StringList(excluded),
 		f.dialect.StringList(only), limit)
 	if err != nil {
+		w.claimFailed(err, false)
 		return 0, err
 	}
 	defer rows.Close()
@@ -171,16 +174,27 @@ func (w *worker) claimInto(base context.Context, excluded, only []string, limit 
 		e, err := row.ScanOutgoing(rows, f.uuids)
 		if err != nil {
 			f.claimed.Add(int64(len(w.envs) - before))
-			return len(w.envs) - before, fmt.Errorf("read a claimed envelope (the rest of the batch stays owned by node %d): %w", w.owner, err)
+			w.claimFailed(err, true)
+			return len(w.envs) - before, fmt.Errorf("read a claimed envelope (the rest of the batch stays owned by node %d until its agent hands it back): %w", w.owner, err)
 		}
 		w.envs = append(w.envs, e)
 	}
 	n := len(w.envs) - before
 	f.claimed.Add(int64(n))
 	if err := rows.Err(); err != nil {
-		return n, fmt.Errorf("read claimed envelopes (the rest of the batch stays owned by node %d): %w", w.owner, err)
+		w.claimFailed(err, n > 0)
+		return n, fmt.Errorf("read claimed envelopes (the rest of the batch stays owned by node %d until its agent hands it back): %w", w.owner, err)
 	}
 	return n, nil
+}
+
+// claimFailed tells the node when a failed claim may have left envelopes marked with its id
+// that this worker does not hold: the claim's answer was lost (not a statement error), or
+// rows of a committed claim were left unread (stranded).
+func (w *worker) claimFailed(err error, stranded bool) {
+	if stranded || !w.f.dialect.IsStatementError(err) {
+		w.node.ReportUnknownOutcome()
+	}
 }
 
 // process relays the claimed batch: expired envelopes are dropped, unmappable or unreadable

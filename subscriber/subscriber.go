@@ -73,6 +73,7 @@ type Subscriber struct {
 	logger  watermill.LoggerAdapter
 	hub     *hub
 	ownerID int32
+	node    *durability.Node // whose id ownerID is: told about claims with unknown outcomes
 	stmts   statements
 
 	initMu   sync.Mutex
@@ -146,6 +147,7 @@ func NewSubscriber(db database.DB, config Config, logger watermill.LoggerAdapter
 	}
 	s.hub = acquireHub(db, logger)
 	if config.Node != nil {
+		s.node = config.Node
 		s.ownerID = config.Node.ID()
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
@@ -155,6 +157,7 @@ func NewSubscriber(db database.DB, config Config, logger watermill.LoggerAdapter
 			_ = releaseHub(s.hub)
 			return nil, fmt.Errorf("watermill-jasper: subscriber: take the node lock: %w", err)
 		}
+		s.node = n
 		s.ownerID = n.ID()
 	}
 	s.logger = logger.With(watermill.LogFields{"subscriber_node_id": s.ownerID, "schema": config.Schema.Schema})

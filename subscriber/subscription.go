@@ -274,6 +274,7 @@ func (sub *subscription) claim(limit int) (int, error) {
 	defer cancel()
 	rows, err := s.db.Query(ctx, s.stmts.claim, s.ownerID, sub.topic, limit)
 	if err != nil {
+		sub.claimFailed(err, false)
 		return 0, err
 	}
 	codec := s.codec()
@@ -289,8 +290,9 @@ func (sub *subscription) claim(limit int) (int, error) {
 	}
 	closeErr := rows.Close()
 	if scanErr == nil && closeErr != nil {
-		// The claim failed (or its outcome is unknown): nothing was claimed, or what was is
-		// owned by this node until its lock is released.
+		// The claim failed (nothing was claimed) or its outcome is unknown (what was claimed
+		// is marked with this node's id: its agent hands it back).
+		sub.claimFailed(closeErr, len(envs) > 0)
 		return 0, closeErr
 	}
 	sub.outstanding.Add(int64(len(envs)))
@@ -298,9 +300,19 @@ func (sub *subscription) claim(limit int) (int, error) {
 		sub.ready <- e // never blocks: ready holds lowWater + maxClaims*BatchSize
 	}
 	if scanErr != nil {
-		return len(envs), fmt.Errorf("read claimed envelopes (the unread ones stay owned by node %d until its lock is released): %w", s.ownerID, scanErr)
+		sub.claimFailed(scanErr, true)
+		return len(envs), fmt.Errorf("read claimed envelopes (the unread ones stay owned by node %d until its agent hands them back): %w", s.ownerID, scanErr)
 	}
 	return len(envs), nil
+}
+
+// claimFailed tells the node when a failed claim may have left envelopes marked with its id
+// that this subscription does not hold: the claim's answer was lost (not a statement
+// error), or rows of a committed claim were left unread (stranded).
+func (sub *subscription) claimFailed(err error, stranded bool) {
+	if stranded || !sub.s.dialect.IsStatementError(err) {
+		sub.s.node.ReportUnknownOutcome()
+	}
 }
 
 // releaseScheduled makes the topic's due scheduled envelopes Incoming and returns how many,

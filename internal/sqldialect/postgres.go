@@ -133,6 +133,11 @@ func (p *postgres) DeadLetterOutgoing() string    { return p.deadLetterOut }
 
 func (p *postgres) MaxParams() int { return 65535 }
 
+func (p *postgres) IsStatementError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe)
+}
+
 func (p *postgres) IsMissingTable(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")

@@ -74,6 +74,11 @@ type Dialect interface {
 	// (PostgreSQL SQLSTATE 42P01 / 3F000; SQL Server errors 208, 2812, 2715): the tables were
 	// not created (schema.Migrate).
 	IsMissingTable(err error) bool
+	// IsStatementError reports whether err is the database's answer that a statement failed
+	// (so an autocommit statement changed nothing); false for errors after which the
+	// statement may have run and committed unseen: a lost connection, a timeout or a
+	// cancellation while it was on the wire.
+	IsStatementError(err error) bool
 	// InsertIncoming inserts n envelopes bound with row.IncomingArgs, one after another;
 	// an envelope whose id exists already is skipped.
 	InsertIncoming(n int) string

@@ -221,6 +221,16 @@ func (m *sqlserver) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, 
 // parameterised statement through sp_executesql, whose @stmt and @params count among them.
 func (m *sqlserver) MaxParams() int { return 2098 }
 
+// IsStatementError: an error the server sent (mssql.Error).
+func (m *sqlserver) IsStatementError(err error) bool {
+	var e mssql.Error
+	if errors.As(err, &e) {
+		return true
+	}
+	var pe *mssql.Error
+	return errors.As(err, &pe) && pe != nil
+}
+
 // IsMissingTable: error 208 "Invalid object name", 2812 "Could not find stored procedure",
 // 2715 "Column, parameter, or variable: Cannot find data type" (EnvelopeIdList missing).
 func (m *sqlserver) IsMissingTable(err error) bool {

@@ -1,6 +1,8 @@
 // Package tcpproxy is a TCP proxy for fault-injection tests: put it between a client and a
 // real server (RabbitMQ, PostgreSQL), then Cut to kill every connection and refuse new ones
-// as a crashed or unreachable server would, and Restore to let clients reconnect.
+// as a crashed or unreachable server would, and Restore to let clients reconnect; or
+// HoldReplies to let requests reach the server while its answers are held back, as when the
+// network fails after a request left.
 package tcpproxy
 
 import (
@@ -24,6 +26,7 @@ type Proxy struct {
 	ln     net.Listener // nil while cut
 	conns  map[net.Conn]struct{}
 	closed bool
+	held   chan struct{} // non-nil while replies are held; closed to let them through
 	wg     sync.WaitGroup
 }
 
@@ -42,8 +45,39 @@ func New(target string) (*Proxy, error) {
 // Addr is the proxy's address ("127.0.0.1:port"); it stays the same across Cut and Restore.
 func (p *Proxy) Addr() string { return p.addr }
 
+// HoldReplies holds back every byte servers send to clients from now on (connections stay
+// open, requests still reach the server): a statement runs, commits, and its answer does not
+// arrive. ReleaseReplies, Cut and Close end the hold.
+func (p *Proxy) HoldReplies() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held == nil {
+		p.held = make(chan struct{})
+	}
+}
+
+// ReleaseReplies lets the held replies through (to the connections still open).
+func (p *Proxy) ReleaseReplies() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held != nil {
+		close(p.held)
+		p.held = nil
+	}
+}
+
+// waitReplies blocks while replies are held.
+func (p *Proxy) waitReplies() {
+	p.mu.Lock()
+	held := p.held
+	p.mu.Unlock()
+	if held != nil {
+		<-held
+	}
+}
+
 // Cut closes every proxied connection and stops listening, so new connections are refused
-// until Restore.
+// until Restore. Held replies are dropped with their connections.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
 	ln := p.ln
@@ -57,6 +91,7 @@ func (p *Proxy) Cut() {
 	for c := range conns {
 		_ = c.Close()
 	}
+	p.ReleaseReplies() // the held replies' connections are closed: they are dropped
 }
 
 // Restore listens again on the same address after Cut. It is a no-op when not cut.
@@ -146,10 +181,27 @@ func (p *Proxy) pipe(ln net.Listener, client net.Conn) {
 	defer p.untrack(server)
 	done := make(chan struct{}, 2)
 	go func() { _, _ = io.Copy(server, client); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(client, server); done <- struct{}{} }()
+	go func() { p.copyReplies(client, server); done <- struct{}{} }()
 	<-done
 	// One direction ended: close both so the other copy ends too.
 	_ = client.Close()
 	_ = server.Close()
 	<-done
+}
+
+// copyReplies copies what the server sends to the client, waiting while replies are held.
+func (p *Proxy) copyReplies(client, server net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := server.Read(buf)
+		if n > 0 {
+			p.waitReplies()
+			if _, werr := client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }

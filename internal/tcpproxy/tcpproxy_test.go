@@ -120,3 +120,56 @@ func TestUnreachableTargetClosesClient(t *testing.T) {
 		t.Fatal("client not closed when the target is unreachable")
 	}
 }
+
+// While replies are held, the request reaches the server (a second connection of the same
+// server sees its effect) but its answer does not arrive; ReleaseReplies delivers it.
+func TestHoldReplies(t *testing.T) {
+	seen := make(chan string, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return
+		}
+		seen <- line
+		_, _ = c.Write([]byte(line))
+	}()
+	p, err := New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.HoldReplies()
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-seen:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the server")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond)) // a bounded wait for an absence
+	if n, err := c.Read(make([]byte, 8)); n > 0 || err == nil {
+		t.Fatalf("a reply arrived while held (%d bytes, %v)", n, err)
+	}
+	p.ReleaseReplies()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || got != "ping\n" {
+		t.Fatalf("after ReleaseReplies: %q, %v", got, err)
+	}
+}
