@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -20,7 +19,6 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // One node, its durability agent and a forwarder. A message delayed with Watermill's
@@ -28,13 +26,13 @@ import (
 // it to the outbox and wakes the forwarder, which relays it (here to a GoChannel).
 func ExampleNewAgent() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, exampleDSN())
+	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pool.Close()
 	db := database.FromPgx(pool)
-	cfg, dropSchema := exampleSchema(ctx, db)
+	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 
 	// The process's node identity: a random id, held by an advisory lock.
@@ -106,27 +104,4 @@ func ExampleNewAgent() {
 	// Output:
 	// order-42-reminder {"order_id":42} rabbitmq://queue/payment-reminders
 	// scheduled sends released: 1
-}
-
-// exampleDSN is the PostgreSQL of the example: $DATABASE_URL, else the test database.
-func exampleDSN() string {
-	if v := os.Getenv("DATABASE_URL"); v != "" {
-		return v
-	}
-	return testdb.PostgresDSN()
-}
-
-// exampleSchema creates the Jasper tables in a fresh schema for the example, and returns
-// the function dropping it. An application runs `watermill-jasper schema migrate` (or
-// schema.Migrate) once instead.
-func exampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
-	cfg := schema.Config{Schema: testdb.RandomName("wj_example_")}
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
-		log.Fatal(err)
-	}
-	return cfg, func() {
-		if _, err := db.Exec(context.Background(), `DROP SCHEMA `+cfg.QuoteIdent(cfg.Schema)+` CASCADE`); err != nil {
-			log.Print(err)
-		}
-	}
 }

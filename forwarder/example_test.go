@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -24,13 +23,13 @@ import (
 // broker has it).
 func Example() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dsn())
+	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pool.Close()
 	db := database.FromPgx(pool)
-	cfg, dropSchema := exampleSchema(ctx, db)
+	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
@@ -65,29 +64,6 @@ func Example() {
 	got.Ack()
 	fmt.Println(got.UUID, string(got.Payload), got.Metadata.Get("tenant"))
 	// Output: order-42-placed {"order_id":42} acme
-}
-
-// dsn is the PostgreSQL of the example: $DATABASE_URL, else the test database.
-func dsn() string {
-	if v := os.Getenv("DATABASE_URL"); v != "" {
-		return v
-	}
-	return testdb.PostgresDSN()
-}
-
-// exampleSchema creates the Jasper tables in a fresh schema for the example, and returns
-// the function dropping it. An application runs `watermill-jasper schema migrate` (or
-// schema.Migrate) once instead.
-func exampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
-	cfg := schema.Config{Schema: testdb.RandomName("wj_example_")}
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
-		log.Fatal(err)
-	}
-	return cfg, func() {
-		if _, err := db.Exec(context.Background(), `DROP SCHEMA `+cfg.QuoteIdent(cfg.Schema)+` CASCADE`); err != nil {
-			log.Print(err)
-		}
-	}
 }
 
 // commitToOutbox writes msg as an outgoing envelope and notifies the forwarders, as the

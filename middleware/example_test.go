@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -15,7 +14,6 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // Exactly-once effects behind a router: the dead-letter middleware outside, the inbox
@@ -25,13 +23,13 @@ import (
 // GoChannel; any Watermill subscriber (RabbitMQ, Kafka, package subscriber) works the same.
 func ExampleNewInbox() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, exampleDSN())
+	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pool.Close()
 	db := database.FromPgx(pool)
-	cfg, dropSchema := exampleSchema(ctx, db)
+	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 	invoices := cfg.QuoteIdent(cfg.Schema) + ".invoices" // the application's own table
 	if _, err := db.Exec(ctx, `CREATE TABLE `+invoices+` (order_id text NOT NULL, message_uuid text NOT NULL)`); err != nil {
@@ -92,27 +90,4 @@ func ExampleNewInbox() {
 	}
 	fmt.Println("deliveries: 2, handler runs:", runs.Load(), "invoices:", rows)
 	// Output: deliveries: 2, handler runs: 1 invoices: 1
-}
-
-// exampleDSN is the PostgreSQL of the example: $DATABASE_URL, else the test database.
-func exampleDSN() string {
-	if v := os.Getenv("DATABASE_URL"); v != "" {
-		return v
-	}
-	return testdb.PostgresDSN()
-}
-
-// exampleSchema creates the Jasper tables in a fresh schema for the example, and returns
-// the function dropping it. An application runs `watermill-jasper schema migrate` (or
-// schema.Migrate) once instead.
-func exampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
-	cfg := schema.Config{Schema: testdb.RandomName("wj_example_")}
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
-		log.Fatal(err)
-	}
-	return cfg, func() {
-		if _, err := db.Exec(context.Background(), `DROP SCHEMA `+cfg.QuoteIdent(cfg.Schema)+` CASCADE`); err != nil {
-			log.Print(err)
-		}
-	}
 }

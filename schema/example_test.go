@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -20,7 +19,7 @@ import (
 // same from the command line.
 func ExampleMigrate() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, exampleDSN())
+	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -72,12 +71,4 @@ func ExampleScript() {
 	//
 	// CREATE TABLE IF NOT EXISTS "messaging"."jasper_outgoing_envelopes" (
 	//   "id" uuid NOT NULL,
-}
-
-// exampleDSN is the PostgreSQL of the example: $DATABASE_URL, else the test database.
-func exampleDSN() string {
-	if v := os.Getenv("DATABASE_URL"); v != "" {
-		return v
-	}
-	return testdb.PostgresDSN()
 }

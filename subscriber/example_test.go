@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 
 	"github.com/ThreeDotsLabs/watermill"
 	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
@@ -15,7 +14,6 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
@@ -24,13 +22,13 @@ import (
 // it. Ack deletes the row; a Nack hands it back for a retry after a back-off.
 func ExampleNewSubscriber() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, exampleDSN())
+	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pool.Close()
 	db := database.FromPgx(pool)
-	cfg, dropSchema := exampleSchema(ctx, db)
+	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 
 	// Publish into the durable local queue "local://orders". Built on the pool, the
@@ -62,27 +60,4 @@ func ExampleNewSubscriber() {
 	fmt.Println(msg.UUID, string(msg.Payload), "earlier attempts:", msg.Metadata.Get(metadata.Attempts))
 	msg.Ack()
 	// Output: order-42-placed {"order_id":42} earlier attempts: 0
-}
-
-// exampleDSN is the PostgreSQL of the example: $DATABASE_URL, else the test database.
-func exampleDSN() string {
-	if v := os.Getenv("DATABASE_URL"); v != "" {
-		return v
-	}
-	return testdb.PostgresDSN()
-}
-
-// exampleSchema creates the Jasper tables in a fresh schema for the example, and returns
-// the function dropping it. An application runs `watermill-jasper schema migrate` (or
-// schema.Migrate) once instead.
-func exampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
-	cfg := schema.Config{Schema: testdb.RandomName("wj_example_")}
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
-		log.Fatal(err)
-	}
-	return cfg, func() {
-		if _, err := db.Exec(context.Background(), `DROP SCHEMA `+cfg.QuoteIdent(cfg.Schema)+` CASCADE`); err != nil {
-			log.Print(err)
-		}
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"log"
 	"os"
 	"sync"
 	"testing"
@@ -136,4 +137,28 @@ func Migrated(t testing.TB) (database.DB, schema.Config) {
 		t.Fatal(err)
 	}
 	return db, cfg
+}
+
+// ExampleDSN is the PostgreSQL of the runnable examples (which have no testing.TB):
+// $DATABASE_URL, else the test database.
+func ExampleDSN() string {
+	if v := os.Getenv("DATABASE_URL"); v != "" {
+		return v
+	}
+	return PostgresDSN()
+}
+
+// ExampleSchema creates the Jasper tables in a fresh schema for a runnable example and
+// returns the function dropping it; a failure ends the example (log.Fatal). An application
+// runs `watermill-jasper schema migrate` (or schema.Migrate) once instead.
+func ExampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
+	cfg := schema.Config{Schema: RandomName("wj_example_")}
+	if err := schema.Migrate(ctx, db, cfg); err != nil {
+		log.Fatal(err)
+	}
+	return cfg, func() {
+		if _, err := db.Exec(context.Background(), `DROP SCHEMA `+cfg.QuoteIdent(cfg.Schema)+` CASCADE`); err != nil {
+			log.Print(err)
+		}
+	}
 }
