@@ -373,7 +373,8 @@ func (a *Agent) Close() error {
 	return nil
 }
 
-// Stats returns the counters.
+// Stats returns the counters. A counter moves once the job's transaction has committed, so a
+// component the job woke may already have acted on the envelopes it counts.
 func (a *Agent) Stats() Stats {
 	a.errMu.Lock()
 	errs := make(map[string]int64, len(a.jobErrors))

@@ -28,7 +28,10 @@
 // "binary/envelope", received_at "local://durable", whose body is the Jasper binary envelope
 // of the message (destination = topic). When it is due, the durability agent moves it to the
 // outgoing table, as Jasper's ScheduledSendEnvelopeHandler does; .NET Jasper nodes sharing
-// the database do the same.
+// the database do the same. components/delay writes the due time to the whole second
+// (time.RFC3339, rounded down), so a delay under a second may already be due when published
+// and is then written to the outgoing table at once; the publisher reads fractional seconds
+// (RFC 3339 with nanoseconds), so set the metadata key yourself for finer delays.
 //
 // # Round trips
 //
