@@ -419,7 +419,7 @@ func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	wg.Go(func() { _ = fwd.Run(context.Background()) })
 	// The claim marks the envelopes on the server; its answer is held.
 	deadline := time.Now().Add(crashTimeout)
-	for owned(t, direct, cfg, node.ID()) != int64(len(msgs)) {
+	for owned(t, direct, cfg, schema.OutgoingTable, node.ID()) != int64(len(msgs)) {
 		if time.Now().After(deadline) {
 			var n, o int64
 			_ = database.QueryRow(context.Background(), direct, `SELECT count(*), max(owner_id) FROM `+cfg.Qualified(schema.OutgoingTable), nil, &n, &o)
@@ -436,7 +436,7 @@ func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	case <-time.After(crashTimeout):
 		d, _ := sink.stats()
 		t.Fatalf("%d of %d messages delivered; %d envelopes still owned by the live node %d (unknown outcomes reported: %d)",
-			d, len(msgs), owned(t, direct, cfg, node.ID()), node.ID(), node.UnknownOutcomes())
+			d, len(msgs), owned(t, direct, cfg, schema.OutgoingTable, node.ID()), node.ID(), node.UnknownOutcomes())
 	}
 	if node.UnknownOutcomes() == 0 {
 		t.Error("the forwarder reported no unknown outcome")
@@ -444,13 +444,95 @@ func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	t.Logf("delivered after the lost answer; unknown outcomes reported: %d, handed back: %d", node.UnknownOutcomes(), agent.Stats().HandedBack)
 }
 
-// owned counts the outgoing envelopes marked with owner.
-func owned(t *testing.T, db database.DB, cfg schema.Config, owner int32) int64 {
+// owned counts the envelopes of table marked with owner.
+func owned(t *testing.T, db database.DB, cfg schema.Config, table string, owner int32) int64 {
 	t.Helper()
 	var n int64
-	if err := database.QueryRow(context.Background(), db, `SELECT count(*) FROM `+cfg.Qualified(schema.OutgoingTable)+` WHERE owner_id = $1`,
+	if err := database.QueryRow(context.Background(), db, `SELECT count(*) FROM `+cfg.Qualified(table)+` WHERE owner_id = $1`,
 		[]any{owner}, &n); err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// The subscriber's side of TestClaimWithLostAnswerIsHandedBack: a claim of incoming
+// envelopes commits, its answer is lost with the connection, and the node's agent hands the
+// envelopes back, so they are delivered without a restart.
+func TestSubscriberClaimWithLostAnswerIsHandedBack(t *testing.T) {
+	t.Parallel()
+	direct, cfg := testdb.Migrated(t)
+	proxied, proxy := proxiedDB(t, 1, time.Second, func(c *pgxpool.Config) {
+		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	})
+	node, err := durability.NewNode(context.Background(), direct, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	agent, err := durability.NewAgent(direct, node, durability.Config{Schema: cfg, NodeCheckInterval: 100 * time.Millisecond}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := subscriber.NewSubscriber(proxied, subscriber.Config{
+		Schema: cfg, Node: node, DisableNotify: true, DisableScheduledRelease: true,
+		PollInterval: time.Hour, RetryInterval: 50 * time.Millisecond,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	agent.AddWaker(sub)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = agent.Run(context.Background()) })
+	defer func() {
+		_ = agent.Close()
+		wg.Wait()
+	}()
+
+	const topic = "lost-answer-queue"
+	msgs := proxyMessages("lost-answer-in", 20)
+	pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(testdb.Pool(t)), publisher.Config{Schema: cfg, Table: publisher.Incoming}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := sub.SubscribeInitialize(topic); err != nil { // the layout check, before replies are held
+		t.Fatal(err)
+	}
+	proxy.HoldReplies()
+	out, err := sub.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(crashTimeout)
+	for owned(t, direct, cfg, schema.IncomingTable, node.ID()) != int64(len(msgs)) {
+		if time.Now().After(deadline) {
+			t.Fatal("the subscriber did not claim the envelopes")
+		}
+		time.Sleep(10 * time.Millisecond) // no event tells that a held claim committed
+	}
+	proxy.Cut() // the answer is lost with the connection
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	timeout := time.After(crashTimeout)
+	for len(got) < len(msgs) {
+		select {
+		case m := <-out:
+			got[m.UUID] = true
+			m.Ack()
+		case <-timeout:
+			t.Fatalf("%d of %d messages delivered; %d envelopes still owned by the live node (unknown outcomes reported: %d)",
+				len(got), len(msgs), owned(t, direct, cfg, schema.IncomingTable, node.ID()), node.UnknownOutcomes())
+		}
+	}
+	if node.UnknownOutcomes() == 0 {
+		t.Error("the subscriber reported no unknown outcome")
+	}
+	t.Logf("delivered after the lost answer; unknown outcomes reported: %d, handed back: %d", node.UnknownOutcomes(), agent.Stats().HandedBack)
 }
