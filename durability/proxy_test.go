@@ -370,28 +370,10 @@ func proxiedDB(t *testing.T, maxConns int32, connectTimeout time.Duration, confi
 // are delivered without a restart.
 func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	t.Parallel()
-	direct, cfg := testdb.Migrated(t)
-	// One connection, and every statement sent in one go (no prepare round trip first), so
-	// that the claim reaches the server while replies are held.
-	proxied, proxy := proxiedDB(t, 1, time.Second, func(c *pgxpool.Config) {
-		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
-	})
-
-	// The node and its agent work on the direct connection: their lock stays held.
-	node, err := durability.NewNode(context.Background(), direct, durability.NodeConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	agent, err := durability.NewAgent(direct, node, durability.Config{
-		Schema:            cfg,
-		NodeCheckInterval: 100 * time.Millisecond,
-	}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newLostAnswerRig(t)
+	direct, cfg, proxy, node, agent := r.direct, r.cfg, r.proxy, r.node, r.agent
 	sink := &memorySink{copies: map[string]int{}}
-	fwd, err := forwarder.NewForwarder(proxied, forwarder.Config{
+	fwd, err := forwarder.NewForwarder(r.proxied, forwarder.Config{
 		// One worker that claims only when woken: its claim is the one sent while replies are held.
 		Schema: cfg, Node: node, Publisher: sink, Workers: 1, DisableNotify: true, PollInterval: time.Hour,
 	}, watermill.NopLogger{})
@@ -399,11 +381,10 @@ func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	agent.AddWaker(fwd)
+	r.runAgent(t)
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = agent.Run(context.Background()) })
 	defer func() {
 		_ = fwd.Close()
-		_ = agent.Close()
 		wg.Wait()
 	}()
 
@@ -412,7 +393,7 @@ func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	// needs the server's replies).
 	msgs := proxyMessages("lost-answer", 50)
 	publishDirect(t, cfg, msgs)
-	if _, err := proxied.Exec(context.Background(), "SELECT 1"); err != nil {
+	if _, err := r.proxied.Exec(context.Background(), "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
 	proxy.HoldReplies()
@@ -421,9 +402,9 @@ func TestClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	deadline := time.Now().Add(crashTimeout)
 	for owned(t, direct, cfg, schema.OutgoingTable, node.ID()) != int64(len(msgs)) {
 		if time.Now().After(deadline) {
-			var n, o int64
-			_ = database.QueryRow(context.Background(), direct, `SELECT count(*), max(owner_id) FROM `+cfg.Qualified(schema.OutgoingTable), nil, &n, &o)
-			t.Fatalf("the forwarder did not claim the envelopes: %d rows, max owner %d, node %d, sink %d", n, o, node.ID(), len(sink.copies))
+			d, _ := sink.stats()
+			t.Fatalf("the forwarder did not claim the envelopes (%d owned by node %d, %d delivered)",
+				owned(t, direct, cfg, schema.OutgoingTable, node.ID()), node.ID(), d)
 		}
 		time.Sleep(10 * time.Millisecond) // no event tells that a held claim committed
 	}
@@ -460,20 +441,9 @@ func owned(t *testing.T, db database.DB, cfg schema.Config, table string, owner 
 // envelopes back, so they are delivered without a restart.
 func TestSubscriberClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	t.Parallel()
-	direct, cfg := testdb.Migrated(t)
-	proxied, proxy := proxiedDB(t, 1, time.Second, func(c *pgxpool.Config) {
-		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
-	})
-	node, err := durability.NewNode(context.Background(), direct, durability.NodeConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	agent, err := durability.NewAgent(direct, node, durability.Config{Schema: cfg, NodeCheckInterval: 100 * time.Millisecond}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := subscriber.NewSubscriber(proxied, subscriber.Config{
+	r := newLostAnswerRig(t)
+	direct, cfg, proxy, node, agent := r.direct, r.cfg, r.proxy, r.node, r.agent
+	sub, err := subscriber.NewSubscriber(r.proxied, subscriber.Config{
 		Schema: cfg, Node: node, DisableNotify: true, DisableScheduledRelease: true,
 		PollInterval: time.Hour, RetryInterval: 50 * time.Millisecond,
 	}, watermill.NopLogger{})
@@ -482,12 +452,7 @@ func TestSubscriberClaimWithLostAnswerIsHandedBack(t *testing.T) {
 	}
 	defer sub.Close()
 	agent.AddWaker(sub)
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = agent.Run(context.Background()) })
-	defer func() {
-		_ = agent.Close()
-		wg.Wait()
-	}()
+	r.runAgent(t)
 
 	const topic = "lost-answer-queue"
 	msgs := proxyMessages("lost-answer-in", 20)
@@ -535,4 +500,46 @@ func TestSubscriberClaimWithLostAnswerIsHandedBack(t *testing.T) {
 		t.Error("the subscriber reported no unknown outcome")
 	}
 	t.Logf("delivered after the lost answer; unknown outcomes reported: %d, handed back: %d", node.UnknownOutcomes(), agent.Stats().HandedBack)
+}
+
+// lostAnswerRig is the setting of the lost-answer tests: a node and its agent on the direct
+// connection (their lock stays held) and a proxied pool of one connection that sends every
+// statement in one go (no prepare round trip first), so that a claim reaches the server
+// while the proxy holds the replies.
+type lostAnswerRig struct {
+	direct, proxied database.DB
+	cfg             schema.Config
+	proxy           *tcpproxy.Proxy
+	node            *durability.Node
+	agent           *durability.Agent
+}
+
+func newLostAnswerRig(t *testing.T) *lostAnswerRig {
+	t.Helper()
+	r := &lostAnswerRig{}
+	r.direct, r.cfg = testdb.Migrated(t)
+	r.proxied, r.proxy = proxiedDB(t, 1, time.Second, func(c *pgxpool.Config) {
+		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	})
+	var err error
+	r.node, err = durability.NewNode(context.Background(), r.direct, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.node.Close() })
+	r.agent, err = durability.NewAgent(r.direct, r.node, durability.Config{Schema: r.cfg, NodeCheckInterval: 100 * time.Millisecond}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// runAgent runs the agent until the test ends (after the test's own deferred closes).
+func (r *lostAnswerRig) runAgent(t *testing.T) {
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.agent.Run(context.Background()) })
+	t.Cleanup(func() {
+		_ = r.agent.Close()
+		wg.Wait()
+	})
 }
