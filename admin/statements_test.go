@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/tsqlcheck"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -168,3 +169,33 @@ func (fakeDB) Query(context.Context, string, ...any) (database.Rows, error) {
 }
 func (fakeDB) Begin(context.Context) (database.Tx, error)     { return nil, errors.New("offline") }
 func (fakeDB) Acquire(context.Context) (database.Conn, error) { return nil, errors.New("offline") }
+
+// Every SQL Server statement of the admin tools (storage and dead letters) parses with the
+// grammars-v4 T-SQL grammar (internal/tsqlcheck: offline, no server).
+func TestSQLServerStatementsParse(t *testing.T) {
+	cfg, err := schema.Config{Dialect: schema.SQLServer, Schema: "App_1"}.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, dl, err := deadLetterTools(fakeDB{schema.SQLServer}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts := map[string]string{}
+	for prefix, st := range map[string]any{"storage ": statementsFor(cfg), "dead letters ": dl} {
+		v := reflect.ValueOf(st)
+		for i := 0; i < v.NumField(); i++ {
+			if v.Field(i).Kind() == reflect.String && v.Field(i).String() != "" {
+				stmts[prefix+v.Type().Field(i).Name] = v.Field(i).String()
+			}
+		}
+	}
+	failures, err := tsqlcheck.Parse(stmts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, msg := range failures {
+		t.Errorf("%s does not parse as T-SQL: %s\n%s", name, msg, stmts[name])
+	}
+	t.Logf("%d SQL Server statements parsed, %d rejected", len(stmts), len(failures))
+}

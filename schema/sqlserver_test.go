@@ -13,6 +13,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/internal/tsqlcheck"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -229,4 +230,42 @@ func dropSQLServerSchema(t *testing.T, db database.DB, name string) {
 	if _, err := db.Exec(ctx, fmt.Sprintf("DROP SCHEMA [%s]", name)); err != nil {
 		t.Errorf("drop schema %s: %v", name, err)
 	}
+}
+
+// Every batch of the SQL Server script parses with the grammars-v4 T-SQL grammar
+// (internal/tsqlcheck: offline, no server). The procedures are created through EXEC(N'…'),
+// so their bodies are parsed on their own too.
+func TestSQLServerScriptParses(t *testing.T) {
+	script, err := schema.Script(schema.Config{Dialect: schema.SQLServer, Schema: "Messaging"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts := map[string]string{}
+	inner := regexp.MustCompile(`(?s)EXEC\(N'(CREATE PROCEDURE .*?)'\)\s*$`)
+	for i, batch := range strings.Split(script, "\nGO\n") {
+		if strings.TrimSpace(batch) == "" {
+			continue
+		}
+		stmts[fmt.Sprintf("batch %d", i+1)] = batch
+		if m := inner.FindStringSubmatch(strings.TrimSpace(batch)); m != nil {
+			stmts[fmt.Sprintf("batch %d procedure body", i+1)] = strings.ReplaceAll(m[1], "''", "'")
+		}
+	}
+	failures, err := tsqlcheck.Parse(stmts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, msg := range failures {
+		t.Errorf("%s does not parse as T-SQL: %s\n%s", name, msg, stmts[name])
+	}
+	bodies := 0
+	for name := range stmts {
+		if strings.HasSuffix(name, "procedure body") {
+			bodies++
+		}
+	}
+	if bodies != len(schema.StoredProcedures()) {
+		t.Errorf("%d procedure bodies found in the script, want %d", bodies, len(schema.StoredProcedures()))
+	}
+	t.Logf("%d batches and procedure bodies parsed, %d rejected", len(stmts), len(failures))
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/tsqlcheck"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -330,4 +331,27 @@ func TestSQLServerIdentifiersExist(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Every SQL Server statement parses with the grammars-v4 T-SQL grammar (internal/tsqlcheck:
+// offline, no server; a grammar, not SQL Server, so names and semantics are not checked).
+func TestSQLServerStatementsParse(t *testing.T) {
+	d, err := For(schema.Config{Dialect: database.SQLServer, Schema: "wj_Offline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts := map[string]string{}
+	for _, c := range statementCases() {
+		if s := c.sql(d); s != "" {
+			stmts[c.name] = s
+		}
+	}
+	failures, err := tsqlcheck.Parse(stmts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, msg := range failures {
+		t.Errorf("%s does not parse as T-SQL: %s\n%s", name, msg, stmts[name])
+	}
+	t.Logf("%d SQL Server statements parsed, %d rejected", len(stmts), len(failures))
 }

@@ -1,0 +1,95 @@
+// Package tsqlcheck checks T-SQL syntax offline, for the tests of the SQL Server statements
+// (no SQL Server runs where the tests run). It parses with the grammars-v4 T-SQL grammar,
+// pre-built for JavaScript by the npm package antlr4ts-sql, through tools/tsqlcheck/check.js
+// and the machine's Node.js; the first use installs the pinned packages of
+// tools/tsqlcheck/package-lock.json with `npm ci`.
+//
+// A grammar is not SQL Server: a statement it accepts may still fail on a server (names,
+// types, semantics), and it is somewhat more permissive than SQL Server. What it rejects
+// is not T-SQL.
+package tsqlcheck
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+)
+
+// toolDir is tools/tsqlcheck of this module, found from this file's path.
+func toolDir() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("tsqlcheck: cannot locate the module")
+	}
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "tools", "tsqlcheck")
+	if _, err := os.Stat(filepath.Join(dir, "check.js")); err != nil {
+		return "", fmt.Errorf("tsqlcheck: %w", err)
+	}
+	return dir, nil
+}
+
+// install runs `npm ci` in dir unless its packages are there, under a file lock so that
+// test processes of several packages do not install at once.
+func install(dir string) error {
+	lock, err := os.OpenFile(filepath.Join(dir, ".install.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("tsqlcheck: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("tsqlcheck: lock %s: %w", lock.Name(), err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	marker := filepath.Join(dir, "node_modules", "antlr4ts-sql", "package.json")
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	if _, err := exec.LookPath("npm"); err != nil {
+		return errors.New("tsqlcheck: npm not found: install Node.js and npm (Debian: apt-get install nodejs npm)")
+	}
+	cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("tsqlcheck: npm ci in %s (needs the npm registry once): %w: %s", dir, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Parse parses every statement and returns, for each one the grammar rejects, its first
+// syntax error (keyed by the statement's name). An error means the check could not run.
+func Parse(statements map[string]string) (map[string]string, error) {
+	dir, err := toolDir()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath("node"); err != nil {
+		return nil, errors.New("tsqlcheck: node not found: install Node.js (Debian: apt-get install nodejs)")
+	}
+	if err := install(dir); err != nil {
+		return nil, err
+	}
+	in, err := json.Marshal(statements)
+	if err != nil {
+		return nil, err
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("node", "check.js")
+	cmd.Dir = dir
+	cmd.Stdin = bytes.NewReader(in)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("tsqlcheck: node check.js: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	failures := map[string]string{}
+	if err := json.Unmarshal(stdout.Bytes(), &failures); err != nil {
+		return nil, fmt.Errorf("tsqlcheck: read the parser's answer: %w", err)
+	}
+	return failures, nil
+}
