@@ -18,6 +18,33 @@ type ddl interface {
 	scriptSeparator() string
 	// placeholder is the n-th (1-based) bind parameter.
 	placeholder(n int) string
+
+	// Catalog statements of Migrate and Verify.
+
+	// migrationLock takes a schema's migration lock for the transaction it runs in (waiting
+	// for it) and fails when it cannot. Args: lockArg(MigrateLockKey(schema)).
+	migrationLock() string
+	lockArg(key int64) any
+	// objectsQuery returns one name column: the table types and procedures of a schema (""
+	// when the dialect has none). Args: schema.
+	objectsQuery() string
+	// indexesQuery returns one name column: the index names of a schema. Args: schema.
+	indexesQuery() string
+}
+
+// columnsQuery returns table, column, data type, nullability and length of the Jasper
+// tables' columns in a schema (information_schema, both dialects). Args: schema.
+func columnsQuery(d ddl) string {
+	return `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
+FROM information_schema.columns WHERE table_schema = ` + d.placeholder(1) + ` AND table_name IN ('` + IncomingTable + `', '` + OutgoingTable + `', '` + DeadLetterTable + `')`
+}
+
+// primaryKeysQuery returns the tables of a schema whose primary key is the id column.
+// Args: schema.
+func primaryKeysQuery(d ddl) string {
+	return `SELECT tc.table_name FROM information_schema.table_constraints tc
+JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
+WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = ` + d.placeholder(1) + ` AND kcu.column_name = 'id'`
 }
 
 func dialectDDL(d Dialect) ddl {

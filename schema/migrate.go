@@ -44,21 +44,8 @@ func Migrate(ctx context.Context, db database.DB, cfg Config) error {
 	}
 	d := dialectDDL(cfg.Dialect)
 	err = database.InTx(ctx, db, func(tx database.Tx) error {
-		if cfg.Dialect == Postgres {
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", MigrateLockKey(cfg.Schema)); err != nil {
-				return fmt.Errorf("take migration lock: %w", err)
-			}
-		} else {
-			var status int
-			err := database.QueryRow(ctx, tx,
-				"DECLARE @r int; EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = 'Transaction', @LockTimeout = 60000; SELECT @r",
-				[]any{fmt.Sprint(MigrateLockKey(cfg.Schema))}, &status)
-			if err != nil {
-				return fmt.Errorf("take migration lock: %w", err)
-			}
-			if status < 0 {
-				return fmt.Errorf("take migration lock: sp_getapplock returned %d", status)
-			}
+		if _, err := tx.Exec(ctx, d.migrationLock(), d.lockArg(MigrateLockKey(cfg.Schema))); err != nil {
+			return fmt.Errorf("take migration lock: %w", err)
 		}
 		stmts := d.statements(cfg)
 		if cfg.Dialect == Postgres {

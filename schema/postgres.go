@@ -68,3 +68,10 @@ func (d postgresDDL) statements(cfg Config) []string {
 func (postgresDDL) scriptSeparator() string { return ";\n\n" }
 
 func (postgresDDL) placeholder(n int) string { return fmt.Sprintf("$%d", n) }
+
+func (postgresDDL) migrationLock() string { return "SELECT pg_advisory_xact_lock($1)" }
+func (postgresDDL) lockArg(key int64) any { return key }
+func (postgresDDL) objectsQuery() string  { return "" }
+func (postgresDDL) indexesQuery() string {
+	return `SELECT indexname FROM pg_indexes WHERE schemaname = $1`
+}

@@ -124,3 +124,26 @@ func (d sqlserverDDL) statements(cfg Config) []string {
 func (sqlserverDDL) scriptSeparator() string { return "\nGO\n\n" }
 
 func (sqlserverDDL) placeholder(n int) string { return fmt.Sprintf("@p%d", n) }
+
+// migrationLock: an application lock owned by the transaction, named by the decimal key,
+// waiting up to a minute.
+func (sqlserverDDL) migrationLock() string {
+	return `DECLARE @r int;
+EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = 'Transaction', @LockTimeout = 60000;
+IF @r < 0
+BEGIN
+  DECLARE @m nvarchar(200) = CONCAT(N'watermill-jasper: sp_getapplock did not grant the migration lock (', @r, N')');
+  THROW 51000, @m, 1;
+END`
+}
+
+func (sqlserverDDL) lockArg(key int64) any { return fmt.Sprint(key) }
+
+func (sqlserverDDL) objectsQuery() string {
+	return `SELECT t.name FROM sys.table_types t JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1
+UNION ALL SELECT p.name FROM sys.procedures p JOIN sys.schemas s ON s.schema_id = p.schema_id WHERE s.name = @p1`
+}
+
+func (sqlserverDDL) indexesQuery() string {
+	return `SELECT i.name FROM sys.indexes i JOIN sys.tables t ON t.object_id = i.object_id JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1 AND i.name IS NOT NULL`
+}

@@ -232,7 +232,8 @@ func dropSQLServerSchema(t *testing.T, db database.DB, name string) {
 	}
 }
 
-// Every batch of the SQL Server script parses with the grammars-v4 T-SQL grammar
+// Every batch of the SQL Server script, and every catalog statement of Migrate and Verify,
+// parses with the grammars-v4 T-SQL grammar
 // (internal/tsqlcheck: offline, no server). The procedures are created through EXEC(N'…'),
 // so their bodies are parsed on their own too.
 func TestSQLServerScriptParses(t *testing.T) {
@@ -250,6 +251,9 @@ func TestSQLServerScriptParses(t *testing.T) {
 		if m := inner.FindStringSubmatch(strings.TrimSpace(batch)); m != nil {
 			stmts[fmt.Sprintf("batch %d procedure body", i+1)] = strings.ReplaceAll(m[1], "''", "'")
 		}
+	}
+	for name, q := range schema.CatalogStatements(schema.SQLServer) {
+		stmts["catalog: "+name] = q
 	}
 	failures, err := tsqlcheck.Parse(stmts)
 	if err != nil {

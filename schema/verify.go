@@ -80,10 +80,8 @@ func Verify(ctx context.Context, db database.DB, cfg Config, opts VerifyOptions)
 		return nil, err
 	}
 	d := dialectDDL(cfg.Dialect)
-	p := d.placeholder(1)
 	tables := map[string]map[string]liveColumn{}
-	rows, err := db.Query(ctx, `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
-FROM information_schema.columns WHERE table_schema = `+p+` AND table_name IN ('`+IncomingTable+`', '`+OutgoingTable+`', '`+DeadLetterTable+`')`, cfg.Schema)
+	rows, err := db.Query(ctx, columnsQuery(d), cfg.Schema)
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read columns: %w", cfg.Schema, err)
 	}
@@ -106,9 +104,7 @@ FROM information_schema.columns WHERE table_schema = `+p+` AND table_name IN ('`
 		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read columns: %w", cfg.Schema, err)
 	}
 
-	pks, err := stringSet(ctx, db, `SELECT tc.table_name FROM information_schema.table_constraints tc
-JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
-WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = `+p+` AND kcu.column_name = 'id'`, cfg.Schema)
+	pks, err := stringSet(ctx, db, primaryKeysQuery(d), cfg.Schema)
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read primary keys: %w", cfg.Schema, err)
 	}
@@ -141,9 +137,8 @@ WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = `+p+` AND kcu.col
 		}
 	}
 
-	if cfg.Dialect == SQLServer {
-		objects, err := stringSet(ctx, db, `SELECT t.name FROM sys.table_types t JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1
-UNION ALL SELECT p.name FROM sys.procedures p JOIN sys.schemas s ON s.schema_id = p.schema_id WHERE s.name = @p1`, cfg.Schema)
+	if q := d.objectsQuery(); q != "" {
+		objects, err := stringSet(ctx, db, q, cfg.Schema)
 		if err != nil {
 			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read objects: %w", cfg.Schema, err)
 		}
@@ -155,11 +150,7 @@ UNION ALL SELECT p.name FROM sys.procedures p JOIN sys.schemas s ON s.schema_id 
 	}
 
 	if !opts.JasperOnly {
-		q := `SELECT indexname FROM pg_indexes WHERE schemaname = $1`
-		if cfg.Dialect == SQLServer {
-			q = `SELECT i.name FROM sys.indexes i JOIN sys.tables t ON t.object_id = i.object_id JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1 AND i.name IS NOT NULL`
-		}
-		indexes, err := stringSet(ctx, db, q, cfg.Schema)
+		indexes, err := stringSet(ctx, db, d.indexesQuery(), cfg.Schema)
 		if err != nil {
 			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read indexes: %w", cfg.Schema, err)
 		}
