@@ -42,9 +42,7 @@ var benchOutbox = spec{
 		"bench outbox --amqp none --backlog 50000 --runs 3",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
-			"(default: $"+dsnEnv+", else "+defaultDSN+")")
+		common := newBenchFlags(fs)
 		cfg := bench.OutboxConfig{}
 		fs.StringVar(&cfg.AMQPURI, "amqp", bench.DefaultAMQPURI, "RabbitMQ `URL`, or none to skip the RabbitMQ legs")
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultBacklog, "`N` messages in the backlog of the drain legs and the raw loop")
@@ -55,18 +53,10 @@ var benchOutbox = spec{
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
 		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
-		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
 		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := db.DSN()
+			dsn, err := common.postgresDSN("bench outbox")
 			if err != nil {
 				return err
-			}
-			d, err := dialectOfDSN(dsn)
-			if err != nil {
-				return err
-			}
-			if d != database.Postgres {
-				return usageErrorf("bench outbox needs PostgreSQL: give a postgres:// --dsn")
 			}
 			switch {
 			case cfg.Backlog < 1, cfg.Payload < 1, cfg.Publishers < 1, cfg.Rate < 1, cfg.Runs < 1:
@@ -75,7 +65,7 @@ var benchOutbox = spec{
 				return usageErrorf("--publish-duration and --latency-duration must be at least 100ms")
 			}
 			cfg.DSN = dsn
-			stop, err := startCPUProfile(*cpuProfile)
+			stop, err := common.startCPUProfile()
 			if err != nil {
 				return err
 			}
@@ -103,6 +93,40 @@ func writeBenchResult(w io.Writer, res benchResult) error {
 	_, err := fmt.Fprintln(w, "\n"+res.ResultLine())
 	return err
 }
+
+// benchFlags are the flags every benchmark command has: --dsn (PostgreSQL only) and
+// --cpuprofile.
+type benchFlags struct {
+	db         dbFlags
+	cpuProfile string
+}
+
+func newBenchFlags(fs *flag.FlagSet) *benchFlags {
+	b := &benchFlags{}
+	fs.Var(&b.db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
+		"(default: $"+dsnEnv+", else "+defaultDSN+")")
+	fs.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
+	return b
+}
+
+// postgresDSN is the --dsn of command, which must name a PostgreSQL database.
+func (b *benchFlags) postgresDSN(command string) (string, error) {
+	dsn, err := b.db.DSN()
+	if err != nil {
+		return "", err
+	}
+	d, err := dialectOfDSN(dsn)
+	if err != nil {
+		return "", err
+	}
+	if d != database.Postgres {
+		return "", usageErrorf("%s needs PostgreSQL: give a postgres:// --dsn", command)
+	}
+	return dsn, nil
+}
+
+// startCPUProfile profiles to --cpuprofile until stop is called (nothing without the flag).
+func (b *benchFlags) startCPUProfile() (stop func(), err error) { return startCPUProfile(b.cpuProfile) }
 
 // startCPUProfile writes a CPU profile to path until stop is called; an empty path profiles nothing.
 func startCPUProfile(path string) (stop func(), err error) {

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"time"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/bench"
 )
 
@@ -31,9 +30,7 @@ var benchInbox = spec{
 		"bench inbox --in-flight 8 --rate 1000 --duration 10s --runs 5",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
-			"(default: $"+dsnEnv+", else "+defaultDSN+")")
+		common := newBenchFlags(fs)
 		cfg := bench.InboxBenchConfig{}
 		fs.IntVar(&cfg.InFlight, "in-flight", bench.DefaultInboxInFlight, "`N` messages in flight in the throughput legs")
 		fs.DurationVar(&cfg.Duration, "duration", bench.DefaultInboxDuration, "`DURATION` of each throughput leg (after a 1s warm-up)")
@@ -42,18 +39,10 @@ var benchInbox = spec{
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultInboxPayload, "payload size in `BYTES` (at least 36: it starts with the message UUID)")
 		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultInboxRuns, "repeat every leg `N` times (in a rotated order) and report the medians")
-		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
 		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := db.DSN()
+			dsn, err := common.postgresDSN("bench inbox")
 			if err != nil {
 				return err
-			}
-			d, err := dialectOfDSN(dsn)
-			if err != nil {
-				return err
-			}
-			if d != database.Postgres {
-				return usageErrorf("bench inbox needs PostgreSQL: give a postgres:// --dsn")
 			}
 			switch {
 			case cfg.MaxConns < 0:
@@ -64,7 +53,7 @@ var benchInbox = spec{
 				return usageErrorf("--duration and --latency-duration must be at least 100ms")
 			}
 			cfg.DSN = dsn
-			stop, err := startCPUProfile(*cpuProfile)
+			stop, err := common.startCPUProfile()
 			if err != nil {
 				return err
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/bench"
 )
 
@@ -28,32 +27,22 @@ var benchSubscriber = spec{
 		"bench subscriber --backlog 50000 --payload 256 --batch 1000",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
-			"(default: $"+dsnEnv+", else "+defaultDSN+")")
+		common := newBenchFlags(fs)
 		cfg := bench.SubscriberConfig{}
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultSubscriberBacklog, "`N` messages in the backlog of every leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultSubscriberPayload, "payload size in `BYTES`")
 		fs.IntVar(&cfg.Batch, "batch", bench.DefaultSubscriberBatch, "`N` messages per claim (ours: BatchSize) and per query (watermill-sql: SubscribeBatchSize); both default to 100")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
-		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
 		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := db.DSN()
+			dsn, err := common.postgresDSN("bench subscriber")
 			if err != nil {
 				return err
-			}
-			d, err := dialectOfDSN(dsn)
-			if err != nil {
-				return err
-			}
-			if d != database.Postgres {
-				return usageErrorf("bench subscriber needs PostgreSQL: give a postgres:// --dsn")
 			}
 			if cfg.Backlog < 1 || cfg.Payload < 1 || cfg.Batch < 1 || cfg.Runs < 1 {
 				return usageErrorf("--backlog, --payload, --batch and --runs must be positive")
 			}
 			cfg.DSN = dsn
-			stop, err := startCPUProfile(*cpuProfile)
+			stop, err := common.startCPUProfile()
 			if err != nil {
 				return err
 			}
