@@ -221,28 +221,27 @@ func (m *sqlserver) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, 
 // parameterised statement through sp_executesql, whose @stmt and @params count among them.
 func (m *sqlserver) MaxParams() int { return 2098 }
 
+// msErrorNumber is the number of an error SQL Server sent (go-mssqldb's mssql.Error, by
+// value or pointer), and whether err holds one.
+func msErrorNumber(err error) (int32, bool) {
+	var e interface{ SQLErrorNumber() int32 }
+	if errors.As(err, &e) {
+		return e.SQLErrorNumber(), true
+	}
+	return 0, false
+}
+
 // IsStatementError: an error the server sent (mssql.Error).
 func (m *sqlserver) IsStatementError(err error) bool {
-	var e mssql.Error
-	if errors.As(err, &e) {
-		return true
-	}
-	var pe *mssql.Error
-	return errors.As(err, &pe) && pe != nil
+	_, ok := msErrorNumber(err)
+	return ok
 }
 
 // IsMissingTable: error 208 "Invalid object name", 2812 "Could not find stored procedure",
 // 2715 "Column, parameter, or variable: Cannot find data type" (EnvelopeIdList missing).
 func (m *sqlserver) IsMissingTable(err error) bool {
-	var e mssql.Error
-	if errors.As(err, &e) {
-		return e.Number == 208 || e.Number == 2812 || e.Number == 2715
-	}
-	var pe *mssql.Error
-	if errors.As(err, &pe) && pe != nil {
-		return pe.Number == 208 || pe.Number == 2812 || pe.Number == 2715
-	}
-	return false
+	n, ok := msErrorNumber(err)
+	return ok && (n == 208 || n == 2812 || n == 2715)
 }
 
 // Publisher statements.

@@ -1,7 +1,9 @@
 package sqldialect
 
 import (
+	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -9,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 	mssql "github.com/microsoft/go-mssqldb"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -354,4 +357,33 @@ func TestSQLServerStatementsParse(t *testing.T) {
 		t.Errorf("%s does not parse as T-SQL: %s\n%s", name, msg, stmts[name])
 	}
 	t.Logf("%d SQL Server statements parsed, %d rejected", len(stmts), len(failures))
+}
+
+// A server's error answer (the statement failed, nothing changed) is told from an error
+// after which a statement may have run unseen; missing tables are recognised by number.
+func TestServerErrorClassification(t *testing.T) {
+	pg, ms := dialects(t)[0], dialects(t)[1]
+	lost := fmt.Errorf("claim: %w", errors.New("read tcp: connection reset by peer"))
+	cases := []struct {
+		d                  Dialect
+		err                error
+		statement, missing bool
+	}{
+		{pg, fmt.Errorf("claim: %w", &pgconn.PgError{Code: "40001"}), true, false},
+		{pg, fmt.Errorf("claim: %w", &pgconn.PgError{Code: "42P01"}), true, true},
+		{pg, lost, false, false},
+		{pg, context.DeadlineExceeded, false, false},
+		{ms, fmt.Errorf("claim: %w", mssql.Error{Number: 1205}), true, false},
+		{ms, fmt.Errorf("claim: %w", mssql.Error{Number: 208}), true, true},
+		{ms, fmt.Errorf("claim: %w", &mssql.Error{Number: 2812}), true, true},
+		{ms, lost, false, false},
+	}
+	for i, c := range cases {
+		if got := c.d.IsStatementError(c.err); got != c.statement {
+			t.Errorf("case %d (%s, %v): IsStatementError %v, want %v", i, c.d.Name(), c.err, got, c.statement)
+		}
+		if got := c.d.IsMissingTable(c.err); got != c.missing {
+			t.Errorf("case %d (%s, %v): IsMissingTable %v, want %v", i, c.d.Name(), c.err, got, c.missing)
+		}
+	}
 }
