@@ -17,6 +17,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
@@ -690,15 +691,10 @@ func TestIdleForwarderPollsOncePerInterval(t *testing.T) {
 	}
 }
 
-type permanentErr struct{}
-
-func (permanentErr) Error() string   { return "no such destination, ever" }
-func (permanentErr) Permanent() bool { return true }
-
-type temporaryErr struct{}
-
-func (temporaryErr) Error() string   { return "connection lost" }
-func (temporaryErr) Temporary() bool { return true }
+var (
+	permanentErr = fault.Permanent(errors.New("no such destination, ever"))
+	temporaryErr = fault.Temporary(errors.New("connection lost"))
+)
 
 // A permanent publish error dead-letters the envelope at once; a temporary one (the
 // transport, not the message) hands it back without counting an attempt.
@@ -706,8 +702,8 @@ func TestPermanentAndTemporaryPublishErrors(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	rec := newRecorder(goChannel(t))
-	rec.fail["never"] = permanentErr{}
-	rec.fail["flaky"] = temporaryErr{}
+	rec.fail["never"] = permanentErr
+	rec.fail["flaky"] = temporaryErr
 	flakyCalls := make(chan int, 100)
 	rec.onFail = func(topic string, calls int) {
 		if topic == "flaky" {

@@ -163,7 +163,7 @@ func TestTraceParentKeptInForwarderDeadLetter(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	rec := newRecorder(goChannel(t))
-	rec.fail["never"] = permanentErr{}
+	rec.fail["never"] = permanentErr
 	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: rec}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package forwarder
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 )
@@ -263,19 +263,21 @@ func (w *worker) process() {
 			if firstErr == nil {
 				firstErr, firstDest = it.err, it.env.Destination
 			}
-			if isPermanent(it.err) {
+			switch kind := fault.KindOf(it.err); {
+			case kind == fault.KindPermanent:
 				w.dead.add(it.env.ID, fmt.Sprintf("Publishing to topic %q failed permanently", it.topic),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
-			} else if isTemporary(it.err) {
+			case kind == fault.KindTemporary:
 				// The failure says nothing about the envelope (e.g. the broker connection was
 				// lost): hand it back without counting an attempt; the breaker still counts it.
 				w.release = append(w.release, it.env.ID)
-			} else if attempts := it.env.Attempts + 1; attempts >= f.config.MaxAttempts {
+			case it.env.Attempts+1 >= f.config.MaxAttempts:
+				attempts := it.env.Attempts + 1
 				w.dead.add(it.env.ID, fmt.Sprintf("Publishing to topic %q failed %d times (MaxAttempts %d)", it.topic, attempts, f.config.MaxAttempts),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
-			} else {
+			default:
 				w.retry = append(w.retry, it.env.ID)
 			}
 		default:
@@ -380,20 +382,4 @@ func (w *worker) flushOnce(base context.Context) error {
 		w.release = w.release[:0]
 	}
 	return nil
-}
-
-// isPermanent reports whether a publish error says the message can never be published
-// (its error, or one it wraps, has a Permanent() bool method returning true, as jasperamqp's
-// destination errors do): the envelope goes to the dead letters at once.
-func isPermanent(err error) bool {
-	var p interface{ Permanent() bool }
-	return errors.As(err, &p) && p.Permanent()
-}
-
-// isTemporary reports whether a publish error is about the transport, not the message (a
-// Temporary() bool method returning true, as jasperamqp.ErrConnectionLost has): the attempt
-// is not counted against MaxAttempts.
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
 }

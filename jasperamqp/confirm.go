@@ -12,6 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/watermill-jasper/watermill-jasper/fault"
 )
 
 // DefaultConfirmChannels is the default Options.ConfirmChannels: how many confirm-mode channels
@@ -21,16 +23,18 @@ const DefaultConfirmChannels = 2
 // ErrConnectionLost is matched (errors.Is) by the error of a Publish call of the publisher from
 // NewConfirmPublisher that found no connection to RabbitMQ, or whose connection or channel was
 // lost before the broker confirmed its message (which may or may not have arrived). It is not
-// permanent: the publisher reconnects by itself; retry. It reports Temporary() true, so the
-// forwarder does not count such a failure as an attempt of the envelope.
+// permanent: the publisher reconnects by itself; retry. It is temporary in the fault vocabulary
+// (errors.Is(err, fault.ErrTemporary)), so the forwarder does not count such a failure as an
+// attempt of the envelope.
 var ErrConnectionLost error = &temporaryError{"connection to RabbitMQ lost"}
 
 type temporaryError struct{ msg string }
 
 func (e *temporaryError) Error() string { return e.msg }
 
-// Temporary reports that the failure says nothing about the message itself.
-func (e *temporaryError) Temporary() bool { return true }
+// Is makes the error temporary in the fault vocabulary: the failure says nothing about the
+// message itself.
+func (e *temporaryError) Is(target error) bool { return target == fault.ErrTemporary }
 
 // ErrNacked is matched by the error of a Publish call whose message the broker negatively
 // acknowledged (basic.nack: RabbitMQ could not take responsibility for it, e.g. an internal

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/watermill-jasper/watermill-jasper/fault"
 )
 
 // Kind is what a Jasper destination URI addresses.
@@ -104,7 +106,8 @@ const AcceptedShapes = "rabbitmq://queue/NAME, rabbitmq://exchange/NAME, rabbitm
 
 // DestinationError is returned for a destination that can never be published to AMQP: malformed
 // (errors.Is ErrInvalidDestination) or not RabbitMQ (errors.Is ErrNotRabbitMQ). Retrying cannot
-// help, so Permanent reports true: a forwarder should dead-letter the envelope.
+// help, so it is permanent (errors.Is(err, fault.ErrPermanent)): a forwarder dead-letters
+// the envelope at once.
 type DestinationError struct {
 	// URI is the destination as given.
 	URI string
@@ -127,8 +130,9 @@ func (e *DestinationError) Error() string {
 // Unwrap returns ErrInvalidDestination or ErrNotRabbitMQ.
 func (e *DestinationError) Unwrap() error { return e.Err }
 
-// Permanent reports true: publishing to this destination will never succeed.
-func (e *DestinationError) Permanent() bool { return true }
+// Is makes the error permanent in the fault vocabulary (errors.Is(err, fault.ErrPermanent)):
+// publishing to this destination will never succeed.
+func (e *DestinationError) Is(target error) bool { return target == fault.ErrPermanent }
 
 const (
 	schemeRabbitMQ         = "rabbitmq"

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/watermill-jasper/watermill-jasper/fault"
 )
 
 func TestParseDestination(t *testing.T) {
@@ -93,7 +95,7 @@ func TestParseDestination(t *testing.T) {
 			t.Errorf("ParseDestination(%q): error %v is not ErrInvalidDestination", tt.uri, err)
 		}
 		var de *DestinationError
-		if !errors.As(err, &de) || !de.Permanent() || de.URI != tt.uri {
+		if !errors.As(err, &de) || !fault.IsPermanent(err) || de.URI != tt.uri {
 			t.Errorf("ParseDestination(%q): error %#v is not a permanent *DestinationError naming the URI", tt.uri, err)
 		}
 		msg := err.Error()

@@ -15,8 +15,8 @@
 // reconnection with back-off, and it adds what a relay needs on top:
 //
 //   - per-message validation: a destination that is not rabbitmq:// (local://..., tcp://...) or
-//     is malformed fails with a *DestinationError whose Permanent method reports true, so the
-//     forwarder can dead-letter the envelope instead of retrying forever;
+//     is malformed fails with a *DestinationError, which is permanent (errors.Is(err,
+//     fault.ErrPermanent)), so the forwarder dead-letters the envelope instead of retrying forever;
 //   - topology checks: before the first message to a destination the queue (or exchange) is
 //     checked to exist, and created durable when WithDeclareQueues / WithDeclareExchanges is set.
 //     Without the check RabbitMQ silently drops a message sent to a missing queue and still

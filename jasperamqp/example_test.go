@@ -8,6 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 )
 
@@ -52,11 +53,10 @@ func ExampleNewPublisher() {
 	msg := message.NewMessage(watermill.NewUUID(), []byte(`{"orderId":42}`))
 	err = pub.Publish(destination, msg) // returns once RabbitMQ has confirmed the message
 
-	var permanent interface{ Permanent() bool }
 	switch {
 	case err == nil:
 		// delete the outgoing envelope
-	case errors.As(err, &permanent) && permanent.Permanent():
+	case fault.IsPermanent(err):
 		// local://..., tcp://... or malformed: move the envelope to jasper_dead_letters
 	default:
 		// broker down, queue missing (jasperamqp.ErrDestinationNotFound), ...: retry later

@@ -24,8 +24,8 @@ var ErrClosed = errors.New("jasperamqp: publisher is closed")
 //
 // Per Publish call it:
 //   - rejects a destination that is not rabbitmq:// (local://..., tcp://...) or is malformed
-//     with a *DestinationError (errors.Is ErrNotRabbitMQ or ErrInvalidDestination; Permanent()
-//     reports true), before touching the broker: the forwarder should dead-letter such envelopes;
+//     with a *DestinationError (errors.Is ErrNotRabbitMQ or ErrInvalidDestination, and
+//     fault.ErrPermanent), before touching the broker: the forwarder should dead-letter such envelopes;
 //   - before the first message to a queue or exchange, checks on a separate connection that it
 //     exists (ErrDestinationNotFound otherwise, which is worth retrying) or declares it durable
 //     (Options.DeclareQueues, Options.DeclareExchanges);

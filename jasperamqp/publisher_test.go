@@ -15,6 +15,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/watermill-jasper/watermill-jasper/fault"
 )
 
 // newPublisherFunc builds a publisher for a test and closes it when the test ends.
@@ -240,7 +242,7 @@ func TestPublishRejectsNonRabbitMQDestinations(t *testing.T) {
 				continue
 			}
 			var de *DestinationError
-			if !errors.As(err, &de) || !de.Permanent() || de.URI != topic {
+			if !errors.As(err, &de) || !fault.IsPermanent(err) || de.URI != topic {
 				t.Errorf("%s: %#v is not a permanent *DestinationError", topic, err)
 			}
 			if !strings.Contains(err.Error(), topic) || !strings.Contains(err.Error(), "rabbitmq://queue/NAME") {
@@ -253,7 +255,7 @@ func TestPublishRejectsNonRabbitMQDestinations(t *testing.T) {
 		for _, topic := range []string{"rabbitmq://topic/x", "rabbitmq://queue/", "orders"} {
 			err := pub.Publish(topic, msg())
 			var de *DestinationError
-			if !errors.Is(err, ErrInvalidDestination) || !errors.As(err, &de) || !de.Permanent() {
+			if !errors.Is(err, ErrInvalidDestination) || !errors.As(err, &de) || !fault.IsPermanent(err) {
 				t.Errorf("%s: %v, want a permanent ErrInvalidDestination", topic, err)
 			}
 		}

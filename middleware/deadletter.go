@@ -13,6 +13,7 @@ import (
 	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -53,8 +54,9 @@ type DeadLetterConfig struct {
 	MaxInterval time.Duration
 	// Multiplier grows the wait between attempts. Default 2 (must be >= 1).
 	Multiplier float64
-	// IsPermanent reports errors that retrying cannot fix: the message is dead-lettered at
-	// once. Errors marked with Permanent are always permanent. Default: only those.
+	// IsPermanent reports more errors that retrying cannot fix: the message is dead-lettered
+	// at once. Errors marked permanent in the fault vocabulary (fault.Permanent) always are.
+	// Default: only those.
 	IsPermanent func(error) bool
 	// Defaults fill message_type and content_type of dead letters when the message's
 	// metadata does not (see package metadata).
@@ -155,7 +157,13 @@ func (d *DeadLetter) handle(msg *message.Message, h message.HandlerFunc) ([]*mes
 			// Shutting down: leave the message to its redelivery.
 			return nil, err
 		}
-		permanent = IsPermanent(err) || (d.config.IsPermanent != nil && d.config.IsPermanent(err))
+		kind := fault.KindOf(err)
+		if kind == fault.KindTemporary && (d.config.IsPermanent == nil || !d.config.IsPermanent(err)) {
+			// The failure says nothing about the message (fault.Temporary): no attempt is
+			// counted and it is never dead-lettered; it is nacked for its redelivery.
+			return nil, err
+		}
+		permanent = kind == fault.KindPermanent || (d.config.IsPermanent != nil && d.config.IsPermanent(err))
 		if permanent || attempts >= d.config.MaxAttempts {
 			break
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
@@ -236,7 +237,7 @@ func TestDeadLetterPermanentErrorIsNotRetried(t *testing.T) {
 	startRouter(t, sub, "orders", func(msg *message.Message) error {
 		calls.Add(1)
 		if msg.Metadata.Get("kind") == "marked" {
-			return middleware.Permanent(errors.New("cannot parse"))
+			return fault.Permanent(errors.New("cannot parse"))
 		}
 		return fmt.Errorf("validate: %w", errBadInput)
 	}, dl.Middleware)
@@ -264,7 +265,7 @@ func TestDeadLetterPermanentErrorIsNotRetried(t *testing.T) {
 	if e.deadLetters() != 2 {
 		t.Errorf("%d dead letters, want 2 (one per message)", e.deadLetters())
 	}
-	if middleware.Permanent(nil) != nil || !middleware.IsPermanent(fmt.Errorf("x: %w", middleware.Permanent(errBadInput))) {
+	if fault.Permanent(nil) != nil || !fault.IsPermanent(fmt.Errorf("x: %w", fault.Permanent(errBadInput))) {
 		t.Error("Permanent / IsPermanent")
 	}
 }

@@ -40,9 +40,12 @@
 //
 // # Dead letters
 //
-// DeadLetter.Middleware retries a failing handler in process with exponential back-off
-// (MaxAttempts tries; errors marked with Permanent, or matched by IsPermanent, are not
-// retried), then writes the message to jasper_dead_letters with Jasper's fields
+// DeadLetter.Middleware reads a handler's error in the module's one error vocabulary (package
+// fault, docs/errors.md): an ordinary error is retried in process with exponential back-off,
+// up to MaxAttempts tries; a permanent one (fault.Permanent, or matched by
+// DeadLetterConfig.IsPermanent) is not retried; a temporary one (fault.Temporary) counts no
+// attempt and is never dead-lettered: the message is nacked at once, for its redelivery. After
+// the last attempt of an ordinary error, or at once for a permanent one, the middleware writes the message to jasper_dead_letters with Jasper's fields
 // (exception_type = the Go type of the root error, exception_message, exception_text = the
 // whole error chain, explanation, source = the handler name, received_at = the topic,
 // attempts, body, headers), sets Watermill's poison metadata keys (reason_poisoned,

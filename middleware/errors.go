@@ -1,38 +1,9 @@
 package middleware
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 )
-
-// ErrPermanent is matched (errors.Is) by every error wrapped with Permanent.
-var ErrPermanent = errors.New("permanent error")
-
-// PermanentError marks an error that retrying cannot fix (see Permanent).
-type PermanentError struct{ Err error }
-
-// Error returns the text of the wrapped error, unchanged.
-func (e *PermanentError) Error() string { return e.Err.Error() }
-
-// Unwrap returns the wrapped error.
-func (e *PermanentError) Unwrap() error { return e.Err }
-
-// Is makes errors.Is(err, ErrPermanent) true.
-func (e *PermanentError) Is(target error) bool { return target == ErrPermanent }
-
-// Permanent marks err as permanent: DeadLetter does not retry it, it dead-letters the
-// message at once. The text, type and chain of err are kept as they are in the dead letter.
-// Permanent(nil) is nil.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &PermanentError{Err: err}
-}
-
-// IsPermanent reports whether err, or an error it wraps, was marked with Permanent.
-func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
 
 // rootCause follows Unwrap to the innermost error; of a joined error it follows the first.
 func rootCause(err error) error {

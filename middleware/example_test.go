@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
 )
@@ -60,7 +61,7 @@ func ExampleNewInbox() {
 		runs.Add(1)
 		tx, ok := middleware.TxFromContext(msg.Context()) // the inbox's transaction
 		if !ok {
-			return middleware.Permanent(fmt.Errorf("no inbox transaction"))
+			return fault.Permanent(fmt.Errorf("no inbox transaction"))
 		}
 		_, err := tx.Exec(msg.Context(), `INSERT INTO `+invoices+` (order_id, message_uuid) VALUES ($1, $2)`,
 			string(msg.Payload), msg.UUID)

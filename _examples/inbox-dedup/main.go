@@ -39,6 +39,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
@@ -131,7 +132,7 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 	router.AddConsumerHandler("capture-payment", queue, sub, func(msg *message.Message) error {
 		var o order
 		if err := json.Unmarshal(msg.Payload, &o); err != nil {
-			return middleware.Permanent(fmt.Errorf("order %s: unreadable payload: %w", msg.UUID, err))
+			return fault.Permanent(fmt.Errorf("order %s: unreadable payload: %w", msg.UUID, err))
 		}
 		if o.ID == "order-flaky" && flakyAttempts.Add(1) == 1 {
 			return errors.New("payment provider timed out") // transient: retried in process
