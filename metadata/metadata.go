@@ -15,42 +15,44 @@
 // This library creates no spans and does not depend on OpenTelemetry.
 package metadata
 
+import "github.com/watermill-jasper/watermill-jasper/internal/row"
+
 const (
 	// MessageType fills message_type (Jasper's message alias, which .NET handlers are found by).
 	// Fallbacks: the "name" key that Watermill's CQRS marshalers set, then the publisher's
 	// configured default ("watermill-message").
-	MessageType = "jasper_message_type"
+	MessageType = row.KeyMessageType
 	// ContentType fills content_type. Fallback: the publisher's default ("application/json",
 	// Jasper's default serializer).
-	ContentType = "jasper_content_type"
+	ContentType = row.KeyContentType
 	// CorrelationID fills correlation_id; it is Watermill's own correlation id key
 	// (middleware.CorrelationIDMetadataKey).
-	CorrelationID = "correlation_id"
+	CorrelationID = row.KeyCorrelationID
 	// TraceParent (W3C trace context) fills parent_id, so a trace continues across the outbox.
 	// Delivered and relayed messages carry it back under this key, also those of rows written
 	// by .NET Jasper (from parent_id). Other trace keys ("tracestate", "baggage") round-trip
 	// with every metadata pair (headers column), but no Jasper column holds them.
-	TraceParent = "traceparent"
+	TraceParent = row.KeyTraceParent
 	// ConversationID fills conversation_id; it must be a UUID.
-	ConversationID = "jasper_conversation_id"
+	ConversationID = row.KeyConversationID
 	// SagaID fills saga_id.
-	SagaID = "jasper_saga_id"
+	SagaID = row.KeySagaID
 	// ReplyURI fills reply_uri.
-	ReplyURI = "jasper_reply_uri"
+	ReplyURI = row.KeyReplyURI
 	// ReplyRequested fills reply_requested (a message type alias).
-	ReplyRequested = "jasper_reply_requested"
+	ReplyRequested = row.KeyReplyRequested
 	// AckRequested fills ack_requested ("true" or "false").
-	AckRequested = "jasper_ack_requested"
+	AckRequested = row.KeyAckRequested
 	// DeliverBy is the expiry (RFC 3339) filling deliver_by: an outgoing envelope not sent by
 	// then is discarded, as Jasper does.
-	DeliverBy = "jasper_deliver_by"
+	DeliverBy = row.KeyDeliverBy
 	// Attempts is set on delivered messages: how many times delivery was attempted before.
-	Attempts = "jasper_attempts"
+	Attempts = row.KeyAttempts
 	// EnvelopeID is set on delivered messages: the id of the row they came from.
-	EnvelopeID = "jasper_envelope_id"
+	EnvelopeID = row.KeyEnvelopeID
 	// Destination is set on messages relayed by the forwarder: the Jasper destination URI of
 	// the outgoing envelope (the output topic may differ, see the forwarder's topic mapping).
-	Destination = "jasper_destination"
+	Destination = row.KeyDestination
 	// Source is the Jasper "source" header (the sending service's name), kept in dead letters.
-	Source = "jasper_source"
+	Source = row.KeySource
 )

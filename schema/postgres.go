@@ -55,7 +55,7 @@ func (d postgresDDL) statements(cfg Config) []string {
 			}
 		}
 	}
-	for _, ix := range extensionIndexes {
+	for _, ix := range Indexes() {
 		s := fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s)", cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), indexColumns(cfg, ix))
 		if ix.Where != "" {
 			s += " WHERE " + ix.Where

@@ -110,7 +110,7 @@ func (d sqlserverDDL) statements(cfg Config) []string {
 		out = append(out, fmt.Sprintf("IF OBJECT_ID(%s, N'P') IS NULL EXEC(N'%s')",
 			nstring(cfg.Qualified(p)), strings.ReplaceAll(body, "'", "''")))
 	}
-	for _, ix := range extensionIndexes {
+	for _, ix := range Indexes() {
 		s := fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.indexes WHERE name = %s AND object_id = OBJECT_ID(%s))\nCREATE INDEX %s ON %s (%s)",
 			nstring(ix.Name), nstring(cfg.Qualified(ix.Table)), cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), indexColumns(cfg, ix))
 		if ix.Where != "" {

@@ -154,7 +154,7 @@ func Verify(ctx context.Context, db database.DB, cfg Config, opts VerifyOptions)
 		if err != nil {
 			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read indexes: %w", cfg.Schema, err)
 		}
-		for _, ix := range extensionIndexes {
+		for _, ix := range Indexes() {
 			if _, ok := tables[ix.Table]; ok && !indexes[ix.Name] {
 				diffs = append(diffs, Difference{Kind: MissingIndex, Table: ix.Table, Column: ix.Name, Extension: true})
 			}

@@ -14,8 +14,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
-
-	"github.com/watermill-jasper/watermill-jasper/metadata"
 )
 
 // Envelope is one row of jasper_outgoing_envelopes or jasper_incoming_envelopes (Jasper 2.0
@@ -88,36 +86,36 @@ func FromMessage(topic string, msg *message.Message, d Defaults) (Envelope, erro
 		ID:             EnvelopeID(topic, msg.UUID),
 		Destination:    topic,
 		Body:           msg.Payload,
-		CorrelationID:  md.Get(metadata.CorrelationID),
-		ParentID:       md.Get(metadata.TraceParent),
-		SagaID:         md.Get(metadata.SagaID),
-		MessageType:    firstNonEmpty(md.Get(metadata.MessageType), md.Get("name"), d.MessageType),
-		ContentType:    firstNonEmpty(md.Get(metadata.ContentType), d.ContentType),
-		ReplyRequested: md.Get(metadata.ReplyRequested),
-		ReplyURI:       md.Get(metadata.ReplyURI),
+		CorrelationID:  md.Get(KeyCorrelationID),
+		ParentID:       md.Get(KeyTraceParent),
+		SagaID:         md.Get(KeySagaID),
+		MessageType:    firstNonEmpty(md.Get(KeyMessageType), md.Get("name"), d.MessageType),
+		ContentType:    firstNonEmpty(md.Get(KeyContentType), d.ContentType),
+		ReplyRequested: md.Get(KeyReplyRequested),
+		ReplyURI:       md.Get(KeyReplyURI),
 		MessageUUID:    msg.UUID,
 	}
 	if e.Body == nil {
 		e.Body = []byte{} // body is NOT NULL
 	}
-	if v := md.Get(metadata.ConversationID); v != "" {
+	if v := md.Get(KeyConversationID); v != "" {
 		id, err := uuid.Parse(v)
 		if err != nil {
-			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not a UUID", ErrInvalidMessage, metadata.ConversationID, v)
+			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not a UUID", ErrInvalidMessage, KeyConversationID, v)
 		}
 		e.ConversationID = &id
 	}
-	if v := md.Get(metadata.AckRequested); v != "" {
+	if v := md.Get(KeyAckRequested); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not a boolean", ErrInvalidMessage, metadata.AckRequested, v)
+			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not a boolean", ErrInvalidMessage, KeyAckRequested, v)
 		}
 		e.AckRequested = b
 	}
-	if v := md.Get(metadata.DeliverBy); v != "" {
+	if v := md.Get(KeyDeliverBy); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
-			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not an RFC 3339 time", ErrInvalidMessage, metadata.DeliverBy, v)
+			return Envelope{}, fmt.Errorf("%w: metadata %s=%q is not an RFC 3339 time", ErrInvalidMessage, KeyDeliverBy, v)
 		}
 		t = t.UTC()
 		e.DeliverBy = &t
@@ -165,8 +163,8 @@ func (e Envelope) ToMessage() (*message.Message, error) {
 			ReplyRequested: e.ReplyRequested, AckRequested: e.AckRequested, DeliverBy: e.DeliverBy,
 		}.setMetadata(md)
 	}
-	md.Set(metadata.EnvelopeID, e.ID.String())
-	md.Set(metadata.Attempts, strconv.Itoa(e.Attempts))
+	md.Set(KeyEnvelopeID, e.ID.String())
+	md.Set(KeyAttempts, strconv.Itoa(e.Attempts))
 	id := e.MessageUUID
 	if id == "" {
 		id = e.ID.String()
@@ -197,19 +195,19 @@ type jasperFields struct {
 // setMetadata sets the metadata keys of the fields that have a value.
 func (f jasperFields) setMetadata(md message.Metadata) {
 	for _, kv := range [...][2]string{
-		{metadata.Source, f.Source}, {metadata.MessageType, f.MessageType}, {metadata.ContentType, f.ContentType},
-		{metadata.CorrelationID, f.CorrelationID}, {metadata.TraceParent, f.ParentID},
-		{metadata.ConversationID, f.ConversationID}, {metadata.SagaID, f.SagaID}, {metadata.ReplyURI, f.ReplyURI},
-		{metadata.ReplyRequested, f.ReplyRequested},
+		{KeySource, f.Source}, {KeyMessageType, f.MessageType}, {KeyContentType, f.ContentType},
+		{KeyCorrelationID, f.CorrelationID}, {KeyTraceParent, f.ParentID},
+		{KeyConversationID, f.ConversationID}, {KeySagaID, f.SagaID}, {KeyReplyURI, f.ReplyURI},
+		{KeyReplyRequested, f.ReplyRequested},
 	} {
 		if kv[1] != "" {
 			md.Set(kv[0], kv[1])
 		}
 	}
 	if f.AckRequested {
-		md.Set(metadata.AckRequested, "true")
+		md.Set(KeyAckRequested, "true")
 	}
 	if f.DeliverBy != nil {
-		md.Set(metadata.DeliverBy, f.DeliverBy.UTC().Format(time.RFC3339Nano))
+		md.Set(KeyDeliverBy, f.DeliverBy.UTC().Format(time.RFC3339Nano))
 	}
 }

@@ -11,8 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/envelope"
-	"github.com/watermill-jasper/watermill-jasper/metadata"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 )
 
 // Jasper's wrapped scheduled send (jasper-spec §2.2): a message to be sent later is stored as
@@ -54,7 +53,7 @@ func WrapScheduled(topic string, msg *message.Message, d Defaults, due, sentAt t
 	due = due.UTC()
 	inner := envelope.Envelope{
 		SentAt:         sentAt.UTC(),
-		Source:         msg.Metadata.Get(metadata.Source),
+		Source:         msg.Metadata.Get(KeySource),
 		MessageType:    orig.MessageType,
 		ReplyURI:       orig.ReplyURI,
 		ContentType:    orig.ContentType,
@@ -89,7 +88,7 @@ func WrapScheduled(topic string, msg *message.Message, d Defaults, due, sentAt t
 	return Envelope{
 		ID:             ScheduledEnvelopeID(topic, msg.UUID),
 		OwnerID:        0,
-		Status:         schema.StatusScheduled,
+		Status:         layout.StatusScheduled,
 		Destination:    DurableLocalURI,
 		ExecutionTime:  &due,
 		Body:           body,

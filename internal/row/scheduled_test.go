@@ -10,7 +10,6 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/internal/envelope"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/metadata"
 )
 
 func TestWrapUnwrapScheduledRoundTrip(t *testing.T) {
@@ -18,12 +17,12 @@ func TestWrapUnwrapScheduledRoundTrip(t *testing.T) {
 	sent := time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)
 	m := message.NewMessage("m-1", []byte("payload"))
 	m.Metadata = message.Metadata{
-		metadata.MessageType:    "Ping",
-		metadata.ConversationID: "0f8fad5b-d9cb-469f-a165-70867728950e",
-		metadata.AckRequested:   "true",
-		metadata.Source:         "billing",
-		"destination":           "reserved key, kept only in the headers column",
-		"plain":                 "v",
+		row.KeyMessageType:    "Ping",
+		row.KeyConversationID: "0f8fad5b-d9cb-469f-a165-70867728950e",
+		row.KeyAckRequested:   "true",
+		row.KeySource:         "billing",
+		"destination":     "reserved key, kept only in the headers column",
+		"plain":           "v",
 	}
 	e, err := row.WrapScheduled("pings", m, row.Defaults{}, due, sent)
 	if err != nil {
@@ -77,12 +76,12 @@ func TestUnwrapScheduledFromJasper(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := message.Metadata{
-		metadata.MessageType:   "Ping",
-		metadata.ContentType:   "application/json",
-		metadata.CorrelationID: "c-1",
-		metadata.TraceParent:   "00-abc-def-01",
-		metadata.DeliverBy:     deliverBy.Format(time.RFC3339Nano),
-		"tenant":               "t1",
+		row.KeyMessageType:   "Ping",
+		row.KeyContentType:   "application/json",
+		row.KeyCorrelationID: "c-1",
+		row.KeyTraceParent:   "00-abc-def-01",
+		row.KeyDeliverBy:     deliverBy.Format(time.RFC3339Nano),
+		"tenant":         "t1",
 	}
 	if topic != "rabbitmq://queue/pings" || msg.UUID != "0f8fad5b-d9cb-469f-a165-70867728950e" || string(msg.Payload) != "{}" ||
 		fmt.Sprint(msg.Metadata) != fmt.Sprint(want) {

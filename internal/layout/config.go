@@ -1,13 +1,8 @@
-// Package schema owns the storage layout of watermill-jasper: the three Jasper 2.0 tables
-// (jasper_incoming_envelopes, jasper_outgoing_envelopes, jasper_dead_letters), SQL Server's
-// EnvelopeIdList table type and stored procedures, and the additive extension columns and
-// indexes this library adds. It generates the DDL for PostgreSQL and SQL Server (Script),
-// applies it idempotently (Migrate) and compares a live database with it (Verify).
-//
-// The layout follows Jasper 2.0 exactly, so a database created by Jasper verifies clean
-// (apart from missing extensions, which Migrate adds without touching rows) and a database
-// created here looks to Jasper like its own.
-package schema
+// Package layout describes where and how the Jasper tables live: the schema config (dialect,
+// validated schema name, quoting) and the tables, columns, indexes and statuses of Jasper 2.0
+// plus this library's additive extensions. It holds no SQL; the drivers under internal/store
+// turn it into statements. The public package schema re-exports it.
+package layout
 
 import (
 	"errors"
@@ -15,17 +10,17 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 )
 
-// Dialect names a supported database (an alias of database.Dialect).
-type Dialect = database.Dialect
+// Dialect names a supported database (an alias of dbx.Dialect).
+type Dialect = dbx.Dialect
 
 const (
 	// Postgres is PostgreSQL.
-	Postgres = database.Postgres
+	Postgres = dbx.Postgres
 	// SQLServer is Microsoft SQL Server.
-	SQLServer = database.SQLServer
+	SQLServer = dbx.SQLServer
 )
 
 // ErrInvalidConfig is wrapped by every configuration error of this package.
@@ -61,7 +56,7 @@ func DefaultSchema(d Dialect) string {
 
 // Config names where the tables live.
 type Config struct {
-	// Dialect of the database. Default: Postgres.
+	// Dialect of the dbx. Default: Postgres.
 	Dialect Dialect
 	// Schema holding the tables. Default: Jasper's, "public" on PostgreSQL and "dbo" on SQL Server.
 	// Jasper writes the schema unquoted, so PostgreSQL folds it to lower case; this library does

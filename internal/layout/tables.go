@@ -1,12 +1,11 @@
-package schema
+package layout
 
 // Table names, as Jasper (1.x and 2.0) names them.
 const (
-	IncomingTable    = "jasper_incoming_envelopes"
-	OutgoingTable    = "jasper_outgoing_envelopes"
-	DeadLetterTable  = "jasper_dead_letters"
-	EnvelopeIDList   = "EnvelopeIdList" // SQL Server table type for id lists
-	migrateLockLabel = "watermill-jasper:migrate:"
+	IncomingTable   = "jasper_incoming_envelopes"
+	OutgoingTable   = "jasper_outgoing_envelopes"
+	DeadLetterTable = "jasper_dead_letters"
+	EnvelopeIDList  = "EnvelopeIdList" // SQL Server table type for id lists
 )
 
 // Incoming envelope statuses. Jasper writes Incoming and Scheduled; Handled is Wolverine's

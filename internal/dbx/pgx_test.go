@@ -1,4 +1,4 @@
-package database_test
+package dbx_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
 
@@ -29,11 +29,11 @@ func TestBeginExec(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	pgxDB := database.FromPgx(pool)
-	if _, ok := pgxDB.(database.FirstStatementBeginner); !ok {
+	pgxDB := dbx.FromPgx(pool)
+	if _, ok := pgxDB.(dbx.FirstStatementBeginner); !ok {
 		t.Fatal("FromPgx does not implement FirstStatementBeginner")
 	}
-	stdDB, err := database.FromStdSQL(testdb.StdDB(t))
+	stdDB, err := dbx.FromStdSQL(testdb.StdDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,12 +48,12 @@ func TestBeginExec(t *testing.T) {
 	}
 	for i, c := range []struct {
 		name string
-		db   database.DB
+		db   dbx.DB
 	}{{"pgx", pgxDB}, {"database/sql", stdDB}} {
 		base := 100 * (i + 1)
 		t.Run(c.name, func(t *testing.T) {
 			// Committed with a second statement.
-			tx, n, err := database.BeginExec(ctx, c.db, insert, base+1)
+			tx, n, err := dbx.BeginExec(ctx, c.db, insert, base+1)
 			if err != nil || n != 1 {
 				t.Fatalf("BeginExec: %d, %v", n, err)
 			}
@@ -67,7 +67,7 @@ func TestBeginExec(t *testing.T) {
 				t.Fatal("committed rows missing")
 			}
 			// ON CONFLICT DO NOTHING: 0 rows, then rolled back.
-			tx, n, err = database.BeginExec(ctx, c.db, insert, base+1)
+			tx, n, err = dbx.BeginExec(ctx, c.db, insert, base+1)
 			if err != nil || n != 0 {
 				t.Fatalf("BeginExec of a duplicate: %d, %v", n, err)
 			}
@@ -81,13 +81,13 @@ func TestBeginExec(t *testing.T) {
 				t.Fatal("rolled back row exists")
 			}
 			// A failing first statement: nil Tx, the error, nothing left open.
-			tx, _, err = database.BeginExec(ctx, c.db, strict, base+1)
+			tx, _, err = dbx.BeginExec(ctx, c.db, strict, base+1)
 			var pgErr *pgconn.PgError
 			if tx != nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" {
 				t.Fatalf("BeginExec of a failing statement: tx %v, err %v", tx, err)
 			}
 			// A statement failing later: Commit reports the rollback.
-			tx, _, err = database.BeginExec(ctx, c.db, insert, base+4)
+			tx, _, err = dbx.BeginExec(ctx, c.db, insert, base+4)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,7 +103,7 @@ func TestBeginExec(t *testing.T) {
 		})
 	}
 	// pgx specifics: errors as pgx.Tx's, and every connection back in the pool.
-	tx, _, err := database.BeginExec(ctx, pgxDB, insert, 1)
+	tx, _, err := dbx.BeginExec(ctx, pgxDB, insert, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +125,10 @@ func TestBeginExec(t *testing.T) {
 	// Connections given back after a failed first statement are usable (not left in an
 	// aborted transaction).
 	for i := range 2 * int(pool.Config().MaxConns) {
-		if _, _, err := database.BeginExec(ctx, pgxDB, strict, 101); err == nil {
+		if _, _, err := dbx.BeginExec(ctx, pgxDB, strict, 101); err == nil {
 			t.Fatal("duplicate insert did not fail")
 		}
-		tx, _, err := database.BeginExec(ctx, pgxDB, insert, 1000+i)
+		tx, _, err := dbx.BeginExec(ctx, pgxDB, insert, 1000+i)
 		if err != nil {
 			t.Fatalf("BeginExec after a failed one: %v", err)
 		}
@@ -142,10 +142,10 @@ func TestBeginExec(t *testing.T) {
 	// A cancelled context: an error, and the connection is not handed out again mid-transaction.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if tx, _, err := database.BeginExec(cctx, pgxDB, insert, 5000); err == nil || tx != nil {
+	if tx, _, err := dbx.BeginExec(cctx, pgxDB, insert, 5000); err == nil || tx != nil {
 		t.Errorf("BeginExec with a cancelled context: %v, %v", tx, err)
 	}
-	if tx, _, err := database.BeginExec(ctx, pgxDB, insert, 5001); err != nil {
+	if tx, _, err := dbx.BeginExec(ctx, pgxDB, insert, 5001); err != nil {
 		t.Fatal(err)
 	} else if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
