@@ -1,4 +1,4 @@
-package sqldialect
+package sqlstore
 
 // DurabilityStatements are the statements of the durability agent (package durability) and
 // of the liveness checks of owners. They are part of Dialect; they live in a file of their

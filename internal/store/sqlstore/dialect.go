@@ -1,31 +1,39 @@
-// Package sqldialect holds every runtime SQL statement of watermill-jasper, one file per
-// dialect (postgres.go, postgres_durability.go; sqlserver.go, sqlserver_durability.go).
-// Statements are built once per schema from validated identifiers; every value is a bound
-// parameter. DDL lives in package schema.
+// Package sqlstore implements the store's typed operations (internal/store) once, over the
+// statement set of a dialect: a Dialect renders every statement of one database for one
+// schema, and Store binds the typed parameters to them and reads the typed results. The
+// statements themselves live in the dialect packages (internal/store/postgres and the public
+// package sqlserver), DDL beside them; no other package holds SQL.
 //
 // Notation of the contracts below: "$n" is the n-th argument (written $n on PostgreSQL and
 // @pn on SQL Server); "bigint", "float8", "boolean" and "text" name the Go values a result
 // column scans into (int64, float64, bool, string), whatever the dialect's own type
-// (bigint, float, bit, nvarchar on SQL Server). A statement that is "" is not supported by
-// the dialect and must be skipped by the caller (notifications, savepoint release).
-package sqldialect
+// (bigint, float, bit, nvarchar on SQL Server). Statements a database cannot run are
+// announced by Caps (no notifications on SQL Server, no savepoint release) and never asked
+// for.
+package sqlstore
 
 import (
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/google/uuid"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
 // Dialect is the SQL of one database for one schema.
 type Dialect interface {
-	Name() database.Dialect
-	Schema() schema.Config
+	Name() dbx.Dialect
+	Schema() layout.Config
+	// Caps says what the database can do (store.Caps).
+	Caps() store.Caps
+	// MoveNeedsTx is true when DeadLetterOutgoing and DeadLetterIncoming are several
+	// statements that must run in a transaction to be atomic (the store opens one when it
+	// runs them on the pool).
+	MoveNeedsTx() bool
 	// UUIDs converts UUID values for this driver.
 	UUIDs() row.UUIDCodec
 	// IDList is the bind value for a list of envelope ids (uuid[] on PostgreSQL, Jasper's
@@ -45,9 +53,10 @@ type Dialect interface {
 	// InsertOutgoing inserts n envelopes bound with row.OutgoingArgs, one after another;
 	// an envelope whose id exists already is skipped (idempotent re-publish).
 	InsertOutgoing(n int) string
-	// NotifyOutgoing wakes forwarders after commit: args (none). "" when the dialect cannot.
+	// NotifyOutgoing wakes forwarders after commit: args (none). Caps.Notifications only.
 	NotifyOutgoing() string
-	// OutgoingChannel is the LISTEN channel of this schema's outgoing table ("" if none).
+	// OutgoingChannel is the LISTEN channel of this schema's outgoing table. Caps.Notifications
+	// only.
 	OutgoingChannel() string
 
 	// ClaimOutgoing claims up to $limit unowned envelopes for a node and returns them with
@@ -95,8 +104,8 @@ type Dialect interface {
 	// outgoing table. Args: limit int.
 	ReleaseDueScheduledSends() string
 
-	// ListenOutgoing subscribes the connection it runs on to OutgoingChannel ("" when the
-	// dialect has no notifications). Args: none.
+	// ListenOutgoing subscribes the connection it runs on to OutgoingChannel
+	// (Caps.Notifications only). Args: none.
 	ListenOutgoing() string
 	// AdvisoryLockKey is the bind value of a Jasper lock id (a node id or one of the
 	// jasperid lock ids), as Jasper passes it: on PostgreSQL the int32 sign-extended to
@@ -116,7 +125,7 @@ type Dialect interface {
 
 	// Subscriber statements (incoming envelopes of a topic: received_at = topic).
 
-	// IncomingChannel is the LISTEN channel of this schema's incoming table ("" if none);
+	// IncomingChannel is the LISTEN channel of this schema's incoming table (Caps.Notifications);
 	// the notification payload is the topic (received_at) that has new envelopes.
 	IncomingChannel() string
 	// ListenIncoming subscribes the connection it runs on to IncomingChannel. Args: none.
@@ -178,8 +187,8 @@ type Dialect interface {
 	// id is replaced (the message failed again).
 	InsertDeadLetter() string
 	// Savepoint, RollbackToSavepoint and ReleaseSavepoint manage one savepoint of a fixed
-	// name inside a transaction (one attempt of a handler). Args: none. ReleaseSavepoint is
-	// "" on SQL Server (no release; skip it).
+	// name inside a transaction (one attempt of a handler). Args: none. ReleaseSavepoint only
+	// with Caps.SavepointRelease.
 	Savepoint() string
 	RollbackToSavepoint() string
 	ReleaseSavepoint() string
@@ -187,42 +196,17 @@ type Dialect interface {
 	// it wrote in the same transaction. Args: id.
 	DeleteHandledMark() string
 
-	// Durability agent statements (package durability), in durability.go.
+	// Durability agent statements (package durability), in dialect_durability.go.
 	DurabilityStatements
+	// Administration statements (package admin), in dialect_admin.go.
+	AdminStatements
+	// DDL and catalog statements (package schema), in ddl.go.
+	DDL
 }
 
-// cache holds the dialect of each schema config seen: immutable values, one per schema, so
-// the only shared state is a memo of pure functions of the config.
-var cache sync.Map // schema.Config -> Dialect
-
-// For returns the dialect for a (normalized) schema config.
-func For(cfg schema.Config) (Dialect, error) {
-	cfg, err := cfg.Normalized()
-	if err != nil {
-		return nil, err
-	}
-	switch cfg.Dialect {
-	case database.Postgres:
-		// Building every statement costs more than a publish: publishers are created per
-		// transaction, so the immutable dialect of a schema is built once and shared.
-		if d, ok := cache.Load(cfg); ok {
-			return d.(Dialect), nil
-		}
-		d, _ := cache.LoadOrStore(cfg, newPostgres(cfg))
-		return d.(Dialect), nil
-	case database.SQLServer:
-		if d, ok := cache.Load(cfg); ok {
-			return d.(Dialect), nil
-		}
-		d, _ := cache.LoadOrStore(cfg, newSQLServer(cfg))
-		return d.(Dialect), nil
-	}
-	return nil, fmt.Errorf("%w: dialect %q", database.ErrUnsupported, cfg.Dialect)
-}
-
-// values renders n rows of width placeholders, numbered from first, each written by mark
+// Values renders n rows of width placeholders, numbered from first, each written by mark
 // ("$%d" on PostgreSQL, "@p%d" on SQL Server).
-func values(mark string, first, n, width int) string {
+func Values(mark string, first, n, width int) string {
 	var b strings.Builder
 	arg := first
 	for i := 0; i < n; i++ {

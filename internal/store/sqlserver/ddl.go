@@ -1,48 +1,49 @@
-package schema
+package sqlserver
 
 import (
 	"fmt"
 	"strings"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
-type sqlserverDDL struct{}
-
-func (sqlserverDDL) sqlType(c Column) string {
+func (m *sqlserver) SQLType(c layout.Column) string {
 	switch c.Type {
-	case TypeUUID:
+	case layout.TypeUUID:
 		return "uniqueidentifier"
-	case TypeString:
-		if c.Size == MaxLength {
+	case layout.TypeString:
+		if c.Size == layout.MaxLength {
 			return "varchar(max)"
 		}
 		return fmt.Sprintf("varchar(%d)", c.Size)
-	case TypeInt:
+	case layout.TypeInt:
 		return "int"
-	case TypeTime:
+	case layout.TypeTime:
 		return "datetimeoffset"
-	case TypeBytes:
+	case layout.TypeBytes:
 		return "varbinary(max)"
-	case TypeBool:
+	case layout.TypeBool:
 		return "bit"
-	case TypeText:
+	case layout.TypeText:
 		return "nvarchar(max)"
 	}
 	panic(fmt.Sprintf("schema: unknown column type %d", c.Type)) // programming error in tables.go
 }
 
-func (sqlserverDDL) infoType(c Column) string {
+func (m *sqlserver) ColumnType(c layout.Column) string {
 	switch c.Type {
-	case TypeString:
+	case layout.TypeString:
 		return fmt.Sprintf("varchar:%d", c.Size)
-	case TypeBytes:
+	case layout.TypeBytes:
 		return "varbinary:-1"
-	case TypeText:
+	case layout.TypeText:
 		return "nvarchar:-1"
 	}
-	return sqlserverDDL{}.sqlType(c)
+	return m.SQLType(c)
 }
 
-func (sqlserverDDL) defaultClause(c Column) string {
+func (m *sqlserver) DefaultClause(c layout.Column) string {
 	switch c.Default {
 	case "":
 		return ""
@@ -56,7 +57,7 @@ func (sqlserverDDL) defaultClause(c Column) string {
 	return c.Default
 }
 
-// procedureBodies are Jasper's five procedures (jasper-spec §1.3), %s = the schema.
+// procedureBodies are Jasper's five procedures (jasper-spec §1.3), %s = the layout.
 var procedureBodies = map[string]string{
 	"uspDeleteIncomingEnvelopes": `CREATE PROCEDURE %[1]s.[uspDeleteIncomingEnvelopes]
   @IDLIST %[1]s.[EnvelopeIdList] READONLY
@@ -88,31 +89,32 @@ AS
 // nstring renders a validated identifier as an N'...' literal (identifiers never hold quotes).
 func nstring(s string) string { return "N'" + s + "'" }
 
-func (d sqlserverDDL) statements(cfg Config) []string {
+func (m *sqlserver) DDLStatements() []string {
+	cfg := m.cfg
 	sch := cfg.QuoteIdent(cfg.Schema)
 	out := []string{fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.schemas WHERE name = %s) EXEC(%s)",
 		nstring(cfg.Schema), nstring("CREATE SCHEMA "+sch))}
-	for _, t := range Tables() {
-		out = append(out, fmt.Sprintf("IF OBJECT_ID(%s, N'U') IS NULL\n%s", nstring(cfg.Qualified(t.Name)), createTable(cfg, d, t)))
+	for _, t := range layout.Tables() {
+		out = append(out, fmt.Sprintf("IF OBJECT_ID(%s, N'U') IS NULL\n%s", nstring(cfg.Qualified(t.Name)), sqlstore.CreateTable(cfg, m, t)))
 	}
-	for _, t := range Tables() {
+	for _, t := range layout.Tables() {
 		for _, c := range t.Columns {
 			if c.Extension {
 				out = append(out, fmt.Sprintf("IF COL_LENGTH(%s, %s) IS NULL ALTER TABLE %s ADD %s",
-					nstring(cfg.Qualified(t.Name)), nstring(c.Name), cfg.Qualified(t.Name), columnDef(cfg, d, c)))
+					nstring(cfg.Qualified(t.Name)), nstring(c.Name), cfg.Qualified(t.Name), sqlstore.ColumnDef(cfg, m, c)))
 			}
 		}
 	}
 	out = append(out, fmt.Sprintf("IF TYPE_ID(%s) IS NULL CREATE TYPE %s AS TABLE (id UNIQUEIDENTIFIER NOT NULL)",
-		nstring(cfg.Qualified(EnvelopeIDList)), cfg.Qualified(EnvelopeIDList)))
-	for _, p := range StoredProcedures() {
+		nstring(cfg.Qualified(layout.EnvelopeIDList)), cfg.Qualified(layout.EnvelopeIDList)))
+	for _, p := range layout.StoredProcedures() {
 		body := fmt.Sprintf(procedureBodies[p], sch)
 		out = append(out, fmt.Sprintf("IF OBJECT_ID(%s, N'P') IS NULL EXEC(N'%s')",
 			nstring(cfg.Qualified(p)), strings.ReplaceAll(body, "'", "''")))
 	}
-	for _, ix := range Indexes() {
+	for _, ix := range layout.Indexes() {
 		s := fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.indexes WHERE name = %s AND object_id = OBJECT_ID(%s))\nCREATE INDEX %s ON %s (%s)",
-			nstring(ix.Name), nstring(cfg.Qualified(ix.Table)), cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), indexColumns(cfg, ix))
+			nstring(ix.Name), nstring(cfg.Qualified(ix.Table)), cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), sqlstore.IndexColumns(cfg, ix))
 		if ix.Where != "" {
 			s += " WHERE " + ix.Where
 		}
@@ -121,13 +123,12 @@ func (d sqlserverDDL) statements(cfg Config) []string {
 	return out
 }
 
-func (sqlserverDDL) scriptSeparator() string { return "\nGO\n\n" }
-
-func (sqlserverDDL) placeholder(n int) string { return fmt.Sprintf("@p%d", n) }
+// ScriptSeparator ends each batch of a script with a GO line (sqlcmd).
+func (m *sqlserver) ScriptSeparator() string { return "\nGO\n\n" }
 
 // migrationLock: an application lock owned by the transaction, named by the decimal key,
 // waiting up to a minute.
-func (sqlserverDDL) migrationLock() string {
+func (m *sqlserver) MigrationLock() string {
 	return `DECLARE @r int;
 EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = 'Transaction', @LockTimeout = 60000;
 IF @r < 0
@@ -137,13 +138,34 @@ BEGIN
 END`
 }
 
-func (sqlserverDDL) lockArg(key int64) any { return fmt.Sprint(key) }
+// MigrationLockArg is the applock resource: the decimal key.
+func (m *sqlserver) MigrationLockArg(key int64) any { return fmt.Sprint(key) }
 
-func (sqlserverDDL) objectsQuery() string {
+// ObjectsQuery reads the table types and procedures of the schema.
+func (m *sqlserver) ObjectsQuery() string {
 	return `SELECT t.name FROM sys.table_types t JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1
 UNION ALL SELECT p.name FROM sys.procedures p JOIN sys.schemas s ON s.schema_id = p.schema_id WHERE s.name = @p1`
 }
 
-func (sqlserverDDL) indexesQuery() string {
+// IndexesQuery reads the index names of the schema.
+func (m *sqlserver) IndexesQuery() string {
 	return `SELECT i.name FROM sys.indexes i JOIN sys.tables t ON t.object_id = i.object_id JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1 AND i.name IS NOT NULL`
+}
+
+// SchemaExists tells whether the schema exists (its CREATE SCHEMA is guarded anyway).
+func (m *sqlserver) SchemaExists() string {
+	return `SELECT CAST(CASE WHEN SCHEMA_ID(@p1) IS NULL THEN 0 ELSE 1 END AS bit)`
+}
+
+// ColumnsQuery reads the Jasper tables' columns from information_schema.
+func (m *sqlserver) ColumnsQuery() string {
+	return `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
+FROM information_schema.columns WHERE table_schema = @p1 AND table_name IN ` + sqlstore.JasperTablesQuery()
+}
+
+// PrimaryKeysQuery reads the tables whose primary key is id.
+func (m *sqlserver) PrimaryKeysQuery() string {
+	return `SELECT tc.table_name FROM information_schema.table_constraints tc
+JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
+WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = @p1 AND kcu.column_name = 'id'`
 }

@@ -1,4 +1,4 @@
-package sqldialect
+package postgres
 
 import (
 	"errors"
@@ -9,9 +9,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
 type pgUUIDs struct{}
@@ -20,7 +22,8 @@ func (pgUUIDs) Arg(u uuid.UUID) any   { return u.String() }
 func (pgUUIDs) Dest(u *uuid.UUID) any { return u }
 
 type postgres struct {
-	cfg                           schema.Config
+	sqlstore.AdminSQL
+	cfg                           layout.Config
 	out, inc, dlq                 string
 	outCols, incCols              string
 	claimOut, deleteOut           string
@@ -29,12 +32,12 @@ type postgres struct {
 	insertOutCache                [8]string
 }
 
-func newPostgres(cfg schema.Config) *postgres {
+func newPostgres(cfg layout.Config) *postgres {
 	p := &postgres{
 		cfg:     cfg,
-		out:     cfg.Qualified(schema.OutgoingTable),
-		inc:     cfg.Qualified(schema.IncomingTable),
-		dlq:     cfg.Qualified(schema.DeadLetterTable),
+		out:     cfg.Qualified(layout.OutgoingTable),
+		inc:     cfg.Qualified(layout.IncomingTable),
+		dlq:     cfg.Qualified(layout.DeadLetterTable),
 		outCols: strings.Join(row.OutgoingColumns, ", "),
 		incCols: strings.Join(row.IncomingColumns, ", "),
 	}
@@ -60,6 +63,7 @@ RETURNING %[2]s`, p.out, p.outCols)
 	for i := range p.insertOutCache {
 		p.insertOutCache[i] = p.buildInsertOutgoing(i + 1)
 	}
+	p.AdminSQL = adminStatements(cfg)
 	return p
 }
 
@@ -77,9 +81,15 @@ func outgoingChannel(schemaName string) string {
 	return prefix + schemaName[:limit-len(prefix)-len(suffix)] + suffix
 }
 
-func (p *postgres) Name() database.Dialect { return database.Postgres }
-func (p *postgres) Schema() schema.Config  { return p.cfg }
-func (p *postgres) UUIDs() row.UUIDCodec   { return pgUUIDs{} }
+func (p *postgres) Name() dbx.Dialect     { return dbx.Postgres }
+func (p *postgres) Schema() layout.Config { return p.cfg }
+
+// Caps: PostgreSQL has LISTEN/NOTIFY and releases savepoints.
+func (p *postgres) Caps() store.Caps { return store.Caps{Notifications: true, SavepointRelease: true} }
+
+// MoveNeedsTx is false: the moves to the dead letters are one statement each.
+func (p *postgres) MoveNeedsTx() bool    { return false }
+func (p *postgres) UUIDs() row.UUIDCodec { return pgUUIDs{} }
 func (p *postgres) StringList(s []string) any {
 	if s == nil {
 		return []string{}
@@ -108,7 +118,7 @@ func (p *postgres) IDList(ids []uuid.UUID) any {
 }
 
 // pgValues renders n rows of width $N placeholders, numbered from first.
-func pgValues(first, n, width int) string { return values("$%d", first, n, width) }
+func pgValues(first, n, width int) string { return sqlstore.Values("$%d", first, n, width) }
 
 func (p *postgres) buildInsertOutgoing(n int) string {
 	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.out, p.outCols, pgValues(1, n, len(row.OutgoingColumns)))

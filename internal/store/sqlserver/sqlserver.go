@@ -1,4 +1,4 @@
-package sqldialect
+package sqlserver
 
 import (
 	"encoding/json"
@@ -10,9 +10,11 @@ import (
 	"github.com/google/uuid"
 	mssql "github.com/microsoft/go-mssqldb"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
 // The SQL Server dialect (go-mssqldb through database/sql). Choices, in one place:
@@ -52,7 +54,8 @@ import (
 //   - Claims are UPDATE TOP (n) ... WITH (READPAST, UPDLOCK, ROWLOCK) ... OUTPUT inserted.*.
 //   - Locks are application locks (sp_getapplock) named as Jasper names them: the decimal
 //     int32 (jasper-spec §5.3, §5.4), in the database principal public (Jasper's default).
-//   - There are no notifications: Notify*/Listen*/…Channel return "" and components poll.
+//   - There are no notifications (Caps): components poll, and the durability agent wakes the
+//     components of its process.
 //   - Savepoints are SAVE TRANSACTION / ROLLBACK TRANSACTION; there is no release.
 
 type msUUIDs struct{}
@@ -82,34 +85,36 @@ type envelopeIDRow struct {
 }
 
 type sqlserver struct {
-	cfg           schema.Config
+	sqlstore.AdminSQL
+	cfg           layout.Config
 	out, inc, dlq string
-	idListType    string // schema.EnvelopeIdList, as go-mssqldb wants a TVP type name
+	idListType    string // layout.EnvelopeIdList, as go-mssqldb wants a TVP type name
 	outCols       string
 	incCols       string
 	sizes         map[string]map[string]int // table -> varchar column -> size
 }
 
-func newSQLServer(cfg schema.Config) *sqlserver {
+func newSQLServer(cfg layout.Config) *sqlserver {
 	m := &sqlserver{
 		cfg:        cfg,
-		out:        cfg.Qualified(schema.OutgoingTable),
-		inc:        cfg.Qualified(schema.IncomingTable),
-		dlq:        cfg.Qualified(schema.DeadLetterTable),
-		idListType: cfg.Schema + "." + schema.EnvelopeIDList,
+		out:        cfg.Qualified(layout.OutgoingTable),
+		inc:        cfg.Qualified(layout.IncomingTable),
+		dlq:        cfg.Qualified(layout.DeadLetterTable),
+		idListType: cfg.Schema + "." + layout.EnvelopeIDList,
 		outCols:    msCols("", row.OutgoingColumns),
 		incCols:    msCols("", row.IncomingColumns),
 		sizes:      map[string]map[string]int{},
 	}
-	for _, t := range schema.Tables() {
+	for _, t := range layout.Tables() {
 		s := map[string]int{}
 		for _, c := range t.Columns {
-			if c.Type == schema.TypeString && c.Size != schema.MaxLength {
+			if c.Type == layout.TypeString && c.Size != layout.MaxLength {
 				s[c.Name] = c.Size
 			}
 		}
 		m.sizes[t.Name] = s
 	}
+	m.AdminSQL = adminStatements(cfg)
 	return m
 }
 
@@ -123,7 +128,7 @@ func msCols(prefix string, cols []string) string {
 }
 
 // msValues renders n rows of width @pN placeholders, numbered from first.
-func msValues(first, n, width int) string { return values("@p%d", first, n, width) }
+func msValues(first, n, width int) string { return sqlstore.Values("@p%d", first, n, width) }
 
 // msAddMS is now plus a bigint parameter of milliseconds (DATEADD takes int: split it).
 func msAddMS(param string) string {
@@ -145,11 +150,11 @@ func (m *sqlserver) fit(table, col, expr string) string {
 func (m *sqlserver) tableOf(qualified string) string {
 	switch qualified {
 	case m.out:
-		return schema.OutgoingTable
+		return layout.OutgoingTable
 	case m.inc:
-		return schema.IncomingTable
+		return layout.IncomingTable
 	}
-	return schema.DeadLetterTable
+	return layout.DeadLetterTable
 }
 
 // buildInsert renders an idempotent insert of n rows of cols (bound from @p<first>) into
@@ -175,9 +180,16 @@ func (m *sqlserver) buildInsert(table string, cols []string, first, n int, extra
 	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s", table, all, strings.Join(sel, ", "), src, where)
 }
 
-func (m *sqlserver) Name() database.Dialect { return database.SQLServer }
-func (m *sqlserver) Schema() schema.Config  { return m.cfg }
-func (m *sqlserver) UUIDs() row.UUIDCodec   { return msUUIDs{} }
+func (m *sqlserver) Name() dbx.Dialect     { return dbx.SQLServer }
+func (m *sqlserver) Schema() layout.Config { return m.cfg }
+
+// Caps: SQL Server has no notifications and no savepoint release.
+func (m *sqlserver) Caps() store.Caps { return store.Caps{} }
+
+// MoveNeedsTx is true: a move to the dead letters is a DELETE and a MERGE, atomic only in a
+// transaction.
+func (m *sqlserver) MoveNeedsTx() bool    { return true }
+func (m *sqlserver) UUIDs() row.UUIDCodec { return msUUIDs{} }
 
 // IDList is a table-valued parameter of Jasper's EnvelopeIdList type.
 func (m *sqlserver) IDList(ids []uuid.UUID) any {
@@ -404,7 +416,7 @@ func (m *sqlserver) dlqMerge(source string) string {
 	vals := make([]string, len(dlqColumns))
 	for i, c := range dlqColumns {
 		vals[i] = "s.[" + c + "]"
-		if n, ok := m.sizes[schema.DeadLetterTable][c]; ok {
+		if n, ok := m.sizes[layout.DeadLetterTable][c]; ok {
 			vals[i] = fmt.Sprintf("LEFT(s.[%s], %d)", c, n)
 			notes = append(notes, fmt.Sprintf("CASE WHEN LEN(s.[%[1]s]) > %[2]d THEN ' [SQL Server: %[1]s truncated to %[2]d characters]' ELSE '' END", c, n))
 		}

@@ -1,26 +1,26 @@
-package admin
+package sqlserver
 
 import (
 	"encoding/json"
 	"fmt"
 	"strings"
 
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
-// The dead-letter tools on SQL Server: the statements of deadletters_postgres.go with the
-// same arguments, except that id lists are JSON arrays of strings (deadLetterStatements.idList)
+// The dead-letter tools on SQL Server: the statements of internal/store/postgres/deadletters.go
+// with the same arguments, except that id lists are JSON arrays of strings (DeadLetterIDs)
 // opened with OPENJSON. Ids are read back as char(36) text, which every scanner parses
 // whatever the driver's byte order; paging by id follows SQL Server's uniqueidentifier
 // order, which is consistent between ORDER BY and >.
 
-// sqlserverDeadLetterColumn renders one of deadLetterColumns for SQL Server.
+// sqlserverDeadLetterColumn renders one of sqlstore.DeadLetterColumns for SQL Server.
 func sqlserverDeadLetterColumn(c string) string {
 	switch c {
 	case "id", "conversation_id":
 		return "CONVERT(char(36), [" + c + "])"
-	case `"timestamp"`:
-		return "[timestamp]"
 	}
 	return "[" + c + "]"
 }
@@ -32,17 +32,18 @@ func msAgo(p string) string {
 
 const msLongAgo = "CAST('0001-01-01 00:00:00 +00:00' AS datetimeoffset)"
 
-func sqlserverDeadLetterStatements(cfg schema.Config) deadLetterStatements {
-	inc := cfg.Qualified(schema.IncomingTable)
-	dlq := cfg.Qualified(schema.DeadLetterTable)
-	cols := make([]string, len(deadLetterColumns))
-	for i, c := range deadLetterColumns {
+// deadLetterStatements are the statements of the dead-letter tools.
+func deadLetterStatements(cfg layout.Config) sqlstore.AdminSQL {
+	inc := cfg.Qualified(layout.IncomingTable)
+	dlq := cfg.Qualified(layout.DeadLetterTable)
+	cols := make([]string, len(sqlstore.DeadLetterColumns))
+	for i, c := range sqlstore.DeadLetterColumns {
 		cols[i] = sqlserverDeadLetterColumn(c)
 	}
 	all := strings.Join(cols, ", ")
 	listCols := strings.Join(cols[:len(cols)-1], ", ") + ", DATALENGTH([body])"
 	headers := "d.[headers]"
-	for _, k := range deliveryKeys {
+	for _, k := range row.DeliveryKeys {
 		headers = fmt.Sprintf("JSON_MODIFY(%s, '$.%s', NULL)", headers, k)
 	}
 	ids := func(p string) string {
@@ -56,24 +57,24 @@ func sqlserverDeadLetterStatements(cfg schema.Config) deadLetterStatements {
 	}
 	sel := ids("@p2") + " AND " + topic("@p3")
 	after := "(@p1 IS NULL OR [id] > CAST(@p1 AS uniqueidentifier))"
-	return deadLetterStatements{
-		idList: func(s []string) any {
+	return sqlstore.AdminSQL{
+		IDs: func(s []string) any {
 			if s == nil {
 				s = []string{}
 			}
 			b, _ := json.Marshal(s)
 			return string(b)
 		},
-		count: fmt.Sprintf(`SELECT count_big(*) FROM %s WHERE %s AND %s AND %s`, dlq, topic("@p1"), ids("@p2"), older("@p3")),
+		CountDeadLettersSQL: fmt.Sprintf(`SELECT count_big(*) FROM %s WHERE %s AND %s AND %s`, dlq, topic("@p1"), ids("@p2"), older("@p3")),
 		// A NULL limit (ListOptions.Limit < 0) means all rows.
-		list: fmt.Sprintf(`SELECT TOP (COALESCE(CAST(@p2 AS bigint), 9223372036854775807)) %s FROM %s WHERE %s
+		ListDeadLettersSQL: fmt.Sprintf(`SELECT TOP (COALESCE(CAST(@p2 AS bigint), 9223372036854775807)) %s FROM %s WHERE %s
 ORDER BY CASE WHEN [timestamp] IS NULL THEN 1 ELSE 0 END, [timestamp] DESC, [id]`, listCols, dlq, topic("@p1")),
-		get:       fmt.Sprintf(`SELECT %s FROM %s WHERE [id] = CAST(@p1 AS uniqueidentifier)`, all, dlq),
-		page:      fmt.Sprintf(`SELECT TOP (@p4) %s FROM %s WHERE %s AND %s ORDER BY [id]`, all, dlq, after, sel),
-		deleteIDs: fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT TRY_CAST(j.[value] AS uniqueidentifier) FROM OPENJSON(@p1) AS j)`, dlq),
+		GetDeadLetterSQL:     fmt.Sprintf(`SELECT %s FROM %s WHERE [id] = CAST(@p1 AS uniqueidentifier)`, all, dlq),
+		PageDeadLettersSQL:   fmt.Sprintf(`SELECT TOP (@p4) %s FROM %s WHERE %s AND %s ORDER BY [id]`, all, dlq, after, sel),
+		DeleteDeadLettersSQL: fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT TRY_CAST(j.[value] AS uniqueidentifier) FROM OPENJSON(@p1) AS j)`, dlq),
 		// As on PostgreSQL: the selected dead letters become Incoming, unowned envelopes of
 		// their topic (or @p5) with no attempts, unless the id is in the incoming table.
-		toIncoming: fmt.Sprintf(`DECLARE @src TABLE ([id] uniqueidentifier NOT NULL, [topic] varchar(max));
+		ReplayDeadLettersSQL: fmt.Sprintf(`DECLARE @src TABLE ([id] uniqueidentifier NOT NULL, [topic] varchar(max));
 INSERT INTO @src ([id], [topic])
 SELECT TOP (@p4) [id], COALESCE(NULLIF(CAST(@p5 AS varchar(max)), ''), [received_at])
 FROM %[2]s WITH (UPDLOCK, ROWLOCK) WHERE %[4]s AND %[5]s ORDER BY [id];
@@ -91,6 +92,6 @@ WHERE s.[topic] IS NOT NULL
 DELETE FROM %[2]s WHERE [id] IN (SELECT [id] FROM @ins);
 SELECT CONVERT(char(36), s.[id]), CAST(CASE WHEN i.[id] IS NULL THEN 0 ELSE 1 END AS bit), COALESCE(i.[received_at], '')
 FROM @src AS s LEFT JOIN @ins AS i ON i.[id] = s.[id] ORDER BY s.[id]`, inc, dlq, headers, after, sel),
-		purge: fmt.Sprintf(`DELETE TOP (@p3) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK) WHERE %s AND %s`, dlq, older("@p1"), topic("@p2")),
+		PurgeDeadLettersSQL: fmt.Sprintf(`DELETE TOP (@p3) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK) WHERE %s AND %s`, dlq, older("@p1"), topic("@p2")),
 	}
 }

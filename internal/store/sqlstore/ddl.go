@@ -1,0 +1,194 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strings"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+)
+
+// DDL is what a dialect knows about types, DDL and its catalog. It is part of Dialect.
+type DDL interface {
+	// SQLType is a column's type as written in DDL.
+	SQLType(c layout.Column) string
+	// ColumnType is a column's type as the catalog reports it (information_schema's
+	// data_type, ":length" for sized SQL Server strings).
+	ColumnType(c layout.Column) string
+	// DefaultClause renders a column's default ("" for none).
+	DefaultClause(c layout.Column) string
+	// DDLStatements is the whole DDL of the schema, each statement idempotent, in the order
+	// to run them; the first one creates the schema.
+	DDLStatements() []string
+	// ScriptSeparator separates statements in a script file.
+	ScriptSeparator() string
+	// MigrationLock takes the schema's migration lock for the transaction it runs in
+	// (waiting for it) and fails when it cannot. Args: MigrationLockArg(MigrateLockKey).
+	MigrationLock() string
+	MigrationLockArg(key int64) any
+	// SchemaExists returns one boolean row: whether schema $1 exists (Migrate skips its
+	// CREATE SCHEMA then, which some databases check rights for even when it exists).
+	SchemaExists() string
+	// ColumnsQuery returns table, column, data type, nullability ('YES'/'NO') and length of
+	// the Jasper tables' columns in schema $1.
+	ColumnsQuery() string
+	// PrimaryKeysQuery returns the tables of schema $1 whose primary key is the id column.
+	PrimaryKeysQuery() string
+	// ObjectsQuery returns the table types and procedures of schema $1 ("" when the database
+	// has none to check).
+	ObjectsQuery() string
+	// IndexesQuery returns the index names of schema $1.
+	IndexesQuery() string
+	// IsMissingColumn reports whether err says a column does not exist.
+	IsMissingColumn(err error) bool
+}
+
+// MigrateLockKey is the lock key that serialises Migrate runs on one schema.
+func MigrateLockKey(schemaName string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("watermill-jasper:migrate:" + schemaName))
+	return int64(h.Sum64() >> 1)
+}
+
+// ColumnDef renders "name TYPE [NOT] NULL [DEFAULT x]".
+func ColumnDef(cfg layout.Config, d DDL, c layout.Column) string {
+	s := cfg.QuoteIdent(c.Name) + " " + d.SQLType(c)
+	if c.Nullable {
+		s += " NULL"
+	} else {
+		s += " NOT NULL"
+	}
+	if def := d.DefaultClause(c); def != "" {
+		s += " DEFAULT " + def
+	}
+	return s
+}
+
+// CreateTable renders a CREATE TABLE statement (without any IF NOT EXISTS guard).
+func CreateTable(cfg layout.Config, d DDL, t layout.Table) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE TABLE %s (\n", cfg.Qualified(t.Name))
+	for _, c := range t.Columns {
+		fmt.Fprintf(&b, "  %s,\n", ColumnDef(cfg, d, c))
+	}
+	fmt.Fprintf(&b, "  CONSTRAINT %s PRIMARY KEY (%s)\n)", cfg.QuoteIdent(t.PrimaryKeyName()), cfg.QuoteIdent("id"))
+	return b.String()
+}
+
+// IndexColumns renders the quoted column list of an index.
+func IndexColumns(cfg layout.Config, ix layout.Index) string {
+	cols := make([]string, len(ix.Columns))
+	for i, c := range ix.Columns {
+		cols[i] = cfg.QuoteIdent(c)
+	}
+	return strings.Join(cols, ", ")
+}
+
+// JasperTablesQuery completes a catalog query over information_schema with the condition on
+// the Jasper tables' names.
+func JasperTablesQuery() string {
+	return "('" + layout.IncomingTable + "', '" + layout.OutgoingTable + "', '" + layout.DeadLetterTable + "')"
+}
+
+// Script returns the DDL statements.
+func (s *Store) Script() []string { return s.d.DDLStatements() }
+
+// ScriptSeparator separates the statements of Script in a file.
+func (s *Store) ScriptSeparator() string { return s.d.ScriptSeparator() }
+
+// ColumnType is a column's type as the catalog reports it.
+func (s *Store) ColumnType(c layout.Column) string { return s.d.ColumnType(c) }
+
+// Migrate creates what is missing of the layout, in one transaction under the schema's
+// migration lock.
+func (s *Store) Migrate(ctx context.Context) error {
+	cfg := s.d.Schema()
+	return dbx.InTx(ctx, s.db, func(tx dbx.Tx) error {
+		if _, err := tx.Exec(ctx, s.d.MigrationLock(), s.d.MigrationLockArg(MigrateLockKey(cfg.Schema))); err != nil {
+			return fmt.Errorf("take the migration lock: %w", err)
+		}
+		stmts := s.d.DDLStatements()
+		var exists bool
+		if err := dbx.QueryRow(ctx, tx, s.d.SchemaExists(), []any{cfg.Schema}, &exists); err != nil {
+			return fmt.Errorf("look up schema %s: %w", cfg.Schema, err)
+		}
+		if exists {
+			stmts = stmts[1:]
+		}
+		for _, st := range stmts {
+			if _, err := tx.Exec(ctx, st); err != nil {
+				return fmt.Errorf("%w (statement: %s)", err, firstLine(st))
+			}
+		}
+		return nil
+	})
+}
+
+// firstLine is the first line of a statement, for an error that names it.
+func firstLine(st string) string {
+	line, _, _ := strings.Cut(st, "\n")
+	return line
+}
+
+// Catalog reads what the live database holds of the layout.
+func (s *Store) Catalog(ctx context.Context) (store.Catalog, error) {
+	cfg := s.d.Schema()
+	c := store.Catalog{Columns: map[string]map[string]store.CatalogColumn{}}
+	rows, err := s.db.Query(ctx, s.d.ColumnsQuery(), cfg.Schema)
+	if err != nil {
+		return c, fmt.Errorf("read columns: %w", err)
+	}
+	for rows.Next() {
+		var table, column, typ, nullable string
+		var length int64
+		if err := rows.Scan(&table, &column, &typ, &nullable, &length); err != nil {
+			_ = rows.Close()
+			return c, fmt.Errorf("read columns: %w", err)
+		}
+		if cfg.Dialect == dbx.SQLServer && (typ == "varchar" || typ == "nvarchar" || typ == "varbinary") {
+			typ = fmt.Sprintf("%s:%d", typ, length)
+		}
+		if c.Columns[table] == nil {
+			c.Columns[table] = map[string]store.CatalogColumn{}
+		}
+		c.Columns[table][strings.ToLower(column)] = store.CatalogColumn{Type: typ, Nullable: nullable == "YES"}
+	}
+	if err := rows.Close(); err != nil {
+		return c, fmt.Errorf("read columns: %w", err)
+	}
+	if c.PrimaryKeys, err = s.names(ctx, s.d.PrimaryKeysQuery()); err != nil {
+		return c, fmt.Errorf("read primary keys: %w", err)
+	}
+	if q := s.d.ObjectsQuery(); q != "" {
+		c.HasObjects = true
+		if c.Objects, err = s.names(ctx, q); err != nil {
+			return c, fmt.Errorf("read objects: %w", err)
+		}
+	}
+	if c.Indexes, err = s.names(ctx, s.d.IndexesQuery()); err != nil {
+		return c, fmt.Errorf("read indexes: %w", err)
+	}
+	return c, nil
+}
+
+// names runs a catalog query of one name column over the schema and returns the names,
+// lower case.
+func (s *Store) names(ctx context.Context, query string) (map[string]bool, error) {
+	rows, err := s.db.Query(ctx, query, s.d.Schema().Schema)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			_ = rows.Close()
+			return nil, err
+		}
+		out[strings.ToLower(n)] = true
+	}
+	return out, rows.Close()
+}
