@@ -1,8 +1,10 @@
-// Package admin is the Go API behind the storage commands of the watermill-jasper CLI: it
-// counts the envelopes kept in the Jasper tables, releases every row's ownership and deletes
-// every row. It works on PostgreSQL and SQL Server through a database.DB; the SQL of each
-// dialect lives in one file (postgres.go, sqlserver.go), table names come only from
-// schema.Config.Qualified and every value is a bound parameter.
+// Package admin is the Go API behind the storage and dead-letter commands of the
+// watermill-jasper CLI: it counts the envelopes kept in the Jasper tables, releases every
+// row's ownership, deletes every row, tells which nodes are alive, and lists, shows, replays
+// and purges dead letters. It works on PostgreSQL and SQL Server through a database.Driver and
+// holds no SQL: it calls the typed operations of the storage boundary (internal/store/store.go),
+// whose statements live with each database's driver (internal/store/postgres,
+// internal/store/sqlserver).
 //
 // Unlike Jasper's storage command, nothing here rebuilds the schema or deletes rows as a side
 // effect: Counts only reads, ReleaseOwnership only updates owner_id, and only Clear deletes.
@@ -14,14 +16,13 @@ import (
 	"fmt"
 	"sort"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// ErrTablesMissing is wrapped by the errors of Counts, ReleaseOwnership and Clear when the
-// schema or one of the three tables does not exist.
+// ErrTablesMissing is wrapped by the errors of this package's functions when the schema or one
+// of the three tables does not exist.
 var ErrTablesMissing = errors.New("the watermill-jasper tables do not exist; create them with `watermill-jasper schema migrate`")
 
 // AnyNode is the owner_id of a row no node holds (Jasper's TransportConstants.AnyNode).
@@ -101,63 +102,39 @@ type ClearResult struct {
 // Total returns the number of rows deleted from the three tables.
 func (r ClearResult) Total() int64 { return r.Incoming + r.Outgoing + r.DeadLetters }
 
-// Kinds of rows returned by the counts statement (its first column).
-const (
-	kindIncomingStatus = 1
-	kindOutgoingDest   = 2
-	kindDeadLetters    = 3
-	kindIncomingOwner  = 4
-	kindOutgoingOwner  = 5
-)
-
-// statements is the SQL of one dialect for one schema (postgres.go, sqlserver.go).
-type statements struct {
-	// counts returns (kind, name, owner_id, rows) rows; see the kind constants.
-	counts string
-	// releaseIncoming and releaseOutgoing set owner_id to the first parameter on every row
-	// whose owner_id differs from it.
-	releaseIncoming string
-	releaseOutgoing string
-	// clear deletes every row, in this order: outgoing, incoming, dead letters (Jasper 2.0's).
-	clearOutgoing    string
-	clearIncoming    string
-	clearDeadLetters string
-}
-
-func statementsFor(cfg schema.Config) statements {
-	if cfg.Dialect == schema.SQLServer {
-		return sqlserverStatements(cfg)
-	}
-	return postgresStatements(cfg)
-}
-
-// resolve checks the config against the handle: the dialect defaults to the handle's, and a
-// config naming another dialect is an error.
-func resolve(db database.DB, cfg schema.Config) (schema.Config, error) {
+// resolve opens the store of cfg on db: the dialect defaults to the driver's, and a config
+// naming another dialect is an error wrapping schema.ErrInvalidConfig.
+func resolve(db database.Driver, cfg schema.Config) (store.Store, error) {
 	if db == nil {
-		return cfg, fmt.Errorf("%w: nil database handle", schema.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil database driver; use database.FromPgx, database.FromStdSQL or sqlserver.FromStdSQL", schema.ErrInvalidConfig)
 	}
 	if cfg.Dialect == "" {
 		cfg.Dialect = db.Dialect()
 	} else if cfg.Dialect != db.Dialect() {
-		return cfg, fmt.Errorf("%w: config says dialect %s but the database is %s", schema.ErrInvalidConfig, cfg.Dialect, db.Dialect())
+		return nil, fmt.Errorf("%w: config says dialect %s but the database is %s", schema.ErrInvalidConfig, cfg.Dialect, db.Dialect())
 	}
-	return cfg.Normalized()
+	return db.Store(cfg)
 }
 
 // Counts reads how many envelopes the tables of cfg.Schema hold: incoming rows by status,
 // outgoing rows by destination, dead letters, and incoming and outgoing rows by owner_id.
 // All numbers come from one statement, so on PostgreSQL they are one consistent snapshot.
 // When the tables do not exist the error wraps ErrTablesMissing.
-func Counts(ctx context.Context, db database.DB, cfg schema.Config) (RowCounts, error) {
-	var c RowCounts
-	cfg, err := resolve(db, cfg)
+func Counts(ctx context.Context, db database.Driver, cfg schema.Config) (RowCounts, error) {
+	s, err := resolve(db, cfg)
 	if err != nil {
-		return c, err
+		return RowCounts{}, err
 	}
-	rows, err := db.Query(ctx, statementsFor(cfg).counts)
+	sc, err := s.Counts(ctx)
 	if err != nil {
-		return c, wrap("count rows", cfg, err)
+		return RowCounts{}, wrap("count rows", s, err)
+	}
+	c := RowCounts{DeadLetters: sc.DeadLetters}
+	for status, n := range sc.IncomingByStatus {
+		c.Incoming = append(c.Incoming, StatusCount{Status: status, Rows: n})
+	}
+	for dest, n := range sc.OutgoingByDestination {
+		c.Outgoing = append(c.Outgoing, DestinationCount{Destination: dest, Rows: n})
 	}
 	owners := map[int32]*OwnerCount{}
 	owner := func(id int32) *OwnerCount {
@@ -168,34 +145,17 @@ func Counts(ctx context.Context, db database.DB, cfg schema.Config) (RowCounts, 
 		}
 		return o
 	}
-	for rows.Next() {
-		var kind, ownerID, n int64
-		var name string
-		if err := rows.Scan(&kind, &name, &ownerID, &n); err != nil {
-			_ = rows.Close()
-			return c, wrap("count rows", cfg, err)
-		}
-		switch kind {
-		case kindIncomingStatus:
-			c.Incoming = append(c.Incoming, StatusCount{Status: name, Rows: n})
-		case kindOutgoingDest:
-			c.Outgoing = append(c.Outgoing, DestinationCount{Destination: name, Rows: n})
-		case kindDeadLetters:
-			c.DeadLetters = n
-		case kindIncomingOwner:
-			owner(int32(ownerID)).Incoming = n
-		case kindOutgoingOwner:
-			owner(int32(ownerID)).Outgoing = n
-		}
+	for id, n := range sc.IncomingByOwner {
+		owner(id).Incoming = n
 	}
-	if err := rows.Close(); err != nil {
-		return RowCounts{}, wrap("count rows", cfg, err)
+	for id, n := range sc.OutgoingByOwner {
+		owner(id).Outgoing = n
 	}
-	sort.Slice(c.Incoming, func(i, j int) bool { return c.Incoming[i].Status < c.Incoming[j].Status })
-	sort.Slice(c.Outgoing, func(i, j int) bool { return c.Outgoing[i].Destination < c.Outgoing[j].Destination })
 	for _, o := range owners {
 		c.Owners = append(c.Owners, *o)
 	}
+	sort.Slice(c.Incoming, func(i, j int) bool { return c.Incoming[i].Status < c.Incoming[j].Status })
+	sort.Slice(c.Outgoing, func(i, j int) bool { return c.Outgoing[i].Destination < c.Outgoing[j].Destination })
 	sort.Slice(c.Owners, func(i, j int) bool { return c.Owners[i].OwnerID < c.Owners[j].OwnerID })
 	return c, nil
 }
@@ -206,22 +166,18 @@ func Counts(ctx context.Context, db database.DB, cfg schema.Config) (RowCounts, 
 // then handle or send them a second time: run it when no node is running, or to hand the
 // rows of dead nodes back at once. When the tables do not exist the error wraps
 // ErrTablesMissing.
-func ReleaseOwnership(ctx context.Context, db database.DB, cfg schema.Config) (incoming, outgoing int64, err error) {
-	cfg, err = resolve(db, cfg)
+func ReleaseOwnership(ctx context.Context, db database.Driver, cfg schema.Config) (incoming, outgoing int64, err error) {
+	s, err := resolve(db, cfg)
 	if err != nil {
 		return 0, 0, err
 	}
-	st := statementsFor(cfg)
-	err = database.InTx(ctx, db, func(tx database.Tx) error {
+	err = s.InTx(ctx, func(ctx context.Context, tx store.Ops) error {
 		var err error
-		if incoming, err = tx.Exec(ctx, st.releaseIncoming, AnyNode); err != nil {
-			return err
-		}
-		outgoing, err = tx.Exec(ctx, st.releaseOutgoing, AnyNode)
+		incoming, outgoing, err = tx.ReleaseAll(ctx)
 		return err
 	})
 	if err != nil {
-		return 0, 0, wrap("release ownership", cfg, err)
+		return 0, 0, wrap("release ownership", s, err)
 	}
 	return incoming, outgoing, nil
 }
@@ -230,53 +186,28 @@ func ReleaseOwnership(ctx context.Context, db database.DB, cfg schema.Config) (i
 // letters) in one transaction and returns how many it deleted. It uses DELETE, not TRUNCATE,
 // and never drops or recreates anything: the schema is left as it is. When the tables do not
 // exist the error wraps ErrTablesMissing and nothing is deleted.
-func Clear(ctx context.Context, db database.DB, cfg schema.Config) (ClearResult, error) {
-	var r ClearResult
-	cfg, err := resolve(db, cfg)
+func Clear(ctx context.Context, db database.Driver, cfg schema.Config) (ClearResult, error) {
+	s, err := resolve(db, cfg)
 	if err != nil {
-		return r, err
+		return ClearResult{}, err
 	}
-	st := statementsFor(cfg)
-	err = database.InTx(ctx, db, func(tx database.Tx) error {
+	var c store.Cleared
+	err = s.InTx(ctx, func(ctx context.Context, tx store.Ops) error {
 		var err error
-		if r.Outgoing, err = tx.Exec(ctx, st.clearOutgoing); err != nil {
-			return err
-		}
-		if r.Incoming, err = tx.Exec(ctx, st.clearIncoming); err != nil {
-			return err
-		}
-		r.DeadLetters, err = tx.Exec(ctx, st.clearDeadLetters)
+		c, err = tx.ClearAll(ctx)
 		return err
 	})
 	if err != nil {
-		return ClearResult{}, wrap("delete rows", cfg, err)
+		return ClearResult{}, wrap("delete rows", s, err)
 	}
-	return r, nil
+	return ClearResult{Incoming: c.Incoming, Outgoing: c.Outgoing, DeadLetters: c.DeadLetters}, nil
 }
 
-// PostgreSQL's undefined_table SQLSTATE and SQL Server's "Invalid object name" error number.
-const (
-	pgUndefinedTable       = "42P01"
-	sqlserverInvalidObject = 208
-)
-
-// IsTableMissing reports whether err is the database saying that a table (or its schema)
-// does not exist: SQLSTATE 42P01 on PostgreSQL, error 208 on SQL Server.
-func IsTableMissing(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code == pgUndefinedTable
+// wrap names the operation and the schema; an error saying that a table or the schema does
+// not exist (as the store's database classifies it) also wraps ErrTablesMissing.
+func wrap(op string, s store.Store, err error) error {
+	if s.IsMissingTable(err) {
+		return fmt.Errorf("watermill-jasper: %s in schema %s: %w (%v)", op, s.Schema().Schema, ErrTablesMissing, err)
 	}
-	var msErr interface{ SQLErrorNumber() int32 } // go-mssqldb's mssql.Error
-	if errors.As(err, &msErr) {
-		return msErr.SQLErrorNumber() == sqlserverInvalidObject
-	}
-	return false
-}
-
-func wrap(op string, cfg schema.Config, err error) error {
-	if IsTableMissing(err) {
-		return fmt.Errorf("watermill-jasper: %s in schema %s: %w (%v)", op, cfg.Schema, ErrTablesMissing, err)
-	}
-	return fmt.Errorf("watermill-jasper: %s in schema %s: %w", op, cfg.Schema, err)
+	return fmt.Errorf("watermill-jasper: %s in schema %s: %w", op, s.Schema().Schema, err)
 }

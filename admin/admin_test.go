@@ -2,7 +2,6 @@ package admin_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -11,30 +10,20 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/microsoft/go-mssqldb" // database/sql driver "sqlserver", for the SQL Server run
-
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
-// handles returns the database handles the tests run against: pgx and database/sql on
+// handles returns the database drivers the tests run against: pgx and database/sql on
 // PostgreSQL, and SQL Server when $WATERMILL_JASPER_TEST_MSSQL holds a DSN.
-func handles(t *testing.T) map[string]database.DB {
+func handles(t *testing.T) map[string]database.Driver {
 	t.Helper()
-	std, err := database.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]database.DB{"pgx": database.FromPgx(testdb.Pool(t)), "database_sql": std}
-	if dsn := os.Getenv(testdb.MSSQLEnv); dsn != "" {
-		sqlDB, err := sql.Open("sqlserver", dsn)
-		if err != nil {
-			t.Fatalf("open SQL Server from $%s: %v", testdb.MSSQLEnv, err)
-		}
-		t.Cleanup(func() { _ = sqlDB.Close() })
-		ms, err := database.FromStdSQL(sqlDB)
+	out := map[string]database.Driver{"pgx": testdb.PgxDriver(t), "database_sql": testdb.StdDriver(t)}
+	if os.Getenv(testdb.MSSQLEnv) != "" {
+		ms, err := sqlserver.FromStdSQL(testdb.SQLServerDB(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,7 +33,7 @@ func handles(t *testing.T) map[string]database.DB {
 }
 
 // emptySchema creates a schema with a random name and no tables, dropped when the test ends.
-func emptySchema(t *testing.T, db database.DB) schema.Config {
+func emptySchema(t *testing.T, db database.Driver) schema.Config {
 	t.Helper()
 	if db.Dialect() == schema.Postgres {
 		return schema.Config{Dialect: schema.Postgres, Schema: testdb.Schema(t)}
@@ -54,37 +43,27 @@ func emptySchema(t *testing.T, db database.DB) schema.Config {
 	if _, err := db.Exec(ctx, "EXEC('CREATE SCHEMA ["+cfg.Schema+"]')"); err != nil {
 		t.Fatalf("create schema %s: %v", cfg.Schema, err)
 	}
-	t.Cleanup(func() { dropSQLServerSchema(t, db, cfg) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := testdb.DropSQLServerSchema(ctx, db, cfg); err != nil {
+			t.Errorf("drop schema %s: %v", cfg.Schema, err)
+		}
+	})
 	return cfg
 }
 
-// migrated creates a random schema holding the tables.
-func migrated(t *testing.T, db database.DB) schema.Config {
+// migrated creates a random schema holding the tables and returns its normalized config.
+func migrated(t *testing.T, db database.Driver) schema.Config {
 	t.Helper()
-	cfg := emptySchema(t, db)
+	cfg, err := emptySchema(t, db).Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
 	return cfg
-}
-
-func dropSQLServerSchema(t *testing.T, db database.DB, cfg schema.Config) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var stmts []string
-	for _, p := range schema.StoredProcedures() {
-		stmts = append(stmts, "DROP PROCEDURE IF EXISTS "+cfg.Qualified(p))
-	}
-	stmts = append(stmts, "DROP TYPE IF EXISTS "+cfg.Qualified(schema.EnvelopeIDList))
-	for _, tb := range schema.Tables() {
-		stmts = append(stmts, "DROP TABLE IF EXISTS "+cfg.Qualified(tb.Name))
-	}
-	stmts = append(stmts, "DROP SCHEMA IF EXISTS "+cfg.QuoteIdent(cfg.Schema))
-	for _, st := range stmts {
-		if _, err := db.Exec(ctx, st); err != nil {
-			t.Errorf("%s: %v", st, err)
-		}
-	}
 }
 
 func placeholders(d database.Dialect, n int) string {
@@ -105,7 +84,7 @@ func nextID() string {
 	return fmt.Sprintf("00000000-0000-4000-8000-%012d", idSeq.Add(1))
 }
 
-func insertIncoming(t *testing.T, db database.DB, cfg schema.Config, status string, owner int32, topic string) {
+func insertIncoming(t *testing.T, db database.Driver, cfg schema.Config, status string, owner int32, topic string) {
 	t.Helper()
 	q := fmt.Sprintf("INSERT INTO %s (id, status, owner_id, body, message_type, received_at) VALUES (%s)",
 		cfg.Qualified(schema.IncomingTable), placeholders(db.Dialect(), 6))
@@ -114,7 +93,7 @@ func insertIncoming(t *testing.T, db database.DB, cfg schema.Config, status stri
 	}
 }
 
-func insertOutgoing(t *testing.T, db database.DB, cfg schema.Config, destination string, owner int32) {
+func insertOutgoing(t *testing.T, db database.Driver, cfg schema.Config, destination string, owner int32) {
 	t.Helper()
 	q := fmt.Sprintf("INSERT INTO %s (id, owner_id, destination, body, message_type) VALUES (%s)",
 		cfg.Qualified(schema.OutgoingTable), placeholders(db.Dialect(), 5))
@@ -123,7 +102,7 @@ func insertOutgoing(t *testing.T, db database.DB, cfg schema.Config, destination
 	}
 }
 
-func insertDeadLetter(t *testing.T, db database.DB, cfg schema.Config) {
+func insertDeadLetter(t *testing.T, db database.Driver, cfg schema.Config) {
 	t.Helper()
 	q := fmt.Sprintf("INSERT INTO %s (id, body, message_type, explanation) VALUES (%s)",
 		cfg.Qualified(schema.DeadLetterTable), placeholders(db.Dialect(), 4))
@@ -134,7 +113,7 @@ func insertDeadLetter(t *testing.T, db database.DB, cfg schema.Config) {
 
 // fill inserts 4 incoming rows (3 Incoming, 1 Scheduled), 3 outgoing rows (2 for orders, 1
 // for invoices) and 2 dead letters, owned by nodes 0, 7 and -42.
-func fill(t *testing.T, db database.DB, cfg schema.Config) {
+func fill(t *testing.T, db database.Driver, cfg schema.Config) {
 	t.Helper()
 	insertIncoming(t, db, cfg, schema.StatusIncoming, 0, "orders")
 	insertIncoming(t, db, cfg, schema.StatusIncoming, 7, "orders")

@@ -21,7 +21,7 @@ import (
 
 // pgHandles are the PostgreSQL handles: these tests write rows with PostgreSQL SQL
 // (TestDeadLetterToolsOnEveryDialect covers SQL Server).
-func pgHandles(t *testing.T) map[string]database.DB {
+func pgHandles(t *testing.T) map[string]database.Driver {
 	h := handles(t)
 	delete(h, "sqlserver")
 	return h
@@ -29,7 +29,7 @@ func pgHandles(t *testing.T) map[string]database.DB {
 
 // jasperDeadLetter inserts a dead letter as .NET Jasper 2.0 writes it
 // (MoveToDeadLetterStorageAsync: Jasper's columns only, raw message bytes in body).
-func jasperDeadLetter(t *testing.T, db database.DB, cfg schema.Config, receivedAt string) uuid.UUID {
+func jasperDeadLetter(t *testing.T, db database.Driver, cfg schema.Config, receivedAt string) uuid.UUID {
 	t.Helper()
 	id := uuid.New()
 	q := fmt.Sprintf(`INSERT INTO %s (id, execution_time, attempts, body, conversation_id, correlation_id, parent_id,
@@ -67,7 +67,7 @@ func (p *recordingPublisher) Publish(topic string, msgs ...*message.Message) err
 }
 func (p *recordingPublisher) Close() error { return nil }
 
-func count(t *testing.T, db database.DB, q string, args ...any) int {
+func count(t *testing.T, db database.Driver, q string, args ...any) int {
 	t.Helper()
 	var n int64
 	if err := database.QueryRow(context.Background(), db, q, args, &n); err != nil {

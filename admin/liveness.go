@@ -2,11 +2,9 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -14,7 +12,7 @@ import (
 type Liveness int
 
 const (
-	// LivenessUnknown: the database cannot tell (an unsupported dialect).
+	// LivenessUnknown: the database did not tell.
 	LivenessUnknown Liveness = iota
 	// Alive: a database session holds the node's lock (a running Go or .NET node).
 	Alive
@@ -38,10 +36,13 @@ func (l Liveness) String() string {
 // session advisory lock keyed by the id; on SQL Server its application lock). It never takes
 // a lock, so it cannot disturb a running node: PostgreSQL reads pg_locks, SQL Server asks
 // APPLOCK_TEST (which answers for the pooled session it runs on, never a node's own lock
-// session). AnyNode (0) is not a node and is left out of the result.
-func NodeLiveness(ctx context.Context, db database.DB, owners []int32) (map[int32]Liveness, error) {
-	if db == nil {
-		return nil, fmt.Errorf("%w: nil database handle", schema.ErrInvalidConfig)
+// session). Node locks belong to the database, not to a schema. AnyNode (0) is not a node and
+// is left out of the result.
+func NodeLiveness(ctx context.Context, db database.Driver, owners []int32) (map[int32]Liveness, error) {
+	// The locks are database-wide: the store of any schema of the database answers.
+	s, err := resolve(db, schema.Config{})
+	if err != nil {
+		return nil, err
 	}
 	res := make(map[int32]Liveness, len(owners))
 	ids := make([]int32, 0, len(owners))
@@ -54,32 +55,19 @@ func NodeLiveness(ctx context.Context, db database.DB, owners []int32) (map[int3
 	if len(ids) == 0 {
 		return res, nil
 	}
-	d, err := sqldialect.For(schema.Config{Dialect: db.Dialect()})
-	if errors.Is(err, database.ErrUnsupported) {
-		return res, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	rows, err := db.Query(ctx, d.OwnersAlive(), d.OwnerList(ids))
+	alive, err := s.OwnersAlive(ctx, ids)
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
 	}
-	for rows.Next() {
-		var id int32
-		var alive bool
-		if err := rows.Scan(&id, &alive); err != nil {
-			_ = rows.Close()
-			return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
+	for id, ok := range alive {
+		if _, asked := res[id]; !asked {
+			continue
 		}
-		if alive {
+		if ok {
 			res[id] = Alive
 		} else {
 			res[id] = Dormant
 		}
-	}
-	if err := rows.Close(); err != nil {
-		return nil, fmt.Errorf("watermill-jasper: read the node locks: %w", err)
 	}
 	return res, nil
 }

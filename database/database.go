@@ -1,23 +1,32 @@
-// Package database is the one boundary between watermill-jasper and a database driver.
-//
-// Long-running components (forwarder, subscriber, durability node, admin tools) take a DB,
-// built from the pool the application already has:
+// Package database is the one boundary between watermill-jasper and a database: a Driver is
+// the pool the application already has, together with the SQL of its database. Build it once
+// and give it to the runtime (jasper.NewRuntime) or to the admin and schema tools:
 //
 //	db := database.FromPgx(pgxPool)           // PostgreSQL, pgx natively
-//	db, err := database.FromStdSQL(sqlDB)     // database/sql: pgx's stdlib driver or go-mssqldb
+//	db, err := database.FromStdSQL(sqlDB)     // PostgreSQL through database/sql (driver "pgx")
+//	db, err := sqlserver.FromStdSQL(sqlDB)    // SQL Server (go-mssqldb): package sqlserver
 //
-// Publishers instead take watermill-sql's ContextExecutor (sql.TxFromStdSQL(tx),
-// sql.TxFromPgx(tx), sql.BeginnerFromPgx(pool)...), exactly as watermill-sql's publisher does.
+// The SQL Server driver lives in package sqlserver, so that a PostgreSQL program does not link
+// go-mssqldb. Publishers writing in a caller's transaction take watermill-sql's
+// ContextExecutor (sql.TxFromPgx(tx), sql.TxFromStdSQL(tx)), as watermill-sql's publisher does.
 package database
 
 import (
 	"context"
 	"database/sql"
+	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 )
+
+// Driver is a database pool with the SQL of its database: every component of this module
+// reaches the tables through one. It is also a DB. Build it with FromPgx or FromStdSQL
+// (PostgreSQL), or sqlserver.FromStdSQL (SQL Server).
+type Driver = store.Driver
 
 // Dialect names a supported database.
 type Dialect = dbx.Dialect
@@ -57,12 +66,26 @@ type FirstStatementBeginner = dbx.FirstStatementBeginner
 // ParseDialect turns "postgres"/"postgresql"/"pg" or "sqlserver"/"mssql" into a Dialect.
 func ParseDialect(s string) (Dialect, error) { return dbx.ParseDialect(s) }
 
-// FromPgx wraps a pgx pool (PostgreSQL).
-func FromPgx(pool *pgxpool.Pool) DB { return dbx.FromPgx(pool) }
+// FromPgx returns the Driver of a pgx pool (PostgreSQL).
+func FromPgx(pool *pgxpool.Pool) Driver {
+	d, _ := postgres.New(dbx.FromPgx(pool)) // a pgx handle is always PostgreSQL
+	return d
+}
 
-// FromStdSQL wraps a database/sql pool. The dialect is taken from the driver: pgx's stdlib
-// driver (PostgreSQL) or go-mssqldb (SQL Server).
-func FromStdSQL(db *sql.DB) (DB, error) { return dbx.FromStdSQL(db) }
+// FromStdSQL returns the Driver of a database/sql pool opened with pgx's stdlib driver
+// (sql.Open("pgx", dsn)). A go-mssqldb pool is refused with an error saying to use
+// sqlserver.FromStdSQL; other drivers (lib/pq) are refused because they cannot bind the array
+// parameters this library uses.
+func FromStdSQL(db *sql.DB) (Driver, error) {
+	h, err := dbx.FromStdSQL(db)
+	if err != nil {
+		return nil, err
+	}
+	if h.Dialect() == dbx.SQLServer {
+		return nil, fmt.Errorf("%w: this *sql.DB is SQL Server (go-mssqldb): build its driver with sqlserver.FromStdSQL (package github.com/watermill-jasper/watermill-jasper/sqlserver)", ErrUnsupported)
+	}
+	return postgres.New(h)
+}
 
 // DialectOfStdSQL returns the dialect of a *sql.DB's driver.
 func DialectOfStdSQL(db *sql.DB) (Dialect, error) { return dbx.DialectOfStdSQL(db) }

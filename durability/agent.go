@@ -2,8 +2,6 @@ package durability
 
 import (
 	"context"
-	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -14,16 +12,24 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// ErrAgentClosed is returned by Run once Close was called.
-var ErrAgentClosed = errors.New("watermill-jasper: durability agent is closed")
-
-// ErrAgentRunning is returned by a second call of Run.
-var ErrAgentRunning = errors.New("watermill-jasper: durability agent is already running")
+var (
+	// ErrAgentStopped is returned by Start once Stop was called.
+	ErrAgentStopped = errors.New("watermill-jasper: durability agent is stopped")
+	// ErrAgentRunning is returned by a second call of Start.
+	ErrAgentRunning = errors.New("watermill-jasper: durability agent is already running")
+	// ErrAgentNotRunning is wrapped by the errors of components started on an agent that is
+	// not running: nobody would read their reports (a claim whose answer was lost) or run the
+	// jobs they rely on (scheduled release, recovery, cleanup).
+	ErrAgentNotRunning = errors.New("watermill-jasper: the durability agent is not running; start it (Agent.Start) before its components, or use a jasper.Runtime, which does")
+)
 
 // HandledCleanupLockID is the advisory lock id under which one agent at a time deletes
 // expired Handled rows. Jasper has no such job (Wolverine added it); the id is Jasper's hash
@@ -41,16 +47,6 @@ const (
 	JobNodeCheck    = "node-check"
 	JobGauges       = "sample-gauges"
 )
-
-// Waker is something that claims unowned envelopes (a forwarder, a subscriber) and should
-// look for them at once. Wake must not block: it only signals.
-type Waker interface{ Wake() }
-
-// WakerFunc adapts a function to Waker.
-type WakerFunc func()
-
-// Wake calls f.
-func (f WakerFunc) Wake() { f() }
 
 // Stats counts what an Agent did since it was created.
 type Stats struct {
@@ -134,61 +130,64 @@ type Unowned struct {
 	Topics []string
 }
 
-// Agent is the durability agent of one node: Jasper's DurabilityAgent (jasper-spec §5) for
-// the Go side of a database shared with other Go and .NET nodes. Run starts its jobs, each
-// on a timer of its own so that none delays another:
+// Agent is the durability agent of one node for one schema: Jasper's DurabilityAgent for the
+// Go side of a database shared with other Go and .NET nodes, and the one owner of every
+// background job of that schema in this process. Start runs its jobs, each on a timer of its
+// own so that none delays another:
 //
-//   - scheduled jobs (every ScheduledJobPollingTime, under Jasper's "scheduled-jobs" lock):
-//     due Scheduled envelopes become Incoming; due scheduled sends (Jasper's
-//     scheduled-envelope rows) become outgoing envelopes for their destination, in the
-//     transaction that deletes them; one that cannot be read goes to the dead letters;
-//   - recovery (same timer): when unowned envelopes wait, the Wakers are woken (forwarders
-//     and subscribers claim unowned envelopes themselves, so nothing is claimed here);
+//   - scheduled jobs (every ScheduledJobPollingTime, and at once when a component asks with
+//     ScheduleAt; under Jasper's "scheduled-jobs" lock): due Scheduled envelopes become
+//     Incoming; due scheduled sends (Jasper's scheduled-envelope rows) become outgoing
+//     envelopes for their destination, in the transaction that deletes them; one that cannot
+//     be read goes to the dead letters;
+//   - recovery (same timer): when unowned envelopes wait, the components are woken;
 //   - dormant-node reassignment (every NodeReassignmentPollingTime, under Jasper's
 //     "jasper-reassign-envelopes" lock): every other owner of envelopes whose node lock can
-//     be taken (pg_try_advisory_xact_lock(owner) on PostgreSQL, sp_getapplock owned by the
-//     transaction on SQL Server, as Jasper does) is dead, and its envelopes
-//     are handed back (owner_id = 0) in bounded batches; an owner whose lock another session
-//     holds (a live Go or .NET node) is never touched;
+//     be taken is dead, and its envelopes are handed back (owner_id = 0) in bounded batches;
+//     an owner whose lock another session holds (a live Go or .NET node) is never touched;
 //   - expired envelopes (every ExpiredEnvelopesPollingTime, under Jasper's
 //     "recover-outgoing-messages" lock): unowned outgoing envelopes past deliver_by are
 //     deleted;
 //   - Handled cleanup (every HandledCleanupPollingTime, under HandledCleanupLockID): inbox
-//     rows past keep_until are deleted in bounded batches, each its own transaction;
+//     marks past keep_until are deleted in bounded batches, each its own transaction;
 //   - node check (every NodeCheckInterval): Node.Check takes the node lock again after its
 //     connection was lost; the envelopes still marked with this node's id are then handed
-//     back, since other nodes were free to consider it dead meanwhile;
-//   - gauges (every MetricsSamplingInterval): one query sampling the tables (Gauges).
+//     back, since other nodes were free to consider it dead meanwhile, and so are they after
+//     a component reported a claim whose answer was lost (ReportUnknownOutcome);
+//   - gauges (every MetricsSamplingInterval): one query sampling the tables (Gauges);
+//   - notifications: one LISTEN connection for the schema's channels (PostgreSQL), whose
+//     notifications wake the components registered with OnOutgoing and OnIncoming.
 //
-// Global locks are transaction-level advisory locks on Jasper's lock ids (SQL Server:
-// sp_getapplock @LockOwner = 'Transaction' on the resource named by the decimal id): they exclude a
-// .NET agent holding the same id as a session lock, are released by the end of their
-// transaction whatever happens to the connection, and work through PgBouncer in transaction
-// mode. Jasper's lock ids are database-wide, so agents of other schemas of the same database
-// take turns with this one: a job that finds its lock held runs again after about half a
-// second rather than a whole period.
+// Global locks are transaction-level locks on Jasper's lock ids: they exclude a .NET agent
+// holding the same id as a session lock and are released by the end of their transaction
+// whatever happens to the connection. Jasper's lock ids are database-wide, so agents of other
+// schemas of the same database take turns with this one: a job that finds its lock held runs
+// again after about half a second rather than a whole period. A failed pass is tried again
+// after 1 s, doubling up to its period.
 //
-// Stopping (Close, or Run's context) hands the node's envelopes back (owner_id = 0), as
-// Jasper's agent does; close the forwarders and subscribers first, then the agent, then the
-// Node.
+// Stop hands the node's envelopes back (owner_id = 0), as Jasper's agent does; stop the
+// components first, then the agent, then the Node.
 type Agent struct {
-	db      database.DB
-	node    *Node
-	config  Config
-	dialect sqldialect.Dialect
-	uuids   row.UUIDCodec
-	logger  watermill.LoggerAdapter
-	self    int32
-	// onJob is a test hook called after every job run of Run's timers.
+	db     database.Driver
+	store  store.Store
+	node   *Node
+	config Config
+	logger watermill.LoggerAdapter
+	self   int32
+	// onJob is a test hook called after every job run of the timers.
 	onJob func(job string, err error)
 
 	mu      sync.Mutex
-	wakers  []Waker
 	started bool
-	closed  bool
-	stop    context.CancelFunc
+	stopped bool
+	cancel  context.CancelFunc
 	done    chan struct{}
-	running chan struct{}
+	running atomic.Bool
+
+	wakers  wakers
+	kick    chan struct{} // buffered(1): run the scheduled-jobs pass early
+	schedMu sync.Mutex
+	schedAt time.Time // earliest time a component asked for a scheduled pass (zero: none)
 
 	relocks uint64 // the node's Relocks seen last (node-check goroutine only)
 	unknown uint64 // the node's UnknownOutcomes seen last (node-check goroutine only)
@@ -200,15 +199,13 @@ type Agent struct {
 	jobErrors                                                               map[string]int64
 }
 
-// NewAgent validates config and returns the agent of node over db (the pool the node was
-// made from: database.FromPgx or database.FromStdSQL). Start it with Run.
-func NewAgent(db database.DB, node *Node, config Config, logger watermill.LoggerAdapter) (*Agent, error) {
-	if db == nil {
-		return nil, fmt.Errorf("%w: a database.DB is required (database.FromPgx or database.FromStdSQL)", ErrInvalidConfig)
-	}
+// NewAgent validates config and returns the agent of node for the tables of config.Schema
+// (on the node's database). Start it with Start.
+func NewAgent(node *Node, config Config, logger watermill.LoggerAdapter) (*Agent, error) {
 	if node == nil {
 		return nil, fmt.Errorf("%w: a *Node is required (durability.NewNode): the agent acts for it and hands its envelopes back when stopping", ErrInvalidConfig)
 	}
+	db := node.db
 	if config.Schema.Dialect == "" {
 		config.Schema.Dialect = db.Dialect()
 	}
@@ -219,128 +216,196 @@ func NewAgent(db database.DB, node *Node, config Config, logger watermill.Logger
 	if config.Schema.Dialect != db.Dialect() {
 		return nil, fmt.Errorf("%w: Schema.Dialect is %s but the database is %s", ErrInvalidConfig, config.Schema.Dialect, db.Dialect())
 	}
-	d, err := sqldialect.For(config.Schema)
+	st, err := db.Store(config.Schema)
 	if err != nil {
-		return nil, fmt.Errorf("watermill-jasper: durability agent: %w", err)
+		return nil, fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
 	}
+	config.Schema = st.Schema()
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
 	a := &Agent{
 		db:        db,
+		store:     st,
 		node:      node,
 		config:    config,
-		dialect:   d,
-		uuids:     d.UUIDs(),
 		self:      node.ID(),
-		wakers:    append([]Waker(nil), config.Wakers...),
 		done:      make(chan struct{}),
-		running:   make(chan struct{}),
+		kick:      make(chan struct{}, 1),
 		relocks:   node.Relocks(),
 		unknown:   node.UnknownOutcomes(),
 		jobErrors: map[string]int64{},
 		logger: logger.With(watermill.LogFields{
-			"component": "watermill-jasper/durability", "node_id": node.ID(), "schema": d.Schema().Schema,
+			"component": "watermill-jasper/durability", "node_id": node.ID(), "schema": st.Schema().Schema,
 		}),
 	}
+	a.wakers.init()
 	return a, nil
 }
 
 // NodeID is the id of the node the agent acts for.
 func (a *Agent) NodeID() int32 { return a.self }
 
-// AddWaker registers Wakers (forwarders, subscribers) woken when envelopes became
-// claimable. Safe to call at any time.
-func (a *Agent) AddWaker(w ...Waker) {
+// Node is the node the agent acts for.
+func (a *Agent) Node() *Node { return a.node }
+
+// Schema is the normalized schema config of the agent's tables.
+func (a *Agent) Schema() schema.Config { return a.store.Schema() }
+
+// Driver is the database the agent works on.
+func (a *Agent) Driver() database.Driver { return a.db }
+
+// Store is the typed storage of the agent's schema, for the components of this module.
+func (a *Agent) Store() store.Store { return a.store }
+
+// Logger is the agent's logger.
+func (a *Agent) Logger() watermill.LoggerAdapter { return a.logger }
+
+// Running reports whether Start has started the jobs and Stop has not been called.
+func (a *Agent) Running() bool { return a.running.Load() }
+
+// CheckRunning returns an error wrapping ErrAgentNotRunning, naming the component, when the
+// agent is not running. Components call it when they start.
+func (a *Agent) CheckRunning(component string) error {
+	if !a.Running() {
+		return fmt.Errorf("watermill-jasper: %s: %w", component, ErrAgentNotRunning)
+	}
+	return nil
+}
+
+// ReportUnknownOutcome tells the agent that a claim marking envelopes with the node's id
+// failed without a readable answer (see Node.ReportUnknownOutcome): the node's envelopes are
+// handed back at the next node check. Forwarders and subscribers call it.
+func (a *Agent) ReportUnknownOutcome() { a.node.ReportUnknownOutcome() }
+
+// ScheduleAt asks for a scheduled-jobs pass at t (at once when t has passed), for example
+// when a nacked message becomes due. Requests coalesce: the earliest time wins.
+func (a *Agent) ScheduleAt(t time.Time) {
+	a.schedMu.Lock()
+	if a.schedAt.IsZero() || t.Before(a.schedAt) {
+		a.schedAt = t
+	}
+	a.schedMu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// takeScheduleAt returns and clears the earliest time asked for.
+func (a *Agent) takeScheduleAt() time.Time {
+	a.schedMu.Lock()
+	defer a.schedMu.Unlock()
+	t := a.schedAt
+	a.schedAt = time.Time{}
+	return t
+}
+
+// Start starts the jobs and the LISTEN connection and returns once they run (after the
+// first LISTEN attempt, so that a component started next misses no notification). ctx
+// bounds only the start; Stop ends the agent. It returns ErrAgentRunning when called twice
+// and ErrAgentStopped after Stop. Database failures while running are logged and retried
+// with back-off; they never stop the agent.
+func (a *Agent) Start(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, x := range w {
-		if x != nil {
-			a.wakers = append(a.wakers, x)
-		}
-	}
-}
-
-// wake wakes every Waker; a panicking Waker is logged and skipped.
-func (a *Agent) wake() {
-	a.mu.Lock()
-	ws := append([]Waker(nil), a.wakers...)
-	a.mu.Unlock()
-	if len(ws) == 0 {
-		return
-	}
-	a.wakeups.Add(1)
-	for _, w := range ws {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					a.logger.Error("Waker panicked", fmt.Errorf("%v", r), nil)
-				}
-			}()
-			w.Wake()
-		}()
-	}
-}
-
-// Run runs the jobs until Close is called or ctx is cancelled, then hands the node's
-// envelopes back and returns nil. It returns an error only when it cannot start (Run
-// called twice, or after Close). Database failures are logged and the failed job tried
-// again with back-off (after 1 s, doubling, at most its period); they never stop Run.
-func (a *Agent) Run(ctx context.Context) error {
-	a.mu.Lock()
 	switch {
-	case a.closed:
-		a.mu.Unlock()
-		return ErrAgentClosed
+	case a.stopped:
+		return ErrAgentStopped
 	case a.started:
-		a.mu.Unlock()
 		return ErrAgentRunning
 	}
 	a.started = true
-	runCtx, stop := context.WithCancel(ctx)
-	a.stop = stop
-	a.mu.Unlock()
-	defer close(a.done)
-	defer stop()
-
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
 	c := a.config
 	var wg sync.WaitGroup
-	start := func(name string, first, period time.Duration, fn func(context.Context) (time.Duration, error)) {
+	start := func(name string, first, period time.Duration, fn func(context.Context) (time.Duration, error), kick <-chan struct{}) {
 		if period < 0 {
 			return // turned off
 		}
-		wg.Go(func() { a.loop(runCtx, name, first, period, fn) })
+		wg.Go(func() { a.loop(runCtx, name, first, period, fn, kick) })
 	}
-	start(JobNodeCheck, c.NodeCheckInterval, c.NodeCheckInterval, a.checkNode)
-	start(JobScheduled, c.ScheduledJobFirstExecution, c.ScheduledJobPollingTime, a.scheduledPass)
+	start(JobNodeCheck, c.NodeCheckInterval, c.NodeCheckInterval, a.checkNode, nil)
+	start(JobScheduled, c.ScheduledJobFirstExecution, c.ScheduledJobPollingTime, a.scheduledPass, a.kick)
 	start(JobReassignment, c.FirstNodeReassignmentExecution, c.NodeReassignmentPollingTime, func(ctx context.Context) (time.Duration, error) {
 		res, err := a.ReassignDormantNodes(ctx)
 		return retryIfSkipped(res.Skipped), err
-	})
+	}, nil)
 	start(JobExpired, c.ExpiredEnvelopesPollingTime, c.ExpiredEnvelopesPollingTime, func(ctx context.Context) (time.Duration, error) {
 		_, skipped, err := a.deleteExpiredEnvelopes(ctx)
 		return retryIfSkipped(skipped), err
-	})
+	}, nil)
 	start(JobHandled, c.HandledCleanupPollingTime, c.HandledCleanupPollingTime, func(ctx context.Context) (time.Duration, error) {
 		_, skipped, err := a.deleteExpiredHandled(ctx)
 		return retryIfSkipped(skipped), err
-	})
+	}, nil)
 	start(JobGauges, 0, c.MetricsSamplingInterval, func(ctx context.Context) (time.Duration, error) {
 		_, err := a.SampleGauges(ctx)
 		return 0, err
-	})
+	}, nil)
+	listening := make(chan struct{})
+	if !c.DisableNotify && a.store.Caps().Notifications {
+		wg.Go(func() { a.listen(runCtx, listening) })
+	} else {
+		close(listening)
+		if c.DisableNotify && a.store.Caps().Notifications {
+			a.logger.Info("Notifications are off (DisableNotify): components find new envelopes by polling", nil)
+		}
+	}
+	go func() {
+		wg.Wait()
+		close(a.done)
+	}()
+	select {
+	case <-listening:
+	case <-ctx.Done():
+	}
+	a.running.Store(true)
 	a.logger.Info("Durability agent started", watermill.LogFields{
 		"scheduled_job_polling_time":     c.ScheduledJobPollingTime.String(),
 		"node_reassignment_polling_time": c.NodeReassignmentPollingTime.String(),
 		"recovery_batch_size":            c.RecoveryBatchSize,
 	})
-	close(a.running)
-	<-runCtx.Done()
-	wg.Wait()
+	return nil
+}
 
+// Stop stops the jobs (a job in progress is cancelled: its transaction rolls back) and the
+// LISTEN connection, hands the node's envelopes back within ctx (at most StatementTimeout)
+// and returns. Stop the components first: what they still hold would be handed back under
+// them. It is idempotent; it does not close the Node.
+func (a *Agent) Stop(ctx context.Context) error {
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		return nil
+	}
+	a.stopped = true
+	started := a.started
+	a.running.Store(false)
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.mu.Unlock()
+	if !started {
+		return nil
+	}
+	<-a.done
 	// Hand back what this node still holds, as Jasper's StopAsync does.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.StatementTimeout)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.config.StatementTimeout)
 	defer cancel()
+	if ctx.Err() == nil {
+		stopCtx, stop := context.WithCancel(rctx)
+		defer stop()
+		go func() {
+			select {
+			case <-ctx.Done():
+				stop()
+			case <-stopCtx.Done():
+			}
+		}()
+		rctx = stopCtx
+	}
 	in, out, err := a.ReleaseOwnEnvelopes(rctx)
 	if err != nil {
 		a.logger.Error("Cannot hand this node's envelopes back while stopping; a living node's agent will once the node lock is released", err, nil)
@@ -348,29 +413,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.logger.Info("Envelopes of this node handed back", watermill.LogFields{"incoming": in, "outgoing": out})
 	}
 	a.logger.Info("Durability agent stopped", nil)
-	return nil
-}
-
-// Running is closed once Run has started its jobs.
-func (a *Agent) Running() <-chan struct{} { return a.running }
-
-// Close stops the jobs (a job in progress is cancelled: its transaction rolls back), hands
-// the node's envelopes back and returns once Run has returned. It is idempotent. It does
-// not close the Node.
-func (a *Agent) Close() error {
-	a.mu.Lock()
-	if !a.closed {
-		a.closed = true
-		if a.stop != nil {
-			a.stop()
-		}
-	}
-	started := a.started
-	a.mu.Unlock()
-	if started {
-		<-a.done
-	}
-	return nil
+	return err
 }
 
 // Stats returns the counters. A counter moves once the job's transaction has committed, so a
@@ -406,17 +449,32 @@ func (a *Agent) Gauges() (Gauges, bool) {
 	return *g, true
 }
 
-// loop runs fn after first and then every period (or sooner, when fn asks for it) until
-// ctx ends. Failures are logged once when they start and once when they stop.
-func (a *Agent) loop(ctx context.Context, name string, first, period time.Duration, fn func(context.Context) (time.Duration, error)) {
+// jobBackoff is the wait before a failed pass runs again: 1 s, doubling, at most the job's
+// period (its Max).
+var jobBackoff = backoff.Policy{Initial: time.Second, Multiplier: 2}
+
+// loop runs fn after first and then every period (or sooner, when fn asks for it, or when
+// kick fires) until ctx ends. Failures are logged once when they start and once when they
+// stop.
+func (a *Agent) loop(ctx context.Context, name string, first, period time.Duration, fn func(context.Context) (time.Duration, error), kick <-chan struct{}) {
 	t := time.NewTimer(first)
 	defer t.Stop()
-	failing := false
-	var backoff time.Duration // after a failure: how soon to try again (doubling, up to period)
+	at := time.Now().Add(first) // when t fires
+	failing := 0                // consecutive failed passes
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-kick:
+			want := a.takeScheduleAt()
+			if want.IsZero() || want.Before(time.Now()) {
+				want = time.Now()
+			}
+			if want.Before(at) {
+				t.Reset(time.Until(want))
+				at = want
+			}
+			continue
 		case <-t.C:
 		}
 		next, err := fn(ctx)
@@ -427,15 +485,15 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 			a.errMu.Lock()
 			a.jobErrors[name]++
 			a.errMu.Unlock()
-			if !failing {
+			if failing == 0 {
 				a.logger.Error("Durability job failed; retrying with back-off up to every period", err, watermill.LogFields{"job": name, "period": period.String()})
 			} else {
 				a.logger.Debug("Durability job failed again", watermill.LogFields{"job": name, "error": err.Error()})
 			}
-			failing = true
-		} else if failing {
+			failing++
+		} else if failing > 0 {
 			a.logger.Info("Durability job works again", watermill.LogFields{"job": name})
-			failing = false
+			failing = 0
 		}
 		if a.onJob != nil {
 			a.onJob(name, err)
@@ -447,29 +505,21 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 		if err != nil {
 			// A failed pass (database unreachable, too many clients, a statement timeout) is
 			// tried again soon rather than a whole period later (a minute for the
-			// reassignment): from failureRetry, doubling, never more often than that nor
-			// later than the period.
-			backoff = min(max(2*backoff, failureRetry), period)
-			d = min(d, backoff+rand.N(backoff/4+1))
-		} else {
-			backoff = 0
+			// reassignment).
+			p := jobBackoff
+			p.Max = period
+			d = min(d, p.Jittered(failing))
 		}
 		t.Reset(d)
+		at = time.Now().Add(d)
 	}
 }
 
 // inTx runs fn in a transaction bounded by StatementTimeout.
-func (a *Agent) inTx(ctx context.Context, fn func(ctx context.Context, tx database.Tx) error) error {
+func (a *Agent) inTx(ctx context.Context, fn func(ctx context.Context, tx store.Ops) error) error {
 	ctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
 	defer cancel()
-	return database.InTx(ctx, a.db, func(tx database.Tx) error { return fn(ctx, tx) })
-}
-
-// tryLock takes the transaction-level advisory lock of id.
-func (a *Agent) tryLock(ctx context.Context, tx database.Tx, id int32) (bool, error) {
-	var ok bool
-	err := database.QueryRow(ctx, tx, a.dialect.TryAdvisoryXactLock(), []any{a.dialect.AdvisoryLockKey(id)}, &ok)
-	return ok, err
+	return a.store.InTx(ctx, fn)
 }
 
 // skippedRetry is how soon a job whose lock was held by another session runs again. Jasper's
@@ -477,10 +527,6 @@ func (a *Agent) tryLock(ctx context.Context, tx database.Tx, id int32) (bool, er
 // that did not do this schema's work, so waiting a whole period (a minute for the
 // reassignment) would be too long; trying a lock costs one short transaction.
 const skippedRetry = 500 * time.Millisecond
-
-// failureRetry is how soon a job whose pass failed runs again the first time; the wait
-// doubles with each further failure, up to the job's period.
-const failureRetry = time.Second
 
 func retryIfSkipped(skipped bool) time.Duration {
 	if !skipped {
@@ -545,22 +591,41 @@ func (a *Agent) scheduledPass(ctx context.Context) (time.Duration, error) {
 func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 	var res ScheduledResult
 	batch := a.config.RecoveryBatchSize
+	topics, allTopics := map[string]bool{}, false
 	defer func() {
+		switch {
+		case allTopics:
+			a.wakers.wakeAllIncoming()
+		default:
+			for t := range topics {
+				a.wakers.wakeIncoming(t)
+			}
+		}
+		if res.Sent > 0 {
+			a.wakers.wakeOutgoing()
+		}
 		if res.Released+res.Sent > 0 {
-			a.wake()
+			a.wakeups.Add(1)
 		}
 	}()
 	for {
-		var n int64
-		var next sql.NullFloat64
+		var r store.ScheduledRelease
 		locked := true
-		err := a.inTx(ctx, func(ctx context.Context, tx database.Tx) error {
-			ok, err := a.tryLock(ctx, tx, jasperid.ScheduledJobLockID)
+		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
+			ok, err := tx.TryGlobalLock(ctx, jasperid.ScheduledJobLockID)
 			if err != nil || !ok {
 				locked = false
 				return err
 			}
-			return database.QueryRow(ctx, tx, a.dialect.ReleaseScheduled(), []any{a.dialect.StringList(nil), batch}, &n, &next)
+			if r, err = tx.ReleaseScheduled(ctx, nil, batch); err != nil {
+				return err
+			}
+			for _, t := range r.Topics {
+				if err := tx.NotifyIncoming(ctx, t); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 		if err != nil {
 			return res, fmt.Errorf("release due scheduled envelopes: %w", err)
@@ -569,13 +634,18 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 			res.Skipped = true
 			return res, nil
 		}
-		res.Released += n
-		a.scheduledReleased.Add(n)
-		res.NextDue = 0
-		if next.Valid && next.Float64 > 0 {
-			res.NextDue = time.Duration(next.Float64 * float64(time.Millisecond))
+		res.Released += r.Released
+		a.scheduledReleased.Add(r.Released)
+		res.NextDue = r.NextDue
+		if r.Released > 0 {
+			if r.Topics == nil {
+				allTopics = true
+			}
+			for _, t := range r.Topics {
+				topics[t] = true
+			}
 		}
-		if n < int64(batch) {
+		if r.Released < int64(batch) {
 			break
 		}
 		if err := ctx.Err(); err != nil {
@@ -585,8 +655,8 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 	for {
 		var taken, sent, dead int
 		locked := true
-		err := a.inTx(ctx, func(ctx context.Context, tx database.Tx) error {
-			ok, err := a.tryLock(ctx, tx, jasperid.ScheduledJobLockID)
+		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
+			ok, err := tx.TryGlobalLock(ctx, jasperid.ScheduledJobLockID)
 			if err != nil || !ok {
 				locked = false
 				return err
@@ -617,21 +687,9 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 // releaseScheduledSends deletes up to limit due scheduled sends and, in the same
 // transaction, inserts the envelopes they wrap into the outgoing table (notifying the
 // forwarders) or moves unreadable ones to the dead letters.
-func (a *Agent) releaseScheduledSends(ctx context.Context, tx database.Tx, limit int) (taken, sent, dead int, err error) {
-	rows, err := tx.Query(ctx, a.dialect.ReleaseDueScheduledSends(), limit)
+func (a *Agent) releaseScheduledSends(ctx context.Context, tx store.Ops, limit int) (taken, sent, dead int, err error) {
+	envs, err := tx.TakeDueScheduledSends(ctx, limit)
 	if err != nil {
-		return 0, 0, 0, err
-	}
-	var envs []row.Envelope
-	for rows.Next() {
-		e, err := row.ScanIncoming(rows, a.uuids)
-		if err != nil {
-			_ = rows.Close()
-			return 0, 0, 0, fmt.Errorf("read a scheduled send: %w", err)
-		}
-		envs = append(envs, e)
-	}
-	if err := rows.Close(); err != nil {
 		return 0, 0, 0, err
 	}
 	var out []row.Envelope
@@ -643,8 +701,16 @@ func (a *Agent) releaseScheduledSends(ctx context.Context, tx database.Tx, limit
 			o, err = row.FromMessage(topic, msg, a.config.Defaults)
 		}
 		if err != nil {
-			if err := a.deadLetterScheduled(ctx, tx, e, err); err != nil {
-				return 0, 0, 0, err
+			typ, text, chain := fault.Describe(err)
+			reason := store.Reason{
+				Explanation:      "The scheduled send cannot be read, so it cannot be forwarded: " + err.Error(),
+				ExceptionType:    typ,
+				ExceptionMessage: text,
+				ExceptionText:    chain,
+				Source:           "watermill-jasper/durability",
+			}
+			if err := tx.InsertDeadLetter(ctx, *e, reason); err != nil {
+				return 0, 0, 0, fmt.Errorf("move an unreadable scheduled send to the dead letters: %w", err)
 			}
 			a.logger.Error("Unreadable scheduled send moved to the dead letters", err, watermill.LogFields{"envelope_id": e.ID.String()})
 			dead++
@@ -654,56 +720,12 @@ func (a *Agent) releaseScheduledSends(ctx context.Context, tx database.Tx, limit
 		o.Attempts = 0
 		out = append(out, o)
 	}
-	per := a.dialect.MaxParams() / len(row.OutgoingColumns)
-	for rest := out; len(rest) > 0; {
-		n := min(len(rest), per)
-		args := make([]any, 0, n*len(row.OutgoingColumns))
-		for i := range rest[:n] {
-			args = rest[i].OutgoingArgs(args, a.uuids)
-		}
-		if _, err := tx.Exec(ctx, a.dialect.InsertEnvelopes(n, 0, true), args...); err != nil {
+	if len(out) > 0 {
+		if err := tx.InsertEnvelopes(ctx, store.InsertParams{Outgoing: out, NotifyOutgoing: true}); err != nil {
 			return 0, 0, 0, fmt.Errorf("insert the envelopes of scheduled sends: %w", err)
 		}
-		rest = rest[n:]
 	}
 	return len(envs), len(out), dead, nil
-}
-
-// deadLetterScheduled writes a scheduled send that cannot be forwarded to the dead letters.
-func (a *Agent) deadLetterScheduled(ctx context.Context, tx database.Tx, e *row.Envelope, cause error) error {
-	args := e.IncomingArgs(nil, a.uuids)
-	args = append(args,
-		"The scheduled send cannot be read, so it cannot be forwarded: "+cause.Error(),
-		fmt.Sprintf("%T", rootCause(cause)),
-		cause.Error(),
-		errorChain(cause),
-		"watermill-jasper/durability",
-	)
-	if _, err := tx.Exec(ctx, a.dialect.InsertDeadLetter(), args...); err != nil {
-		return fmt.Errorf("move an unreadable scheduled send to the dead letters: %w", err)
-	}
-	return nil
-}
-
-func rootCause(err error) error {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err
-		}
-		err = u
-	}
-}
-
-func errorChain(err error) string {
-	s := ""
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if s != "" {
-			s += "\n"
-		}
-		s += fmt.Sprintf("%T: %s", e, e.Error())
-	}
-	return s
 }
 
 // RecoverUnowned looks (through indexes only) for unowned envelopes: outgoing ones, and
@@ -711,18 +733,21 @@ func errorChain(err error) string {
 // subscribers claim unowned envelopes themselves; this makes them do it now rather than at
 // their next poll. Run calls it after every scheduled-jobs pass.
 func (a *Agent) RecoverUnowned(ctx context.Context) (Unowned, error) {
-	var u Unowned
-	var topics string
 	qctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
 	defer cancel()
-	if err := database.QueryRow(qctx, a.db, a.dialect.UnownedEnvelopes(), nil, &u.Outgoing, &topics); err != nil {
-		return u, fmt.Errorf("look for unowned envelopes: %w", err)
+	su, err := a.store.Unowned(qctx)
+	if err != nil {
+		return Unowned{}, fmt.Errorf("look for unowned envelopes: %w", err)
 	}
-	if err := json.Unmarshal([]byte(topics), &u.Topics); err != nil {
-		return u, fmt.Errorf("read the topics of unowned envelopes: %w", err)
+	u := Unowned(su)
+	if u.Outgoing {
+		a.wakers.wakeOutgoing()
+	}
+	for _, t := range u.Topics {
+		a.wakers.wakeIncoming(t)
 	}
 	if u.Outgoing || len(u.Topics) > 0 {
-		a.wake()
+		a.wakeups.Add(1)
 	}
 	return u, nil
 }
@@ -738,25 +763,14 @@ func (a *Agent) ReassignDormantNodes(ctx context.Context) (ReassignResult, error
 	var res ReassignResult
 	var owners []int32
 	locked := true
-	err := a.inTx(ctx, func(ctx context.Context, tx database.Tx) error {
-		ok, err := a.tryLock(ctx, tx, jasperid.ReassignmentLockID)
+	err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
+		ok, err := tx.TryGlobalLock(ctx, jasperid.ReassignmentLockID)
 		if err != nil || !ok {
 			locked = false
 			return err
 		}
-		rows, err := tx.Query(ctx, a.dialect.OtherOwners(), a.self)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var id int32
-			if err := rows.Scan(&id); err != nil {
-				_ = rows.Close()
-				return err
-			}
-			owners = append(owners, id)
-		}
-		return rows.Close()
+		owners, err = tx.OtherOwners(ctx, a.self)
+		return err
 	})
 	if err != nil {
 		return res, fmt.Errorf("list the owners of envelopes: %w", err)
@@ -765,16 +779,9 @@ func (a *Agent) ReassignDormantNodes(ctx context.Context) (ReassignResult, error
 		res.Skipped = true
 		return res, nil
 	}
-	woken := false
-	defer func() {
-		if woken {
-			a.wake()
-		}
-	}()
 	for _, owner := range owners {
 		in, out, st, err := a.handBack(ctx, owner, true)
 		if in+out > 0 {
-			woken = true
 			res.Dormant = append(res.Dormant, Reassigned{Owner: owner, Incoming: in, Outgoing: out})
 			a.recovered.Add(in + out)
 			a.dormantNodes.Add(1)
@@ -810,10 +817,10 @@ const (
 func (a *Agent) handBack(ctx context.Context, owner int32, checkLocks bool) (in, out int64, st handBackState, err error) {
 	batch := a.config.RecoveryBatchSize
 	for {
-		var bin, bout int64
-		err := a.inTx(ctx, func(ctx context.Context, tx database.Tx) error {
+		var r store.Released
+		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
 			if checkLocks {
-				ok, err := a.tryLock(ctx, tx, jasperid.ReassignmentLockID)
+				ok, err := tx.TryGlobalLock(ctx, jasperid.ReassignmentLockID)
 				if err != nil {
 					return err
 				}
@@ -821,7 +828,7 @@ func (a *Agent) handBack(ctx context.Context, owner int32, checkLocks bool) (in,
 					st = lockLost
 					return nil
 				}
-				if ok, err = a.tryLock(ctx, tx, owner); err != nil {
+				if ok, err = tx.TryGlobalLock(ctx, owner); err != nil {
 					return err
 				}
 				if !ok {
@@ -829,11 +836,11 @@ func (a *Agent) handBack(ctx context.Context, owner int32, checkLocks bool) (in,
 					return nil
 				}
 			}
-			var topics string
-			if err := database.QueryRow(ctx, tx, a.dialect.ReleaseOwner(), []any{owner, batch}, &bin, &bout, &topics); err != nil {
+			var err error
+			if r, err = tx.ReleaseOwner(ctx, owner, batch); err != nil {
 				return err
 			}
-			return a.notify(ctx, tx, bout > 0, topics)
+			return notify(ctx, tx, r)
 		})
 		if err != nil {
 			return in, out, st, err
@@ -841,9 +848,10 @@ func (a *Agent) handBack(ctx context.Context, owner int32, checkLocks bool) (in,
 		if st != handedBack {
 			return in, out, st, nil
 		}
-		in += bin
-		out += bout
-		if bin < int64(batch) && bout < int64(batch) {
+		a.wake(r)
+		in += r.Incoming
+		out += r.Outgoing
+		if r.Incoming < int64(batch) && r.Outgoing < int64(batch) {
 			return in, out, st, nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -853,26 +861,32 @@ func (a *Agent) handBack(ctx context.Context, owner int32, checkLocks bool) (in,
 }
 
 // notify wakes, when the transaction commits, the forwarders (outgoing) and the subscribers
-// of topics (a JSON array) in every process.
-func (a *Agent) notify(ctx context.Context, tx database.Tx, outgoing bool, topics string) error {
-	if outgoing && a.dialect.NotifyOutgoing() != "" {
-		if _, err := tx.Exec(ctx, a.dialect.NotifyOutgoing()); err != nil {
+// of the topics of handed back envelopes, in every process.
+func notify(ctx context.Context, tx store.Ops, r store.Released) error {
+	if r.Outgoing > 0 {
+		if err := tx.NotifyOutgoing(ctx); err != nil {
 			return err
 		}
 	}
-	var ts []string
-	if err := json.Unmarshal([]byte(topics), &ts); err != nil {
-		return fmt.Errorf("read the topics of handed back envelopes: %w", err)
-	}
-	if a.dialect.IncomingChannel() == "" {
-		return nil
-	}
-	for _, t := range ts {
-		if _, err := tx.Exec(ctx, a.dialect.NotifyIncoming(), t); err != nil {
+	for _, t := range r.Topics {
+		if err := tx.NotifyIncoming(ctx, t); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// wake wakes the local components that claim what was handed back.
+func (a *Agent) wake(r store.Released) {
+	if r.Outgoing > 0 {
+		a.wakers.wakeOutgoing()
+	}
+	for _, t := range r.Topics {
+		a.wakers.wakeIncoming(t)
+	}
+	if r.Incoming+r.Outgoing > 0 {
+		a.wakeups.Add(1)
+	}
 }
 
 // ReleaseOwnEnvelopes hands back (owner_id = 0) every envelope marked with this node's id,
@@ -883,9 +897,6 @@ func (a *Agent) notify(ctx context.Context, tx database.Tx, outgoing bool, topic
 func (a *Agent) ReleaseOwnEnvelopes(ctx context.Context) (incoming, outgoing int64, err error) {
 	in, out, _, err := a.handBack(ctx, a.self, false)
 	a.handedBack.Add(in + out)
-	if in+out > 0 {
-		a.wake()
-	}
 	if err != nil {
 		return in, out, fmt.Errorf("hand back the envelopes of node %d: %w", a.self, err)
 	}
@@ -901,7 +912,7 @@ func (a *Agent) DeleteExpiredEnvelopes(ctx context.Context) (int64, error) {
 }
 
 func (a *Agent) deleteExpiredEnvelopes(ctx context.Context) (int64, bool, error) {
-	n, skipped, err := a.deleteInBatches(ctx, jasperid.OutgoingMessageLockID, a.dialect.DeleteExpiredOutgoing(), a.config.RecoveryBatchSize)
+	n, skipped, err := a.deleteInBatches(ctx, jasperid.OutgoingMessageLockID, store.Ops.DeleteExpiredOutgoing, a.config.RecoveryBatchSize)
 	a.discarded.Add(n)
 	if n > 0 {
 		a.logger.Info("Expired outgoing envelopes discarded", watermill.LogFields{"count": n})
@@ -921,7 +932,7 @@ func (a *Agent) DeleteExpiredHandled(ctx context.Context) (int64, error) {
 }
 
 func (a *Agent) deleteExpiredHandled(ctx context.Context) (int64, bool, error) {
-	n, skipped, err := a.deleteInBatches(ctx, HandledCleanupLockID, a.dialect.DeleteExpiredHandled(), a.config.HandledCleanupBatchSize)
+	n, skipped, err := a.deleteInBatches(ctx, HandledCleanupLockID, store.Ops.DeleteExpiredHandled, a.config.HandledCleanupBatchSize)
 	a.handledDeleted.Add(n)
 	if err != nil {
 		return n, skipped, fmt.Errorf("delete expired Handled envelopes: %w", err)
@@ -931,17 +942,17 @@ func (a *Agent) deleteExpiredHandled(ctx context.Context) (int64, bool, error) {
 
 // deleteInBatches runs a bounded DELETE in transactions taking lockID until it deletes less
 // than a batch; skipped is true when another session held the lock.
-func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, query string, batch int) (total int64, skipped bool, err error) {
+func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, del func(store.Ops, context.Context, int) (int64, error), batch int) (total int64, skipped bool, err error) {
 	for {
 		var n int64
 		locked := true
-		err := a.inTx(ctx, func(ctx context.Context, tx database.Tx) error {
-			ok, err := a.tryLock(ctx, tx, lockID)
+		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
+			ok, err := tx.TryGlobalLock(ctx, lockID)
 			if err != nil || !ok {
 				locked = false
 				return err
 			}
-			n, err = tx.Exec(ctx, query, batch)
+			n, err = del(tx, ctx, batch)
 			return err
 		})
 		if err != nil || !locked {
@@ -960,19 +971,17 @@ func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, query string,
 // SampleGauges samples the tables with one query and keeps the result for Gauges. Run
 // calls it every MetricsSamplingInterval.
 func (a *Agent) SampleGauges(ctx context.Context) (Gauges, error) {
-	var g Gauges
-	var age sql.NullFloat64
 	qctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
 	defer cancel()
-	err := database.QueryRow(qctx, a.db, a.dialect.StorageGauges(), nil,
-		&g.Incoming, &g.Scheduled, &g.Handled, &g.Outgoing, &g.DeadLetters, &age, &g.DormantOwned)
+	sg, err := a.store.Gauges(qctx)
 	if err != nil {
-		return g, fmt.Errorf("sample the tables: %w", err)
+		return Gauges{}, fmt.Errorf("sample the tables: %w", err)
 	}
-	if age.Valid && age.Float64 > 0 {
-		g.OldestOutgoingAge = time.Duration(age.Float64 * float64(time.Second))
+	g := Gauges{
+		Incoming: sg.Incoming, Scheduled: sg.Scheduled, Handled: sg.Handled, Outgoing: sg.Outgoing,
+		DeadLetters: sg.DeadLetters, OldestOutgoingAge: sg.OldestOutgoingAge, DormantOwned: sg.DormantOwned,
+		SampledAt: time.Now(),
 	}
-	g.SampledAt = time.Now()
 	a.gauges.Store(&g)
 	return g, nil
 }

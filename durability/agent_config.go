@@ -49,8 +49,8 @@ const (
 // configuration.
 var ErrInvalidConfig = errors.New("watermill-jasper: invalid durability agent config")
 
-// Config configures an Agent. The zero value is usable: Jasper's defaults, PostgreSQL,
-// schema "public".
+// Config configures an Agent. The zero value is usable: Jasper's defaults, and the schema
+// "public" (PostgreSQL) or "dbo" (SQL Server) of the node's database.
 //
 // A polling time that is negative turns its job off (for instance when a .NET Jasper node
 // or another tool does it); zero means the default.
@@ -103,10 +103,10 @@ type Config struct {
 	// StatementTimeout bounds each transaction of a job. Default 30s.
 	StatementTimeout time.Duration
 
-	// Wakers are woken when envelopes became claimable: after dormant nodes' envelopes were
-	// handed back, after scheduled envelopes were released, and when a pass finds unowned
-	// envelopes. Add more with Agent.AddWaker.
-	Wakers []Waker
+	// DisableNotify turns the LISTEN connection off (behind PgBouncer in transaction mode,
+	// where LISTEN cannot work): the components then find new envelopes by polling. On a
+	// database without notifications (SQL Server) there is no LISTEN connection anyway.
+	DisableNotify bool
 
 	// Defaults fill message_type and content_type of the outgoing envelopes made from
 	// scheduled sends whose message lacks them (publisher.Defaults is the same type).
@@ -132,9 +132,6 @@ func (c *Config) setDefaults() {
 	if c.HandledCleanupBatchSize == 0 {
 		c.HandledCleanupBatchSize = DefaultHandledCleanupBatchSize
 	}
-	if c.Schema.Dialect == "" {
-		c.Schema.Dialect = schema.Postgres
-	}
 }
 
 // Validate checks the config, after defaults are applied, and returns an error naming the
@@ -155,11 +152,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: HandledCleanupBatchSize is %d, it must be between 1 and %d", ErrInvalidConfig, c.HandledCleanupBatchSize, MaxBatchSize)
 	case c.StatementTimeout < 0:
 		return fmt.Errorf("%w: StatementTimeout is negative (%s)", ErrInvalidConfig, c.StatementTimeout)
-	}
-	for i, w := range c.Wakers {
-		if w == nil {
-			return fmt.Errorf("%w: Wakers[%d] is nil", ErrInvalidConfig, i)
-		}
 	}
 	return nil
 }

@@ -9,22 +9,24 @@
 // random GUID), locked on PostgreSQL with a session-level advisory lock whose bigint key is
 // the id sign-extended.
 //
-// A Node holds its lock on a connection of its own for the life of the process. Components
-// that write owner_id (the forwarder, the subscriber) take a Node, or create one for their
-// own lifetime when none is given.
+// A Node holds its lock on a connection of its own for the life of the process.
 //
-// An Agent is Jasper's DurabilityAgent for a Node: it releases due scheduled envelopes,
-// wakes the local forwarders and subscribers when unowned envelopes wait, hands back the
-// envelopes of dormant nodes (owners whose lock nobody holds; never those of a live Go or
-// .NET node), deletes expired envelopes and Handled inbox rows in bounded batches, checks
-// the node lock (taking it again after a lost connection) and samples the tables for
-// metrics (package metrics). A process runs one Node and one Agent:
+// An Agent is Jasper's DurabilityAgent for a Node and one schema: it releases due scheduled
+// envelopes, hands back the envelopes of dormant nodes (owners whose lock nobody holds; never
+// those of a live Go or .NET node), deletes expired envelopes and Handled inbox rows in
+// bounded batches, checks the node lock (taking it again after a lost connection, and handing
+// back what a claim with a lost answer may have marked), samples the tables for metrics, and
+// holds the one LISTEN connection that wakes the components of its schema. It is the only
+// owner of these jobs: the components (forwarders, subscribers, the middleware) belong to an
+// Agent, take it at construction, report to it and ask it to run a job early (Wake,
+// ScheduleAt); none runs a copy of a job. The runtime (package jasper at the module root)
+// builds the node, the agent and the components and starts and stops them in order; by hand:
 //
 //	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, logger)
-//	agent, err := durability.NewAgent(db, node, durability.Config{Schema: cfg}, logger)
-//	go agent.Run(ctx)
-//	// ... forwarders and subscribers with Node: node ...
-//	// stop: forwarders and subscribers first, then agent.Close(), then node.Close()
+//	agent, err := durability.NewAgent(node, durability.Config{Schema: cfg}, logger)
+//	err = agent.Start(ctx)
+//	fwd, err := forwarder.NewForwarder(agent, forwarder.Config{Publisher: pub}, logger)
+//	// stop: the components first, then agent.Stop(ctx), then node.Close()
 package durability
 
 import (
@@ -38,9 +40,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
 // ErrNodeIDInUse is wrapped by the error of NewNode when the configured node id is locked by
@@ -67,19 +70,25 @@ type NodeConfig struct {
 	// never 0), trying another one if a live node already holds it. A fixed id is refused
 	// with ErrNodeIDInUse while another session holds it.
 	ID int32
+	// LockDB is the database the node lock's dedicated connection is taken from. Default:
+	// the node's database. Set it to a direct connection pool of the same database when the
+	// node's database goes through a pooler in transaction mode (PgBouncer), which would hand
+	// the lock's session to other clients.
+	LockDB database.Driver
 }
 
 // Node is this process's identity among the nodes sharing the Jasper tables. It holds its
 // lock on a dedicated connection taken from the pool until Close. It is safe for concurrent
 // use.
 type Node struct {
-	db      database.DB
-	dialect sqldialect.Dialect
-	logger  watermill.LoggerAdapter
-	id      int32
+	db     database.Driver
+	lockDB database.Driver // where the lock's connection comes from (NodeConfig.LockDB)
+	locks  store.Store     // node locks are database-wide: any schema's store runs them
+	logger watermill.LoggerAdapter
+	id     int32
 
 	mu     sync.Mutex
-	conn   database.Conn // holds the lock; nil once closed or after the connection was lost
+	conn   dbx.Conn // holds the lock; nil once closed or after the connection was lost
 	closed bool
 	// relocks counts the times Check took the lock again after it was lost.
 	relocks uint64
@@ -90,19 +99,25 @@ type Node struct {
 // NewNode picks the node id (config.ID, or a random one), takes its lock on a dedicated
 // connection of db and returns the Node. It fails with an error wrapping ErrNodeIDInUse when
 // a configured id is held by another session. Close releases the lock and the connection.
-func NewNode(ctx context.Context, db database.DB, config NodeConfig, logger watermill.LoggerAdapter) (*Node, error) {
+func NewNode(ctx context.Context, db database.Driver, config NodeConfig, logger watermill.LoggerAdapter) (*Node, error) {
 	if db == nil {
-		return nil, errors.New("watermill-jasper: durability.NewNode needs a database.DB (database.FromPgx or database.FromStdSQL)")
+		return nil, errors.New("watermill-jasper: durability.NewNode needs a database.Driver (database.FromPgx, database.FromStdSQL or sqlserver.FromStdSQL)")
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
+	lockDB := config.LockDB
+	if lockDB == nil {
+		lockDB = db
+	} else if lockDB.Dialect() != db.Dialect() {
+		return nil, fmt.Errorf("watermill-jasper: NodeConfig.LockDB is %s but the node's database is %s: it must be the same database", lockDB.Dialect(), db.Dialect())
+	}
 	// Locks are database-wide, so the schema does not matter here, only the dialect.
-	d, err := sqldialect.For(schema.Config{Dialect: db.Dialect()})
+	locks, err := lockDB.Store(layout.Config{Dialect: db.Dialect()})
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: node lock: %w", err)
 	}
-	n := &Node{db: db, dialect: d, logger: logger}
+	n := &Node{db: db, lockDB: lockDB, locks: locks, logger: logger}
 	for attempt := 1; ; attempt++ {
 		id := config.ID
 		if id == 0 {
@@ -124,13 +139,13 @@ func NewNode(ctx context.Context, db database.DB, config NodeConfig, logger wate
 }
 
 // lock takes the lock of id on a new connection and returns that connection.
-func (n *Node) lock(ctx context.Context, id int32) (database.Conn, error) {
-	conn, err := n.db.Acquire(ctx)
+func (n *Node) lock(ctx context.Context, id int32) (dbx.Conn, error) {
+	conn, err := n.lockDB.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: node %d: take a connection for the node lock: %w", id, err)
 	}
-	var ok bool
-	if err := database.QueryRow(ctx, conn, n.dialect.TryAdvisoryLock(), []any{n.dialect.AdvisoryLockKey(id)}, &ok); err != nil {
+	ok, err := n.locks.TryNodeLock(ctx, conn, id)
+	if err != nil {
 		_ = conn.Close(true)
 		return nil, fmt.Errorf("watermill-jasper: node %d: take the node lock: %w", id, err)
 	}
@@ -156,10 +171,8 @@ func (n *Node) Check(ctx context.Context) error {
 	if n.closed {
 		return ErrNodeClosed
 	}
-	key := []any{n.dialect.AdvisoryLockKey(n.id)}
 	if n.conn != nil {
-		var held bool
-		err := database.QueryRow(ctx, n.conn, n.dialect.HoldsAdvisoryLock(), key, &held)
+		held, err := n.locks.HoldsNodeLock(ctx, n.conn, n.id)
 		if err == nil && held {
 			return nil
 		}
@@ -167,7 +180,7 @@ func (n *Node) Check(ctx context.Context) error {
 			// The session is fine but the lock is gone (someone ran pg_advisory_unlock_all on
 			// it?): take it again on the same session.
 			var ok bool
-			err = database.QueryRow(ctx, n.conn, n.dialect.TryAdvisoryLock(), key, &ok)
+			ok, err = n.locks.TryNodeLock(ctx, n.conn, n.id)
 			if err == nil && ok {
 				n.relocks++
 				n.logger.Info("Node lock taken again", nil)
@@ -209,10 +222,10 @@ func (n *Node) Relocks() uint64 {
 // claim) failed without a readable answer (the connection was lost, it timed out, or its
 // rows could not all be read): envelopes may now carry this node's id that no local
 // component works on, and since the node's lock is held, no other node hands them back.
-// The node's durability agent hands back every envelope marked with this node's id at its
+// The node's durability agents hand back every envelope marked with this node's id at their
 // next node check, as after a lost lock (the batches in flight are then delivered again:
-// at least once). Forwarders and subscribers call it; it is cheap and safe for concurrent
-// use.
+// at least once). Forwarders and subscribers call it through their Agent; it is cheap and
+// safe for concurrent use.
 func (n *Node) ReportUnknownOutcome() { n.unknownOutcomes.Add(1) }
 
 // UnknownOutcomes returns how many times ReportUnknownOutcome was called.
@@ -235,8 +248,7 @@ func (n *Node) Close() error {
 	n.conn = nil
 	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
 	defer cancel()
-	var released bool
-	err := database.QueryRow(ctx, conn, n.dialect.ReleaseAdvisoryLock(), []any{n.dialect.AdvisoryLockKey(n.id)}, &released)
+	released, err := n.locks.ReleaseNodeLock(ctx, conn, n.id)
 	if err != nil || !released {
 		// Closing the session releases every lock it holds.
 		n.logger.Info("Node lock not released cleanly, closing its connection", watermill.LogFields{"error": fmt.Sprint(err)})

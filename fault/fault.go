@@ -22,7 +22,11 @@
 // When an error is marked both ways, permanent wins. docs/errors.md has the whole contract.
 package fault
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 var (
 	// ErrPermanent is matched (errors.Is) by every error marked permanent.
@@ -114,4 +118,53 @@ func KindOf(err error) Kind {
 		return KindTemporary
 	}
 	return KindOrdinary
+}
+
+// Describe renders err the way a dead letter records it (Jasper's exception columns):
+// the Go type of the root cause (following Unwrap; of a joined error, its first error), the
+// error's text, and the whole chain, one "type: text" line per error, the errors of a joined
+// error indented below it.
+func Describe(err error) (typ, message, chain string) {
+	if err == nil {
+		return "", "", ""
+	}
+	var b strings.Builder
+	writeChain(&b, err, "")
+	return fmt.Sprintf("%T", rootCause(err)), err.Error(), strings.TrimSuffix(b.String(), "\n")
+}
+
+// rootCause follows Unwrap to the innermost error; of a joined error it follows the first.
+func rootCause(err error) error {
+	for {
+		var next error
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			next = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			if errs := u.Unwrap(); len(errs) > 0 {
+				next = errs[0]
+			}
+		}
+		if next == nil {
+			return err
+		}
+		err = next
+	}
+}
+
+func writeChain(b *strings.Builder, err error, indent string) {
+	for e := err; e != nil; {
+		fmt.Fprintf(b, "%s%T: %s\n", indent, e, strings.ReplaceAll(e.Error(), "\n", "\n"+indent+"  "))
+		switch u := e.(type) {
+		case interface{ Unwrap() error }:
+			e = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, inner := range u.Unwrap() {
+				writeChain(b, inner, indent+"  ")
+			}
+			return
+		default:
+			return
+		}
+	}
 }

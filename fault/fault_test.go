@@ -55,3 +55,20 @@ func ExamplePermanent() {
 	fmt.Println(fault.KindOf(err), err)
 	// Output: permanent handle order 42: unreadable payload
 }
+
+func TestDescribe(t *testing.T) {
+	root := errors.New("connection refused")
+	err := fmt.Errorf("publish to orders: %w", fault.Temporary(root))
+	typ, msg, chain := fault.Describe(err)
+	if typ != "*errors.errorString" || msg != "publish to orders: connection refused" {
+		t.Fatalf("type %q, message %q", typ, msg)
+	}
+	want := "*fmt.wrapError: publish to orders: connection refused\n*fault.Error: connection refused\n*errors.errorString: connection refused"
+	if chain != want {
+		t.Fatalf("chain:\n%s\nwant:\n%s", chain, want)
+	}
+	joined := errors.Join(errors.New("a"), errors.New("b"))
+	if _, _, chain := fault.Describe(joined); chain != "*errors.joinError: a\n  b\n  *errors.errorString: a\n  *errors.errorString: b" {
+		t.Fatalf("joined chain:\n%s", chain)
+	}
+}

@@ -3,6 +3,8 @@ package forwarder
 import (
 	"sync"
 	"time"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 )
 
 // breaker is the per-destination circuit breaker (Jasper's sender circuit, jasper-spec
@@ -11,8 +13,10 @@ import (
 // closes the circuit; a failed probe pauses the destination again for twice as long, up to
 // maxPause. Destinations that never failed have no entry.
 type breaker struct {
-	after           int
-	pause, maxPause time.Duration
+	after int
+	// pauses is the pause after the n-th consecutive opening: pause, doubling up to maxPause,
+	// without jitter (a pause is per destination, and its probe is a single publish).
+	pauses backoff.Policy
 	// opened is called (without the lock) when a destination is paused, closed when it
 	// resumes after a pause.
 	opened func(destination string, pause time.Duration, failures int)
@@ -30,7 +34,11 @@ type circuit struct {
 }
 
 func newBreaker(after int, pause, maxPause time.Duration) *breaker {
-	return &breaker{after: after, pause: pause, maxPause: maxPause, dests: map[string]*circuit{}}
+	return &breaker{
+		after:  after,
+		pauses: backoff.Policy{Initial: pause, Max: maxPause, Multiplier: 2, Jitter: -1},
+		dests:  map[string]*circuit{},
+	}
 }
 
 // excluded appends the destinations kept out of regular claims to buf: every destination
@@ -113,11 +121,7 @@ func (b *breaker) failure(destination string, probe bool, now time.Time) {
 		return
 	}
 	c.opens++
-	pause := b.pause
-	for i := 1; i < c.opens && pause < b.maxPause; i++ {
-		pause *= 2
-	}
-	pause = min(pause, b.maxPause)
+	pause := b.pauses.Delay(c.opens)
 	c.until = now.Add(pause)
 	failures := c.failures
 	b.mu.Unlock()

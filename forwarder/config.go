@@ -6,9 +6,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-
-	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // Defaults of Config.
@@ -27,12 +24,10 @@ const (
 // ErrInvalidConfig is wrapped by every error of Config.Validate.
 var ErrInvalidConfig = errors.New("watermill-jasper: invalid forwarder config")
 
-// Config configures a Forwarder. Only Publisher is required.
+// Config configures a Forwarder. Only Publisher is required; the schema, the node whose id
+// marks the envelopes being relayed, and the notifications come from the durability agent the
+// forwarder is built on.
 type Config struct {
-	// Schema names the database schema holding the Jasper tables. Its Dialect defaults to
-	// the database's.
-	Schema schema.Config
-
 	// Publisher receives the envelopes (required): any Watermill publisher, e.g.
 	// watermill-amqp's with Publish.ConfirmDelivery set, so that a row is deleted only once
 	// the broker has confirmed the message. Publish is called with one message at a time,
@@ -44,10 +39,6 @@ type Config struct {
 	// the topic a Go publisher wrote) to the topic passed to Publisher.Publish. Default: the
 	// destination itself. An error is permanent: the envelope goes to the dead letters.
 	Topic func(destination string) (string, error)
-
-	// Node is the identity whose id marks the envelopes being relayed (owner_id). When nil,
-	// Run creates a node with a random id and closes it when it returns.
-	Node *durability.Node
 
 	// BatchSize is how many envelopes one claim takes. Default 500.
 	BatchSize int
@@ -61,8 +52,10 @@ type Config struct {
 	// AMQP channel for every Publish, which costs more than the publish itself. Default 256.
 	PublishConcurrency int
 	// PollInterval is how often the outbox is queried when it has been empty for a whole
-	// PollInterval and no notification arrives: an idle forwarder queries at most once per
-	// interval. Default 1s.
+	// PollInterval and no wake-up arrives from the agent (a notification, envelopes handed
+	// back): an idle forwarder queries at most once per interval. It is the fallback when
+	// notifications are off (durability.Config.DisableNotify) or missing (SQL Server).
+	// Default 1s.
 	PollInterval time.Duration
 	// ActivePollInterval is how often the outbox is queried while it is busy: from a claim
 	// that found envelopes until PollInterval has passed without finding any. Publishers then
@@ -85,10 +78,6 @@ type Config struct {
 
 	// Destinations restricts the forwarder to these destinations; empty relays all.
 	Destinations []string
-
-	// DisableNotify turns off the LISTEN/NOTIFY wake-up (use it behind PgBouncer in
-	// transaction mode); the forwarder then polls every PollInterval.
-	DisableNotify bool
 }
 
 func (c *Config) setDefaults() {
@@ -135,9 +124,6 @@ func (c Config) Validate() error {
 	c.setDefaults()
 	if c.Publisher == nil {
 		return fmt.Errorf("%w: Publisher is required (the Watermill publisher envelopes are relayed to)", ErrInvalidConfig)
-	}
-	if err := c.Schema.Validate(); err != nil {
-		return fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
 	}
 	type positive struct {
 		name  string

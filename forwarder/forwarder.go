@@ -1,42 +1,47 @@
 // Package forwarder relays committed outgoing envelopes (Jasper's jasper_outgoing_envelopes,
 // written by this module's publisher or by .NET Jasper nodes) to any Watermill publisher:
-// RabbitMQ through watermill-amqp, Kafka, NATS, a GoChannel...
+// RabbitMQ through watermill-amqp or jasperamqp, Kafka, NATS, a GoChannel...
+//
+// A forwarder belongs to a node: it is built on the node's durability agent
+// (jasper.NewRuntime builds both; by hand, durability.NewNode and durability.NewAgent), whose
+// id marks the envelopes it relays and whose one LISTEN connection wakes it.
 //
 // Each worker claims a batch of unowned envelopes in one short statement (owner_id = the
 // node's id, FOR UPDATE SKIP LOCKED, so any number of forwarders in any number of processes
-// share the table), commits, publishes the messages concurrently, then deletes the sent ones
-// in one statement. No transaction is held while publishing. A failed envelope is handed
-// back with one more attempt and, after MaxAttempts, moved to jasper_dead_letters with the
-// error; an envelope that can never be sent (unreadable row, unmappable destination) goes
-// there at once. Expired envelopes (deliver_by passed) are deleted without being sent, as
-// Jasper does. A destination that keeps failing is paused by a circuit breaker without
-// delaying the others.
+// share the table), publishes the messages concurrently, then deletes the sent ones in one
+// statement. No transaction is held while publishing. A failed envelope is handed back with
+// one more attempt and, after MaxAttempts, moved to jasper_dead_letters with the error; an
+// envelope that can never be sent (unreadable row, unmappable destination, a publish error
+// marked permanent with package fault) goes there at once, and a failure marked temporary
+// (the transport, not the message) does not count as an attempt. Expired envelopes
+// (deliver_by passed) are deleted without being sent, as Jasper does. A destination that
+// keeps failing is paused by a circuit breaker without delaying the others.
 //
 // Delivery is at-least-once: a crash between a publish and the delete re-sends the message
 // (same Watermill UUID, so consumers can deduplicate on it). Envelopes held by a node that
-// died are handed back by the living nodes' durability agents.
+// died are handed back by the living nodes' durability agents; a claim whose answer was lost
+// is reported to the agent, which hands the node's envelopes back at its next node check.
 //
-// Workers wake up on PostgreSQL notifications (the publisher notifies after commit), on a
-// full batch, or every PollInterval; a burst of notifications costs one query.
+// Workers wake up on the agent's notifications (the publisher notifies after commit), when
+// the agent hands envelopes back, on a full batch, or by polling (ActivePollInterval while
+// busy, PollInterval when idle); a burst of wake-ups costs one query.
 package forwarder
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/google/uuid"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
 // ErrClosed is returned by Run once Close was called.
@@ -51,9 +56,10 @@ const (
 	// flushRetries is how many times a failed delete/release is retried before the worker
 	// moves on (it is tried again with the next batch).
 	flushRetries = 4
-	// maxListenBackoff caps the wait between attempts to LISTEN again.
-	maxListenBackoff = 30 * time.Second
 )
+
+// flushBackoff is the wait between the attempts of a failed flush: 100 ms, doubling.
+var flushBackoff = backoff.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}
 
 // Stats counts what a Forwarder did since it was created. Counters move when an outcome is
 // known; the statement recording it in the table follows at the end of the batch.
@@ -77,18 +83,17 @@ type Stats struct {
 // Forwarder relays outgoing envelopes to a Watermill publisher. Create it with
 // NewForwarder, start it with Run and stop it with Close.
 type Forwarder struct {
-	db      database.DB
+	agent   *durability.Agent
+	store   store.Store
+	owner   int32
 	config  Config
-	dialect sqldialect.Dialect
-	uuids   row.UUIDCodec
 	logger  watermill.LoggerAdapter
 	breaker *breaker
 	// Test hooks: a destination was paused; envelopes were moved to the dead letters; a
-	// batch was recorded; the notification connection LISTENs.
+	// batch was recorded.
 	onPause        func(destination string)
 	onDeadLettered func(n int)
 	onFlushed      func()
-	onListening    func()
 
 	mu      sync.Mutex
 	started bool
@@ -106,36 +111,34 @@ type Forwarder struct {
 	busy                                                   chan struct{} // tells poll that claims find envelopes again
 }
 
+// errNoAgent refuses a forwarder without a node: its claims must be marked with a node's id
+// that an agent watches.
+var errNoAgent = fmt.Errorf("%w: a *durability.Agent is required; build it with jasper.NewRuntime (or durability.NewNode + durability.NewAgent)", ErrInvalidConfig)
+
 // NewForwarder validates config and returns a Forwarder relaying the outgoing envelopes of
-// db (database.FromPgx or database.FromStdSQL on PostgreSQL) to config.Publisher.
-func NewForwarder(db database.DB, config Config, logger watermill.LoggerAdapter) (*Forwarder, error) {
-	if db == nil {
-		return nil, fmt.Errorf("%w: a database.DB is required (database.FromPgx or database.FromStdSQL)", ErrInvalidConfig)
-	}
-	if config.Schema.Dialect == "" {
-		config.Schema.Dialect = db.Dialect()
+// the agent's schema to config.Publisher, claiming them with the id of the agent's node.
+// A nil logger logs with the agent's.
+func NewForwarder(agent *durability.Agent, config Config, logger watermill.LoggerAdapter) (*Forwarder, error) {
+	if agent == nil {
+		return nil, errNoAgent
 	}
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
 	config.setDefaults()
-	if config.Schema.Dialect != db.Dialect() {
-		return nil, fmt.Errorf("%w: Schema.Dialect is %s but the database is %s", ErrInvalidConfig, config.Schema.Dialect, db.Dialect())
-	}
-	d, err := sqldialect.For(config.Schema)
-	if err != nil {
-		return nil, err
-	}
 	if logger == nil {
-		logger = watermill.NopLogger{}
+		logger = agent.Logger()
 	}
 	config.Destinations = append([]string(nil), config.Destinations...)
+	st := agent.Store()
 	f := &Forwarder{
-		db:      db,
-		config:  config,
-		dialect: d,
-		uuids:   d.UUIDs(),
-		logger:  logger.With(watermill.LogFields{"component": "watermill-jasper/forwarder", "schema": d.Schema().Schema}),
+		agent:  agent,
+		store:  st,
+		owner:  agent.NodeID(),
+		config: config,
+		logger: logger.With(watermill.LogFields{
+			"component": "watermill-jasper/forwarder", "schema": st.Schema().Schema, "node_id": agent.NodeID(),
+		}),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 		running: make(chan struct{}),
@@ -150,9 +153,9 @@ func NewForwarder(db database.DB, config Config, logger watermill.LoggerAdapter)
 }
 
 // Run relays envelopes until Close is called or ctx is cancelled, then returns nil. It
-// returns an error only when it cannot start: no node lock, Run called twice, or after
-// Close. Database and publisher failures while running are logged and retried; they never
-// stop Run.
+// returns an error only when it cannot start: the agent is not running (an error wrapping
+// durability.ErrAgentNotRunning), Run called twice, or after Close. Database and publisher
+// failures while running are logged and retried; they never stop Run.
 //
 // Cancelling ctx also cancels the context of the messages being published; Close instead
 // lets the publishes in flight finish.
@@ -166,6 +169,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		f.mu.Unlock()
 		return ErrRunning
 	}
+	if err := f.agent.CheckRunning("forwarder"); err != nil {
+		f.mu.Unlock()
+		return err
+	}
 	f.started = true
 	// stopCtx ends the loops: Close or ctx. ctx itself is the messages' context.
 	stopCtx, stop := context.WithCancel(ctx)
@@ -174,19 +181,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	defer close(f.done)
 	defer stop()
 
-	node := f.config.Node
-	if node == nil {
-		n, err := durability.NewNode(stopCtx, f.db, durability.NodeConfig{}, f.logger)
-		if err != nil {
-			if stopCtx.Err() != nil {
-				return nil // closed while starting
-			}
-			return fmt.Errorf("watermill-jasper: forwarder: %w", err)
-		}
-		defer n.Close()
-		node = n
-	}
-	owner := node.ID()
+	// The agent's notifications, hand-backs and recovery passes wake the workers.
+	unregister := f.agent.OnOutgoing(f.signal)
+	defer unregister()
 
 	var publishers, loops sync.WaitGroup
 	for range f.config.PublishConcurrency {
@@ -196,18 +193,15 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 		})
 	}
-	if !f.config.DisableNotify && f.dialect.ListenOutgoing() != "" {
-		loops.Go(func() { f.listen(stopCtx) })
-	}
 	loops.Go(func() { f.poll(stopCtx) })
 
 	var workers sync.WaitGroup
 	for i := range f.config.Workers {
-		w := f.newWorker(ctx, i, node, stopCtx.Done())
+		w := f.newWorker(ctx, i, stopCtx.Done())
 		workers.Go(func() { w.run(stopCtx) })
 	}
 	f.logger.Info("Forwarder started", watermill.LogFields{
-		"node_id": owner, "workers": f.config.Workers, "batch_size": f.config.BatchSize,
+		"workers": f.config.Workers, "batch_size": f.config.BatchSize,
 		"publish_concurrency": f.config.PublishConcurrency,
 	})
 	f.signal() // drain the backlog without waiting for a notification
@@ -218,7 +212,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	publishers.Wait()
 	stop()
 	loops.Wait()
-	f.logger.Info("Forwarder stopped", watermill.LogFields{"node_id": owner})
+	f.logger.Info("Forwarder stopped", nil)
 	return nil
 }
 
@@ -258,8 +252,8 @@ func (f *Forwarder) Stats() Stats {
 	}
 }
 
-// Wake makes the forwarder claim at once, e.g. after the durability agent handed envelopes
-// back (it implements durability.Waker). Wake-ups coalesce.
+// Wake makes the forwarder claim at once, as a notification would. The agent wakes it by
+// itself (notifications, envelopes handed back, recovery passes); wake-ups coalesce.
 func (f *Forwarder) Wake() { f.signal() }
 
 // signal wakes one idle worker; wake-ups coalesce.
@@ -309,61 +303,6 @@ func (f *Forwarder) poll(ctx context.Context) {
 			interval = f.config.ActivePollInterval
 		}
 		t.Reset(interval)
-	}
-}
-
-// listen holds a connection LISTENing on the outgoing channel and wakes a worker on every
-// notification. When LISTEN is impossible it logs once, relies on polling and tries again
-// with a growing delay.
-func (f *Forwarder) listen(ctx context.Context) {
-	failing := false
-	backoff := time.Second
-	for ctx.Err() == nil {
-		conn, err := f.db.Acquire(ctx)
-		if err == nil {
-			if _, err = conn.Exec(ctx, f.dialect.ListenOutgoing()); err != nil {
-				_ = conn.Close(true)
-			}
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if !failing {
-				f.logger.Error("Cannot LISTEN for new envelopes; polling every PollInterval until it works again", err,
-					watermill.LogFields{"poll_interval": f.config.PollInterval.String()})
-				failing = true
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, maxListenBackoff)
-			continue
-		}
-		if failing {
-			f.logger.Info("Listening for new envelopes again", nil)
-			failing = false
-		}
-		backoff = time.Second
-		f.signal() // envelopes committed while nobody listened
-		if f.onListening != nil {
-			f.onListening()
-		}
-		for {
-			if _, _, err = conn.WaitForNotification(ctx); err != nil {
-				break
-			}
-			f.signal()
-		}
-		// The wait was interrupted: the session state is unknown, so the connection is closed.
-		_ = conn.Close(true)
-		if ctx.Err() != nil {
-			return
-		}
-		f.logger.Error("Notification connection lost; listening again", err, nil)
-		failing = true
 	}
 }
 
@@ -444,27 +383,3 @@ func (f *Forwarder) topic(destination string) (topic string, err error) {
 	}
 	return topic, err
 }
-
-// errorReport renders err the way Jasper fills a dead letter: the type of the root cause,
-// the message, and the whole chain.
-func errorReport(err error) (typ, msg, text string) {
-	root := err
-	for {
-		u := errors.Unwrap(root)
-		if u == nil {
-			break
-		}
-		root = u
-	}
-	var b strings.Builder
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if b.Len() > 0 {
-			b.WriteString("\n")
-		}
-		fmt.Fprintf(&b, "%T: %s", e, e.Error())
-	}
-	return fmt.Sprintf("%T", root), err.Error(), b.String()
-}
-
-// uuidList is reused storage for a list of envelope ids.
-type uuidList []uuid.UUID

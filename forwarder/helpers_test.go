@@ -11,10 +11,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -22,25 +24,109 @@ import (
 // testTimeout bounds every wait of these tests.
 const testTimeout = 60 * time.Second
 
+// env is one test's schema and the running durability agent of a node on it, which every
+// forwarder of the test is built on.
 type env struct {
-	t       testing.TB
-	db      database.DB
-	schema  schema.Config
-	dialect sqldialect.Dialect
+	t      testing.TB
+	db     store.Driver
+	schema schema.Config
+	store  store.Store
+	agent  *durability.Agent
 }
 
-func newEnv(t testing.TB) *env {
+// agentSetup is how a test's agent is built.
+type agentSetup struct {
+	config durability.Config
+	logger watermill.LoggerAdapter
+}
+
+// agentOption changes how a test's agent is built.
+type agentOption func(*agentSetup)
+
+// noNotify turns the agent's LISTEN connection off: forwarders find envelopes by polling.
+func noNotify(s *agentSetup) { s.config.DisableNotify = true }
+
+// agentLogger gives the agent a logger (to observe its notification connection).
+func agentLogger(l watermill.LoggerAdapter) agentOption {
+	return func(s *agentSetup) { s.logger = l }
+}
+
+// newEnv migrates a fresh schema and starts an agent on it.
+func newEnv(t testing.TB, opts ...agentOption) *env {
 	t.Helper()
 	db, cfg := testdb.Migrated(t)
-	d, err := sqldialect.For(cfg)
+	return newEnvOn(t, db, cfg, opts...)
+}
+
+// newEnvOn starts an agent on the migrated schema cfg of db.
+func newEnvOn(t testing.TB, db store.Driver, cfg schema.Config, opts ...agentOption) *env {
+	t.Helper()
+	st, err := db.Store(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, db: db, schema: cfg, dialect: d}
+	return &env{t: t, db: db, schema: st.Schema(), store: st, agent: startAgent(t, db, st.Schema(), opts...)}
 }
 
-// insert writes the messages as outgoing envelopes to topic, in statements of up to 1000
-// rows, as the publisher would, and notifies the forwarders.
+// newAgent builds a node and its agent on db for the schema cfg, with fast timers, without
+// starting it; the test's end stops the agent and closes the node.
+//
+// Timers: the node check runs every 100 ms, so that a claim whose answer was lost is handed
+// back quickly; the scheduled-jobs pass (and its recovery wake-ups) runs at start and then
+// hourly, so that what wakes a forwarder in these tests is a notification, a hand-back or
+// the forwarder's own polling; expired envelopes are left to the forwarder (whose handling
+// of them is under test) and the gauges are not sampled.
+func newAgent(t testing.TB, db store.Driver, cfg schema.Config, opts ...agentOption) *durability.Agent {
+	t.Helper()
+	s := agentSetup{config: durability.Config{
+		Schema:                      cfg,
+		NodeCheckInterval:           100 * time.Millisecond,
+		ScheduledJobPollingTime:     time.Hour,
+		ExpiredEnvelopesPollingTime: -1,
+		MetricsSamplingInterval:     -1,
+	}}
+	for _, o := range opts {
+		o(&s)
+	}
+	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Close() })
+	agent, err := durability.NewAgent(node, s.config, s.logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := agent.Stop(context.Background()); err != nil {
+			t.Errorf("stop the agent: %v", err)
+		}
+	})
+	return agent
+}
+
+// startAgent is newAgent, started.
+func startAgent(t testing.TB, db store.Driver, cfg schema.Config, opts ...agentOption) *durability.Agent {
+	t.Helper()
+	agent := newAgent(t, db, cfg, opts...)
+	if err := agent.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return agent
+}
+
+// forwarder builds a forwarder on the test's agent.
+func (e *env) forwarder(c Config) *Forwarder {
+	e.t.Helper()
+	f, err := NewForwarder(e.agent, c, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return f
+}
+
+// insert writes the messages as outgoing envelopes to topic (the publisher's mapping) and
+// notifies the forwarders.
 func (e *env) insert(topic string, msgs ...*message.Message) {
 	e.t.Helper()
 	envs := make([]row.Envelope, len(msgs))
@@ -56,20 +142,8 @@ func (e *env) insert(topic string, msgs ...*message.Message) {
 
 func (e *env) insertEnvelopes(envs ...row.Envelope) {
 	e.t.Helper()
-	ctx := context.Background()
-	for len(envs) > 0 {
-		n := min(len(envs), 1000)
-		args := make([]any, 0, n*len(row.OutgoingColumns))
-		for i := range envs[:n] {
-			args = envs[i].OutgoingArgs(args, e.dialect.UUIDs())
-		}
-		if _, err := e.db.Exec(ctx, e.dialect.InsertOutgoing(n), args...); err != nil {
-			e.t.Fatalf("insert envelopes: %v", err)
-		}
-		envs = envs[n:]
-	}
-	if _, err := e.db.Exec(ctx, e.dialect.NotifyOutgoing()); err != nil {
-		e.t.Fatalf("notify: %v", err)
+	if err := e.store.InsertEnvelopes(context.Background(), store.InsertParams{Outgoing: envs, NotifyOutgoing: true}); err != nil {
+		e.t.Fatalf("insert envelopes: %v", err)
 	}
 }
 
@@ -90,6 +164,19 @@ func (e *env) outgoing() int { return e.count(schema.OutgoingTable, "") }
 
 func (e *env) deadLetters() int { return e.count(schema.DeadLetterTable, "") }
 
+// deadLetter reads the dead letter of an envelope, with its body.
+func (e *env) deadLetter(id uuid.UUID) row.DeadLetter {
+	e.t.Helper()
+	dl, ok, err := e.store.GetDeadLetter(context.Background(), id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !ok {
+		e.t.Fatalf("no dead letter %s", id)
+	}
+	return dl
+}
+
 // start runs f until the test ends (or Close) and waits until it is running.
 func start(t testing.TB, f *Forwarder) {
 	t.Helper()
@@ -108,6 +195,28 @@ func start(t testing.TB, f *Forwarder) {
 	case <-time.After(testTimeout):
 		t.Fatal("forwarder did not start")
 	}
+}
+
+// waitDeadLettered waits until the forwarder's hook (set with deadLettered) saw n envelopes
+// moved to the dead letters.
+func waitDeadLettered(t testing.TB, dead <-chan int, n int, what string) {
+	t.Helper()
+	timeout := time.After(testTimeout)
+	for got := 0; got < n; {
+		select {
+		case k := <-dead:
+			got += k
+		case <-timeout:
+			t.Fatalf("%s: %d of %d envelopes dead-lettered", what, got, n)
+		}
+	}
+}
+
+// deadLettered sets f's dead-letter hook and returns the channel it reports to.
+func deadLettered(f *Forwarder) <-chan int {
+	dead := make(chan int, 100)
+	f.onDeadLettered = func(n int) { dead <- n }
+	return dead
 }
 
 func newMessages(n int, prefix string) []*message.Message {

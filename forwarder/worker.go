@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -9,9 +10,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
 
-	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 )
 
@@ -20,7 +21,6 @@ import (
 type worker struct {
 	f      *Forwarder
 	id     int
-	node   *durability.Node
 	owner  int32
 	msgCtx context.Context // Run's context, set on every message
 	stop   <-chan struct{} // closed when the forwarder stops
@@ -33,43 +33,31 @@ type worker struct {
 	wg       sync.WaitGroup
 
 	// Outcomes waiting for their statement.
-	done    uuidList // sent or expired: deleted
-	retry   uuidList // failed: handed back with one more attempt
-	release uuidList // not sent: handed back as they were
-	dead    deadLetters
+	done    []uuid.UUID // sent or expired: deleted
+	retry   []uuid.UUID // failed: handed back with one more attempt
+	release []uuid.UUID // not sent: handed back as they were
+	dead    []store.DeadLetterReason
 }
 
-// deadLetters are the columns of DeadLetterOutgoing, one entry per envelope.
-type deadLetters struct {
-	ids                                     uuidList
-	explanation, typ, message, text, source []string
+// deadLetter queues the move of an envelope to the dead letters, with err described as
+// Jasper fills a dead letter (fault.Describe).
+func (w *worker) deadLetter(id uuid.UUID, explanation string, err error, source string) {
+	typ, msg, chain := fault.Describe(err)
+	w.dead = append(w.dead, store.DeadLetterReason{ID: id, Reason: store.Reason{
+		Explanation: explanation, ExceptionType: typ, ExceptionMessage: msg, ExceptionText: chain, Source: source,
+	}})
 }
 
-func (d *deadLetters) add(id uuid.UUID, explanation string, err error, source string) {
-	typ, msg, text := errorReport(err)
-	d.ids = append(d.ids, id)
-	d.explanation = append(d.explanation, explanation)
-	d.typ = append(d.typ, typ)
-	d.message = append(d.message, msg)
-	d.text = append(d.text, text)
-	d.source = append(d.source, source)
-}
-
-func (d *deadLetters) reset() {
-	d.ids, d.explanation, d.typ, d.message, d.text, d.source =
-		d.ids[:0], d.explanation[:0], d.typ[:0], d.message[:0], d.text[:0], d.source[:0]
-}
-
-func (f *Forwarder) newWorker(msgCtx context.Context, id int, node *durability.Node, stop <-chan struct{}) *worker {
+func (f *Forwarder) newWorker(msgCtx context.Context, id int, stop <-chan struct{}) *worker {
 	return &worker{
-		f: f, id: id, node: node, owner: node.ID(), msgCtx: msgCtx, stop: stop,
+		f: f, id: id, owner: f.owner, msgCtx: msgCtx, stop: stop,
 		envs:  make([]row.Envelope, 0, f.config.BatchSize),
 		items: make([]item, 0, f.config.BatchSize),
 	}
 }
 
 func (w *worker) pending() bool {
-	return len(w.done)+len(w.retry)+len(w.release)+len(w.dead.ids) > 0
+	return len(w.done)+len(w.retry)+len(w.release)+len(w.dead) > 0
 }
 
 // run claims and relays batches until ctx ends. After a full batch it claims again at once
@@ -83,9 +71,9 @@ func (w *worker) run(ctx context.Context) {
 			w.flush(finish)
 		}
 		if w.pending() {
-			f.logger.Error("Envelopes stay owned by this node after failed statements; the durability agent of a living node hands them back once this node's lock is released", nil,
+			f.logger.Error("Envelopes stay owned by this node after failed statements; the node's durability agent hands them back when it stops (or a living node's agent, once this node's lock is released)", nil,
 				watermill.LogFields{"node_id": w.owner, "sent_or_expired": len(w.done), "failed": len(w.retry),
-					"unsent": len(w.release), "dead_letters": len(w.dead.ids)})
+					"unsent": len(w.release), "dead_letters": len(w.dead)})
 		}
 	}()
 	full := false
@@ -133,7 +121,8 @@ func (w *worker) run(ctx context.Context) {
 // claim takes one envelope of each destination whose pause just ended (its probe), then
 // up to BatchSize envelopes of the destinations not paused, each in one autocommit
 // statement. It runs with a context that stopping does not cancel, so that a claim that
-// committed is always read. It returns the size of the regular claim.
+// committed is always read. It returns the size of the regular claim. The envelopes read
+// are in w.envs even when it fails (a claim whose rows were not all read).
 func (w *worker) claim(base context.Context) (int, error) {
 	f := w.f
 	w.envs = w.envs[:0]
@@ -141,60 +130,48 @@ func (w *worker) claim(base context.Context) (int, error) {
 	w.probes = f.breaker.takeProbes(time.Now(), w.probes[:0])
 	for i, d := range w.probes {
 		n, err := w.claimInto(base, nil, []string{d}, 1)
+		if err == nil && n == 0 {
+			f.breaker.probeEmpty(d)
+		}
 		if err != nil {
-			for _, d := range w.probes[i:] {
+			unclaimed := w.probes[i+1:]
+			if n == 0 {
+				unclaimed = w.probes[i:]
+			}
+			for _, d := range unclaimed {
 				f.breaker.probeDone(d)
 			}
+			w.nProbes = len(w.envs)
 			return 0, err
-		}
-		if n == 0 {
-			f.breaker.probeEmpty(d)
 		}
 	}
 	w.nProbes = len(w.envs)
 	w.excluded = f.breaker.excluded(w.excluded[:0])
-	n, err := w.claimInto(base, w.excluded, f.config.Destinations, f.config.BatchSize)
-	return n, err
+	return w.claimInto(base, w.excluded, f.config.Destinations, f.config.BatchSize)
 }
 
-// claimInto runs one claim and appends the envelopes to w.envs.
+// claimInto runs one claim and appends the envelopes read to w.envs. When the claim's
+// answer was lost (not the database's statement error: it may have committed unseen), or it
+// committed but not all its rows could be read (store.ErrStranded; those read are relayed),
+// envelopes may be marked with the node's id that this worker does not hold: the agent is
+// told, and hands the node's envelopes back at its next node check.
 func (w *worker) claimInto(base context.Context, excluded, only []string, limit int) (int, error) {
 	f := w.f
 	ctx, cancel := context.WithTimeout(base, statementTimeout)
 	defer cancel()
-	rows, err := f.db.Query(ctx, f.dialect.ClaimOutgoing(), w.owner, f.dialect.StringList(excluded),
-		f.dialect.StringList(only), limit)
+	envs, err := f.store.ClaimOutgoing(ctx, store.ClaimOutgoingParams{
+		Owner: w.owner, Exclude: excluded, Only: only, Limit: limit,
+	})
+	w.envs = append(w.envs, envs...)
+	f.claimed.Add(int64(len(envs)))
 	if err != nil {
-		w.claimFailed(err, false)
-		return 0, err
-	}
-	defer rows.Close()
-	before := len(w.envs)
-	for rows.Next() {
-		e, err := row.ScanOutgoing(rows, f.uuids)
-		if err != nil {
-			f.claimed.Add(int64(len(w.envs) - before))
-			w.claimFailed(err, true)
-			return len(w.envs) - before, fmt.Errorf("read a claimed envelope (the rest of the batch stays owned by node %d until its agent hands it back): %w", w.owner, err)
+		if errors.Is(err, store.ErrStranded) || !f.store.IsStatementError(err) {
+			f.agent.ReportUnknownOutcome()
+			return len(envs), fmt.Errorf("claim outgoing envelopes (what this node may hold unread is handed back by its durability agent): %w", err)
 		}
-		w.envs = append(w.envs, e)
+		return len(envs), fmt.Errorf("claim outgoing envelopes: %w", err)
 	}
-	n := len(w.envs) - before
-	f.claimed.Add(int64(n))
-	if err := rows.Err(); err != nil {
-		w.claimFailed(err, n > 0)
-		return n, fmt.Errorf("read claimed envelopes (the rest of the batch stays owned by node %d until its agent hands it back): %w", w.owner, err)
-	}
-	return n, nil
-}
-
-// claimFailed tells the node when a failed claim may have left envelopes marked with its id
-// that this worker does not hold: the claim's answer was lost (not a statement error), or
-// rows of a committed claim were left unread (stranded).
-func (w *worker) claimFailed(err error, stranded bool) {
-	if stranded || !w.f.dialect.IsStatementError(err) {
-		w.node.ReportUnknownOutcome()
-	}
+	return len(envs), nil
 }
 
 // process relays the claimed batch: expired envelopes are dropped, unmappable or unreadable
@@ -218,7 +195,7 @@ func (w *worker) process() {
 		}
 		topic, err := f.topic(e.Destination)
 		if err != nil {
-			w.dead.add(e.ID, fmt.Sprintf("The destination %q cannot be mapped to a topic: %v", e.Destination, err), err, "")
+			w.deadLetter(e.ID, fmt.Sprintf("The destination %q cannot be mapped to a topic: %v", e.Destination, err), err, "")
 			deadNow++
 			if probe {
 				f.breaker.probeDone(e.Destination)
@@ -227,7 +204,7 @@ func (w *worker) process() {
 		}
 		msg, err := e.ToMessage()
 		if err != nil {
-			w.dead.add(e.ID, fmt.Sprintf("The envelope cannot be read as a Watermill message: %v", err), err, "")
+			w.deadLetter(e.ID, fmt.Sprintf("The envelope cannot be read as a Watermill message: %v", err), err, "")
 			deadNow++
 			if probe {
 				f.breaker.probeDone(e.Destination)
@@ -265,7 +242,7 @@ func (w *worker) process() {
 			}
 			switch kind := fault.KindOf(it.err); {
 			case kind == fault.KindPermanent:
-				w.dead.add(it.env.ID, fmt.Sprintf("Publishing to topic %q failed permanently", it.topic),
+				w.deadLetter(it.env.ID, fmt.Sprintf("Publishing to topic %q failed permanently", it.topic),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
 			case kind == fault.KindTemporary:
@@ -274,7 +251,7 @@ func (w *worker) process() {
 				w.release = append(w.release, it.env.ID)
 			case it.env.Attempts+1 >= f.config.MaxAttempts:
 				attempts := it.env.Attempts + 1
-				w.dead.add(it.env.ID, fmt.Sprintf("Publishing to topic %q failed %d times (MaxAttempts %d)", it.topic, attempts, f.config.MaxAttempts),
+				w.deadLetter(it.env.ID, fmt.Sprintf("Publishing to topic %q failed %d times (MaxAttempts %d)", it.topic, attempts, f.config.MaxAttempts),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
 			default:
@@ -324,59 +301,59 @@ func (w *worker) dispatch(probes bool) {
 }
 
 // flush runs the statements recording the outcomes, retrying a few times with a growing
-// delay. What still fails stays queued for the next flush.
+// delay (flushBackoff). What still fails stays queued for the next flush.
 func (w *worker) flush(base context.Context) {
-	delay := 100 * time.Millisecond
-	for attempt := 0; ; attempt++ {
+	for attempt := 1; ; attempt++ {
 		err := w.flushOnce(base)
 		if err == nil {
 			return
 		}
 		w.f.logger.Error("Cannot record relayed envelopes in the outbox table", err, watermill.LogFields{
-			"worker": w.id, "attempt": attempt + 1,
+			"worker": w.id, "attempt": attempt,
 		})
-		if attempt >= flushRetries {
+		if attempt > flushRetries {
 			return
 		}
-		time.Sleep(delay)
-		delay *= 2
+		_ = flushBackoff.Sleep(base, attempt)
 	}
 }
 
+// flushOnce records the outcomes, one statement per kind; a kind recorded is not recorded
+// again when a later one fails.
 func (w *worker) flushOnce(base context.Context) error {
 	f := w.f
-	d := f.dialect
-	exec := func(query string, args ...any) error {
+	run := func(op func(ctx context.Context) error) error {
 		ctx, cancel := context.WithTimeout(base, statementTimeout)
 		defer cancel()
-		_, err := f.db.Exec(ctx, query, args...)
-		return err
+		return op(ctx)
 	}
 	if len(w.done) > 0 {
-		if err := exec(d.DeleteOutgoing(), d.IDList(w.done)); err != nil {
+		if err := run(func(ctx context.Context) error { return f.store.DeleteOutgoing(ctx, w.done) }); err != nil {
 			return fmt.Errorf("delete sent envelopes: %w", err)
 		}
 		w.done = w.done[:0]
 	}
-	if len(w.dead.ids) > 0 {
-		dl := &w.dead
-		if err := exec(d.DeadLetterOutgoing(), d.DeadLetterArgs(dl.ids, dl.explanation, dl.typ, dl.message, dl.text, dl.source)...); err != nil {
+	if len(w.dead) > 0 {
+		if err := run(func(ctx context.Context) error { return f.store.DeadLetterOutgoing(ctx, w.dead) }); err != nil {
 			return fmt.Errorf("move envelopes to the dead letters: %w", err)
 		}
-		f.logger.Info("Envelopes moved to the dead letters", watermill.LogFields{"count": len(dl.ids), "explanation": dl.explanation[0]})
+		f.logger.Info("Envelopes moved to the dead letters", watermill.LogFields{"count": len(w.dead), "explanation": w.dead[0].Explanation})
 		if f.onDeadLettered != nil {
-			f.onDeadLettered(len(dl.ids))
+			f.onDeadLettered(len(w.dead))
 		}
-		dl.reset()
+		clear(w.dead)
+		w.dead = w.dead[:0]
 	}
 	if len(w.retry) > 0 {
-		if err := exec(d.ReleaseOutgoingFailed(), d.IDList(w.retry), w.owner); err != nil {
+		p := store.ReleaseParams{IDs: w.retry, Owner: w.owner, CountAttempt: true}
+		if err := run(func(ctx context.Context) error { return f.store.ReleaseOutgoing(ctx, p) }); err != nil {
 			return fmt.Errorf("hand back failed envelopes: %w", err)
 		}
 		w.retry = w.retry[:0]
 	}
 	if len(w.release) > 0 {
-		if err := exec(d.ReleaseOutgoing(), d.IDList(w.release), w.owner); err != nil {
+		p := store.ReleaseParams{IDs: w.release, Owner: w.owner}
+		if err := run(func(ctx context.Context) error { return f.store.ReleaseOutgoing(ctx, p) }); err != nil {
 			return fmt.Errorf("hand back unsent envelopes: %w", err)
 		}
 		w.release = w.release[:0]

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -37,10 +38,18 @@ type Defaults = row.Defaults
 // outgoing table, with notifications.
 type Config struct {
 	// Schema says where the tables are. Default: Jasper's default schema, and the dialect of
-	// the handle's database when it shows (watermill-sql's pgx adapters, BeginnerFromStdSQL
-	// over a *sql.DB), else PostgreSQL: set Dialect to schema.SQLServer for a go-mssqldb
-	// *sql.Tx. The tables must exist (`watermill-jasper schema migrate` or schema.Migrate).
+	// Driver, else of the handle's database when it shows (watermill-sql's pgx adapters,
+	// BeginnerFromStdSQL over a *sql.DB), else PostgreSQL. The tables must exist
+	// (`watermill-jasper schema migrate` or schema.Migrate).
 	Schema schema.Config
+
+	// Driver is the database the publisher writes to, with its SQL (database.FromPgx,
+	// database.FromStdSQL, sqlserver.FromStdSQL): the same database as the handle given to
+	// NewPublisher. Optional on PostgreSQL; required on SQL Server, whose SQL lives in package
+	// sqlserver. A Driver builds the statements of a schema once, so publishers created per
+	// transaction with one are cheaper to build than without (each then builds its own);
+	// the runtime's publishers (jasper.Runtime.Publisher, TxPublisher) have it set.
+	Driver database.Driver
 
 	// Table the messages are written to. Default: Outgoing.
 	Table Table
@@ -54,13 +63,20 @@ type Config struct {
 	// (NOTIFY is transactional: nothing is sent on rollback). PostgreSQL serialises the commits
 	// of notifying transactions (a global lock taken at commit): notifying every publish
 	// measured 1.5-1.7x the cost of a bare INSERT with 8 concurrent publishers. The default,
-	// NotifyCoalesced, notifies at most once per NotifyInterval per schema (and topic) in this
-	// process, which wakes an idle forwarder at once at a negligible cost; a busy forwarder
-	// polls every 2 ms anyway. Ignored on databases without notifications.
+	// NotifyCoalesced, notifies at most once per NotifyInterval per schema (and topic) among
+	// the publishers sharing a Coalescer, which wakes an idle forwarder at once at a
+	// negligible cost; a busy forwarder polls every 2 ms anyway. A publisher created per
+	// transaction without a shared Coalescer notifies on its first publish every time (as
+	// NotifyEveryPublish would): share one Coalescer between them, or take the publishers
+	// from the runtime, whose publishers share its Coalescer. Ignored on databases without
+	// notifications.
 	Notify NotifyPolicy
 	// NotifyInterval is the least time between two notifying publishes with NotifyCoalesced.
 	// Default 100ms.
 	NotifyInterval time.Duration
+	// Coalescer is the state NotifyCoalesced shares between publishers (see Coalescer). Nil:
+	// the Publisher has its own, which coalesces only its own publishes.
+	Coalescer *Coalescer
 }
 
 // NotifyPolicy chooses which publishes send a wake-up notification (Config.Notify).
@@ -68,7 +84,7 @@ type NotifyPolicy int
 
 const (
 	// NotifyCoalesced notifies at most once per Config.NotifyInterval per schema (and, for
-	// the incoming table, topic) in this process. The default.
+	// the incoming table, topic) among the publishers sharing Config.Coalescer. The default.
 	NotifyCoalesced NotifyPolicy = iota
 	// NotifyEveryPublish notifies in every publish: the lowest latency after a quiet period,
 	// at the cost of serialised commits.
@@ -84,6 +100,9 @@ const DefaultNotifyInterval = 100 * time.Millisecond
 func (c *Config) setDefaults() {
 	if c.Schema.Dialect == "" {
 		c.Schema.Dialect = schema.Postgres
+		if c.Driver != nil {
+			c.Schema.Dialect = c.Driver.Dialect()
+		}
 	}
 	if c.Table == "" {
 		c.Table = Outgoing
@@ -104,6 +123,9 @@ func (c Config) Validate() error {
 	c.setDefaults()
 	if err := c.Schema.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if c.Driver != nil && c.Schema.Dialect != c.Driver.Dialect() {
+		return fmt.Errorf("%w: Schema.Dialect is %s but Driver is a %s database", ErrInvalidConfig, c.Schema.Dialect, c.Driver.Dialect())
 	}
 	switch c.Table {
 	case Outgoing, Incoming:

@@ -84,5 +84,3 @@ func Indexes() []Index { return layout.Indexes() }
 
 // StoredProcedures returns the names of Jasper's SQL Server stored procedures.
 func StoredProcedures() []string { return layout.StoredProcedures() }
-
-const migrateLockLabel = "watermill-jasper:migrate:"

@@ -3,32 +3,31 @@ package schema
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
+	"strings"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
-// forDB resolves the config against a database handle: the dialect defaults to the handle's,
-// and a config naming another dialect is an error.
-func forDB(db database.DB, cfg Config) (Config, error) {
+// storeOf resolves the config against a driver: the dialect defaults to the driver's, and a
+// config naming another dialect is an error.
+func storeOf(db database.Driver, cfg Config) (store.Store, error) {
 	if db == nil {
-		return cfg, fmt.Errorf("%w: nil database handle", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil database driver; use database.FromPgx, database.FromStdSQL or sqlserver.FromStdSQL", ErrInvalidConfig)
 	}
 	if cfg.Dialect == "" {
 		cfg.Dialect = db.Dialect()
 	} else if cfg.Dialect != db.Dialect() {
-		return cfg, fmt.Errorf("%w: config says dialect %s but the database is %s", ErrInvalidConfig, cfg.Dialect, db.Dialect())
+		return nil, fmt.Errorf("%w: config says dialect %s but the database is %s", ErrInvalidConfig, cfg.Dialect, db.Dialect())
 	}
-	return cfg.Normalized()
+	return db.Store(cfg)
 }
 
 // MigrateLockKey is the PostgreSQL advisory lock key (and, as a string, the SQL Server
 // applock resource) that serialises Migrate runs on one schema.
-func MigrateLockKey(schemaName string) int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(migrateLockLabel + schemaName))
-	return int64(h.Sum64() >> 1)
-}
+func MigrateLockKey(schemaName string) int64 { return sqlstore.MigrateLockKey(schemaName) }
 
 // Migrate creates whatever is missing of the layout: the schema, the three tables, the
 // extension columns and indexes and, on SQL Server, the EnvelopeIdList type and Jasper's
@@ -37,37 +36,35 @@ func MigrateLockKey(schemaName string) int64 {
 // processes at once: runs on one schema are serialised by a transaction-scoped lock
 // (pg_advisory_xact_lock on PostgreSQL, sp_getapplock on SQL Server) and all DDL runs in
 // that one transaction.
-func Migrate(ctx context.Context, db database.DB, cfg Config) error {
-	cfg, err := forDB(db, cfg)
+func Migrate(ctx context.Context, db database.Driver, cfg Config) error {
+	s, err := storeOf(db, cfg)
 	if err != nil {
 		return err
 	}
-	d := dialectDDL(cfg.Dialect)
-	err = database.InTx(ctx, db, func(tx database.Tx) error {
-		if _, err := tx.Exec(ctx, d.migrationLock(), d.lockArg(MigrateLockKey(cfg.Schema))); err != nil {
-			return fmt.Errorf("take migration lock: %w", err)
-		}
-		stmts := d.statements(cfg)
-		if cfg.Dialect == Postgres {
-			// CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege even when the schema
-			// exists; skip it then, so a user without that privilege can migrate.
-			var exists bool
-			if err := database.QueryRow(ctx, tx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", []any{cfg.Schema}, &exists); err != nil {
-				return fmt.Errorf("look up schema %s: %w", cfg.Schema, err)
-			}
-			if exists {
-				stmts = stmts[1:]
-			}
-		}
-		for _, st := range stmts {
-			if _, err := tx.Exec(ctx, st); err != nil {
-				return fmt.Errorf("%w (statement: %.80s)", err, st)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("watermill-jasper: migrate schema %s: %w", cfg.Schema, err)
+	if err := s.Migrate(ctx); err != nil {
+		return fmt.Errorf("watermill-jasper: migrate schema %s: %w", s.Schema().Schema, err)
 	}
 	return nil
+}
+
+// Script returns the complete PostgreSQL DDL for cfg: schema, the three tables with their
+// extension columns and the extension indexes. Every statement is idempotent, so the script
+// can be applied to a database Jasper created. The SQL Server script is
+// sqlserver.Script (package sqlserver, which links go-mssqldb).
+func Script(cfg Config) (string, error) {
+	cfg, err := cfg.Normalized()
+	if err != nil {
+		return "", err
+	}
+	if cfg.Dialect != Postgres {
+		return "", fmt.Errorf("%w: schema.Script writes PostgreSQL's DDL; use sqlserver.Script for SQL Server", ErrInvalidConfig)
+	}
+	d := postgres.Dialect(cfg)
+	var b strings.Builder
+	fmt.Fprintf(&b, "-- watermill-jasper schema for %s, schema %s\n", cfg.Dialect, cfg.Schema)
+	for _, st := range d.DDLStatements() {
+		b.WriteString(st)
+		b.WriteString(d.ScriptSeparator())
+	}
+	return b.String(), nil
 }

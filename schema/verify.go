@@ -63,60 +63,29 @@ type VerifyOptions struct {
 	JasperOnly bool
 }
 
-type liveColumn struct {
-	typ      string
-	nullable bool
-}
-
 // Verify compares the live database with the expected layout and returns every difference:
 // missing tables and columns, wrong types and nullability, missing primary keys and, on SQL
 // Server, a missing EnvelopeIdList type or procedure. Missing extension columns and indexes are
 // reported as such (Difference.Extension). Columns the layout does not know are ignored. An
 // empty result means the layout matches. SQL Server varchar columns wider than Jasper's are
 // accepted.
-func Verify(ctx context.Context, db database.DB, cfg Config, opts VerifyOptions) ([]Difference, error) {
-	cfg, err := forDB(db, cfg)
+func Verify(ctx context.Context, db database.Driver, cfg Config, opts VerifyOptions) ([]Difference, error) {
+	st, err := storeOf(db, cfg)
 	if err != nil {
 		return nil, err
 	}
-	d := dialectDDL(cfg.Dialect)
-	tables := map[string]map[string]liveColumn{}
-	rows, err := db.Query(ctx, columnsQuery(d), cfg.Schema)
+	cat, err := st.Catalog(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read columns: %w", cfg.Schema, err)
+		return nil, fmt.Errorf("watermill-jasper: verify schema %s: %w", st.Schema().Schema, err)
 	}
-	for rows.Next() {
-		var table, column, typ, nullable string
-		var length int64
-		if err := rows.Scan(&table, &column, &typ, &nullable, &length); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("watermill-jasper: verify schema %s: %w", cfg.Schema, err)
-		}
-		if cfg.Dialect == SQLServer && (typ == "varchar" || typ == "nvarchar" || typ == "varbinary") {
-			typ = fmt.Sprintf("%s:%d", typ, length)
-		}
-		if tables[table] == nil {
-			tables[table] = map[string]liveColumn{}
-		}
-		tables[table][strings.ToLower(column)] = liveColumn{typ: typ, nullable: nullable == "YES"}
-	}
-	if err := rows.Close(); err != nil {
-		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read columns: %w", cfg.Schema, err)
-	}
-
-	pks, err := stringSet(ctx, db, primaryKeysQuery(d), cfg.Schema)
-	if err != nil {
-		return nil, fmt.Errorf("watermill-jasper: verify schema %s: read primary keys: %w", cfg.Schema, err)
-	}
-
 	var diffs []Difference
 	for _, t := range Tables() {
-		live, ok := tables[t.Name]
+		live, ok := cat.Columns[t.Name]
 		if !ok {
 			diffs = append(diffs, Difference{Kind: MissingTable, Table: t.Name})
 			continue
 		}
-		if !pks[t.Name] {
+		if !cat.PrimaryKeys[t.Name] {
 			diffs = append(diffs, Difference{Kind: MissingPrimaryKey, Table: t.Name, Column: "id"})
 		}
 		for _, c := range t.Columns {
@@ -128,34 +97,24 @@ func Verify(ctx context.Context, db database.DB, cfg Config, opts VerifyOptions)
 				diffs = append(diffs, Difference{Kind: MissingColumn, Table: t.Name, Column: c.Name, Extension: c.Extension})
 				continue
 			}
-			if want := d.infoType(c); !typeMatches(want, lc.typ) {
-				diffs = append(diffs, Difference{Kind: WrongType, Table: t.Name, Column: c.Name, Want: want, Got: lc.typ})
+			if want := st.ColumnType(c); !typeMatches(want, lc.Type) {
+				diffs = append(diffs, Difference{Kind: WrongType, Table: t.Name, Column: c.Name, Want: want, Got: lc.Type})
 			}
-			if lc.nullable != c.Nullable {
-				diffs = append(diffs, Difference{Kind: WrongNullability, Table: t.Name, Column: c.Name, Want: nullability(c.Nullable), Got: nullability(lc.nullable)})
+			if lc.Nullable != c.Nullable {
+				diffs = append(diffs, Difference{Kind: WrongNullability, Table: t.Name, Column: c.Name, Want: nullability(c.Nullable), Got: nullability(lc.Nullable)})
 			}
 		}
 	}
-
-	if q := d.objectsQuery(); q != "" {
-		objects, err := stringSet(ctx, db, q, cfg.Schema)
-		if err != nil {
-			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read objects: %w", cfg.Schema, err)
-		}
+	if cat.HasObjects {
 		for _, name := range append([]string{EnvelopeIDList}, StoredProcedures()...) {
-			if !objects[strings.ToLower(name)] {
+			if !cat.Objects[strings.ToLower(name)] {
 				diffs = append(diffs, Difference{Kind: MissingObject, Column: name})
 			}
 		}
 	}
-
 	if !opts.JasperOnly {
-		indexes, err := stringSet(ctx, db, d.indexesQuery(), cfg.Schema)
-		if err != nil {
-			return nil, fmt.Errorf("watermill-jasper: verify schema %s: read indexes: %w", cfg.Schema, err)
-		}
 		for _, ix := range Indexes() {
-			if _, ok := tables[ix.Table]; ok && !indexes[ix.Name] {
+			if _, ok := cat.Columns[ix.Table]; ok && !cat.Indexes[strings.ToLower(ix.Name)] {
 				diffs = append(diffs, Difference{Kind: MissingIndex, Table: ix.Table, Column: ix.Name, Extension: true})
 			}
 		}
@@ -183,21 +142,4 @@ func typeMatches(want, got string) bool {
 		return false
 	}
 	return gn == MaxLength || (wn != MaxLength && gn >= wn)
-}
-
-func stringSet(ctx context.Context, q database.Querier, query string, args ...any) (map[string]bool, error) {
-	rows, err := q.Query(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]bool{}
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		out[strings.ToLower(s)] = true
-	}
-	return out, rows.Close()
 }

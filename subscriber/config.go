@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 )
 
 // ErrInvalidConfig is wrapped by every error NewSubscriber and Config.Validate return about
@@ -28,21 +27,11 @@ const (
 	MaxBatchSize = 10000
 )
 
-// Config configures a Subscriber. The zero value is usable: PostgreSQL, schema "public",
-// batches of 100, one message in flight, notifications on, polling every second.
+// Config configures a Subscriber. The zero value is usable: batches of 100, one message in
+// flight, polling every second besides the agent's wake-ups. Where the tables are, the node
+// id written into owner_id and the notifications all come from the durability agent the
+// Subscriber is built on.
 type Config struct {
-	// Schema says where the tables are. Default: the database's dialect, Jasper's default schema. The
-	// tables must exist (`watermill-jasper schema migrate`, schema.Migrate, or
-	// InitializeSchema).
-	Schema schema.Config
-
-	// Node is the node whose id is written into owner_id while this subscriber holds an
-	// envelope. Default (nil): one node per database handle, shared by every Subscriber of
-	// that handle and held (its lock taken) from the first NewSubscriber to the last Close.
-	// A Node passed here is not closed by the Subscriber and must outlive it: envelopes
-	// owned by a node whose lock is gone are handed to other nodes by durability agents.
-	Node *durability.Node
-
 	// BatchSize is how many envelopes one claim takes (one statement). Default 100.
 	// A subscription holds at most about three batches: the one being delivered and, while
 	// a backlog lasts, the next two (claimed concurrently).
@@ -53,15 +42,16 @@ type Config struct {
 	// one was acked or nacked.
 	MaxInFlight int
 
-	// PollInterval is how often a subscription looks for new and due scheduled envelopes
-	// when nothing woke it up (notifications are the fast path). Default 1s.
+	// PollInterval is how often a subscription looks for new envelopes when nothing woke it
+	// up (the agent's notifications and wake-ups are the fast path). Default 1s.
 	PollInterval time.Duration
 
 	// NackBackoff is the delay before a nacked message is delivered again, after its first
 	// nack; it doubles with each further attempt up to MaxNackBackoff. Nacked envelopes are
 	// handed back as Jasper does a scheduled retry (status Scheduled, execution_time =
-	// now + delay, attempts + 1), so any subscriber of the topic may deliver them again.
-	// Default 100ms. Negative: no delay.
+	// now + delay, attempts + 1), and the durability agent makes them Incoming when due, so
+	// any subscriber of the topic may deliver them again. Default 100ms, rounded to whole
+	// milliseconds. Negative: no delay (the envelope is Incoming again at once).
 	NackBackoff time.Duration
 	// MaxNackBackoff caps the nack delay. Default 10s.
 	MaxNackBackoff time.Duration
@@ -73,21 +63,13 @@ type Config struct {
 	// AckBatchSize is how many acks trigger a flush at once. Default BatchSize.
 	AckBatchSize int
 
-	// RetryInterval is the wait after a database error before trying again. Default 1s.
+	// RetryInterval is the first wait after a database error before trying again; the wait
+	// doubles (with jitter) while the errors go on, up to 30s. Default 1s.
 	RetryInterval time.Duration
 
 	// CloseTimeout bounds the statements Close (and the end of a subscription) runs to
 	// delete acknowledged envelopes and hand the others back. Default 30s.
 	CloseTimeout time.Duration
-
-	// DisableNotify turns off the PostgreSQL LISTEN wake-up (one connection per database
-	// handle, shared by every Subscriber); subscriptions then only poll.
-	DisableNotify bool
-
-	// DisableScheduledRelease stops subscriptions from making their topic's due scheduled
-	// envelopes Incoming (for when a durability agent does it for every topic). Nacked
-	// messages then wait for that agent too.
-	DisableScheduledRelease bool
 
 	// InitializeSchema makes SubscribeInitialize and Subscribe create the missing tables,
 	// columns and indexes (schema.Migrate). Default false: they only verify the layout and
@@ -96,9 +78,6 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Schema.Dialect == "" {
-		c.Schema.Dialect = schema.Postgres
-	}
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
 	}
@@ -131,9 +110,6 @@ func (c *Config) setDefaults() {
 // Validate checks the config, after defaults are applied.
 func (c Config) Validate() error {
 	c.setDefaults()
-	if err := c.Schema.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
 	switch {
 	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
 		return fmt.Errorf("%w: BatchSize is %d, it must be between 1 and %d", ErrInvalidConfig, c.BatchSize, MaxBatchSize)
@@ -157,15 +133,23 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// maxRetryWait caps the back-off after database errors.
+const maxRetryWait = 30 * time.Second
+
+// retryPolicy is the wait after consecutive database errors: RetryInterval, doubling up to
+// maxRetryWait, jittered.
+func (c *Config) retryPolicy() backoff.Policy {
+	return backoff.Policy{Initial: c.RetryInterval, Max: max(c.RetryInterval, maxRetryWait)}
+}
+
 // nackDelay is the delay before redelivering a message that had attempts earlier attempts
-// and was just nacked: NackBackoff * 2^attempts, capped by MaxNackBackoff.
+// and was just nacked: NackBackoff * 2^attempts, capped by MaxNackBackoff, in whole
+// milliseconds (the resolution of execution_time arithmetic); 0 when NackBackoff is
+// negative.
 func (c *Config) nackDelay(attempts int) time.Duration {
 	if c.NackBackoff <= 0 {
 		return 0
 	}
-	d := c.NackBackoff
-	for i := 0; i < attempts && d < c.MaxNackBackoff; i++ {
-		d *= 2
-	}
-	return min(d, c.MaxNackBackoff)
+	p := backoff.Policy{Initial: c.NackBackoff, Max: max(c.MaxNackBackoff, c.NackBackoff), Multiplier: 2}
+	return max(p.Delay(attempts+1).Truncate(time.Millisecond), time.Millisecond)
 }

@@ -2,27 +2,37 @@
 // over Jasper's incoming envelopes: a durable local queue per topic, where the topic is the
 // envelope's received_at and only envelopes with status Incoming are delivered.
 //
+// A Subscriber is a component of a durability agent (durability.Agent: one node and one
+// schema), built with NewSubscriber or by a jasper.Runtime: it claims envelopes with the
+// agent's node id, is woken by the agent (notifications, released scheduled envelopes,
+// recovered envelopes) and leaves every background job to it.
+//
 // Delivery is at least once. A subscription claims a batch of unowned envelopes (owner_id =
-// its node, FOR UPDATE SKIP LOCKED, so subscribers of one topic in any number of processes
-// never deliver one envelope at the same time), commits, and delivers them one by one (or
-// Config.MaxInFlight at a time):
+// the agent's node, FOR UPDATE SKIP LOCKED, so subscribers of one topic in any number of
+// processes never deliver one envelope at the same time), commits, and delivers them one by
+// one (or Config.MaxInFlight at a time):
 //
 //   - Ack deletes the envelope (acks are batched: many ids per DELETE, flushed every
 //     Config.AckFlushInterval and always before Close returns);
 //   - Nack counts the attempt in the attempts column and hands the envelope back for a
 //     retry after a back-off, as Jasper's scheduled retry does (status Scheduled,
-//     execution_time = now + back-off); it is delivered again, with metadata.Attempts one
-//     higher, by whichever subscriber of the topic takes it first;
+//     execution_time = now + back-off); the subscription asks the agent for a scheduled
+//     pass at the due time (Agent.ScheduleAt), the agent makes it Incoming and wakes the
+//     topic's subscriptions, and it is delivered again, with metadata.Attempts one higher,
+//     by whichever subscriber of the topic takes it first;
 //   - envelopes claimed but not delivered or not acknowledged when the subscription ends
 //     (Close, or the Subscribe context cancelled) are handed back (owner 0), so the next
 //     subscriber gets them; nothing is lost.
 //
-// Due scheduled envelopes of the topic (status Scheduled, execution_time <= now) are made
-// Incoming and delivered; the subscription sets a timer for the next one.
+// Scheduled envelopes of the topic (a nacked message, a delayed message of a publisher) are
+// delivered once the agent has made them Incoming: at the time asked for with ScheduleAt, or
+// at its periodic scheduled pass (durability.Config.ScheduledJobPollingTime), which also
+// plans a pass for the next envelope due.
 //
-// New envelopes wake subscriptions at once through PostgreSQL LISTEN/NOTIFY on the schema's
-// incoming channel (payload: the topic), on one connection per database handle shared by
-// every Subscriber; polling every Config.PollInterval is the fallback.
+// New envelopes wake subscriptions through the agent (Agent.OnIncoming): its one LISTEN
+// connection on PostgreSQL, and its own wake-ups; polling every Config.PollInterval is the
+// fallback. A claim whose answer was lost is reported to the agent
+// (Agent.ReportUnknownOutcome), which hands the node's envelopes back at its next node check.
 //
 // An envelope that cannot become a message (unreadable headers column) is moved to
 // jasper_dead_letters with an explanation, and delivery goes on.
@@ -47,10 +57,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -67,14 +75,11 @@ const initTimeout = time.Minute
 // Subscriber delivers the incoming envelopes of the topics subscribed to. It is safe for
 // concurrent use.
 type Subscriber struct {
-	db      database.DB
+	agent   *durability.Agent
+	store   store.Store
 	config  Config
-	dialect sqldialect.Dialect
 	logger  watermill.LoggerAdapter
-	hub     *hub
 	ownerID int32
-	node    *durability.Node // whose id ownerID is: told about claims with unknown outcomes
-	stmts   statements
 
 	initMu   sync.Mutex
 	verified bool
@@ -86,85 +91,40 @@ type Subscriber struct {
 	closeDn bool
 }
 
-// statements are built once per Subscriber.
-type statements struct {
-	claim, deleteIDs, retry, release, releaseScheduled, deadLetter string
-	channel, listen                                                string
-}
-
 var (
 	_ message.Subscriber           = (*Subscriber)(nil)
 	_ message.SubscribeInitializer = (*Subscriber)(nil)
-	_ durability.Waker             = (*Subscriber)(nil)
 )
 
-// NewSubscriber returns a Subscriber reading the incoming envelopes of db (the pool:
-// database.FromPgx or database.FromStdSQL). Without Config.Node it takes the database
-// handle's shared node (creating it and its lock on first use). It does not touch the tables;
+// NewSubscriber returns a Subscriber delivering the incoming envelopes of the agent's schema,
+// claiming them with the agent's node id. The agent must run (Agent.Start) before Subscribe;
+// stop the Subscriber (Close) before the agent. It does not touch the tables;
 // SubscribeInitialize and Subscribe check them.
-func NewSubscriber(db database.DB, config Config, logger watermill.LoggerAdapter) (*Subscriber, error) {
-	if db == nil {
-		return nil, fmt.Errorf("%w: nil database handle (use database.FromPgx or database.FromStdSQL)", ErrInvalidConfig)
-	}
-	if config.Schema.Dialect == "" {
-		config.Schema.Dialect = db.Dialect()
+func NewSubscriber(agent *durability.Agent, config Config, logger watermill.LoggerAdapter) (*Subscriber, error) {
+	if agent == nil {
+		return nil, fmt.Errorf("%w: nil *durability.Agent (build one with jasper.NewRuntime, or durability.NewNode and durability.NewAgent)", ErrInvalidConfig)
 	}
 	config.setDefaults()
-	if config.Schema.Dialect != db.Dialect() {
-		return nil, fmt.Errorf("%w: config says dialect %s but the database is %s", ErrInvalidConfig, config.Schema.Dialect, db.Dialect())
-	}
 	if err := config.Validate(); err != nil {
 		return nil, err
-	}
-	var err error
-	config.Schema, err = config.Schema.Normalized()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	d, err := sqldialect.For(config.Schema)
-	if err != nil {
-		return nil, fmt.Errorf("watermill-jasper: subscriber: %w", err)
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	s := &Subscriber{
-		db:      db,
+	st := agent.Store()
+	return &Subscriber{
+		agent:   agent,
+		store:   st,
 		config:  config,
-		dialect: d,
-		logger:  logger,
+		ownerID: agent.NodeID(),
 		subs:    map[*subscription]struct{}{},
-		stmts: statements{
-			claim:            d.ClaimIncoming(),
-			deleteIDs:        d.DeleteIncoming(),
-			retry:            d.RetryIncoming(),
-			release:          d.ReleaseIncoming(),
-			releaseScheduled: d.ReleaseScheduled(),
-			deadLetter:       d.DeadLetterIncoming(),
-			channel:          d.IncomingChannel(),
-			listen:           d.ListenIncoming(),
-		},
-	}
-	s.hub = acquireHub(db, logger)
-	if config.Node != nil {
-		s.node = config.Node
-		s.ownerID = config.Node.ID()
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
-		defer cancel()
-		n, err := s.hub.sharedNode(ctx)
-		if err != nil {
-			_ = releaseHub(s.hub)
-			return nil, fmt.Errorf("watermill-jasper: subscriber: take the node lock: %w", err)
-		}
-		s.node = n
-		s.ownerID = n.ID()
-	}
-	s.logger = logger.With(watermill.LogFields{"subscriber_node_id": s.ownerID, "schema": config.Schema.Schema})
-	return s, nil
+		logger: logger.With(watermill.LogFields{
+			"component": "watermill-jasper/subscriber", "node_id": agent.NodeID(), "schema": st.Schema().Schema,
+		}),
+	}, nil
 }
 
-// NodeID is the owner_id this subscriber writes on the envelopes it holds.
+// NodeID is the owner_id this subscriber writes on the envelopes it holds: its agent's node.
 func (s *Subscriber) NodeID() int32 { return s.ownerID }
 
 // SubscribeInitialize checks that the tables exist with the columns this library needs
@@ -173,6 +133,9 @@ func (s *Subscriber) NodeID() int32 { return s.ownerID }
 func (s *Subscriber) SubscribeInitialize(topic string) error {
 	if s.isClosed() {
 		return ErrSubscriberClosed
+	}
+	if err := s.agent.CheckRunning("subscriber"); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
 	defer cancel()
@@ -185,13 +148,13 @@ func (s *Subscriber) checkSchema(ctx context.Context) error {
 	if s.verified {
 		return nil
 	}
-	cfg := s.config.Schema
+	db, cfg := s.agent.Driver(), s.agent.Schema()
 	if s.config.InitializeSchema {
-		if err := schema.Migrate(ctx, s.db, cfg); err != nil {
+		if err := schema.Migrate(ctx, db, cfg); err != nil {
 			return fmt.Errorf("watermill-jasper: subscriber: %w", err)
 		}
 	}
-	diffs, err := schema.Verify(ctx, s.db, cfg, schema.VerifyOptions{})
+	diffs, err := schema.Verify(ctx, db, cfg, schema.VerifyOptions{})
 	if err != nil {
 		return fmt.Errorf("watermill-jasper: subscriber: %w", err)
 	}
@@ -215,13 +178,17 @@ func (s *Subscriber) checkSchema(ctx context.Context) error {
 // Subscribe starts delivering the envelopes of topic on the returned channel. The channel
 // is closed when ctx is cancelled or the Subscriber is closed; what the subscription had
 // claimed and not delivered or not seen acknowledged is handed back. Messages must be
-// acked or nacked; the next one is sent once fewer than Config.MaxInFlight await it.
+// acked or nacked; the next one is sent once fewer than Config.MaxInFlight await it. It
+// returns an error wrapping durability.ErrAgentNotRunning when the agent does not run.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if topic == "" {
 		return nil, errors.New("watermill-jasper: subscriber: empty topic")
 	}
 	if s.isClosed() {
 		return nil, ErrSubscriberClosed
+	}
+	if err := s.agent.CheckRunning("subscriber"); err != nil {
+		return nil, err
 	}
 	ictx, cancel := context.WithTimeout(ctx, initTimeout)
 	err := s.checkSchema(ictx)
@@ -238,22 +205,16 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
-
-	if !s.config.DisableNotify && s.stmts.channel != "" {
-		lctx, cancel := context.WithTimeout(sub.ctx, initTimeout)
-		if err := s.hub.listen(lctx, s.stmts.channel, s.stmts.listen, topic, sub); err != nil && sub.ctx.Err() == nil {
-			sub.logger.Error("Cannot LISTEN for new envelopes; polling only", err, nil)
-		}
-		cancel()
-		sub.listening = true
-	}
+	// Registered before the first claim: what commits after this is notified to sub, what
+	// committed before is found by the first claim.
+	sub.unregister = s.agent.OnIncoming(topic, sub.wakeUp)
 	go sub.run()
 	return sub.out, nil
 }
 
-// Wake makes every subscription look for envelopes now, without waiting for a notification
-// or a poll. A durability agent calls it (durability.Waker) after it released scheduled
-// envelopes or recovered those of a dead node.
+// Wake makes every subscription look for envelopes now, as a notification would, without
+// waiting for one or a poll. The agent wakes subscriptions by topic itself
+// (Agent.WakeIncoming); Wake is for envelopes made claimable some other way.
 func (s *Subscriber) Wake() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -300,13 +261,7 @@ func (s *Subscriber) Close() error {
 			errs = append(errs, sub.err)
 		}
 	}
-	if err := releaseHub(s.hub); err != nil {
-		errs = append(errs, err)
-	}
 	s.closeDn = true
 	s.logger.Debug("Subscriber closed", nil)
 	return errors.Join(errs...)
 }
-
-// codec is the UUID codec of the dialect.
-func (s *Subscriber) codec() row.UUIDCodec { return s.dialect.UUIDs() }

@@ -12,7 +12,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
+	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
 // A subscription is one Subscribe call: a claimer goroutine that claims batches of
@@ -31,15 +34,12 @@ type subscription struct {
 	ready       chan row.Envelope // claimed, not yet delivered
 	outstanding atomic.Int64      // claimed and not yet acked/nacked/dead-lettered/handed back
 	lowWater    int64             // claim again when outstanding falls to this
-	wake        chan struct{}     // new envelopes may exist (notification, nack without delay)
+	wake        chan struct{}     // new envelopes may exist (the agent's wake-ups, Subscriber.Wake)
 	need        chan struct{}     // outstanding fell to lowWater
-	sched       chan struct{}     // nextDue changed
+	unregister  func()            // stops the agent's wake-ups (set by Subscribe before run)
+	retry       backoff.Policy    // the wait after database errors
 
-	schedMu sync.Mutex
-	nextDue time.Time // when a nacked envelope becomes due (zero: none known)
-
-	listening bool
-	fl        flusher
+	fl flusher
 
 	hbMu     sync.Mutex
 	handback []row.Envelope // to hand back when the subscription ends
@@ -63,7 +63,7 @@ func newSubscription(s *Subscriber, parent context.Context, topic string) *subsc
 		lowWater: lowWater,
 		wake:     make(chan struct{}, 1),
 		need:     make(chan struct{}, 1),
-		sched:    make(chan struct{}, 1),
+		retry:    s.config.retryPolicy(),
 		done:     make(chan struct{}),
 	}
 	sub.fl = flusher{sub: sub, signal: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
@@ -77,18 +77,8 @@ func signal(c chan struct{}) {
 	}
 }
 
+// wakeUp makes the claimer look for envelopes; it never blocks (the agent calls it).
 func (sub *subscription) wakeUp() { signal(sub.wake) }
-
-// dueIn records that an envelope of the topic becomes due after d.
-func (sub *subscription) dueIn(d time.Duration) {
-	t := time.Now().Add(d)
-	sub.schedMu.Lock()
-	if sub.nextDue.IsZero() || t.Before(sub.nextDue) {
-		sub.nextDue = t
-	}
-	sub.schedMu.Unlock()
-	signal(sub.sched)
-}
 
 // stmtCtx bounds one statement. It is not cancelled by Close: a claim interrupted halfway
 // could leave envelopes owned by this node with nobody delivering them.
@@ -133,9 +123,7 @@ func (sub *subscription) run() {
 	if err := sub.releaseHandback(); err != nil {
 		errs = append(errs, err)
 	}
-	if sub.listening {
-		sub.s.hub.unlisten(sub.s.stmts.channel, sub.topic, sub)
-	}
+	sub.unregister()
 	sub.s.removeSub(sub)
 	sub.err = errors.Join(errs...)
 	close(sub.done)
@@ -147,30 +135,17 @@ func (sub *subscription) run() {
 const maxClaims = 2
 
 type claimResult struct {
-	n      int
-	err    error
-	woken  bool // the claim was started by a wake-up (notification, poll)
-	failed bool
+	n   int
+	err error
 }
 
-// claimLoop claims envelopes whenever there may be some and the subscription has room, and
-// releases the topic's due scheduled envelopes.
+// claimLoop claims envelopes whenever there may be some (a wake-up, a poll, a full batch
+// last time) and the subscription has room.
 func (sub *subscription) claimLoop() {
 	cfg := &sub.s.config
 	limit := cfg.BatchSize
 	poll := time.NewTicker(cfg.PollInterval)
 	defer poll.Stop()
-	schedTimer := time.NewTimer(time.Hour)
-	schedTimer.Stop()
-	defer schedTimer.Stop()
-	var schedAt time.Time // when schedTimer fires (zero: not armed)
-	armSched := func(d time.Duration) {
-		at := time.Now().Add(d)
-		if schedAt.IsZero() || at.Before(schedAt) {
-			schedAt = at
-			schedTimer.Reset(d)
-		}
-	}
 	results := make(chan claimResult, maxClaims)
 	pending := 0
 	defer func() {
@@ -179,28 +154,11 @@ func (sub *subscription) claimLoop() {
 		}
 	}()
 	var retry <-chan time.Time // set while waiting after an error
-	woken, checkScheduled, more := true, !cfg.DisableScheduledRelease, false
+	failures := 0              // consecutive failed claims
+	woken, more := true, false
 	for {
 		if sub.ctx.Err() != nil {
 			return
-		}
-		if retry == nil && checkScheduled {
-			checkScheduled = false
-			released, nextIn, err := sub.releaseScheduled(limit)
-			if err != nil {
-				sub.logger.Error("Cannot release due scheduled envelopes", err, nil)
-				retry, checkScheduled = time.After(cfg.RetryInterval), true
-			} else {
-				if released > 0 {
-					woken = true
-				}
-				if released == int64(limit) {
-					checkScheduled = true
-				}
-				if nextIn != nil {
-					armSched(*nextIn)
-				}
-			}
 		}
 		for retry == nil && pending < maxClaims {
 			// Held envelopes plus what the running claims may bring: up to lowWater before
@@ -211,128 +169,66 @@ func (sub *subscription) claimLoop() {
 			if !start {
 				break
 			}
-			byWake := woken
 			woken = false
 			pending++
 			go func() {
 				n, err := sub.claim(limit)
-				results <- claimResult{n: n, err: err, woken: byWake}
+				results <- claimResult{n: n, err: err}
 			}()
-		}
-		if retry == nil && checkScheduled {
-			continue
 		}
 		select {
 		case <-sub.ctx.Done():
 			return
 		case r := <-results:
 			pending--
-			switch {
-			case r.err != nil:
-				sub.logger.Error("Cannot claim envelopes", r.err, nil)
+			if r.err != nil {
+				failures++
+				sub.logger.Error("Cannot claim envelopes", r.err, watermill.LogFields{"failures": failures})
 				if retry == nil {
-					retry = time.After(cfg.RetryInterval)
+					retry = time.After(sub.retry.Jittered(failures))
 				}
 				woken = true
-			default:
-				more = r.n == limit
-				if r.n == 0 && r.woken && !cfg.DisableScheduledRelease {
-					// A wake-up with nothing to claim may be for a scheduled envelope.
-					checkScheduled = true
-				}
+				continue
 			}
+			failures = 0
+			more = r.n == limit
 		case <-retry:
 			retry = nil
-			checkScheduled = !cfg.DisableScheduledRelease
 		case <-sub.wake:
 			woken = true
 		case <-sub.need:
 		case <-poll.C:
 			woken = true
-			checkScheduled = !cfg.DisableScheduledRelease
-		case <-schedTimer.C:
-			schedAt = time.Time{}
-			checkScheduled = !cfg.DisableScheduledRelease
-		case <-sub.sched:
-			sub.schedMu.Lock()
-			due := sub.nextDue
-			sub.nextDue = time.Time{}
-			sub.schedMu.Unlock()
-			if !due.IsZero() {
-				armSched(time.Until(due))
-			}
 		}
 	}
 }
 
 // claim claims up to limit envelopes and queues them for delivery. Nothing is delivered
-// before the claim has committed (the rows are all read and closed): a nack or ack racing
-// with an uncommitted claim would not see the row as ours.
+// before the claim has committed (the rows are all read): a nack or ack racing with an
+// uncommitted claim would not see the row as ours.
 func (sub *subscription) claim(limit int) (int, error) {
 	s := sub.s
 	ctx, cancel := sub.stmtCtx()
 	defer cancel()
-	rows, err := s.db.Query(ctx, s.stmts.claim, s.ownerID, sub.topic, limit)
-	if err != nil {
-		sub.claimFailed(err, false)
-		return 0, err
-	}
-	codec := s.codec()
-	envs := make([]row.Envelope, 0, limit)
-	var scanErr error
-	for rows.Next() {
-		e, err := row.ScanIncoming(rows, codec)
-		if err != nil {
-			scanErr = err
-			break
-		}
-		envs = append(envs, e)
-	}
-	closeErr := rows.Close()
-	if scanErr == nil && closeErr != nil {
-		// The claim failed (nothing was claimed) or its outcome is unknown (what was claimed
-		// is marked with this node's id: its agent hands it back).
-		sub.claimFailed(closeErr, len(envs) > 0)
-		return 0, closeErr
-	}
+	envs, err := s.store.ClaimIncoming(ctx, store.ClaimIncomingParams{Owner: s.ownerID, Topic: sub.topic, Limit: limit})
+	// The rows read are ours, even when the claim failed afterwards (stranded).
 	sub.outstanding.Add(int64(len(envs)))
 	for _, e := range envs {
 		sub.ready <- e // never blocks: ready holds lowWater + maxClaims*BatchSize
 	}
-	if scanErr != nil {
-		sub.claimFailed(scanErr, true)
-		return len(envs), fmt.Errorf("read claimed envelopes (the unread ones stay owned by node %d until its agent hands them back): %w", s.ownerID, scanErr)
+	switch {
+	case err == nil:
+		return len(envs), nil
+	case errors.Is(err, store.ErrStranded):
+		// The claim committed but some rows could not be read: they stay marked with this
+		// node's id, and the agent hands them back.
+		s.agent.ReportUnknownOutcome()
+		return len(envs), fmt.Errorf("read claimed envelopes (the unread ones stay owned by node %d until its agent hands them back): %w", s.ownerID, err)
+	case !s.store.IsStatementError(err):
+		// The answer was lost: the claim may have committed unseen.
+		s.agent.ReportUnknownOutcome()
 	}
-	return len(envs), nil
-}
-
-// claimFailed tells the node when a failed claim may have left envelopes marked with its id
-// that this subscription does not hold: the claim's answer was lost (not a statement
-// error), or rows of a committed claim were left unread (stranded).
-func (sub *subscription) claimFailed(err error, stranded bool) {
-	if stranded || !sub.s.dialect.IsStatementError(err) {
-		sub.s.node.ReportUnknownOutcome()
-	}
-}
-
-// releaseScheduled makes the topic's due scheduled envelopes Incoming and returns how many,
-// and how long until the next one is due (nil: none).
-func (sub *subscription) releaseScheduled(limit int) (int64, *time.Duration, error) {
-	s := sub.s
-	ctx, cancel := sub.stmtCtx()
-	defer cancel()
-	var released int64
-	var nextMS *float64
-	err := queryRow(ctx, s, s.stmts.releaseScheduled, []any{s.dialect.StringList([]string{sub.topic}), limit}, &released, &nextMS)
-	if err != nil {
-		return 0, nil, err
-	}
-	if nextMS == nil {
-		return released, nil, nil
-	}
-	d := time.Duration(*nextMS * float64(time.Millisecond))
-	d = max(d, time.Millisecond)
-	return released, &d, nil
+	return 0, err
 }
 
 // deliverLoop delivers envelopes one at a time until the subscription ends.
@@ -425,13 +321,10 @@ func (sub *subscription) releaseHandback() error {
 	for i, e := range envs {
 		ids[i] = e.ID
 	}
-	args := []any{s.dialect.IDList(ids), s.dialect.IDList(attempted), s.ownerID}
-	err := retryUntil(s.config.CloseTimeout, s.config.RetryInterval, func(ctx context.Context) error {
-		_, err := s.db.Exec(ctx, s.stmts.release, args...)
-		return err
-	})
+	p := store.ReleaseIncomingParams{IDs: ids, Attempted: attempted, Owner: s.ownerID}
+	err := sub.persist(func(ctx context.Context) error { return s.store.ReleaseIncoming(ctx, p) })
 	if err != nil {
-		err = fmt.Errorf("watermill-jasper: subscriber of topic %s: hand back %d envelopes (they stay owned by node %d until its lock is released, then the durability agent recovers them): %w",
+		err = fmt.Errorf("watermill-jasper: subscriber of topic %s: hand back %d envelopes (they stay owned by node %d until its agent hands them back): %w",
 			sub.topic, len(ids), s.ownerID, err)
 		sub.logger.Error("Cannot hand envelopes back", err, nil)
 		return err
@@ -440,39 +333,23 @@ func (sub *subscription) releaseHandback() error {
 	return nil
 }
 
-// retryUntil runs fn until it succeeds or timeout passes, waiting interval between tries.
-func retryUntil(timeout, interval time.Duration, fn func(ctx context.Context) error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+// persist runs fn until it succeeds or CloseTimeout has passed, waiting with the retry
+// back-off between tries, and returns fn's last error. fn's context ends at the deadline.
+func (sub *subscription) persist(fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), sub.s.config.CloseTimeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	for n := 1; ; n++ {
 		err := fn(ctx)
-		cancel()
 		if err == nil {
 			return nil
 		}
-		if time.Now().Add(interval).After(deadline) {
+		wait := sub.retry.Jittered(n)
+		if time.Until(deadline) < wait {
 			return err
 		}
-		time.Sleep(interval)
+		time.Sleep(wait)
 	}
-}
-
-func queryRow(ctx context.Context, s *Subscriber, query string, args []any, dest ...any) error {
-	rows, err := s.db.Query(ctx, query, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return errors.New("no row returned")
-	}
-	if err := rows.Scan(dest...); err != nil {
-		return err
-	}
-	return rows.Close()
 }
 
 // flusher deletes acked envelopes and hands nacked ones back, many per statement.
@@ -530,6 +407,18 @@ func (f *flusher) run() {
 	timer.Stop()
 	defer timer.Stop()
 	armed := false
+	failures := 0 // consecutive failed flushes
+	flush := func() {
+		timer.Stop()
+		armed = false
+		if err := f.flush(context.Background()); err != nil {
+			failures++
+			timer.Reset(f.sub.retry.Jittered(failures))
+			armed = true
+			return
+		}
+		failures = 0
+	}
 	for {
 		select {
 		case <-f.stop:
@@ -537,10 +426,7 @@ func (f *flusher) run() {
 			return
 		case <-timer.C:
 			armed = false
-			if err := f.flush(); err != nil {
-				timer.Reset(cfg.RetryInterval)
-				armed = true
-			}
+			flush()
 			continue
 		case <-f.signal:
 		}
@@ -549,13 +435,8 @@ func (f *flusher) run() {
 		urgent := len(f.nacks) > 0 || len(f.dead) > 0 || acks >= cfg.AckBatchSize || cfg.AckFlushInterval == 0
 		f.mu.Unlock()
 		switch {
-		case urgent:
-			timer.Stop()
-			armed = false
-			if err := f.flush(); err != nil {
-				timer.Reset(cfg.RetryInterval)
-				armed = true
-			}
+		case urgent && failures == 0:
+			flush()
 		case acks > 0 && !armed:
 			timer.Reset(cfg.AckFlushInterval)
 			armed = true
@@ -565,32 +446,25 @@ func (f *flusher) run() {
 
 // final flushes what is pending, retrying until CloseTimeout.
 func (f *flusher) final() error {
-	cfg := &f.sub.s.config
-	deadline := time.Now().Add(cfg.CloseTimeout)
-	for {
-		err := f.flush()
-		if err == nil {
-			return nil
-		}
-		if time.Now().Add(cfg.RetryInterval).After(deadline) {
-			err = fmt.Errorf("watermill-jasper: subscriber of topic %s: flush acks and nacks (unflushed envelopes stay owned by node %d until its lock is released, then they are delivered again): %w",
-				f.sub.topic, f.sub.s.ownerID, err)
-			f.sub.logger.Error("Cannot flush acks and nacks", err, nil)
-			return err
-		}
-		time.Sleep(cfg.RetryInterval)
+	err := f.sub.persist(f.flush)
+	if err != nil {
+		err = fmt.Errorf("watermill-jasper: subscriber of topic %s: flush acks and nacks (unflushed envelopes stay owned by node %d until its agent hands them back, then they are delivered again): %w",
+			f.sub.topic, f.sub.s.ownerID, err)
+		f.sub.logger.Error("Cannot flush acks and nacks", err, nil)
 	}
+	return err
 }
 
-// flush runs the pending statements; what fails stays pending.
-func (f *flusher) flush() error {
+// flush runs the pending statements, each bounded by CloseTimeout within ctx; what fails
+// stays pending.
+func (f *flusher) flush(ctx context.Context) error {
 	f.mu.Lock()
 	acks, nacks, dead := f.acks, f.nacks, f.dead
 	f.acks, f.nacks, f.dead = nil, nil, nil
 	f.mu.Unlock()
 	var errs []error
 	if len(acks) > 0 {
-		if err := f.deleteAcked(acks); err != nil {
+		if err := f.deleteAcked(ctx, acks); err != nil {
 			errs = append(errs, fmt.Errorf("delete %d acked envelopes: %w", len(acks), err))
 			f.mu.Lock()
 			f.acks = append(acks, f.acks...)
@@ -598,7 +472,7 @@ func (f *flusher) flush() error {
 		}
 	}
 	if len(nacks) > 0 {
-		if failed, err := f.retry(nacks); err != nil {
+		if failed, err := f.retry(ctx, nacks); err != nil {
 			errs = append(errs, fmt.Errorf("hand back %d nacked envelopes: %w", len(failed), err))
 			f.mu.Lock()
 			f.nacks = append(failed, f.nacks...)
@@ -606,7 +480,7 @@ func (f *flusher) flush() error {
 		}
 	}
 	if len(dead) > 0 {
-		if err := f.moveToDeadLetters(dead); err != nil {
+		if err := f.moveToDeadLetters(ctx, dead); err != nil {
 			errs = append(errs, fmt.Errorf("move %d envelopes to the dead letters: %w", len(dead), err))
 			f.mu.Lock()
 			f.dead = append(dead, f.dead...)
@@ -620,17 +494,23 @@ func (f *flusher) flush() error {
 	return err
 }
 
-func (f *flusher) deleteAcked(ids []uuid.UUID) error {
-	s := f.sub.s
-	ctx, cancel := f.sub.stmtCtx()
+// stmtCtx bounds one statement of the flusher by CloseTimeout within ctx.
+func (f *flusher) stmtCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, f.sub.s.config.CloseTimeout)
+}
+
+func (f *flusher) deleteAcked(ctx context.Context, ids []uuid.UUID) error {
+	ctx, cancel := f.stmtCtx(ctx)
 	defer cancel()
-	_, err := s.db.Exec(ctx, s.stmts.deleteIDs, s.dialect.IDList(ids))
-	return err
+	return f.sub.s.store.DeleteIncoming(ctx, ids)
 }
 
 // retry hands nacked envelopes back for a retry, one statement per distinct delay, and
-// returns those that failed.
-func (f *flusher) retry(nacks []nackItem) ([]nackItem, error) {
+// returns those that failed. Once a statement committed, the agent is asked for a scheduled
+// pass when the envelopes fall due, which makes them Incoming and wakes the topic's
+// subscriptions; envelopes handed back without a delay are Incoming at once, and the local
+// subscriptions of the topic are woken.
+func (f *flusher) retry(ctx context.Context, nacks []nackItem) ([]nackItem, error) {
 	s := f.sub.s
 	byDelay := map[time.Duration][]uuid.UUID{}
 	for _, n := range nacks {
@@ -639,8 +519,8 @@ func (f *flusher) retry(nacks []nackItem) ([]nackItem, error) {
 	var failed []nackItem
 	var errs []error
 	for delay, ids := range byDelay {
-		ctx, cancel := f.sub.stmtCtx()
-		_, err := s.db.Exec(ctx, s.stmts.retry, s.dialect.IDList(ids), delay.Milliseconds(), s.ownerID)
+		sctx, cancel := f.stmtCtx(ctx)
+		err := s.store.RetryIncoming(sctx, store.RetryParams{IDs: ids, Owner: s.ownerID, Delay: delay})
 		cancel()
 		if err != nil {
 			errs = append(errs, err)
@@ -649,46 +529,36 @@ func (f *flusher) retry(nacks []nackItem) ([]nackItem, error) {
 			}
 			continue
 		}
-		if delay.Milliseconds() > 0 {
-			f.sub.dueIn(delay)
+		if delay > 0 {
+			s.agent.ScheduleAt(time.Now().Add(delay))
 		} else {
-			f.sub.wakeUp()
+			s.agent.WakeIncoming(f.sub.topic)
 		}
 	}
 	return failed, errors.Join(errs...)
 }
 
-func (f *flusher) moveToDeadLetters(dead []deadItem) error {
+func (f *flusher) moveToDeadLetters(ctx context.Context, dead []deadItem) error {
 	s := f.sub.s
-	n := len(dead)
-	ids := make([]uuid.UUID, n)
-	explanation, typ, msg, text, source := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	letters := make([]store.DeadLetterReason, len(dead))
 	for i, d := range dead {
-		ids[i] = d.env.ID
-		explanation[i] = "watermill-jasper subscriber: unreadable envelope, it cannot become a Watermill message"
-		typ[i] = fmt.Sprintf("%T", rootCause(d.err))
-		msg[i] = d.err.Error()
-		text[i] = fmt.Sprintf("envelope %s of topic %q (message %q) was claimed by node %d and cannot be delivered: %v",
-			d.env.ID, f.sub.topic, d.env.MessageUUID, s.ownerID, d.err)
-		source[i] = "watermill-jasper/subscriber"
+		typ, msg, chain := fault.Describe(d.err)
+		letters[i] = store.DeadLetterReason{ID: d.env.ID, Reason: store.Reason{
+			Explanation: fmt.Sprintf("watermill-jasper subscriber: unreadable envelope, it cannot become a Watermill message (topic %q, message %q, claimed by node %d)",
+				f.sub.topic, d.env.MessageUUID, s.ownerID),
+			ExceptionType:    typ,
+			ExceptionMessage: msg,
+			ExceptionText:    chain,
+			Source:           "watermill-jasper/subscriber",
+		}}
 	}
-	ctx, cancel := f.sub.stmtCtx()
+	ctx, cancel := f.stmtCtx(ctx)
 	defer cancel()
-	_, err := s.db.Exec(ctx, s.stmts.deadLetter, s.dialect.DeadLetterArgs(ids, explanation, typ, msg, text, source)...)
-	if err == nil {
-		for _, d := range dead {
-			f.sub.logger.Error("Unreadable envelope moved to the dead letters", d.err, watermill.LogFields{"envelope_id": d.env.ID.String()})
-		}
+	if err := s.store.DeadLetterIncoming(ctx, letters); err != nil {
+		return err
 	}
-	return err
-}
-
-func rootCause(err error) error {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err
-		}
-		err = u
+	for _, d := range dead {
+		f.sub.logger.Error("Unreadable envelope moved to the dead letters", d.err, watermill.LogFields{"envelope_id": d.env.ID.String()})
 	}
+	return nil
 }

@@ -88,4 +88,3 @@ func (d DeadLetter) Message() (*message.Message, error) {
 	}
 	return msg, nil
 }
-

@@ -21,8 +21,8 @@ func TestWrapUnwrapScheduledRoundTrip(t *testing.T) {
 		row.KeyConversationID: "0f8fad5b-d9cb-469f-a165-70867728950e",
 		row.KeyAckRequested:   "true",
 		row.KeySource:         "billing",
-		"destination":     "reserved key, kept only in the headers column",
-		"plain":           "v",
+		"destination":         "reserved key, kept only in the headers column",
+		"plain":               "v",
 	}
 	e, err := row.WrapScheduled("pings", m, row.Defaults{}, due, sent)
 	if err != nil {
@@ -81,7 +81,7 @@ func TestUnwrapScheduledFromJasper(t *testing.T) {
 		row.KeyCorrelationID: "c-1",
 		row.KeyTraceParent:   "00-abc-def-01",
 		row.KeyDeliverBy:     deliverBy.Format(time.RFC3339Nano),
-		"tenant":         "t1",
+		"tenant":             "t1",
 	}
 	if topic != "rabbitmq://queue/pings" || msg.UUID != "0f8fad5b-d9cb-469f-a165-70867728950e" || string(msg.Payload) != "{}" ||
 		fmt.Sprint(msg.Metadata) != fmt.Sprint(want) {

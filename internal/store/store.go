@@ -207,10 +207,9 @@ type Ops interface {
 	// node id to test that node is dormant) without waiting; true when taken. It conflicts
 	// with a session lock of the same id.
 	TryGlobalLock(ctx context.Context, id int32) (bool, error)
-	// ReleaseScheduled makes up to Limit due Scheduled envelopes (not scheduled sends) of
-	// Topics (empty: all) Incoming, and returns how many and how long until the next one is
-	// due (0: none).
-	ReleaseScheduled(ctx context.Context, topics []string, limit int) (int64, time.Duration, error)
+	// ReleaseScheduled makes up to limit due Scheduled envelopes (not scheduled sends) of
+	// topics (empty: all) Incoming.
+	ReleaseScheduled(ctx context.Context, topics []string, limit int) (ScheduledRelease, error)
 	// TakeDueScheduledSends deletes up to limit due scheduled sends (Jasper's
 	// scheduled-envelope rows) and returns them, for the caller to insert the envelopes they
 	// wrap into the outbox in the same transaction.
@@ -348,6 +347,16 @@ type MarkHandledParams struct {
 type InsertHandledParams struct {
 	Mark row.Envelope
 	Keep time.Duration
+}
+
+// ScheduledRelease is what ReleaseScheduled did.
+type ScheduledRelease struct {
+	// Released envelopes became Incoming.
+	Released int64
+	// NextDue is how long until the next scheduled envelope is due (0: none).
+	NextDue time.Duration
+	// Topics of the released envelopes; nil when the database does not tell.
+	Topics []string
 }
 
 // Released is what ReleaseOwner handed back.

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/microsoft/go-mssqldb" // database/sql driver "sqlserver"
-
-	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlserver"
 )
 
 // Target is one database a dialect test runs against: a handle and a migrated schema of
@@ -20,8 +20,8 @@ import (
 type Target struct {
 	// Name is the dialect name, for t.Run.
 	Name   string
-	DB     database.DB
-	Schema schema.Config
+	DB     store.Driver
+	Schema layout.Config
 }
 
 // Targets returns the databases to test, each with a fresh migrated schema: PostgreSQL
@@ -30,10 +30,10 @@ type Target struct {
 func Targets(t testing.TB) []Target {
 	t.Helper()
 	db, cfg := Migrated(t)
-	out := []Target{{Name: string(schema.Postgres), DB: db, Schema: cfg}}
+	out := []Target{{Name: string(dbx.Postgres), DB: db, Schema: cfg}}
 	if os.Getenv(MSSQLEnv) != "" {
 		db, cfg := MigratedSQLServer(t)
-		out = append(out, Target{Name: string(schema.SQLServer), DB: db, Schema: cfg})
+		out = append(out, Target{Name: string(dbx.SQLServer), DB: db, Schema: cfg})
 	}
 	return out
 }
@@ -70,13 +70,17 @@ func SQLServerDB(t testing.TB) *sql.DB {
 // MigratedSQLServer creates a schema with a random name on the SQL Server of
 // WATERMILL_JASPER_TEST_MSSQL with schema.Migrate (tables, EnvelopeIdList, Jasper's
 // procedures), drops it all when the test ends and returns the handle and the config.
-func MigratedSQLServer(t testing.TB) (database.DB, schema.Config) {
+func MigratedSQLServer(t testing.TB) (store.Driver, layout.Config) {
 	t.Helper()
-	db, err := database.FromStdSQL(SQLServerDB(t))
+	h, err := dbx.FromStdSQL(SQLServerDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := schema.Config{Dialect: schema.SQLServer, Schema: RandomName("wj_test_")}.Normalized()
+	db, err := sqlserver.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := layout.Config{Dialect: dbx.SQLServer, Schema: RandomName("wj_test_")}.Normalized()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,23 +91,20 @@ func MigratedSQLServer(t testing.TB) (database.DB, schema.Config) {
 			t.Errorf("drop schema %s: %v", cfg.Schema, err)
 		}
 	})
-	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	return db, cfg
+	return db, migrate(t, db, cfg)
 }
 
 // DropSQLServerSchema drops what Migrate created in a SQL Server schema (procedures, tables,
 // the table type) and the schema itself.
-func DropSQLServerSchema(ctx context.Context, db database.DB, cfg schema.Config) error {
+func DropSQLServerSchema(ctx context.Context, db dbx.Querier, cfg layout.Config) error {
 	var stmts []string
-	for _, p := range schema.StoredProcedures() {
+	for _, p := range layout.StoredProcedures() {
 		stmts = append(stmts, "DROP PROCEDURE IF EXISTS "+cfg.Qualified(p))
 	}
-	for _, tb := range schema.Tables() {
+	for _, tb := range layout.Tables() {
 		stmts = append(stmts, "DROP TABLE IF EXISTS "+cfg.Qualified(tb.Name))
 	}
-	stmts = append(stmts, "DROP TYPE IF EXISTS "+cfg.Qualified(schema.EnvelopeIDList),
+	stmts = append(stmts, "DROP TYPE IF EXISTS "+cfg.Qualified(layout.EnvelopeIDList),
 		fmt.Sprintf("IF EXISTS (SELECT * FROM sys.schemas WHERE name = N'%s') EXEC(N'DROP SCHEMA %s')", cfg.Schema, cfg.QuoteIdent(cfg.Schema)))
 	for _, s := range stmts {
 		if _, err := db.Exec(ctx, s); err != nil {

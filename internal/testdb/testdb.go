@@ -11,7 +11,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log"
+	"net"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -19,8 +21,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
+	"github.com/watermill-jasper/watermill-jasper/internal/tcpproxy"
 )
 
 // DefaultPostgresDSN is the local test database of the build machines.
@@ -125,18 +130,10 @@ func Schema(t testing.TB) string {
 
 // Migrated creates a random schema, migrates it and returns the pgx-backed handle and the
 // schema config.
-func Migrated(t testing.TB) (database.DB, schema.Config) {
+func Migrated(t testing.TB) (store.Driver, layout.Config) {
 	t.Helper()
-	db := database.FromPgx(Pool(t))
-	cfg := schema.Config{Schema: Schema(t)}
-	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	cfg, err := cfg.Normalized()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return db, cfg
+	db := PgxDriver(t)
+	return db, migrate(t, db, layout.Config{Schema: Schema(t)})
 }
 
 // ExampleDSN is the PostgreSQL of the runnable examples (which have no testing.TB):
@@ -151,9 +148,13 @@ func ExampleDSN() string {
 // ExampleSchema creates the Jasper tables in a fresh schema for a runnable example and
 // returns the function dropping it; a failure ends the example (log.Fatal). An application
 // runs `watermill-jasper schema migrate` (or schema.Migrate) once instead.
-func ExampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) {
-	cfg := schema.Config{Schema: RandomName("wj_example_")}
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
+func ExampleSchema(ctx context.Context, db store.Driver) (layout.Config, func()) {
+	cfg := layout.Config{Schema: RandomName("wj_example_")}
+	s, err := db.Store(cfg)
+	if err == nil {
+		err = s.Migrate(ctx)
+	}
+	if err != nil {
 		log.Fatal(err)
 	}
 	return cfg, func() {
@@ -161,4 +162,75 @@ func ExampleSchema(ctx context.Context, db database.DB) (schema.Config, func()) 
 			log.Print(err)
 		}
 	}
+}
+
+// PgxDriver returns the driver of the shared pgx pool.
+func PgxDriver(t testing.TB) store.Driver {
+	t.Helper()
+	d, err := postgres.New(dbx.FromPgx(Pool(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// StdDriver returns the driver of the shared database/sql pool (pgx stdlib driver).
+func StdDriver(t testing.TB) store.Driver {
+	t.Helper()
+	h, err := dbx.FromStdSQL(StdDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := postgres.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// migrate migrates cfg on db, failing the test on error, and returns the normalized config.
+func migrate(t testing.TB, db store.Driver, cfg layout.Config) layout.Config {
+	t.Helper()
+	s, err := db.Store(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return s.Schema()
+}
+
+// Proxied returns the driver of a pool of at most maxConns connections to the test database
+// through a TCP proxy the test can cut (internal/tcpproxy); both are closed when the test
+// ends. configure adjusts the pool's config.
+func Proxied(t testing.TB, maxConns int32, connectTimeout time.Duration, configure ...func(*pgxpool.Config)) (store.Driver, *tcpproxy.Proxy) {
+	t.Helper()
+	pc, err := pgxpool.ParseConfig(PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := tcpproxy.New(net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	p, _ := strconv.Atoi(port)
+	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(p)
+	pc.ConnConfig.ConnectTimeout = connectTimeout
+	pc.MaxConns = maxConns
+	for _, f := range configure {
+		f(pc)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	d, err := postgres.New(dbx.FromPgx(pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, proxy
 }

@@ -263,12 +263,13 @@ func (p *postgres) ReleaseScheduled() string {
   ORDER BY execution_time
   LIMIT $2 FOR UPDATE SKIP LOCKED
 ), released AS (
-  UPDATE %[1]s AS i SET status = 'Incoming' FROM due WHERE i.id = due.id RETURNING 1
+  UPDATE %[1]s AS i SET status = 'Incoming' FROM due WHERE i.id = due.id RETURNING i.received_at
 )
 SELECT (SELECT count(*) FROM released),
   (SELECT EXTRACT(EPOCH FROM min(execution_time) - now())::float8 * 1000 FROM %[1]s
    WHERE status = 'Scheduled' AND owner_id = 0 AND execution_time > now() AND message_type <> 'scheduled-envelope'
-     AND (cardinality($1::text[]) = 0 OR received_at = ANY($1::text[])))`, p.inc)
+     AND (cardinality($1::text[]) = 0 OR received_at = ANY($1::text[]))),
+  (SELECT COALESCE(json_agg(DISTINCT received_at), '[]'::json)::text FROM released WHERE received_at IS NOT NULL)`, p.inc)
 }
 
 func (p *postgres) DeadLetterIncoming() string {

@@ -381,7 +381,9 @@ WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.inc)
 }
 
 // ReleaseScheduled: the count is @@ROWCOUNT of the update, the next due time is measured in
-// microseconds with DATEDIFF_BIG (SQL Server 2016) and returned as float milliseconds.
+// microseconds with DATEDIFF_BIG (SQL Server 2016) and returned as float milliseconds; the
+// topics are not returned (NULL): without notifications the agent wakes every local
+// subscription.
 func (m *sqlserver) ReleaseScheduled() string {
 	const topics = `(NOT EXISTS (SELECT 1 FROM OPENJSON(@p1)) OR [received_at] IN (
       SELECT t.[t] FROM OPENJSON(@p1) WITH ([t] varchar(100) '$', [n] nvarchar(max) '$') AS t WHERE LEN(t.[n]) <= 100))`
@@ -396,7 +398,7 @@ SET @n = @@ROWCOUNT;
 SELECT @n, CAST(DATEDIFF_BIG(microsecond, SYSDATETIMEOFFSET(), (
   SELECT min([execution_time]) FROM %[1]s
   WHERE [status] = 'Scheduled' AND [owner_id] = 0 AND [execution_time] > SYSDATETIMEOFFSET()
-    AND [message_type] <> 'scheduled-envelope' AND %[2]s)) AS float) / 1000.0`, m.inc, topics)
+    AND [message_type] <> 'scheduled-envelope' AND %[2]s)) AS float) / 1000.0, CAST(NULL AS nvarchar(max))`, m.inc, topics)
 }
 
 func (m *sqlserver) DeadLetterIncoming() string {

@@ -153,8 +153,9 @@ type Dialect interface {
 	// ReleaseScheduled makes up to $2 due scheduled envelopes (status Scheduled, owner 0,
 	// execution_time <= now, not a scheduled send: see ReleaseDueScheduledSends) Incoming
 	// and unowned, skipping rows locked by others, and returns one row: the number released
-	// (bigint) and the milliseconds until the next of the remaining scheduled envelopes is
-	// due (float8, NULL when none), measured on the database clock.
+	// (bigint), the milliseconds until the next of the remaining scheduled envelopes is
+	// due (float8, NULL when none), measured on the database clock, and the topics of the
+	// released envelopes (text holding a JSON array; NULL when the dialect does not tell).
 	// Args: topics StringList (empty = every topic), limit int.
 	ReleaseScheduled() string
 	// DeadLetterIncoming moves incoming envelopes to the dead letters. Args: DeadLetterArgs

@@ -33,7 +33,7 @@ var _ store.Store = (*Store)(nil)
 type ops struct {
 	q      dbx.Querier
 	d      Dialect
-	pooled bool
+	pooled bool // q is a pool or a connection: several statements need a transaction of it
 }
 
 // Dialect returns the dialect's name.
@@ -48,8 +48,12 @@ func (s *Store) DB() dbx.DB { return s.db }
 // Statements returns the dialect (for tests that check statements offline).
 func (s *Store) Statements() Dialect { return s.d }
 
-// With binds the operations to q.
-func (s *Store) With(q dbx.Querier) store.Ops { return &ops{q: q, d: s.d} }
+// With binds the operations to q. When q can begin transactions (a pool or a connection),
+// operations of several statements run in a transaction of it, as on the store's own pool.
+func (s *Store) With(q dbx.Querier) store.Ops {
+	_, pooled := q.(dbx.Beginner)
+	return &ops{q: q, d: s.d, pooled: pooled}
+}
 
 // InTx runs fn in a transaction of the pool.
 func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx store.Ops) error) error {
@@ -147,11 +151,11 @@ func (o *ops) inTx(ctx context.Context, fn func(o *ops) error) error {
 	if !o.pooled {
 		return fn(o)
 	}
-	db, ok := o.q.(dbx.DB)
+	b, ok := o.q.(dbx.Beginner)
 	if !ok {
 		return fn(o)
 	}
-	return dbx.InTx(ctx, db, func(tx dbx.Tx) error { return fn(&ops{q: tx, d: o.d}) })
+	return dbx.InTx(ctx, b, func(tx dbx.Tx) error { return fn(&ops{q: tx, d: o.d}) })
 }
 
 // InsertEnvelopes inserts outgoing and incoming envelopes, packed into as few statements as
@@ -380,17 +384,23 @@ func (o *ops) TryGlobalLock(ctx context.Context, id int32) (bool, error) {
 }
 
 // ReleaseScheduled makes due Scheduled envelopes Incoming.
-func (o *ops) ReleaseScheduled(ctx context.Context, topics []string, limit int) (int64, time.Duration, error) {
-	var n int64
+func (o *ops) ReleaseScheduled(ctx context.Context, topics []string, limit int) (store.ScheduledRelease, error) {
+	var r store.ScheduledRelease
 	var next sql.NullFloat64
-	if err := o.row(ctx, o.d.ReleaseScheduled(), []any{o.d.StringList(topics), limit}, &n, &next); err != nil {
-		return 0, 0, err
+	var released sql.NullString
+	if err := o.row(ctx, o.d.ReleaseScheduled(), []any{o.d.StringList(topics), limit}, &r.Released, &next, &released); err != nil {
+		return r, err
 	}
-	var due time.Duration
 	if next.Valid {
-		due = max(time.Duration(next.Float64*float64(time.Millisecond)), time.Microsecond)
+		r.NextDue = max(time.Duration(next.Float64*float64(time.Millisecond)), time.Microsecond)
 	}
-	return n, due, nil
+	if released.Valid {
+		r.Topics = []string{}
+		if err := json.Unmarshal([]byte(released.String), &r.Topics); err != nil {
+			return r, fmt.Errorf("read the topics of released envelopes: %w", err)
+		}
+	}
+	return r, nil
 }
 
 // TakeDueScheduledSends deletes due scheduled sends and returns them.

@@ -1,192 +1,45 @@
-package durability_test
+package jasper_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/internal/testproc"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // crashTimeout bounds every wait of the crash tests.
 const crashTimeout = 60 * time.Second
 
-var (
-	buildOnce sync.Once
-	buildBin  string
-	buildErr  error
-	buildOut  []byte
-	buildDir  string
-)
-
-// TestMain removes the crash test program built by crashNodeBinary.
+// TestMain runs the child processes of the crash tests (internal/testproc) instead of the
+// tests when it is one of them.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if buildDir != "" {
-		_ = os.RemoveAll(buildDir)
-	}
-	os.Exit(code)
+	testproc.Main(map[string]func() error{"crashnode": crashNodeMain})
+	os.Exit(m.Run())
 }
 
-func makeTempDir() (string, error) { return os.MkdirTemp("", "watermill-jasper-crashnode-") }
-
-// crashNodeBinary builds ./internal/crashnode once per test binary.
-func crashNodeBinary(t *testing.T) string {
+// startNode starts a crash node (crashNodeMain) with a fresh node id, waits for it to be
+// ready and returns it with its id.
+func startNode(t *testing.T, name string, args ...string) (*testproc.Proc, int32) {
 	t.Helper()
-	buildOnce.Do(func() {
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			buildErr = fmt.Errorf("the go command is needed to build the crash test program: %w", err)
-			return
-		}
-		buildDir, buildErr = makeTempDir()
-		if buildErr != nil {
-			return
-		}
-		buildBin = filepath.Join(buildDir, "crashnode")
-		cmd := exec.Command(goBin, "build", "-o", buildBin, "./internal/crashnode")
-		buildOut, buildErr = cmd.CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build ./internal/crashnode: %v\n%s", buildErr, buildOut)
-	}
-	return buildBin
-}
-
-// event is one line a crashnode process wrote.
-type event map[string]any
-
-func (e event) str(k string) string { s, _ := e[k].(string); return s }
-
-func (e event) num(k string) int64 {
-	f, _ := e[k].(float64)
-	return int64(f)
-}
-
-func (e event) field(k string) int64 {
-	m, _ := e["fields"].(map[string]any)
-	f, _ := m[k].(float64)
-	return int64(f)
-}
-
-// proc is one running crashnode process.
-type proc struct {
-	t      *testing.T
-	name   string
-	cmd    *exec.Cmd
-	events chan event
-	stderr bytes.Buffer
-	exited chan struct{}
-	err    error // of Wait, once exited is closed
-	nodeID int32
-}
-
-func startNode(t *testing.T, name string, args ...string) *proc {
-	t.Helper()
-	p := &proc{t: t, name: name, events: make(chan event, 100000), exited: make(chan struct{})}
-	p.cmd = exec.Command(crashNodeBinary(t), args...)
-	p.cmd.Stderr = &p.stderr
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var e event
-			if json.Unmarshal(sc.Bytes(), &e) != nil {
-				continue
-			}
-			if e.str("event") == "log" && e.str("level") == "error" {
-				t.Logf("%s: %s", name, sc.Text())
-			}
-			p.events <- e
-		}
-		p.err = p.cmd.Wait()
-		close(p.events)
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	ready := p.await(func(e event) bool { return e.str("event") == "ready" })
-	p.nodeID = int32(ready.num("node_id"))
-	return p
-}
-
-// await reads the process's events until match accepts one, and returns it.
-func (p *proc) await(match func(event) bool) event {
-	p.t.Helper()
-	timeout := time.After(crashTimeout)
-	for {
-		select {
-		case e, ok := <-p.events:
-			if !ok {
-				p.t.Fatalf("%s exited (%v) before the awaited event; stderr:\n%s", p.name, p.err, p.stderr.String())
-			}
-			if e.str("event") == "error" {
-				p.t.Fatalf("%s: %s", p.name, e.str("error"))
-			}
-			if match(e) {
-				return e
-			}
-		case <-timeout:
-			p.t.Fatalf("%s: timed out waiting for an event", p.name)
-		}
-	}
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (p *proc) stop() {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		p.t.Fatal(err)
-	}
-	p.await(func(e event) bool { return e.str("event") == "stopped" })
-	select {
-	case <-p.exited:
-	case <-time.After(crashTimeout):
-		p.t.Fatalf("%s did not exit", p.name)
-	}
-	if p.err != nil {
-		p.t.Fatalf("%s exited with %v; stderr:\n%s", p.name, p.err, p.stderr.String())
-	}
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) kill() {
-	p.t.Helper()
-	if err := p.cmd.Process.Kill(); err != nil {
-		p.t.Fatal(err)
-	}
-	<-p.exited
+	id := jasperid.NewNodeID()
+	p := testproc.Start(t, name, "crashnode", append(args, "-node-id", fmt.Sprint(id))...)
+	p.Await(crashTimeout, func(e testproc.Event) bool { return e.Str("event") == "ready" })
+	return p, id
 }
 
 // crashSchema is a migrated schema with the tables of the crash test program.
 type crashSchema struct {
 	t      *testing.T
-	db     database.DB
+	db     database.Driver
 	cfg    schema.Config
 	prefix string // quoted schema name
 }
@@ -338,10 +191,10 @@ func (s *crashSchema) checkDelivery(victim int32, handedBackIn, handedBackOut in
 
 // awaitReassigned waits until the agent of one of procs hands back the envelopes of victim,
 // and returns the event and when it was read.
-func awaitReassigned(t *testing.T, victim int32, procs []*proc, timeout time.Duration) (event, time.Time, bool) {
+func awaitReassigned(t *testing.T, victim int32, procs []*testproc.Proc, timeout time.Duration) (testproc.Event, time.Time, bool) {
 	t.Helper()
 	type found struct {
-		e  event
+		e  testproc.Event
 		at time.Time
 	}
 	reassigned := make(chan found, len(procs))
@@ -351,14 +204,14 @@ func awaitReassigned(t *testing.T, victim int32, procs []*proc, timeout time.Dur
 		watchers.Go(func() {
 			for {
 				select {
-				case e, ok := <-p.events:
+				case e, ok := <-p.Events():
 					if !ok {
 						return
 					}
-					if e.str("event") == "log" && e.str("level") == "error" {
+					if e.Str("event") == "log" && e.Str("level") == "error" {
 						continue // logged by the reader
 					}
-					if e.str("msg") == "Envelopes of a dormant node handed back" && int32(e.field("owner_id")) == victim {
+					if e.Str("msg") == "Envelopes of a dormant node handed back" && int32(e.Field("owner_id")) == victim {
 						reassigned <- found{e, time.Now()}
 						return
 					}
@@ -403,42 +256,42 @@ func TestCrashThreeProcessesSIGKILL(t *testing.T) {
 			"-forwarder-concurrency", "8", "-subscriber-batch", fmt.Sprint(subBatch), "-subscriber-inflight", "4",
 			"-reassign", reassign.String()}
 	}
-	crashNodeBinary(t) // built before the clock starts
 	start := time.Now()
 	// The victim is a slow node: each relay takes 20ms (a slow broker) and each handling
 	// 20ms, so that what it claims stays claimed long after the poll below saw it (50
 	// outgoing envelopes take its 8 relaying goroutines at least 140ms, 10 incoming ones its 4
 	// handlers at least 60ms) and the kill finds them still claimed.
-	var procs [3]*proc
+	var procs [3]*testproc.Proc
+	var ids [3]int32
 	for i := range procs {
 		a := args(fmt.Sprintf("n%d", i))
 		if i == 0 {
 			a = append(a, "-sink-latency", "20ms", "-handler-latency", "20ms")
 		}
-		procs[i] = startNode(t, fmt.Sprintf("node%d", i), a...)
+		procs[i], ids[i] = startNode(t, fmt.Sprintf("node%d", i), a...)
 	}
-	victim, survivors := procs[0], procs[1:]
-	t.Logf("nodes %d (victim), %d, %d started in %s", victim.nodeID, survivors[0].nodeID, survivors[1].nodeID, time.Since(start))
+	victim, victimID, survivors := procs[0], ids[0], procs[1:]
+	t.Logf("nodes %d (victim), %d, %d started in %s", victimID, ids[1], ids[2], time.Since(start))
 
 	// Kill the victim once it has committed all its messages and, while the others are still
 	// being relayed and handled, its forwarder and its subscriber both hold claimed envelopes.
-	victim.await(func(e event) bool { return e.str("event") == "published" && e.num("count") == perNode })
-	heldIn, heldOut := s.awaitOwning(victim.nodeID, 10, 50)
-	victim.kill()
+	victim.Await(crashTimeout, func(e testproc.Event) bool { return e.Str("event") == "published" && e.Num("count") == perNode })
+	heldIn, heldOut := s.awaitOwning(victimID, 10, 50)
+	victim.Kill()
 	killedAt := time.Now()
 	var relayed, handled int64
 	_ = database.QueryRow(context.Background(), s.db, `SELECT (SELECT count(*) FROM `+s.prefix+`forwarded), (SELECT count(*) FROM `+s.prefix+`handled)`, nil, &relayed, &handled)
 	t.Logf("node %d killed with SIGKILL %s after start, holding about %d incoming and %d outgoing envelopes; of %d messages, %d relayed and %d handled by then",
-		victim.nodeID, killedAt.Sub(start).Round(time.Millisecond), heldIn, heldOut, 3*perNode, relayed, handled)
+		victimID, killedAt.Sub(start).Round(time.Millisecond), heldIn, heldOut, 3*perNode, relayed, handled)
 
 	// A living node's agent hands the victim's envelopes back within one reassignment period.
-	e, at, ok := awaitReassigned(t, victim.nodeID, survivors, reassign+5*time.Second)
+	e, at, ok := awaitReassigned(t, victimID, survivors, reassign+5*time.Second)
 	if !ok {
-		in, out := s.owned(victim.nodeID)
+		in, out := s.owned(victimID)
 		t.Fatalf("the killed node's envelopes (%d incoming, %d outgoing) not handed back %s after the kill", in, out, time.Since(killedAt))
 	}
 	elapsed := at.Sub(killedAt)
-	handedBackIn, handedBackOut := e.field("incoming"), e.field("outgoing")
+	handedBackIn, handedBackOut := e.Field("incoming"), e.Field("outgoing")
 	t.Logf("its %d incoming and %d outgoing envelopes were handed back %s after the kill (reassignment period %s)",
 		handedBackIn, handedBackOut, elapsed.Round(time.Millisecond), reassign)
 	// The pass starts within one period of the kill; the margin is for the pass itself on a
@@ -449,7 +302,7 @@ func TestCrashThreeProcessesSIGKILL(t *testing.T) {
 	if handedBackIn == 0 || handedBackOut == 0 {
 		t.Errorf("the killed node held %d incoming and %d outgoing envelopes: the test wanted both", handedBackIn, handedBackOut)
 	}
-	if in, out := s.owned(victim.nodeID); in+out != 0 {
+	if in, out := s.owned(victimID); in+out != 0 {
 		t.Errorf("%d incoming and %d outgoing envelopes still owned by the killed node after the hand-back", in, out)
 	}
 
@@ -458,13 +311,13 @@ func TestCrashThreeProcessesSIGKILL(t *testing.T) {
 	if sent != 3*perNode {
 		t.Errorf("%d messages committed, want %d", sent, 3*perNode)
 	}
-	d := s.checkDelivery(victim.nodeID, handedBackIn, handedBackOut)
+	d := s.checkDelivery(victimID, handedBackIn, handedBackOut)
 	t.Logf("duplicates, all from the killed node's in-flight envelopes: %d messages relayed twice (%d extra relays; it held %d outgoing), "+
 		"%d messages handled more than once (%d extra handlings: %d of messages it had handled before dying, of the %d incoming it held; %d after a second relay)",
 		d.forwardedMsgs, d.forwarded, handedBackOut, d.handledMsgs, d.handled, d.handledByVictim, handedBackIn, d.handled-d.handledByVictim)
 
 	for _, p := range survivors {
-		p.stop()
+		p.Stop(crashTimeout)
 	}
 	if n := s.count(`SELECT (SELECT count(*) FROM ` + s.cfg.Qualified(schema.OutgoingTable) + `) + (SELECT count(*) FROM ` +
 		s.cfg.Qualified(schema.IncomingTable) + `)`); n != 0 {
@@ -478,35 +331,34 @@ func TestCrashThreeProcessesSIGKILL(t *testing.T) {
 func TestRestartAfterSIGKILL(t *testing.T) {
 	t.Parallel()
 	s := newCrashSchema(t)
-	crashNodeBinary(t)
 	start := time.Now()
-	first := startNode(t, "first", "-dsn", testdb.PostgresDSN(), "-schema", s.cfg.Schema, "-prefix", "a",
+	first, firstID := startNode(t, "first", "-dsn", testdb.PostgresDSN(), "-schema", s.cfg.Schema, "-prefix", "a",
 		"-messages", "3000", "-batch", "100", "-sink-latency", "10ms", "-forwarder-concurrency", "4", "-handler-latency", "1ms")
-	first.await(func(e event) bool { return e.str("event") == "published" && e.num("count") == 3000 })
-	first.kill()
+	first.Await(crashTimeout, func(e testproc.Event) bool { return e.Str("event") == "published" && e.Num("count") == 3000 })
+	first.Kill()
 	left := s.count(`SELECT count(*) FROM ` + s.cfg.Qualified(schema.OutgoingTable))
-	in, out := s.owned(first.nodeID)
-	t.Logf("node %d killed: %d envelopes left in the outbox, %d of them owned by it; %d incoming envelopes owned by it", first.nodeID, left, out, in)
+	in, out := s.owned(firstID)
+	t.Logf("node %d killed: %d envelopes left in the outbox, %d of them owned by it; %d incoming envelopes owned by it", firstID, left, out, in)
 	if left == 0 {
 		t.Fatal("the killed node had relayed everything: the test proves nothing")
 	}
 
 	// A long reassignment period: only the pass at start can hand the envelopes back.
-	restarted := startNode(t, "restarted", "-dsn", testdb.PostgresDSN(), "-schema", s.cfg.Schema, "-prefix", "b",
+	restarted, _ := startNode(t, "restarted", "-dsn", testdb.PostgresDSN(), "-schema", s.cfg.Schema, "-prefix", "b",
 		"-messages", "0", "-reassign", "1h")
 	var handedBackIn, handedBackOut int64
 	if in+out > 0 {
-		e := restarted.await(func(e event) bool {
-			return e.str("msg") == "Envelopes of a dormant node handed back" && int32(e.field("owner_id")) == first.nodeID
+		e := restarted.Await(crashTimeout, func(e testproc.Event) bool {
+			return e.Str("msg") == "Envelopes of a dormant node handed back" && int32(e.Field("owner_id")) == firstID
 		})
-		handedBackIn, handedBackOut = e.field("incoming"), e.field("outgoing")
+		handedBackIn, handedBackOut = e.Field("incoming"), e.Field("outgoing")
 		t.Logf("the restarted node handed back %d incoming and %d outgoing envelopes of the killed one", handedBackIn, handedBackOut)
 	}
 	sent, handled := s.awaitHandled()
 	if sent != 3000 || handled != 3000 {
 		t.Errorf("%d sent, %d handled, want 3000", sent, handled)
 	}
-	d := s.checkDelivery(first.nodeID, handedBackIn, handedBackOut)
+	d := s.checkDelivery(firstID, handedBackIn, handedBackOut)
 	t.Logf("relayed and handled everything %s after start; %d extra relays, %d extra handlings", time.Since(start), d.forwarded, d.handled)
-	restarted.stop()
+	restarted.Stop(crashTimeout)
 }

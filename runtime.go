@@ -1,0 +1,430 @@
+// Package jasper is watermill-jasper's runtime: one object per process that owns the node
+// identity, the durability agent (recovery, scheduled release, cleanup, the one LISTEN
+// connection), the forwarders relaying the outbox, the subscribers of durable local queues,
+// and the order in which they start and stop. Every component of the module belongs to it,
+// so a claim whose answer was lost, a crashed relay or a due scheduled message is always
+// somebody's job:
+//
+//	pool, _ := pgxpool.New(ctx, dsn)
+//	rt, err := jasper.NewRuntime(database.FromPgx(pool), jasper.Config{
+//		Schema:     "messaging",
+//		Forwarders: []forwarder.Config{{Publisher: amqpPublisher}}, // relay the outbox
+//	}, logger)
+//	if err := rt.Start(ctx); err != nil { ... }
+//	defer rt.Stop(context.Background())
+//
+//	pub := rt.Publisher()                 // publish inside a business transaction (WithTx)
+//	inbox, _ := rt.Inbox(middleware.InboxConfig{ConsumerName: "billing"})
+//	dead, _ := rt.DeadLetter(middleware.DeadLetterConfig{})
+//	sub, _ := rt.Subscriber(subscriber.Config{}) // durable local queues
+//
+// A relay process is the same runtime with forwarders and nothing else (the watermill-jasper
+// relay command is a thin layer of flags over it). The README shows the whole wiring of a
+// service; docs/ has the reference.
+package jasper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/forwarder"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/metrics"
+	"github.com/watermill-jasper/watermill-jasper/middleware"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/subscriber"
+)
+
+var (
+	// ErrInvalidConfig is wrapped by every error NewRuntime and Config.Validate return about
+	// the configuration.
+	ErrInvalidConfig = errors.New("watermill-jasper: invalid runtime config")
+	// ErrNotStarted is wrapped by the errors of the component factories called before Start
+	// (the components belong to the node and agent Start creates).
+	ErrNotStarted = errors.New("watermill-jasper: the runtime is not started; call Start first")
+	// ErrStopped is returned by Start and the factories after Stop.
+	ErrStopped = errors.New("watermill-jasper: the runtime is stopped")
+)
+
+// DefaultStopTimeout bounds Stop when its context has no deadline.
+const DefaultStopTimeout = time.Minute
+
+// Config configures a Runtime. The zero value runs the durability agent with Jasper's
+// defaults on the driver's default schema, with no forwarder.
+type Config struct {
+	// Schema names the database schema holding the Jasper tables ("" is Jasper's default:
+	// public on PostgreSQL, dbo on SQL Server). The dialect is the driver's.
+	Schema string
+	// MigrateSchema creates what is missing of the tables at Start (schema.Migrate); by
+	// default Start only checks that they exist and says how to create them.
+	MigrateSchema bool
+
+	// Node configures the node identity (a fixed id; default random, as Jasper).
+	Node durability.NodeConfig
+	// Agent configures the durability agent; its Schema is set from Schema.
+	Agent durability.Config
+
+	// Forwarders relay the outbox, each to its Publisher (started by Start, stopped first
+	// by Stop). Give several to relay groups of destinations to different brokers
+	// (forwarder.Config.Destinations).
+	Forwarders []forwarder.Config
+
+	// Publisher is the configuration of the publishers the runtime hands out (Publisher,
+	// TxPublisher); its Schema and Driver are set from the runtime, and they share one
+	// notification Coalescer.
+	Publisher publisher.Config
+
+	// StopTimeout bounds Stop when its context has no deadline. Default 1 minute.
+	StopTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+}
+
+// Validate checks the config after defaults are applied and returns an error naming the
+// field to fix.
+func (c Config) Validate() error {
+	c.setDefaults()
+	if c.Schema != "" {
+		if err := schema.ValidateIdentifier(c.Schema); err != nil {
+			return fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
+		}
+	}
+	if c.StopTimeout < 0 {
+		return fmt.Errorf("%w: StopTimeout is negative (%s)", ErrInvalidConfig, c.StopTimeout)
+	}
+	if err := c.Agent.Validate(); err != nil {
+		return fmt.Errorf("%w: Agent: %w", ErrInvalidConfig, err)
+	}
+	for i, f := range c.Forwarders {
+		if err := f.Validate(); err != nil {
+			return fmt.Errorf("%w: Forwarders[%d]: %w", ErrInvalidConfig, i, err)
+		}
+	}
+	return nil
+}
+
+// Runtime is one process's watermill-jasper: node, durability agent, forwarders,
+// subscribers and middleware on one database schema. Create it with NewRuntime, Start it,
+// take the components from it, and Stop it last. It is safe for concurrent use.
+type Runtime struct {
+	db     database.Driver
+	config Config
+	schema schema.Config
+	logger watermill.LoggerAdapter
+	coal   *publisher.Coalescer
+
+	mu          sync.Mutex
+	started     bool
+	stopped     bool
+	node        *durability.Node
+	agent       *durability.Agent
+	forwarders  []*forwarder.Forwarder
+	fwdDone     []chan error
+	subscribers []*subscriber.Subscriber
+	publisher   *publisher.Publisher
+	collector   *metrics.Collector
+}
+
+// NewRuntime validates config and returns a Runtime on db (database.FromPgx,
+// database.FromStdSQL or sqlserver.FromStdSQL). Nothing touches the database before Start.
+func NewRuntime(db database.Driver, config Config, logger watermill.LoggerAdapter) (*Runtime, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: a database.Driver is required (database.FromPgx(pool), database.FromStdSQL(db) or sqlserver.FromStdSQL(db))", ErrInvalidConfig)
+	}
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	config.setDefaults()
+	cfg, err := schema.Config{Dialect: db.Dialect(), Schema: config.Schema}.Normalized()
+	if err != nil {
+		return nil, fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
+	}
+	config.Agent.Schema = cfg
+	config.Publisher.Schema = cfg
+	config.Publisher.Driver = db
+	config.Forwarders = append([]forwarder.Config(nil), config.Forwarders...)
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &Runtime{
+		db: db, config: config, schema: cfg, coal: &publisher.Coalescer{},
+		logger: logger.With(watermill.LogFields{"component": "watermill-jasper/runtime", "schema": cfg.Schema}),
+	}, nil
+}
+
+// Start checks (or, with MigrateSchema, creates) the tables, takes the node lock, starts the
+// durability agent and then the forwarders. When anything fails, what was started is stopped
+// again and the error says what to fix. It returns ErrStopped after Stop, and an error when
+// called twice.
+func (rt *Runtime) Start(ctx context.Context) (err error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	switch {
+	case rt.stopped:
+		return ErrStopped
+	case rt.started:
+		return errors.New("watermill-jasper: the runtime is already started")
+	}
+	if err := rt.checkSchema(ctx); err != nil {
+		return err
+	}
+	node, err := durability.NewNode(ctx, rt.db, rt.config.Node, rt.logger)
+	if err != nil {
+		return fmt.Errorf("watermill-jasper: runtime: %w", err)
+	}
+	agent, err := durability.NewAgent(node, rt.config.Agent, rt.logger)
+	if err == nil {
+		err = agent.Start(ctx)
+	}
+	if err != nil {
+		_ = node.Close()
+		return fmt.Errorf("watermill-jasper: runtime: %w", err)
+	}
+	rt.node, rt.agent = node, agent
+	defer func() {
+		if err != nil {
+			rt.stopLocked(context.WithoutCancel(ctx))
+			rt.stopped = false // nothing runs; Start may be called again after fixing the cause
+		}
+	}()
+	for i, fc := range rt.config.Forwarders {
+		f, err := forwarder.NewForwarder(agent, fc, rt.logger)
+		if err != nil {
+			return fmt.Errorf("watermill-jasper: runtime: Forwarders[%d]: %w", i, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- f.Run(context.WithoutCancel(ctx)) }()
+		select {
+		case <-f.Running():
+		case err := <-done:
+			if err == nil {
+				err = errors.New("the forwarder stopped before it started")
+			}
+			return fmt.Errorf("watermill-jasper: runtime: Forwarders[%d]: %w", i, err)
+		}
+		rt.forwarders = append(rt.forwarders, f)
+		rt.fwdDone = append(rt.fwdDone, done)
+	}
+	rt.started = true
+	rt.logger.Info("Runtime started", watermill.LogFields{"node_id": node.ID(), "forwarders": len(rt.forwarders)})
+	return nil
+}
+
+// checkSchema migrates (MigrateSchema) or verifies the tables.
+func (rt *Runtime) checkSchema(ctx context.Context) error {
+	if rt.config.MigrateSchema {
+		return schema.Migrate(ctx, rt.db, rt.schema)
+	}
+	diffs, err := schema.Verify(ctx, rt.db, rt.schema, schema.VerifyOptions{})
+	if err != nil {
+		return fmt.Errorf("watermill-jasper: runtime: %w", err)
+	}
+	var missing []string
+	for _, d := range diffs {
+		if d.Kind == schema.MissingIndex {
+			rt.logger.Info("Extension index missing (envelopes are found slower); `watermill-jasper schema migrate` adds it", watermill.LogFields{"index": d.String()})
+			continue
+		}
+		missing = append(missing, d.String())
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("watermill-jasper: runtime: schema %s is not ready (%d differences, first: %s); run `watermill-jasper schema migrate --schema %s`, schema.Migrate, or set Config.MigrateSchema",
+			rt.schema.Schema, len(missing), missing[0], rt.schema.Schema)
+	}
+	return nil
+}
+
+// Stop stops everything in order, each step waiting for the previous one: the forwarders
+// (the publishes in flight finish, unsent claims are handed back), the subscribers (acks are
+// flushed, what they hold is handed back), the durability agent (the node's remaining
+// envelopes are handed back) and the node lock. Stop the Watermill router that uses the
+// runtime's subscribers and middleware first. ctx (or StopTimeout) bounds the wait; a
+// forwarder still publishing when it ends is abandoned and its claims are handed back by
+// the agent. Stop is idempotent.
+func (rt *Runtime) Stop(ctx context.Context) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.stopped {
+		return nil
+	}
+	rt.stopped = true
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rt.config.StopTimeout)
+		defer cancel()
+	}
+	return rt.stopLocked(ctx)
+}
+
+func (rt *Runtime) stopLocked(ctx context.Context) error {
+	var errs []error
+	for i, f := range rt.forwarders {
+		closed := make(chan struct{})
+		go func() {
+			_ = f.Close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+			if err := <-rt.fwdDone[i]; err != nil && !errors.Is(err, forwarder.ErrClosed) {
+				errs = append(errs, err)
+			}
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("watermill-jasper: runtime: forwarder %d did not stop in time: %w", i, ctx.Err()))
+		}
+	}
+	for _, s := range rt.subscribers {
+		if err := s.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rt.publisher != nil {
+		_ = rt.publisher.Close()
+	}
+	if rt.agent != nil {
+		if err := rt.agent.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rt.node != nil {
+		if err := rt.node.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	rt.forwarders, rt.fwdDone, rt.subscribers, rt.publisher = nil, nil, nil, nil
+	rt.agent, rt.node, rt.collector = nil, nil, nil
+	rt.logger.Info("Runtime stopped", nil)
+	return errors.Join(errs...)
+}
+
+// running returns the agent once started, or an error naming the factory.
+func (rt *Runtime) running(what string) (*durability.Agent, error) {
+	switch {
+	case rt.stopped:
+		return nil, ErrStopped
+	case !rt.started:
+		return nil, fmt.Errorf("watermill-jasper: %s: %w", what, ErrNotStarted)
+	}
+	return rt.agent, nil
+}
+
+// Agent returns the durability agent (nil before Start): its Stats and Gauges, and the
+// agent to build components by hand (forwarder.NewForwarder and the like).
+func (rt *Runtime) Agent() *durability.Agent {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.agent
+}
+
+// Driver returns the database driver.
+func (rt *Runtime) Driver() database.Driver { return rt.db }
+
+// Schema returns the normalized schema config of the runtime's tables.
+func (rt *Runtime) Schema() schema.Config { return rt.schema }
+
+// Forwarders returns the running forwarders (for their Stats).
+func (rt *Runtime) Forwarders() []*forwarder.Forwarder {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return append([]*forwarder.Forwarder(nil), rt.forwarders...)
+}
+
+// Publisher returns the runtime's publisher on the pool: it writes into the transaction the
+// first message's context carries (publisher.WithTx, or the inbox's transaction inside a
+// handler) and otherwise commits on its own. It needs no Start.
+func (rt *Runtime) Publisher() *publisher.Publisher {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.publisher == nil {
+		cfg := rt.config.Publisher
+		cfg.Coalescer = rt.coal
+		p, err := publisher.NewPublisher(dbx.ToWatermill(rt.db), cfg, rt.logger)
+		if err != nil {
+			panic(fmt.Sprintf("watermill-jasper: runtime publisher: %v", err)) // the config was validated by NewRuntime
+		}
+		rt.publisher = p
+	}
+	return rt.publisher
+}
+
+// TxPublisher returns a publisher writing into tx, a caller's transaction
+// (watermill-sql's sql.TxFromPgx(tx) or sql.TxFromStdSQL(tx)): the messages commit or roll
+// back with it. It is cheap; create one per transaction. It needs no Start.
+func (rt *Runtime) TxPublisher(tx wmsql.ContextExecutor) (*publisher.Publisher, error) {
+	cfg := rt.config.Publisher
+	cfg.Coalescer = rt.coal
+	return publisher.NewPublisher(tx, cfg, rt.logger)
+}
+
+// Subscriber returns a subscriber of durable local queues on the runtime's agent; Stop
+// closes it. Call it after Start.
+func (rt *Runtime) Subscriber(config subscriber.Config) (*subscriber.Subscriber, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	agent, err := rt.running("subscriber")
+	if err != nil {
+		return nil, err
+	}
+	s, err := subscriber.NewSubscriber(agent, config, rt.logger)
+	if err != nil {
+		return nil, err
+	}
+	rt.subscribers = append(rt.subscribers, s)
+	return s, nil
+}
+
+// Inbox returns the idempotent inbox middleware bound to the runtime's agent (which deletes
+// its expired marks). Call it after Start.
+func (rt *Runtime) Inbox(config middleware.InboxConfig) (*middleware.Inbox, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	agent, err := rt.running("inbox")
+	if err != nil {
+		return nil, err
+	}
+	return middleware.NewInbox(agent, config, rt.logger)
+}
+
+// DeadLetter returns the dead-letter middleware bound to the runtime's agent. Call it after
+// Start.
+func (rt *Runtime) DeadLetter(config middleware.DeadLetterConfig) (*middleware.DeadLetter, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	agent, err := rt.running("dead letters")
+	if err != nil {
+		return nil, err
+	}
+	return middleware.NewDeadLetter(agent, config, rt.logger)
+}
+
+// Collector returns the Prometheus collector of the agent's gauges and counters and the
+// forwarders' counters (register it with prometheus.MustRegister). Call it after Start.
+func (rt *Runtime) Collector() (*metrics.Collector, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	agent, err := rt.running("metrics")
+	if err != nil {
+		return nil, err
+	}
+	if rt.collector == nil {
+		srcs := make([]metrics.ForwarderSource, len(rt.forwarders))
+		for i, f := range rt.forwarders {
+			srcs[i] = f
+		}
+		rt.collector = metrics.NewCollector(metrics.Config{Agent: agent, Forwarders: srcs})
+	}
+	return rt.collector, nil
+}
