@@ -98,8 +98,16 @@ func lockHolderPID(t *testing.T, db database.Querier, id int32) int32 {
 	return pid
 }
 
-// publishDirect commits messages to the outbox on the direct (not proxied) pool.
+// publishDirect commits messages for destination "orders" to the outbox on the direct (not
+// proxied) pool.
 func publishDirect(t *testing.T, cfg schema.Config, msgs []*message.Message) {
+	t.Helper()
+	publishTo(t, cfg, "orders", msgs)
+}
+
+// publishTo commits messages for destination to the outbox on the direct pool, with a
+// notification.
+func publishTo(t *testing.T, cfg schema.Config, destination string, msgs []*message.Message) {
 	t.Helper()
 	ctx := context.Background()
 	tx, err := testdb.Pool(t).Begin(ctx)
@@ -113,7 +121,7 @@ func publishDirect(t *testing.T, cfg schema.Config, msgs []*message.Message) {
 	}
 	for len(msgs) > 0 {
 		n := min(len(msgs), 500)
-		if err := pub.Publish("orders", msgs[:n]...); err != nil {
+		if err := pub.Publish(destination, msgs[:n]...); err != nil {
 			t.Fatal(err)
 		}
 		msgs = msgs[n:]
@@ -280,8 +288,9 @@ func startRuntime(t *testing.T, rt *jasper.Runtime) {
 }
 
 // lostAnswerRig is the setting of the lost-answer tests: a runtime whose every connection goes
-// through a TCP proxy that sends each statement in one go (no prepare round trip first), so
-// that a claim reaches the server while the proxy holds the replies. With lockDirect, the
+// through a TCP proxy, on a pool that sends each statement in one go (no prepare round trip
+// first) and does not ping idle connections, so that a claim reaches the server while the
+// proxy holds the replies. With lockDirect, the
 // node lock's connection is direct (NodeConfig.LockDB), so the lock stays held through the
 // cut and only the component's report of the unknown outcome can get the envelopes handed
 // back; otherwise the configuration is the default one, and the cut also takes the lock.
@@ -298,6 +307,9 @@ func newLostAnswerRig(t *testing.T) *lostAnswerRig {
 	r.direct, r.cfg = testdb.Migrated(t)
 	r.proxied, r.proxy = testdb.Proxied(t, 8, time.Second, func(c *pgxpool.Config) {
 		c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+		// An idle connection is not pinged before use: the ping's answer would be held too,
+		// and the claim never sent.
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
 	return r
 }
@@ -322,6 +334,19 @@ func (r *lostAnswerRig) runtime(t *testing.T, lockDirect bool, fwd ...forwarder.
 // proxied connection (the claim's answer is lost with it) and restores the proxy.
 func (r *lostAnswerRig) loseAnswer(t *testing.T, table string, node int32, n int64, claim func()) {
 	t.Helper()
+	// Open connections that sit idle in the pool, so that the claim needs no new connection
+	// (its handshake's answers would be held too).
+	var conns []database.Conn
+	for range 5 {
+		c, err := r.proxied.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		_ = c.Close(false)
+	}
 	r.proxy.HoldReplies()
 	claim()
 	deadline := time.Now().Add(crashTimeout)

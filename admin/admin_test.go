@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
@@ -272,6 +274,12 @@ func TestTablesMissing(t *testing.T) {
 				assertMissing(t, "release", cfg, err)
 				_, err = admin.Clear(ctx, db, cfg)
 				assertMissing(t, "clear", cfg, err)
+				_, err = admin.CountDeadLetters(ctx, db, cfg, "", 0)
+				assertMissing(t, "count dead letters", cfg, err)
+				_, err = admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{All: true}, admin.ReplayOptions{})
+				assertMissing(t, "replay", cfg, err)
+				_, err = admin.PurgeDeadLetters(ctx, db, cfg, admin.PurgeOptions{})
+				assertMissing(t, "purge", cfg, err)
 			}
 		})
 	}
@@ -305,9 +313,18 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := admin.Clear(ctx, db, cfg); !errors.Is(err, schema.ErrInvalidConfig) {
 			t.Errorf("clear with %+v: want ErrInvalidConfig, got %v", cfg, err)
 		}
+		if _, err := admin.ListDeadLetters(ctx, db, cfg, admin.ListOptions{}); !errors.Is(err, schema.ErrInvalidConfig) {
+			t.Errorf("list dead letters with %+v: want ErrInvalidConfig, got %v", cfg, err)
+		}
+		if _, err := admin.GetDeadLetter(ctx, db, cfg, uuid.New()); !errors.Is(err, schema.ErrInvalidConfig) {
+			t.Errorf("get dead letter with %+v: want ErrInvalidConfig, got %v", cfg, err)
+		}
 	}
 	if _, err := admin.Counts(ctx, nil, schema.Config{}); !errors.Is(err, schema.ErrInvalidConfig) {
-		t.Errorf("nil handle: want ErrInvalidConfig, got %v", err)
+		t.Errorf("nil driver: want ErrInvalidConfig, got %v", err)
+	}
+	if _, err := admin.NodeLiveness(ctx, nil, []int32{1}); !errors.Is(err, schema.ErrInvalidConfig) {
+		t.Errorf("liveness with a nil driver: want ErrInvalidConfig, got %v", err)
 	}
 }
 

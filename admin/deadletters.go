@@ -67,7 +67,7 @@ func CountDeadLetters(ctx context.Context, db database.Driver, cfg schema.Config
 	if err != nil {
 		return 0, err
 	}
-	n, err := s.CountDeadLetters(ctx, topic, olderThan)
+	n, err := s.CountDeadLetters(ctx, store.Selection{Topic: topic}, olderThan)
 	if err != nil {
 		return 0, wrapDL("count dead letters", s, err)
 	}
@@ -224,22 +224,9 @@ type replay struct {
 	res  *ReplayResult
 }
 
-// count counts the selected dead letters. The store counts by topic only, so a selection by
-// ids is counted by paging through the dead letters it selects.
+// count counts the selected dead letters.
 func (r *replay) count(ctx context.Context) (int64, error) {
-	if len(r.sel.IDs) == 0 {
-		return r.s.CountDeadLetters(ctx, r.sel.Topic, 0)
-	}
-	var n int64
-	var after *uuid.UUID
-	for {
-		page, err := r.s.PageDeadLetters(ctx, store.PageParams{After: after, Sel: r.sel, Limit: r.opts.BatchSize})
-		n += int64(len(page))
-		if err != nil || len(page) < r.opts.BatchSize {
-			return n, err
-		}
-		after = &page[len(page)-1].ID
-	}
+	return r.s.CountDeadLetters(ctx, r.sel, 0)
 }
 
 // incomingBatch moves one batch to the incoming table, wakes the subscribers of the topics it

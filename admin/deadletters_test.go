@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -176,9 +179,14 @@ func TestReplaySkipsAndReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	unknown := uuid.New()
-	res, err := admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{IDs: []uuid.UUID{noTopic, clash, unknown}}, admin.ReplayOptions{})
+	var progress []admin.ReplayProgress
+	res, err := admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{IDs: []uuid.UUID{noTopic, clash, unknown}},
+		admin.ReplayOptions{BatchSize: 1, Progress: func(p admin.ReplayProgress) { progress = append(progress, p) }})
 	if err != nil || res.Replayed != 0 || len(res.Skipped) != 2 || len(res.NotFound) != 1 || res.NotFound[0] != unknown {
 		t.Fatalf("replay: %+v, %v", res, err)
+	}
+	if fmt.Sprint(progress) != "[{1 2 0} {2 2 0}]" {
+		t.Errorf("progress of a replay by ids in batches of 1: %+v (2 of the 3 ids are dead letters)", progress)
 	}
 	// The topic given replaces the missing received_at.
 	res, err = admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{IDs: []uuid.UUID{noTopic}}, admin.ReplayOptions{Topic: "orders"})
@@ -255,5 +263,91 @@ func TestDeadLettersNeedMigratedColumns(t *testing.T) {
 	empty := emptySchema(t, db)
 	if _, err := admin.ListDeadLetters(ctx, db, empty, admin.ListOptions{}); !errors.Is(err, admin.ErrTablesMissing) {
 		t.Errorf("list without tables: %v", err)
+	}
+}
+
+// The dead-letter tools on every driver: PostgreSQL through pgx and database/sql, and SQL
+// Server when WATERMILL_JASPER_TEST_MSSQL holds a DSN. Dead letters are written and replayed
+// envelopes claimed through the store (as the middleware and the subscriber do), so the test
+// holds no SQL.
+func TestDeadLetterToolsOnEveryDialect(t *testing.T) {
+	t.Parallel()
+	for name, db := range handles(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cfg := migrated(t, db)
+			s, err := db.Store(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			write := func(topic string) uuid.UUID {
+				id := uuid.New()
+				e := row.Envelope{ID: id, Destination: topic, Status: schema.StatusIncoming, Attempts: 3, Body: []byte(`{"n":1}`),
+					MessageType: "Ping", ContentType: "application/json", MessageUUID: "msg-" + id.String(),
+					Headers: []byte(`{"a":"b","jasper_attempts":"3"}`)}
+				r := store.Reason{Explanation: "Handler failed", ExceptionType: "main.Err", ExceptionMessage: "boom",
+					ExceptionText: "boom\nstack", Source: "orders-handler"}
+				if err := s.InsertDeadLetter(ctx, e, r); err != nil {
+					t.Fatal(err)
+				}
+				return id
+			}
+			a, b, c := write("orders"), write("orders"), write("billing")
+
+			all, err := admin.ListDeadLetters(ctx, db, cfg, admin.ListOptions{})
+			if err != nil || len(all) != 3 {
+				t.Fatalf("list: %d, %v", len(all), err)
+			}
+			if l, err := admin.ListDeadLetters(ctx, db, cfg, admin.ListOptions{Topic: "billing", Limit: -1}); err != nil || len(l) != 1 || l[0].ID != c || l[0].BodySize != 7 {
+				t.Fatalf("list by topic: %+v, %v", l, err)
+			}
+			if n, err := admin.CountDeadLetters(ctx, db, cfg, "orders", 0); err != nil || n != 2 {
+				t.Fatalf("count: %d, %v", n, err)
+			}
+			got, err := admin.GetDeadLetter(ctx, db, cfg, a)
+			if err != nil || got.ID != a || string(got.Body) != `{"n":1}` || got.ExceptionMessage != "boom" || got.Attempts != 3 ||
+				got.Headers["a"] != "b" || got.Source != "orders-handler" || got.Timestamp == nil {
+				t.Fatalf("get: %+v, %v", got, err)
+			}
+
+			pub := &recordingPublisher{}
+			var progress []admin.ReplayProgress
+			res, err := admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{IDs: []uuid.UUID{c, uuid.New()}},
+				admin.ReplayOptions{Publisher: pub, Progress: func(p admin.ReplayProgress) { progress = append(progress, p) }})
+			if err != nil || res.Replayed != 1 || len(res.NotFound) != 1 || len(pub.msgs["billing"]) != 1 {
+				t.Fatalf("replay by id through a publisher: %+v, %v", res, err)
+			}
+			if len(progress) != 1 || progress[0] != (admin.ReplayProgress{Done: 1, Total: 1, Replayed: 1}) {
+				t.Errorf("progress of a replay by id: %+v (the unknown id is not counted)", progress)
+			}
+			res, err = admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{Topic: "orders"}, admin.ReplayOptions{BatchSize: 1})
+			if err != nil || res.Replayed != 2 || len(res.Skipped) != 0 {
+				t.Fatalf("replay to incoming: %+v, %v", res, err)
+			}
+			claimed, err := s.ClaimIncoming(ctx, store.ClaimIncomingParams{Owner: 42, Topic: "orders", Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range claimed {
+				var h map[string]string
+				_ = json.Unmarshal(e.Headers, &h)
+				if (e.ID != a && e.ID != b) || e.Attempts != 0 || len(h) != 1 || h["a"] != "b" {
+					t.Errorf("replayed envelope %+v (headers %s)", e, e.Headers)
+				}
+			}
+			if len(claimed) != 2 {
+				t.Fatalf("%d replayed envelopes claimable, want 2", len(claimed))
+			}
+
+			write("old")
+			if n, err := admin.PurgeDeadLetters(ctx, db, cfg, admin.PurgeOptions{OlderThan: time.Hour}); err != nil || n != 0 {
+				t.Fatalf("purge older than an hour: %d, %v", n, err)
+			}
+			if n, err := admin.PurgeDeadLetters(ctx, db, cfg, admin.PurgeOptions{Topic: "old"}); err != nil || n != 1 {
+				t.Fatalf("purge: %d, %v", n, err)
+			}
+		})
 	}
 }

@@ -5,9 +5,7 @@ import (
 	"testing"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -16,7 +14,7 @@ func TestNodeLiveness(t *testing.T) {
 	ctx := context.Background()
 	for name, db := range handles(t) {
 		t.Run(name, func(t *testing.T) {
-			d, err := sqldialect.For(schema.Config{Dialect: db.Dialect()})
+			s, err := db.Store(schema.Config{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -31,8 +29,7 @@ func TestNodeLiveness(t *testing.T) {
 			}
 			defer conn.Close(true)
 			for _, id := range []int32{live, liveNeg} {
-				var ok bool
-				if err := database.QueryRow(ctx, conn, d.TryAdvisoryLock(), []any{d.AdvisoryLockKey(id)}, &ok); err != nil || !ok {
+				if ok, err := s.TryNodeLock(ctx, conn, id); err != nil || !ok {
 					t.Fatalf("lock %d: %v %v", id, ok, err)
 				}
 			}

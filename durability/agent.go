@@ -202,7 +202,7 @@ type Agent struct {
 // NewAgent validates config and returns the agent of node for the tables of config.Schema
 // (on the node's database). Start it with Start.
 func NewAgent(node *Node, config Config, logger watermill.LoggerAdapter) (*Agent, error) {
-	if node == nil {
+	if node == nil || node.db == nil {
 		return nil, fmt.Errorf("%w: a *Node is required (durability.NewNode): the agent acts for it and hands its envelopes back when stopping", ErrInvalidConfig)
 	}
 	db := node.db

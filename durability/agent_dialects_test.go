@@ -5,30 +5,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // The node and every job of the agent on each database testdb.Targets returns (PostgreSQL
-// always; SQL Server when WATERMILL_JASPER_TEST_MSSQL holds a DSN). Rows are written with
-// the dialect's statements, so the test holds no SQL of its own.
+// always; SQL Server when WATERMILL_JASPER_TEST_MSSQL holds a DSN). Rows are written and
+// counted through the store, so the test holds no SQL of its own.
 func TestNodeAndAgentOnEveryDatabase(t *testing.T) {
 	t.Parallel()
 	for _, tg := range testdb.Targets(t) {
 		t.Run(tg.Name, func(t *testing.T) {
 			ctx := context.Background()
-			d, err := sqldialect.For(tg.Schema)
-			if err != nil {
-				t.Fatal(err)
-			}
-			node, err := NewNode(ctx, tg.DB, NodeConfig{}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer node.Close()
+			e := envOn(t, tg.DB, tg.Schema)
+			node := e.node
 			if err := node.Check(ctx); err != nil {
 				t.Fatalf("check: %v", err)
 			}
@@ -36,11 +26,7 @@ func TestNodeAndAgentOnEveryDatabase(t *testing.T) {
 			if _, err := NewNode(ctx, tg.DB, NodeConfig{ID: node.ID()}, nil); err == nil {
 				t.Fatal("a second node took a held id")
 			}
-			e := &agentEnv{t: t, db: tg.DB, schema: tg.Schema, dialect: d, node: node}
-			a, err := NewAgent(tg.DB, node, Config{Schema: tg.Schema}, watermill.NopLogger{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := e.agent(Config{})
 
 			dead := deadNodeID()
 			e.outgoing(3, "rabbitmq://queue/a", dead, nil)
@@ -54,10 +40,7 @@ func TestNodeAndAgentOnEveryDatabase(t *testing.T) {
 			if err != nil || g.Outgoing != 4 || g.Incoming != 2 || g.Scheduled != 3 || g.DormantOwned < 5 {
 				t.Fatalf("gauges %+v, %v", g, err)
 			}
-			res := untilDone(t, func() (ReassignResult, bool, error) {
-				r, err := a.ReassignDormantNodes(ctx)
-				return r, r.Skipped, err
-			})
+			res := reassign(t, a)
 			handed := int64(0)
 			for _, r := range res.Dormant {
 				if r.Owner == dead {
@@ -67,13 +50,19 @@ func TestNodeAndAgentOnEveryDatabase(t *testing.T) {
 			if handed != 5 {
 				t.Fatalf("reassignment %+v: handed back %d of the dead node's 5 envelopes", res, handed)
 			}
-			sched := untilDone(t, func() (ScheduledResult, bool, error) {
-				r, err := a.RunScheduledJobs(ctx)
-				return r, r.Skipped, err
-			})
+			if in, out := e.owned(0); in != 5 || out != 4 { // incoming: 2 handed back, 3 Scheduled
+				t.Fatalf("unowned after the reassignment: %d/%d, want 5/4", in, out)
+			}
+			b := newWakeCount()
+			unregister := a.OnIncoming("topic-b", b.wake)
+			sched := runScheduled(t, a)
 			if sched.Released != 2 || sched.NextDue <= 0 || sched.NextDue > time.Hour {
 				t.Fatalf("scheduled jobs %+v", sched)
 			}
+			if b.n.Load() == 0 {
+				t.Error("the subscribers of the released topic were not woken")
+			}
+			unregister()
 			u, err := a.RecoverUnowned(ctx)
 			if err != nil || !u.Outgoing || len(u.Topics) != 2 {
 				t.Fatalf("unowned %+v, %v", u, err)
@@ -85,6 +74,11 @@ func TestNodeAndAgentOnEveryDatabase(t *testing.T) {
 			if _, err := a.DeleteExpiredHandled(ctx); err != nil {
 				t.Fatal(err)
 			}
+
+			// Started (with a LISTEN connection where the database has notifications) and
+			// stopped: the node's envelopes are handed back.
+			e.startStopHandsBack(a)
+
 			if err := node.Close(); err != nil {
 				t.Fatal(err)
 			}

@@ -16,7 +16,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -24,18 +24,26 @@ import (
 // agentTimeout bounds every wait of these tests.
 const agentTimeout = 30 * time.Second
 
+// agentEnv is a migrated schema, its store (to write and count rows) and a node.
 type agentEnv struct {
-	t       *testing.T
-	db      database.DB
-	schema  schema.Config
-	dialect sqldialect.Dialect
-	node    *Node
+	t      *testing.T
+	db     database.Driver
+	schema schema.Config
+	st     store.Store
+	node   *Node
 }
 
 func newAgentEnv(t *testing.T) *agentEnv {
 	t.Helper()
 	db, cfg := testdb.Migrated(t)
-	d, err := sqldialect.For(cfg)
+	return envOn(t, db, cfg)
+}
+
+// envOn builds the env of a migrated schema of db, with a node of db closed when the test
+// ends.
+func envOn(t *testing.T, db database.Driver, cfg schema.Config) *agentEnv {
+	t.Helper()
+	st, err := db.Store(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,17 +52,60 @@ func newAgentEnv(t *testing.T) *agentEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = n.Close() })
-	return &agentEnv{t: t, db: db, schema: cfg, dialect: d, node: n}
+	return &agentEnv{t: t, db: db, schema: st.Schema(), st: st, node: n}
 }
 
+// agent returns an agent of the env's node for its schema (not started).
 func (e *agentEnv) agent(c Config) *Agent {
 	e.t.Helper()
 	c.Schema = e.schema
-	a, err := NewAgent(e.db, e.node, c, watermill.NopLogger{})
+	a, err := NewAgent(e.node, c, watermill.NopLogger{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return a
+}
+
+// start starts a and stops it when the test ends (before the node closes).
+func (e *agentEnv) start(a *Agent) {
+	e.t.Helper()
+	if err := a.Start(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if err := a.Stop(context.Background()); err != nil {
+			e.t.Errorf("Stop: %v", err)
+		}
+	})
+}
+
+// startStopHandsBack gives the env's node envelopes, starts and stops a, and checks that
+// Stop handed them back.
+func (e *agentEnv) startStopHandsBack(a *Agent) {
+	e.t.Helper()
+	e.outgoing(2, "orders", e.node.ID(), nil)
+	e.incoming(1, "invoices", schema.StatusIncoming, e.node.ID(), nil)
+	ctx := context.Background()
+	if err := a.Start(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := a.CheckRunning("test"); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := a.Stop(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	if in, out := e.owned(e.node.ID()); in+out != 0 {
+		e.t.Fatalf("own envelopes not handed back when stopping: %d/%d", in, out)
+	}
+}
+
+// quietConfig turns off every job but those the test sets, and makes the node check rare.
+func quietConfig() Config {
+	return Config{
+		ScheduledJobPollingTime: -1, NodeReassignmentPollingTime: -1, ExpiredEnvelopesPollingTime: -1,
+		HandledCleanupPollingTime: -1, MetricsSamplingInterval: -1, NodeCheckInterval: time.Hour,
+	}
 }
 
 func (e *agentEnv) table(name string) string { return e.schema.Qualified(name) }
@@ -68,6 +119,7 @@ func (e *agentEnv) exec(q string, args ...any) int64 {
 	return n
 }
 
+// count counts the rows of a table (PostgreSQL: where uses $n parameters).
 func (e *agentEnv) count(table, where string, args ...any) int64 {
 	e.t.Helper()
 	var n int64
@@ -81,40 +133,62 @@ func (e *agentEnv) count(table, where string, args ...any) int64 {
 	return n
 }
 
+// insert writes envelopes through the store, with the notifications of p.
+func (e *agentEnv) insert(p store.InsertParams) {
+	e.t.Helper()
+	if err := e.st.InsertEnvelopes(context.Background(), p); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// envelopes maps n new messages to rows of topic (or destination) and lets set fill the
+// columns the caller decides.
+func envelopes(t *testing.T, n int, topic string, set func(*row.Envelope)) []row.Envelope {
+	t.Helper()
+	out := make([]row.Envelope, n)
+	for i := range out {
+		r, err := row.FromMessage(topic, message.NewMessage(watermill.NewUUID(), []byte("x")), row.Defaults{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		set(&r)
+		out[i] = r
+	}
+	return out
+}
+
+func ids(envs []row.Envelope) []uuid.UUID {
+	out := make([]uuid.UUID, len(envs))
+	for i, e := range envs {
+		out[i] = e.ID
+	}
+	return out
+}
+
 // outgoing inserts n outgoing envelopes for destination owned by owner.
 func (e *agentEnv) outgoing(n int, destination string, owner int32, deliverBy *time.Time) []uuid.UUID {
 	e.t.Helper()
-	ids := make([]uuid.UUID, n)
-	for i := range n {
-		r, err := row.FromMessage(destination, message.NewMessage(watermill.NewUUID(), []byte("x")), row.Defaults{})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		r.OwnerID, r.DeliverBy = owner, deliverBy
-		e.exec(e.dialect.InsertOutgoing(1), r.OutgoingArgs(nil, e.dialect.UUIDs())...)
-		ids[i] = r.ID
-	}
-	return ids
+	envs := envelopes(e.t, n, destination, func(r *row.Envelope) { r.OwnerID, r.DeliverBy = owner, deliverBy })
+	e.insert(store.InsertParams{Outgoing: envs})
+	return ids(envs)
 }
 
 // incoming inserts n incoming envelopes of topic with a status, owner and execution time.
 func (e *agentEnv) incoming(n int, topic, status string, owner int32, exec *time.Time) []uuid.UUID {
 	e.t.Helper()
-	ids := make([]uuid.UUID, n)
-	for i := range n {
-		r, err := row.FromMessage(topic, message.NewMessage(watermill.NewUUID(), []byte("x")), row.Defaults{})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		r.Status, r.OwnerID, r.ExecutionTime = status, owner, exec
-		e.exec(e.dialect.InsertIncoming(1), r.IncomingArgs(nil, e.dialect.UUIDs())...)
-		ids[i] = r.ID
-	}
-	return ids
+	envs := envelopes(e.t, n, topic, func(r *row.Envelope) { r.Status, r.OwnerID, r.ExecutionTime = status, owner, exec })
+	e.insert(store.InsertParams{Incoming: envs})
+	return ids(envs)
 }
 
+// owned counts the incoming and outgoing envelopes of owner (on every database).
 func (e *agentEnv) owned(owner int32) (in, out int64) {
-	return e.count(schema.IncomingTable, "owner_id = $1", owner), e.count(schema.OutgoingTable, "owner_id = $1", owner)
+	e.t.Helper()
+	c, err := e.st.Counts(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c.IncomingByOwner[owner], c.OutgoingByOwner[owner]
 }
 
 // deadNodeID returns a random node id nobody holds.
@@ -150,9 +224,106 @@ func untilDone[R any](t *testing.T, job func() (R, bool, error)) R {
 	}
 }
 
-type countingWaker struct{ n atomic.Int64 }
+// reassign runs reassignment passes until one is not skipped and returns what they did
+// together: a pass stops where another agent took the lock (between two batches), and the
+// next one goes on from there.
+func reassign(t *testing.T, a *Agent) ReassignResult {
+	t.Helper()
+	var done []Reassigned
+	res := untilDone(t, func() (ReassignResult, bool, error) {
+		r, err := a.ReassignDormantNodes(context.Background())
+		done = append(done, r.Dormant...)
+		return r, r.Skipped, err
+	})
+	res.Dormant = nil
+	at := map[int32]int{}
+	for _, r := range done {
+		i, ok := at[r.Owner]
+		if !ok {
+			at[r.Owner] = len(res.Dormant)
+			res.Dormant = append(res.Dormant, r)
+			continue
+		}
+		res.Dormant[i].Incoming += r.Incoming
+		res.Dormant[i].Outgoing += r.Outgoing
+	}
+	return res
+}
 
-func (w *countingWaker) Wake() { w.n.Add(1) }
+// runScheduled runs scheduled-jobs passes until one is not skipped and returns what they
+// did together (a pass stops where another agent took the lock, between two batches).
+func runScheduled(t *testing.T, a *Agent) ScheduledResult {
+	t.Helper()
+	var total ScheduledResult
+	res := untilDone(t, func() (ScheduledResult, bool, error) {
+		r, err := a.RunScheduledJobs(context.Background())
+		total.Released += r.Released
+		total.Sent += r.Sent
+		total.DeadLettered += r.DeadLettered
+		return r, r.Skipped, err
+	})
+	res.Released, res.Sent, res.DeadLettered = total.Released, total.Sent, total.DeadLettered
+	return res
+}
+
+// wakeCount is a wake function's record: it counts the calls and signals each on c without
+// blocking, as a wake function must.
+type wakeCount struct {
+	n atomic.Int64
+	c chan struct{}
+}
+
+func newWakeCount() *wakeCount { return &wakeCount{c: make(chan struct{}, 1)} }
+
+func (w *wakeCount) wake() {
+	w.n.Add(1)
+	select {
+	case w.c <- struct{}{}:
+	default:
+	}
+}
+
+// wait waits for a wake-up (one since the last wait, or a new one).
+func (w *wakeCount) wait(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-w.c:
+	case <-time.After(agentTimeout):
+		t.Fatalf("%s not woken", what)
+	}
+}
+
+// jobs records the runs of job only ("": every job) of a on a channel, without blocking;
+// a failed run fails the test. Call it before Start.
+func jobs(t *testing.T, a *Agent, only string) <-chan string {
+	ch := make(chan string, 100)
+	SetJobHook(a, func(job string, err error) {
+		if err != nil {
+			t.Errorf("job %s: %v", job, err)
+		}
+		if only != "" && job != only {
+			return
+		}
+		select {
+		case ch <- job:
+		default:
+		}
+	})
+	return ch
+}
+
+// waitFor reads job runs until cond holds.
+func waitFor(t *testing.T, runs <-chan string, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.After(agentTimeout)
+	for !cond() {
+		select {
+		case <-runs:
+		case <-timeout:
+			t.Fatal(what)
+		}
+	}
+}
 
 func TestAgentConfig(t *testing.T) {
 	t.Parallel()
@@ -160,7 +331,8 @@ func TestAgentConfig(t *testing.T) {
 	c.setDefaults()
 	if c.ScheduledJobPollingTime != 5*time.Second || c.NodeReassignmentPollingTime != time.Minute ||
 		c.RecoveryBatchSize != DefaultRecoveryBatchSize || c.HandledCleanupBatchSize != 1000 ||
-		c.MetricsSamplingInterval != 5*time.Second || c.ScheduledJobFirstExecution != 0 || c.FirstNodeReassignmentExecution != 0 {
+		c.MetricsSamplingInterval != 5*time.Second || c.ScheduledJobFirstExecution != 0 || c.FirstNodeReassignmentExecution != 0 ||
+		c.NodeCheckInterval != DefaultNodeCheckInterval || c.StatementTimeout != DefaultStatementTimeout {
 		t.Fatalf("defaults: %+v", c)
 	}
 	if err := (Config{}).Validate(); err != nil {
@@ -176,7 +348,6 @@ func TestAgentConfig(t *testing.T) {
 		{Config{ScheduledJobFirstExecution: -time.Second}, "ScheduledJobFirstExecution"},
 		{Config{FirstNodeReassignmentExecution: -time.Second}, "FirstNodeReassignmentExecution"},
 		{Config{StatementTimeout: -time.Second}, "StatementTimeout"},
-		{Config{Wakers: []Waker{nil}}, "Wakers[0]"},
 		{Config{Schema: schema.Config{Schema: "bad name"}}, "Schema"},
 	} {
 		err := tc.c.Validate()
@@ -196,15 +367,36 @@ func TestAgentConfig(t *testing.T) {
 			t.Errorf("HandledCleanupLockID collides with Jasper's lock id %d", id)
 		}
 	}
-	db := testDB(t)
-	if _, err := NewAgent(db, nil, Config{}, nil); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := NewAgent(nil, Config{}, nil); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("nil node: %v", err)
 	}
-	if _, err := NewAgent(nil, &Node{}, Config{}, nil); !errors.Is(err, ErrInvalidConfig) {
-		t.Fatalf("nil db: %v", err)
+	if _, err := NewAgent(&Node{}, Config{}, nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("a Node not made by NewNode: %v", err)
 	}
-	if _, err := NewAgent(db, &Node{}, Config{Schema: schema.Config{Dialect: schema.SQLServer}}, nil); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := NewNode(context.Background(), nil, NodeConfig{}, nil); err == nil {
+		t.Fatal("NewNode without a database")
+	}
+	n, err := NewNode(context.Background(), testDB(t), NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if _, err := NewAgent(n, Config{Schema: schema.Config{Dialect: schema.SQLServer}}, nil); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("dialect mismatch: %v", err)
+	}
+	if _, err := NewAgent(n, Config{RecoveryBatchSize: -1}, nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("invalid config: %v", err)
+	}
+	// The zero config is the public schema of the node's database.
+	a, err := NewAgent(n, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := a.Schema(); s.Schema != "public" || s.Dialect != schema.Postgres {
+		t.Errorf("default schema %+v", s)
+	}
+	if a.NodeID() != n.ID() || a.Node() != n || a.Driver() == nil || a.Store() == nil || a.Logger() == nil {
+		t.Error("accessors do not return the agent's node, database, store and logger")
 	}
 }
 
@@ -226,8 +418,12 @@ func TestReassignDormantNodes(t *testing.T) {
 	e.incoming(2, "invoices", schema.StatusIncoming, e.node.ID(), nil)
 	e.outgoing(9, "orders", 0, nil)
 
-	w := &countingWaker{}
-	a := e.agent(Config{RecoveryBatchSize: 100, Wakers: []Waker{w}})
+	a := e.agent(Config{RecoveryBatchSize: 100})
+	out, invoices, payments, other := newWakeCount(), newWakeCount(), newWakeCount(), newWakeCount()
+	a.OnOutgoing(out.wake)
+	a.OnIncoming("invoices", invoices.wake)
+	a.OnIncoming("payments", payments.wake)
+	a.OnIncoming("other", other.wake)
 
 	// Another agent (Go or .NET) running the reassignment: skipped, nothing touched.
 	holder := holdLock(t, e.db, jasperid.ReassignmentLockID)
@@ -240,10 +436,7 @@ func TestReassignDormantNodes(t *testing.T) {
 	}
 	release(t, holder, jasperid.ReassignmentLockID)
 
-	res = untilDone(t, func() (ReassignResult, bool, error) {
-		r, err := a.ReassignDormantNodes(context.Background())
-		return r, r.Skipped, err
-	})
+	res = reassign(t, a)
 	got := map[int32]Reassigned{}
 	for _, r := range res.Dormant {
 		got[r.Owner] = r
@@ -269,17 +462,21 @@ func TestReassignDormantNodes(t *testing.T) {
 	if in, out := e.owned(0); in != 133 || out != 9+250+7 {
 		t.Errorf("unowned rows: %d/%d", in, out)
 	}
-	if w.n.Load() == 0 {
-		t.Error("Wakers not woken")
+	if out.n.Load() == 0 || invoices.n.Load() == 0 || payments.n.Load() == 0 {
+		t.Errorf("woken: outgoing %d, invoices %d, payments %d; want each at least once", out.n.Load(), invoices.n.Load(), payments.n.Load())
 	}
-	if s := a.Stats(); s.Recovered != 133+250+7 || s.DormantNodes != 2 {
+	if other.n.Load() != 0 {
+		t.Errorf("a topic with nothing handed back was woken %d times", other.n.Load())
+	}
+	if len(got) != 2 {
+		t.Errorf("dormant owners %v, want %d and %d", res.Dormant, dead, deadNeg)
+	}
+	// A pass cut short by another agent taking the lock counts a node again in the next one.
+	if s := a.Stats(); s.Recovered != 133+250+7 || s.DormantNodes < 2 || s.Wakeups == 0 {
 		t.Errorf("stats: %+v", s)
 	}
 	// A second pass finds only the live owner.
-	res = untilDone(t, func() (ReassignResult, bool, error) {
-		r, err := a.ReassignDormantNodes(context.Background())
-		return r, r.Skipped, err
-	})
+	res = reassign(t, a)
 	if len(res.Dormant) != 0 || len(res.Alive) != 1 {
 		t.Fatalf("second pass: %+v", res)
 	}
@@ -299,28 +496,24 @@ func TestReassignNotifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(true)
-	for _, q := range []string{e.dialect.ListenOutgoing(), e.dialect.ListenIncoming()} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
+	ch := e.st.Channels()
+	if err := e.st.Listen(ctx, conn, ch.Outgoing, ch.Incoming); err != nil {
+		t.Fatal(err)
 	}
 	a := e.agent(Config{})
-	untilDone(t, func() (ReassignResult, bool, error) {
-		r, err := a.ReassignDormantNodes(ctx)
-		return r, r.Skipped, err
-	})
+	reassign(t, a)
 	got := map[string]string{}
 	for len(got) < 2 {
-		ch, payload, err := conn.WaitForNotification(ctx)
+		channel, payload, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			t.Fatalf("notifications %v: %v", got, err)
 		}
-		got[ch] = payload
+		got[channel] = payload
 	}
-	if p, ok := got[e.dialect.IncomingChannel()]; !ok || p != "invoices" {
+	if p, ok := got[ch.Incoming]; !ok || p != "invoices" {
 		t.Errorf("incoming notification: %v", got)
 	}
-	if _, ok := got[e.dialect.OutgoingChannel()]; !ok {
+	if _, ok := got[ch.Outgoing]; !ok {
 		t.Errorf("outgoing notification: %v", got)
 	}
 }
@@ -346,24 +539,24 @@ func TestRunScheduledJobs(t *testing.T) {
 	}
 	bad := due
 	bad.ID, bad.Body, bad.Headers, bad.MessageUUID = uuid.New(), []byte("not an envelope"), nil, ""
-	for _, r := range []row.Envelope{due, later, bad} {
-		e.exec(e.dialect.InsertIncoming(1), r.IncomingArgs(nil, e.dialect.UUIDs())...)
-	}
+	e.insert(store.InsertParams{Incoming: []row.Envelope{due, later, bad}})
 
-	w := &countingWaker{}
-	a := e.agent(Config{RecoveryBatchSize: 5, Wakers: []Waker{w}})
+	a := e.agent(Config{RecoveryBatchSize: 5})
+	out, invoices := newWakeCount(), newWakeCount()
+	a.OnOutgoing(out.wake)
+	a.OnIncoming("invoices", invoices.wake)
 
 	holder := holdLock(t, e.db, jasperid.ScheduledJobLockID)
 	res, err := a.RunScheduledJobs(context.Background())
 	if err != nil || !res.Skipped || res.Released != 0 {
 		t.Fatalf("with the scheduled-jobs lock held elsewhere: %+v, %v", res, err)
 	}
+	if out.n.Load()+invoices.n.Load() != 0 {
+		t.Error("woken by a skipped pass")
+	}
 	release(t, holder, jasperid.ScheduledJobLockID)
 
-	res = untilDone(t, func() (ScheduledResult, bool, error) {
-		r, err := a.RunScheduledJobs(context.Background())
-		return r, r.Skipped, err
-	})
+	res = runScheduled(t, a)
 	if res.Released != 12 || res.Sent != 1 || res.DeadLettered != 1 || res.Skipped {
 		t.Fatalf("result %+v, want 12 released, 1 sent, 1 dead-lettered", res)
 	}
@@ -399,14 +592,14 @@ func TestRunScheduledJobs(t *testing.T) {
 	if n := e.count(schema.IncomingTable, "id = $1", bad.ID.String()); n != 0 {
 		t.Error("the unreadable scheduled send is still scheduled (would be retried forever)")
 	}
-	if w.n.Load() == 0 {
-		t.Error("Wakers not woken")
+	if out.n.Load() == 0 || invoices.n.Load() == 0 {
+		t.Errorf("woken: outgoing %d, invoices %d; want both", out.n.Load(), invoices.n.Load())
+	}
+	if s := a.Stats(); s.ScheduledReleased != 12 || s.ScheduledSent != 1 || s.DeadLettered != 1 {
+		t.Errorf("stats %+v", s)
 	}
 	// Nothing due any more.
-	res = untilDone(t, func() (ScheduledResult, bool, error) {
-		r, err := a.RunScheduledJobs(context.Background())
-		return r, r.Skipped, err
-	})
+	res = runScheduled(t, a)
 	if res.Released+res.Sent+res.DeadLettered != 0 {
 		t.Fatalf("second pass: %+v", res)
 	}
@@ -459,6 +652,12 @@ func TestDeleteExpiredHandled(t *testing.T) {
 	if left := e.count(schema.IncomingTable, ""); left != 5 {
 		t.Errorf("%d rows left, want 5", left)
 	}
+	if left := e.count(schema.IncomingTable, "status = 'Handled'"); left != 3 {
+		t.Errorf("%d Handled rows left, want the 3 kept for an hour", left)
+	}
+	if s := a.Stats(); s.HandledDeleted != 25 {
+		t.Errorf("stats: %+v", s)
+	}
 }
 
 func TestSampleGaugesAndRecoverUnowned(t *testing.T) {
@@ -495,47 +694,50 @@ func TestSampleGaugesAndRecoverUnowned(t *testing.T) {
 		t.Errorf("Gauges() = %+v, %v", got, ok)
 	}
 
-	w := &countingWaker{}
-	a.AddWaker(w)
+	out, invoices, payments := newWakeCount(), newWakeCount(), newWakeCount()
+	a.OnOutgoing(out.wake)
+	a.OnIncoming("invoices", invoices.wake)
+	a.OnIncoming("payments", payments.wake)
 	u, err := a.RecoverUnowned(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Outgoing || fmt.Sprint(u.Topics) != "[invoices]" || w.n.Load() != 1 {
-		t.Errorf("unowned %+v, woken %d", u, w.n.Load())
+	if u.Outgoing || fmt.Sprint(u.Topics) != "[invoices]" {
+		t.Errorf("unowned %+v", u)
+	}
+	if invoices.n.Load() != 1 || payments.n.Load() != 0 || out.n.Load() != 0 {
+		t.Errorf("woken: invoices %d (want 1), payments %d, outgoing %d (want 0)", invoices.n.Load(), payments.n.Load(), out.n.Load())
 	}
 }
 
-// Run: the reassignment runs at once, the gauges are sampled, and stopping hands the node's
+// Start: the reassignment runs at once, the gauges are sampled, and Stop hands the node's
 // envelopes back.
-func TestAgentRunAndStop(t *testing.T) {
+func TestAgentStartAndStop(t *testing.T) {
 	t.Parallel()
 	e := newAgentEnv(t)
 	dead := deadNodeID()
 	e.outgoing(3, "orders", dead, nil)
 	e.outgoing(2, "orders", e.node.ID(), nil)
 	e.incoming(1, "invoices", schema.StatusIncoming, e.node.ID(), nil)
-	w := &countingWaker{}
-	a := e.agent(Config{Wakers: []Waker{w}, ScheduledJobPollingTime: time.Hour, NodeReassignmentPollingTime: 50 * time.Millisecond})
-	jobs := make(chan string, 100)
-	SetJobHook(a, func(job string, err error) {
-		if err != nil {
-			t.Errorf("job %s: %v", job, err)
-		}
-		select {
-		case jobs <- job:
-		default:
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(context.Background()) }()
+	a := e.agent(Config{ScheduledJobPollingTime: time.Hour, NodeReassignmentPollingTime: 50 * time.Millisecond})
+	if err := a.CheckRunning("forwarder"); !errors.Is(err, ErrAgentNotRunning) || !strings.Contains(err.Error(), "forwarder") {
+		t.Errorf("CheckRunning before Start: %v", err)
+	}
+	runs := jobs(t, a, "")
+	ctx := context.Background()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Running() || a.CheckRunning("forwarder") != nil {
+		t.Error("not running after Start")
+	}
 	seen := map[string]bool{}
-	timeout := time.After(agentTimeout)
 	// The reassignment runs at once, and again every 50ms (a pass may be skipped while an
 	// agent of another test holds the database-wide lock).
+	timeout := time.After(agentTimeout)
 	for !seen[JobGauges] || !seen[JobScheduled] || a.Stats().Recovered != 3 {
 		select {
-		case j := <-jobs:
+		case j := <-runs:
 			seen[j] = true
 		case <-timeout:
 			t.Fatalf("jobs run: %v, stats %+v", seen, a.Stats())
@@ -544,14 +746,17 @@ func TestAgentRunAndStop(t *testing.T) {
 	if in, out := e.owned(dead); in+out != 0 {
 		t.Errorf("dormant rows not handed back: %d/%d", in, out)
 	}
-	if err := a.Run(context.Background()); !errors.Is(err, ErrAgentRunning) {
-		t.Errorf("second Run: %v", err)
+	if g, ok := a.Gauges(); !ok || g.Outgoing != 5 {
+		t.Errorf("gauges %+v, %v", g, ok)
 	}
-	if err := a.Close(); err != nil {
+	if err := a.Start(ctx); !errors.Is(err, ErrAgentRunning) {
+		t.Errorf("second Start: %v", err)
+	}
+	if err := a.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
+	if a.Running() || !errors.Is(a.CheckRunning("subscriber"), ErrAgentNotRunning) {
+		t.Error("running after Stop")
 	}
 	if in, out := e.owned(e.node.ID()); in+out != 0 {
 		t.Errorf("own rows not handed back when stopping: %d/%d", in, out)
@@ -559,61 +764,64 @@ func TestAgentRunAndStop(t *testing.T) {
 	if s := a.Stats(); s.HandedBack != 3 || s.Recovered != 3 {
 		t.Errorf("stats %+v", s)
 	}
-	if err := a.Run(context.Background()); !errors.Is(err, ErrAgentClosed) {
-		t.Errorf("Run after Close: %v", err)
+	if err := a.Start(ctx); !errors.Is(err, ErrAgentStopped) {
+		t.Errorf("Start after Stop: %v", err)
 	}
-	_ = a.Close()
+	if err := a.Stop(ctx); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+}
+
+// An agent stopped before it started does nothing and cannot start any more.
+func TestAgentStopBeforeStart(t *testing.T) {
+	t.Parallel()
+	e := newAgentEnv(t)
+	e.outgoing(1, "orders", e.node.ID(), nil)
+	a := e.agent(Config{})
+	if err := a.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); !errors.Is(err, ErrAgentStopped) {
+		t.Errorf("Start after Stop: %v", err)
+	}
+	if in, out := e.owned(e.node.ID()); in+out != 1 {
+		t.Errorf("an agent that never ran handed back rows: %d/%d left", in, out)
+	}
 }
 
 // When the node's connection is lost, the node check takes the lock again and hands back
 // the envelopes marked with the node's id (a claim whose answer was lost would otherwise
-// stay owned by a live node forever).
+// stay owned by a live node forever). A reported unknown outcome hands them back too.
 func TestAgentRelockHandsBack(t *testing.T) {
 	t.Parallel()
 	e := newAgentEnv(t)
-	a := e.agent(Config{NodeCheckInterval: 50 * time.Millisecond, ScheduledJobPollingTime: -1,
-		NodeReassignmentPollingTime: -1, MetricsSamplingInterval: -1, ExpiredEnvelopesPollingTime: -1, HandledCleanupPollingTime: -1})
-	checks := make(chan error, 100)
-	SetJobHook(a, func(job string, err error) {
-		if job == JobNodeCheck {
-			checks <- err
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(context.Background()) }()
-	defer func() {
-		_ = a.Close()
-		<-errc
-	}()
-	if err := <-checks; err != nil {
-		t.Fatal(err)
-	}
+	c := quietConfig()
+	c.NodeCheckInterval = 50 * time.Millisecond
+	a := e.agent(c)
+	checks := jobs(t, a, JobNodeCheck)
+	e.start(a)
+	<-checks
 	e.outgoing(4, "orders", e.node.ID(), nil)
 	pid := lockHolder(t, e.db, e.node.ID())
 	if _, err := e.db.Exec(context.Background(), `SELECT pg_terminate_backend($1, 5000)`, pid); err != nil {
 		t.Fatal(err)
 	}
-	timeout := time.After(agentTimeout)
-	for e.node.Relocks() == 0 {
-		select {
-		case <-checks:
-		case <-timeout:
-			t.Fatal("the node lock was not taken again")
-		}
-	}
+	waitFor(t, checks, "the node lock was not taken again", func() bool { return e.node.Relocks() != 0 })
 	// The check that took the lock again also handed the envelopes back.
-	for a.Stats().HandedBack != 4 {
-		select {
-		case <-checks:
-		case <-timeout:
-			t.Fatalf("handed back %d of 4", a.Stats().HandedBack)
-		}
-	}
+	waitFor(t, checks, "the envelopes were not handed back", func() bool { return a.Stats().HandedBack == 4 })
 	if in, out := e.owned(e.node.ID()); in+out != 0 {
 		t.Errorf("still owned: %d/%d", in, out)
 	}
 	if now := lockHolder(t, e.db, e.node.ID()); now == 0 || now == pid {
 		t.Errorf("lock holder %d (killed %d)", now, pid)
+	}
+
+	// A claim whose answer was lost: the next check hands the node's envelopes back.
+	e.incoming(2, "invoices", schema.StatusIncoming, e.node.ID(), nil)
+	a.ReportUnknownOutcome()
+	waitFor(t, checks, "not handed back after an unknown outcome", func() bool { return a.Stats().HandedBack == 6 })
+	if in, out := e.owned(e.node.ID()); in+out != 0 {
+		t.Errorf("still owned after an unknown outcome: %d/%d", in, out)
 	}
 }
 
@@ -621,29 +829,17 @@ func TestAgentRelockHandsBack(t *testing.T) {
 func TestAgentWithDatabaseSQL(t *testing.T) {
 	t.Parallel()
 	e := newAgentEnv(t)
-	std, err := database.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	std := envOn(t, testdb.StdDriver(t), e.schema)
 	dead := deadNodeID()
 	e.incoming(2, "invoices", schema.StatusIncoming, dead, nil)
 	past := time.Now().Add(-time.Second)
 	e.incoming(1, "invoices", schema.StatusScheduled, 0, &past)
-	a, err := NewAgent(std, e.node, Config{Schema: e.schema}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := std.agent(Config{})
 	ctx := context.Background()
-	if res := untilDone(t, func() (ReassignResult, bool, error) {
-		r, err := a.ReassignDormantNodes(ctx)
-		return r, r.Skipped, err
-	}); len(res.Dormant) != 1 {
+	if res := reassign(t, a); len(res.Dormant) != 1 {
 		t.Fatalf("reassign: %+v", res)
 	}
-	if res := untilDone(t, func() (ScheduledResult, bool, error) {
-		r, err := a.RunScheduledJobs(ctx)
-		return r, r.Skipped, err
-	}); res.Released != 1 || res.NextDue != 0 {
+	if res := runScheduled(t, a); res.Released != 1 || res.NextDue != 0 {
 		t.Fatalf("scheduled: %+v", res)
 	}
 	if u, err := a.RecoverUnowned(ctx); err != nil || len(u.Topics) != 1 {
@@ -658,6 +854,8 @@ func TestAgentWithDatabaseSQL(t *testing.T) {
 	if _, err := a.DeleteExpiredHandled(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Started, with the LISTEN connection of database/sql, and stopped.
+	std.startStopHandsBack(a)
 }
 
 // After its connection was lost, a node whose id another session took meanwhile is told so
@@ -691,30 +889,15 @@ func TestAgentRetriesSkippedPassSoon(t *testing.T) {
 	dead := deadNodeID()
 	e.outgoing(2, "orders", dead, nil)
 	holder := holdLock(t, e.db, jasperid.ReassignmentLockID)
-	a := e.agent(Config{NodeReassignmentPollingTime: time.Hour, ScheduledJobPollingTime: -1, MetricsSamplingInterval: -1})
-	passes := make(chan struct{}, 100)
-	SetJobHook(a, func(job string, err error) {
-		if job == JobReassignment {
-			passes <- struct{}{}
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(context.Background()) }()
-	defer func() {
-		_ = a.Close()
-		<-errc
-	}()
+	c := quietConfig()
+	c.NodeReassignmentPollingTime = time.Hour
+	a := e.agent(c)
+	passes := jobs(t, a, JobReassignment)
+	e.start(a)
 	<-passes // the first pass, at start, is skipped: the lock is held
 	if in, out := e.owned(dead); in+out != 2 {
 		t.Fatalf("rows handed back while the lock was held: %d/%d", in, out)
 	}
 	release(t, holder, jasperid.ReassignmentLockID)
-	timeout := time.After(agentTimeout)
-	for a.Stats().Recovered != 2 {
-		select {
-		case <-passes:
-		case <-timeout:
-			t.Fatal("the skipped pass was not run again")
-		}
-	}
+	waitFor(t, passes, "the skipped pass was not run again", func() bool { return a.Stats().Recovered == 2 })
 }

@@ -2,28 +2,23 @@ package durability_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
-	"github.com/ThreeDotsLabs/watermill/components/delay"
-	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
-	"github.com/watermill-jasper/watermill-jasper/metadata"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 )
 
-// One node, its durability agent and a forwarder. A message delayed with Watermill's
-// components/delay is stored as a Jasper scheduled send; when it falls due the agent moves
-// it to the outbox and wakes the forwarder, which relays it (here to a GoChannel).
+// One node and its durability agent, started and stopped by hand (a jasper.Runtime does
+// this for you). Components (forwarders, subscribers, the middleware) are built on the
+// running agent: they check that it runs, register to be woken when envelopes may be
+// waiting for them, and ask it for a scheduled-jobs pass when something falls due.
 func ExampleNewAgent() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
@@ -35,73 +30,57 @@ func ExampleNewAgent() {
 	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 
-	// The process's node identity: a random id, held by an advisory lock.
+	// The process's node identity: a random id, held by an advisory lock until Close.
 	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, watermill.NopLogger{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer node.Close() // last: after the forwarder and the agent
+	defer node.Close() // last: after the components and the agent
 
-	agent, err := durability.NewAgent(db, node, durability.Config{
+	agent, err := durability.NewAgent(node, durability.Config{
 		Schema:                  cfg,
-		ScheduledJobPollingTime: 100 * time.Millisecond, // Jasper's default is 5s
+		ScheduledJobPollingTime: time.Second, // Jasper's default is 5s
 	}, watermill.NopLogger{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	go func() {
-		if err := agent.Run(ctx); err != nil {
-			log.Fatal(err)
+	// Start returns once the jobs run and the LISTEN connection is up.
+	if err := agent.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("running:", agent.Running())
+	fmt.Println("claims with the node's id:", agent.NodeID() == node.ID())
+
+	// What a component does when it starts.
+	if err := agent.CheckRunning("my-component"); err != nil {
+		log.Fatal(err)
+	}
+	wake := make(chan struct{}, 1)
+	unregister := agent.OnIncoming("invoices", func() {
+		select { // a wake function must not block
+		case wake <- struct{}{}:
+		default:
 		}
-	}()
-	defer agent.Close() // hands the node's envelopes back
-	<-agent.Running()
+	})
+	agent.ScheduleAt(time.Now().Add(time.Minute)) // e.g. a nacked message retried in a minute
 
-	pubSub := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
-	defer pubSub.Close()
-	reminders, err := pubSub.Subscribe(ctx, "rabbitmq://queue/payment-reminders")
+	g, err := agent.SampleGauges(ctx)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fwd, err := forwarder.NewForwarder(db, forwarder.Config{Schema: cfg, Node: node, Publisher: pubSub}, watermill.NopLogger{})
-	if err != nil {
-		log.Fatal(err)
-	}
-	agent.AddWaker(fwd) // woken when the agent released scheduled sends
-	go func() {
-		if err := fwd.Run(ctx); err != nil {
-			log.Fatal(err)
-		}
-	}()
-	defer fwd.Close() // first
-	<-fwd.Running()
+	fmt.Printf("incoming %d, outgoing %d, dead letters %d\n", g.Incoming, g.Outgoing, g.DeadLetters)
 
-	pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: cfg}, watermill.NopLogger{})
-	if err != nil {
+	// Stop in order: the components first, then the agent (it hands the node's envelopes
+	// back), then the node.
+	unregister()
+	if err := agent.Stop(ctx); err != nil {
 		log.Fatal(err)
 	}
-	defer pub.Close()
-	reminder := message.NewMessage("order-42-reminder", []byte(`{"order_id":42}`))
-	// components/delay writes the due time in whole seconds (RFC 3339), rounding it down:
-	// a delay under a second may already be due when published, and is then sent at once.
-	delay.Message(reminder, delay.For(2*time.Second))
-	if err := pub.Publish("rabbitmq://queue/payment-reminders", reminder); err != nil {
-		log.Fatal(err)
-	}
-
-	got := <-reminders
-	got.Ack()
-	fmt.Println(got.UUID, string(got.Payload), got.Metadata.Get(metadata.Destination))
-
-	// Stop in order: forwarders (and subscribers) first, then the agent, then the node.
-	if err := fwd.Close(); err != nil {
-		log.Fatal(err)
-	}
-	if err := agent.Close(); err != nil {
-		log.Fatal(err)
-	}
-	fmt.Println("scheduled sends released:", agent.Stats().ScheduledSent)
+	err = agent.CheckRunning("my-component")
+	fmt.Println("after Stop:", errors.Is(err, durability.ErrAgentNotRunning))
 	// Output:
-	// order-42-reminder {"order_id":42} rabbitmq://queue/payment-reminders
-	// scheduled sends released: 1
+	// running: true
+	// claims with the node's id: true
+	// incoming 0, outgoing 0, dead letters 0
+	// after Stop: true
 }

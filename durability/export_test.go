@@ -1,5 +1,5 @@
 package durability
 
-// SetJobHook makes a call f after every job run of Run's timers (set it before Run). For the
-// tests of package durability_test.
+// SetJobHook makes a call f after every job run of Start's timers (set it before Start). For
+// the tests of package durability_test.
 func SetJobHook(a *Agent, f func(job string, err error)) { a.onJob = f }

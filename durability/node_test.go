@@ -57,9 +57,8 @@ func lockHolder(t *testing.T, db database.DB, id int32) int32 {
 	return pid
 }
 
-func testDB(t *testing.T) database.DB {
-	return database.FromPgx(testdb.Pool(t))
-}
+// testDB is the driver of the shared pgx pool.
+func testDB(t *testing.T) database.Driver { return testdb.PgxDriver(t) }
 
 func TestNewNodeRandomID(t *testing.T) {
 	t.Parallel()
@@ -198,10 +197,7 @@ func TestNodeCheckRelocksAfterConnectionLoss(t *testing.T) {
 
 func TestNodeWithDatabaseSQL(t *testing.T) {
 	t.Parallel()
-	db, err := database.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := testdb.StdDriver(t)
 	n, err := NewNode(context.Background(), db, NodeConfig{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -214,6 +210,33 @@ func TestNodeWithDatabaseSQL(t *testing.T) {
 	}
 	if _, err := NewNode(context.Background(), db, NodeConfig{ID: n.ID()}, nil); !errors.Is(err, ErrNodeIDInUse) {
 		t.Fatalf("same id: %v, want ErrNodeIDInUse", err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if pid := lockHolder(t, db, n.ID()); pid != 0 {
+		t.Fatalf("lock still held by %d after Close", pid)
+	}
+}
+
+// sqlServerLike is a driver that says it is SQL Server.
+type sqlServerLike struct{ database.Driver }
+
+func (sqlServerLike) Dialect() database.Dialect { return database.SQLServer }
+
+// The node lock may come from another pool (NodeConfig.LockDB), of the same database only.
+func TestNodeLockDB(t *testing.T) {
+	t.Parallel()
+	db := testDB(t)
+	if _, err := NewNode(context.Background(), db, NodeConfig{LockDB: sqlServerLike{db}}, nil); err == nil || !strings.Contains(err.Error(), "LockDB") {
+		t.Fatalf("LockDB of another database: %v, want an error naming LockDB", err)
+	}
+	n, err := NewNode(context.Background(), db, NodeConfig{LockDB: testdb.StdDriver(t)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lockHolder(t, db, n.ID()) == 0 {
+		t.Fatal("lock not held")
 	}
 	if err := n.Close(); err != nil {
 		t.Fatal(err)

@@ -6,29 +6,28 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/envelope"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // A message published with a delay becomes a Jasper scheduled send (a scheduled-envelope
-// row wrapping its binary envelope); when it is due the agent moves it to the outbox and the
-// forwarder relays it. The relayed message still carries its traceparent: the trace goes on
-// across the delay. A scheduled send written by .NET Jasper (no headers column; the trace only
-// in the wrapped envelope's parent-id) is relayed with that traceparent too.
+// row wrapping its binary envelope, as the publisher writes it with row.WrapScheduled);
+// when it is due the agent moves it to the outbox, where a forwarder claims it and relays
+// the message the row maps back to (row.Envelope.ToMessage). That message still carries its
+// traceparent: the trace goes on across the delay. A scheduled send written by .NET Jasper
+// (no headers column; the trace only in the wrapped envelope's parent-id) gives that
+// traceparent too. The test claims the outbox rows itself, as the forwarder does, so that it
+// depends on the agent only.
 func TestTraceParentSurvivesScheduledSend(t *testing.T) {
 	t.Parallel()
 	const (
@@ -39,38 +38,22 @@ func TestTraceParentSurvivesScheduledSend(t *testing.T) {
 	)
 	ctx := context.Background()
 	db, cfg := testdb.Migrated(t)
-	d, err := sqldialect.For(cfg)
+	st, err := db.Store(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	// Published through the outbox with a delay.
-	pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(testdb.Pool(t)), publisher.Config{Schema: cfg}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Delayed with Watermill's components/delay, written as the publisher writes it.
 	msg := message.NewMessage(watermill.NewUUID(), []byte(`{"later":true}`))
 	msg.Metadata.Set(metadata.TraceParent, traceParent)
-	// components/delay writes the due time with second precision (RFC 3339): a whole second,
-	// 1 to 2 s from now, stays in the future.
-	delay.Message(msg, delay.Until(time.Now().Truncate(time.Second).Add(2*time.Second)))
-	if err := pub.Publish(topic, msg); err != nil {
-		t.Fatal(err)
-	}
-	var parentID, messageType string
-	var body []byte
-	err = database.QueryRow(ctx, db, `SELECT parent_id, message_type, body FROM `+cfg.Qualified(schema.IncomingTable)+` WHERE id = $1`,
-		[]any{row.ScheduledEnvelopeID(topic, msg.UUID).String()}, &parentID, &messageType, &body)
-	if err != nil {
-		t.Fatalf("the scheduled send: %v", err)
-	}
-	inner, err := envelope.Decode(body)
+	delay.Message(msg, delay.Until(time.Now().Add(-time.Second)))
+	due, err := row.DelayedUntil(msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if messageType != row.ScheduledEnvelopeType || parentID != traceParent || inner.ParentID != traceParent {
-		t.Fatalf("scheduled send: message_type %q, parent_id %q, wrapped envelope's parent-id %q; want %q and the traceparent %q",
-			messageType, parentID, inner.ParentID, row.ScheduledEnvelopeType, traceParent)
+	scheduled, err := row.WrapScheduled(topic, msg, row.Defaults{}, due, time.Now())
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	// Written by .NET Jasper, due already.
@@ -87,57 +70,77 @@ func TestTraceParentSurvivesScheduledSend(t *testing.T) {
 		ID: uuid.New(), Status: schema.StatusScheduled, Destination: row.DurableLocalURI, ExecutionTime: &past,
 		Body: jasperBody, ParentID: jasperTraceParent, MessageType: row.ScheduledEnvelopeType, ContentType: row.BinaryEnvelopeContentType,
 	}
-	if _, err := db.Exec(ctx, d.InsertIncoming(1), wrapper.IncomingArgs(nil, d.UUIDs())...); err != nil {
+	if err := st.InsertEnvelopes(ctx, store.InsertParams{Incoming: []row.Envelope{scheduled, wrapper}}); err != nil {
 		t.Fatal(err)
 	}
 
-	// Node, forwarder to a GoChannel, agent releasing scheduled sends.
-	pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16}, watermill.NopLogger{})
-	t.Cleanup(func() { _ = pubsub.Close() })
-	relayed, err := pubsub.Subscribe(ctx, topic)
+	var parentID, messageType string
+	var body []byte
+	err = database.QueryRow(ctx, db, `SELECT parent_id, message_type, body FROM `+cfg.Qualified(schema.IncomingTable)+` WHERE id = $1`,
+		[]any{row.ScheduledEnvelopeID(topic, msg.UUID).String()}, &parentID, &messageType, &body)
+	if err != nil {
+		t.Fatalf("the scheduled send: %v", err)
+	}
+	inner, err := envelope.Decode(body)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if messageType != row.ScheduledEnvelopeType || parentID != traceParent || inner.ParentID != traceParent {
+		t.Fatalf("scheduled send: message_type %q, parent_id %q, wrapped envelope's parent-id %q; want %q and the traceparent %q",
+			messageType, parentID, inner.ParentID, row.ScheduledEnvelopeType, traceParent)
+	}
+
+	// The agent releases the scheduled sends at once (its first pass) and wakes the
+	// forwarders: here, the claim below.
 	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = node.Close() })
-	fwd, err := forwarder.NewForwarder(db, forwarder.Config{Schema: cfg, Node: node, Publisher: pubsub}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent, err := durability.NewAgent(db, node, durability.Config{
-		Schema: cfg, ScheduledJobPollingTime: 100 * time.Millisecond, NodeReassignmentPollingTime: -1,
+	agent, err := durability.NewAgent(node, durability.Config{
+		Schema: cfg, ScheduledJobPollingTime: time.Hour, NodeReassignmentPollingTime: -1,
 		ExpiredEnvelopesPollingTime: -1, HandledCleanupPollingTime: -1, MetricsSamplingInterval: -1,
-		Wakers: []durability.Waker{fwd},
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []interface {
-		Run(context.Context) error
-		Close() error
-	}{fwd, agent} {
-		errc := make(chan error, 1)
-		go func() { errc <- r.Run(ctx) }()
-		t.Cleanup(func() {
-			_ = r.Close()
-			if err := <-errc; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		})
+	wake := make(chan struct{}, 1)
+	agent.OnOutgoing(func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	if err := agent.Start(ctx); err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := agent.Stop(context.Background()); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
 
 	got := map[string]*message.Message{}
 	timeout := time.After(wait)
 	for len(got) < 2 {
 		select {
-		case m := <-relayed:
-			m.Ack()
-			got[m.UUID] = m
+		case <-wake:
 		case <-timeout:
-			t.Fatalf("%d of 2 scheduled sends relayed", len(got))
+			t.Fatalf("%d of 2 scheduled sends reached the outbox (stats %+v)", len(got), agent.Stats())
+		}
+		envs, err := agent.Store().ClaimOutgoing(ctx, store.ClaimOutgoingParams{Owner: agent.NodeID(), Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range envs {
+			if e.Destination != topic {
+				t.Errorf("outgoing envelope %s for %q, want %q", e.ID, e.Destination, topic)
+			}
+			m, err := e.ToMessage()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[m.UUID] = m
 		}
 	}
 	for id, want := range map[string]string{msg.UUID: traceParent, jasperID: jasperTraceParent} {

@@ -158,15 +158,12 @@ func TestBrokerOutage(t *testing.T) {
 	const n = 300
 	c := consumeQueue(t, queue, n+1)
 
-	f, err := NewForwarder(e.db, Config{
-		Schema: e.schema, Publisher: g,
+	f := e.forwarder(Config{
+		Publisher:    g,
 		MaxAttempts:  1000, // the breaker must keep attempts far below this
 		CircuitPause: 100 * time.Millisecond, MaxCircuitPause: 400 * time.Millisecond,
 		PollInterval: 200 * time.Millisecond,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	start(t, f)
 
 	// The path works...

@@ -13,7 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/google/uuid"
 
-	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
 // backlogs are the outbox sizes the drain benchmarks run with (flat throughput expected).
@@ -48,20 +48,15 @@ func BenchmarkRawClaimDelete(b *testing.B) {
 				seed(b, e, "t", n)
 				startAt := time.Now()
 				for left := n; left > 0; {
-					rows, err := e.db.Query(ctx, e.dialect.ClaimOutgoing(), int32(42), e.dialect.StringList(nil), e.dialect.StringList(nil), DefaultBatchSize)
+					envs, err := e.store.ClaimOutgoing(ctx, store.ClaimOutgoingParams{Owner: 42, Limit: DefaultBatchSize})
 					if err != nil {
 						b.Fatal(err)
 					}
 					ids = ids[:0]
-					for rows.Next() {
-						env, err := row.ScanOutgoing(rows, e.dialect.UUIDs())
-						if err != nil {
-							b.Fatal(err)
-						}
-						ids = append(ids, env.ID)
+					for i := range envs {
+						ids = append(ids, envs[i].ID)
 					}
-					rows.Close()
-					if _, err := e.db.Exec(ctx, e.dialect.DeleteOutgoing(), e.dialect.IDList(ids)); err != nil {
+					if err := e.store.DeleteOutgoing(ctx, ids); err != nil {
 						b.Fatal(err)
 					}
 					left -= len(ids)
@@ -83,10 +78,7 @@ func BenchmarkDrainGoChannel(b *testing.B) {
 				seed(b, e, "t", n)
 				pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 4096}, watermill.NopLogger{})
 				c := collect(b, pubsub, "t", n)
-				f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub}, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
+				f := e.forwarder(Config{Publisher: pubsub})
 				startAt := time.Now()
 				go func() { _ = f.Run(context.Background()) }()
 				c.wait(b, "drain")
@@ -143,12 +135,7 @@ func BenchmarkDrainRabbitMQ(b *testing.B) {
 			var total time.Duration
 			for range b.N {
 				seed(b, e, queue, count)
-				f, err := NewForwarder(e.db, Config{
-					Schema: e.schema, Publisher: pub, Workers: mode.workers, PublishConcurrency: mode.concurrency,
-				}, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
+				f := e.forwarder(Config{Publisher: pub, Workers: mode.workers, PublishConcurrency: mode.concurrency})
 				done := make(chan struct{})
 				var once sync.Once
 				f.onFlushed = func() {

@@ -11,16 +11,19 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// Relaying the outbox to a Watermill GoChannel. With RabbitMQ, pass a watermill-amqp
-// publisher instead (Publish.ConfirmDelivery = true, so a row is deleted only once the
-// broker has it).
+// Relaying the outbox to a Watermill GoChannel. With RabbitMQ, pass a jasperamqp confirm
+// publisher or a watermill-amqp one instead (Publish.ConfirmDelivery = true, so a row is
+// deleted only once the broker has it).
+//
+// A forwarder belongs to a node and its durability agent; jasper.NewRuntime builds all
+// three (and the forwarders of its Config). By hand:
 func Example() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, testdb.ExampleDSN())
@@ -32,6 +35,20 @@ func Example() {
 	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 
+	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer node.Close()
+	agent, err := durability.NewAgent(node, durability.Config{Schema: cfg}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := agent.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer agent.Stop(ctx) // after the forwarder: hands back what the node still holds
+
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
 	defer pubSub.Close()
 	orders, err := pubSub.Subscribe(ctx, "orders")
@@ -39,10 +56,7 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	fwd, err := forwarder.NewForwarder(db, forwarder.Config{
-		Schema:    cfg,
-		Publisher: pubSub,
-	}, watermill.NopLogger{})
+	fwd, err := forwarder.NewForwarder(agent, forwarder.Config{Publisher: pubSub}, watermill.NopLogger{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -57,7 +71,7 @@ func Example() {
 	// The application commits a message to the outbox (see package publisher)...
 	msg := message.NewMessage("order-42-placed", []byte(`{"order_id":42}`))
 	msg.Metadata.Set("tenant", "acme")
-	commitToOutbox(ctx, db, cfg, "orders", msg)
+	commitToOutbox(ctx, agent, "orders", msg)
 
 	// ...and the forwarder relays it.
 	got := <-orders
@@ -68,19 +82,12 @@ func Example() {
 
 // commitToOutbox writes msg as an outgoing envelope and notifies the forwarders, as the
 // publisher package does inside the application's transaction.
-func commitToOutbox(ctx context.Context, db database.DB, cfg schema.Config, topic string, msg *message.Message) {
-	d, err := sqldialect.For(cfg)
-	if err != nil {
-		log.Fatal(err)
-	}
+func commitToOutbox(ctx context.Context, agent *durability.Agent, topic string, msg *message.Message) {
 	env, err := row.FromMessage(topic, msg, row.Defaults{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	if _, err := db.Exec(ctx, d.InsertOutgoing(1), env.OutgoingArgs(nil, d.UUIDs())...); err != nil {
-		log.Fatal(err)
-	}
-	if _, err := db.Exec(ctx, d.NotifyOutgoing()); err != nil {
+	if err := agent.Store().InsertEnvelopes(ctx, store.InsertParams{Outgoing: []row.Envelope{env}, NotifyOutgoing: true}); err != nil {
 		log.Fatal(err)
 	}
 }

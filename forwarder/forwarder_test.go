@@ -19,7 +19,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -39,10 +39,7 @@ func TestForwardsCommittedEnvelopes(t *testing.T) {
 	c := collect(t, pubsub, topic, len(msgs))
 
 	// A poll interval longer than the test: delivery relies on the notification.
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, PollInterval: time.Hour}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: pubsub, PollInterval: time.Hour})
 	start(t, f)
 	e.insert(topic, msgs...)
 	c.wait(t, "forwarded messages")
@@ -80,15 +77,13 @@ func TestForwardsCommittedEnvelopes(t *testing.T) {
 	}
 }
 
+// Without notifications (the agent's LISTEN connection is off) the forwarder polls.
 func TestPollingWithoutNotify(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnv(t, noNotify)
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "t", 3)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, DisableNotify: true, PollInterval: 20 * time.Millisecond}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: pubsub, PollInterval: 20 * time.Millisecond})
 	start(t, f)
 	e.insert("t", newMessages(3, "p")...)
 	c.wait(t, "polled messages")
@@ -107,8 +102,8 @@ func TestTwoForwardersDeliverExactlyOnce(t *testing.T) {
 	rec := newRecorder(pubsub)
 
 	var forwarders []*Forwarder
-	for range 2 {
-		f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: rec, BatchSize: 200}, nil)
+	for _, agent := range []*durability.Agent{e.agent, startAgent(t, e.db, e.schema)} {
+		f, err := NewForwarder(agent, Config{Publisher: rec, BatchSize: 200}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,18 +154,10 @@ func TestFailingDestinationDoesNotDelayOthers(t *testing.T) {
 	c := collect(t, pubsub, "good", len(good))
 
 	// Phase 1: a pause far longer than the test, so "bad" stays paused once it breaks.
-	node, err := durability.NewNode(context.Background(), e.db, durability.NodeConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	f1, err := NewForwarder(e.db, Config{
-		Schema: e.schema, Publisher: rec, Node: node, BatchSize: 50,
+	f1 := e.forwarder(Config{
+		Publisher: rec, BatchSize: 50,
 		CircuitBreakAfter: 3, CircuitPause: time.Hour, MaxAttempts: 3,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	pausedCh := make(chan string, 10)
 	f1.onPause = func(d string) { pausedCh <- d }
 	start(t, f1)
@@ -202,30 +189,14 @@ func TestFailingDestinationDoesNotDelayOthers(t *testing.T) {
 	}
 
 	// Phase 2: short pauses, so the bad envelopes reach MaxAttempts quickly.
-	f2, err := NewForwarder(e.db, Config{
-		Schema: e.schema, Publisher: rec, BatchSize: 50,
+	f2 := e.forwarder(Config{
+		Publisher: rec, BatchSize: 50,
 		CircuitBreakAfter: 3, CircuitPause: time.Millisecond, MaxCircuitPause: 5 * time.Millisecond,
 		MaxAttempts: 3, PollInterval: 10 * time.Millisecond,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var deadMu sync.Mutex
-	dlq := make(chan struct{})
-	var dead int
-	f2.onDeadLettered = func(n int) { // called from the workers, one at a time per worker
-		deadMu.Lock()
-		defer deadMu.Unlock()
-		if dead += n; dead == len(bad) {
-			close(dlq)
-		}
-	}
+	})
+	dead := deadLettered(f2)
 	start(t, f2)
-	select {
-	case <-dlq:
-	case <-time.After(testTimeout):
-		t.Fatalf("bad envelopes not dead-lettered: stats %+v", f2.Stats())
-	}
+	waitDeadLettered(t, dead, len(bad), "bad envelopes after MaxAttempts")
 	if err := f2.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -286,10 +257,7 @@ func TestExpiredEnvelopeIsDiscarded(t *testing.T) {
 	// Both rows in one statement: one claim takes both, so once the fresh one arrives the
 	// expired one has been judged.
 	e.insert("t", expired, fresh)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: rec}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: rec})
 	start(t, f)
 	c.wait(t, "fresh message")
 	if err := f.Close(); err != nil {
@@ -336,10 +304,7 @@ func TestCloseReleasesClaimedButUnsent(t *testing.T) {
 	pub := &blockingPublisher{entered: make(chan string, 100), release: make(chan struct{}), sent: map[string]bool{}}
 	const n = 10
 	e.insert("t", newMessages(n, "c")...)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pub, Workers: 1, PublishConcurrency: 1, BatchSize: n}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: pub, Workers: 1, PublishConcurrency: 1, BatchSize: n})
 	start(t, f)
 	select {
 	case <-pub.entered: // the batch is claimed and its first message is being published
@@ -400,15 +365,12 @@ func TestPermanentFailuresAreDeadLetteredAtOnce(t *testing.T) {
 	e.insertEnvelopes(envs...)
 
 	errNoRoute := errors.New("no route")
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, Topic: func(d string) (string, error) {
+	f := e.forwarder(Config{Publisher: pubsub, Topic: func(d string) (string, error) {
 		if d == "nowhere" {
 			return "", errNoRoute
 		}
 		return d, nil
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	}})
 	start(t, f)
 	c.wait(t, "good messages")
 	if err := f.Close(); err != nil {
@@ -431,10 +393,7 @@ func TestPermanentFailuresAreDeadLetteredAtOnce(t *testing.T) {
 func TestRunAfterCloseAndTwice(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: goChannel(t)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: goChannel(t)})
 	start(t, f)
 	if err := f.Run(context.Background()); !errors.Is(err, ErrRunning) {
 		t.Fatalf("second Run = %v, want ErrRunning", err)
@@ -442,10 +401,7 @@ func TestRunAfterCloseAndTwice(t *testing.T) {
 	_ = f.Close()
 	_ = f.Close()
 
-	g, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: goChannel(t)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := e.forwarder(Config{Publisher: goChannel(t)})
 	_ = g.Close() // before Run: returns at once
 	if err := g.Run(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Run after Close = %v, want ErrClosed", err)
@@ -456,10 +412,7 @@ func TestRunAfterCloseAndTwice(t *testing.T) {
 func TestRunStopsOnContextCancel(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: goChannel(t)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: goChannel(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- f.Run(ctx) }()
@@ -476,6 +429,58 @@ func TestRunStopsOnContextCancel(t *testing.T) {
 	_ = f.Close()
 }
 
+// A forwarder belongs to a node: without a durability agent it is refused, with one line
+// saying how to build one.
+func TestNewForwarderRequiresAgent(t *testing.T) {
+	t.Parallel()
+	_, err := NewForwarder(nil, Config{Publisher: goChannel(t)}, nil)
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("NewForwarder(nil) = %v, want ErrInvalidConfig", err)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "a *durability.Agent is required") || !strings.Contains(msg, "jasper.NewRuntime") ||
+		!strings.Contains(msg, "durability.NewAgent") || strings.Contains(msg, "\n") {
+		t.Fatalf("NewForwarder(nil) error %q does not say in one line how to get an agent", msg)
+	}
+}
+
+// Run refuses to start on an agent that does not run (never started, or stopped): nobody
+// would hand back what a lost claim leaves marked with the node's id. Once the agent runs,
+// the same forwarder starts.
+func TestRunRequiresRunningAgent(t *testing.T) {
+	t.Parallel()
+	db, cfg := testdb.Migrated(t)
+	stopped := startAgent(t, db, cfg)
+	if err := stopped.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	notStarted := newAgent(t, db, cfg)
+	for name, agent := range map[string]*durability.Agent{"never started": notStarted, "stopped": stopped} {
+		f, err := NewForwarder(agent, Config{Publisher: goChannel(t)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = f.Run(context.Background())
+		if !errors.Is(err, durability.ErrAgentNotRunning) || !strings.Contains(err.Error(), "forwarder") {
+			t.Fatalf("%s agent: Run = %v, want an error naming the forwarder and wrapping durability.ErrAgentNotRunning", name, err)
+		}
+		select {
+		case <-f.Running():
+			t.Fatalf("%s agent: Running is closed after a refused Run", name)
+		default:
+		}
+		if name == "never started" {
+			if err := agent.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			start(t, f)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	pub := goChannel(t)
@@ -486,7 +491,6 @@ func TestConfigValidate(t *testing.T) {
 		"negative workers":    {Publisher: pub, Workers: -1},
 		"pause above max":     {Publisher: pub, CircuitPause: time.Minute, MaxCircuitPause: time.Second},
 		"empty destination":   {Publisher: pub, Destinations: []string{""}},
-		"bad schema":          {Publisher: pub, Schema: schema.Config{Schema: "1x"}},
 		"negative attempts":   {Publisher: pub, MaxAttempts: -2},
 		"negative poll":       {Publisher: pub, PollInterval: -time.Second},
 		"negative breakAfter": {Publisher: pub, CircuitBreakAfter: -1},
@@ -504,93 +508,63 @@ func TestConfigValidate(t *testing.T) {
 		c.PublishConcurrency != DefaultPublishConcurrency || c.MaxAttempts != DefaultMaxAttempts {
 		t.Fatalf("defaults %+v", c)
 	}
-	if _, err := NewForwarder(nil, Config{Publisher: pub}, nil); !errors.Is(err, ErrInvalidConfig) {
-		t.Fatalf("nil db: %v", err)
+}
+
+// listenEvents is the agent's logger: it reports when the agent listens again after its
+// notification connection was lost.
+type listenEvents struct{ again chan struct{} }
+
+func (l *listenEvents) Info(msg string, _ watermill.LogFields) {
+	if msg == "Listening for new envelopes again" {
+		l.again <- struct{}{}
 	}
 }
 
-func TestErrorReport(t *testing.T) {
-	t.Parallel()
-	root := errors.New("connection refused")
-	err := fmt.Errorf("publish: %w", fmt.Errorf("dial: %w", root))
-	typ, msg, text := errorReport(err)
-	if typ != "*errors.errorString" {
-		t.Errorf("type %q", typ)
-	}
-	if msg != "publish: dial: connection refused" {
-		t.Errorf("message %q", msg)
-	}
-	if want := "*fmt.wrapError: publish: dial: connection refused\n*fmt.wrapError: dial: connection refused\n*errors.errorString: connection refused"; text != want {
-		t.Errorf("text %q, want %q", text, want)
-	}
-}
+func (l *listenEvents) Error(string, error, watermill.LogFields)         {}
+func (l *listenEvents) Debug(string, watermill.LogFields)                {}
+func (l *listenEvents) Trace(string, watermill.LogFields)                {}
+func (l *listenEvents) With(watermill.LogFields) watermill.LoggerAdapter { return l }
 
-// The notification connection is killed: the forwarder listens again and nothing committed
-// meanwhile waits for a poll (the poll interval is longer than the test).
+// The agent's notification connection is killed: it listens again and the forwarder is
+// woken by its notifications as before (the poll interval is longer than the test).
 func TestListenerReconnects(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	events := &listenEvents{again: make(chan struct{}, 10)}
+	e := newEnv(t, agentLogger(events))
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "t", 2)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, PollInterval: time.Hour}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listening := make(chan struct{}, 10)
-	f.onListening = func() { listening <- struct{}{} }
-	start(t, f)
-	waitListening := func() {
-		t.Helper()
-		select {
-		case <-listening:
-		case <-time.After(testTimeout):
-			t.Fatal("not listening")
-		}
-	}
-	waitListening()
+	start(t, e.forwarder(Config{Publisher: pubsub, PollInterval: time.Hour}))
 	e.insert("t", newMessages(1, "before")...)
 	c.waitCount(t, 1, "message before the kill")
 
-	listen := e.dialect.ListenOutgoing()
+	d := postgres.Dialect(e.schema)
 	var killed bool
-	// The timeout makes pg_terminate_backend wait until the backend has exited.
+	// The agent's LISTEN connection ran these statements last. The timeout makes
+	// pg_terminate_backend wait until the backend has exited.
 	if err := database.QueryRow(context.Background(), e.db,
-		`SELECT bool_and(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()`,
-		[]any{listen}, &killed); err != nil || !killed {
+		`SELECT bool_and(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE query IN ($1, $2) AND pid <> pg_backend_pid()`,
+		[]any{d.ListenOutgoing(), d.ListenIncoming()}, &killed); err != nil || !killed {
 		t.Fatalf("kill the LISTEN connection: %v (killed %v)", err, killed)
 	}
-	waitListening()
+	select {
+	case <-events.again:
+	case <-time.After(testTimeout):
+		t.Fatal("the agent did not listen again")
+	}
 	e.insert("t", newMessages(1, "after")...)
 	c.wait(t, "message after the listener reconnected")
 }
 
-// The same relay over database/sql (pgx's stdlib driver), notifications included.
+// The same relay over database/sql (pgx's stdlib driver), the agent's notifications
+// included.
 func TestForwardsWithDatabaseSQL(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	std, err := database.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, cfg := testdb.Migrated(t)
+	e := newEnvOn(t, testdb.StdDriver(t), cfg)
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "t", 50)
-	f, err := NewForwarder(std, Config{Schema: e.schema, Publisher: pubsub, PollInterval: time.Hour, BatchSize: 20}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listening := make(chan struct{}, 1)
-	f.onListening = func() {
-		select {
-		case listening <- struct{}{}:
-		default:
-		}
-	}
+	f := e.forwarder(Config{Publisher: pubsub, PollInterval: time.Hour, BatchSize: 20})
 	start(t, f)
-	select {
-	case <-listening:
-	case <-time.After(testTimeout):
-		t.Fatal("not listening")
-	}
 	e.insert("t", newMessages(50, "s")...)
 	c.wait(t, "messages relayed over database/sql")
 	if err := f.Close(); err != nil {
@@ -605,38 +579,28 @@ func TestForwardsWithDatabaseSQL(t *testing.T) {
 // (PostgreSQL rejects channel names of 64 bytes or more in pg_notify).
 func TestLongSchemaNameNotifications(t *testing.T) {
 	t.Parallel()
-	pool := testdb.Pool(t)
-	db := database.FromPgx(pool)
+	db := testdb.PgxDriver(t)
 	name := testdb.RandomName("wj_test_long_")
 	name += strings.Repeat("x", schema.MaxIdentifierLength-len(name))
-	cfg := schema.Config{Schema: name}
 	t.Cleanup(func() {
 		if _, err := db.Exec(context.Background(), `DROP SCHEMA IF EXISTS "`+name+`" CASCADE`); err != nil {
 			t.Errorf("drop schema: %v", err)
 		}
 	})
-	if err := schema.Migrate(context.Background(), db, cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := cfg.Normalized()
+	st, err := db.Store(schema.Config{Schema: name})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := sqldialect.For(cfg)
-	if err != nil {
+	if err := st.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if len(d.OutgoingChannel()) > 63 {
-		t.Fatalf("channel %q is %d bytes", d.OutgoingChannel(), len(d.OutgoingChannel()))
+	if ch := st.Channels().Outgoing; len(ch) > 63 {
+		t.Fatalf("channel %q is %d bytes", ch, len(ch))
 	}
-	e := &env{t: t, db: db, schema: cfg, dialect: d}
+	e := newEnvOn(t, db, st.Schema())
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "t", 3)
-	f, err := NewForwarder(db, Config{Schema: cfg, Publisher: pubsub, PollInterval: time.Hour}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, f)
+	start(t, e.forwarder(Config{Publisher: pubsub, PollInterval: time.Hour}))
 	e.insert("t", newMessages(3, "l")...) // pg_notify fails here without the shortening
 	c.wait(t, "messages of a schema with a 63-byte name")
 }
@@ -645,44 +609,56 @@ func TestLongSchemaNameNotifications(t *testing.T) {
 // committed without any notification is relayed long before the (idle) PollInterval.
 func TestActivePollingWithoutNotify(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnv(t, noNotify)
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "t", 2)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub, DisableNotify: true, PollInterval: time.Hour}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := e.forwarder(Config{Publisher: pubsub, PollInterval: time.Hour})
 	e.insert("t", newMessages(1, "first")...)
 	start(t, f) // drains the backlog at start: the outbox is now busy
 	c.waitCount(t, 1, "backlog at start")
-	e.insert("t", newMessages(1, "second")...) // no notification, next idle poll in an hour
+	e.insert("t", newMessages(1, "second")...) // nobody listens, next idle poll in an hour
 	c.wait(t, "envelope committed while busy")
 }
 
-// countingDB counts claims of outgoing envelopes.
-type countingDB struct {
+// claimHookDB counts the claims of outgoing envelopes that the store runs on it, and lets a
+// test change their outcome.
+type claimHookDB struct {
 	database.DB
+	claim  string // the claim statement of the schema
 	claims atomic.Int64
+	hook   func(database.Rows, error) (database.Rows, error) // nil: unchanged
 }
 
-func (c *countingDB) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
-	if strings.Contains(query, "owner_id = 0") {
-		c.claims.Add(1)
+func (c *claimHookDB) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
+	rows, err := c.DB.Query(ctx, query, args...)
+	if query != c.claim {
+		return rows, err
 	}
-	return c.DB.Query(ctx, query, args...)
+	c.claims.Add(1)
+	if c.hook != nil {
+		return c.hook(rows, err)
+	}
+	return rows, err
+}
+
+// newClaimHookEnv is newEnv with the agent (and so its forwarders) on a claimHookDB.
+func newClaimHookEnv(t *testing.T, hook func(database.Rows, error) (database.Rows, error), opts ...agentOption) (*env, *claimHookDB) {
+	t.Helper()
+	base, cfg := testdb.Migrated(t)
+	h := &claimHookDB{DB: base, claim: postgres.Dialect(cfg).ClaimOutgoing(), hook: hook}
+	drv, err := postgres.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEnvOn(t, drv, cfg, opts...), h
 }
 
 // An idle forwarder queries the outbox at most once per PollInterval.
 func TestIdleForwarderPollsOncePerInterval(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	db := &countingDB{DB: e.db}
+	e, db := newClaimHookEnv(t, nil, noNotify)
 	const interval = 100 * time.Millisecond
-	f, err := NewForwarder(db, Config{Schema: e.schema, Publisher: goChannel(t), DisableNotify: true, PollInterval: interval}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, f)
+	start(t, e.forwarder(Config{Publisher: goChannel(t), PollInterval: interval}))
 	before := db.claims.Load()
 	const window = 20 * interval
 	time.Sleep(window) // the quantity under test is the number of queries in an idle window
@@ -691,52 +667,131 @@ func TestIdleForwarderPollsOncePerInterval(t *testing.T) {
 	}
 }
 
-var (
-	permanentErr = fault.Permanent(errors.New("no such destination, ever"))
-	temporaryErr = fault.Temporary(errors.New("connection lost"))
-)
+// errAnswerLost stands for a connection lost while a claim's answer was on the wire.
+var errAnswerLost = errors.New("test: connection lost while reading the answer")
 
-// A permanent publish error dead-letters the envelope at once; a temporary one (the
-// transport, not the message) hands it back without counting an attempt.
-func TestPermanentAndTemporaryPublishErrors(t *testing.T) {
+// closeFails is a claim's rows whose end cannot be read.
+type closeFails struct{ database.Rows }
+
+func (r closeFails) Close() error {
+	_ = r.Rows.Close()
+	return errAnswerLost
+}
+
+// A claim whose answer was lost (it committed, the forwarder never saw its rows) or only
+// partly read (store.ErrStranded: the rows read are relayed) is reported to the agent, which
+// hands the node's envelopes back at its next node check: every envelope is relayed.
+func TestLostClaimIsHandedBackByTheAgent(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		fail func(database.Rows) (database.Rows, error)
+		// read: the failed claim's rows reached the forwarder.
+		read bool
+	}{
+		{"answer lost", func(rows database.Rows) (database.Rows, error) {
+			for rows.Next() { // the claim commits; its rows are never seen
+			}
+			_ = rows.Close()
+			return nil, errAnswerLost
+		}, false},
+		{"rows stranded", func(rows database.Rows) (database.Rows, error) { return closeFails{rows}, nil }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var armed atomic.Bool
+			e, _ := newClaimHookEnv(t, func(rows database.Rows, err error) (database.Rows, error) {
+				if err != nil || !armed.CompareAndSwap(true, false) {
+					return rows, err
+				}
+				return tc.fail(rows)
+			})
+			const n = 20
+			msgs := newMessages(n, "lost")
+			pubsub := goChannel(t)
+			rec := newRecorder(pubsub)
+			c := collect(t, pubsub, "t", n)
+			e.insert("t", msgs...)
+			armed.Store(true) // the forwarder's first claim takes them all and fails
+			f := e.forwarder(Config{Publisher: rec, Workers: 1})
+			start(t, f)
+			c.wait(t, "envelopes of the failed claim")
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if armed.Load() {
+				t.Fatal("no claim failed")
+			}
+			if u := e.agent.Node().UnknownOutcomes(); u == 0 {
+				t.Fatal("the failed claim was not reported to the agent")
+			}
+			if st := f.Stats(); st.Claimed != n {
+				t.Errorf("claimed %d envelopes, want %d (each read once)", st.Claimed, n)
+			}
+			if !tc.read {
+				if h := e.agent.Stats().HandedBack; h < n {
+					t.Errorf("the agent handed back %d envelopes, want the %d of the lost claim", h, n)
+				}
+				for _, m := range msgs {
+					if k := rec.publishedCount(m.UUID); k != 1 {
+						t.Errorf("message %s published %d times, want once", m.UUID, k)
+					}
+				}
+			}
+			if left := e.outgoing(); left != 0 {
+				t.Fatalf("%d envelopes left in the outbox", left)
+			}
+		})
+	}
+}
+
+// errPermanent is the fault vocabulary's permanent error, as the tests of jasperamqp and of
+// the middleware use it: a publish failing with it (wrapped or not) is dead-lettered at once.
+var errPermanent = fault.Permanent(errors.New("the one permanent error"))
+
+// A publish failing with a permanent error dead-letters the envelope at once: one attempt,
+// whatever MaxAttempts.
+func TestFaultPermanentIsDeadLetteredAtOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	rec := newRecorder(goChannel(t))
-	rec.fail["never"] = permanentErr
-	rec.fail["flaky"] = temporaryErr
-	flakyCalls := make(chan int, 100)
-	rec.onFail = func(topic string, calls int) {
-		if topic == "flaky" {
-			flakyCalls <- calls
-		}
-	}
-	f, err := NewForwarder(e.db, Config{
-		Schema: e.schema, Publisher: rec, MaxAttempts: 2,
-		CircuitPause: time.Millisecond, MaxCircuitPause: time.Millisecond, PollInterval: 10 * time.Millisecond,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := make(chan int, 10)
-	f.onDeadLettered = func(n int) { dead <- n }
+	rec.fail["never"] = errPermanent
+	f := e.forwarder(Config{Publisher: rec, MaxAttempts: 10})
+	dead := deadLettered(f)
 	start(t, f)
-	e.insert("never", newMessages(1, "never")...)
-	select {
-	case <-dead:
-	case <-time.After(testTimeout):
-		t.Fatal("permanent failure was not dead-lettered")
-	}
+	msg := newMessages(1, "never")[0]
+	e.insert("never", msg)
+	waitDeadLettered(t, dead, 1, "permanent failure")
 	if got := rec.attemptsOf("never"); got != 1 {
 		t.Fatalf("a permanently failing envelope was published %d times, want 1", got)
 	}
-	var attempts int
-	if err := database.QueryRow(context.Background(), e.db, fmt.Sprintf("SELECT attempts FROM %s", e.schema.Qualified(schema.DeadLetterTable)), nil, &attempts); err != nil {
-		t.Fatal(err)
+	dl := e.deadLetter(row.EnvelopeID("never", msg.UUID))
+	if dl.Attempts != 1 || !strings.Contains(dl.Explanation, "failed permanently") ||
+		!strings.Contains(dl.ExceptionMessage, "the one permanent error") || dl.ExceptionType != "*errors.errorString" {
+		t.Fatalf("dead letter: attempts %d, explanation %q, exception %s %q", dl.Attempts, dl.Explanation, dl.ExceptionType, dl.ExceptionMessage)
 	}
-	if attempts != 1 {
-		t.Fatalf("dead letter attempts = %d, want 1", attempts)
+	if n := e.outgoing(); n != 0 {
+		t.Fatalf("%d outgoing rows left", n)
 	}
+	if st := f.Stats(); st.DeadLettered != 1 || st.Failed != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
 
+// A temporary publish error (the transport, not the message) hands the envelope back
+// without counting an attempt: it is never dead-lettered, however often it fails.
+func TestTemporaryPublishErrorIsNotAnAttempt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rec := newRecorder(goChannel(t))
+	rec.fail["flaky"] = fault.Temporary(errors.New("connection lost"))
+	flakyCalls := make(chan int, 100)
+	rec.onFail = func(_ string, calls int) { flakyCalls <- calls }
+	f := e.forwarder(Config{
+		Publisher: rec, MaxAttempts: 2,
+		CircuitPause: time.Millisecond, MaxCircuitPause: time.Millisecond, PollInterval: 10 * time.Millisecond,
+	})
+	start(t, f)
 	e.insert("flaky", newMessages(1, "flaky")...)
 	for calls := 0; calls < 5; { // far more failures than MaxAttempts
 		select {
@@ -748,8 +803,8 @@ func TestPermanentAndTemporaryPublishErrors(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.deadLetters(); n != 1 {
-		t.Fatalf("%d dead letters, want only the permanent failure's: a temporarily failing envelope was dead-lettered", n)
+	if n := e.deadLetters(); n != 0 {
+		t.Fatalf("%d dead letters: a temporarily failing envelope was dead-lettered", n)
 	}
 	if n := e.count(schema.OutgoingTable, "COALESCE(attempts, 0) = 0"); n != 1 {
 		t.Fatalf("temporary failures were counted as attempts (rows with 0 attempts: %d, want 1)", n)

@@ -3,21 +3,15 @@ package forwarder
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
-	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -34,26 +28,6 @@ func tracedMessage(payload string) *message.Message {
 	m.Metadata.Set(metadata.TraceParent, traceParent)
 	m.Metadata.Set("tracestate", traceState)
 	return m
-}
-
-// publishInTx publishes msgs to topic through the outbox publisher in a committed
-// transaction, as an application does.
-func (e *env) publishInTx(topic string, msgs ...*message.Message) {
-	e.t.Helper()
-	ctx := context.Background()
-	err := pgx.BeginFunc(ctx, testdb.Pool(e.t), func(tx pgx.Tx) error {
-		pub, err := publisher.NewPublisher(watermillsql.TxFromPgx(tx), publisher.Config{Schema: e.schema}, watermill.NopLogger{})
-		if err != nil {
-			return err
-		}
-		return pub.Publish(topic, msgs...)
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.db.Exec(ctx, e.dialect.NotifyOutgoing()); err != nil {
-		e.t.Fatal(err)
-	}
 }
 
 // parentID reads the parent_id column of the envelope of messageUUID in table.
@@ -91,8 +65,8 @@ func checkTrace(t *testing.T, what string, m *message.Message, want string) {
 	}
 }
 
-// The traceparent of a message published through the outbox is stored in parent_id and the
-// relayed message carries it (and the rest of the trace context), so the consumer continues
+// The traceparent of a message committed to the outbox (with the publisher's mapping,
+// row.FromMessage) is stored in parent_id and the relayed message carries it (and the rest of the trace context), so the consumer continues
 // the producer's trace; an envelope written by .NET Jasper (no headers column) is relayed
 // with the traceparent of its parent_id.
 func TestTraceParentRelayed(t *testing.T) {
@@ -104,17 +78,13 @@ func TestTraceParentRelayed(t *testing.T) {
 	jasper := jasperRow(t, topic)
 	c := collect(t, pubsub, topic, 2)
 
-	e.publishInTx(topic, msg)
+	e.insert(topic, msg)
 	e.insertEnvelopes(jasper)
 	if got := e.parentID(schema.OutgoingTable, topic, msg.UUID); got != traceParent {
 		t.Fatalf("outgoing parent_id = %q, want the message's traceparent %q", got, traceParent)
 	}
 
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pubsub}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, f)
+	start(t, e.forwarder(Config{Publisher: pubsub}))
 	c.wait(t, "relayed traced messages")
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -143,13 +113,9 @@ func TestTraceParentRelayedToRabbitMQ(t *testing.T) {
 	destination := "rabbitmq://queue/" + queue
 	msg := tracedMessage("traced")
 	jasper := jasperRow(t, destination)
-	e.publishInTx(destination, msg)
+	e.insert(destination, msg)
 	e.insertEnvelopes(jasper)
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: pub, PublishConcurrency: 4}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, f)
+	start(t, e.forwarder(Config{Publisher: pub, PublishConcurrency: 4}))
 	c.wait(t, "traced messages through RabbitMQ")
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -163,25 +129,14 @@ func TestTraceParentKeptInForwarderDeadLetter(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	rec := newRecorder(goChannel(t))
-	rec.fail["never"] = permanentErr
-	f, err := NewForwarder(e.db, Config{Schema: e.schema, Publisher: rec}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := make(chan int, 10)
-	f.onDeadLettered = func(n int) { dead <- n }
+	rec.fail["never"] = errPermanent
+	f := e.forwarder(Config{Publisher: rec})
+	dead := deadLettered(f)
 	msg := tracedMessage("undeliverable")
-	e.publishInTx("never", msg)
+	e.insert("never", msg)
 	start(t, f)
-	select {
-	case <-dead:
-	case <-time.After(testTimeout):
-		t.Fatal("the envelope was not dead-lettered")
-	}
-	dl, err := admin.GetDeadLetter(context.Background(), e.db, e.schema, row.EnvelopeID("never", msg.UUID))
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitDeadLettered(t, dead, 1, "traced envelope")
+	dl := e.deadLetter(row.EnvelopeID("never", msg.UUID))
 	if dl.ParentID != traceParent {
 		t.Errorf("dead letter parent_id = %q, want %q", dl.ParentID, traceParent)
 	}

@@ -7,9 +7,10 @@ import (
 
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 )
 
@@ -28,11 +29,12 @@ type txStateKey struct{}
 
 // txState is what the inbox puts in the handler's context.
 type txState struct {
-	inbox  *Inbox
-	tx     database.Tx
-	markID uuid.UUID
+	inbox *Inbox
+	tx    database.Tx
+	// ops are the inbox store's operations on tx.
+	ops store.Ops
 	// deadLettered is set by a DeadLetter middleware running inside the inbox when it wrote
-	// the dead letter in this transaction; the inbox then withdraws its mark.
+	// the message's dead letter; the inbox then withdraws its mark.
 	deadLettered atomic.Bool
 }
 
@@ -40,7 +42,7 @@ type txState struct {
 // transaction (publisher.WithTx).
 func (st *txState) context(parent context.Context) context.Context {
 	ctx := context.WithValue(parent, txStateKey{}, st)
-	return publisher.WithTx(ctx, executor{st.tx})
+	return publisher.WithTx(ctx, st.executor())
 }
 
 func stateFrom(ctx context.Context) *txState {
@@ -72,15 +74,20 @@ func ExecutorFromContext(ctx context.Context) (wmsql.ContextExecutor, bool) {
 	if st == nil {
 		return nil, false
 	}
-	return executor{st.tx}, true
+	return st.executor(), true
 }
+
+// executor is the transaction as a watermill-sql ContextExecutor. It has no Commit or
+// Rollback, and the transaction behind it is the handler's (handlerTx): code holding it
+// cannot end the inbox transaction.
+func (st *txState) executor() wmsql.ContextExecutor { return dbx.ToWatermill(handlerTx{st.tx}) }
 
 // Publish publishes msgs to topic through pub inside the inbox transaction carried by ctx
 // (the handled message's context): it sets ctx on each message and calls pub.Publish. With
-// this library's outbox publisher built on the pool (publisher.NewPublisher(
-// sql.BeginnerFromPgx(pool), ...)) the envelopes commit with the handler's writes and the
-// Handled mark, or not at all. A publisher of a broker would send at once, outside the
-// transaction. It returns ErrNoTransaction when ctx carries no inbox transaction.
+// this library's outbox publisher built on the pool (a jasper.Runtime's Publisher, or
+// publisher.NewPublisher(sql.BeginnerFromPgx(pool), ...)) the envelopes commit with the
+// handler's writes and the Handled mark, or not at all. A publisher of a broker would send
+// at once, outside the transaction. It returns ErrNoTransaction when ctx carries no inbox transaction.
 func Publish(ctx context.Context, pub message.Publisher, topic string, msgs ...*message.Message) error {
 	if stateFrom(ctx) == nil {
 		return ErrNoTransaction
@@ -104,23 +111,3 @@ func (t handlerTx) Query(ctx context.Context, query string, args ...any) (databa
 }
 func (handlerTx) Commit(context.Context) error   { return ErrTxOwnedByInbox }
 func (handlerTx) Rollback(context.Context) error { return ErrTxOwnedByInbox }
-
-// executor adapts a database.Tx to watermill-sql's ContextExecutor. It has no Commit or
-// Rollback: code holding it cannot end the inbox transaction.
-type executor struct{ tx database.Tx }
-
-type result int64
-
-func (r result) RowsAffected() (int64, error) { return int64(r), nil }
-
-func (e executor) ExecContext(ctx context.Context, query string, args ...any) (wmsql.Result, error) {
-	n, err := e.tx.Exec(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	return result(n), nil
-}
-
-func (e executor) QueryContext(ctx context.Context, query string, args ...any) (wmsql.Rows, error) {
-	return e.tx.Query(ctx, query, args...)
-}

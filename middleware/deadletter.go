@@ -12,13 +12,13 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // Defaults of DeadLetterConfig.
@@ -38,17 +38,15 @@ const (
 	PoisonedSubscriberKey = wmmiddleware.PoisonedSubscriberKey
 )
 
-// DeadLetterConfig configures a DeadLetter.
+// DeadLetterConfig configures a DeadLetter. The dead letters are written to the
+// jasper_dead_letters table of the agent's schema.
 type DeadLetterConfig struct {
-	// DB holds the jasper_dead_letters table. Required.
-	DB database.DB
-	// Schema says where the Jasper tables are. Default: PostgreSQL, schema "public".
-	Schema schema.Config
 	// MaxAttempts is how many times the handler runs, in process, before the message is
 	// dead-lettered. Default 3; 1 dead-letters on the first error.
 	MaxAttempts int
 	// InitialInterval is the wait before the second attempt; each later wait is Multiplier
-	// times longer, up to MaxInterval. Default 100ms; negative: no wait.
+	// times longer, up to MaxInterval. Default 100ms; negative: no wait. The waits have no
+	// jitter.
 	InitialInterval time.Duration
 	// MaxInterval caps the wait between attempts. Default 10s.
 	MaxInterval time.Duration
@@ -61,14 +59,9 @@ type DeadLetterConfig struct {
 	// Defaults fill message_type and content_type of dead letters when the message's
 	// metadata does not (see package metadata).
 	Defaults publisher.Defaults
-	// Logger; default none.
-	Logger watermill.LoggerAdapter
 }
 
 func (c *DeadLetterConfig) setDefaults() {
-	if c.Schema.Dialect == "" && c.DB != nil {
-		c.Schema.Dialect = c.DB.Dialect()
-	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
@@ -81,17 +74,12 @@ func (c *DeadLetterConfig) setDefaults() {
 	if c.Multiplier == 0 {
 		c.Multiplier = DefaultMultiplier
 	}
-	if c.Logger == nil {
-		c.Logger = watermill.NopLogger{}
-	}
 }
 
 // Validate checks the config, after defaults are applied.
 func (c DeadLetterConfig) Validate() error {
 	c.setDefaults()
 	switch {
-	case c.DB == nil:
-		return fmt.Errorf("%w: DeadLetterConfig.DB is nil; pass database.FromPgx(pool) or database.FromStdSQL(db)", ErrInvalidConfig)
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("%w: DeadLetterConfig.MaxAttempts is %d, it must be at least 1", ErrInvalidConfig, c.MaxAttempts)
 	case c.MaxInterval < 0:
@@ -99,37 +87,42 @@ func (c DeadLetterConfig) Validate() error {
 	case c.Multiplier < 1:
 		return fmt.Errorf("%w: DeadLetterConfig.Multiplier is %g, it must be at least 1", ErrInvalidConfig, c.Multiplier)
 	}
-	if err := c.Schema.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	if c.Schema.Dialect != c.DB.Dialect() {
-		return fmt.Errorf("%w: DeadLetterConfig.Schema says dialect %s but DB is %s", ErrInvalidConfig, c.Schema.Dialect, c.DB.Dialect())
-	}
 	return nil
+}
+
+// backoff is the wait between attempts: InitialInterval, times Multiplier after each failed
+// attempt, capped at MaxInterval (also the first wait), without jitter.
+func (c DeadLetterConfig) backoff() backoff.Policy {
+	p := backoff.Policy{Initial: c.InitialInterval, Max: c.MaxInterval, Multiplier: c.Multiplier, Jitter: -1}
+	if p.Initial > p.Max {
+		p.Initial = p.Max // backoff.Policy would raise Max to Initial instead
+	}
+	return p
 }
 
 // DeadLetter is the dead-letter middleware (see the package documentation).
 type DeadLetter struct {
-	db      database.DB
-	dialect sqldialect.Dialect
-	codec   row.UUIDCodec
+	store   store.Store
 	config  DeadLetterConfig
+	backoff backoff.Policy
 	logger  watermill.LoggerAdapter
 }
 
-// NewDeadLetter returns a DeadLetter. The Jasper tables must exist (schema.Migrate, or
-// `watermill-jasper schema migrate`).
-func NewDeadLetter(config DeadLetterConfig) (*DeadLetter, error) {
+// NewDeadLetter returns a DeadLetter writing to the dead letters of agent's schema, in
+// agent's database. The Jasper tables must exist (schema.Migrate, or `watermill-jasper schema
+// migrate`). logger may be nil.
+func NewDeadLetter(agent *durability.Agent, config DeadLetterConfig, logger watermill.LoggerAdapter) (*DeadLetter, error) {
+	if agent == nil {
+		return nil, errNilAgent
+	}
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
-	d, err := sqldialect.For(config.Schema)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	if logger == nil {
+		logger = watermill.NopLogger{}
 	}
-	config.Schema = d.Schema()
-	return &DeadLetter{db: config.DB, dialect: d, codec: d.UUIDs(), config: config, logger: config.Logger}, nil
+	return &DeadLetter{store: agent.Store(), config: config, backoff: config.backoff(), logger: logger}, nil
 }
 
 // Middleware is the dead-letter middleware as a message.HandlerMiddleware.
@@ -167,18 +160,11 @@ func (d *DeadLetter) handle(msg *message.Message, h message.HandlerFunc) ([]*mes
 		if permanent || attempts >= d.config.MaxAttempts {
 			break
 		}
-		wait := d.backoff(attempts)
 		d.logger.Debug("Dead letters: handler failed, retrying", watermill.LogFields{
-			"message_uuid": msg.UUID, "attempt": attempts, "wait": wait.String(), "error": err.Error(),
+			"message_uuid": msg.UUID, "attempt": attempts, "wait": d.backoff.Delay(attempts).String(), "error": err.Error(),
 		})
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-orig.Done():
-				t.Stop()
-				return nil, lastErr
-			case <-t.C:
-			}
+		if d.backoff.Sleep(orig, attempts) != nil {
+			return nil, lastErr // shutting down during the wait
 		}
 	}
 	if err := d.deadLetter(orig, st, msg, lastErr, attempts, permanent); err != nil {
@@ -193,37 +179,21 @@ func (d *DeadLetter) attempt(ctx context.Context, st *txState, msg *message.Mess
 	if st == nil {
 		return h(msg)
 	}
-	dl := st.inbox.dialect
-	if _, err := st.tx.Exec(ctx, dl.Savepoint()); err != nil {
+	if err := st.ops.Savepoint(ctx); err != nil {
 		return nil, fmt.Errorf("watermill-jasper dead letters: savepoint: %w", err)
 	}
 	produced, err := h(msg)
 	if err != nil {
-		if _, rbErr := st.tx.Exec(context.WithoutCancel(ctx), dl.RollbackToSavepoint()); rbErr != nil {
+		if rbErr := st.ops.RollbackToSavepoint(context.WithoutCancel(ctx)); rbErr != nil {
 			return nil, errors.Join(err, fmt.Errorf("watermill-jasper dead letters: roll back the failed attempt: %w", rbErr))
 		}
 		return nil, err
 	}
-	if rel := dl.ReleaseSavepoint(); rel == "" {
-		// SQL Server has no savepoint release: the savepoint ends with the transaction.
-	} else if _, err := st.tx.Exec(ctx, rel); err != nil {
+	// A no-op where savepoints cannot be released (SQL Server): it ends with the transaction.
+	if err := st.ops.ReleaseSavepoint(ctx); err != nil {
 		return nil, fmt.Errorf("watermill-jasper dead letters: release savepoint: %w", err)
 	}
 	return produced, nil
-}
-
-func (d *DeadLetter) backoff(attempts int) time.Duration {
-	if d.config.InitialInterval < 0 {
-		return 0
-	}
-	w := float64(d.config.InitialInterval)
-	for i := 1; i < attempts; i++ {
-		w *= d.config.Multiplier
-		if w >= float64(d.config.MaxInterval) {
-			return d.config.MaxInterval
-		}
-	}
-	return min(time.Duration(w), d.config.MaxInterval)
 }
 
 // deadLetter writes the message to jasper_dead_letters and sets the poison keys.
@@ -257,18 +227,17 @@ func (d *DeadLetter) deadLetter(ctx context.Context, st *txState, msg *message.M
 	if source == "" {
 		source = msg.Metadata.Get(metadata.Source)
 	}
-	typ, text, chain := errorReport(cause)
-	args := e.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+5), d.codec)
-	args = append(args, explanation, typ, text, chain, source)
+	typ, text, chain := fault.Describe(cause)
+	reason := store.Reason{Explanation: explanation, ExceptionType: typ, ExceptionMessage: text, ExceptionText: chain, Source: source}
 
-	inTx := st != nil && st.inbox.config.Schema == d.config.Schema
-	if inTx {
-		_, err = st.tx.Exec(ctx, d.dialect.InsertDeadLetter(), args...)
-	} else {
-		_, err = d.db.Exec(ctx, d.dialect.InsertDeadLetter(), args...)
+	// Inside an inbox on the same tables, the dead letter is written in the inbox
+	// transaction; otherwise on the pool.
+	ops := store.Ops(d.store)
+	if st != nil && st.inbox.store == d.store {
+		ops = st.ops
 	}
-	if err != nil {
-		return fmt.Errorf("watermill-jasper dead letters: write dead letter of message %s: %w", msg.UUID, err)
+	if err := ops.InsertDeadLetter(ctx, e, reason); err != nil {
+		return fmt.Errorf("watermill-jasper dead letters: write dead letter of message %s: %w", msg.UUID, withTablesHint(d.store, err))
 	}
 	if st != nil {
 		// The inbox outside withdraws its Handled mark (in its transaction) so that the

@@ -308,3 +308,88 @@ func TestDeadLetterCountsEarlierDeliveries(t *testing.T) {
 		t.Errorf("attempts %d headers %s explanation %q", attempts, headers, explanation)
 	}
 }
+
+// errPermanent is marked permanent in the fault vocabulary where it is created.
+var errPermanent = fault.Permanent(errors.New("the one permanent error"))
+
+// compositions are the dead-letter middleware alone and both orders with the inbox.
+func compositions() []order {
+	return append([]order{{"dead letters alone", func(_ *middleware.Inbox, dl *middleware.DeadLetter) []message.HandlerMiddleware {
+		return []message.HandlerMiddleware{dl.Middleware}
+	}}}, orders...)
+}
+
+// runFailing runs a router whose handler writes its effect and returns err, behind the
+// composition c with MaxAttempts 3; it returns the subscriber feeding it and the count of
+// handler runs.
+func runFailing(t *testing.T, e *env, c order, err error) (*testSub, *atomic.Int32) {
+	t.Helper()
+	var calls atomic.Int32
+	sub := newTestSub()
+	startRouter(t, sub, "orders", func(msg *message.Message) error {
+		n := int(calls.Add(1))
+		if _, inInbox := middleware.TxFromContext(msg.Context()); inInbox {
+			if err := e.writeEffect(msg, n); err != nil {
+				return err
+			}
+		}
+		return err
+	}, c.mws(e.inbox(nil), e.deadLetterMW(nil))...)
+	return sub, &calls
+}
+
+// A handler returning an error marked permanent is dead-lettered at once: one attempt,
+// acknowledged, nothing of the attempt left.
+func TestDeadLetterPermanentErrorIsDeadLetteredAtOnce(t *testing.T) {
+	t.Parallel()
+	for _, c := range compositions() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			sub, calls := runFailing(t, e, c, fmt.Errorf("handle order: %w", errPermanent))
+			msg := message.NewMessage(watermill.NewUUID(), []byte("x"))
+			if !sub.deliver(t, msg) {
+				t.Fatal("the dead-lettered message was nacked")
+			}
+			if calls.Load() != 1 || e.deadLetters() != 1 || e.effects() != 0 || e.handledMarks() != 0 {
+				t.Fatalf("calls %d dead letters %d effects %d marks %d; want 1 1 0 0", calls.Load(), e.deadLetters(), e.effects(), e.handledMarks())
+			}
+			d, err := admin.GetDeadLetter(context.Background(), e.db, e.cfg, row.EnvelopeID("orders", msg.UUID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Attempts != 1 || !strings.Contains(d.Explanation, "permanent") || d.ExceptionMessage != "handle order: the one permanent error" ||
+				d.ExceptionType != "*errors.errorString" || !strings.Contains(d.ExceptionText, "*fault.Error: the one permanent error") {
+				t.Errorf("dead letter: attempts %d explanation %q exception %s %q\n%s", d.Attempts, d.Explanation, d.ExceptionType, d.ExceptionMessage, d.ExceptionText)
+			}
+		})
+	}
+}
+
+// A handler returning an error marked temporary is never dead-lettered: each delivery runs
+// the handler once (no retry in process, no attempt counted, whatever the earlier
+// deliveries) and is nacked, for its redelivery.
+func TestDeadLetterTemporaryErrorIsNackedNeverDeadLettered(t *testing.T) {
+	t.Parallel()
+	for _, c := range compositions() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			sub, calls := runFailing(t, e, c, fmt.Errorf("publish the receipt: %w", fault.Temporary(errors.New("broker restarting"))))
+			msg := message.NewMessage(watermill.NewUUID(), []byte("x"))
+			msg.Metadata.Set(metadata.Attempts, "10") // earlier deliveries, as this library's subscriber counts them
+			const deliveries = 4                      // more than MaxAttempts (3)
+			for i := 1; i <= deliveries; i++ {
+				if sub.deliver(t, msg.Copy()) {
+					t.Fatalf("delivery %d was acked", i)
+				}
+				if calls.Load() != int32(i) {
+					t.Fatalf("after %d deliveries the handler ran %d times, want once per delivery", i, calls.Load())
+				}
+			}
+			if e.deadLetters() != 0 || e.effects() != 0 || e.handledMarks() != 0 {
+				t.Fatalf("dead letters %d effects %d marks %d; want none", e.deadLetters(), e.effects(), e.handledMarks())
+			}
+		})
+	}
+}

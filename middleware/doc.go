@@ -1,14 +1,18 @@
 // Package middleware holds Watermill router middleware over Jasper's tables: an idempotent
 // inbox (Inbox) and dead-lettering into jasper_dead_letters (DeadLetter).
 //
+// Both work on the database and schema of a durability agent (*durability.Agent): take them
+// from a jasper.Runtime (rt.Inbox, rt.DeadLetter), or build them on an agent of your own
+// (durability.NewNode, durability.NewAgent, Agent.Start) with NewInbox and NewDeadLetter.
+//
 // # Inbox: exactly-once effects
 //
 // For each message, Inbox.Middleware opens a database transaction, records the message as
 // handled in jasper_incoming_envelopes (status Handled, keep_until = now + KeepFor), runs the
 // handler with the transaction in the message's context, and commits:
 //
-//	inbox, _ := middleware.NewInbox(middleware.InboxConfig{DB: db, ConsumerName: "billing"})
-//	go inbox.Run(ctx) // deletes expired Handled rows in the background
+//	inbox, _ := rt.Inbox(middleware.InboxConfig{ConsumerName: "billing"})
+//	// or: middleware.NewInbox(agent, middleware.InboxConfig{ConsumerName: "billing"}, logger)
 //	router.AddMiddleware(inbox.Middleware)
 //
 //	func handle(msg *message.Message) error {
@@ -38,14 +42,22 @@
 // row has received_at = the handler's topic and status Incoming) marks its own row Handled
 // instead of inserting a second one; the subscriber then keeps that row on Ack.
 //
+// A mark is kept for InboxConfig.KeepFor. The inbox never deletes marks: the durability
+// agent's Handled cleanup job (durability.JobHandled) is their only owner, deleting the marks
+// past keep_until every durability.Config.HandledCleanupPollingTime, in batches of
+// HandledCleanupBatchSize, each its own transaction, under one lock shared by every agent of
+// the database. Keep the agent running (a jasper.Runtime does) or the marks accumulate.
+//
 // # Dead letters
 //
 // DeadLetter.Middleware reads a handler's error in the module's one error vocabulary (package
 // fault, docs/errors.md): an ordinary error is retried in process with exponential back-off,
 // up to MaxAttempts tries; a permanent one (fault.Permanent, or matched by
 // DeadLetterConfig.IsPermanent) is not retried; a temporary one (fault.Temporary) counts no
-// attempt and is never dead-lettered: the message is nacked at once, for its redelivery. After
-// the last attempt of an ordinary error, or at once for a permanent one, the middleware writes the message to jasper_dead_letters with Jasper's fields
+// attempt and is never dead-lettered: the message is nacked at once, for its redelivery. The
+// wait before attempt n+1 is InitialInterval times Multiplier^(n-1), capped at MaxInterval,
+// without jitter. After the last attempt of an ordinary error, or at once for a permanent
+// one, the middleware writes the message to jasper_dead_letters with Jasper's fields
 // (exception_type = the Go type of the root error, exception_message, exception_text = the
 // whole error chain, explanation, source = the handler name, received_at = the topic,
 // attempts, body, headers), sets Watermill's poison metadata keys (reason_poisoned,

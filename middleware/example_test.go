@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
@@ -37,13 +38,28 @@ func ExampleNewInbox() {
 		log.Fatal(err)
 	}
 
-	inbox, err := middleware.NewInbox(middleware.InboxConfig{DB: db, Schema: cfg, ConsumerName: "billing"})
+	// The durability agent of the schema: the middleware work on its tables, and it deletes
+	// the expired Handled marks. A jasper.Runtime builds and starts both for you
+	// (rt.Inbox, rt.DeadLetter).
+	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	go func() { _ = inbox.Run(ctx) }() // deletes expired Handled marks in the background
-	defer inbox.Close()
-	deadLetters, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{DB: db, Schema: cfg, MaxAttempts: 3})
+	defer node.Close()
+	agent, err := durability.NewAgent(node, durability.Config{Schema: cfg}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := agent.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer agent.Stop(ctx)
+
+	inbox, err := middleware.NewInbox(agent, middleware.InboxConfig{ConsumerName: "billing"}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	deadLetters, err := middleware.NewDeadLetter(agent, middleware.DeadLetterConfig{MaxAttempts: 3}, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

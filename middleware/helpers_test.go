@@ -2,6 +2,7 @@ package middleware_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,25 +12,88 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // env is one test's database: a migrated random schema with a business table
-// effects(message_uuid, attempt).
+// effects(message_uuid, attempt), and a running durability agent on it.
 type env struct {
-	t   *testing.T
-	db  database.DB
-	cfg schema.Config
+	t     *testing.T
+	db    database.Driver
+	cfg   schema.Config
+	agent *durability.Agent
 }
 
-func newEnv(t *testing.T) *env {
+// envOption adjusts an env before its agent starts.
+type envOption func(*envSetup)
+
+type envSetup struct {
+	db     func(t *testing.T, pgx database.Driver) database.Driver
+	config durability.Config
+}
+
+// onDriver runs the env on the driver db returns (given the pgx driver the schema was
+// migrated with) instead.
+func onDriver(db func(t *testing.T, pgx database.Driver) database.Driver) envOption {
+	return func(s *envSetup) { s.db = db }
+}
+
+// noHandledCleanup turns the agent's Handled cleanup timer off: the test calls
+// Agent.DeleteExpiredHandled itself.
+func noHandledCleanup(s *envSetup) { s.config.HandledCleanupPollingTime = -1 }
+
+func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
 	db, cfg := testdb.Migrated(t)
-	e := &env{t: t, db: db, cfg: cfg}
+	s := envSetup{config: durability.Config{
+		Schema:                      cfg,
+		ScheduledJobPollingTime:     100 * time.Millisecond,
+		NodeCheckInterval:           100 * time.Millisecond,
+		HandledCleanupPollingTime:   100 * time.Millisecond,
+		ExpiredEnvelopesPollingTime: 100 * time.Millisecond,
+		// The middleware needs no notifications; each parallel test holds one connection
+		// of the shared pool less.
+		DisableNotify: true,
+	}}
+	for _, o := range opts {
+		o(&s)
+	}
+	if s.db != nil {
+		db = s.db(t, db)
+	}
+	e := &env{t: t, db: db, cfg: cfg, agent: startAgent(t, db, s.config)}
 	e.exec(`CREATE TABLE %s.effects (message_uuid text NOT NULL, attempt int NOT NULL)`, cfg.QuoteIdent(cfg.Schema))
 	return e
+}
+
+// startAgent starts a node and its agent on db with config, and stops both when the test
+// ends.
+func startAgent(t *testing.T, db database.Driver, config durability.Config) *durability.Agent {
+	t.Helper()
+	ctx := context.Background()
+	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := durability.NewAgent(node, config, nil)
+	if err == nil {
+		err = agent.Start(ctx)
+	}
+	if err != nil {
+		_ = node.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Handing the node's envelopes back fails where the tables are missing (a test of
+		// that case): nothing to hand back.
+		if err := errors.Join(agent.Stop(ctx), node.Close()); err != nil && !agent.Store().IsMissingTable(err) {
+			t.Errorf("stop the agent: %v", err)
+		}
+	})
+	return agent
 }
 
 func (e *env) exec(format string, args ...any) {
@@ -69,25 +133,24 @@ func (e *env) writeEffect(msg *message.Message, attempt int) error {
 
 func (e *env) inbox(mod func(*middleware.InboxConfig)) *middleware.Inbox {
 	e.t.Helper()
-	c := middleware.InboxConfig{DB: e.db, Schema: e.cfg, ConsumerName: "test-consumer"}
+	c := middleware.InboxConfig{ConsumerName: "test-consumer"}
 	if mod != nil {
 		mod(&c)
 	}
-	in, err := middleware.NewInbox(c)
+	in, err := middleware.NewInbox(e.agent, c, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() { _ = in.Close() })
 	return in
 }
 
 func (e *env) deadLetterMW(mod func(*middleware.DeadLetterConfig)) *middleware.DeadLetter {
 	e.t.Helper()
-	c := middleware.DeadLetterConfig{DB: e.db, Schema: e.cfg, MaxAttempts: 3, InitialInterval: time.Millisecond, MaxInterval: 5 * time.Millisecond}
+	c := middleware.DeadLetterConfig{MaxAttempts: 3, InitialInterval: time.Millisecond, MaxInterval: 5 * time.Millisecond}
 	if mod != nil {
 		mod(&c)
 	}
-	d, err := middleware.NewDeadLetter(c)
+	d, err := middleware.NewDeadLetter(e.agent, c, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -12,82 +11,61 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// Defaults of InboxConfig.
-const (
-	// DefaultKeepFor is how long a Handled mark is kept, so how late a duplicate is still
-	// recognised. Wolverine keeps its marks 5 minutes, which covers a broker redelivering at
-	// once; duplicates also come much later: a consumer down overnight whose broker
-	// redelivers its unacknowledged messages when it comes back, a forwarder or outbox
-	// relay that re-sends after a crash and a failover, a producer replaying a batch. A day
-	// covers those. The cost is one small row (about 250 bytes with its index entries, no
-	// body) per message for a day: about 2 GB at a steady 100 messages a second; lower it
-	// for higher rates.
-	DefaultKeepFor = 24 * time.Hour
-	// DefaultCleanupInterval is how often Inbox.Run deletes expired marks.
-	DefaultCleanupInterval = time.Minute
-	// DefaultCleanupBatchSize is how many expired marks one statement deletes.
-	DefaultCleanupBatchSize = 1000
-)
+// DefaultKeepFor is how long a Handled mark is kept, so how late a duplicate is still
+// recognised. Wolverine keeps its marks 5 minutes, which covers a broker redelivering at
+// once; duplicates also come much later: a consumer down overnight whose broker redelivers
+// its unacknowledged messages when it comes back, a forwarder or outbox relay that re-sends
+// after a crash and a failover, a producer replaying a batch. A day covers those. The cost
+// is one small row (about 250 bytes with its index entries, no body) per message for a day:
+// about 2 GB at a steady 100 messages a second; lower it for higher rates.
+const DefaultKeepFor = 24 * time.Hour
 
 // ErrInvalidConfig is wrapped by every configuration error of NewInbox and NewDeadLetter.
 var ErrInvalidConfig = errors.New("watermill-jasper: invalid middleware config")
 
-// InboxConfig configures an Inbox.
+// errNilAgent is the error of NewInbox and NewDeadLetter given no agent.
+var errNilAgent = fmt.Errorf("%w: the *durability.Agent is nil; build one with jasper.NewRuntime (rt.Inbox, rt.DeadLetter), or durability.NewNode then durability.NewAgent", ErrInvalidConfig)
+
+// InboxConfig configures an Inbox. The database and the schema are the agent's: the Jasper
+// tables and the handler's own tables are in that database, and the handler's writes and the
+// Handled mark commit in one transaction of it.
 type InboxConfig struct {
-	// DB is the database holding both the Jasper tables and the handler's own tables: the
-	// handler's writes and the Handled mark commit in one transaction of DB. Required.
-	DB database.DB
-	// Schema says where the Jasper tables are. Default: PostgreSQL, schema "public".
-	Schema schema.Config
 	// ConsumerName names this consumer (a service, or one logical subscriber of a topic) in
 	// the key of its marks: InboxKey(ConsumerName, handler name, message UUID). Two
 	// services sharing a database must use two names. Required; keep it stable, a new name
 	// forgets every mark.
 	ConsumerName string
 	// KeepFor is how long a Handled mark is kept after the message was handled: a duplicate
-	// arriving later is handled again. Default DefaultKeepFor (24h; see there why).
+	// arriving later is handled again. Default DefaultKeepFor (24h; see there why). The inbox
+	// deletes no mark itself: the durability agent's Handled cleanup job
+	// (durability.JobHandled, every durability.Config.HandledCleanupPollingTime, in batches of
+	// HandledCleanupBatchSize) deletes the marks past their keep_until, so a mark may outlive
+	// KeepFor by up to one polling time, and marks accumulate while no agent runs.
 	KeepFor time.Duration
-	// CleanupInterval is how often Run deletes the expired marks. Default 1 minute.
-	CleanupInterval time.Duration
-	// CleanupBatchSize is how many expired marks one DELETE removes (each batch is its own
-	// short statement). Default 1000.
-	CleanupBatchSize int
 	// Publisher, when set, publishes the messages the handler returns inside the handler's
 	// transaction, to the router's publish topic, instead of returning them to the router
 	// (which publishes them after the commit). Use this library's outbox publisher built on
-	// the pool (publisher.NewPublisher(sql.BeginnerFromPgx(pool), ...)). Without it, a
-	// router publish failing after the commit makes the redelivery a duplicate and the
-	// returned messages are never published: prefer Publish inside the handler, or set this.
+	// the pool (a jasper.Runtime's Publisher, or publisher.NewPublisher(
+	// sql.BeginnerFromPgx(pool), ...)). Without it, a router publish failing after the commit
+	// makes the redelivery a duplicate and the returned messages are never published: prefer
+	// Publish inside the handler, or set this.
 	Publisher message.Publisher
 	// Defaults fill message_type and content_type of the marks when the message's metadata
 	// does not (see package metadata).
 	Defaults publisher.Defaults
-	// Logger; default none.
-	Logger watermill.LoggerAdapter
 }
 
 func (c *InboxConfig) setDefaults() {
-	if c.Schema.Dialect == "" && c.DB != nil {
-		c.Schema.Dialect = c.DB.Dialect()
-	}
 	if c.KeepFor == 0 {
 		c.KeepFor = DefaultKeepFor
-	}
-	if c.CleanupInterval == 0 {
-		c.CleanupInterval = DefaultCleanupInterval
-	}
-	if c.CleanupBatchSize == 0 {
-		c.CleanupBatchSize = DefaultCleanupBatchSize
-	}
-	if c.Logger == nil {
-		c.Logger = watermill.NopLogger{}
 	}
 }
 
@@ -95,60 +73,38 @@ func (c *InboxConfig) setDefaults() {
 func (c InboxConfig) Validate() error {
 	c.setDefaults()
 	switch {
-	case c.DB == nil:
-		return fmt.Errorf("%w: InboxConfig.DB is nil; pass database.FromPgx(pool) or database.FromStdSQL(db)", ErrInvalidConfig)
 	case c.ConsumerName == "":
 		return fmt.Errorf("%w: InboxConfig.ConsumerName is empty; name the consumer (e.g. the service name), it keys the marks", ErrInvalidConfig)
 	case c.KeepFor < time.Millisecond:
 		return fmt.Errorf("%w: InboxConfig.KeepFor is %s, it must be at least 1ms", ErrInvalidConfig, c.KeepFor)
-	case c.CleanupInterval < 0:
-		return fmt.Errorf("%w: InboxConfig.CleanupInterval is negative (%s)", ErrInvalidConfig, c.CleanupInterval)
-	case c.CleanupBatchSize < 1:
-		return fmt.Errorf("%w: InboxConfig.CleanupBatchSize is %d, it must be positive", ErrInvalidConfig, c.CleanupBatchSize)
-	}
-	if err := c.Schema.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	if c.Schema.Dialect != c.DB.Dialect() {
-		return fmt.Errorf("%w: InboxConfig.Schema says dialect %s but DB is %s", ErrInvalidConfig, c.Schema.Dialect, c.DB.Dialect())
 	}
 	return nil
 }
 
 // Inbox is the idempotent inbox middleware (see the package documentation). Its Middleware
-// may be used by any number of handlers and goroutines; Run deletes expired marks.
+// may be used by any number of handlers and goroutines. It has nothing to run or close: the
+// agent's Handled cleanup job deletes the expired marks.
 type Inbox struct {
-	db      database.DB
-	dialect sqldialect.Dialect
-	codec   row.UUIDCodec
-	config  InboxConfig
-	keepMS  int64
-	logger  watermill.LoggerAdapter
-
-	mu      sync.Mutex
-	running bool
-	closed  bool
-	closing chan struct{}
-	done    chan struct{}
+	store  store.Store
+	config InboxConfig
+	logger watermill.LoggerAdapter
 }
 
-// NewInbox returns an Inbox. The Jasper tables must exist (schema.Migrate, or
-// `watermill-jasper schema migrate`).
-func NewInbox(config InboxConfig) (*Inbox, error) {
+// NewInbox returns an Inbox on the tables of agent's schema, in agent's database. The
+// Jasper tables must exist (schema.Migrate, or `watermill-jasper schema migrate`). Keep the
+// agent running while the inbox is used: it deletes the expired marks. logger may be nil.
+func NewInbox(agent *durability.Agent, config InboxConfig, logger watermill.LoggerAdapter) (*Inbox, error) {
+	if agent == nil {
+		return nil, errNilAgent
+	}
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
-	d, err := sqldialect.For(config.Schema)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	if logger == nil {
+		logger = watermill.NopLogger{}
 	}
-	config.Schema = d.Schema()
-	return &Inbox{
-		db: config.DB, dialect: d, codec: d.UUIDs(), config: config,
-		keepMS: config.KeepFor.Milliseconds(), logger: config.Logger,
-		closing: make(chan struct{}), done: make(chan struct{}),
-	}, nil
+	return &Inbox{store: agent.Store(), config: config, logger: logger}, nil
 }
 
 // inboxNamespace seeds InboxKey.
@@ -182,7 +138,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 	handler := message.HandlerNameFromCtx(orig)
 	topic := message.SubscribeTopicFromCtx(orig)
 	// BEGIN and the mark go to the database in one round trip where the driver allows it
-	// (database.BeginExec): the mark is the transaction's first statement.
+	// (pgx): the mark is the transaction's first statement.
 	tx, kind, id, err := in.beginMarked(orig, msg, handler, topic)
 	finished := false
 	defer func() {
@@ -201,7 +157,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 		return nil, nil
 	}
 
-	st := &txState{inbox: in, tx: tx, markID: id}
+	st := &txState{inbox: in, tx: tx, ops: in.store.With(tx)}
 	msg.SetContext(st.context(orig))
 	produced, err = h(msg)
 	msg.SetContext(orig)
@@ -211,7 +167,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 	if st.deadLettered.Load() {
 		// The dead-letter middleware inside gave up and wrote the dead letter in this
 		// transaction: withdraw the mark so that a replay is handled.
-		if _, err := tx.Exec(orig, in.dialect.DeleteHandledMark(), in.codec.Arg(id)); err != nil {
+		if err := st.ops.DeleteHandledMark(orig, id); err != nil {
 			return nil, in.errorf(msg, "withdraw the mark of a dead-lettered message", err)
 		}
 		produced = nil
@@ -244,71 +200,66 @@ func (in *Inbox) publishProduced(ctx context.Context, st *txState, produced []*m
 }
 
 func (in *Inbox) errorf(msg *message.Message, op string, err error) error {
-	if in.dialect.IsMissingTable(err) {
-		return fmt.Errorf("watermill-jasper inbox %q: message %s: %s: the Jasper tables are missing in schema %q; create them with `watermill-jasper schema migrate` or schema.Migrate: %w",
-			in.config.ConsumerName, msg.UUID, op, in.config.Schema.Schema, err)
+	return fmt.Errorf("watermill-jasper inbox %q: message %s: %s: %w", in.config.ConsumerName, msg.UUID, op, withTablesHint(in.store, err))
+}
+
+// withTablesHint names the fix when err says the Jasper tables are missing.
+func withTablesHint(s store.Store, err error) error {
+	if s.IsMissingTable(err) {
+		return fmt.Errorf("the Jasper tables are missing in schema %q; create them with `watermill-jasper schema migrate` or schema.Migrate: %w", s.Schema().Schema, err)
 	}
-	return fmt.Errorf("watermill-jasper inbox %q: message %s: %s: %w", in.config.ConsumerName, msg.UUID, op, err)
+	return err
 }
 
 // beginMarked starts the inbox transaction with the mark as its first statement and says
 // how the message was marked. The returned Tx, when not nil, is the caller's to end, also
 // when err is not nil.
 func (in *Inbox) beginMarked(ctx context.Context, msg *message.Message, handler, topic string) (database.Tx, markKind, uuid.UUID, error) {
-	if id, ok := ownRowID(msg, topic); ok {
-		tx, n, err := database.BeginExec(ctx, in.db, in.dialect.MarkIncomingHandled(), in.codec.Arg(id), topic, in.keepMS)
-		if err != nil {
-			return nil, 0, id, err
-		}
-		if n == 1 {
-			return tx, markOwnRow, id, nil
-		}
-		kind, err := in.ownRowStatus(ctx, tx, id, topic)
-		if err != nil || kind != markKeyed {
-			return tx, kind, id, err
-		}
-		// No row of this topic with that id: the metadata came along from elsewhere (a
-		// relayed message keeps its envelope id); fall back to a keyed mark.
-		key := InboxKey(in.config.ConsumerName, handler, msg.UUID)
-		n, err = tx.Exec(ctx, in.dialect.InsertHandled(), in.markArgs(msg, topic, key)...)
-		return tx, keyedKind(n), key, err
-	}
 	key := InboxKey(in.config.ConsumerName, handler, msg.UUID)
-	tx, n, err := database.BeginExec(ctx, in.db, in.dialect.InsertHandled(), in.markArgs(msg, topic, key)...)
-	return tx, keyedKind(n), key, err
+	id, own := ownRowID(msg, topic)
+	if !own {
+		tx, inserted, err := in.store.BeginInsertHandled(ctx, in.markParams(msg, topic, key))
+		return tx, keyedKind(inserted), key, err
+	}
+	tx, marked, err := in.store.BeginMarkHandled(ctx, store.MarkHandledParams{ID: id, Topic: topic, Keep: in.config.KeepFor})
+	switch {
+	case err != nil:
+		return tx, 0, id, err
+	case marked:
+		return tx, markOwnRow, id, nil
+	}
+	ops := in.store.With(tx)
+	status, found, err := ops.IncomingStatus(ctx, id, topic)
+	switch {
+	case err != nil:
+		return tx, 0, id, err
+	case found:
+		// The row exists but cannot be marked: handled already, or in the hands of another
+		// delivery.
+		if status != schema.StatusHandled {
+			in.logger.Info("Inbox: the delivered envelope is not Incoming any more (another delivery holds it); acknowledged without running the handler",
+				watermill.LogFields{"envelope_id": id.String(), "status": status, "topic": topic})
+		}
+		return tx, markDuplicate, id, nil
+	}
+	// No row of this topic with that id: the metadata came along from elsewhere (a relayed
+	// message keeps its envelope id); fall back to a keyed mark.
+	inserted, err := ops.InsertHandled(ctx, in.markParams(msg, topic, key))
+	return tx, keyedKind(inserted), key, err
 }
 
-func keyedKind(inserted int64) markKind {
-	if inserted == 0 {
+func keyedKind(inserted bool) markKind {
+	if !inserted {
 		return markDuplicate
 	}
 	return markKeyed
 }
 
-// markArgs are the bind values of InsertHandled for the mark row id of msg.
-func (in *Inbox) markArgs(msg *message.Message, topic string, id uuid.UUID) []any {
+// markParams are the keyed mark id of msg.
+func (in *Inbox) markParams(msg *message.Message, topic string, id uuid.UUID) store.InsertHandledParams {
 	e := in.markEnvelope(msg, topic)
 	e.ID = id
-	return append(e.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+1), in.codec), in.keepMS)
-}
-
-// ownRowStatus says, after MarkIncomingHandled marked no row, why: markDuplicate when the
-// row exists but cannot be marked (handled already, or in the hands of another delivery),
-// markKeyed when there is no such row.
-func (in *Inbox) ownRowStatus(ctx context.Context, tx database.Tx, id uuid.UUID, topic string) (markKind, error) {
-	var status string
-	err := database.QueryRow(ctx, tx, in.dialect.IncomingStatus(), []any{in.codec.Arg(id), topic}, &status)
-	switch {
-	case errors.Is(err, database.ErrNoRows):
-		return markKeyed, nil
-	case err != nil:
-		return 0, err
-	}
-	if status != schema.StatusHandled {
-		in.logger.Info("Inbox: the delivered envelope is not Incoming any more (another delivery holds it); acknowledged without running the handler",
-			watermill.LogFields{"envelope_id": id.String(), "status": status, "topic": topic})
-	}
-	return markDuplicate, nil
+	return store.InsertHandledParams{Mark: e, Keep: in.config.KeepFor}
 }
 
 // ownRowID returns the envelope id of a message delivered by this library's subscriber.
@@ -352,86 +303,5 @@ func withoutColumnKeys(msg *message.Message) *message.Message {
 	return c
 }
 
-// Cleanup deletes every Handled mark whose keep_until has passed, in batches of
-// CleanupBatchSize rows (each its own short statement, skipping rows locked by others), and
-// returns how many it deleted. Run calls it every CleanupInterval.
-func (in *Inbox) Cleanup(ctx context.Context) (int64, error) {
-	var total int64
-	for {
-		n, err := in.db.Exec(ctx, in.dialect.DeleteExpiredHandled(), in.config.CleanupBatchSize)
-		total += n
-		if err != nil {
-			return total, fmt.Errorf("watermill-jasper inbox %q: delete expired marks: %w", in.config.ConsumerName, err)
-		}
-		if n < int64(in.config.CleanupBatchSize) {
-			return total, nil
-		}
-		if err := ctx.Err(); err != nil {
-			return total, err
-		}
-	}
-}
-
-// Run deletes expired marks (Cleanup) at once and then every CleanupInterval, off the
-// message path, until ctx ends or Close is called; it then returns nil. Errors are logged
-// and retried at the next interval. Run once per Inbox; a second concurrent call returns an
-// error.
-func (in *Inbox) Run(ctx context.Context) error {
-	in.mu.Lock()
-	switch {
-	case in.closed:
-		in.mu.Unlock()
-		return fmt.Errorf("watermill-jasper inbox %q: Run after Close", in.config.ConsumerName)
-	case in.running:
-		in.mu.Unlock()
-		return fmt.Errorf("watermill-jasper inbox %q: Run is already running", in.config.ConsumerName)
-	}
-	in.running = true
-	in.mu.Unlock()
-	defer close(in.done)
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-in.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-timer.C:
-		}
-		n, err := in.Cleanup(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			in.logger.Error("Inbox: deleting expired marks failed; retrying later", err, watermill.LogFields{"consumer": in.config.ConsumerName})
-		case n > 0:
-			in.logger.Debug("Inbox: expired marks deleted", watermill.LogFields{"consumer": in.config.ConsumerName, "rows": n})
-		}
-		timer.Reset(in.config.CleanupInterval)
-	}
-}
-
-// Close stops Run and waits for it to return. The middleware keeps working. Idempotent.
-func (in *Inbox) Close() error {
-	in.mu.Lock()
-	if !in.closed {
-		in.closed = true
-		close(in.closing)
-	}
-	running := in.running
-	in.mu.Unlock()
-	if running {
-		<-in.done
-	}
-	return nil
-}
-
 // Schema returns the normalized schema config of the inbox.
-func (in *Inbox) Schema() schema.Config { return in.config.Schema }
+func (in *Inbox) Schema() schema.Config { return in.store.Schema() }

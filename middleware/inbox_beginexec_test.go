@@ -10,33 +10,34 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
 
-// The inbox on handles without database.FirstStatementBeginner (BEGIN, then the mark, as on
+// The inbox on drivers without database.FirstStatementBeginner (BEGIN, then the mark, as on
 // database/sql) keeps its guarantees: concurrent duplicates have effects once, a failed
 // attempt leaves nothing.
 func TestInboxWithoutPipelinedBegin(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name string
-		db   func(t *testing.T, pgx database.DB) database.DB
+		db   func(t *testing.T, pgx database.Driver) database.Driver
 	}{
-		{"pgx, capability hidden", func(_ *testing.T, pgx database.DB) database.DB { return struct{ database.DB }{pgx} }},
-		{"database/sql", func(t *testing.T, _ database.DB) database.DB {
-			db, err := database.FromStdSQL(testdb.StdDB(t))
+		{"pgx, capability hidden", func(t *testing.T, _ database.Driver) database.Driver {
+			d, err := postgres.New(struct{ dbx.DB }{dbx.FromPgx(testdb.Pool(t))})
 			if err != nil {
 				t.Fatal(err)
 			}
-			return db
+			return d
 		}},
+		{"database/sql", func(t *testing.T, _ database.Driver) database.Driver { return testdb.StdDriver(t) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t)
-			e.db = c.db(t, e.db)
-			if _, ok := e.db.(database.FirstStatementBeginner); ok {
-				t.Fatal("the handle still pipelines BEGIN")
+			e := newEnv(t, onDriver(c.db))
+			if _, ok := e.agent.Store().DB().(database.FirstStatementBeginner); ok {
+				t.Fatal("the driver still pipelines BEGIN")
 			}
 			in := e.inbox(nil)
 			sub := newTestSub()

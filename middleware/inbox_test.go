@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -230,17 +231,13 @@ func TestInboxHandlerWritesAndOutboxPublishInOneTransaction(t *testing.T) {
 	for _, std := range []bool{false, true} {
 		t.Run(fmt.Sprintf("database/sql=%v", std), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t)
 			var beginner wmsql.ContextExecutor = wmsql.BeginnerFromPgx(testdb.Pool(t))
+			var opts []envOption
 			if std {
-				sdb := testdb.StdDB(t)
-				db, err := database.FromStdSQL(sdb)
-				if err != nil {
-					t.Fatal(err)
-				}
-				e.db = db
-				beginner = wmsql.BeginnerFromStdSQL(sdb)
+				beginner = wmsql.BeginnerFromStdSQL(testdb.StdDB(t))
+				opts = append(opts, onDriver(func(t *testing.T, _ database.Driver) database.Driver { return testdb.StdDriver(t) }))
 			}
+			e := newEnv(t, opts...)
 			outbox, err := publisher.NewPublisher(beginner, publisher.Config{Schema: e.cfg}, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -396,10 +393,12 @@ func TestInboxMarksTheSubscribersOwnRow(t *testing.T) {
 	}
 }
 
-// Expired marks are deleted in bounded batches; nothing else is touched.
-func TestInboxCleanupDeletesExpiredMarksInBatches(t *testing.T) {
+// The inbox deletes no mark: the agent's Handled cleanup deletes the expired ones, in
+// bounded batches, and touches nothing else; a message whose mark expired and was deleted is
+// handled again.
+func TestAgentCleanupDeletesExpiredMarks(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnv(t, noHandledCleanup)
 	inc := e.table(schema.IncomingTable)
 	e.exec(`INSERT INTO %s (id, status, owner_id, body, message_type, keep_until)
 SELECT gen_random_uuid(), 'Handled', 0, '', 't', now() - interval '1 minute' FROM generate_series(1, 2500)`, inc)
@@ -408,51 +407,53 @@ SELECT gen_random_uuid(), 'Handled', 0, '', 't', now() + interval '1 hour' FROM 
 	e.exec(`INSERT INTO %s (id, status, owner_id, body, message_type, keep_until, received_at)
 VALUES (gen_random_uuid(), 'Incoming', 0, '', 't', now() - interval '1 hour', 'q')`, inc)
 
-	logs := &captureLogger{debug: make(chan string, 16)}
-	in := e.inbox(func(c *middleware.InboxConfig) { c.CleanupBatchSize = 1000; c.Logger = logs })
-	n, err := in.Cleanup(context.Background())
-	if err != nil || n != 2500 {
-		t.Fatalf("Cleanup deleted %d (%v), want 2500", n, err)
+	if n := e.deleteExpiredHandled(2500); n != 2500 {
+		t.Fatalf("the agent deleted %d expired marks, want 2500", n)
 	}
 	if e.count(inc) != 11 || e.count(inc+" WHERE status = 'Incoming'") != 1 {
-		t.Fatalf("left %d rows", e.count(inc))
+		t.Fatalf("left %d rows, want the 10 live marks and the Incoming row", e.count(inc))
 	}
 
-	// Run cleans up in the background at once, then every interval; Close stops it.
-	e.exec(`UPDATE %s SET keep_until = now() - interval '1 second' WHERE status = 'Handled'`, inc)
-	done := make(chan error, 1)
-	go func() { done <- in.Run(context.Background()) }()
-	for msg := range logs.debug {
-		if strings.Contains(msg, "expired marks deleted") {
-			break
+	// A mark the inbox wrote, once expired, goes the same way.
+	e.exec(`DELETE FROM %s`, inc)
+	in := e.inbox(func(c *middleware.InboxConfig) { c.KeepFor = time.Millisecond })
+	sub := newTestSub()
+	var calls atomic.Int32
+	startRouter(t, sub, "orders", func(*message.Message) error {
+		calls.Add(1)
+		return nil
+	}, in.Middleware)
+	msg := message.NewMessage(watermill.NewUUID(), nil)
+	if !sub.deliver(t, msg.Copy()) || e.handledMarks() != 1 {
+		t.Fatalf("first delivery: %d marks", e.handledMarks())
+	}
+	if n := e.deleteExpiredHandled(1); n != 1 {
+		t.Fatalf("the agent deleted %d expired marks, want the inbox's", n)
+	}
+	if !sub.deliver(t, msg.Copy()) || calls.Load() != 2 {
+		t.Errorf("a message whose mark was deleted was not handled again (calls %d)", calls.Load())
+	}
+}
+
+// deleteExpiredHandled runs the agent's Handled cleanup until want marks are deleted: a pass
+// deletes nothing while another agent of the database holds the cleanup lock, and the mark
+// of a KeepFor of 1ms expires on the database clock. It returns how many were deleted.
+func (e *env) deleteExpiredHandled(want int64) int64 {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var total int64
+	for total < want && time.Now().Before(deadline) {
+		n, err := e.agent.DeleteExpiredHandled(context.Background())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		total += n
+		if n == 0 {
+			time.Sleep(5 * time.Millisecond) // polling for a state (the lock free, the mark expired), not a synchronisation by time
 		}
 	}
-	if err := in.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if e.count(inc) != 1 {
-		t.Fatalf("Run left %d rows, want the Incoming one", e.count(inc))
-	}
-	if err := in.Run(context.Background()); err == nil {
-		t.Error("Run after Close did not fail")
-	}
+	return total
 }
-
-type captureLogger struct {
-	watermill.NopLogger
-	debug chan string
-}
-
-func (l *captureLogger) Debug(msg string, _ watermill.LogFields) {
-	select {
-	case l.debug <- msg:
-	default:
-	}
-}
-func (l *captureLogger) With(watermill.LogFields) watermill.LoggerAdapter { return l }
 
 func TestInboxTransactionAccessors(t *testing.T) {
 	t.Parallel()
@@ -496,40 +497,57 @@ func TestInboxTransactionAccessors(t *testing.T) {
 
 func TestInboxConfigErrors(t *testing.T) {
 	t.Parallel()
-	db := database.FromPgx(testdb.Pool(t))
-	for name, c := range map[string]middleware.InboxConfig{
-		"no db":          {ConsumerName: "c"},
-		"no consumer":    {DB: db},
-		"bad schema":     {DB: db, ConsumerName: "c", Schema: schema.Config{Schema: "no-dashes"}},
-		"wrong dialect":  {DB: db, ConsumerName: "c", Schema: schema.Config{Dialect: schema.SQLServer}},
-		"keep too short": {DB: db, ConsumerName: "c", KeepFor: time.Microsecond},
-		"bad batch":      {DB: db, ConsumerName: "c", CleanupBatchSize: -1},
+	e := newEnv(t)
+	for name, c := range map[string]struct {
+		agent  *durability.Agent
+		config middleware.InboxConfig
+	}{
+		"no agent":       {nil, middleware.InboxConfig{ConsumerName: "c"}},
+		"no consumer":    {e.agent, middleware.InboxConfig{}},
+		"keep too short": {e.agent, middleware.InboxConfig{ConsumerName: "c", KeepFor: time.Microsecond}},
 	} {
-		if _, err := middleware.NewInbox(c); !errors.Is(err, middleware.ErrInvalidConfig) {
+		if _, err := middleware.NewInbox(c.agent, c.config, nil); !errors.Is(err, middleware.ErrInvalidConfig) {
 			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
 		}
 	}
-	for name, c := range map[string]middleware.DeadLetterConfig{
-		"no db":          {},
-		"bad attempts":   {DB: db, MaxAttempts: -1},
-		"bad multiplier": {DB: db, Multiplier: 0.5},
+	for name, c := range map[string]struct {
+		agent  *durability.Agent
+		config middleware.DeadLetterConfig
+	}{
+		"no agent":          {nil, middleware.DeadLetterConfig{}},
+		"bad attempts":      {e.agent, middleware.DeadLetterConfig{MaxAttempts: -1}},
+		"bad multiplier":    {e.agent, middleware.DeadLetterConfig{Multiplier: 0.5}},
+		"negative interval": {e.agent, middleware.DeadLetterConfig{MaxInterval: -time.Second}},
 	} {
-		if _, err := middleware.NewDeadLetter(c); !errors.Is(err, middleware.ErrInvalidConfig) {
+		if _, err := middleware.NewDeadLetter(c.agent, c.config, nil); !errors.Is(err, middleware.ErrInvalidConfig) {
 			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
 		}
+	}
+	_, err := middleware.NewInbox(nil, middleware.InboxConfig{ConsumerName: "c"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "jasper.NewRuntime") || !strings.Contains(err.Error(), "durability.NewAgent") {
+		t.Errorf("nil agent: %v, want the ways to build one", err)
 	}
 }
 
 // Missing tables give an error naming them; the message is nacked, nothing is lost.
 func TestInboxMissingTables(t *testing.T) {
 	t.Parallel()
-	s := testdb.Schema(t)
-	in, err := middleware.NewInbox(middleware.InboxConfig{DB: database.FromPgx(testdb.Pool(t)), Schema: schema.Config{Schema: s}, ConsumerName: "c"})
+	db := testdb.PgxDriver(t)
+	agent := startAgent(t, db, durability.Config{Schema: schema.Config{Schema: testdb.Schema(t)}, DisableNotify: true})
+	in, err := middleware.NewInbox(agent, middleware.InboxConfig{ConsumerName: "c"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = in.Middleware(func(*message.Message) ([]*message.Message, error) { return nil, nil })(message.NewMessage("1", nil))
-	if err == nil || !strings.Contains(err.Error(), "jasper_incoming_envelopes") {
+	if err == nil || !strings.Contains(err.Error(), "jasper_incoming_envelopes") || !strings.Contains(err.Error(), "schema migrate") {
+		t.Errorf("missing tables: %v", err)
+	}
+	dl, err := middleware.NewDeadLetter(agent, middleware.DeadLetterConfig{MaxAttempts: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dl.Middleware(func(*message.Message) ([]*message.Message, error) { return nil, errors.New("fails") })(message.NewMessage("1", nil))
+	if err == nil || !strings.Contains(err.Error(), "schema migrate") {
 		t.Errorf("missing tables: %v", err)
 	}
 }

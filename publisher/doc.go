@@ -14,6 +14,14 @@
 //     transaction carried by its first message's context (WithTx; the inbox middleware sets
 //     it) and otherwise commits on its own.
 //
+// The rows are written through the storage operations of the database's Driver
+// (Config.Driver: database.FromPgx, database.FromStdSQL, sqlserver.FromStdSQL). It is optional
+// on PostgreSQL and required on SQL Server. Publishers created per transaction should share
+// one Driver and one Coalescer (Config.Coalescer), so that they build no statements of their
+// own and notify the forwarders at most once per Config.NotifyInterval together; the runtime
+// (jasper.NewRuntime) hands out publishers set up so: Runtime.Publisher on the pool,
+// Runtime.TxPublisher in a caller's transaction.
+//
 // # Messages and rows
 //
 // The message <-> row mapping is documented in package metadata: the row id is derived from

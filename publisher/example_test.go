@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -29,6 +30,14 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer db.Close()
+	// Built once and shared by the publishers of every transaction: the driver holds the
+	// schema's statements, the coalescer lets them notify the forwarders once per interval.
+	// (jasper.Runtime.TxPublisher hands out publishers set up so.)
+	drv, err := database.FromStdSQL(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	coalescer := &publisher.Coalescer{}
 
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -42,7 +51,9 @@ func Example() {
 
 	// One Publisher per transaction, as with watermill-sql; it is cheap to build.
 	pub, err := publisher.NewPublisher(sql.TxFromStdSQL(tx), publisher.Config{
-		Schema: schema.Config{Schema: "public"},
+		Schema:    schema.Config{Schema: "public"},
+		Driver:    drv,
+		Coalescer: coalescer,
 	}, watermill.NewStdLogger(false, false))
 	if err != nil {
 		log.Fatal(err)

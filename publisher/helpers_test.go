@@ -13,12 +13,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// handle is one way of reaching PostgreSQL: pgx natively or database/sql over pgx's driver.
+// handle is one way of reaching PostgreSQL: pgx natively or database/sql over pgx's driver,
+// with or without a Driver in the publisher's config.
 type handle struct {
 	name string
 	// pool is the pool wrapped for watermill-sql.
@@ -26,34 +28,38 @@ type handle struct {
 	// begin starts a transaction and returns it wrapped for watermill-sql, plus its commit
 	// and rollback.
 	begin func(t *testing.T) (tx sql.Tx, commit, rollback func() error)
+	// driver, when set, is given to the publishers as Config.Driver.
+	driver func(t testing.TB) store.Driver
+}
+
+func pgxPool(t *testing.T) sql.Beginner { return sql.BeginnerFromPgx(testdb.Pool(t)) }
+
+func pgxBegin(t *testing.T) (sql.Tx, func() error, func() error) {
+	ctx := context.Background()
+	tx, err := testdb.Pool(t).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	return sql.TxFromPgx(tx), func() error { return tx.Commit(ctx) }, func() error { return tx.Rollback(ctx) }
+}
+
+func stdPool(t *testing.T) sql.Beginner { return sql.BeginnerFromStdSQL(testdb.StdDB(t)) }
+
+func stdBegin(t *testing.T) (sql.Tx, func() error, func() error) {
+	tx, err := testdb.StdDB(t).BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	return sql.TxFromStdSQL(tx), tx.Commit, tx.Rollback
 }
 
 var handles = []handle{
-	{
-		name: "pgx",
-		pool: func(t *testing.T) sql.Beginner { return sql.BeginnerFromPgx(testdb.Pool(t)) },
-		begin: func(t *testing.T) (sql.Tx, func() error, func() error) {
-			ctx := context.Background()
-			tx, err := testdb.Pool(t).Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = tx.Rollback(ctx) })
-			return sql.TxFromPgx(tx), func() error { return tx.Commit(ctx) }, func() error { return tx.Rollback(ctx) }
-		},
-	},
-	{
-		name: "stdsql",
-		pool: func(t *testing.T) sql.Beginner { return sql.BeginnerFromStdSQL(testdb.StdDB(t)) },
-		begin: func(t *testing.T) (sql.Tx, func() error, func() error) {
-			tx, err := testdb.StdDB(t).BeginTx(context.Background(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = tx.Rollback() })
-			return sql.TxFromStdSQL(tx), tx.Commit, tx.Rollback
-		},
-	},
+	{name: "pgx", pool: pgxPool, begin: pgxBegin},
+	{name: "stdsql", pool: stdPool, begin: stdBegin},
+	{name: "pgx_driver", pool: pgxPool, begin: pgxBegin, driver: testdb.PgxDriver},
+	{name: "stdsql_driver", pool: stdPool, begin: stdBegin, driver: testdb.StdDriver},
 }
 
 // forEachHandle runs f as a parallel subtest per handle, each with its own migrated schema.
@@ -66,6 +72,25 @@ func forEachHandle(t *testing.T, f func(t *testing.T, h handle, cfg schema.Confi
 			f(t, h, cfg)
 		})
 	}
+}
+
+// newPublisher builds a publisher on db with the handle's Driver (when it has one).
+func (h handle) newPublisher(t *testing.T, db sql.ContextExecutor, cfg publisher.Config) *publisher.Publisher {
+	t.Helper()
+	if h.driver != nil && cfg.Driver == nil {
+		cfg.Driver = h.driver(t)
+	}
+	return newPublisher(t, db, cfg)
+}
+
+// channels returns the notification channels of a schema.
+func channels(t *testing.T, cfg schema.Config) store.Channels {
+	t.Helper()
+	s, err := testdb.PgxDriver(t).Store(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Channels()
 }
 
 func newPublisher(t *testing.T, db sql.ContextExecutor, cfg publisher.Config) *publisher.Publisher {

@@ -17,8 +17,11 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -59,13 +62,14 @@ func ValidateTopic(topic string) error {
 // It is safe for concurrent use, as far as the ContextExecutor it was built on is (a
 // transaction is not: publish into one from one goroutine at a time).
 type Publisher struct {
-	db      sql.ContextExecutor
-	bound   bool // db is a transaction: ignore the context's
-	dialect sqldialect.Dialect
-	codec   row.UUIDCodec
-	config  Config
-	logger  watermill.LoggerAdapter
-	now     func() time.Time
+	bound    bool      // built on a transaction: ignore the context's
+	ops      store.Ops // the store's operations on the handle NewPublisher got
+	store    store.Store
+	channels store.Channels
+	coal     *Coalescer
+	config   Config
+	logger   watermill.LoggerAdapter
+	now      func() time.Time
 
 	// mu is held shared by each Publish and exclusively by Close, so Close waits for the
 	// Publish calls in flight; closed makes later calls fail fast.
@@ -75,18 +79,30 @@ type Publisher struct {
 
 var _ message.Publisher = (*Publisher)(nil)
 
+// errSQLServerNeedsDriver refuses a SQL Server publisher without Config.Driver: the SQL
+// Server statements live in package sqlserver, which a PostgreSQL program does not link.
+var errSQLServerNeedsDriver = fmt.Errorf("%w: publisher: SQL Server needs Config.Driver (sqlserver.FromStdSQL(db)) so that its SQL is linked; or take the publisher from the runtime", ErrInvalidConfig)
+
 // NewPublisher returns a Publisher writing through db: a transaction (sql.TxFromStdSQL,
 // sql.TxFromPgx), in which every Publish writes, or a pool (sql.BeginnerFromStdSQL,
 // sql.BeginnerFromPgx), with which Publish joins the transaction of the first message's
-// context (WithTx) or else commits on its own. logger may be nil.
+// context (WithTx) or else commits on its own. It is cheap enough to call per transaction,
+// the more so with Config.Driver set (see Config.Driver). logger may be nil.
 func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.LoggerAdapter) (*Publisher, error) {
 	if db == nil {
 		return nil, fmt.Errorf("%w: db is nil; pass sql.TxFromStdSQL(tx), sql.TxFromPgx(tx), sql.BeginnerFromStdSQL(db) or sql.BeginnerFromPgx(pool)", ErrInvalidConfig)
 	}
+	if u, ok := db.(interface{ Unwrap() dbx.Querier }); ok && config.Driver == nil {
+		// A Driver given through dbx.ToWatermill is the Driver of the publisher.
+		config.Driver, _ = u.Unwrap().(store.Driver)
+	}
 	if d, ok := dialectOf(db); ok {
-		if config.Schema.Dialect == "" {
+		switch {
+		case config.Driver != nil && config.Driver.Dialect() != d:
+			return nil, fmt.Errorf("%w: Driver is a %s database but db is a %s handle", ErrInvalidConfig, config.Driver.Dialect(), d)
+		case config.Schema.Dialect == "":
 			config.Schema.Dialect = d
-		} else if config.Schema.Dialect != d {
+		case config.Schema.Dialect != d:
 			return nil, fmt.Errorf("%w: Schema.Dialect is %s but db is a %s handle", ErrInvalidConfig, config.Schema.Dialect, d)
 		}
 	}
@@ -94,28 +110,54 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
-	dialect, err := sqldialect.For(config.Schema)
+	st, err := storeFor(config)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		return nil, err
 	}
-	config.Schema = dialect.Schema()
+	config.Schema = st.Schema()
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
+	coal := config.Coalescer
+	if coal == nil {
+		coal = &Coalescer{}
+	}
 	return &Publisher{
-		db:      db,
-		bound:   isTx(db),
-		dialect: dialect,
-		codec:   dialect.UUIDs(),
-		config:  config,
-		logger:  logger,
-		now:     time.Now,
+		bound:    isTx(db),
+		ops:      st.With(dbx.FromWatermill(db)),
+		store:    st,
+		channels: st.Channels(),
+		coal:     coal,
+		config:   config,
+		logger:   logger,
+		now:      time.Now,
 	}, nil
 }
 
+// storeFor returns the store of a validated config: the Driver's, else PostgreSQL's
+// statements on no pool of their own (the publisher binds them to its handle).
+func storeFor(config Config) (store.Store, error) {
+	if config.Driver != nil {
+		st, err := config.Driver.Store(config.Schema)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		return st, nil
+	}
+	if config.Schema.Dialect == schema.SQLServer {
+		return nil, errSQLServerNeedsDriver
+	}
+	cfg, err := config.Schema.Normalized()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return sqlstore.New(nil, postgres.Dialect(cfg)), nil
+}
+
 // dialectOf tells the dialect of the handles whose database can be seen: watermill-sql's
-// pgx adapters and a *sql.DB behind BeginnerFromStdSQL. A *sql.Tx does not show its
-// driver: Config.Schema.Dialect says it (default PostgreSQL).
+// pgx adapters, a *sql.DB behind BeginnerFromStdSQL, and a database.DB given through
+// dbx.ToWatermill (the runtime's). A *sql.Tx does not show its driver: Config.Driver or
+// Config.Schema.Dialect says it (default PostgreSQL).
 func dialectOf(db sql.ContextExecutor) (database.Dialect, bool) {
 	switch h := db.(type) {
 	case sql.PgxBeginner, sql.PgxTx, *sql.PgxTx:
@@ -126,17 +168,28 @@ func dialectOf(db sql.ContextExecutor) (database.Dialect, bool) {
 				return d, true
 			}
 		}
+	case interface{ Unwrap() dbx.Querier }:
+		if d, ok := h.Unwrap().(interface{ Dialect() dbx.Dialect }); ok {
+			return d.Dialect(), true
+		}
 	}
 	return "", false
 }
 
-// isTx reports whether db looks like a transaction (watermill-sql's own test).
+// isTx reports whether db is a transaction: it has Commit and Rollback (watermill-sql's own
+// test), or it is a database.Tx given through dbx.ToWatermill.
 func isTx(db sql.ContextExecutor) bool {
-	_, ok := db.(interface {
+	if _, ok := db.(interface {
 		Commit() error
 		Rollback() error
-	})
-	return ok
+	}); ok {
+		return true
+	}
+	if u, ok := db.(interface{ Unwrap() dbx.Querier }); ok {
+		_, ok := u.Unwrap().(dbx.Tx)
+		return ok
+	}
+	return false
 }
 
 // Publish writes messages to topic in one statement (see the package documentation for
@@ -175,47 +228,38 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	if err != nil {
 		return err
 	}
-	notifyOut := len(out) > 0 && p.dialect.OutgoingChannel() != "" && p.shouldNotify(p.dialect.OutgoingChannel())
-	stmts := p.statements(out, inc, notifyOut)
-	if p.config.Table == Incoming && len(inc) > 0 && p.dialect.IncomingChannel() != "" &&
-		p.shouldNotify(p.dialect.IncomingChannel()+"\x00"+topic) {
+	params := store.InsertParams{Outgoing: out, Incoming: inc}
+	params.NotifyOutgoing = len(out) > 0 && p.channels.Outgoing != "" && p.shouldNotify(p.channels.Outgoing)
+	if p.config.Table == Incoming && len(inc) > 0 && p.channels.Incoming != "" &&
+		p.shouldNotify(p.channels.Incoming+"\x00"+topic) {
 		// Subscribers of the topic wake when the transaction commits.
-		stmts = append(stmts, statement{query: p.dialect.NotifyIncoming(), args: []any{topic}})
+		params.NotifyTopics = []string{topic}
 	}
 
-	exec, inTx := p.executor(ctx)
+	ops, inTx := p.executor(ctx)
 	p.logger.Trace("Publishing messages to Jasper envelope tables", watermill.LogFields{
-		"topic":      topic,
-		"messages":   len(messages),
-		"outgoing":   len(out),
-		"scheduled":  len(inc),
-		"statements": len(stmts),
-		"joined_tx":  inTx,
+		"topic":     topic,
+		"messages":  len(messages),
+		"outgoing":  len(out),
+		"scheduled": len(inc),
+		"joined_tx": inTx,
 	})
-	if len(stmts) > 1 && !inTx {
-		if b, ok := exec.(sql.Beginner); ok {
-			err = p.runInTx(ctx, b, stmts)
-		} else {
-			err = p.run(ctx, exec, stmts)
-		}
-	} else {
-		err = p.run(ctx, exec, stmts)
-	}
-	if err != nil {
+	if err := ops.InsertEnvelopes(ctx, params); err != nil {
 		return p.wrapError(topic, len(messages), err)
 	}
 	return nil
 }
 
-// executor picks where a Publish writes: the bound transaction, the context's, or the pool.
-func (p *Publisher) executor(ctx context.Context) (exec sql.ContextExecutor, inTx bool) {
+// executor picks where a Publish writes: the bound transaction, the context's, or the pool
+// (where InsertEnvelopes runs several statements in a transaction of its own).
+func (p *Publisher) executor(ctx context.Context) (ops store.Ops, inTx bool) {
 	if p.bound {
-		return p.db, true
+		return p.ops, true
 	}
 	if tx, ok := TxFromContext(ctx); ok {
-		return tx, true
+		return p.store.With(dbx.FromWatermill(tx)), true
 	}
-	return p.db, false
+	return p.ops, false
 }
 
 // envelopes maps the messages to rows: outgoing envelopes, and incoming scheduled sends for
@@ -277,62 +321,8 @@ func messageError(topic string, i int, msg *message.Message, err error) error {
 	return fmt.Errorf("watermill-jasper: publish to %q: message %d (uuid %q): %w", topic, i, msg.UUID, err)
 }
 
-type statement struct {
-	query string
-	args  []any
-}
-
-// statements packs the rows into as few statements as the parameter limit allows: one for
-// any call of up to MaxParams / len(row.IncomingColumns) messages.
-func (p *Publisher) statements(out, inc []row.Envelope, notify bool) []statement {
-	wo, wi := len(row.OutgoingColumns), len(row.IncomingColumns)
-	maxParams := p.dialect.MaxParams()
-	var stmts []statement
-	for len(out)+len(inc) > 0 {
-		no := min(len(out), maxParams/wo)
-		ni := min(len(inc), (maxParams-no*wo)/wi)
-		args := make([]any, 0, no*wo+ni*wi)
-		for k := range out[:no] {
-			args = out[k].OutgoingArgs(args, p.codec)
-		}
-		for k := range inc[:ni] {
-			args = inc[k].IncomingArgs(args, p.codec)
-		}
-		stmts = append(stmts, statement{query: p.dialect.InsertEnvelopes(no, ni, notify && no > 0), args: args})
-		out, inc = out[no:], inc[ni:]
-	}
-	return stmts
-}
-
-func (p *Publisher) run(ctx context.Context, exec sql.ContextExecutor, stmts []statement) error {
-	for _, s := range stmts {
-		if _, err := exec.ExecContext(ctx, s.query, s.args...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// runInTx runs several statements atomically when the Publisher is on a pool.
-func (p *Publisher) runInTx(ctx context.Context, b sql.Beginner, stmts []statement) (err error) {
-	tx, err := b.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
-	}
-	if err := p.run(ctx, tx, stmts); err != nil {
-		if rbErr := tx.Rollback(); rbErr != nil {
-			return errors.Join(err, fmt.Errorf("rollback: %w", rbErr))
-		}
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
-}
-
 func (p *Publisher) wrapError(topic string, n int, err error) error {
-	if p.dialect.IsMissingTable(err) {
+	if p.store.IsMissingTable(err) {
 		return fmt.Errorf("watermill-jasper: publish %d message(s) to %q: %w in schema %q; create them with `watermill-jasper schema migrate` or schema.Migrate: %w",
 			n, topic, ErrMissingTables, p.config.Schema.Schema, err)
 	}
@@ -351,11 +341,6 @@ func (p *Publisher) Close() error {
 // Schema returns the normalized schema config the Publisher writes to.
 func (p *Publisher) Schema() schema.Config { return p.config.Schema }
 
-// lastNotify holds, per notification channel (and topic), the time of the last publish of
-// this process that notified it: the state NotifyCoalesced shares between the Publishers of
-// a schema, which are typically created per transaction.
-var lastNotify sync.Map // string -> *atomic.Int64 (unix nanos)
-
 // shouldNotify applies the notify policy to a publish about to be sent on key.
 func (p *Publisher) shouldNotify(key string) bool {
 	switch p.config.Notify {
@@ -364,12 +349,5 @@ func (p *Publisher) shouldNotify(key string) bool {
 	case NotifyNever:
 		return false
 	}
-	v, ok := lastNotify.Load(key)
-	if !ok {
-		v, _ = lastNotify.LoadOrStore(key, new(atomic.Int64))
-	}
-	last := v.(*atomic.Int64)
-	now := p.now().UnixNano()
-	prev := last.Load()
-	return now-prev >= int64(p.config.NotifyInterval) && last.CompareAndSwap(prev, now)
+	return p.coal.allow(key, p.now(), p.config.NotifyInterval)
 }

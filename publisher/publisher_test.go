@@ -2,6 +2,7 @@ package publisher_test
 
 import (
 	"context"
+	stdsql "database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,13 +15,16 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/envelope"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
 func str(p *string) string {
@@ -33,7 +37,7 @@ func str(p *string) string {
 func TestPublishCommittedMapsEveryColumn(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
 		tx, commit, _ := h.begin(t)
-		p := newPublisher(t, tx, publisher.Config{Schema: cfg})
+		p := h.newPublisher(t, tx, publisher.Config{Schema: cfg})
 
 		conv := uuid.New()
 		deliverBy := time.Date(2030, 5, 6, 7, 8, 9, 123456000, time.UTC)
@@ -141,7 +145,7 @@ func TestConfiguredDefaults(t *testing.T) {
 func TestRolledBackLeavesNothing(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
 		tx, _, rollback := h.begin(t)
-		p := newPublisher(t, tx, publisher.Config{Schema: cfg})
+		p := h.newPublisher(t, tx, publisher.Config{Schema: cfg})
 		delayed := message.NewMessage("delayed", nil)
 		delay.Message(delayed, delay.For(time.Hour))
 		mustPublish(t, p, "orders", append(newMsgs(10, "m"), delayed)...)
@@ -154,7 +158,7 @@ func TestRolledBackLeavesNothing(t *testing.T) {
 
 func TestPoolPublisherJoinsContextTx(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
-		p := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
+		p := h.newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
 
 		// Rolled back: the message went into the context's transaction.
 		tx, _, rollback := h.begin(t)
@@ -197,7 +201,7 @@ func TestThousandMessagesOneStatement(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
 		tx, commit, _ := h.begin(t)
 		ctx := &countingTx{Tx: tx}
-		p := newPublisher(t, ctx, publisher.Config{Schema: cfg})
+		p := h.newPublisher(t, ctx, publisher.Config{Schema: cfg})
 		msgs := newMsgs(1000, "m")
 		delayed := newMsgs(10, "d")
 		for _, m := range delayed {
@@ -257,7 +261,7 @@ func TestLargePublishIsChunkedAtomically(t *testing.T) {
 
 func TestRepublishIsIdempotent(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
-		p := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
+		p := h.newPublisher(t, h.pool(t), publisher.Config{Schema: cfg})
 		m := message.NewMessage("same", []byte("1"))
 		mustPublish(t, p, "orders", m)
 		mustPublish(t, p, "orders", m)
@@ -350,21 +354,90 @@ func TestNewPublisherErrors(t *testing.T) {
 			t.Errorf("%s with no dialect: %v", name, err)
 		}
 	}
-	// A *sql.Tx does not show its driver: the configured SQL Server dialect is taken.
+	// A *sql.Tx does not show its driver: the configured SQL Server dialect is taken, and SQL
+	// Server needs a Driver.
 	tx, err := testdb.StdDB(t).Begin()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	if _, err := publisher.NewPublisher(sql.TxFromStdSQL(tx), sqlServerCfg, nil); err != nil {
-		t.Errorf("SQL Server config on a *sql.Tx: %v", err)
+	const needsDriver = "publisher: SQL Server needs Config.Driver (sqlserver.FromStdSQL(db)) so that its SQL is linked; or take the publisher from the runtime"
+	if _, err := publisher.NewPublisher(sql.TxFromStdSQL(tx), sqlServerCfg, nil); !errors.Is(err, publisher.ErrInvalidConfig) || !strings.HasSuffix(err.Error(), needsDriver) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("SQL Server without a Driver: error %v, want ErrInvalidConfig ending with %q", err, needsDriver)
 	}
+	mssql := sqlServerDriver(t)
+	p, err := publisher.NewPublisher(sql.TxFromStdSQL(tx), publisher.Config{Driver: mssql}, nil)
+	if err != nil {
+		t.Errorf("SQL Server Driver on a *sql.Tx: %v", err)
+	} else if p.Schema().Dialect != schema.SQLServer || p.Schema().Schema != "dbo" {
+		t.Errorf("SQL Server Driver: schema %+v, want the driver's dialect and its default schema", p.Schema())
+	}
+	// A Driver must match the handle's database and the configured dialect.
+	for name, c := range map[string]struct {
+		db  sql.ContextExecutor
+		cfg publisher.Config
+	}{
+		"SQL Server Driver on a pgx pool":       {db, publisher.Config{Driver: mssql}},
+		"PostgreSQL Driver, SQL Server dialect": {sql.TxFromStdSQL(tx), publisher.Config{Driver: testdb.PgxDriver(t), Schema: sqlServerCfg.Schema}},
+		"SQL Server Driver, PostgreSQL dialect": {sql.TxFromStdSQL(tx), publisher.Config{Driver: mssql, Schema: schema.Config{Dialect: schema.Postgres}}},
+		"Driver, bad schema":                    {db, publisher.Config{Driver: testdb.PgxDriver(t), Schema: schema.Config{Schema: "no-dashes"}}},
+	} {
+		if _, err := publisher.NewPublisher(c.db, c.cfg, nil); !errors.Is(err, publisher.ErrInvalidConfig) {
+			t.Errorf("%s: error %v, want ErrInvalidConfig", name, err)
+		}
+	}
+}
+
+// sqlServerDriver returns the Driver of a go-mssqldb pool that is never connected.
+func sqlServerDriver(t *testing.T) database.Driver {
+	t.Helper()
+	sdb, err := stdsql.Open("sqlserver", "sqlserver://nobody@127.0.0.1:1?database=none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sdb.Close() })
+	d, err := sqlserver.FromStdSQL(sdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// A database handle given through dbx.ToWatermill (as the runtime does) shows its dialect
+// (and a Driver given so is the publisher's Driver); a transaction given so is bound: the publisher writes in it, whatever the context carries.
+func TestDatabaseHandles(t *testing.T) {
+	drv, cfg := testdb.Migrated(t)
+	ctx := context.Background()
+	if _, err := publisher.NewPublisher(dbx.ToWatermill(drv), publisher.Config{Schema: schema.Config{Dialect: schema.SQLServer}}, nil); !errors.Is(err, publisher.ErrInvalidConfig) {
+		t.Errorf("SQL Server config on a PostgreSQL database.DB: %v, want ErrInvalidConfig", err)
+	}
+	mustPublish(t, newPublisher(t, dbx.ToWatermill(drv), publisher.Config{Schema: cfg}), "orders", newMsgs(1, "pool")...)
+	wantCounts(t, cfg, 1, 0)
+
+	tx, err := drv.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	p := newPublisher(t, dbx.ToWatermill(tx), publisher.Config{Schema: cfg})
+	other, _, _ := pgxBegin(t)
+	m := newMsgs(1, "tx")[0]
+	m.SetContext(publisher.WithTx(ctx, other))
+	mustPublish(t, p, "orders", m)
+	var n int
+	if err := database.QueryRow(ctx, tx, "SELECT count(*) FROM "+cfg.Qualified(schema.OutgoingTable), nil, &n); err != nil || n != 2 {
+		t.Errorf("rows seen in the bound transaction: %d (%v), want 2", n, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantCounts(t, cfg, 1, 0)
 }
 
 func TestMissingTablesSayMigrate(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, _ schema.Config) {
 		for _, s := range []string{testdb.Schema(t), "no_such_schema_" + h.name} {
-			p := newPublisher(t, h.pool(t), publisher.Config{Schema: schema.Config{Schema: s}})
+			p := h.newPublisher(t, h.pool(t), publisher.Config{Schema: schema.Config{Schema: s}})
 			err := p.Publish("orders", message.NewMessage("m", nil))
 			if !errors.Is(err, publisher.ErrMissingTables) || !strings.Contains(err.Error(), "watermill-jasper schema migrate") || !strings.Contains(err.Error(), "schema.Migrate") {
 				t.Errorf("schema %s: %v", s, err)
@@ -375,16 +448,12 @@ func TestMissingTablesSayMigrate(t *testing.T) {
 
 func TestNotifyOnCommitOnly(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
-		d, err := sqldialect.For(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch := d.OutgoingChannel()
+		ch := channels(t, cfg).Outgoing
 		l := listen(t, ch)
 
 		// Written but not committed: nothing yet; committed: one notification.
 		tx, commit, _ := h.begin(t)
-		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish}), "orders", newMsgs(3, "a")...)
+		mustPublish(t, h.newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish}), "orders", newMsgs(3, "a")...)
 		marker(t, ch, "before-commit")
 		if got := l.next(); got != "before-commit" {
 			t.Fatalf("got notification %q before the commit", got)
@@ -398,7 +467,7 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 
 		// Rolled back: none.
 		tx, _, rollback := h.begin(t)
-		mustPublish(t, newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish}), "orders", newMsgs(3, "b")...)
+		mustPublish(t, h.newPublisher(t, tx, publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish}), "orders", newMsgs(3, "b")...)
 		if err := rollback(); err != nil {
 			t.Fatal(err)
 		}
@@ -408,12 +477,12 @@ func TestNotifyOnCommitOnly(t *testing.T) {
 		}
 
 		// Nothing new inserted (re-publish), only scheduled sends, or NotifyNever: none.
-		pool := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish})
+		pool := h.newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: publisher.NotifyEveryPublish})
 		mustPublish(t, pool, "orders", newMsgs(3, "a")...)
 		later := message.NewMessage("later", nil)
 		delay.Message(later, delay.For(time.Hour))
 		mustPublish(t, pool, "orders", later)
-		quiet := newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: publisher.NotifyNever})
+		quiet := h.newPublisher(t, h.pool(t), publisher.Config{Schema: cfg, Notify: publisher.NotifyNever})
 		mustPublish(t, quiet, "orders", newMsgs(3, "c")...)
 		marker(t, ch, "quiet")
 		if got := l.next(); got != "quiet" {
@@ -433,7 +502,7 @@ func TestDelayedMessageBecomesScheduledSend(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
 		tx, commit, _ := h.begin(t)
 		ctx := &countingTx{Tx: tx}
-		p := newPublisher(t, ctx, publisher.Config{Schema: cfg})
+		p := h.newPublisher(t, ctx, publisher.Config{Schema: cfg})
 
 		due := time.Now().UTC().Add(time.Hour).Truncate(time.Second)
 		m := message.NewMessage("delayed-1", []byte(`{"remind":true}`))
@@ -526,49 +595,35 @@ func TestReleaseDueScheduledSends(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d, err := sqldialect.For(cfg)
+	// The durability agent's release: take the due scheduled sends and insert the envelopes
+	// they wrap into the outbox, in one transaction.
+	st, err := db.Store(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx, err := db.Begin(ctx)
+	err = st.InTx(ctx, func(ctx context.Context, tx store.Ops) error {
+		released, err := tx.TakeDueScheduledSends(ctx, 100)
+		if err != nil {
+			return err
+		}
+		if len(released) != 2 {
+			return fmt.Errorf("released %d scheduled sends, want 2", len(released))
+		}
+		var out []row.Envelope
+		for _, e := range released {
+			topic, msg, err := row.UnwrapScheduled(e)
+			if err != nil {
+				return err
+			}
+			o, err := row.FromMessage(topic, msg, row.Defaults{})
+			if err != nil {
+				return err
+			}
+			out = append(out, o)
+		}
+		return tx.InsertEnvelopes(ctx, store.InsertParams{Outgoing: out})
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	rows, err := tx.Query(ctx, d.ReleaseDueScheduledSends(), 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var released []row.Envelope
-	for rows.Next() {
-		e, err := row.ScanIncoming(rows, d.UUIDs())
-		if err != nil {
-			t.Fatal(err)
-		}
-		released = append(released, e)
-	}
-	if err := rows.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if len(released) != 2 {
-		t.Fatalf("released %d scheduled sends, want 2", len(released))
-	}
-	var args []any
-	for _, e := range released {
-		topic, msg, err := row.UnwrapScheduled(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := row.FromMessage(topic, msg, row.Defaults{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		args = out.OutgoingArgs(args, d.UUIDs())
-	}
-	if _, err := tx.Exec(ctx, d.InsertOutgoing(len(released)), args...); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	wantCounts(t, cfg, 2, 1)
@@ -586,18 +641,15 @@ func TestReleaseDueScheduledSends(t *testing.T) {
 // transaction and notifying the subscribers of the topic when Notify is set.
 func TestIncomingTableIsADurableLocalQueue(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
-		d, err := sqldialect.For(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := listen(t, d.IncomingChannel())
+		ch := channels(t, cfg).Incoming
+		l := listen(t, ch)
 		tx, commit, _ := h.begin(t)
-		p := newPublisher(t, tx, publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish})
+		p := h.newPublisher(t, tx, publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish})
 		later := message.NewMessage("later", []byte("l"))
 		due := time.Now().UTC().Add(time.Hour).Truncate(time.Second)
 		delay.Message(later, delay.Until(due))
 		mustPublish(t, p, "local://orders", append(newMsgs(2, "now"), later)...)
-		marker(t, d.IncomingChannel(), "before-commit")
+		marker(t, ch, "before-commit")
 		if got := l.next(); got != "before-commit" {
 			t.Fatalf("notification %q before the commit", got)
 		}
@@ -639,24 +691,65 @@ func TestIncomingTableIsADurableLocalQueue(t *testing.T) {
 }
 
 // NotifyCoalesced (the default) notifies at most once per NotifyInterval per schema, across
-// the Publishers of the process (typically one per transaction).
+// the Publishers sharing a Coalescer (typically one per transaction); a Publisher without a
+// shared Coalescer coalesces only its own publishes.
 func TestNotifyCoalesced(t *testing.T) {
 	forEachHandle(t, func(t *testing.T, h handle, cfg schema.Config) {
-		d, err := sqldialect.For(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch := d.OutgoingChannel()
+		ch := channels(t, cfg).Outgoing
 		l := listen(t, ch)
-		c := publisher.Config{Schema: cfg, NotifyInterval: time.Hour}
-		mustPublish(t, newPublisher(t, h.pool(t), c), "orders", newMsgs(1, "a")...)
-		if got := l.next(); got != "" {
-			t.Fatalf("first publish: notification %q, want the publisher's", got)
+		notifies := func(p *publisher.Publisher, prefix string) bool {
+			t.Helper()
+			mustPublish(t, p, "orders", newMsgs(1, prefix)...)
+			marker(t, ch, prefix)
+			got := l.next()
+			if got == "" {
+				if m := l.next(); m != prefix {
+					t.Fatalf("after the publisher's notification: %q, want the marker %q", m, prefix)
+				}
+				return true
+			}
+			if got != prefix {
+				t.Fatalf("notification %q, want the publisher's or the marker %q", got, prefix)
+			}
+			return false
 		}
-		mustPublish(t, newPublisher(t, h.pool(t), c), "orders", newMsgs(1, "b")...) // another Publisher, same schema
-		marker(t, ch, "coalesced")
-		if got := l.next(); got != "coalesced" {
-			t.Fatalf("second publish within the interval notified (%q)", got)
+
+		shared := publisher.Config{Schema: cfg, NotifyInterval: time.Hour, Coalescer: &publisher.Coalescer{}}
+		if !notifies(h.newPublisher(t, h.pool(t), shared), "a") {
+			t.Fatal("first publish did not notify")
+		}
+		if notifies(h.newPublisher(t, h.pool(t), shared), "b") { // another Publisher, same Coalescer
+			t.Fatal("second publish within the interval notified")
+		}
+
+		// Without a shared Coalescer: each new Publisher notifies on its first publish, then
+		// coalesces its own.
+		own := publisher.Config{Schema: cfg, NotifyInterval: time.Hour}
+		p := h.newPublisher(t, h.pool(t), own)
+		if !notifies(p, "c") {
+			t.Fatal("a Publisher with its own Coalescer did not notify on its first publish")
+		}
+		if notifies(p, "d") {
+			t.Fatal("a Publisher notified twice within the interval")
+		}
+		if !notifies(h.newPublisher(t, h.pool(t), own), "e") {
+			t.Fatal("a new Publisher without a shared Coalescer did not notify on its first publish")
+		}
+
+		// The Incoming table coalesces per topic.
+		inc := shared
+		inc.Table = publisher.Incoming
+		li := listen(t, channels(t, cfg).Incoming)
+		for i, topic := range []string{"local://a", "local://a", "local://b"} {
+			mustPublish(t, h.newPublisher(t, h.pool(t), inc), topic, newMsgs(1, fmt.Sprint("i", i))...)
+		}
+		marker(t, channels(t, cfg).Incoming, "end")
+		var got []string
+		for n := li.next(); n != "end"; n = li.next() {
+			got = append(got, n)
+		}
+		if fmt.Sprint(got) != "[local://a local://b]" {
+			t.Errorf("incoming notifications %q, want one per topic", got)
 		}
 	})
 }

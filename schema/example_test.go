@@ -55,8 +55,9 @@ func ExampleMigrate() {
 	// after: 0 differences
 }
 
-// The DDL, for review or for a DBA to apply: every statement is idempotent. On SQL Server
-// (Dialect: schema.SQLServer) batches are separated by GO lines, for sqlcmd.
+// The PostgreSQL DDL, for review or for a DBA to apply: every statement is idempotent. The
+// SQL Server script is sqlserver.Script (package sqlserver), its batches separated by GO
+// lines, for sqlcmd.
 func ExampleScript() {
 	script, err := schema.Script(schema.Config{Schema: "messaging"})
 	if err != nil {

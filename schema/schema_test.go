@@ -34,6 +34,34 @@ func TestSchemaNamesAreValidated(t *testing.T) {
 	}
 }
 
+// Script is PostgreSQL's (SQL Server's is sqlserver.Script); Migrate and Verify take the
+// dialect of their Driver and refuse a config naming another one, or no Driver.
+func TestDialectComesFromTheDriver(t *testing.T) {
+	ctx := context.Background()
+	mssql := schema.Config{Dialect: schema.SQLServer}
+	if _, err := schema.Script(mssql); !errors.Is(err, schema.ErrInvalidConfig) || !strings.Contains(err.Error(), "sqlserver.Script") {
+		t.Errorf("Script of a SQL Server config: %v, want ErrInvalidConfig naming sqlserver.Script", err)
+	}
+	db := database.FromPgx(testdb.Pool(t))
+	if err := schema.Migrate(ctx, db, mssql); !errors.Is(err, schema.ErrInvalidConfig) {
+		t.Errorf("Migrate of a SQL Server config on PostgreSQL: %v, want ErrInvalidConfig", err)
+	}
+	if _, err := schema.Verify(ctx, db, mssql, schema.VerifyOptions{}); !errors.Is(err, schema.ErrInvalidConfig) {
+		t.Errorf("Verify of a SQL Server config on PostgreSQL: %v, want ErrInvalidConfig", err)
+	}
+	if err := schema.Migrate(ctx, nil, schema.Config{}); !errors.Is(err, schema.ErrInvalidConfig) {
+		t.Errorf("Migrate without a Driver: %v, want ErrInvalidConfig", err)
+	}
+	if _, err := schema.Verify(ctx, nil, schema.Config{}, schema.VerifyOptions{}); !errors.Is(err, schema.ErrInvalidConfig) {
+		t.Errorf("Verify without a Driver: %v, want ErrInvalidConfig", err)
+	}
+	cfg := schema.Config{Schema: testdb.Schema(t), Dialect: schema.Postgres}
+	if err := schema.Migrate(ctx, db, cfg); err != nil {
+		t.Fatalf("Migrate with the Driver's dialect spelled out: %v", err)
+	}
+	assertClean(t, db, cfg)
+}
+
 func TestMigrateTwiceThenVerify(t *testing.T) {
 	ctx := context.Background()
 	for name, db := range handles(t) {
@@ -177,15 +205,15 @@ func TestVerifyReportsMissingTables(t *testing.T) {
 	}
 }
 
-func handles(t *testing.T) map[string]database.DB {
+func handles(t *testing.T) map[string]database.Driver {
 	std, err := database.FromStdSQL(testdb.StdDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return map[string]database.DB{"pgx": database.FromPgx(testdb.Pool(t)), "database_sql": std}
+	return map[string]database.Driver{"pgx": database.FromPgx(testdb.Pool(t)), "database_sql": std}
 }
 
-func assertClean(t *testing.T, db database.DB, cfg schema.Config) {
+func assertClean(t *testing.T, db database.Driver, cfg schema.Config) {
 	t.Helper()
 	diffs, err := schema.Verify(context.Background(), db, cfg, schema.VerifyOptions{})
 	if err != nil {

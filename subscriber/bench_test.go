@@ -34,30 +34,21 @@ func BenchmarkRouter(b *testing.B) {
 	const backlog = benchBacklog
 	for _, inFlight := range []int{1, 4} {
 		b.Run(fmt.Sprintf("in-flight-%d", inFlight), func(b *testing.B) {
-			db, cfg := testdb.Migrated(b)
-			p := newTestPublisher(b, db, cfg)
+			e := newEnv(b)
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				topic := fmt.Sprintf("bench-%d", i)
 				envs := make([]row.Envelope, backlog)
 				for j := range envs {
-					msg := message.NewMessage(watermill.NewUUID(), []byte(benchPayload))
-					e, err := row.FromMessage(topic, msg, row.Defaults{})
-					if err != nil {
-						b.Fatal(err)
-					}
-					e.Status = schema.StatusIncoming
-					envs[j] = e
+					envs[j] = envelope(b, topic, message.NewMessage(watermill.NewUUID(), []byte(benchPayload)), schema.StatusIncoming)
 				}
-				if err := p.insert(context.Background(), topic, envs); err != nil {
+				e.insert(topic, envs...)
+				if _, err := e.db.Exec(context.Background(), "VACUUM ANALYZE "+e.cfg.Qualified(schema.IncomingTable)); err != nil {
 					b.Fatal(err)
 				}
-				if _, err := db.Exec(context.Background(), "VACUUM ANALYZE "+cfg.Qualified(schema.IncomingTable)); err != nil {
-					b.Fatal(err)
-				}
-				c := subscriber.Config{Schema: cfg, MaxInFlight: inFlight}
-				s, err := subscriber.NewSubscriber(db, c, watermill.NopLogger{})
+				c := subscriber.Config{MaxInFlight: inFlight}
+				s, err := subscriber.NewSubscriber(e.agent, c, watermill.NopLogger{})
 				if err != nil {
 					b.Fatal(err)
 				}

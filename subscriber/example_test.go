@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
@@ -31,11 +32,28 @@ func ExampleNewSubscriber() {
 	cfg, dropSchema := testdb.ExampleSchema(ctx, db)
 	defer dropSchema()
 
+	// The node (this process's owner id) and its durability agent, which wakes the
+	// subscriptions and releases nacked messages when due. A jasper.Runtime builds both.
+	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer node.Close()
+	agent, err := durability.NewAgent(node, durability.Config{Schema: cfg}, watermill.NopLogger{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := agent.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer agent.Stop(ctx) // after the subscriber's Close (deferred calls run last first)
+
 	// Publish into the durable local queue "local://orders". Built on the pool, the
 	// publisher commits on its own (or joins the transaction of the message's context,
 	// publisher.WithTx).
 	pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{
 		Schema: cfg,
+		Driver: db,
 		Table:  publisher.Incoming,
 	}, watermill.NopLogger{})
 	if err != nil {
@@ -46,7 +64,7 @@ func ExampleNewSubscriber() {
 		log.Fatal(err)
 	}
 
-	sub, err := subscriber.NewSubscriber(db, subscriber.Config{Schema: cfg}, watermill.NopLogger{})
+	sub, err := subscriber.NewSubscriber(agent, subscriber.Config{}, watermill.NopLogger{})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -3,7 +3,7 @@ package subscriber_test
 import (
 	"context"
 	"errors"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,91 +12,104 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
-// testPublisher is a minimal durable-local-queue publisher for these tests: it writes
-// incoming envelopes (status Incoming, owner 0, received_at = topic) and notifies the
-// schema's incoming channel. The real publisher will replace it.
-type testPublisher struct {
-	db     database.DB
-	d      sqldialect.Dialect
-	closed atomic.Bool
+// wait bounds every wait for a message or a row of these tests.
+const wait = 15 * time.Second
+
+// agentConfig is the durability config of these tests: the schema, fast timers. opts change
+// it further.
+func agentConfig(cfg schema.Config, opts ...func(*durability.Config)) durability.Config {
+	c := durability.Config{
+		Schema:                  cfg,
+		ScheduledJobPollingTime: 100 * time.Millisecond,
+		NodeCheckInterval:       100 * time.Millisecond,
+	}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
 }
 
-func newTestPublisher(t testing.TB, db database.DB, cfg schema.Config) *testPublisher {
+// newAgent creates a node and its agent (not started) on db for cfg. stop stops the agent
+// and closes the node; it is idempotent and runs when the test ends.
+func newAgent(t testing.TB, db database.Driver, cfg schema.Config, opts ...func(*durability.Config)) (a *durability.Agent, stop func() error) {
 	t.Helper()
-	d, err := sqldialect.For(cfg)
+	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, watermill.NopLogger{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testPublisher{db: db, d: d}
-}
-
-func (p *testPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if p.closed.Load() {
-		return errors.New("test publisher closed")
-	}
-	envs := make([]row.Envelope, 0, len(msgs))
-	for _, m := range msgs {
-		e, err := row.FromMessage(topic, m, row.Defaults{})
-		if err != nil {
-			return err
-		}
-		e.Status = schema.StatusIncoming
-		envs = append(envs, e)
-	}
-	return p.insert(context.Background(), topic, envs)
-}
-
-const maxRowsPerInsert = 500
-
-func (p *testPublisher) insert(ctx context.Context, topic string, envs []row.Envelope) error {
-	err := database.InTx(ctx, p.db, func(tx database.Tx) error {
-		for len(envs) > 0 {
-			n := min(len(envs), maxRowsPerInsert)
-			args := make([]any, 0, n*len(row.IncomingColumns))
-			for i := range envs[:n] {
-				args = envs[i].IncomingArgs(args, p.d.UUIDs())
-			}
-			if _, err := tx.Exec(ctx, p.d.InsertIncoming(n), args...); err != nil {
-				return err
-			}
-			envs = envs[n:]
-		}
-		return nil
-	})
+	a, err = durability.NewAgent(node, agentConfig(cfg, opts...), watermill.NopLogger{})
 	if err != nil {
-		return err
+		_ = node.Close()
+		t.Fatal(err)
 	}
-	// Notify after the commit, in a transaction of its own: a NOTIFY in the inserting
-	// transaction holds PostgreSQL's global notify lock across that transaction's commit
-	// flush, serializing every publishing commit (~900 msg/s instead of ~4,500 here).
-	_, err = p.db.Exec(ctx, p.d.NotifyIncoming(), topic)
-	return err
+	stop = sync.OnceValue(func() error {
+		return errors.Join(a.Stop(context.Background()), node.Close())
+	})
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("stop the agent: %v", err)
+		}
+	})
+	return a, stop
 }
 
-func (p *testPublisher) Close() error {
-	p.closed.Store(true)
-	return nil
+// startAgent is newAgent, started.
+func startAgent(t testing.TB, db database.Driver, cfg schema.Config, opts ...func(*durability.Config)) *durability.Agent {
+	t.Helper()
+	a, _ := newAgent(t, db, cfg, opts...)
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
-// fastConfig is a subscriber config for tests: the given schema, short back-offs.
-func fastConfig(cfg schema.Config) subscriber.Config {
+// env is a migrated schema of the test database and a running agent for it.
+type env struct {
+	t     testing.TB
+	db    database.Driver
+	cfg   schema.Config
+	agent *durability.Agent
+}
+
+// newEnv migrates a fresh schema and starts an agent for it (opts change its config).
+func newEnv(t testing.TB, opts ...func(*durability.Config)) *env {
+	t.Helper()
+	db, cfg := testdb.Migrated(t)
+	return &env{t: t, db: db, cfg: cfg, agent: startAgent(t, db, cfg, opts...)}
+}
+
+// slowAgent turns the agent's periodic scheduled pass (release and recovery wake-ups) off in
+// practice: only ScheduleAt, notifications and the subscription's own wake-ups act.
+func slowAgent(c *durability.Config) {
+	c.ScheduledJobPollingTime = time.Hour
+}
+
+// fastConfig is a subscriber config for tests: short back-offs.
+func fastConfig() subscriber.Config {
 	return subscriber.Config{
-		Schema:         cfg,
 		NackBackoff:    10 * time.Millisecond,
 		MaxNackBackoff: 200 * time.Millisecond,
 		RetryInterval:  100 * time.Millisecond,
 	}
 }
 
-func newSubscriber(t testing.TB, db database.DB, cfg subscriber.Config) *subscriber.Subscriber {
+// subscriber returns a Subscriber of the env's agent, closed when the test ends.
+func (e *env) subscriber(cfg subscriber.Config) *subscriber.Subscriber {
+	e.t.Helper()
+	return newSubscriber(e.t, e.agent, cfg)
+}
+
+func newSubscriber(t testing.TB, a *durability.Agent, cfg subscriber.Config) *subscriber.Subscriber {
 	t.Helper()
-	s, err := subscriber.NewSubscriber(db, cfg, watermill.NewStdLogger(false, false))
+	s, err := subscriber.NewSubscriber(a, cfg, watermill.NewStdLogger(false, false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,16 +121,38 @@ func newSubscriber(t testing.TB, db database.DB, cfg subscriber.Config) *subscri
 	return s
 }
 
-func publish(t testing.TB, p *testPublisher, topic string, n int) []*message.Message {
+// insert writes incoming envelopes of topic through the store and notifies the topic's
+// subscribers, as a publisher of the durable local queue does.
+func (e *env) insert(topic string, envs ...row.Envelope) {
+	e.t.Helper()
+	err := e.agent.Store().InsertEnvelopes(context.Background(), store.InsertParams{Incoming: envs, NotifyTopics: []string{topic}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// envelope is msg as an incoming envelope of topic with a status.
+func envelope(t testing.TB, topic string, msg *message.Message, status string) row.Envelope {
 	t.Helper()
+	e, err := row.FromMessage(topic, msg, row.Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Status = status
+	return e
+}
+
+// publish writes n Incoming envelopes of topic and returns their messages.
+func (e *env) publish(topic string, n int) []*message.Message {
+	e.t.Helper()
 	msgs := make([]*message.Message, n)
+	envs := make([]row.Envelope, n)
 	for i := range msgs {
 		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(uuid.NewString()))
 		msgs[i].Metadata.Set("i", string(rune('a'+i%26)))
+		envs[i] = envelope(e.t, topic, msgs[i], schema.StatusIncoming)
 	}
-	if err := p.Publish(topic, msgs...); err != nil {
-		t.Fatal(err)
-	}
+	e.insert(topic, envs...)
 	return msgs
 }
 
@@ -157,20 +192,22 @@ func queryInt(t testing.TB, db database.DB, query string, args ...any) int64 {
 	return n
 }
 
-func incomingCount(t testing.TB, db database.DB, cfg schema.Config, where string, args ...any) int64 {
-	t.Helper()
-	q := "SELECT count(*) FROM " + cfg.Qualified(schema.IncomingTable)
+// count counts the incoming envelopes matching where ("" all).
+func (e *env) count(where string, args ...any) int64 {
+	e.t.Helper()
+	q := "SELECT count(*) FROM " + e.cfg.Qualified(schema.IncomingTable)
 	if where != "" {
 		q += " WHERE " + where
 	}
-	return queryInt(t, db, q, args...)
+	return queryInt(e.t, e.db, q, args...)
 }
 
-func dbNow(t testing.TB, db database.DB) time.Time {
-	t.Helper()
+// now is the database clock.
+func (e *env) now() time.Time {
+	e.t.Helper()
 	var now time.Time
-	if err := database.QueryRow(context.Background(), db, "SELECT now()", nil, &now); err != nil {
-		t.Fatal(err)
+	if err := database.QueryRow(context.Background(), e.db, "SELECT now()", nil, &now); err != nil {
+		e.t.Fatal(err)
 	}
 	return now
 }

@@ -10,30 +10,41 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
-const wait = 15 * time.Second
-
-func TestAckDeletesEnvelope(t *testing.T) {
-	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	s := newSubscriber(t, db, fastConfig(cfg))
-	sent := publish(t, p, "orders", 3)
-	ch, err := s.Subscribe(context.Background(), "orders")
+func subscribe(t testing.TB, s *subscriber.Subscriber, topic string) <-chan *message.Message {
+	t.Helper()
+	ch, err := s.Subscribe(context.Background(), topic)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ch
+}
+
+// receiveAndAck receives the next message, checks it is want and acks it.
+func receiveAndAck(t testing.TB, ch <-chan *message.Message, want *message.Message) {
+	t.Helper()
+	m := receive(t, ch, wait)
+	if m.UUID != want.UUID {
+		t.Fatalf("got %s, want %s", m.UUID, want.UUID)
+	}
+	m.Ack()
+}
+
+func TestAckDeletesEnvelope(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	s := e.subscriber(fastConfig())
+	sent := e.publish("orders", 3)
+	ch := subscribe(t, s, "orders")
 	byUUID := map[string]*message.Message{}
 	for _, m := range sent {
 		byUUID[m.UUID] = m
@@ -55,55 +66,93 @@ func TestAckDeletesEnvelope(t *testing.T) {
 		if got := m.Metadata.Get(metadata.Attempts); got != "0" {
 			t.Errorf("metadata %s = %q, want 0", metadata.Attempts, got)
 		}
-		// Delivered means claimed and committed: the row is this node's.
-		if n := incomingCount(t, db, cfg, "id = $1 AND owner_id = $2", id, s.NodeID()); n != 1 {
+		// Delivered means claimed and committed: the row is the agent's node's.
+		if s.NodeID() != e.agent.NodeID() {
+			t.Fatalf("subscriber node %d, agent node %d", s.NodeID(), e.agent.NodeID())
+		}
+		if n := e.count("id = $1 AND owner_id = $2", id, s.NodeID()); n != 1 {
 			t.Errorf("delivered envelope %s is not owned by node %d", id, s.NodeID())
 		}
 		m.Ack()
 	}
-	eventually(t, wait, "acked envelopes deleted", func() bool { return incomingCount(t, db, cfg, "") == 0 })
+	eventually(t, wait, "acked envelopes deleted", func() bool { return e.count("") == 0 })
 }
 
-func TestNackCountsAttemptAndRedeliversAfterBackoff(t *testing.T) {
+// A nacked message is handed back as a Jasper scheduled retry (status Scheduled,
+// execution_time = nack + back-off, attempts + 1); the agent makes it Incoming when due,
+// at the time the subscription asked for (ScheduleAt: the agent's periodic pass and the
+// subscription's polling are an hour apart here), and it is delivered again, not before its
+// execution_time. The back-off doubles up to MaxNackBackoff.
+func TestNackRedeliveredWhenDueThroughAgent(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
-	c.NackBackoff = 500 * time.Millisecond
+	e := newEnv(t, slowAgent)
+	c := fastConfig()
+	c.NackBackoff = 300 * time.Millisecond
 	c.MaxNackBackoff = time.Second
-	c.PollInterval = time.Minute // the back-off timer, not polling, brings it back
-	s := newSubscriber(t, db, c)
-	sent := publish(t, p, "retry", 1)[0]
-	ch, err := s.Subscribe(context.Background(), "retry")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c.PollInterval = time.Hour
+	s := e.subscriber(c)
+	sent := e.publish("retry", 1)[0]
+	ch := subscribe(t, s, "retry")
 	id := row.EnvelopeID("retry", sent.UUID).String()
-	var nackedAt time.Time
-	for attempt, backoff := range []time.Duration{0, 500 * time.Millisecond, time.Second, time.Second} {
+	table := e.cfg.Qualified(schema.IncomingTable)
+	var nackedAfter time.Time // database clock, before the nack
+	for attempt, backoff := range []time.Duration{0, 300 * time.Millisecond, 600 * time.Millisecond, time.Second} {
 		m := receive(t, ch, wait)
-		// The back-off runs on the database clock from the nack's flush, after Nack.
-		if elapsed := time.Since(nackedAt); attempt > 0 && elapsed < backoff-10*time.Millisecond { // 10ms: wall vs monotonic clock
-			t.Errorf("attempt %d delivered %s after the nack, before its back-off of %s", attempt, elapsed, backoff)
-		}
+		receivedAt := e.now()
 		if m.UUID != sent.UUID || string(m.Payload) != string(sent.Payload) || m.Metadata.Get("i") != sent.Metadata.Get("i") {
 			t.Fatalf("redelivered message differs: %s %q %v", m.UUID, m.Payload, m.Metadata)
 		}
 		if got, want := m.Metadata.Get(metadata.Attempts), []string{"0", "1", "2", "3"}[attempt]; got != want {
 			t.Errorf("attempt %d: metadata %s = %q, want %q", attempt, metadata.Attempts, got, want)
 		}
+		if attempt > 0 {
+			var due time.Time
+			var attempts int
+			if err := database.QueryRow(context.Background(), e.db, "SELECT execution_time, attempts FROM "+table+" WHERE id = $1",
+				[]any{id}, &due, &attempts); err != nil {
+				t.Fatal(err)
+			}
+			if attempts != attempt {
+				t.Errorf("attempt %d: attempts column %d", attempt, attempts)
+			}
+			if due.Before(nackedAfter.Add(backoff)) {
+				t.Errorf("attempt %d: execution_time %s is less than the back-off %s after the nack (%s)", attempt, due, backoff, nackedAfter)
+			}
+			if receivedAt.Before(due) {
+				t.Errorf("attempt %d: delivered at %s (database clock), before its execution_time %s", attempt, receivedAt, due)
+			}
+		}
 		if attempt == 3 {
 			m.Ack()
 			break
 		}
-		nackedAt = time.Now()
+		nackedAfter = receivedAt
 		m.Nack()
-		// Handed back as a Jasper scheduled retry, with the attempt counted.
-		eventually(t, wait, "nacked envelope scheduled for a retry", func() bool {
-			return incomingCount(t, db, cfg, "id = $1 AND status = 'Scheduled' AND owner_id = 0 AND attempts = $2 AND execution_time > now()", id, attempt+1) == 1
-		})
 	}
-	eventually(t, wait, "acked envelope deleted", func() bool { return incomingCount(t, db, cfg, "") == 0 })
+	eventually(t, wait, "acked envelope deleted", func() bool { return e.count("") == 0 })
+	if st := e.agent.Stats(); st.ScheduledReleased < 3 {
+		t.Errorf("the agent released %d scheduled envelopes, want the 3 nacked ones", st.ScheduledReleased)
+	}
+}
+
+// Without a nack back-off the envelope is Incoming at once and the subscription is woken
+// locally: no poll, no scheduled pass.
+func TestNackWithoutBackoffRedeliveredAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, slowAgent)
+	c := fastConfig()
+	c.NackBackoff = -1
+	c.PollInterval = time.Hour
+	s := e.subscriber(c)
+	sent := e.publish("again", 1)[0]
+	ch := subscribe(t, s, "again")
+	receive(t, ch, wait).Nack()
+	m := receive(t, ch, wait)
+	if m.UUID != sent.UUID || m.Metadata.Get(metadata.Attempts) != "1" {
+		t.Fatalf("got %s with %s %q, want %s with 1", m.UUID, metadata.Attempts, m.Metadata.Get(metadata.Attempts), sent.UUID)
+	}
+	m.Ack()
+	eventually(t, wait, "acked envelope deleted", func() bool { return e.count("") == 0 })
 }
 
 // The watermill-sql queue defect (watermill-notes §5.5): publish 10, ack 3, close while
@@ -113,16 +162,12 @@ func TestCloseHandsBackWhatWasNotAcked(t *testing.T) {
 	for _, inFlight := range []int{1, 4} {
 		t.Run(map[int]string{1: "one in flight", 4: "four in flight"}[inFlight], func(t *testing.T) {
 			t.Parallel()
-			db, cfg := testdb.Migrated(t)
-			p := newTestPublisher(t, db, cfg)
-			c := fastConfig(cfg)
+			e := newEnv(t)
+			c := fastConfig()
 			c.MaxInFlight = inFlight
-			sent := publish(t, p, "q", 10)
-			s1 := newSubscriber(t, db, c)
-			ch1, err := s1.Subscribe(context.Background(), "q")
-			if err != nil {
-				t.Fatal(err)
-			}
+			sent := e.publish("q", 10)
+			s1 := e.subscriber(c)
+			ch1 := subscribe(t, s1, "q")
 			acked := map[string]bool{}
 			for range 3 {
 				m := receive(t, ch1, wait)
@@ -138,28 +183,22 @@ func TestCloseHandsBackWhatWasNotAcked(t *testing.T) {
 			default:
 				t.Error("the context of a message pending at Close is not cancelled")
 			}
-			if _, open := <-ch1; open {
-				// With several in flight, messages already sent may still be read; the
-				// channel must be closed after them.
-				for range ch1 {
-				}
+			// With several in flight, messages already sent may still be read; the channel
+			// must be closed after them.
+			for range ch1 {
 			}
-			if n := incomingCount(t, db, cfg, ""); n != 7 {
+			if n := e.count(""); n != 7 {
 				t.Fatalf("%d envelopes left after acking 3 of 10, want 7", n)
 			}
-			if n := incomingCount(t, db, cfg, "owner_id <> 0"); n != 0 {
+			if n := e.count("owner_id <> 0"); n != 0 {
 				t.Fatalf("%d envelopes still owned after Close", n)
 			}
 			pendingID := row.EnvelopeID("q", pending.UUID).String()
-			if n := incomingCount(t, db, cfg, "id = $1 AND attempts = 1", pendingID); n != 1 {
+			if n := e.count("id = $1 AND attempts = 1", pendingID); n != 1 {
 				t.Error("the envelope delivered but not acked at Close did not count an attempt")
 			}
 
-			s2 := newSubscriber(t, db, c)
-			ch2, err := s2.Subscribe(context.Background(), "q")
-			if err != nil {
-				t.Fatal(err)
-			}
+			ch2 := subscribe(t, e.subscriber(c), "q")
 			got := map[string]bool{}
 			for len(got) < 7 {
 				m := receive(t, ch2, wait)
@@ -180,10 +219,9 @@ func TestCloseHandsBackWhatWasNotAcked(t *testing.T) {
 
 func TestSubscribeContextCancelClosesChannelAndHandsBack(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	s := newSubscriber(t, db, fastConfig(cfg))
-	sent := publish(t, p, "cancel", 5)
+	e := newEnv(t)
+	s := e.subscriber(fastConfig())
+	sent := e.publish("cancel", 5)
 	ctx, cancel := context.WithCancel(context.Background())
 	ch, err := s.Subscribe(ctx, "cancel")
 	if err != nil {
@@ -204,12 +242,9 @@ func TestSubscribeContextCancelClosesChannelAndHandsBack(t *testing.T) {
 	default:
 		t.Error("message context not cancelled")
 	}
-	eventually(t, wait, "claimed envelopes handed back", func() bool { return incomingCount(t, db, cfg, "owner_id <> 0") == 0 })
+	eventually(t, wait, "claimed envelopes handed back", func() bool { return e.count("owner_id <> 0") == 0 })
 
-	ch, err = s.Subscribe(context.Background(), "cancel")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch = subscribe(t, s, "cancel")
 	got := map[string]bool{}
 	for len(got) < len(sent) {
 		m := receive(t, ch, wait)
@@ -218,37 +253,29 @@ func TestSubscribeContextCancelClosesChannelAndHandsBack(t *testing.T) {
 	}
 }
 
+// A delayed message written by a publisher (status Scheduled) is released by the agent's
+// scheduled pass when due, and delivered then, never before its execution_time.
 func TestScheduledEnvelopeDeliveredWhenDue(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
-	c.PollInterval = time.Minute // only the due-time timer and notifications may deliver
-	s := newSubscriber(t, db, c)
+	e := newEnv(t)
+	c := fastConfig()
+	c.PollInterval = time.Minute // only the agent's wake-ups may deliver
+	s := e.subscriber(c)
 
-	schedule := func(topic string, in time.Duration) (*message.Message, time.Time) {
+	const in = time.Second
+	schedule := func(topic string) (*message.Message, time.Time) {
 		t.Helper()
 		msg := message.NewMessage(watermill.NewUUID(), []byte("later"))
-		e, err := row.FromMessage(topic, msg, row.Defaults{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		due := dbNow(t, db).Add(in)
-		e.Status, e.ExecutionTime = schema.StatusScheduled, &due
-		if err := p.insert(context.Background(), topic, []row.Envelope{e}); err != nil {
-			t.Fatal(err)
-		}
+		env := envelope(t, topic, msg, schema.StatusScheduled)
+		due := e.now().Add(in)
+		env.ExecutionTime = &due
+		e.insert(topic, env)
 		return msg, due
 	}
-	check := func(ch <-chan *message.Message, msg *message.Message, due time.Time, start time.Time, in time.Duration) {
+	check := func(ch <-chan *message.Message, msg *message.Message, due time.Time) {
 		t.Helper()
-		select {
-		case m := <-ch:
-			t.Fatalf("scheduled message %s delivered %s before it was due", m.UUID, in-time.Since(start))
-		case <-time.After(time.Until(start.Add(in - 200*time.Millisecond))):
-		}
 		m := receive(t, ch, wait)
-		if now := dbNow(t, db); now.Before(due) {
+		if now := e.now(); now.Before(due) {
 			t.Errorf("delivered at %s (database clock), before its execution_time %s", now, due)
 		}
 		if m.UUID != msg.UUID {
@@ -257,111 +284,106 @@ func TestScheduledEnvelopeDeliveredWhenDue(t *testing.T) {
 		m.Ack()
 	}
 
-	// Scheduled before the subscription starts: it sets a timer for the due time.
-	const in = 1500 * time.Millisecond
-	start := time.Now()
-	msg, due := schedule("sched-before", in)
-	ch, err := s.Subscribe(context.Background(), "sched-before")
-	if err != nil {
-		t.Fatal(err)
-	}
-	check(ch, msg, due, start, in)
+	// Scheduled before the subscription starts.
+	msg, due := schedule("sched-before")
+	check(subscribe(t, s, "sched-before"), msg, due)
 
-	// Scheduled while the subscription idles: the notification makes it look.
-	ch, err = s.Subscribe(context.Background(), "sched-after")
-	if err != nil {
-		t.Fatal(err)
+	// Scheduled while the subscription idles.
+	ch := subscribe(t, s, "sched-after")
+	msg, due = schedule("sched-after")
+	check(ch, msg, due)
+	eventually(t, wait, "acked envelopes deleted", func() bool { return e.count("") == 0 })
+}
+
+// A subscription never releases scheduled envelopes itself, even when woken: the agent's
+// scheduled pass does, and wakes it.
+func TestScheduledReleasedByAgentOnly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, slowAgent, func(c *durability.Config) { c.ScheduledJobFirstExecution = time.Hour })
+	c := fastConfig()
+	c.PollInterval = time.Hour
+	s := e.subscriber(c)
+	ch := subscribe(t, s, "agent")
+	msg := message.NewMessage(watermill.NewUUID(), []byte("due"))
+	env := envelope(t, "agent", msg, schema.StatusScheduled)
+	due := e.now().Add(-time.Second)
+	env.ExecutionTime = &due
+	e.insert("agent", env) // notifies the topic
+	s.Wake()
+	select {
+	case m := <-ch:
+		t.Fatalf("scheduled message %s delivered before the agent released it", m.UUID)
+	case <-time.After(300 * time.Millisecond):
 	}
-	start = time.Now()
-	msg, due = schedule("sched-after", in)
-	check(ch, msg, due, start, in)
-	eventually(t, wait, "acked envelopes deleted", func() bool { return incomingCount(t, db, cfg, "") == 0 })
+	res, err := e.agent.RunScheduledJobs(context.Background())
+	if err != nil || res.Released != 1 {
+		t.Fatalf("RunScheduledJobs: %+v, %v; want 1 released", res, err)
+	}
+	receiveAndAck(t, ch, msg)
 }
 
 func TestUnreadableEnvelopeIsDeadLettered(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	s := newSubscriber(t, db, fastConfig(cfg))
+	e := newEnv(t)
+	s := e.subscriber(fastConfig())
 
 	bad := message.NewMessage(watermill.NewUUID(), []byte("bad"))
-	e, err := row.FromMessage("dl", bad, row.Defaults{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.Status, e.Headers = schema.StatusIncoming, []byte(`{"not": json`)
-	if err := p.insert(context.Background(), "dl", []row.Envelope{e}); err != nil {
-		t.Fatal(err)
-	}
-	good := publish(t, p, "dl", 1)[0]
+	env := envelope(t, "dl", bad, schema.StatusIncoming)
+	env.Headers = []byte(`{"not": json`)
+	e.insert("dl", env)
+	good := e.publish("dl", 1)[0]
 
-	ch, err := s.Subscribe(context.Background(), "dl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := receive(t, ch, wait)
-	if m.UUID != good.UUID {
-		t.Fatalf("got %s, want the readable message %s", m.UUID, good.UUID)
-	}
-	m.Ack()
-	dlq := cfg.Qualified(schema.DeadLetterTable)
+	receiveAndAck(t, subscribe(t, s, "dl"), good)
+	dlq := e.cfg.Qualified(schema.DeadLetterTable)
 	eventually(t, wait, "unreadable envelope moved to the dead letters", func() bool {
-		return queryInt(t, db, "SELECT count(*) FROM "+dlq+" WHERE id = $1", e.ID.String()) == 1
+		return queryInt(t, e.db, "SELECT count(*) FROM "+dlq+" WHERE id = $1", env.ID.String()) == 1
 	})
-	var explanation, excType, excMessage, receivedAt, messageUUID string
+	var explanation, excType, excMessage, excText, source, receivedAt, messageUUID string
 	var body []byte
-	err = database.QueryRow(context.Background(), db,
-		"SELECT explanation, exception_type, exception_message, received_at, message_uuid, body FROM "+dlq+" WHERE id = $1",
-		[]any{e.ID.String()}, &explanation, &excType, &excMessage, &receivedAt, &messageUUID, &body)
+	err := database.QueryRow(context.Background(), e.db,
+		"SELECT explanation, exception_type, exception_message, exception_text, source, received_at, message_uuid, body FROM "+dlq+" WHERE id = $1",
+		[]any{env.ID.String()}, &explanation, &excType, &excMessage, &excText, &source, &receivedAt, &messageUUID, &body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(explanation, "unreadable") || !strings.Contains(excMessage, "headers") || excType == "" {
-		t.Errorf("explanation %q, exception %s %q: want an unreadable-headers explanation", explanation, excType, excMessage)
+	if !strings.Contains(explanation, "unreadable") || !strings.Contains(excMessage, "headers") || excType == "" || excText == "" {
+		t.Errorf("explanation %q, exception %s %q %q: want an unreadable-headers explanation", explanation, excType, excMessage, excText)
+	}
+	if source != "watermill-jasper/subscriber" {
+		t.Errorf("source %q", source)
 	}
 	if receivedAt != "dl" || messageUUID != bad.UUID || string(body) != "bad" {
 		t.Errorf("dead letter received_at %q message_uuid %q body %q: want the envelope's", receivedAt, messageUUID, body)
 	}
-	eventually(t, wait, "incoming table empty", func() bool { return incomingCount(t, db, cfg, "") == 0 })
+	eventually(t, wait, "incoming table empty", func() bool { return e.count("") == 0 })
 }
 
-// Two subscribers of one topic (two nodes here) claim disjoint envelopes: no envelope is
-// ever delivered by both at once, nacked ones included.
+// Two subscribers of one topic on two nodes (two agents) claim disjoint envelopes: no
+// envelope is ever delivered by both at once, nacked ones included.
 func TestTwoSubscribersNeverDeliverOneEnvelopeConcurrently(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	node, err := durability.NewNode(context.Background(), db, durability.NodeConfig{}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = node.Close() })
-	c1 := fastConfig(cfg)
-	c1.MaxInFlight, c1.BatchSize = 4, 10
-	c2 := c1
-	c2.Node = node
-	subs := []*subscriber.Subscriber{newSubscriber(t, db, c1), newSubscriber(t, db, c2)}
+	e := newEnv(t)
+	other := startAgent(t, e.db, e.cfg)
+	c := fastConfig()
+	c.MaxInFlight, c.BatchSize = 4, 10
+	subs := []*subscriber.Subscriber{e.subscriber(c), newSubscriber(t, other, c)}
 	if subs[0].NodeID() == subs[1].NodeID() {
 		t.Fatal("the two subscribers share a node id")
 	}
 	const total = 300
-	sent := publish(t, p, "shared", total)
+	sent := e.publish("shared", total)
 
 	var mu sync.Mutex
 	inFlight := map[string]int{} // UUID -> subscriber delivering it
 	acked := map[string]int{}
 	deliveries := [2]int{}
 	done := make(chan struct{})
+	var closeDone sync.Once
 	var wg sync.WaitGroup
 	for i, s := range subs {
-		ch, err := s.Subscribe(context.Background(), "shared")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ch := subscribe(t, s, "shared")
 		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for {
 					var m *message.Message
 					select {
@@ -391,20 +413,16 @@ func TestTwoSubscribersNeverDeliverOneEnvelopeConcurrently(t *testing.T) {
 						m.Ack()
 					}
 					if n == total {
-						select {
-						case <-done:
-						default:
-							close(done)
-						}
+						closeDone.Do(func() { close(done) })
 					}
 				}
-			}()
+			})
 		}
 	}
 	select {
 	case <-done:
 	case <-time.After(60 * time.Second):
-		close(done)
+		closeDone.Do(func() { close(done) })
 		t.Errorf("timed out")
 	}
 	wg.Wait()
@@ -414,21 +432,17 @@ func TestTwoSubscribersNeverDeliverOneEnvelopeConcurrently(t *testing.T) {
 		}
 	}
 	t.Logf("deliveries per subscriber: %v", deliveries)
-	eventually(t, wait, "acked envelopes deleted", func() bool { return incomingCount(t, db, cfg, "") == 0 })
+	eventually(t, wait, "acked envelopes deleted", func() bool { return e.count("") == 0 })
 }
 
 func TestMaxInFlight(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
+	e := newEnv(t)
+	c := fastConfig()
 	c.MaxInFlight = 3
-	s := newSubscriber(t, db, c)
-	publish(t, p, "inflight", 5)
-	ch, err := s.Subscribe(context.Background(), "inflight")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := e.subscriber(c)
+	e.publish("inflight", 5)
+	ch := subscribe(t, s, "inflight")
 	held := []*message.Message{receive(t, ch, wait), receive(t, ch, wait), receive(t, ch, wait)}
 	select {
 	case m := <-ch:
@@ -442,61 +456,62 @@ func TestMaxInFlight(t *testing.T) {
 	receive(t, ch, wait).Ack()
 }
 
+// The agent's notifications wake the subscription of the notified topic.
 func TestNotificationWakesSubscription(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
+	e := newEnv(t, slowAgent)
+	c := fastConfig()
 	c.PollInterval = time.Hour
-	s := newSubscriber(t, db, c)
-	ch, err := s.Subscribe(context.Background(), "wake")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := subscribe(t, e.subscriber(c), "wake")
 	for range 3 {
-		sent := publish(t, p, "wake", 1)[0]
-		m := receive(t, ch, wait) // polling would take an hour
-		if m.UUID != sent.UUID {
-			t.Fatalf("got %s, want %s", m.UUID, sent.UUID)
-		}
-		m.Ack()
+		receiveAndAck(t, ch, e.publish("wake", 1)[0]) // polling would take an hour
 	}
 }
 
 func TestPollingWithoutNotifications(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
-	c.DisableNotify = true
+	e := newEnv(t, slowAgent, func(c *durability.Config) { c.DisableNotify = true })
+	c := fastConfig()
 	c.PollInterval = 50 * time.Millisecond
-	s := newSubscriber(t, db, c)
-	ch, err := s.Subscribe(context.Background(), "poll")
-	if err != nil {
+	ch := subscribe(t, e.subscriber(c), "poll")
+	receiveAndAck(t, ch, e.publish("poll", 1)[0])
+}
+
+// The agent's LISTEN connection is lost (backend terminated): the agent listens again and
+// wakes every subscription, so what was published meanwhile is delivered without a poll.
+func TestWokenAfterListenConnectionRestored(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, slowAgent)
+	c := fastConfig()
+	c.PollInterval = time.Hour
+	ch := subscribe(t, e.subscriber(c), "reconnect")
+	receiveAndAck(t, ch, e.publish("reconnect", 1)[0])
+
+	listen := `LISTEN "` + e.agent.Store().Channels().Incoming + `"`
+	var pid int32
+	if err := database.QueryRow(context.Background(), e.db,
+		"SELECT pid FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()", []any{listen}, &pid); err != nil {
+		t.Fatalf("find the agent's LISTEN connection: %v", err)
+	}
+	if _, err := e.db.Exec(context.Background(), "SELECT pg_terminate_backend($1)", pid); err != nil {
 		t.Fatal(err)
 	}
-	sent := publish(t, p, "poll", 1)[0]
-	if m := receive(t, ch, wait); m.UUID != sent.UUID {
-		t.Fatalf("got %s, want %s", m.UUID, sent.UUID)
-	} else {
-		m.Ack()
-	}
+	// Published while the listener may be down: found when it is back (wake-up on reconnect).
+	receiveAndAck(t, ch, e.publish("reconnect", 1)[0])
+	eventually(t, wait, "LISTEN again on a new connection", func() bool {
+		return queryInt(t, e.db, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND pid <> $2", listen, pid) == 1
+	})
+	receiveAndAck(t, ch, e.publish("reconnect", 1)[0])
 }
 
 func TestDatabaseSQLHandle(t *testing.T) {
 	t.Parallel()
-	pgxDB, cfg := testdb.Migrated(t)
-	db, err := database.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newTestPublisher(t, db, cfg)
-	s := newSubscriber(t, db, fastConfig(cfg))
-	sent := publish(t, p, "std", 3)
-	ch, err := s.Subscribe(context.Background(), "std")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pgx, cfg := testdb.Migrated(t)
+	e := &env{t: t, db: testdb.StdDriver(t), cfg: cfg}
+	e.agent = startAgent(t, e.db, cfg)
+	s := e.subscriber(fastConfig())
+	sent := e.publish("std", 3)
+	ch := subscribe(t, s, "std")
 	got := map[string]bool{}
 	nacked := false
 	for len(got) < len(sent) {
@@ -509,15 +524,18 @@ func TestDatabaseSQLHandle(t *testing.T) {
 		got[m.UUID] = true
 		m.Ack()
 	}
-	eventually(t, wait, "acked envelopes deleted", func() bool { return incomingCount(t, pgxDB, cfg, "") == 0 })
+	eventually(t, wait, "acked envelopes deleted", func() bool {
+		return queryInt(t, pgx, "SELECT count(*) FROM "+cfg.Qualified(schema.IncomingTable)) == 0
+	})
 }
 
 func TestSubscribeInitialize(t *testing.T) {
 	t.Parallel()
-	db := database.FromPgx(testdb.Pool(t))
+	db := testdb.PgxDriver(t)
 	cfg := schema.Config{Schema: testdb.Schema(t)} // exists, without tables
+	a := startAgent(t, db, cfg)
 
-	s := newSubscriber(t, db, subscriber.Config{Schema: cfg})
+	s := newSubscriber(t, a, subscriber.Config{})
 	err := s.SubscribeInitialize("any")
 	if !errors.Is(err, subscriber.ErrSchemaNotReady) || !strings.Contains(err.Error(), "watermill-jasper schema migrate") ||
 		!strings.Contains(err.Error(), schema.IncomingTable) {
@@ -530,16 +548,14 @@ func TestSubscribeInitialize(t *testing.T) {
 		t.Fatalf("SubscribeInitialize created %d tables without InitializeSchema", n)
 	}
 
-	s = newSubscriber(t, db, subscriber.Config{Schema: cfg, InitializeSchema: true})
+	s = newSubscriber(t, a, subscriber.Config{InitializeSchema: true})
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			if err := s.SubscribeInitialize("any"); err != nil {
 				t.Error(err)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	diffs, err := schema.Verify(context.Background(), db, cfg, schema.VerifyOptions{})
@@ -548,33 +564,50 @@ func TestSubscribeInitialize(t *testing.T) {
 	}
 }
 
-func TestCloseIsIdempotent(t *testing.T) {
+// Subscribe and SubscribeInitialize refuse to start on an agent that does not run: nobody
+// would release the nacked envelopes or hand back what a lost claim marked.
+func TestSubscribeNeedsRunningAgent(t *testing.T) {
 	t.Parallel()
 	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	s, err := subscriber.NewSubscriber(db, fastConfig(cfg), nil)
+	idle, _ := newAgent(t, db, cfg) // never started
+	stopped, stop := newAgent(t, db, cfg)
+	if err := stopped.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for name, a := range map[string]*durability.Agent{"never started": idle, "stopped": stopped} {
+		s := newSubscriber(t, a, fastConfig())
+		if _, err := s.Subscribe(context.Background(), "t"); !errors.Is(err, durability.ErrAgentNotRunning) {
+			t.Errorf("%s agent: Subscribe: %v; want an error wrapping durability.ErrAgentNotRunning", name, err)
+		} else if !strings.Contains(err.Error(), "subscriber") {
+			t.Errorf("%s agent: Subscribe: %q does not name the subscriber", name, err)
+		}
+		if err := s.SubscribeInitialize("t"); !errors.Is(err, durability.ErrAgentNotRunning) {
+			t.Errorf("%s agent: SubscribeInitialize: %v; want an error wrapping durability.ErrAgentNotRunning", name, err)
+		}
+	}
+}
+
+func TestCloseIsIdempotent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	s, err := subscriber.NewSubscriber(e.agent, fastConfig(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish(t, p, "c", 2)
-	ch1, err := s.Subscribe(context.Background(), "c")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch2, err := s.Subscribe(context.Background(), "other")
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.publish("c", 2)
+	ch1 := subscribe(t, s, "c")
+	ch2 := subscribe(t, s, "other")
 	receive(t, ch1, wait) // left unacked: Close must not wait for it
 	var wg sync.WaitGroup
 	for range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			if err := s.Close(); err != nil {
 				t.Error(err)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	for _, ch := range []<-chan *message.Message{ch1, ch2} {
@@ -593,7 +626,7 @@ func TestCloseIsIdempotent(t *testing.T) {
 	if _, err := s.Subscribe(context.Background(), "c"); !errors.Is(err, subscriber.ErrSubscriberClosed) {
 		t.Fatalf("Subscribe after Close: %v, want ErrSubscriberClosed", err)
 	}
-	if n := incomingCount(t, db, cfg, "owner_id <> 0"); n != 0 {
+	if n := e.count("owner_id <> 0"); n != 0 {
 		t.Fatalf("%d envelopes still owned after Close", n)
 	}
 }
@@ -610,8 +643,6 @@ func TestConfigValidate(t *testing.T) {
 		"poll interval":   {PollInterval: -time.Second},
 		"nack backoff":    {NackBackoff: time.Minute, MaxNackBackoff: time.Second},
 		"ack flush":       {AckFlushInterval: -time.Millisecond},
-		"schema name":     {Schema: schema.Config{Schema: "bad name"}},
-		"dialect":         {Schema: schema.Config{Dialect: "oracle"}},
 		"ack batch size":  {AckBatchSize: -1},
 		"close timeout":   {CloseTimeout: -time.Second},
 		"retry interval":  {RetryInterval: -time.Second},
@@ -621,118 +652,21 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%s: Validate() = %v, want ErrInvalidConfig", name, err)
 		}
 	}
-	if _, err := subscriber.NewSubscriber(nil, subscriber.Config{}, nil); !errors.Is(err, subscriber.ErrInvalidConfig) {
-		t.Errorf("nil db: %v", err)
-	}
 }
 
-// The shared LISTEN connection is lost (backend terminated): the hub reconnects, LISTENs
-// again and wakes every subscription, so nothing waits for a poll.
-func TestListenConnectionLostAndRestored(t *testing.T) {
+// NewSubscriber without an agent fails with one line saying how to build one.
+func TestNewSubscriberWithoutAgent(t *testing.T) {
 	t.Parallel()
-	_, cfg := testdb.Migrated(t)
-	pcfg, err := pgxpool.ParseConfig(testdb.PostgresDSN())
-	if err != nil {
-		t.Fatal(err)
+	_, err := subscriber.NewSubscriber(nil, subscriber.Config{}, nil)
+	if !errors.Is(err, subscriber.ErrInvalidConfig) {
+		t.Fatalf("nil agent: %v, want ErrInvalidConfig", err)
 	}
-	pcfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
-	if err != nil {
-		t.Fatal(err)
+	for _, want := range []string{"durability.Agent", "jasper.NewRuntime", "durability.NewNode", "durability.NewAgent"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("nil agent: %q does not mention %s", err, want)
+		}
 	}
-	t.Cleanup(pool.Close)
-	db := database.FromPgx(pool) // its own hub: the other tests keep theirs
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
-	c.PollInterval = time.Hour
-	s := newSubscriber(t, db, c)
-	ch, err := s.Subscribe(context.Background(), "reconnect")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sent := publish(t, p, "reconnect", 1)[0]
-	if m := receive(t, ch, wait); m.UUID != sent.UUID {
-		t.Fatalf("got %s, want %s", m.UUID, sent.UUID)
-	} else {
-		m.Ack()
-	}
-
-	d, err := sqldialect.For(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := d.ListenIncoming()
-	var pid int32
-	if err := database.QueryRow(context.Background(), db,
-		"SELECT pid FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()", []any{listen}, &pid); err != nil {
-		t.Fatalf("find the LISTEN connection: %v", err)
-	}
-	if _, err := db.Exec(context.Background(), "SELECT pg_terminate_backend($1)", pid); err != nil {
-		t.Fatal(err)
-	}
-	// Published while the listener may be down: found when it is back (wake-up on reconnect).
-	sent = publish(t, p, "reconnect", 1)[0]
-	if m := receive(t, ch, wait); m.UUID != sent.UUID {
-		t.Fatalf("got %s, want %s", m.UUID, sent.UUID)
-	} else {
-		m.Ack()
-	}
-	eventually(t, wait, "LISTEN again on a new connection", func() bool {
-		return queryInt(t, db, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND pid <> $2", listen, pid) == 1
-	})
-	sent = publish(t, p, "reconnect", 1)[0]
-	if m := receive(t, ch, wait); m.UUID != sent.UUID {
-		t.Fatalf("got %s, want %s", m.UUID, sent.UUID)
-	} else {
-		m.Ack()
-	}
-}
-
-// With DisableScheduledRelease a durability agent releases due scheduled envelopes (with
-// sqldialect's ReleaseScheduled for every topic) and wakes the subscriber.
-func TestWakeAfterAgentReleasedScheduled(t *testing.T) {
-	t.Parallel()
-	db, cfg := testdb.Migrated(t)
-	p := newTestPublisher(t, db, cfg)
-	c := fastConfig(cfg)
-	c.DisableNotify, c.DisableScheduledRelease, c.PollInterval = true, true, time.Hour
-	s := newSubscriber(t, db, c)
-	ch, err := s.Subscribe(context.Background(), "agent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := message.NewMessage(watermill.NewUUID(), []byte("due"))
-	e, err := row.FromMessage("agent", msg, row.Defaults{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	due := dbNow(t, db).Add(-time.Second)
-	e.Status, e.ExecutionTime = schema.StatusScheduled, &due
-	if err := p.insert(context.Background(), "agent", []row.Envelope{e}); err != nil {
-		t.Fatal(err)
-	}
-	s.Wake()
-	select {
-	case m := <-ch:
-		t.Fatalf("scheduled message %s delivered though the subscriber does not release scheduled envelopes", m.UUID)
-	case <-time.After(300 * time.Millisecond):
-	}
-	d, err := sqldialect.For(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var released int64
-	var nextMS *float64
-	if err := database.QueryRow(context.Background(), db, d.ReleaseScheduled(), []any{d.StringList(nil), 100}, &released, &nextMS); err != nil {
-		t.Fatal(err)
-	}
-	if released != 1 || nextMS != nil {
-		t.Fatalf("ReleaseScheduled released %d, next due %v; want 1 and none", released, nextMS)
-	}
-	s.Wake()
-	if m := receive(t, ch, wait); m.UUID != msg.UUID {
-		t.Fatalf("got %s, want %s", m.UUID, msg.UUID)
-	} else {
-		m.Ack()
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("nil agent: %q is not one line", err)
 	}
 }

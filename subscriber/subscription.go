@@ -307,7 +307,7 @@ func (sub *subscription) handBack(e row.Envelope, delivered bool) {
 }
 
 // releaseHandback hands back (owner 0) what the subscription held when it ended, retrying
-// until CloseTimeout.
+// until CloseTimeout, and wakes the topic's other subscriptions of the agent.
 func (sub *subscription) releaseHandback() error {
 	s := sub.s
 	sub.hbMu.Lock()
@@ -330,6 +330,7 @@ func (sub *subscription) releaseHandback() error {
 		return err
 	}
 	sub.logger.Debug("Envelopes handed back", watermill.LogFields{"count": len(ids)})
+	s.agent.WakeIncoming(sub.topic) // the topic's other local subscriptions take them now
 	return nil
 }
 

@@ -12,9 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
-	"github.com/watermill-jasper/watermill-jasper/admin"
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
@@ -32,10 +31,11 @@ const (
 
 // publishTraced writes a message carrying a W3C trace context into the durable local queue
 // topic, through the library's publisher (table Incoming), and returns it.
-func publishTraced(t *testing.T, db database.DB, cfg schema.Config, topic string) *message.Message {
+func (e *env) publishTraced(topic string) *message.Message {
+	t := e.t
 	t.Helper()
 	pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(testdb.Pool(t)),
-		publisher.Config{Schema: cfg, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish}, watermill.NopLogger{})
+		publisher.Config{Schema: e.cfg, Driver: e.db, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish}, watermill.NopLogger{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func publishTraced(t *testing.T, db database.DB, cfg schema.Config, topic string
 	if err := pub.Publish(topic, msg); err != nil {
 		t.Fatal(err)
 	}
-	if got := incomingCount(t, db, cfg, "id = $1 AND parent_id = $2", row.EnvelopeID(topic, msg.UUID).String(), traceParent); got != 1 {
+	if got := e.count("id = $1 AND parent_id = $2", row.EnvelopeID(topic, msg.UUID).String(), traceParent); got != 1 {
 		t.Fatalf("the incoming envelope does not hold the traceparent in parent_id")
 	}
 	return msg
@@ -77,18 +77,12 @@ func checkTrace(t *testing.T, what string, m *message.Message, want string) {
 // traceparent of its parent_id column.
 func TestTraceParentDelivered(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
+	e := newEnv(t)
 	const topic = "traced"
-	msg := publishTraced(t, db, cfg, topic)
+	msg := e.publishTraced(topic)
 	jasper := jasperIncoming(t, topic, nil)
-	if err := newTestPublisher(t, db, cfg).insert(context.Background(), topic, []row.Envelope{jasper}); err != nil {
-		t.Fatal(err)
-	}
-	s := newSubscriber(t, db, fastConfig(cfg))
-	ch, err := s.Subscribe(context.Background(), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.insert(topic, jasper)
+	ch := subscribe(t, e.subscriber(fastConfig()), topic)
 	for range 2 {
 		m := receive(t, ch, wait)
 		switch m.UUID {
@@ -138,17 +132,17 @@ func awaitLog(t *testing.T, l *logEvents) {
 // subscriber itself, in parent_id.
 func TestTraceParentKeptInDeadLetters(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
+	e := newEnv(t)
 	const topic = "traced"
 	ctx := context.Background()
 
 	dlLog := &logEvents{LoggerAdapter: watermill.NopLogger{}, want: "Message moved to the dead letters", got: make(chan struct{}, 4)}
-	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{DB: db, Schema: cfg, MaxAttempts: 1, Logger: dlLog})
+	dl, err := middleware.NewDeadLetter(e.agent, middleware.DeadLetterConfig{MaxAttempts: 1}, dlLog)
 	if err != nil {
 		t.Fatal(err)
 	}
 	subLog := &logEvents{LoggerAdapter: watermill.NopLogger{}, want: "Unreadable envelope moved to the dead letters", got: make(chan struct{}, 4)}
-	s, err := subscriber.NewSubscriber(db, fastConfig(cfg), subLog)
+	s, err := subscriber.NewSubscriber(e.agent, fastConfig(), subLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,35 +176,35 @@ func TestTraceParentKeptInDeadLetters(t *testing.T) {
 		t.Fatal("router did not start")
 	}
 
-	msg := publishTraced(t, db, cfg, topic)
+	msg := e.publishTraced(topic)
 	unreadable := jasperIncoming(t, topic, []byte("{not json"))
-	if err := newTestPublisher(t, db, cfg).insert(ctx, topic, []row.Envelope{unreadable}); err != nil {
-		t.Fatal(err)
-	}
+	e.insert(topic, unreadable)
 	awaitLog(t, dlLog)
 	awaitLog(t, subLog)
 
+	st := e.agent.Store()
 	id := row.EnvelopeID(topic, msg.UUID)
-	d, err := admin.GetDeadLetter(ctx, db, cfg, id)
-	if err != nil {
-		t.Fatal(err)
+	d, ok, err := st.GetDeadLetter(ctx, id)
+	if err != nil || !ok {
+		t.Fatalf("dead letter %s: found %v, %v", id, ok, err)
 	}
 	if d.ParentID != traceParent || d.Headers[metadata.TraceParent] != traceParent {
 		t.Errorf("dead letter of the failed handler: parent_id %q, headers %s = %q; want %q", d.ParentID, metadata.TraceParent, d.Headers[metadata.TraceParent], traceParent)
 	}
-	u, err := admin.GetDeadLetter(ctx, db, cfg, unreadable.ID)
-	if err != nil {
-		t.Fatal(err)
+	u, ok, err := st.GetDeadLetter(ctx, unreadable.ID)
+	if err != nil || !ok {
+		t.Fatalf("dead letter %s: found %v, %v", unreadable.ID, ok, err)
 	}
 	if u.ParentID != jasperTraceParent {
 		t.Errorf("dead letter of the unreadable envelope: parent_id %q, want %q", u.ParentID, jasperTraceParent)
 	}
 
 	// Replayed into the queue, the message is handled again in the same trace.
-	res, err := admin.ReplayDeadLetters(ctx, db, cfg, admin.ReplaySelection{IDs: []uuid.UUID{id}}, admin.ReplayOptions{})
-	if err != nil || res.Replayed != 1 {
+	res, err := st.ReplayToIncoming(ctx, store.ReplayParams{Sel: store.Selection{IDs: []uuid.UUID{id}}, Limit: 10})
+	if err != nil || len(res) != 1 || !res[0].Moved {
 		t.Fatalf("replay: %+v, %v", res, err)
 	}
+	e.agent.WakeIncoming(topic)
 	select {
 	case m := <-handled:
 		checkTrace(t, "message handled after the replay of its dead letter", m, traceParent)

@@ -39,6 +39,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
@@ -91,15 +92,27 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 	}
 	fmt.Printf("1. schema %q migrated and emptied\n", schemaName)
 
-	// 2. The middleware: dead letters outside, the inbox inside (the recommended order).
-	inbox, err := middleware.NewInbox(middleware.InboxConfig{DB: db, Schema: cfg, ConsumerName: "payments-service", Logger: logger})
+	// 2. The durability agent of the schema (it deletes the expired Handled marks), then the
+	// middleware on it: dead letters outside, the inbox inside (the recommended order).
+	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, logger)
 	if err != nil {
 		return err
 	}
-	go func() { _ = inbox.Run(ctx) }() // deletes expired Handled marks in the background
-	defer inbox.Close()
-	deadLetters, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{DB: db, Schema: cfg, MaxAttempts: 3,
-		InitialInterval: 50 * time.Millisecond, Logger: logger})
+	defer node.Close()
+	agent, err := durability.NewAgent(node, durability.Config{Schema: cfg}, logger)
+	if err != nil {
+		return err
+	}
+	if err := agent.Start(ctx); err != nil {
+		return err
+	}
+	defer agent.Stop(context.Background())
+	inbox, err := middleware.NewInbox(agent, middleware.InboxConfig{ConsumerName: "payments-service"}, logger)
+	if err != nil {
+		return err
+	}
+	deadLetters, err := middleware.NewDeadLetter(agent, middleware.DeadLetterConfig{MaxAttempts: 3,
+		InitialInterval: 50 * time.Millisecond}, logger)
 	if err != nil {
 		return err
 	}

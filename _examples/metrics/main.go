@@ -1,15 +1,15 @@
-// Metrics: a node with its durability agent and a forwarder, exporting watermill-jasper's
-// gauges and counters to Prometheus.
+// Metrics: a runtime (node, durability agent, forwarder) exporting watermill-jasper's gauges
+// and counters to Prometheus.
 //
 //	go run ./_examples/metrics                  # publish, relay, print the metrics once, exit
 //	go run ./_examples/metrics -serve :2112     # keep running; scrape http://localhost:2112/metrics
 //
-// It migrates the Jasper tables into the schema "metrics_example", starts a node (its lock),
-// the durability agent (scheduled release, recovery, dormant-node reassignment, retention and
-// the storage gauges, sampled with one query every second here) and a forwarder relaying to
-// an in-process GoChannel, then publishes messages through the outbox, one of them delayed:
-// the agent moves it to the outbox when it falls due. A dormant node's envelope is planted
-// too, for the agent to hand back.
+// It migrates the Jasper tables into the schema "metrics_example" and starts a runtime: its
+// node (the lock), its durability agent (scheduled release, recovery, dormant-node
+// reassignment, retention and the storage gauges, sampled with one query every second here)
+// and a forwarder relaying to an in-process GoChannel; then it publishes messages through the
+// outbox, one of them delayed: the agent moves it to the outbox when it falls due. A dormant
+// node's envelope is planted too, for the agent to hand back.
 //
 // Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable).
 package main
@@ -35,11 +35,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
-	"github.com/watermill-jasper/watermill-jasper/metrics"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -73,39 +72,34 @@ func run(serve string) error {
 		return err
 	}
 
-	// One node per process: its id marks the envelopes it holds, its lock says it is alive.
-	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, logger)
-	if err != nil {
-		return err
-	}
-	defer node.Close()
-	agent, err := durability.NewAgent(db, node, durability.Config{
-		Schema:                  cfg,
-		ScheduledJobPollingTime: 500 * time.Millisecond,
-		MetricsSamplingInterval: time.Second,
+	// The runtime: node (its id marks the envelopes it holds, its lock says it is alive),
+	// durability agent and a forwarder relaying to an in-process GoChannel.
+	broker := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, logger)
+	defer broker.Close()
+	rt, err := jasper.NewRuntime(db, jasper.Config{
+		Schema: schemaName,
+		Agent: durability.Config{
+			ScheduledJobPollingTime: 500 * time.Millisecond,
+			MetricsSamplingInterval: time.Second,
+		},
+		Forwarders: []forwarder.Config{{Publisher: broker}},
 	}, logger)
 	if err != nil {
 		return err
 	}
-	broker := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, logger)
-	defer broker.Close()
-	fwd, err := forwarder.NewForwarder(db, forwarder.Config{Schema: cfg, Node: node, Publisher: broker}, logger)
+	if err := rt.Start(ctx); err != nil {
+		return err
+	}
+	defer rt.Stop(context.Background())
+
+	// The collector reads the agent's latest sample and the counters at scrape time.
+	collector, err := rt.Collector()
 	if err != nil {
 		return err
 	}
-
-	// The collector reads the agent's latest sample and the counters at scrape time.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.NewCollector(metrics.Config{
-		Agent:       agent,
-		Forwarders:  []metrics.ForwarderSource{fwd},
-		ConstLabels: prometheus.Labels{"schema": schemaName},
-	}))
+	reg.MustRegister(collector)
 	handler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-
-	go func() { _ = agent.Run(ctx) }()
-	go func() { _ = fwd.Run(ctx) }()
-	defer func() { _ = fwd.Close(); _ = agent.Close() }() // forwarder first, then the agent
 
 	// A dormant node's envelope (its process died holding it): the agent hands it back.
 	if _, err := pool.Exec(ctx, `INSERT INTO `+cfg.Qualified(schema.OutgoingTable)+`
@@ -117,7 +111,7 @@ func run(serve string) error {
 		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(fmt.Sprintf(`{"order":%d}`, i)))
 	}
 	delay.Message(msgs[0], delay.For(time.Second))
-	if err := publish(ctx, pool, cfg, msgs); err != nil {
+	if err := publish(ctx, rt, pool, msgs); err != nil {
 		return err
 	}
 
@@ -148,13 +142,13 @@ func run(serve string) error {
 }
 
 // publish commits the messages through the outbox in one transaction.
-func publish(ctx context.Context, pool *pgxpool.Pool, cfg schema.Config, msgs []*message.Message) error {
+func publish(ctx context.Context, rt *jasper.Runtime, pool *pgxpool.Pool, msgs []*message.Message) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(ctx)
-	pub, err := publisher.NewPublisher(watermillsql.TxFromPgx(tx), publisher.Config{Schema: cfg}, watermill.NopLogger{})
+	pub, err := rt.TxPublisher(watermillsql.TxFromPgx(tx))
 	if err != nil {
 		return err
 	}

@@ -3,10 +3,11 @@
 //
 //	go run ./_examples/quickstart
 //
-// It migrates the Jasper tables into the schema "quickstart", places orders in business
-// transactions that also publish an OrderPlaced message through the outbox publisher (one
-// transaction is rolled back: its message never leaves), relays the committed messages with
-// the forwarder to a GoChannel, consumes them and prints what happened.
+// It migrates the Jasper tables into the schema "quickstart", starts a runtime (node,
+// durability agent, and a forwarder relaying the outbox to a GoChannel), places orders in
+// business transactions that also publish an OrderPlaced message through the runtime's
+// publisher (one transaction is rolled back: its message never leaves), consumes the relayed
+// messages and prints what happened.
 //
 // Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable).
 package main
@@ -25,11 +26,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -75,12 +76,32 @@ func run() error {
 	}
 	fmt.Printf("1. migrated schema %q: jasper_outgoing_envelopes, jasper_incoming_envelopes, jasper_dead_letters\n", schemaName)
 
-	// 2. Business transactions: insert an order and publish OrderPlaced in the same transaction.
+	// 2. The runtime: node identity, durability agent, and a forwarder relaying the outbox to
+	// a GoChannel (in production: RabbitMQ, Kafka, NATS...).
+	sink := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, logger)
+	defer sink.Close()
+	received, err := sink.Subscribe(ctx, destination)
+	if err != nil {
+		return err
+	}
+	rt, err := jasper.NewRuntime(db, jasper.Config{
+		Schema:     schemaName,
+		Forwarders: []forwarder.Config{{Publisher: sink}},
+	}, logger)
+	if err != nil {
+		return err
+	}
+	if err := rt.Start(ctx); err != nil {
+		return err
+	}
+	defer rt.Stop(context.Background())
+
+	// 3. Business transactions: insert an order and publish OrderPlaced in the same transaction.
 	runID := watermill.NewShortUUID()[:6]
 	for i := 1; i <= orders; i++ {
 		orderID := fmt.Sprintf("order-%s-%d", runID, i)
 		rollback := i == 3
-		if err := placeOrder(ctx, pool, orderID, 10*i, rollback); err != nil && !errors.Is(err, errRollback) {
+		if err := placeOrder(ctx, rt, pool, orderID, 10*i, rollback); err != nil && !errors.Is(err, errRollback) {
 			return err
 		}
 		if rollback {
@@ -89,26 +110,8 @@ func run() error {
 			fmt.Printf("2. %s: order and OrderPlaced committed together\n", orderID)
 		}
 	}
-	counts, err := admin.Counts(ctx, db, cfg)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("3. outbox holds %d envelope(s)\n", counts.OutgoingTotal())
 
-	// 3. Relay the committed envelopes to a GoChannel and consume them.
-	sink := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, logger)
-	defer sink.Close()
-	received, err := sink.Subscribe(ctx, destination)
-	if err != nil {
-		return err
-	}
-	fwd, err := forwarder.NewForwarder(db, forwarder.Config{Schema: cfg, Publisher: sink}, logger)
-	if err != nil {
-		return err
-	}
-	fwdDone := make(chan error, 1)
-	go func() { fwdDone <- fwd.Run(ctx) }()
-
+	// 4. The forwarder relays the committed messages as they commit.
 	want := orders - 1
 	for got := 0; got < want; {
 		select {
@@ -118,34 +121,32 @@ func run() error {
 				continue // left over from an earlier run that was interrupted
 			}
 			got++
-			fmt.Printf("4. received %s %s payload=%s\n", msg.Metadata.Get(metadata.MessageType), msg.UUID, msg.Payload)
+			fmt.Printf("3. received %s %s payload=%s\n", msg.Metadata.Get(metadata.MessageType), msg.UUID, msg.Payload)
 		case <-ctx.Done():
 			return errors.New("timed out waiting for the forwarder")
 		}
 	}
-	if err := fwd.Close(); err != nil {
+	sent := rt.Forwarders()[0].Stats().Sent
+	// Stop finishes the publishes in flight and hands back what was claimed and not sent.
+	if err := rt.Stop(ctx); err != nil {
 		return err
 	}
-	if err := <-fwdDone; err != nil {
-		return err
-	}
-	st := fwd.Stats()
-	counts, err = admin.Counts(ctx, db, cfg)
+	counts, err := admin.Counts(ctx, db, cfg)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("5. forwarder sent %d message(s); %d envelope(s) left in the outbox; the rolled-back order was never sent\n",
-		st.Sent, counts.OutgoingTotal())
+	fmt.Printf("4. forwarder sent %d message(s); %d envelope(s) left in the outbox; the rolled-back order was never sent\n",
+		sent, counts.OutgoingTotal())
 	return nil
 }
 
 // placeOrder is a business transaction: the order row and its event commit or roll back together.
-func placeOrder(ctx context.Context, pool *pgxpool.Pool, orderID string, amount int, rollback bool) error {
+func placeOrder(ctx context.Context, rt *jasper.Runtime, pool *pgxpool.Pool, orderID string, amount int, rollback bool) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO quickstart.orders (id, amount) VALUES ($1, $2)`, orderID, amount); err != nil {
 			return err
 		}
-		pub, err := publisher.NewPublisher(watermillsql.TxFromPgx(tx), publisher.Config{Schema: schema.Config{Schema: schemaName}}, watermill.NopLogger{})
+		pub, err := rt.TxPublisher(watermillsql.TxFromPgx(tx))
 		if err != nil {
 			return err
 		}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/internal/bench"
+	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
 
 func benchCommand() command {

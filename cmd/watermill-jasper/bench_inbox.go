@@ -5,7 +5,7 @@ import (
 	"flag"
 	"time"
 
-	"github.com/watermill-jasper/watermill-jasper/internal/bench"
+	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
 
 // benchInbox is "bench inbox", a subcommand of the bench group (bench.go).

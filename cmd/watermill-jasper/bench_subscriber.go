@@ -4,7 +4,7 @@ import (
 	"context"
 	"flag"
 
-	"github.com/watermill-jasper/watermill-jasper/internal/bench"
+	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
 
 // benchSubscriber is "bench subscriber", a subcommand of the bench group (bench.go).

@@ -8,7 +8,7 @@ package main
 //	var db dbFlags
 //	db.register(fs)
 //	...
-//	h, cfg, closeDB, err := db.open(ctx) // validated schema.Config, pinged handle
+//	drv, cfg, closeDB, err := db.open(ctx) // pinged database.Driver, validated schema.Config
 //	if err != nil {
 //		return err
 //	}
@@ -29,10 +29,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	_ "github.com/microsoft/go-mssqldb" // database/sql driver "sqlserver"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
 const (
@@ -128,9 +128,9 @@ func (f *dbFlags) config(d database.Dialect) (schema.Config, error) {
 }
 
 // open checks --schema, then connects to --dsn and pings the database. It returns the
-// handle, the schema config for the database's dialect and the function that closes the
-// handle. Every error is one line without the DSN's password.
-func (f *dbFlags) open(ctx context.Context) (database.DB, schema.Config, func(), error) {
+// driver, the schema config for the database's dialect and the function that closes the
+// pool. Every error is one line without the DSN's password.
+func (f *dbFlags) open(ctx context.Context) (database.Driver, schema.Config, func(), error) {
 	dsn, err := f.DSN()
 	if err != nil {
 		return nil, schema.Config{}, nil, err
@@ -171,10 +171,13 @@ func dialectOfDSN(dsn string) (database.Dialect, error) {
 
 var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,20}$`)
 
-// openDB opens a pool for dsn (pgxpool for postgres:// and postgresql://, database/sql with
-// go-mssqldb for sqlserver://) and pings it, giving up after connectTimeout. closeFn closes
-// the pool. Errors are one line and never contain the DSN's password.
-func openDB(ctx context.Context, dsn string) (db database.DB, closeFn func(), err error) {
+// openDB opens a pool for dsn and pings it, giving up after connectTimeout, and returns its
+// driver: database.FromPgx over a pgxpool for postgres:// and postgresql://,
+// sqlserver.FromStdSQL over database/sql with go-mssqldb for sqlserver:// (the CLI supports
+// SQL Server, so it links go-mssqldb; a library user links it only through package
+// sqlserver). closeFn closes the pool. Errors are one line and never contain the DSN's
+// password.
+func openDB(ctx context.Context, dsn string) (db database.Driver, closeFn func(), err error) {
 	d, err := dialectOfDSN(dsn)
 	if err != nil {
 		return nil, nil, err
@@ -215,12 +218,12 @@ func openDB(ctx context.Context, dsn string) (db database.DB, closeFn func(), er
 			_ = sqlDB.Close()
 			return nil, nil, redactError(fmt.Errorf("cannot connect to SQL Server: %w", err), dsn)
 		}
-		h, err := database.FromStdSQL(sqlDB)
+		drv, err := sqlserver.FromStdSQL(sqlDB)
 		if err != nil {
 			_ = sqlDB.Close()
 			return nil, nil, redactError(err, dsn)
 		}
-		return h, func() { _ = sqlDB.Close() }, nil
+		return drv, func() { _ = sqlDB.Close() }, nil
 	}
 }
 

@@ -61,7 +61,7 @@ var deadLettersList = spec{
 			if *limit < 0 {
 				return usageErrorf("--limit must not be negative, got %d", *limit)
 			}
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
@@ -70,11 +70,11 @@ var deadLettersList = spec{
 			if lim == 0 {
 				lim = -1
 			}
-			dls, err := admin.ListDeadLetters(ctx, h, cfg, admin.ListOptions{Topic: *topic, Limit: lim})
+			dls, err := admin.ListDeadLetters(ctx, drv, cfg, admin.ListOptions{Topic: *topic, Limit: lim})
 			if err != nil {
 				return err
 			}
-			total, err := admin.CountDeadLetters(ctx, h, cfg, *topic, 0)
+			total, err := admin.CountDeadLetters(ctx, drv, cfg, *topic, 0)
 			if err != nil {
 				return err
 			}
@@ -170,12 +170,12 @@ var deadLettersShow = spec{
 			if err != nil {
 				return usageErrorf("dead-letters show: %q is not a dead letter ID (a UUID)", args[0])
 			}
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer closeDB()
-			d, err := admin.GetDeadLetter(ctx, h, cfg, id)
+			d, err := admin.GetDeadLetter(ctx, drv, cfg, id)
 			if err != nil {
 				return err
 			}
@@ -351,7 +351,7 @@ var deadLettersReplay = spec{
 			} else if *declare {
 				return usageErrorf("--declare-queues needs --to")
 			}
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
@@ -377,7 +377,7 @@ var deadLettersReplay = spec{
 				fmt.Fprintf(e.stderr, "dead-letters replay: %d of %d done (%.0f%%), %d replayed, %s\n",
 					p.Done, p.Total, pct, p.Replayed, time.Since(start).Round(time.Millisecond))
 			}
-			res, err := admin.ReplayDeadLetters(ctx, h, cfg, sel, opts)
+			res, err := admin.ReplayDeadLetters(ctx, drv, cfg, sel, opts)
 			fmt.Fprintf(e.stdout, "replayed %d dead letters to %s (schema %s)\n", res.Replayed, target, cfg.Schema)
 			for _, s := range res.Skipped {
 				fmt.Fprintf(e.stdout, "skipped %s: %s\n", s.ID, s.Reason)
@@ -449,7 +449,7 @@ var deadLettersPurge = spec{
 			if *older < 0 {
 				return usageErrorf("--older-than must not be negative, got %s", *older)
 			}
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
@@ -462,7 +462,7 @@ var deadLettersPurge = spec{
 				what += " written more than " + older.String() + " ago"
 			}
 			if !*yes {
-				total, err := admin.CountDeadLetters(ctx, h, cfg, *topic, *older)
+				total, err := admin.CountDeadLetters(ctx, drv, cfg, *topic, *older)
 				if err != nil {
 					return err
 				}
@@ -483,7 +483,7 @@ var deadLettersPurge = spec{
 				}
 			}
 			start := time.Now()
-			n, err := admin.PurgeDeadLetters(ctx, h, cfg, admin.PurgeOptions{OlderThan: *older, Topic: *topic,
+			n, err := admin.PurgeDeadLetters(ctx, drv, cfg, admin.PurgeOptions{OlderThan: *older, Topic: *topic,
 				Progress: func(d int64) {
 					fmt.Fprintf(e.stderr, "dead-letters purge: %d deleted, %s\n", d, time.Since(start).Round(time.Millisecond))
 				}})

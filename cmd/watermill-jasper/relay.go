@@ -19,8 +19,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -64,12 +64,15 @@ var relaySpec = spec{
 		"and the envelope's metadata as headers.\n\n" +
 		"--to stdout prints each envelope instead, as one line (destination, message id, message type, size, " +
 		"payload preview), and deletes it like any relayed envelope: for debugging, on a copy or a test database.\n\n" +
-		"Rows held by a node (owner_id not 0) are left alone: after a relay or a Jasper node was killed, run " +
-		"\"" + program + " storage release\" while no node runs to hand its rows back. The schema must have this " +
-		"library's extension columns (\"" + program + " schema migrate\", which is safe on a Jasper database).\n\n" +
+		"The relay is a watermill-jasper runtime (one node, its durability agent and one forwarder): rows held " +
+		"by a running node (owner_id not 0, its lock held) are left alone, and the rows of a node that died (a " +
+		"relay or a Jasper node killed, whose lock no session holds) are handed back by the agent and relayed. " +
+		"The schema must have this library's extension columns (\"" + program + " schema migrate\", which is " +
+		"safe on a Jasper database).\n\n" +
 		"Progress is one line on stderr every --progress interval. SIGINT or SIGTERM stops the relay " +
 		"gracefully: the publishes in flight finish, the claimed envelopes not sent are handed back, a summary " +
-		"is printed on stderr and the exit status is 0; a second signal stops waiting for the broker. " +
+		"is printed on stderr and the exit status is 0; a second signal stops waiting for the broker (after a " +
+		"minute the relay stops waiting by itself and exits with status 1). " +
 		"The relay exits with status 1 when the database or RabbitMQ cannot be reached at start; later " +
 		"outages are logged and retried (the connection to RabbitMQ is re-dialled with back-off). " +
 		"Passwords of --to and --dsn are never printed.",
@@ -176,12 +179,12 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 		return err
 	}
 	dsn, _ := f.db.DSN()
-	h, cfg, closeDB, err := f.db.open(ctx)
+	drv, cfg, closeDB, err := f.db.open(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeDB()
-	if err := checkRelaySchema(ctx, h, cfg); err != nil {
+	if err := checkRelaySchema(ctx, drv, cfg); err != nil {
 		return err
 	}
 
@@ -209,25 +212,21 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	}
 	defer pub.Close()
 
-	// One node for the forwarder and the durability agent: the agent hands back the envelopes
-	// of dormant nodes (a relay or a Jasper node that died), releases due scheduled sends and
-	// wakes the forwarder.
-	node, err := durability.NewNode(ctx, h, durability.NodeConfig{}, logger)
-	if err != nil {
-		return err
-	}
-	defer node.Close()
-	fwd, err := forwarder.NewForwarder(h, forwarder.Config{
-		Node:               node,
-		Schema:             cfg,
-		Publisher:          pub,
-		Topic:              topic,
-		BatchSize:          f.batch,
-		Workers:            f.workers,
-		PublishConcurrency: f.concurrency,
-		MaxAttempts:        f.maxAttempts,
-		PollInterval:       f.pollInterval,
-		Destinations:       f.destinations,
+	// The relay is a runtime with one forwarder and nothing else: its durability agent hands
+	// back the envelopes of dormant nodes (a relay or a Jasper node that died), releases due
+	// scheduled sends and wakes the forwarder.
+	rt, err := jasper.NewRuntime(drv, jasper.Config{
+		Schema: cfg.Schema,
+		Forwarders: []forwarder.Config{{
+			Publisher:          pub,
+			Topic:              topic,
+			BatchSize:          f.batch,
+			Workers:            f.workers,
+			PublishConcurrency: f.concurrency,
+			MaxAttempts:        f.maxAttempts,
+			PollInterval:       f.pollInterval,
+			Destinations:       f.destinations,
+		}},
 	}, logger)
 	if err != nil {
 		if errors.Is(err, forwarder.ErrInvalidConfig) {
@@ -236,38 +235,15 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 		return err
 	}
 
-	// The messages' context: cancelled only by a second signal, so that the first one lets the
-	// publishes in flight finish.
-	msgCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
-	defer abandon()
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
-	agent, err := durability.NewAgent(h, node, durability.Config{Schema: cfg, Wakers: []durability.Waker{fwd}}, logger)
-	if err != nil {
-		return err
-	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Run(context.WithoutCancel(ctx)) }()
-	stopAgent := sync.OnceFunc(func() {
-		_ = agent.Close()
-		<-agentDone
-		_ = node.Close()
-	})
-	defer stopAgent()
-
 	start := time.Now()
-	runErr := make(chan error, 1)
-	go func() { runErr <- fwd.Run(msgCtx) }()
-	select {
-	case <-fwd.Running():
-	case err := <-runErr:
-		if err == nil {
-			err = errors.New("the forwarder stopped before it started")
-		}
+	if err := rt.Start(ctx); err != nil {
 		return err
 	}
+	fwd := rt.Forwarders()[0]
 	only := "every destination"
 	if len(f.destinations) > 0 {
 		only = strings.Join(f.destinations, ", ")
@@ -275,86 +251,108 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	say("relay: relaying schema %s of %s to %s (%s; batch %d, workers %d, concurrency %d); SIGINT or SIGTERM stops",
 		cfg.Schema, redactDSN(dsn), target, only, f.batch, f.workers, f.concurrency)
 
-	var ticks <-chan time.Time
-	if f.progress > 0 {
-		t := time.NewTicker(f.progress)
-		defer t.Stop()
-		ticks = t.C
-	}
-	last, lastAt := forwarder.Stats{}, start
-	signalled := 0 // signals read from our channel; the first one may also have cancelled ctx
-wait:
-	for {
-		select {
-		case <-ctx.Done():
-			break wait
-		case <-signals:
-			signalled++
-			break wait
-		case err := <-runErr:
-			// Run returns nil only after Close or a cancelled context: neither happened.
-			if err == nil {
-				err = errors.New("the forwarder stopped unexpectedly")
-			}
-			return err
-		case now := <-ticks:
-			st := fwd.Stats()
-			say("relay: %s", progressLine(st, last, now.Sub(lastAt), now.Sub(start)))
-			last, lastAt = st, now
-		}
-	}
+	prog := &progress{fwd: fwd, start: start, lastAt: start, say: say}
+	signalled := waitForSignal(ctx, signals, f.progress, prog.print)
 
 	say("relay: stopping: waiting for the publishes in flight, handing back the unsent envelopes (signal again to stop waiting)")
-	closed := make(chan struct{})
-	go func() {
-		_ = fwd.Close()
-		close(closed)
-	}()
+	// The stop context: cancelled by a second signal, so that Stop no longer waits for the
+	// broker's confirms (the runtime's agent still hands the unsent envelopes back).
+	stopCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
+	defer abandon()
+	stopped := make(chan error, 1)
+	go func() { stopped <- rt.Stop(stopCtx) }()
+	abandoned := false
+	var stopErr error
 closing:
 	for {
 		select {
-		case <-closed:
+		case stopErr = <-stopped:
 			break closing
 		case <-signals:
-			if signalled++; signalled >= 2 {
+			if signalled++; signalled >= 2 && !abandoned {
 				say("relay: second signal: no longer waiting for the broker's confirms")
+				abandoned = true
 				abandon()
-				<-closed
-				break closing
 			}
 		}
 	}
-	if err := <-runErr; err != nil && !errors.Is(err, forwarder.ErrClosed) {
-		return err
-	}
 	elapsed := time.Since(start)
-	stopAgent()
 	if err := pub.Close(); err != nil {
 		say("relay: closing the publisher: %s", scrubAll(err.Error(), secrets))
+	}
+	if stopErr != nil && !(abandoned && errors.Is(stopErr, context.Canceled)) {
+		return stopErr
 	}
 	say("relay: stopped after %s: %s", elapsed.Round(time.Millisecond), summaryLine(fwd.Stats(), elapsed))
 	return nil
 }
 
-// checkRelaySchema fails with the command to run when the tables or the extension columns the
-// forwarder reads are missing.
-func checkRelaySchema(ctx context.Context, db database.DB, cfg schema.Config) error {
-	diffs, err := schema.Verify(ctx, db, cfg, schema.VerifyOptions{})
+// waitForSignal calls tick every interval (0: never) until a signal arrives or ctx ends, and
+// returns how many signals it read from signals (the first one may also have cancelled ctx,
+// and then stays in signals).
+func waitForSignal(ctx context.Context, signals <-chan os.Signal, interval time.Duration, tick func(time.Time)) int {
+	var ticks <-chan time.Time
+	if interval > 0 {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		ticks = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-signals:
+			return 1
+		case now := <-ticks:
+			tick(now)
+		}
+	}
+}
+
+// progress prints the periodic status lines from the forwarder's counters.
+type progress struct {
+	fwd    *forwarder.Forwarder
+	start  time.Time
+	last   forwarder.Stats
+	lastAt time.Time
+	say    func(format string, args ...any)
+}
+
+func (p *progress) print(now time.Time) {
+	st := p.fwd.Stats()
+	p.say("relay: %s", progressLine(st, p.last, now.Sub(p.lastAt), now.Sub(p.start)))
+	p.last, p.lastAt = st, now
+}
+
+// checkRelaySchema fails before the runtime starts when the schema lacks anything the runtime
+// refuses to start without (every difference but a missing extension index, which only
+// slows claims down), listing all of them with the command that fixes them. The runtime's
+// own check (Start) names only the first difference and speaks to library users.
+func checkRelaySchema(ctx context.Context, drv database.Driver, cfg schema.Config) error {
+	diffs, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
 	if err != nil {
 		return err
 	}
 	var missing []string
+	fixable := true
 	for _, d := range diffs {
-		if d.Kind == schema.MissingTable || (d.Kind == schema.MissingColumn && d.Table != schema.IncomingTable) {
-			missing = append(missing, d.String())
+		if d.Kind == schema.MissingIndex {
+			continue
+		}
+		missing = append(missing, d.String())
+		if !d.Extension && d.Kind != schema.MissingTable && d.Kind != schema.MissingObject {
+			fixable = false
 		}
 	}
 	if len(missing) == 0 {
 		return nil
 	}
 	sort.Strings(missing)
-	return fmt.Errorf("schema %s is not ready for the relay (%s): run \"%s schema migrate --schema %s\" (safe on a database Jasper created)",
-		cfg.Schema, strings.Join(missing, "; "), program, cfg.Schema)
+	fix := fmt.Sprintf("run \"%s schema migrate --schema %s\" (safe on a database Jasper created)", program, cfg.Schema)
+	if !fixable {
+		fix = fmt.Sprintf("\"%s schema migrate --schema %s\" adds missing tables and extensions; fix Jasper's own columns by hand", program, cfg.Schema)
+	}
+	return fmt.Errorf("schema %s is not ready for the relay (%s): %s", cfg.Schema, strings.Join(missing, "; "), fix)
 }
 
 // jasperTopic is the relay's topic mapping to RabbitMQ: the destination itself when it is a

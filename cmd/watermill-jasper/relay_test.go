@@ -394,49 +394,115 @@ func TestRelayJasperRowsToRabbitMQ(t *testing.T) {
 	}
 }
 
-// TestRelayAfterAKilledRelay kills a relay (kill -9) in the middle of a backlog: the rows it
-// had claimed stay owned by its node id, which no process holds any more. A new relay's
-// durability agent sees that nobody holds that node's lock, hands its rows back and the new
-// relay sends everything. Duplicates are the at-least-once cost of the crash.
+// TestRelayAfterAKilledRelay kills a relay (SIGKILL) while it holds claimed envelopes it has not
+// finished. The first relay reaches RabbitMQ through a TCP proxy: once it has relayed a first
+// message, the proxy holds RabbitMQ's replies and the backlog is committed, so the relay claims
+// envelopes whose publishes wait for confirms that never come, and they stay owned by its node.
+// Once the killed relay's node lock is free, a second relay's durability agent sees that no
+// session holds it, hands its envelopes back, and the second relay sends everything: every
+// message arrives and the outbox ends empty. Duplicates are the at-least-once cost of the
+// crash (the held publishes reached RabbitMQ).
 func TestRelayAfterAKilledRelay(t *testing.T) {
 	t.Parallel()
 	const total = 5000
 	conn := rabbit(t)
 	q := testQueue(t, conn)
 	s := migratedSchema(t)
-	bulkInsertJasperRows(t, s, "rabbitmq://queue/"+q, total)
+	destination := "rabbitmq://queue/" + q
 	c := consume(t, conn, q)
+	proxy, proxied := amqpProxy(t)
 
-	first := startRelay(t, s, "--to", amqpURL(), "--batch", "200", "--concurrency", "64")
-	first.waitFor("the first messages", 60*time.Second, func() bool { return c.distinct() >= 500 })
+	first := startRelay(t, s, "--to", proxied, "--poll-interval", "100ms", "--batch", "200", "--concurrency", "64")
+	insertJasperRows(t, s, 0, makeRows(destination, 1))
+	first.waitFor("the first message on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == 1 })
+	// Its confirm arrived once the row is deleted: the relay's AMQP connection and channels
+	// are set up, and nothing it holds is waiting for a reply yet.
+	first.waitFor("the first envelope deleted", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
+	proxy.HoldReplies()
+	bulkInsertJasperRows(t, s, destination, total)
+	var node int32
+	first.waitFor("envelopes claimed by the relay", 60*time.Second, func() bool {
+		node = outboxOwner(t, s)
+		return node != 0
+	})
 	if code := first.stop(syscall.SIGKILL); code != -1 {
 		t.Logf("killed relay exit status %d", code)
 	}
-	owned := outgoingCount(t, s, "owner_id <> 0")
-	left := outgoingCount(t, s, "")
-	t.Logf("killed with %d envelopes arrived, %d left, %d of them owned by the dead relay's node", c.distinct(), left, owned)
-	var owners int
-	var dead int32
-	if err := testdb.Pool(t).QueryRow(context.Background(), fmt.Sprintf(
-		`select count(distinct owner_id), coalesce(min(owner_id), 0) from %q.jasper_outgoing_envelopes where owner_id <> 0`, s)).Scan(&owners, &dead); err != nil {
-		t.Fatal(err)
+	// The database ends the killed relay's sessions, and its node lock with them, once it
+	// sees their sockets closed (no event to wait for: polled).
+	deadline := time.Now().Add(60 * time.Second)
+	for nodeLockHolder(t, node) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed relay's node lock (node %d) is still held", node)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	if owners > 1 {
-		t.Fatalf("%d owners, want the dead relay's node only", owners)
+	owned := outgoingCount(t, s, fmt.Sprintf("owner_id = %d", node))
+	if others := outgoingCount(t, s, fmt.Sprintf("owner_id not in (0, %d)", node)); others != 0 {
+		t.Fatalf("%d envelopes owned by another node than the killed relay's (%d)", others, node)
 	}
-
+	t.Logf("killed relay (node %d) holding %d claimed envelopes; %d of %d messages arrived, %d envelopes left",
+		node, owned, c.distinct(), total+1, outgoingCount(t, s, ""))
 	if owned == 0 {
 		t.Fatal("the killed relay owned no rows: the test did not exercise recovery")
 	}
+
 	second := startRelay(t, s, "--to", amqpURL(), "--poll-interval", "100ms")
-	second.waitFor("every envelope on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == total })
+	second.waitFor("every envelope on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == total+1 })
 	second.waitFor("an empty outbox", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
 	if code := second.stop(syscall.SIGINT); code != 0 {
 		t.Fatalf("relay exited with %d after SIGINT:\n%s", code, second)
 	}
 	c.mu.Lock()
-	t.Logf("all %d envelopes arrived; %d duplicates (sent by the killed relay, not yet deleted)", total, c.dups)
+	t.Logf("all %d envelopes arrived; %d duplicates (published by the killed relay, never confirmed to it)", total+1, c.dups)
 	c.mu.Unlock()
+}
+
+// outboxOwner returns the owner_id of a claimed outgoing envelope of schema s, or 0 when none
+// is claimed.
+func outboxOwner(t testing.TB, s string) int32 {
+	t.Helper()
+	var owner int32
+	if err := testdb.Pool(t).QueryRow(context.Background(), fmt.Sprintf(
+		`select coalesce(max(owner_id), 0) from %q.jasper_outgoing_envelopes where owner_id <> 0`, s)).Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+	return owner
+}
+
+// nodeLockHolder returns the backend pid holding node id's lock (Jasper's session advisory
+// lock keyed by the id), or 0.
+func nodeLockHolder(t testing.TB, id int32) int32 {
+	t.Helper()
+	var pid int32
+	err := testdb.Pool(t).QueryRow(context.Background(), `select coalesce(max(pid), 0) from pg_locks where locktype = 'advisory'
+	  and granted and objsubid = 1 and classid = (($1::bigint >> 32) & 4294967295)::oid and objid = ($1::bigint & 4294967295)::oid`,
+		int64(id)).Scan(&pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// amqpProxy starts a TCP proxy to the test broker and returns it with the broker's URL
+// through it.
+func amqpProxy(t testing.TB) (*tcpproxy.Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := u.Host
+	if u.Port() == "" {
+		target += ":5672"
+	}
+	proxy, err := tcpproxy.New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	u.Host = proxy.Addr()
+	return proxy, u.String()
 }
 
 // TestRelaySurvivesABrokerOutage cuts every connection between the relay and RabbitMQ (a TCP
@@ -451,22 +517,9 @@ func TestRelaySurvivesABrokerOutage(t *testing.T) {
 	bulkInsertJasperRows(t, s, "rabbitmq://queue/"+q, total)
 	c := consume(t, conn, q)
 
-	u, err := url.Parse(amqpURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := u.Host
-	if u.Port() == "" {
-		target += ":5672"
-	}
-	proxy, err := tcpproxy.New(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	u.Host = proxy.Addr()
+	proxy, proxied := amqpProxy(t)
 
-	p := startRelay(t, s, "--to", u.String(), "--verbose", "--progress", "500ms", "--batch", "100", "--workers", "2", "--concurrency", "32")
+	p := startRelay(t, s, "--to", proxied, "--verbose", "--progress", "500ms", "--batch", "100", "--workers", "2", "--concurrency", "32")
 	p.waitFor("the first messages", 60*time.Second, func() bool { return c.distinct() >= 300 })
 	proxy.Cut()
 	time.Sleep(1500 * time.Millisecond)

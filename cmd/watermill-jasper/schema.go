@@ -8,6 +8,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
 func schemaCommand() command {
@@ -54,7 +55,7 @@ var schemaScript = spec{
 			if err != nil {
 				return err
 			}
-			script, err := schema.Script(cfg)
+			script, err := scriptOf(cfg)
 			if err != nil {
 				return err
 			}
@@ -62,6 +63,15 @@ var schemaScript = spec{
 			return err
 		}
 	},
+}
+
+// scriptOf returns the DDL of cfg's dialect: sqlserver.Script for SQL Server, schema.Script
+// for PostgreSQL.
+func scriptOf(cfg schema.Config) (string, error) {
+	if cfg.Dialect == database.SQLServer {
+		return sqlserver.Script(cfg)
+	}
+	return schema.Script(cfg)
 }
 
 var schemaMigrate = spec{
@@ -78,19 +88,19 @@ var schemaMigrate = spec{
 		var db dbFlags
 		db.register(fs)
 		return func(ctx context.Context, e *env, _ []string) error {
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer closeDB()
-			before, err := schema.Verify(ctx, h, cfg, schema.VerifyOptions{})
+			before, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
 			if err != nil {
 				return err
 			}
-			if err := schema.Migrate(ctx, h, cfg); err != nil {
+			if err := schema.Migrate(ctx, drv, cfg); err != nil {
 				return err
 			}
-			after, err := schema.Verify(ctx, h, cfg, schema.VerifyOptions{})
+			after, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
 			if err != nil {
 				return err
 			}
@@ -135,12 +145,12 @@ var schemaVerify = spec{
 		db.register(fs)
 		jasperOnly := fs.Bool("jasper-only", false, "check only Jasper 2.0's own layout and ignore missing watermill-jasper extensions")
 		return func(ctx context.Context, e *env, _ []string) error {
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer closeDB()
-			diffs, err := schema.Verify(ctx, h, cfg, schema.VerifyOptions{JasperOnly: *jasperOnly})
+			diffs, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{JasperOnly: *jasperOnly})
 			if err != nil {
 				return err
 			}

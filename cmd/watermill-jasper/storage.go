@@ -41,12 +41,12 @@ var storageCounts = spec{
 		var db dbFlags
 		db.register(fs)
 		return func(ctx context.Context, e *env, _ []string) error {
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer closeDB()
-			c, err := admin.Counts(ctx, h, cfg)
+			c, err := admin.Counts(ctx, drv, cfg)
 			if err != nil {
 				return err
 			}
@@ -57,7 +57,7 @@ var storageCounts = spec{
 			for i, o := range c.Owners {
 				ids[i] = o.OwnerID
 			}
-			live, err := admin.NodeLiveness(ctx, h, ids)
+			live, err := admin.NodeLiveness(ctx, drv, ids)
 			if err != nil {
 				return err
 			}
@@ -163,12 +163,12 @@ var storageRelease = spec{
 		var db dbFlags
 		db.register(fs)
 		return func(ctx context.Context, e *env, _ []string) error {
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer closeDB()
-			in, out, err := admin.ReleaseOwnership(ctx, h, cfg)
+			in, out, err := admin.ReleaseOwnership(ctx, drv, cfg)
 			if err != nil {
 				return err
 			}
@@ -190,13 +190,13 @@ var storageClear = spec{
 		db.register(fs)
 		yes := fs.Bool("yes", false, "delete without asking for confirmation")
 		return func(ctx context.Context, e *env, _ []string) error {
-			h, cfg, closeDB, err := db.open(ctx)
+			drv, cfg, closeDB, err := db.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer closeDB()
 			if !*yes {
-				c, err := admin.Counts(ctx, h, cfg)
+				c, err := admin.Counts(ctx, drv, cfg)
 				if err != nil {
 					return err
 				}
@@ -217,7 +217,7 @@ var storageClear = spec{
 					return errors.New("aborted: nothing deleted (answer y to delete, or pass --yes)")
 				}
 			}
-			r, err := admin.Clear(ctx, h, cfg)
+			r, err := admin.Clear(ctx, drv, cfg)
 			if err != nil {
 				return err
 			}

@@ -248,8 +248,9 @@ type Ops interface {
 	ClearAll(ctx context.Context) (Cleared, error)
 	// ListDeadLetters returns dead letters newest first, without bodies.
 	ListDeadLetters(ctx context.Context, topic string, limit int) ([]row.DeadLetter, error)
-	// CountDeadLetters counts dead letters of topic ("" any) older than olderThan (0 any).
-	CountDeadLetters(ctx context.Context, topic string, olderThan time.Duration) (int64, error)
+	// CountDeadLetters counts the dead letters sel selects that are older than olderThan (0:
+	// any age).
+	CountDeadLetters(ctx context.Context, sel Selection, olderThan time.Duration) (int64, error)
 	// GetDeadLetter returns one dead letter with its body; false when there is none.
 	GetDeadLetter(ctx context.Context, id uuid.UUID) (row.DeadLetter, bool, error)
 	// PageDeadLetters returns up to limit dead letters after the id After (nil: from the

@@ -150,9 +150,10 @@ func (o *ops) ListDeadLetters(ctx context.Context, topic string, limit int) ([]r
 }
 
 // CountDeadLetters counts dead letters.
-func (o *ops) CountDeadLetters(ctx context.Context, topic string, olderThan time.Duration) (int64, error) {
+func (o *ops) CountDeadLetters(ctx context.Context, sel store.Selection, olderThan time.Duration) (int64, error) {
 	var n int64
-	err := o.row(ctx, o.d.CountDeadLetters(), []any{topic, o.d.DeadLetterIDs(nil), millis(olderThan)}, &n)
+	args := o.selection(nil, sel)[1:] // ids, topic
+	err := o.row(ctx, o.d.CountDeadLetters(), []any{sel.Topic, args[0], millis(olderThan)}, &n)
 	return n, err
 }
 

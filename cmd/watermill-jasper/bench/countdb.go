@@ -3,8 +3,19 @@ package bench
 import (
 	"context"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 )
+
+// countingDriver is database.FromPgx(pool) with a countingDB between the driver and the
+// pool: a runtime built on it runs exactly as on database.FromPgx(pool), and every statement
+// it sends is counted into qc.
+func countingDriver(pool *pgxpool.Pool, qc *queryCounter) (database.Driver, error) {
+	return postgres.New(&countingDB{db: dbx.FromPgx(pool), qc: qc})
+}
 
 // countingDB counts what a component sends through a database.DB: every statement, BEGIN,
 // COMMIT and ROLLBACK is one statement; BEGIN and every statement outside a transaction
@@ -14,7 +25,10 @@ type countingDB struct {
 	qc *queryCounter
 }
 
-var _ database.DB = (*countingDB)(nil)
+var (
+	_ database.DB                     = (*countingDB)(nil)
+	_ database.FirstStatementBeginner = (*countingDB)(nil)
+)
 
 func (c *countingDB) Dialect() database.Dialect { return c.db.Dialect() }
 
@@ -38,6 +52,18 @@ func (c *countingDB) Begin(ctx context.Context) (database.Tx, error) {
 		return nil, err
 	}
 	return &countingTxDB{tx: tx, qc: c.qc}, nil
+}
+
+// BeginExec keeps the pool's pipelined BEGIN (database.BeginExec): BEGIN and the first
+// statement, two statements of one transaction.
+func (c *countingDB) BeginExec(ctx context.Context, query string, args ...any) (database.Tx, int64, error) {
+	c.qc.statements.Add(2)
+	c.qc.txs.Add(1)
+	tx, n, err := database.BeginExec(ctx, c.db, query, args...)
+	if err != nil {
+		return nil, n, err
+	}
+	return &countingTxDB{tx: tx, qc: c.qc}, n, nil
 }
 
 func (c *countingDB) Acquire(ctx context.Context) (database.Conn, error) {

@@ -8,17 +8,17 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// jasperSchema is a fresh schema migrated with schema.Migrate (plus the business table).
+// jasperSchema is a fresh schema migrated with schema.Migrate (plus the business table),
+// with the typed store of its tables (the operations the runtime's components run).
 type jasperSchema struct {
-	e       *env
-	cfg     schema.Config
-	dialect sqldialect.Dialect
+	e     *env
+	cfg   schema.Config
+	store store.Store
 }
 
 func newJasperSchema(ctx context.Context, e *env) (*jasperSchema, error) {
@@ -27,18 +27,14 @@ func newJasperSchema(ctx context.Context, e *env) (*jasperSchema, error) {
 		return nil, err
 	}
 	cfg := schema.Config{Dialect: schema.Postgres, Schema: name}
-	if err := schema.Migrate(ctx, database.FromPgx(e.pool), cfg); err != nil {
+	if err := schema.Migrate(ctx, e.drv, cfg); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	cfg, err = cfg.Normalized()
+	st, err := e.drv.Store(cfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	d, err := sqldialect.For(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &jasperSchema{e: e, cfg: cfg, dialect: d}, nil
+	return &jasperSchema{e: e, cfg: st.Schema(), store: st}, nil
 }
 
 func (j *jasperSchema) close() error { return j.e.dropSchema(j.cfg.Schema) }
@@ -85,51 +81,39 @@ type RawResult struct {
 // rawBatch is the claim size of the raw loop.
 const rawBatch = 1000
 
-// runRawLoop drains a prefilled outbox with the forwarder's own statements and nothing else:
-// claim up to 1,000 rows (UPDATE ... SET owner_id ... WHERE id IN (SELECT ... LIMIT 1000
-// FOR UPDATE SKIP LOCKED) RETURNING the forwarder's columns), read them, then DELETE ... WHERE
-// id = ANY($1); one goroutine, each statement its own transaction. It is the physical limit
-// of the claim-then-delete design on this database.
-func (j *jasperSchema) runRawLoop(ctx context.Context, n int) (RawResult, error) {
+// rawOwner is the owner id the raw loops claim with.
+const rawOwner = int32(1)
+
+// rawLoop drains n prefilled rows with claim then delete, one goroutine, each operation its
+// own autocommit statement on the pool, until a claim returns nothing. It is the physical
+// limit of the claim-then-delete design on this database.
+func (j *jasperSchema) rawLoop(ctx context.Context, n int, claim func(ctx context.Context) ([]row.Envelope, error), del func(ctx context.Context, ids []uuid.UUID) error) (RawResult, error) {
 	label := fmt.Sprintf("raw loop %d", n)
 	res := RawResult{N: n}
-	claim, del := j.dialect.ClaimOutgoing(), j.dialect.DeleteOutgoing()
-	excluded, only := j.dialect.StringList(nil), j.dialect.StringList(nil)
-	codec := j.dialect.UUIDs()
 	ids := make([]uuid.UUID, 0, rawBatch)
 	done := 0
 	start := time.Now()
 	lastLog := start
 	for {
-		rows, err := j.e.pool.Query(ctx, claim, int32(1), excluded, only, rawBatch)
+		envs, err := claim(ctx)
 		if err != nil {
 			return res, fmt.Errorf("%s: claim: %w", label, err)
 		}
-		ids = ids[:0]
-		for rows.Next() {
-			env, err := row.ScanOutgoing(rows, codec)
-			if err != nil {
-				rows.Close()
-				return res, fmt.Errorf("%s: scan: %w", label, err)
-			}
-			ids = append(ids, env.ID)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return res, fmt.Errorf("%s: claim: %w", label, err)
-		}
-		if len(ids) == 0 {
+		if len(envs) == 0 {
 			break
 		}
-		if _, err := j.e.pool.Exec(ctx, del, j.dialect.IDList(ids)); err != nil {
+		ids = ids[:0]
+		for _, env := range envs {
+			ids = append(ids, env.ID)
+		}
+		if err := del(ctx, ids); err != nil {
 			return res, fmt.Errorf("%s: delete: %w", label, err)
 		}
 		done += len(ids)
 		res.Batches++
 		if time.Since(lastLog) >= time.Second {
 			lastLog = time.Now()
-			e := time.Since(start)
-			j.e.logf("%s: %d/%d (%.0f rows/s)", label, done, n, float64(done)/e.Seconds())
+			j.e.logf("%s: %d/%d (%.0f rows/s)", label, done, n, float64(done)/time.Since(start).Seconds())
 		}
 	}
 	res.Elapsed = time.Since(start)
@@ -139,4 +123,14 @@ func (j *jasperSchema) runRawLoop(ctx context.Context, n int) (RawResult, error)
 	}
 	j.e.logf("%s: %d rows in %s (%.0f rows/s)", label, done, res.Elapsed.Round(time.Millisecond), res.Rate)
 	return res, nil
+}
+
+// runRawLoop drains a prefilled outbox with the forwarder's own storage operations and
+// nothing else: ClaimOutgoing of up to 1,000 rows (UPDATE ... SET owner_id ... WHERE id IN
+// (SELECT ... LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING the forwarder's columns), then
+// DeleteOutgoing of their ids (DELETE ... WHERE id = ANY($1)).
+func (j *jasperSchema) runRawLoop(ctx context.Context, n int) (RawResult, error) {
+	return j.rawLoop(ctx, n, func(ctx context.Context) ([]row.Envelope, error) {
+		return j.store.ClaimOutgoing(ctx, store.ClaimOutgoingParams{Owner: rawOwner, Limit: rawBatch})
+	}, j.store.DeleteOutgoing)
 }

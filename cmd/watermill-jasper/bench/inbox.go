@@ -22,12 +22,15 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
-	"github.com/watermill-jasper/watermill-jasper/internal/sqldialect"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -123,8 +126,10 @@ const (
 var inboxVariants = []string{InboxVariantPlain, InboxVariantInbox, InboxVariantInboxApart, InboxVariantInboxCleanup, InboxVariantDeduplicator}
 
 // The cleanup variant keeps its marks inboxCleanupKeepFor and deletes the expired ones every
-// inboxCleanupEvery while it is measured, so that it deletes marks about as fast as it
-// writes them: the steady state of a long-running inbox, compressed.
+// inboxCleanupEvery while it is measured (the agent's Handled cleanup,
+// durability.Agent.DeleteExpiredHandled, driven by the benchmark instead of the agent's
+// timer, so that its work falls in the variant's own slices), so that it deletes marks about
+// as fast as it writes them: the steady state of a long-running inbox, compressed.
 const (
 	inboxCleanupKeepFor = 2 * time.Second
 	inboxCleanupEvery   = 250 * time.Millisecond
@@ -373,12 +378,14 @@ type inboxEnv struct {
 
 func (e *inboxEnv) logf(format string, args ...any) { fmt.Fprintf(e.progress, format+"\n", args...) }
 
-// inboxLeg is a fresh migrated schema with the business table orders.
+// inboxLeg is a fresh migrated schema with the business table orders and, for the inbox
+// variants, the runtime the inbox comes from.
 type inboxLeg struct {
 	e      *inboxEnv
 	cfg    schema.Config
 	orders string
-	inbox  *middleware.Inbox // the cleanup variant's, whose Cleanup runs while it is measured
+	rt     *jasper.Runtime   // the inbox variants' runtime
+	agent  *durability.Agent // the cleanup variant's, whose Handled cleanup runs while it is measured
 }
 
 func (e *inboxEnv) newLeg(ctx context.Context) (*inboxLeg, error) {
@@ -418,8 +425,12 @@ func inboxSchemaName() string {
 func (l *inboxLeg) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	var errs []error
+	if l.rt != nil {
+		errs = append(errs, l.rt.Stop(ctx))
+	}
 	_, err := l.e.pool.Exec(ctx, fmt.Sprintf(`DROP SCHEMA IF EXISTS %q CASCADE`, l.cfg.Schema))
-	return err
+	return errors.Join(append(errs, err)...)
 }
 
 // insertSQL is the business write.
@@ -428,7 +439,7 @@ func (l *inboxLeg) insertSQL() string {
 }
 
 // handler returns the handler of a variant and the middleware in front of it.
-func (l *inboxLeg) handler(variant string) (message.NoPublishHandlerFunc, []message.HandlerMiddleware, error) {
+func (l *inboxLeg) handler(ctx context.Context, variant string) (message.NoPublishHandlerFunc, []message.HandlerMiddleware, error) {
 	insert := l.insertSQL()
 	ownTx := func(msg *message.Message) error {
 		ctx := msg.Context()
@@ -450,20 +461,9 @@ func (l *inboxLeg) handler(variant string) (message.NoPublishHandlerFunc, []mess
 		d := &wmmiddleware.Deduplicator{KeyFactory: func(m *message.Message) (string, error) { return m.UUID, nil }}
 		return ownTx, []message.HandlerMiddleware{d.Middleware}, nil
 	case InboxVariantInbox, InboxVariantInboxApart, InboxVariantInboxCleanup:
-		db := database.FromPgx(l.e.pool)
-		if variant == InboxVariantInboxApart {
-			db = beginApartDB{db} // no database.FirstStatementBeginner: BEGIN, then the mark
-		}
-		c := middleware.InboxConfig{DB: db, Schema: l.cfg, ConsumerName: "bench"}
-		if variant == InboxVariantInboxCleanup {
-			c.KeepFor = inboxCleanupKeepFor
-		}
-		in, err := middleware.NewInbox(c)
+		in, err := l.startInbox(ctx, variant)
 		if err != nil {
 			return nil, nil, err
-		}
-		if variant == InboxVariantInboxCleanup {
-			l.inbox = in
 		}
 		h := func(msg *message.Message) error {
 			tx, _ := middleware.TxFromContext(msg.Context())
@@ -475,9 +475,51 @@ func (l *inboxLeg) handler(variant string) (message.NoPublishHandlerFunc, []mess
 	return nil, nil, fmt.Errorf("bench inbox: unknown variant %q", variant)
 }
 
+// inboxRuntimeConns is what the runtime of an inbox variant holds of the pool for its life:
+// the node lock's connection and the agent's LISTEN connection. The pool gets them on top of
+// MaxConns, which stays what the handlers share.
+const inboxRuntimeConns = 2
+
+// inboxRuntimes is the number of inbox variants, each with its runtime.
+const inboxRuntimes = 3
+
+// startInbox starts the runtime of an inbox variant on the leg's schema, as a service runs
+// it (database.FromPgx(pool), the agent's defaults), and returns its inbox (consumer
+// "bench"). BEGIN apart runs the same runtime on the pgx pool without its pipelined BEGIN
+// (beginApartDB); the cleanup variant keeps its marks inboxCleanupKeepFor and leaves the
+// Handled cleanup to the benchmark's timer (see inboxCleanupEvery).
+func (l *inboxLeg) startInbox(ctx context.Context, variant string) (*middleware.Inbox, error) {
+	drv := database.FromPgx(l.e.pool)
+	if variant == InboxVariantInboxApart {
+		var err error
+		// no database.FirstStatementBeginner: BEGIN, then the mark
+		if drv, err = postgres.New(beginApartDB{dbx.FromPgx(l.e.pool)}); err != nil {
+			return nil, err
+		}
+	}
+	cfg := jasper.Config{Schema: l.cfg.Schema}
+	ic := middleware.InboxConfig{ConsumerName: "bench"}
+	if variant == InboxVariantInboxCleanup {
+		cfg.Agent.HandledCleanupPollingTime = -1 // off: driven by the benchmark
+		ic.KeepFor = inboxCleanupKeepFor
+	}
+	rt, err := jasper.NewRuntime(drv, cfg, watermill.NopLogger{})
+	if err != nil {
+		return nil, err
+	}
+	if err := rt.Start(ctx); err != nil {
+		return nil, fmt.Errorf("bench inbox: %w", err)
+	}
+	l.rt = rt
+	if variant == InboxVariantInboxCleanup {
+		l.agent = rt.Agent()
+	}
+	return rt.Inbox(ic)
+}
+
 // beginApartDB hides the pgx pool's BeginExec: the inbox then sends BEGIN and its mark as two
 // round trips, as it does on a database/sql handle.
-type beginApartDB struct{ database.DB }
+type beginApartDB struct{ dbx.DB }
 
 // inboxSubscriber feeds a router: Subscribe returns the channel the leg's driver sends on.
 type inboxSubscriber struct{ ch chan *message.Message }
@@ -530,7 +572,7 @@ func (e *inboxEnv) newWorker(ctx context.Context, variant string) (*inboxWorker,
 		}
 		return w, nil
 	}
-	h, mws, err := l.handler(variant)
+	h, mws, err := l.handler(ctx, variant)
 	if err != nil {
 		_ = l.close()
 		return nil, err
@@ -565,28 +607,27 @@ func (e *inboxEnv) newWorker(ctx context.Context, variant string) (*inboxWorker,
 }
 
 // rawTx returns one raw business transaction, no router: with mark set preceded by the
-// inbox's mark INSERT (the same statement and values the inbox sends), each statement its
-// own round trip (BEGIN; INSERT mark; INSERT; COMMIT).
+// inbox's mark (the store's InsertHandled, the same statement and values the inbox sends),
+// each statement its own round trip (BEGIN; INSERT mark; INSERT; COMMIT).
 func (l *inboxLeg) rawTx(mark bool) (func(ctx context.Context) error, error) {
 	insert := l.insertSQL()
-	d, err := sqldialect.For(l.cfg)
+	db := dbx.FromPgx(l.e.pool)
+	st, err := database.FromPgx(l.e.pool).Store(l.cfg)
 	if err != nil {
 		return nil, err
 	}
-	insertMark := d.InsertHandled()
-	keepMS := middleware.DefaultKeepFor.Milliseconds()
 	return func(ctx context.Context) error {
 		msg := l.e.newMessage()
-		return pgx.BeginFunc(ctx, l.e.pool, func(tx pgx.Tx) error {
+		return dbx.InTx(ctx, db, func(tx dbx.Tx) error {
 			if mark {
 				env, err := row.FromMessage("orders", msg, publisher.Defaults{})
 				if err != nil {
 					return err
 				}
 				env.ID = middleware.InboxKey("bench", "bench-inbox", msg.UUID)
-				env.Status, env.Body, env.Headers = schema.StatusHandled, []byte{}, nil
-				args := env.IncomingArgs(make([]any, 0, len(row.IncomingColumns)+1), d.UUIDs())
-				if _, err := tx.Exec(ctx, insertMark, append(args, keepMS)...); err != nil {
+				env.Destination, env.Status, env.OwnerID = "orders", schema.StatusHandled, 0
+				env.Body, env.Headers, env.DeliverBy = []byte{}, nil, nil
+				if _, err := st.With(tx).InsertHandled(ctx, store.InsertHandledParams{Mark: env, Keep: middleware.DefaultKeepFor}); err != nil {
 					return err
 				}
 			}
@@ -636,7 +677,7 @@ func (e *inboxEnv) saturate(ctx context.Context, w *inboxWorker, warm, d time.Du
 	var once sync.Once
 	failed := make(chan struct{})
 	var wg sync.WaitGroup
-	if w.leg.inbox != nil {
+	if w.leg.agent != nil {
 		wg.Go(func() {
 			if err := w.cleanup(ctx, &stop); err != nil {
 				once.Do(func() { firstErr = err; close(failed) })
@@ -687,7 +728,7 @@ func (e *inboxEnv) saturate(ctx context.Context, w *inboxWorker, warm, d time.Du
 // stop is set.
 func (w *inboxWorker) cleanup(ctx context.Context, stop *atomic.Bool) error {
 	for !stop.Load() {
-		n, err := w.leg.inbox.Cleanup(ctx)
+		n, err := w.leg.agent.DeleteExpiredHandled(ctx)
 		if err != nil {
 			return err
 		}
@@ -708,7 +749,7 @@ func (e *inboxEnv) steady(ctx context.Context, w *inboxWorker, d time.Duration, 
 	var once sync.Once
 	var wg sync.WaitGroup
 	interval := time.Second / time.Duration(e.cfg.Rate)
-	if w.leg.inbox != nil {
+	if w.leg.agent != nil {
 		var stop atomic.Bool
 		var cwg sync.WaitGroup
 		defer cwg.Wait()
@@ -788,7 +829,7 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 	if err != nil {
 		return res, fmt.Errorf("bench inbox: parse DSN: %w", err)
 	}
-	pcfg.MaxConns = int32(cfg.MaxConns)
+	pcfg.MaxConns = int32(cfg.MaxConns + inboxRuntimes*inboxRuntimeConns)
 	e := &inboxEnv{cfg: cfg, progress: progress, tracer: &inboxTracer{}}
 	if e.progress == nil {
 		e.progress = io.Discard
@@ -882,7 +923,7 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 			run.Throughput = append(run.Throughput, t)
 			routers = append(routers, w)
 			e.logf("throughput %-29s %8.0f msg/s (%d in %s, %d in flight, %.2f round trips/msg)", w.variant, t.MsgsPerS, t.Handled, w.elapsed.Round(time.Millisecond), e.cfg.InFlight, t.RoundTrips)
-			if w.leg.inbox != nil {
+			if w.leg.agent != nil {
 				e.logf("           (its cleanup deleted %d expired marks so far)", w.deleted.Load())
 			}
 		}

@@ -14,11 +14,11 @@ import (
 
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
+	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
@@ -278,7 +278,7 @@ func (r SubscriberResult) wmBest() (ConsumeResult, bool) {
 // prefillIncoming writes n messages for topic as our durable local queue's rows, through
 // our publisher (publisher.Incoming), prefillBatch messages per transaction, then ANALYZEs.
 func (j *jasperSchema) prefillIncoming(ctx context.Context, topic string, n int) error {
-	pub, err := publisher.NewPublisher(wmsql.BeginnerFromPgx(j.e.pool), publisher.Config{Schema: j.cfg, Table: publisher.Incoming}, j.e.logger)
+	pub, err := publisher.NewPublisher(wmsql.BeginnerFromPgx(j.e.pool), publisher.Config{Schema: j.cfg, Driver: j.e.drv, Table: publisher.Incoming}, j.e.logger)
 	if err != nil {
 		return err
 	}
@@ -300,62 +300,17 @@ func (j *jasperSchema) prefillIncoming(ctx context.Context, topic string, n int)
 
 func (j *jasperSchema) incoming() string { return j.cfg.Qualified(schema.IncomingTable) }
 
-// rawIncomingOwner is the owner id the raw loop claims with.
-const rawIncomingOwner = int32(1)
-
 // runRawIncomingLoop drains a prefilled topic of the incoming table with our subscriber's
-// own statements and nothing else: claim up to rawBatch rows (the subscriber's claim: UPDATE
-// ... SET owner_id ... FROM (SELECT ... WHERE received_at = topic AND status = 'Incoming' AND
-// owner_id = 0 LIMIT n FOR UPDATE SKIP LOCKED) RETURNING its columns), read them, then DELETE
-// ... WHERE id = ANY($1) (its ack); one goroutine, each statement its own transaction. It is
-// the outbox benchmark's raw loop on the incoming table: the physical limit of the design.
+// own storage operations and nothing else: ClaimIncoming of up to rawBatch rows (the
+// subscriber's claim: UPDATE ... SET owner_id ... FROM (SELECT ... WHERE received_at = topic
+// AND status = 'Incoming' AND owner_id = 0 LIMIT n FOR UPDATE SKIP LOCKED) RETURNING its
+// columns), then DeleteIncoming of their ids (its ack); one goroutine, each statement its
+// own transaction. It is the outbox benchmark's raw loop on the incoming table: the physical
+// limit of the design.
 func (j *jasperSchema) runRawIncomingLoop(ctx context.Context, topic string, n int) (RawResult, error) {
-	label := fmt.Sprintf("raw loop %d", n)
-	res := RawResult{N: n}
-	claim, del := j.dialect.ClaimIncoming(), j.dialect.DeleteIncoming()
-	codec := j.dialect.UUIDs()
-	ids := make([]uuid.UUID, 0, rawBatch)
-	done := 0
-	start := time.Now()
-	lastLog := start
-	for {
-		rows, err := j.e.pool.Query(ctx, claim, rawIncomingOwner, topic, rawBatch)
-		if err != nil {
-			return res, fmt.Errorf("%s: claim: %w", label, err)
-		}
-		ids = ids[:0]
-		for rows.Next() {
-			env, err := row.ScanIncoming(rows, codec)
-			if err != nil {
-				rows.Close()
-				return res, fmt.Errorf("%s: scan: %w", label, err)
-			}
-			ids = append(ids, env.ID)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return res, fmt.Errorf("%s: claim: %w", label, err)
-		}
-		if len(ids) == 0 {
-			break
-		}
-		if _, err := j.e.pool.Exec(ctx, del, j.dialect.IDList(ids)); err != nil {
-			return res, fmt.Errorf("%s: delete: %w", label, err)
-		}
-		done += len(ids)
-		res.Batches++
-		if time.Since(lastLog) >= time.Second {
-			lastLog = time.Now()
-			j.e.logf("%s: %d/%d (%.0f rows/s)", label, done, n, float64(done)/time.Since(start).Seconds())
-		}
-	}
-	res.Elapsed = time.Since(start)
-	res.Rate = float64(done) / res.Elapsed.Seconds()
-	if done != n {
-		return res, fmt.Errorf("%s: claimed and deleted %d rows, want %d", label, done, n)
-	}
-	j.e.logf("%s: %d rows in %s (%.0f rows/s)", label, done, res.Elapsed.Round(time.Millisecond), res.Rate)
-	return res, nil
+	return j.rawLoop(ctx, n, func(ctx context.Context) ([]row.Envelope, error) {
+		return j.store.ClaimIncoming(ctx, store.ClaimIncomingParams{Owner: rawOwner, Topic: topic, Limit: rawBatch})
+	}, j.store.DeleteIncoming)
 }
 
 // rawIncomingLeg prefills a fresh schema's incoming table and runs the raw loop over it.
@@ -387,8 +342,23 @@ func (e *env) oursConsumeLeg(ctx context.Context, n, batch, inFlight int) (res C
 	if err := j.prefillIncoming(ctx, subTopic, n); err != nil {
 		return res, err
 	}
-	cdb := &countingDB{db: database.FromPgx(e.pool), qc: &queryCounter{}}
-	sub, err := subscriber.NewSubscriber(cdb, subscriber.Config{Schema: j.cfg, BatchSize: batch, MaxInFlight: inFlight}, e.logger)
+	// The consumer is a runtime with a subscriber, as in a service; its statements are
+	// counted from the runtime's start (node lock, LISTEN and the agent's first passes
+	// included) to the last acknowledgement.
+	qc := &queryCounter{}
+	drv, err := countingDriver(e.pool, qc)
+	if err != nil {
+		return res, err
+	}
+	rt, err := jasper.NewRuntime(drv, jasper.Config{Schema: j.cfg.Schema}, e.logger)
+	if err != nil {
+		return res, err
+	}
+	if err := rt.Start(ctx); err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, stopRuntime(rt)) }()
+	sub, err := rt.Subscriber(subscriber.Config{BatchSize: batch, MaxInFlight: inFlight})
 	if err != nil {
 		return res, err
 	}
@@ -406,7 +376,7 @@ func (e *env) oursConsumeLeg(ctx context.Context, n, batch, inFlight int) (res C
 	}
 	r.AddConsumerHandler("bench-ours", subTopic, sub, countingHandler(c))
 	left := func(ctx context.Context) (int64, error) { return e.countRows(ctx, j.incoming()) }
-	return e.timedConsume(ctx, label, ConsumeResult{Impl: implOurs, InFlight: inFlight, N: n}, c, r, left, cdb.qc)
+	return e.timedConsume(ctx, label, ConsumeResult{Impl: implOurs, InFlight: inFlight, N: n}, c, r, left, qc)
 }
 
 // wmConsumeLeg prefills a fresh schema's watermill-sql table through its publisher and times

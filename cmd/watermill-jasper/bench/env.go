@@ -16,6 +16,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
 )
 
 // env is what every leg of one RunOutbox shares: the pool, the progress writer and the
@@ -23,6 +25,7 @@ import (
 type env struct {
 	cfg      OutboxConfig
 	pool     *pgxpool.Pool
+	drv      database.Driver // database.FromPgx(pool)
 	progress io.Writer
 	payload  []byte
 	logger   watermill.LoggerAdapter
@@ -55,7 +58,7 @@ func newEnv(ctx context.Context, cfg OutboxConfig, progress io.Writer) (*env, er
 		payload[i] = 'a' + byte(i%26)
 	}
 	return &env{
-		cfg: cfg, pool: pool, progress: progress, payload: payload,
+		cfg: cfg, pool: pool, drv: database.FromPgx(pool), progress: progress, payload: payload,
 		logger:  watermill.NopLogger{},
 		schemas: map[string]struct{}{}, queues: map[string]struct{}{},
 	}, nil

@@ -1,0 +1,36 @@
+package postgres_test
+
+import (
+	"testing"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/storetest"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+)
+
+// The conformance suite on PostgreSQL, through pgx natively and through database/sql (pgx's
+// stdlib driver): every operation of the store, each case in a fresh migrated schema.
+
+func TestConformancePgx(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T) store.Store { return migrated(t, testdb.PgxDriver(t)) })
+}
+
+func TestConformanceStdSQL(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T) store.Store { return migrated(t, testdb.StdDriver(t)) })
+}
+
+// migrated returns the store of a fresh schema of drv (dropped when t ends), migrated.
+func migrated(t *testing.T, drv store.Driver) store.Store {
+	t.Helper()
+	s, err := drv.Store(layout.Config{Schema: testdb.Schema(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(t.Context()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return s
+}

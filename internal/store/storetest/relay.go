@@ -1,0 +1,187 @@
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
+)
+
+// The relay's operations on outgoing envelopes (ClaimOutgoing, DeleteOutgoing,
+// ReleaseOutgoing, DeadLetterOutgoing) and the dead-letter checks shared with the queue's.
+
+func relayCases() []testCase {
+	return []testCase{
+		{"ClaimOutgoing", testClaimOutgoing},
+		{"ClaimOutgoingSkipsLockedRows", testClaimOutgoingSkipsLocked},
+		{"DeleteOutgoing", testDeleteOutgoing},
+		{"ReleaseOutgoing", testReleaseOutgoing},
+		{"DeadLetterOutgoing", testDeadLetterOutgoing},
+		{"DeadLetterMovesAreAtomic", testDeadLetterMovesAtomic},
+	}
+}
+
+// A claim takes unowned envelopes only, up to its limit, skipping excluded destinations and
+// keeping to the only ones when given.
+func testClaimOutgoing(e *env) {
+	a1, a2, b, c := outEnv("a"), outEnv("a"), outEnv("b"), outEnv("c")
+	e.out(a1, a2, b, c, owned(9, outEnv("a"))[0])
+	first := e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 7, Exclude: []string{"b", "c"}, Limit: 1})
+	if len(first) != 1 || first[0].Destination != "a" {
+		e.t.Fatalf("claim of 1 excluding b and c: %+v", first)
+	}
+	rest := e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 7, Exclude: []string{"b", "c"}, Limit: 10})
+	e.claimedIDs("excluding b and c", append(first, rest...), 7, a1, a2)
+	e.claimedIDs("only b and c, c excluded", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 8, Exclude: []string{"c"}, Only: []string{"b", "c"}, Limit: 10}), 8, b)
+	e.claimedIDs("only c", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 8, Only: []string{"c"}, Limit: 10}), 8, c)
+	e.claimedIDs("with nothing unowned left", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 9, Limit: 10}), 9)
+	check(e, "outgoing by owner", e.counts().OutgoingByOwner, map[int32]int64{7: 2, 8: 2, 9: 1})
+}
+
+// skipsLocked checks a claim beside a transaction that claimed (and so locked) one of
+// envs: it takes the others without waiting, and the locked one once the transaction rolled
+// back.
+func (e *env) skipsLocked(envs []row.Envelope, claim func(ops store.Ops, owner int32, limit int) []row.Envelope) {
+	e.t.Helper()
+	tx := e.begin()
+	held := claim(tx.ops, 10, 1)
+	if len(held) != 1 {
+		e.t.Fatalf("claim of 1 in a transaction took %d", len(held))
+	}
+	var others []row.Envelope
+	for _, env := range envs {
+		if env.ID != held[0].ID {
+			others = append(others, env)
+		}
+	}
+	e.claimedIDs("beside a transaction holding a row", claim(e.s, 11, 10), 11, others...)
+	e.ok(tx.Rollback(e.ctx))
+	e.claimedIDs("after the transaction rolled back", claim(e.s, 12, 10), 12, held[0])
+}
+
+func testClaimOutgoingSkipsLocked(e *env) {
+	envs := []row.Envelope{outEnv("a"), outEnv("a"), outEnv("a")}
+	e.out(envs...)
+	e.skipsLocked(envs, func(ops store.Ops, owner int32, limit int) []row.Envelope {
+		return e.claimOut(ops, store.ClaimOutgoingParams{Owner: owner, Limit: limit})
+	})
+}
+
+func testDeleteOutgoing(e *env) {
+	a, b := outEnv("a"), outEnv("a")
+	e.out(a, b)
+	e.ok(e.s.DeleteOutgoing(e.ctx, nil))
+	e.ok(e.s.DeleteOutgoing(e.ctx, []uuid.UUID{a.ID, uuid.New()}))
+	e.claimedIDs("left after the delete", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 1, Limit: 10}), 1, b)
+}
+
+// A release hands back only the envelopes still owned by the releasing node, counting an
+// attempt when asked.
+func testReleaseOutgoing(e *env) {
+	a, b, c := outEnv("a"), outEnv("a"), outEnv("a")
+	e.out(a, b, c)
+	e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 7, Limit: 10})
+	e.ok(e.s.ReleaseOutgoing(e.ctx, store.ReleaseParams{IDs: idsOf(a, b), Owner: 8, CountAttempt: true}))
+	e.ok(e.s.ReleaseOutgoing(e.ctx, store.ReleaseParams{IDs: idsOf(a), Owner: 7, CountAttempt: true}))
+	e.ok(e.s.ReleaseOutgoing(e.ctx, store.ReleaseParams{IDs: idsOf(b), Owner: 7}))
+	got := e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 9, Limit: 10})
+	e.claimedIDs("released", got, 9, a, b)
+	check(e, "attempts after a failed release", e.byID(got, a.ID).Attempts, 1)
+	check(e, "attempts after a plain release", e.byID(got, b.ID).Attempts, 0)
+	check(e, "outgoing by owner", e.counts().OutgoingByOwner, map[int32]int64{7: 1, 9: 2})
+}
+
+// sqlServerDeadLetterMessageType is the dead letters' message_type size on SQL Server; the
+// dialect truncates longer values and says so in the explanation (internal/store/sqlserver).
+const sqlServerDeadLetterMessageType = 100
+
+// fitted is what a dead letter of env with reason r holds: on SQL Server a message_type
+// wider than the dead letters' column is cut and the explanation notes it.
+func (e *env) fitted(env row.Envelope, r store.Reason) (row.Envelope, store.Reason) {
+	if e.sqlserver() && len(env.MessageType) > sqlServerDeadLetterMessageType {
+		env.MessageType = env.MessageType[:sqlServerDeadLetterMessageType]
+		r.Explanation += " [SQL Server: message_type truncated to 100 characters]"
+	}
+	return env, r
+}
+
+// sameDeadLetter checks every column of a dead letter read with its body against the
+// envelope it was made of, its reason and its attempts.
+func (e *env) sameDeadLetter(got row.DeadLetter, env row.Envelope, r store.Reason, attempts int) {
+	e.t.Helper()
+	env, r = e.fitted(env, r)
+	want := row.DeadLetter{
+		ID: env.ID, ReceivedAt: env.Destination, Source: r.Source, MessageType: env.MessageType,
+		ContentType: env.ContentType, Explanation: r.Explanation, ExceptionType: r.ExceptionType,
+		ExceptionMessage: r.ExceptionMessage, ExceptionText: r.ExceptionText, Attempts: attempts,
+		ExecutionTime: utc(env.ExecutionTime), MessageUUID: env.MessageUUID, CorrelationID: env.CorrelationID,
+		ParentID: env.ParentID, SagaID: env.SagaID, ReplyURI: env.ReplyURI, ReplyRequested: env.ReplyRequested,
+		ConversationID: env.ConversationID, AckRequested: env.AckRequested, Body: env.Body, BodySize: len(env.Body),
+	}
+	if env.Headers != nil {
+		e.ok(json.Unmarshal(env.Headers, &want.Headers))
+	}
+	if got.Timestamp == nil {
+		e.t.Errorf("dead letter %s has no timestamp", got.ID)
+	}
+	got.Timestamp, got.ExecutionTime = nil, utc(got.ExecutionTime)
+	check(e, "dead letter "+env.ID.String(), got, want)
+}
+
+// Moved envelopes leave the table and become dead letters with their own reasons, received
+// at their destination, with one more attempt (the failed send); moving an id again
+// replaces its dead letter.
+func testDeadLetterOutgoing(e *env) {
+	a, b, keep := outEnv("orders"), outEnv("orders"), outEnv("orders")
+	a.Attempts = 2
+	b.MessageType = strings.Repeat("m", 200) // wider than SQL Server's dead-letter column
+	e.out(a, b, keep)
+	e.ok(e.s.DeadLetterOutgoing(e.ctx, nil))
+	e.ok(e.s.DeadLetterOutgoing(e.ctx, letters([]row.Envelope{a, b}, "a", "b")))
+	e.claimedIDs("left after the move", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 1, Limit: 10}), 1, keep)
+	e.sameDeadLetter(e.deadLetter(a.ID), a, reason("a"), 3)
+	e.sameDeadLetter(e.deadLetter(b.ID), b, reason("b"), 1)
+
+	e.out(a)
+	e.ok(e.s.DeadLetterOutgoing(e.ctx, letters([]row.Envelope{a}, "again")))
+	e.sameDeadLetter(e.deadLetter(a.ID), a, reason("again"), 3)
+	check(e, "dead letters", e.counts().DeadLetters, int64(2))
+}
+
+// A move whose dead letters cannot be written deletes nothing, for any envelope of the call.
+func testDeadLetterMovesAtomic(e *env) {
+	e.rejectExplanation("refused")
+	o1, o2 := outEnv("orders"), outEnv("orders")
+	i1, i2 := inEnv("jobs", layout.StatusIncoming, nil), inEnv("jobs", layout.StatusIncoming, nil)
+	e.insert([]row.Envelope{o1, o2}, []row.Envelope{i1, i2})
+	for _, m := range []struct {
+		what string
+		move func(context.Context, []store.DeadLetterReason) error
+		envs []row.Envelope
+	}{
+		{"DeadLetterOutgoing", e.s.DeadLetterOutgoing, []row.Envelope{o1, o2}},
+		{"DeadLetterIncoming", e.s.DeadLetterIncoming, []row.Envelope{i1, i2}},
+	} {
+		ls := letters(m.envs, "fine", "refused")
+		ls[1].Explanation = "refused"
+		if err := m.move(e.ctx, ls); err == nil {
+			e.t.Errorf("%s wrote a dead letter the table refuses", m.what)
+		}
+	}
+	c := e.counts()
+	check(e, "outgoing after refused moves", c.OutgoingByDestination, map[string]int64{"orders": 2})
+	check(e, "incoming after refused moves", c.IncomingByStatus, map[string]int64{layout.StatusIncoming: 2})
+	check(e, "dead letters after refused moves", c.DeadLetters, int64(0))
+}
+
+// ageDeadLetter sets when a dead letter was written.
+func (e *env) ageDeadLetter(env row.Envelope, age time.Duration) {
+	e.t.Helper()
+	e.set(layout.DeadLetterTable, "timestamp", env.ID, time.Now().Add(-age).UTC())
+}

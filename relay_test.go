@@ -1,0 +1,229 @@
+package jasper_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/tcpproxy"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/schema"
+)
+
+// amqpURL is the RabbitMQ of the tests: $AMQP_URL, else the local broker.
+func amqpURL() string {
+	if v := os.Getenv("AMQP_URL"); v != "" {
+		return v
+	}
+	return "amqp://guest:guest@localhost:5672/"
+}
+
+// buildExample builds the example program in dir into a temporary directory and returns it.
+func buildExample(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(dir))
+	if out, err := exec.Command("go", "build", "-o", bin, "./"+dir).CombinedOutput(); err != nil {
+		t.Fatalf("go build ./%s: %v\n%s", dir, err, out)
+	}
+	return bin
+}
+
+// queueConsumer counts the distinct message ids that arrive on a RabbitMQ queue.
+type queueConsumer struct {
+	mu      sync.Mutex
+	ids     map[string]int
+	waiters []sinkWaiter
+}
+
+func consumeQueue(t *testing.T, queue string) *queueConsumer {
+	t.Helper()
+	conn, err := amqp091.Dial(amqpURL())
+	if err != nil {
+		t.Fatalf("RabbitMQ is not reachable at %s (start it with: rabbitmq-server -detached): %v", amqpURL(), err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c, err := conn.Channel(); err == nil {
+			_, _ = c.QueueDelete(queue, false, false, false)
+		}
+	})
+	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &queueConsumer{ids: map[string]int{}}
+	go func() {
+		for d := range deliveries {
+			c.mu.Lock()
+			c.ids[d.MessageId]++
+			kept := c.waiters[:0]
+			for _, w := range c.waiters {
+				if len(c.ids) >= w.n {
+					close(w.ch)
+				} else {
+					kept = append(kept, w)
+				}
+			}
+			c.waiters = kept
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+// reached is closed once n distinct messages have arrived.
+func (c *queueConsumer) reached(n int) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{})
+	if len(c.ids) >= n {
+		close(ch)
+	} else {
+		c.waiters = append(c.waiters, sinkWaiter{n: n, ch: ch})
+	}
+	return ch
+}
+
+func (c *queueConsumer) distinct() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.ids)
+}
+
+// A relay process wired as the README and _examples/relay show (a runtime with one forwarder
+// to RabbitMQ through jasperamqp's confirm publisher) is killed with SIGKILL while it holds
+// claimed envelopes it has not finished: its publishes wait for confirms that a TCP proxy
+// between it and RabbitMQ holds back. A second relay started the same way hands the dead
+// relay's envelopes back and relays them: every message arrives, and the outbox ends empty.
+func TestRelayKilledMidStreamIsTakenOver(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	direct, cfg := testdb.Migrated(t)
+	queue := "relay-kill-" + testdb.RandomName("")
+	destination := "rabbitmq://queue/" + queue
+	consumer := consumeQueue(t, queue)
+	proxy, err := tcpproxy.New(amqpHostPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	bin := buildExample(t, "_examples/relay")
+
+	relay := func(name, amqp string) *exec.Cmd {
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+testdb.PostgresDSN(), "AMQP_URL="+amqp, "SCHEMA="+cfg.Schema)
+		out, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			if t.Failed() {
+				b, _ := os.ReadFile(out.Name())
+				t.Logf("%s output:\n%s", name, b)
+			}
+		})
+		return cmd
+	}
+
+	// The first relay connects to RabbitMQ through the proxy; once it relays, the proxy holds
+	// RabbitMQ's replies, and the messages are committed: the relay claims them and its
+	// publishes wait for confirms that do not come.
+	first := relay("first", "amqp://guest:guest@"+proxy.Addr()+"/")
+	publishTo(t, cfg, destination, proxyMessages("warmup", 1))
+	select {
+	case <-consumer.reached(1):
+	case <-time.After(crashTimeout):
+		t.Fatal("the first relay relays nothing")
+	}
+	proxy.HoldReplies()
+	publishTo(t, cfg, destination, proxyMessages("relay-kill", n))
+	var owner int32
+	var claimed int64
+	deadline := time.Now().Add(crashTimeout)
+	for claimed == 0 {
+		err := database.QueryRow(context.Background(), direct, `SELECT COALESCE(max(owner_id), 0), count(*) FILTER (WHERE owner_id <> 0) FROM `+
+			cfg.Qualified(schema.OutgoingTable), nil, &owner, &claimed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first relay claimed nothing")
+		}
+		time.Sleep(10 * time.Millisecond) // no event tells that a claim committed
+	}
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	claimed = owned(t, direct, cfg, schema.OutgoingTable, owner)
+	t.Logf("first relay (node %d) killed with SIGKILL holding %d claimed envelopes; %d of %d messages arrived", owner, claimed, consumer.distinct(), n+1)
+	if claimed == 0 {
+		t.Fatal("the killed relay held no claimed envelope: the test did not exercise recovery")
+	}
+	// Its database session ends with the process (the lock with it); the backend's exit has
+	// no event to wait for.
+	for lockHolderPID(t, direct, owner) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the killed relay's node lock is still held")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	second := relay("second", amqpURL())
+	select {
+	case <-consumer.reached(n + 1):
+	case <-time.After(crashTimeout):
+		t.Fatalf("%d of %d messages arrived; %d envelopes left in the outbox, %d owned by the killed relay",
+			consumer.distinct(), n+1, owned(t, direct, cfg, schema.OutgoingTable, 0)+owned(t, direct, cfg, schema.OutgoingTable, owner),
+			owned(t, direct, cfg, schema.OutgoingTable, owner))
+	}
+	// The last deletes follow the last confirms (polled: no event says "idle").
+	for left := int64(-1); left != 0; {
+		if err := database.QueryRow(context.Background(), direct, `SELECT count(*) FROM `+cfg.Qualified(schema.OutgoingTable), nil, &left); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline.Add(crashTimeout)) {
+			t.Fatalf("%d envelopes left in the outbox", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Wait(); err != nil {
+		t.Fatalf("the second relay did not stop cleanly: %v", err)
+	}
+}
+
+// amqpHostPort is the host:port of the test broker.
+func amqpHostPort(t *testing.T) string {
+	t.Helper()
+	u, err := amqp091.ParseURI(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort(u.Host, fmt.Sprint(u.Port))
+}
