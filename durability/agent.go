@@ -68,7 +68,8 @@ type Stats struct {
 	// HandedBack counts this node's own envelopes handed back: when stopping, and after its
 	// lock was lost and taken again.
 	HandedBack int64
-	// Wakeups counts the times the Wakers were woken.
+	// Wakeups counts the times the agent woke components (OnOutgoing, OnIncoming) after it
+	// released, recovered or handed back envelopes.
 	Wakeups int64
 	// JobErrors counts failed job runs, by job name.
 	JobErrors map[string]int64
@@ -371,8 +372,8 @@ func (a *Agent) Start(ctx context.Context) error {
 }
 
 // Stop stops the jobs (a job in progress is cancelled: its transaction rolls back) and the
-// LISTEN connection, hands the node's envelopes back within ctx (at most StatementTimeout)
-// and returns. Stop the components first: what they still hold would be handed back under
+// LISTEN connection, hands the node's envelopes back (for at most StatementTimeout, cut short
+// when ctx ends) and returns. Stop the components first: what they still hold would be handed back under
 // them. It is idempotent; it does not close the Node.
 func (a *Agent) Stop(ctx context.Context) error {
 	a.mu.Lock()
@@ -391,21 +392,12 @@ func (a *Agent) Stop(ctx context.Context) error {
 		return nil
 	}
 	<-a.done
-	// Hand back what this node still holds, as Jasper's StopAsync does.
+	// Hand back what this node still holds, as Jasper's StopAsync does: always tried, for at
+	// most StatementTimeout, and cut short when ctx ends during it.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.config.StatementTimeout)
 	defer cancel()
-	if ctx.Err() == nil {
-		stopCtx, stop := context.WithCancel(rctx)
-		defer stop()
-		go func() {
-			select {
-			case <-ctx.Done():
-				stop()
-			case <-stopCtx.Done():
-			}
-		}()
-		rctx = stopCtx
-	}
+	stopWatch := context.AfterFunc(ctx, cancel)
+	defer stopWatch()
 	in, out, err := a.ReleaseOwnEnvelopes(rctx)
 	if err != nil {
 		a.logger.Error("Cannot hand this node's envelopes back while stopping; a living node's agent will once the node lock is released", err, nil)
@@ -586,8 +578,9 @@ func (a *Agent) scheduledPass(ctx context.Context) (time.Duration, error) {
 // Scheduled envelopes become Incoming (owner 0), and scheduled sends (scheduled-envelope
 // rows) are unwrapped into outgoing envelopes for their destination, in the transaction that
 // deletes them (an unreadable one is moved to the dead letters with the reason). It works in
-// batches of RecoveryBatchSize until nothing due is left, and wakes the Wakers when it
-// released something. Run calls it every ScheduledJobPollingTime.
+// batches of RecoveryBatchSize until nothing due is left, and wakes the components of the
+// released topics (and the forwarders, after scheduled sends). The agent runs it every
+// ScheduledJobPollingTime and when a component asks (ScheduleAt).
 func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 	var res ScheduledResult
 	batch := a.config.RecoveryBatchSize
@@ -729,9 +722,9 @@ func (a *Agent) releaseScheduledSends(ctx context.Context, tx store.Ops, limit i
 }
 
 // RecoverUnowned looks (through indexes only) for unowned envelopes: outgoing ones, and
-// Incoming ones by topic, and wakes the Wakers when there are some. Forwarders and
+// Incoming ones by topic, and wakes their components when there are some. Forwarders and
 // subscribers claim unowned envelopes themselves; this makes them do it now rather than at
-// their next poll. Run calls it after every scheduled-jobs pass.
+// their next poll. The agent runs it after every scheduled-jobs pass.
 func (a *Agent) RecoverUnowned(ctx context.Context) (Unowned, error) {
 	qctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
 	defer cancel()
@@ -758,7 +751,8 @@ func (a *Agent) RecoverUnowned(ctx context.Context) (Unowned, error) {
 // keeps it so until the transaction ends. Envelopes are handed back in batches of
 // RecoveryBatchSize, each in its own transaction that takes both locks again; an owner whose
 // lock another session holds is never touched. Subscribers and forwarders everywhere are
-// notified, and the local Wakers woken. Run calls it every NodeReassignmentPollingTime.
+// notified, and the local components woken. The agent runs it every
+// NodeReassignmentPollingTime.
 func (a *Agent) ReassignDormantNodes(ctx context.Context) (ReassignResult, error) {
 	var res ReassignResult
 	var owners []int32
@@ -890,7 +884,7 @@ func (a *Agent) wake(r store.Released) {
 }
 
 // ReleaseOwnEnvelopes hands back (owner_id = 0) every envelope marked with this node's id,
-// in batches, and notifies the forwarders and subscribers of every process. Run calls it
+// in batches, and notifies the forwarders and subscribers of every process. The agent runs it
 // when stopping and after the node lock had to be taken again. While this node's forwarders
 // or subscribers run, envelopes they are working on are handed back too and may be sent or
 // delivered a second time.
@@ -905,7 +899,7 @@ func (a *Agent) ReleaseOwnEnvelopes(ctx context.Context) (incoming, outgoing int
 
 // DeleteExpiredEnvelopes deletes the unowned outgoing envelopes whose deliver_by has passed,
 // in batches of RecoveryBatchSize under Jasper's recover-outgoing-messages lock, and returns
-// how many. Run calls it every ExpiredEnvelopesPollingTime.
+// how many. The agent runs it every ExpiredEnvelopesPollingTime.
 func (a *Agent) DeleteExpiredEnvelopes(ctx context.Context) (int64, error) {
 	n, _, err := a.deleteExpiredEnvelopes(ctx)
 	return n, err
@@ -925,7 +919,7 @@ func (a *Agent) deleteExpiredEnvelopes(ctx context.Context) (int64, bool, error)
 
 // DeleteExpiredHandled deletes the Handled incoming rows whose keep_until has passed, in
 // batches of HandledCleanupBatchSize, each in its own transaction under
-// HandledCleanupLockID, and returns how many. Run calls it every HandledCleanupPollingTime.
+// HandledCleanupLockID, and returns how many. The agent runs it every HandledCleanupPollingTime.
 func (a *Agent) DeleteExpiredHandled(ctx context.Context) (int64, error) {
 	n, _, err := a.deleteExpiredHandled(ctx)
 	return n, err
@@ -968,8 +962,8 @@ func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, del func(stor
 	}
 }
 
-// SampleGauges samples the tables with one query and keeps the result for Gauges. Run
-// calls it every MetricsSamplingInterval.
+// SampleGauges samples the tables with one query and keeps the result for Gauges. The agent
+// runs it every MetricsSamplingInterval.
 func (a *Agent) SampleGauges(ctx context.Context) (Gauges, error) {
 	qctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
 	defer cancel()

@@ -26,11 +26,10 @@ const (
 	// DefaultExpiredEnvelopesPollingTime is how often expired unowned outgoing envelopes are
 	// deleted (forwarders delete those they claim themselves; this catches the rest).
 	DefaultExpiredEnvelopesPollingTime = time.Minute
-	// DefaultHandledCleanupPollingTime is how often Handled inbox rows past keep_until are
-	// deleted (as the inbox middleware's CleanupInterval).
+	// DefaultHandledCleanupPollingTime is how often the inbox middleware's Handled marks past
+	// keep_until are deleted (the agent is the only owner of that cleanup).
 	DefaultHandledCleanupPollingTime = time.Minute
-	// DefaultHandledCleanupBatchSize is how many Handled rows one DELETE removes (as the inbox
-	// middleware's CleanupBatchSize).
+	// DefaultHandledCleanupBatchSize is how many Handled marks one DELETE removes.
 	DefaultHandledCleanupBatchSize = 1000
 	// DefaultNodeCheckInterval is how often the node lock is checked and, when its
 	// connection was lost, taken again.
@@ -58,16 +57,16 @@ type Config struct {
 	// Schema says where the tables are. Its Dialect defaults to the database's.
 	Schema schema.Config
 
-	// ScheduledJobFirstExecution delays the first scheduled-job pass after Run (Jasper's
+	// ScheduledJobFirstExecution delays the first scheduled-job pass after Start (Jasper's
 	// ScheduledJobFirstExecution, 0).
 	ScheduledJobFirstExecution time.Duration
 	// ScheduledJobPollingTime is how often the agent releases due scheduled envelopes
 	// (status Scheduled -> Incoming, and scheduled sends -> outgoing envelopes) and looks for
-	// unowned envelopes to wake the Wakers for. The pass also runs when the next scheduled
+	// unowned envelopes to wake the components for. The pass also runs when the next scheduled
 	// envelope falls due earlier. Default 5s.
 	ScheduledJobPollingTime time.Duration
 
-	// FirstNodeReassignmentExecution delays the first reassignment pass after Run (Jasper's
+	// FirstNodeReassignmentExecution delays the first reassignment pass after Start (Jasper's
 	// FirstNodeReassignmentExecution, 0: a node started on a database left behind by a
 	// killed one hands its envelopes back at once).
 	FirstNodeReassignmentExecution time.Duration

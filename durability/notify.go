@@ -70,30 +70,36 @@ func (a *Agent) WakeOutgoing() { a.wakers.wakeOutgoing() }
 // WakeIncoming wakes the local subscriptions of topic, as a notification would.
 func (a *Agent) WakeIncoming(topic string) { a.wakers.wakeIncoming(topic) }
 
-func (w *wakers) wakeOutgoing() {
+// call calls the wake functions picked under the lock, after releasing it: a wake function
+// may then (un)register without deadlocking.
+func (w *wakers) call(pick func(add func(map[*func()]struct{}))) {
+	var fs []*func()
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	for f := range w.outgoing {
+	pick(func(m map[*func()]struct{}) {
+		for f := range m {
+			fs = append(fs, f)
+		}
+	})
+	w.mu.Unlock()
+	for _, f := range fs {
 		(*f)()
 	}
+}
+
+func (w *wakers) wakeOutgoing() {
+	w.call(func(add func(map[*func()]struct{})) { add(w.outgoing) })
 }
 
 func (w *wakers) wakeIncoming(topic string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for f := range w.incoming[topic] {
-		(*f)()
-	}
+	w.call(func(add func(map[*func()]struct{})) { add(w.incoming[topic]) })
 }
 
 func (w *wakers) wakeAllIncoming() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, subs := range w.incoming {
-		for f := range subs {
-			(*f)()
+	w.call(func(add func(map[*func()]struct{})) {
+		for _, subs := range w.incoming {
+			add(subs)
 		}
-	}
+	})
 }
 
 func (w *wakers) wakeAll() {

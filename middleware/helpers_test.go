@@ -276,3 +276,26 @@ var orders = []order{
 		return []message.HandlerMiddleware{in.Middleware, dl.Middleware}
 	}},
 }
+
+// gate holds the first delivery in its handler (entered is closed when it gets there) until
+// open is called; open is idempotent.
+type gate struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func newGate() *gate {
+	return &gate{entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
+
+// waitEntered waits until the first delivery is in its handler.
+func (g *gate) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-g.entered:
+	case <-time.After(60 * time.Second):
+		t.Fatal("no delivery reached the handler")
+	}
+}

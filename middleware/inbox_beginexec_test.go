@@ -42,15 +42,16 @@ func TestInboxWithoutPipelinedBegin(t *testing.T) {
 			in := e.inbox(nil)
 			sub := newTestSub()
 			var calls atomic.Int32
-			entered, release := make(chan struct{}), make(chan struct{})
+			g := newGate()
+			defer g.open() // also when the test fails: the first delivery must not hold its transaction
 			startRouter(t, sub, "orders", func(msg *message.Message) error {
 				n := calls.Add(1)
 				if err := e.writeEffect(msg, int(n)); err != nil {
 					return err
 				}
 				if n == 1 {
-					close(entered)
-					<-release
+					close(g.entered)
+					<-g.release
 					return errors.New("first delivery fails")
 				}
 				return nil
@@ -62,9 +63,9 @@ func TestInboxWithoutPipelinedBegin(t *testing.T) {
 			for i := range 3 {
 				wg.Go(func() { acked[i] = sub.deliver(t, msg.Copy()) })
 			}
-			<-entered
+			g.waitEntered(t)
 			e.waitForLockWaiters(2)
-			close(release)
+			g.open()
 			wg.Wait()
 			nacks := 0
 			for _, a := range acked {

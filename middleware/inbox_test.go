@@ -57,11 +57,12 @@ func TestInboxConcurrentDuplicatesHaveEffectsOnce(t *testing.T) {
 	in := e.inbox(nil)
 	sub := newTestSub()
 	var calls atomic.Int32
-	entered, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
+	defer g.open() // also when the test fails: the first delivery must not hold its transaction
 	startRouter(t, sub, "orders", func(msg *message.Message) error {
 		if calls.Add(1) == 1 {
-			close(entered)
-			<-release
+			close(g.entered)
+			<-g.release
 		}
 		return e.writeEffect(msg, 1)
 	}, in.Middleware)
@@ -72,9 +73,9 @@ func TestInboxConcurrentDuplicatesHaveEffectsOnce(t *testing.T) {
 	for i := range 3 {
 		wg.Go(func() { acked[i] = sub.deliver(t, msg.Copy()) })
 	}
-	<-entered
+	g.waitEntered(t)
 	e.waitForLockWaiters(2)
-	close(release)
+	g.open()
 	wg.Wait()
 
 	for i, a := range acked {
@@ -110,15 +111,16 @@ func TestInboxConcurrentDuplicateTakesOverAfterRollback(t *testing.T) {
 	in := e.inbox(nil)
 	sub := newTestSub()
 	var calls atomic.Int32
-	entered, release := make(chan struct{}), make(chan struct{})
+	g := newGate()
+	defer g.open() // also when the test fails: the first delivery must not hold its transaction
 	startRouter(t, sub, "orders", func(msg *message.Message) error {
 		n := calls.Add(1)
 		if err := e.writeEffect(msg, int(n)); err != nil {
 			return err
 		}
 		if n == 1 {
-			close(entered)
-			<-release
+			close(g.entered)
+			<-g.release
 			return errors.New("first delivery fails")
 		}
 		return nil
@@ -129,9 +131,9 @@ func TestInboxConcurrentDuplicateTakesOverAfterRollback(t *testing.T) {
 	for range 2 {
 		go func() { results <- sub.deliver(t, msg.Copy()) }()
 	}
-	<-entered
+	g.waitEntered(t)
 	e.waitForLockWaiters(1)
-	close(release)
+	g.open()
 	r1, r2 := <-results, <-results
 	if r1 == r2 {
 		t.Fatalf("want one nack and one ack, got %v and %v", r1, r2)

@@ -2,19 +2,15 @@ package schema_test
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"fmt"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
 
-	_ "github.com/microsoft/go-mssqldb"
-
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
-	"github.com/watermill-jasper/watermill-jasper/internal/tsqlcheck"
 	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
 // jasper2SQLServerDDL is Jasper 2.0's SQL Server DDL, verbatim from jasper-spec §1.4.
@@ -83,35 +79,17 @@ func columnDefs(t *testing.T, ddl string) map[string]map[string]string {
 	return out
 }
 
+// The SQL Server script (sqlserver.Script; schema.Script writes PostgreSQL's only) holds
+// Jasper 2.0's tables, type and procedures, plus declared extensions, every batch guarded.
 func TestSQLServerScriptMatchesJasperSpec(t *testing.T) {
-	script, err := schema.Script(schema.Config{Dialect: schema.SQLServer})
+	if _, err := schema.Script(schema.Config{Dialect: schema.SQLServer}); !errors.Is(err, schema.ErrInvalidConfig) {
+		t.Errorf("schema.Script for SQL Server: %v, want an error wrapping schema.ErrInvalidConfig", err)
+	}
+	script, err := sqlserver.Script(schema.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := columnDefs(t, jasper2SQLServerDDL)
-	got := columnDefs(t, script)
-	if len(want) != 3 || len(got) != 3 {
-		t.Fatalf("parsed %d spec tables and %d script tables, want 3 each", len(want), len(got))
-	}
-	for table, cols := range want {
-		for name, def := range cols {
-			if got[table][name] != def {
-				t.Errorf("%s.%s: spec says %q, script has %q", table, name, def, got[table][name])
-			}
-		}
-		for name, def := range got[table] {
-			if _, ok := cols[name]; ok {
-				continue
-			}
-			c, _ := tableColumn(table, name)
-			if !c.Extension {
-				t.Errorf("%s.%s (%s) is neither Jasper's nor a declared extension", table, name, def)
-			}
-			if !strings.Contains(def, " null") && !strings.Contains(def, "default") {
-				t.Errorf("extension %s.%s must be nullable or defaulted: %s", table, name, def)
-			}
-		}
-	}
+	matchesSpec(t, columnDefs(t, jasper2SQLServerDDL), columnDefs(t, script))
 	for _, s := range []string{
 		"CREATE TYPE [dbo].[EnvelopeIdList] AS TABLE (id UNIQUEIDENTIFIER NOT NULL)",
 		"CONSTRAINT [pkey_jasper_incoming_envelopes_id] PRIMARY KEY ([id])",
@@ -148,7 +126,7 @@ func TestSQLServerScriptMatchesJasperSpec(t *testing.T) {
 		}
 	}
 	// A custom schema is substituted everywhere.
-	custom, err := schema.Script(schema.Config{Dialect: schema.SQLServer, Schema: "Messaging"})
+	custom, err := sqlserver.Script(schema.Config{Dialect: schema.SQLServer, Schema: "Messaging"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,12 +140,31 @@ func TestPostgresScriptMatchesJasperSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := columnDefs(t, strings.ReplaceAll(jasper2PostgresDDL, ", ", ",\n"))
-	got := columnDefs(t, strings.ReplaceAll(script, `"`, ""))
-	for table, cols := range want {
+	matchesSpec(t, columnDefs(t, strings.ReplaceAll(jasper2PostgresDDL, ", ", ",\n")), columnDefs(t, strings.ReplaceAll(script, `"`, "")))
+}
+
+// matchesSpec checks that the script defines every column of the spec's three tables as the
+// spec does, and that its other columns are declared extensions, nullable or defaulted.
+func matchesSpec(t *testing.T, spec, script map[string]map[string]string) {
+	t.Helper()
+	if len(spec) != 3 || len(script) != 3 {
+		t.Fatalf("parsed %d spec tables and %d script tables, want 3 each", len(spec), len(script))
+	}
+	for table, cols := range spec {
 		for name, def := range cols {
-			if got[table][name] != def {
-				t.Errorf("%s.%s: spec says %q, script has %q", table, name, def, got[table][name])
+			if script[table][name] != def {
+				t.Errorf("%s.%s: spec says %q, script has %q", table, name, def, script[table][name])
+			}
+		}
+		for name, def := range script[table] {
+			if _, ok := cols[name]; ok {
+				continue
+			}
+			if c, _ := tableColumn(table, name); !c.Extension {
+				t.Errorf("%s.%s (%s) is neither Jasper's nor a declared extension", table, name, def)
+			}
+			if !strings.Contains(def, " null") && !strings.Contains(def, "default") {
+				t.Errorf("extension %s.%s must be nullable or defaulted: %s", table, name, def)
 			}
 		}
 	}
@@ -186,90 +183,31 @@ func tableColumn(table, name string) (schema.Column, bool) {
 // WATERMILL_JASPER_TEST_MSSQL holds a DSN (sqlserver://user:pass@host:1433?database=db).
 // No SQL Server runs on the build machines, so it is skipped there, saying so.
 func TestSQLServerLive(t *testing.T) {
-	dsn := os.Getenv(testdb.MSSQLEnv)
-	if dsn == "" {
-		t.Skipf("no SQL Server: set %s to a sqlserver:// DSN to run the live SQL Server schema test", testdb.MSSQLEnv)
-	}
-	sqlDB, err := sql.Open("sqlserver", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqlDB.Close()
-	db, err := database.FromStdSQL(sqlDB)
+	db, err := sqlserver.FromStdSQL(testdb.SQLServerDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	name := testdb.RandomName("wj_test_")
-	cfg := schema.Config{Schema: name}
-	t.Cleanup(func() { dropSQLServerSchema(t, db, name) })
+	cfg, err := schema.Config{Dialect: schema.SQLServer, Schema: testdb.RandomName("wj_test_")}.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := testdb.DropSQLServerSchema(context.Background(), db, cfg); err != nil {
+			t.Errorf("drop schema %s: %v", cfg.Schema, err)
+		}
+	})
 	for i := 0; i < 2; i++ {
 		if err := schema.Migrate(ctx, db, cfg); err != nil {
 			t.Fatalf("migrate #%d: %v", i+1, err)
 		}
 	}
 	assertClean(t, db, cfg)
-	if _, err := db.Exec(ctx, fmt.Sprintf("ALTER TABLE [%s].[jasper_incoming_envelopes] DROP COLUMN saga_id", name)); err != nil {
+	if _, err := db.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP COLUMN saga_id", cfg.Qualified(schema.IncomingTable))); err != nil {
 		t.Fatal(err)
 	}
 	diffs, err := schema.Verify(ctx, db, cfg, schema.VerifyOptions{})
 	if err != nil || len(diffs) != 1 || diffs[0].Column != "saga_id" {
 		t.Fatalf("want one missing saga_id, got %v %v", diffs, err)
 	}
-}
-
-func dropSQLServerSchema(t *testing.T, db database.DB, name string) {
-	ctx := context.Background()
-	for _, p := range schema.StoredProcedures() {
-		_, _ = db.Exec(ctx, fmt.Sprintf("DROP PROCEDURE IF EXISTS [%s].[%s]", name, p))
-	}
-	for _, tb := range schema.Tables() {
-		_, _ = db.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS [%s].[%s]", name, tb.Name))
-	}
-	_, _ = db.Exec(ctx, fmt.Sprintf("DROP TYPE IF EXISTS [%s].[EnvelopeIdList]", name))
-	if _, err := db.Exec(ctx, fmt.Sprintf("DROP SCHEMA [%s]", name)); err != nil {
-		t.Errorf("drop schema %s: %v", name, err)
-	}
-}
-
-// Every batch of the SQL Server script, and every catalog statement of Migrate and Verify,
-// parses with the grammars-v4 T-SQL grammar
-// (internal/tsqlcheck: offline, no server). The procedures are created through EXEC(N'…'),
-// so their bodies are parsed on their own too.
-func TestSQLServerScriptParses(t *testing.T) {
-	script, err := schema.Script(schema.Config{Dialect: schema.SQLServer, Schema: "Messaging"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts := map[string]string{}
-	inner := regexp.MustCompile(`(?s)EXEC\(N'(CREATE PROCEDURE .*?)'\)\s*$`)
-	for i, batch := range strings.Split(script, "\nGO\n") {
-		if strings.TrimSpace(batch) == "" {
-			continue
-		}
-		stmts[fmt.Sprintf("batch %d", i+1)] = batch
-		if m := inner.FindStringSubmatch(strings.TrimSpace(batch)); m != nil {
-			stmts[fmt.Sprintf("batch %d procedure body", i+1)] = strings.ReplaceAll(m[1], "''", "'")
-		}
-	}
-	for name, q := range schema.CatalogStatements(schema.SQLServer) {
-		stmts["catalog: "+name] = q
-	}
-	failures, err := tsqlcheck.Parse(stmts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, msg := range failures {
-		t.Errorf("%s does not parse as T-SQL: %s\n%s", name, msg, stmts[name])
-	}
-	bodies := 0
-	for name := range stmts {
-		if strings.HasSuffix(name, "procedure body") {
-			bodies++
-		}
-	}
-	if bodies != len(schema.StoredProcedures()) {
-		t.Errorf("%d procedure bodies found in the script, want %d", bodies, len(schema.StoredProcedures()))
-	}
-	t.Logf("%d batches and procedure bodies parsed, %d rejected", len(stmts), len(failures))
 }

@@ -1,7 +1,6 @@
 package subscriber_test
 
 import (
-	"context"
 	"sync"
 	"testing"
 
@@ -9,11 +8,12 @@ import (
 	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
+	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
@@ -27,74 +27,53 @@ var features = tests.Features{
 	Persistent:          true,
 }
 
-// suiteMaxConns bounds the pool of the universal suite: every constructor call has a node
-// and an agent of its own (two connections held: the node lock and the LISTEN connection),
-// and TestConcurrentClose holds a dozen at once, more than the shared test pool has.
-const suiteMaxConns = 40
+// suiteAgents gives each test of the universal suite a node and an agent of its own, made
+// by the test's first constructor call and shared by the subscribers of its later calls, as
+// the subscribers of one process share its runtime's node (TestConcurrentSubscribe makes 50
+// subscribers: a node and an agent each would hold 100 connections).
+type suiteAgents struct {
+	db  database.Driver
+	cfg schema.Config
 
-var (
-	suitePoolOnce sync.Once
-	suitePoolV    *pgxpool.Pool
-	suitePoolErr  error
-)
+	mu     sync.Mutex
+	byTest map[*testing.T]*durability.Agent
+}
 
-// suitePool is the pool of the universal suites of this test binary.
-func suitePool(t *testing.T) *pgxpool.Pool {
+func (s *suiteAgents) agent(t *testing.T) *durability.Agent {
 	t.Helper()
-	suitePoolOnce.Do(func() {
-		cfg, err := pgxpool.ParseConfig(testdb.PostgresDSN())
-		if err != nil {
-			suitePoolErr = err
-			return
-		}
-		cfg.MaxConns = suiteMaxConns
-		suitePoolV, suitePoolErr = pgxpool.NewWithConfig(context.Background(), cfg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.byTest[t]; a != nil {
+		return a
+	}
+	a := startAgent(t, s.db, s.cfg)
+	s.byTest[t] = a
+	t.Cleanup(func() {
+		s.mu.Lock()
+		delete(s.byTest, t)
+		s.mu.Unlock()
 	})
-	if suitePoolErr != nil {
-		t.Fatal(suitePoolErr)
-	}
-	return suitePoolV
-}
-
-// ownedSubscriber is a Subscriber with the node and agent made for it: Close closes the
-// Subscriber, then stops the agent and closes the node, so that the suite's many
-// constructor calls give their connections back as soon as the suite closes them.
-type ownedSubscriber struct {
-	*subscriber.Subscriber
-	stop func() error
-}
-
-func (s ownedSubscriber) Close() error {
-	if err := s.Subscriber.Close(); err != nil {
-		return err
-	}
-	return s.stop()
+	return a
 }
 
 func runPubSubSuite(t *testing.T, maxInFlight int) {
-	_, cfg := testdb.Migrated(t)
-	pool := suitePool(t)
-	db := database.FromPgx(pool)
+	db, cfg := testdb.Migrated(t)
+	agents := &suiteAgents{db: db, cfg: cfg, byTest: map[*testing.T]*durability.Agent{}}
 	tests.TestPubSub(t, features, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		a, stopAgent := newAgent(t, db, cfg)
-		if err := a.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
 		c := fastConfig()
 		c.MaxInFlight = maxInFlight
-		sub, err := subscriber.NewSubscriber(a, c, watermill.NopLogger{})
+		sub, err := subscriber.NewSubscriber(agents.agent(t), c, watermill.NopLogger{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		owned := ownedSubscriber{Subscriber: sub, stop: stopAgent}
-		t.Cleanup(func() { _ = owned.Close() })
+		t.Cleanup(func() { _ = sub.Close() })
 		// The real durable-local-queue publisher: incoming rows, notifying subscribers on commit.
-		pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool),
+		pub, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(testdb.Pool(t)),
 			publisher.Config{Schema: cfg, Driver: db, Table: publisher.Incoming, Notify: publisher.NotifyEveryPublish}, watermill.NopLogger{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return pub, owned
+		return pub, sub
 	}, nil)
 }
 

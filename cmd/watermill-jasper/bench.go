@@ -9,8 +9,8 @@ import (
 	"runtime/pprof"
 	"time"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
+	"github.com/watermill-jasper/watermill-jasper/database"
 )
 
 func benchCommand() command {

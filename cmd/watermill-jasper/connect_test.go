@@ -122,6 +122,9 @@ func TestOpenDB(t *testing.T) {
 	if h.Dialect() != database.Postgres || cfg.Schema != "public" || cfg.Dialect != database.Postgres {
 		t.Errorf("open: dialect %s, config %+v", h.Dialect(), cfg)
 	}
+	if _, err := h.Store(cfg); err != nil {
+		t.Errorf("the driver does not open the store of %+v: %v", cfg, err)
+	}
 	var one int
 	if err := database.QueryRow(ctx, h, "SELECT 1", nil, &one); err != nil || one != 1 {
 		t.Errorf("query through the handle: %d %v", one, err)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -192,7 +193,7 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	if to != toStdout {
 		secrets = append(secrets, to)
 	}
-	logger := &stderrLogger{mu: &sync.Mutex{}, w: e.stderr, verbose: f.verbose, secrets: secrets}
+	logger := &stderrLogger{mu: &sync.Mutex{}, muted: &atomic.Bool{}, w: e.stderr, verbose: f.verbose, secrets: secrets}
 	say := func(format string, args ...any) { logger.printf(format, args...) }
 
 	var pub message.Publisher
@@ -210,7 +211,12 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 			return err
 		}
 	}
-	defer pub.Close()
+	pubOpen := true
+	defer func() {
+		if pubOpen {
+			_ = pub.Close()
+		}
+	}()
 
 	// The relay is a runtime with one forwarder and nothing else: its durability agent hands
 	// back the envelopes of dormant nodes (a relay or a Jasper node that died), releases due
@@ -256,7 +262,7 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 
 	say("relay: stopping: waiting for the publishes in flight, handing back the unsent envelopes (signal again to stop waiting)")
 	// The stop context: cancelled by a second signal, so that Stop no longer waits for the
-	// broker's confirms (the runtime's agent still hands the unsent envelopes back).
+	// forwarder (whose publishes wait for the broker's confirms) and releases the node lock.
 	stopCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
 	stopped := make(chan error, 1)
@@ -277,7 +283,16 @@ closing:
 		}
 	}
 	elapsed := time.Since(start)
-	if err := pub.Close(); err != nil {
+	pubOpen = false
+	if abandoned {
+		// The abandoned publishes still wait for their confirms (the runtime runs the
+		// forwarder on a context Stop does not cancel) and closing the publisher would wait
+		// for them too: the connection to the broker ends with the process. What they report
+		// meanwhile (their statements fail once the pool is closed) is not printed after the
+		// summary. Their envelopes stay owned by this node, whose lock is released: the next
+		// relay's durability agent hands them back.
+		logger.muted.Store(true)
+	} else if err := pub.Close(); err != nil {
 		say("relay: closing the publisher: %s", scrubAll(err.Error(), secrets))
 	}
 	if stopErr != nil && !(abandoned && errors.Is(stopErr, context.Canceled)) {
@@ -436,6 +451,7 @@ func stdoutLine(topic string, m *message.Message) string {
 // one line on stderr each, without the passwords of the DSN and the AMQP URL.
 type stderrLogger struct {
 	mu      *sync.Mutex // shared by the loggers derived with With
+	muted   *atomic.Bool
 	w       io.Writer
 	verbose bool
 	secrets []string
@@ -464,7 +480,9 @@ func (l *stderrLogger) log(level, msg string, err error, fields watermill.LogFie
 	line := strings.Join(strings.FieldsFunc(scrubAll(b.String(), l.secrets), func(r rune) bool { return r == '\n' || r == '\r' }), " ")
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintln(l.w, line)
+	if !l.muted.Load() {
+		fmt.Fprintln(l.w, line)
+	}
 }
 
 func (l *stderrLogger) Error(msg string, err error, fields watermill.LogFields) {
@@ -482,7 +500,7 @@ func (l *stderrLogger) Debug(string, watermill.LogFields) {}
 func (l *stderrLogger) Trace(string, watermill.LogFields) {}
 
 func (l *stderrLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return &stderrLogger{mu: l.mu, w: l.w, verbose: l.verbose, secrets: l.secrets, fields: l.fields.Add(fields)}
+	return &stderrLogger{mu: l.mu, muted: l.muted, w: l.w, verbose: l.verbose, secrets: l.secrets, fields: l.fields.Add(fields)}
 }
 
 // printf writes one line on stderr (the relay's own status lines, which show URLs redacted

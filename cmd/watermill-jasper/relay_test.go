@@ -410,33 +410,12 @@ func TestRelayAfterAKilledRelay(t *testing.T) {
 	s := migratedSchema(t)
 	destination := "rabbitmq://queue/" + q
 	c := consume(t, conn, q)
-	proxy, proxied := amqpProxy(t)
 
-	first := startRelay(t, s, "--to", proxied, "--poll-interval", "100ms", "--batch", "200", "--concurrency", "64")
-	insertJasperRows(t, s, 0, makeRows(destination, 1))
-	first.waitFor("the first message on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == 1 })
-	// Its confirm arrived once the row is deleted: the relay's AMQP connection and channels
-	// are set up, and nothing it holds is waiting for a reply yet.
-	first.waitFor("the first envelope deleted", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
-	proxy.HoldReplies()
-	bulkInsertJasperRows(t, s, destination, total)
-	var node int32
-	first.waitFor("envelopes claimed by the relay", 60*time.Second, func() bool {
-		node = outboxOwner(t, s)
-		return node != 0
-	})
+	first, node := stuckRelay(t, s, destination, c, total)
 	if code := first.stop(syscall.SIGKILL); code != -1 {
 		t.Logf("killed relay exit status %d", code)
 	}
-	// The database ends the killed relay's sessions, and its node lock with them, once it
-	// sees their sockets closed (no event to wait for: polled).
-	deadline := time.Now().Add(60 * time.Second)
-	for nodeLockHolder(t, node) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the killed relay's node lock (node %d) is still held", node)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	awaitNodeLockFree(t, node)
 	owned := outgoingCount(t, s, fmt.Sprintf("owner_id = %d", node))
 	if others := outgoingCount(t, s, fmt.Sprintf("owner_id not in (0, %d)", node)); others != 0 {
 		t.Fatalf("%d envelopes owned by another node than the killed relay's (%d)", others, node)
@@ -446,16 +425,99 @@ func TestRelayAfterAKilledRelay(t *testing.T) {
 	if owned == 0 {
 		t.Fatal("the killed relay owned no rows: the test did not exercise recovery")
 	}
+	drainWithNewRelay(t, s, c, total+1)
+}
 
-	second := startRelay(t, s, "--to", amqpURL(), "--poll-interval", "100ms")
-	second.waitFor("every envelope on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == total+1 })
-	second.waitFor("an empty outbox", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
-	if code := second.stop(syscall.SIGINT); code != 0 {
-		t.Fatalf("relay exited with %d after SIGINT:\n%s", code, second)
+// awaitNodeLockFree waits until no session holds node id's lock. The database ends a dead
+// process's sessions, and the lock with them, once it sees their sockets closed: no event to
+// wait for, so it is polled.
+func awaitNodeLockFree(t *testing.T, id int32) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for nodeLockHolder(t, id) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the node lock of node %d is still held", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// drainWithNewRelay starts a relay straight to RabbitMQ on schema s, waits until want distinct
+// messages arrived at c and the outbox is empty, and stops it with SIGINT (exit status 0).
+func drainWithNewRelay(t *testing.T, s string, c *consumer, want int) {
+	t.Helper()
+	p := startRelay(t, s, "--to", amqpURL(), "--poll-interval", "100ms")
+	p.waitFor("every envelope on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == want })
+	p.waitFor("an empty outbox", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
+	if code := p.stop(syscall.SIGINT); code != 0 {
+		t.Fatalf("relay exited with %d after SIGINT:\n%s", code, p)
 	}
 	c.mu.Lock()
-	t.Logf("all %d envelopes arrived; %d duplicates (published by the killed relay, never confirmed to it)", total+1, c.dups)
+	t.Logf("all %d envelopes arrived; %d duplicates (published by the first relay, never confirmed to it)", want, c.dups)
 	c.mu.Unlock()
+}
+
+// stuckRelay starts a relay on schema s that reaches RabbitMQ through a TCP proxy, waits until
+// it relayed a first message to destination (consumed by c), then holds the broker's replies
+// and commits a backlog of n envelopes. It returns the relay, once it holds claimed envelopes
+// whose publishes wait for confirms that never come, and the id of the node owning them.
+func stuckRelay(t *testing.T, s, destination string, c *consumer, n int) (*relayProcess, int32) {
+	t.Helper()
+	proxy, proxied := amqpProxy(t)
+	p := startRelay(t, s, "--to", proxied, "--poll-interval", "100ms", "--batch", "200", "--concurrency", "64", "--verbose")
+	insertJasperRows(t, s, 0, makeRows(destination, 1))
+	p.waitFor("the first message on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == 1 })
+	// Its confirm arrived once the row is deleted: the relay's AMQP connection and channels
+	// are set up, and nothing it holds is waiting for a reply yet.
+	p.waitFor("the first envelope deleted", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
+	proxy.HoldReplies()
+	bulkInsertJasperRows(t, s, destination, n)
+	var node int32
+	p.waitFor("envelopes claimed by the relay", 60*time.Second, func() bool {
+		node = outboxOwner(t, s)
+		return node != 0
+	})
+	return p, node
+}
+
+// TestRelaySecondSignalStopsWaiting: a relay whose publishes wait for confirms that never come
+// (the broker's replies are held) keeps waiting after SIGTERM; a second signal makes it stop
+// waiting at once (not after the publisher's close timeout), print its summary, release its
+// node lock and exit with status 0. What it had claimed is not lost: a new relay sends
+// everything and the outbox ends empty.
+func TestRelaySecondSignalStopsWaiting(t *testing.T) {
+	t.Parallel()
+	const total = 1000
+	conn := rabbit(t)
+	q := testQueue(t, conn)
+	s := migratedSchema(t)
+	c := consume(t, conn, q)
+	p, node := stuckRelay(t, s, "rabbitmq://queue/"+q, c, total)
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor("the relay to stop gracefully", 30*time.Second, func() bool {
+		return p.stderrHas("relay: stopping: waiting for the publishes in flight")
+	})
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit status %d after the second signal:\n%s", code, p)
+	}
+	_, errs := p.lines()
+	if last := errs[len(errs)-1]; !strings.HasPrefix(last, "relay: stopped after") {
+		t.Errorf("last line %q, want the summary:\n%s", last, p)
+	}
+	if !p.stderrHas("relay: second signal: no longer waiting for the broker's confirms") {
+		t.Errorf("stderr does not say that the second signal was seen:\n%s", p)
+	}
+	// jasperamqp logs this when its Close waited CloseTimeout for the publishes in flight.
+	if p.stderrHas("closing with Publish calls still waiting for confirms") {
+		t.Errorf("the relay waited for the publisher after the second signal:\n%s", p)
+	}
+	awaitNodeLockFree(t, node)
+	t.Logf("stopped relay (node %d) left %d envelopes claimed, %d in the outbox", node,
+		outgoingCount(t, s, fmt.Sprintf("owner_id = %d", node)), outgoingCount(t, s, ""))
+	drainWithNewRelay(t, s, c, total+1)
 }
 
 // outboxOwner returns the owner_id of a claimed outgoing envelope of schema s, or 0 when none

@@ -1,6 +1,11 @@
+//go:build tsqlcheck
+
 package tsqlcheck
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // The grammar accepts the T-SQL forms the SQL Server dialect relies on and rejects what is
 // not T-SQL (PostgreSQL forms among them), so its verdicts mean something.
@@ -40,5 +45,14 @@ func TestParseTellsTSQLFromNot(t *testing.T) {
 		if _, bad := failures["invalid: "+k]; !bad {
 			t.Errorf("not T-SQL, but accepted: %s", k)
 		}
+	}
+}
+
+// Without its packages the check fails, naming the command that installs them; it never
+// installs them itself.
+func TestParseNeedsInstalledGrammar(t *testing.T) {
+	err := installed(t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), installHint) {
+		t.Fatalf("installed(empty dir) = %v, want an error naming %s", err, installHint)
 	}
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // adminStatements are the administration statements (sqlstore.AdminStatements).
-func adminStatements(cfg layout.Config) sqlstore.AdminSQL {
+func adminStatements(cfg layout.Config) sqlstore.AdminStrings {
 	inc := cfg.Qualified(layout.IncomingTable)
 	out := cfg.Qualified(layout.OutgoingTable)
 	dlq := cfg.Qualified(layout.DeadLetterTable)

@@ -10,7 +10,7 @@ import (
 )
 
 // deadLetterStatements are the statements of the dead-letter tools.
-func deadLetterStatements(cfg layout.Config) sqlstore.AdminSQL {
+func deadLetterStatements(cfg layout.Config) sqlstore.AdminStrings {
 	inc := cfg.Qualified(layout.IncomingTable)
 	dlq := cfg.Qualified(layout.DeadLetterTable)
 	quoted := make([]string, len(sqlstore.DeadLetterColumns))
@@ -21,7 +21,7 @@ func deadLetterStatements(cfg layout.Config) sqlstore.AdminSQL {
 	listCols := strings.Join(quoted[:len(quoted)-1], ", ") + ", length(body)"
 	keys := "ARRAY['" + strings.Join(row.DeliveryKeys, "', '") + "']"
 	const sel = `(cardinality($2::uuid[]) = 0 OR id = ANY($2::uuid[])) AND ($3::text = '' OR received_at = $3::text)`
-	return sqlstore.AdminSQL{
+	return sqlstore.AdminStrings{
 		IDs: func(ids []string) any {
 			if ids == nil {
 				return []string{}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+	"sync"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -29,7 +30,8 @@ type postgres struct {
 	claimOut, deleteOut           string
 	releaseOutFailed, releaseOut  string
 	deadLetterOut, notifyOut, chn string
-	insertOutCache                [8]string
+	insertOutOnce                 sync.Once
+	insertOutCache                [8]string // InsertOutgoing(1..8), built on first use
 }
 
 func newPostgres(cfg layout.Config) *postgres {
@@ -60,10 +62,7 @@ RETURNING %[2]s`, p.out, p.outCols)
 	// Outgoing rows have no execution_time; their destination becomes received_at, and the
 	// failed publish that sends them there counts as one more attempt.
 	p.deadLetterOut = moveToDeadLetters(p.out, p.dlq, "NULL", "COALESCE(attempts, 0) + 1", "destination")
-	for i := range p.insertOutCache {
-		p.insertOutCache[i] = p.buildInsertOutgoing(i + 1)
-	}
-	p.AdminSQL = adminStatements(cfg)
+	p.AdminSQL = sqlstore.LazyAdmin(func() sqlstore.AdminStrings { return adminStatements(cfg) })
 	return p
 }
 
@@ -126,6 +125,11 @@ func (p *postgres) buildInsertOutgoing(n int) string {
 
 func (p *postgres) InsertOutgoing(n int) string {
 	if n <= len(p.insertOutCache) {
+		p.insertOutOnce.Do(func() {
+			for i := range p.insertOutCache {
+				p.insertOutCache[i] = p.buildInsertOutgoing(i + 1)
+			}
+		})
 		return p.insertOutCache[n-1]
 	}
 	return p.buildInsertOutgoing(n)

@@ -9,7 +9,7 @@ import (
 
 // adminStatements are the administration statements (sqlstore.AdminStatements; COUNT_BIG
 // because COUNT is an int).
-func adminStatements(cfg layout.Config) sqlstore.AdminSQL {
+func adminStatements(cfg layout.Config) sqlstore.AdminStrings {
 	inc := cfg.Qualified(layout.IncomingTable)
 	out := cfg.Qualified(layout.OutgoingTable)
 	dlq := cfg.Qualified(layout.DeadLetterTable)

@@ -33,7 +33,7 @@ func msAgo(p string) string {
 const msLongAgo = "CAST('0001-01-01 00:00:00 +00:00' AS datetimeoffset)"
 
 // deadLetterStatements are the statements of the dead-letter tools.
-func deadLetterStatements(cfg layout.Config) sqlstore.AdminSQL {
+func deadLetterStatements(cfg layout.Config) sqlstore.AdminStrings {
 	inc := cfg.Qualified(layout.IncomingTable)
 	dlq := cfg.Qualified(layout.DeadLetterTable)
 	cols := make([]string, len(sqlstore.DeadLetterColumns))
@@ -57,7 +57,7 @@ func deadLetterStatements(cfg layout.Config) sqlstore.AdminSQL {
 	}
 	sel := ids("@p2") + " AND " + topic("@p3")
 	after := "(@p1 IS NULL OR [id] > CAST(@p1 AS uniqueidentifier))"
-	return sqlstore.AdminSQL{
+	return sqlstore.AdminStrings{
 		IDs: func(s []string) any {
 			if s == nil {
 				s = []string{}

@@ -114,7 +114,7 @@ func newSQLServer(cfg layout.Config) *sqlserver {
 		}
 		m.sizes[t.Name] = s
 	}
-	m.AdminSQL = adminStatements(cfg)
+	m.AdminSQL = sqlstore.LazyAdmin(func() sqlstore.AdminStrings { return adminStatements(cfg) })
 	return m
 }
 

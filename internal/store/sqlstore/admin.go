@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -310,9 +311,8 @@ func scanDeadLetters(rows dbx.Rows, withBody bool) ([]row.DeadLetter, error) {
 	return out, rows.Close()
 }
 
-// AdminSQL holds a dialect's administration statements; a dialect embeds it (filled in its
-// constructor) to implement AdminStatements.
-type AdminSQL struct {
+// AdminStrings are a dialect's administration statements.
+type AdminStrings struct {
 	CountsSQL, ReleaseAllIncomingSQL, ReleaseAllOutgoingSQL        string
 	ClearOutgoingSQL, ClearIncomingSQL, ClearDeadLettersSQL        string
 	CountDeadLettersSQL, ListDeadLettersSQL, GetDeadLetterSQL      string
@@ -322,44 +322,61 @@ type AdminSQL struct {
 	IDs func(ids []string) any
 }
 
+// AdminSQL implements AdminStatements for a dialect that embeds it: the statements are built
+// on first use (most stores never run them: a publisher created per transaction builds its
+// dialect each time).
+type AdminSQL struct {
+	once  sync.Once
+	build func() AdminStrings
+	s     AdminStrings
+}
+
+// LazyAdmin returns the AdminSQL whose statements build renders on first use.
+func LazyAdmin(build func() AdminStrings) AdminSQL { return AdminSQL{build: build} }
+
+func (a *AdminSQL) get() *AdminStrings {
+	a.once.Do(func() { a.s = a.build() })
+	return &a.s
+}
+
 // Counts implements AdminStatements.
-func (a *AdminSQL) Counts() string { return a.CountsSQL }
+func (a *AdminSQL) Counts() string { return a.get().CountsSQL }
 
 // ReleaseAllIncoming implements AdminStatements.
-func (a *AdminSQL) ReleaseAllIncoming() string { return a.ReleaseAllIncomingSQL }
+func (a *AdminSQL) ReleaseAllIncoming() string { return a.get().ReleaseAllIncomingSQL }
 
 // ReleaseAllOutgoing implements AdminStatements.
-func (a *AdminSQL) ReleaseAllOutgoing() string { return a.ReleaseAllOutgoingSQL }
+func (a *AdminSQL) ReleaseAllOutgoing() string { return a.get().ReleaseAllOutgoingSQL }
 
 // ClearOutgoing implements AdminStatements.
-func (a *AdminSQL) ClearOutgoing() string { return a.ClearOutgoingSQL }
+func (a *AdminSQL) ClearOutgoing() string { return a.get().ClearOutgoingSQL }
 
 // ClearIncoming implements AdminStatements.
-func (a *AdminSQL) ClearIncoming() string { return a.ClearIncomingSQL }
+func (a *AdminSQL) ClearIncoming() string { return a.get().ClearIncomingSQL }
 
 // ClearDeadLetters implements AdminStatements.
-func (a *AdminSQL) ClearDeadLetters() string { return a.ClearDeadLettersSQL }
+func (a *AdminSQL) ClearDeadLetters() string { return a.get().ClearDeadLettersSQL }
 
 // DeadLetterIDs implements AdminStatements.
-func (a *AdminSQL) DeadLetterIDs(ids []string) any { return a.IDs(ids) }
+func (a *AdminSQL) DeadLetterIDs(ids []string) any { return a.get().IDs(ids) }
 
 // CountDeadLetters implements AdminStatements.
-func (a *AdminSQL) CountDeadLetters() string { return a.CountDeadLettersSQL }
+func (a *AdminSQL) CountDeadLetters() string { return a.get().CountDeadLettersSQL }
 
 // ListDeadLetters implements AdminStatements.
-func (a *AdminSQL) ListDeadLetters() string { return a.ListDeadLettersSQL }
+func (a *AdminSQL) ListDeadLetters() string { return a.get().ListDeadLettersSQL }
 
 // GetDeadLetter implements AdminStatements.
-func (a *AdminSQL) GetDeadLetter() string { return a.GetDeadLetterSQL }
+func (a *AdminSQL) GetDeadLetter() string { return a.get().GetDeadLetterSQL }
 
 // PageDeadLetters implements AdminStatements.
-func (a *AdminSQL) PageDeadLetters() string { return a.PageDeadLettersSQL }
+func (a *AdminSQL) PageDeadLetters() string { return a.get().PageDeadLettersSQL }
 
 // DeleteDeadLetters implements AdminStatements.
-func (a *AdminSQL) DeleteDeadLetters() string { return a.DeleteDeadLettersSQL }
+func (a *AdminSQL) DeleteDeadLetters() string { return a.get().DeleteDeadLettersSQL }
 
 // ReplayDeadLetters implements AdminStatements.
-func (a *AdminSQL) ReplayDeadLetters() string { return a.ReplayDeadLettersSQL }
+func (a *AdminSQL) ReplayDeadLetters() string { return a.get().ReplayDeadLettersSQL }
 
 // PurgeDeadLetters implements AdminStatements.
-func (a *AdminSQL) PurgeDeadLetters() string { return a.PurgeDeadLettersSQL }
+func (a *AdminSQL) PurgeDeadLetters() string { return a.get().PurgeDeadLettersSQL }

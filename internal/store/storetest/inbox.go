@@ -142,8 +142,8 @@ func testDeleteHandledMark(e *env) {
 func (e *env) checkBegin(what string, begin func() (dbx.Tx, bool, error), applied func() bool) {
 	e.t.Helper()
 	for _, step := range []struct {
-		name                 string
-		ok, commit, applied  bool
+		name                string
+		ok, commit, applied bool
 	}{{"rolled back", true, false, false}, {"committed", true, true, true}, {"repeated", false, false, true}} {
 		tx, ok, err := begin()
 		e.ok(err)

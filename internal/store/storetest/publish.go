@@ -87,13 +87,13 @@ func testInsertBeyondParameterLimit(e *env) {
 // On the pool, the statements of one call run in one transaction: when the last fails, the
 // envelopes of the first are not inserted either.
 func testInsertAtomicAcrossStatements(e *env) {
-	bad := inEnv("bulk", layout.StatusIncoming, nil)
-	bad.Body = nil // body is NOT NULL
+	e.refuse(layout.IncomingTable, "received_at", "refused")
+	bad := inEnv("refused", layout.StatusIncoming, nil)
 	err := e.s.InsertEnvelopes(e.ctx, store.InsertParams{
 		Outgoing: bulk("bulk", maxParams(e.s)/len(row.OutgoingColumns)+1), Incoming: []row.Envelope{bad},
 	})
 	if err == nil {
-		e.t.Fatal("an incoming envelope without a body was inserted")
+		e.t.Fatal("an incoming envelope the table refuses was inserted")
 	}
 	if !e.s.IsStatementError(err) {
 		e.t.Errorf("the failed insert is not a statement error: %v", err)

@@ -156,7 +156,7 @@ func testDeadLetterOutgoing(e *env) {
 
 // A move whose dead letters cannot be written deletes nothing, for any envelope of the call.
 func testDeadLetterMovesAtomic(e *env) {
-	e.rejectExplanation("refused")
+	e.refuse(layout.DeadLetterTable, "explanation", "refused")
 	o1, o2 := outEnv("orders"), outEnv("orders")
 	i1, i2 := inEnv("jobs", layout.StatusIncoming, nil), inEnv("jobs", layout.StatusIncoming, nil)
 	e.insert([]row.Envelope{o1, o2}, []row.Envelope{i1, i2})

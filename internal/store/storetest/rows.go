@@ -130,10 +130,10 @@ func (e *env) dropTable(table string) {
 	e.exec("DROP TABLE " + e.cfg.Qualified(table))
 }
 
-// rejectExplanation makes the dead-letter table refuse rows whose explanation is exactly
-// bad (a CHECK constraint), so that a move to the dead letters fails after its delete.
-func (e *env) rejectExplanation(bad string) {
+// refuse makes table refuse rows whose column holds exactly bad (a CHECK constraint), so
+// that a statement writing such a row fails on every database.
+func (e *env) refuse(table, column, bad string) {
 	e.t.Helper()
 	e.exec(fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s <> '%s')",
-		e.cfg.Qualified(layout.DeadLetterTable), e.cfg.QuoteIdent("wj_test_reject"), e.cfg.QuoteIdent("explanation"), bad))
+		e.cfg.Qualified(table), e.cfg.QuoteIdent("wj_test_refuse_"+column), e.cfg.QuoteIdent(column), bad))
 }

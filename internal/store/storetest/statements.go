@@ -1,6 +1,8 @@
 package storetest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
@@ -184,5 +186,29 @@ func CheckQualified(t *testing.T, d sqlstore.Dialect) {
 	}
 	if named == 0 {
 		t.Errorf("%s: no statement names a table", d.Name())
+	}
+}
+
+// ErrorCase is an error a database driver returns and how the dialect must classify it.
+type ErrorCase struct {
+	Err                      error
+	Statement, Table, Column bool
+}
+
+// CheckErrorClassification checks IsStatementError, IsMissingTable and IsMissingColumn of d
+// on cases, and on the errors no dialect may take for a statement's failure: a lost
+// connection, a deadline, a cancellation and nil.
+func CheckErrorClassification(t *testing.T, d sqlstore.Dialect, cases []ErrorCase) {
+	t.Helper()
+	lost := fmt.Errorf("claim: %w", errors.New("read tcp: connection reset by peer"))
+	for _, err := range []error{lost, context.DeadlineExceeded, fmt.Errorf("claim: %w", context.Canceled), nil} {
+		cases = append(cases, ErrorCase{Err: err})
+	}
+	for i, c := range cases {
+		got := ErrorCase{Statement: d.IsStatementError(c.Err), Table: d.IsMissingTable(c.Err), Column: d.IsMissingColumn(c.Err)}
+		if got.Statement != c.Statement || got.Table != c.Table || got.Column != c.Column {
+			t.Errorf("case %d (%v): classified statement %v, missing table %v, missing column %v; want %v, %v, %v",
+				i+1, c.Err, got.Statement, got.Table, got.Column, c.Statement, c.Table, c.Column)
+		}
 	}
 }
