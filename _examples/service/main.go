@@ -1,12 +1,16 @@
-// Inbox-dedup: exactly-once effects for messages consumed from RabbitMQ, with dead letters.
+// Service: the whole wiring of a production service, as the README shows it. One runtime
+// (node, durability agent, a forwarder relaying the outbox to RabbitMQ), a Watermill router
+// consuming RabbitMQ behind the dead-letter and inbox middleware, a handler whose business
+// writes and outgoing messages commit in the inbox's transaction, and a graceful shutdown.
 //
-//	go run ./_examples/inbox-dedup
+//	go run ./_examples/service
 //
 // A watermill-amqp subscriber feeds a router whose handler "capture-payment" runs behind the
-// dead-letter middleware (outside) and the inbox middleware (inside). For each order the
-// handler writes a payment row and publishes PaymentCaptured through the outbox publisher,
-// both in the inbox transaction, so the payment, the outgoing envelope and the Handled mark
-// commit together. The example then sends, through RabbitMQ:
+// dead-letter middleware (outside) and the inbox middleware (inside): exactly-once effects.
+// For each order the handler writes a payment row and publishes PaymentCaptured through the
+// runtime's publisher, both in the inbox transaction, so the payment, the outgoing envelope
+// and the Handled mark commit together; the runtime's forwarder then relays PaymentCaptured
+// to RabbitMQ. The example sends, through RabbitMQ:
 //
 //   - three orders, each published twice with the same message UUID (as a broker or an
 //     at-least-once relay may deliver them): one payment each;
@@ -15,8 +19,8 @@
 //     and acknowledged, with Watermill's poison metadata keys set.
 //
 // It checks the counts and exits 1 if one is wrong. The rows stay in the schema
-// "inbox_dedup_example" for the CLI (watermill-jasper dead-letters list --schema
-// inbox_dedup_example); each run starts by emptying it.
+// "service_example" for the CLI (watermill-jasper dead-letters list --schema
+// service_example); each run starts by emptying it.
 //
 // Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable),
 // AMQP_URL (default amqp://guest:guest@localhost:5672/).
@@ -33,25 +37,25 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
-	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/forwarder"
+	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-const schemaName = "inbox_dedup_example"
+const schemaName = "service_example"
 
 func main() {
 	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "inbox-dedup:", err)
+		fmt.Fprintln(os.Stderr, "service:", err)
 		os.Exit(1)
 	}
 }
@@ -92,44 +96,52 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 	}
 	fmt.Printf("1. schema %q migrated and emptied\n", schemaName)
 
-	// 2. The durability agent of the schema (it deletes the expired Handled marks), then the
-	// middleware on it: dead letters outside, the inbox inside (the recommended order).
-	node, err := durability.NewNode(ctx, db, durability.NodeConfig{}, logger)
-	if err != nil {
-		return err
-	}
-	defer node.Close()
-	agent, err := durability.NewAgent(node, durability.Config{Schema: cfg}, logger)
-	if err != nil {
-		return err
-	}
-	if err := agent.Start(ctx); err != nil {
-		return err
-	}
-	defer agent.Stop(context.Background())
-	inbox, err := middleware.NewInbox(agent, middleware.InboxConfig{ConsumerName: "payments-service"}, logger)
-	if err != nil {
-		return err
-	}
-	deadLetters, err := middleware.NewDeadLetter(agent, middleware.DeadLetterConfig{MaxAttempts: 3,
-		InitialInterval: 50 * time.Millisecond}, logger)
-	if err != nil {
-		return err
-	}
-	// The outbox publisher, on the pool: inside the handler it joins the inbox transaction.
-	outbox, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: cfg}, logger)
-	if err != nil {
-		return err
-	}
-
-	// 3. RabbitMQ -> router. The queue is private to this run and deleted when it ends.
-	queue := "inbox-dedup-example-" + watermill.NewShortUUID()
+	// 2. RabbitMQ: the queue the service consumes and the one its events go to, private to
+	// this run and deleted when it ends.
+	run := watermill.NewShortUUID()
+	queue, capturedQueue := "service-example-orders-"+run, "service-example-captured-"+run
 	amqpCfg := amqp.NewDurableQueueConfig(amqpURL)
 	amqpCfg.Queue.AutoDelete = true
 	sub, err := amqp.NewSubscriber(amqpCfg, logger)
 	if err != nil {
 		return fmt.Errorf("RabbitMQ is not reachable (start it, or set AMQP_URL): %w", err)
 	}
+	captured, err := sub.Subscribe(ctx, capturedQueue)
+	if err != nil {
+		return err
+	}
+	relayTo, err := jasperamqp.NewConfirmPublisher(amqpURL, logger)
+	if err != nil {
+		return err
+	}
+	defer relayTo.Close()
+
+	// 3. The runtime: node, durability agent (it also deletes the expired Handled marks) and
+	// a forwarder relaying the outbox to RabbitMQ; then the middleware on it: dead letters
+	// outside, the inbox inside (the recommended order), and the outbox publisher, which
+	// joins the inbox transaction inside the handler.
+	rt, err := jasper.NewRuntime(db, jasper.Config{
+		Schema:     schemaName,
+		Forwarders: []forwarder.Config{{Publisher: relayTo}},
+	}, logger)
+	if err != nil {
+		return err
+	}
+	if err := rt.Start(ctx); err != nil {
+		return err
+	}
+	defer rt.Stop(context.Background())
+	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: "payments-service"})
+	if err != nil {
+		return err
+	}
+	deadLetters, err := rt.DeadLetter(middleware.DeadLetterConfig{MaxAttempts: 3, InitialInterval: 50 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	outbox := rt.Publisher()
+
+	// 4. RabbitMQ -> router.
 	pub, err := amqp.NewPublisher(amqpCfg, logger)
 	if err != nil {
 		return fmt.Errorf("RabbitMQ is not reachable (start it, or set AMQP_URL): %w", err)
@@ -155,9 +167,9 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 			o.ID, o.Amount, msg.UUID); err != nil {
 			return err
 		}
-		captured := message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"order_id":%q}`, o.ID))
-		captured.Metadata.Set(metadata.MessageType, "PaymentCaptured")
-		return middleware.Publish(msg.Context(), outbox, "rabbitmq://queue/payments-captured", captured)
+		event := message.NewMessage(watermill.NewUUID(), fmt.Appendf(nil, `{"order_id":%q}`, o.ID))
+		event.Metadata.Set(metadata.MessageType, "PaymentCaptured")
+		return middleware.Publish(msg.Context(), outbox, "rabbitmq://queue/"+capturedQueue, event)
 	}).AddMiddleware(
 		ackCounter(done), // outermost: counts acknowledged deliveries
 		deadLetters.Middleware,
@@ -170,7 +182,7 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 	case err := <-routerDone:
 		return err
 	}
-	fmt.Printf("2. router consuming RabbitMQ queue %s: dead letters -> inbox -> capture-payment\n", queue)
+	fmt.Printf("2. runtime started; router consuming RabbitMQ queue %s: dead letters -> inbox -> capture-payment\n", queue)
 
 	// 4. The messages: duplicates, a flaky one and a poison one.
 	var sends []*message.Message
@@ -194,10 +206,24 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 			return errors.New("timed out waiting for the router to acknowledge every message")
 		}
 	}
+	// The forwarder relays the four PaymentCaptured events to RabbitMQ.
+	for range 4 {
+		select {
+		case m := <-captured:
+			m.Ack()
+		case <-ctx.Done():
+			return errors.New("timed out waiting for the PaymentCaptured events on RabbitMQ")
+		}
+	}
+	// Graceful shutdown: the router first (no handler runs any more), then the runtime
+	// (forwarder, agent, node).
 	if err := router.Close(); err != nil {
 		return err
 	}
 	if err := <-routerDone; err != nil {
+		return err
+	}
+	if err := rt.Stop(ctx); err != nil {
 		return err
 	}
 
@@ -214,16 +240,16 @@ TRUNCATE `+schemaName+`.payments`); err != nil {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("4. %d deliveries acknowledged; %d payments, %d PaymentCaptured in the outbox, %d Handled marks, %d dead letter(s)\n",
+	fmt.Printf("4. %d deliveries acknowledged; %d payments, 4 PaymentCaptured relayed to RabbitMQ (%d left in the outbox), %d Handled marks, %d dead letter(s)\n",
 		len(sends), payments, counts.OutgoingTotal(), counts.IncomingStatus(schema.StatusHandled), counts.DeadLetters)
 	for _, d := range dls {
 		fmt.Printf("5. dead letter %s: topic %s, handler %s, %d attempt(s), %s: %s\n",
 			d.ID, d.ReceivedAt, d.Source, d.Attempts, d.ExceptionType, d.ExceptionMessage)
 	}
 	fmt.Printf("   inspect it: go run ./cmd/watermill-jasper dead-letters list --schema %s\n", schemaName)
-	if payments != 4 || counts.OutgoingTotal() != 4 || counts.IncomingStatus(schema.StatusHandled) != 4 || counts.DeadLetters != 1 ||
+	if payments != 4 || counts.OutgoingTotal() != 0 || counts.IncomingStatus(schema.StatusHandled) != 4 || counts.DeadLetters != 1 ||
 		len(dls) != 1 || dls[0].Attempts != 1 || dls[0].Source != "capture-payment" {
-		return errors.New("unexpected counts: want 4 payments, 4 outgoing envelopes, 4 Handled marks, 1 dead letter after 1 attempt")
+		return errors.New("unexpected counts: want 4 payments, an empty outbox, 4 Handled marks, 1 dead letter after 1 attempt")
 	}
 	fmt.Println("6. every order paid exactly once; the poison message is parked with its error")
 	return nil
