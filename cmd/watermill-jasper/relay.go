@@ -284,21 +284,22 @@ closing:
 	}
 	elapsed := time.Since(start)
 	pubOpen = false
-	if abandoned {
-		// The abandoned publishes still wait for their confirms (the runtime runs the
-		// forwarder on a context Stop does not cancel) and closing the publisher would wait
-		// for them too: the connection to the broker ends with the process. What they report
-		// meanwhile (their statements fail once the pool is closed) is not printed after the
-		// summary. Their envelopes stay owned by this node, whose lock is released: the next
-		// relay's durability agent hands them back.
+	if abandoned || errors.Is(stopErr, context.DeadlineExceeded) {
+		// Stop gave up on the forwarder (a second signal, or the runtime's StopTimeout): its
+		// publishes still wait for their confirms (the runtime runs the forwarder on a context
+		// Stop does not cancel) and closing the publisher would wait for them too; the
+		// connection to the broker ends with the process. What they report meanwhile (their
+		// statements fail once the pool is closed) is not printed. Their envelopes stay owned
+		// by this node, whose lock is released: the next relay's durability agent hands them
+		// back.
 		logger.muted.Store(true)
 	} else if err := pub.Close(); err != nil {
 		say("relay: closing the publisher: %s", scrubAll(err.Error(), secrets))
 	}
+	say("relay: stopped after %s: %s", elapsed.Round(time.Millisecond), summaryLine(fwd.Stats(), elapsed))
 	if stopErr != nil && !(abandoned && errors.Is(stopErr, context.Canceled)) {
 		return stopErr
 	}
-	say("relay: stopped after %s: %s", elapsed.Round(time.Millisecond), summaryLine(fwd.Stats(), elapsed))
 	return nil
 }
 
@@ -355,9 +356,7 @@ func checkRelaySchema(ctx context.Context, drv database.Driver, cfg schema.Confi
 			continue
 		}
 		missing = append(missing, d.String())
-		if !d.Extension && d.Kind != schema.MissingTable && d.Kind != schema.MissingObject {
-			fixable = false
-		}
+		fixable = fixable && migrateFixes(d)
 	}
 	if len(missing) == 0 {
 		return nil

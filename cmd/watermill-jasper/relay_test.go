@@ -672,6 +672,23 @@ func TestRelayErrors(t *testing.T) {
 	assertFailure(t, cli(t, "", nil, "relay", "--to", "stdout", "--dsn", dsn, "--schema", s), 1,
 		"schema "+s+" is not ready for the relay", "missing table", "schema migrate --schema "+s)
 
+	// The relay is a runtime: it needs every column the runtime needs, the incoming table's
+	// extensions included (its durability agent works on both tables).
+	partial := migratedSchema(t)
+	dropColumn := func(table, column string) {
+		t.Helper()
+		if _, err := testdb.Pool(t).Exec(context.Background(), fmt.Sprintf(`alter table %q.%s drop column %s`, partial, table, column)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dropColumn("jasper_incoming_envelopes", "keep_until")
+	assertFailure(t, cli(t, "", nil, "relay", "--to", "stdout", "--dsn", dsn, "--schema", partial), 1,
+		"schema "+partial+" is not ready for the relay (extension: missing column jasper_incoming_envelopes.keep_until)",
+		"run \"watermill-jasper schema migrate --schema "+partial+"\"")
+	dropColumn("jasper_outgoing_envelopes", "saga_id")
+	assertFailure(t, cli(t, "", nil, "relay", "--to", "stdout", "--dsn", dsn, "--schema", partial), 1,
+		"missing column jasper_outgoing_envelopes.saga_id", "fix Jasper's own columns by hand")
+
 	m := migratedSchema(t)
 	const secret = "Wr0ngS3cret"
 	for _, to := range []string{"amqp://guest:" + secret + "@localhost:5672/", "amqp://guest:" + secret + "@127.0.0.1:1/"} {

@@ -167,7 +167,7 @@ var schemaVerify = spec{
 			}
 			hint := fmt.Sprintf("`%s schema migrate` adds them", program)
 			for _, d := range diffs {
-				if !d.Extension && d.Kind != schema.MissingTable && d.Kind != schema.MissingObject {
+				if !migrateFixes(d) {
 					hint = fmt.Sprintf("`%s schema migrate` adds missing tables and extensions; fix Jasper's own columns by hand", program)
 					break
 				}
@@ -175,6 +175,12 @@ var schemaVerify = spec{
 			return fmt.Errorf("schema %s differs from %s in %d place(s) (listed on stdout); %s", cfg.Schema, layout, len(diffs), hint)
 		}
 	},
+}
+
+// migrateFixes reports whether schema migrate adds what d says is missing: a table, a type or
+// procedure, or an extension; never Jasper's own columns.
+func migrateFixes(d schema.Difference) bool {
+	return d.Extension || d.Kind == schema.MissingTable || d.Kind == schema.MissingObject
 }
 
 // describeAdded summarises the differences migrate fixed, e.g. "added 3 tables, 1 column".

@@ -8,7 +8,7 @@ import (
 )
 
 // UUIDCodec converts UUIDs for a driver: PostgreSQL takes the text form, SQL Server needs
-// go-mssqldb's UniqueIdentifier (mixed byte order). internal/sqldialect provides one per dialect.
+// go-mssqldb's UniqueIdentifier (mixed byte order). each store dialect provides one.
 type UUIDCodec interface {
 	// Arg is the bind value for u.
 	Arg(u uuid.UUID) any

@@ -1,6 +1,7 @@
 // Package row is the one place where a Watermill message becomes a Jasper envelope row and
 // back (DESIGN.md, "Message <-> envelope row"). Every package that reads or writes envelopes
-// uses it; the SQL that moves rows lives in internal/sqldialect.
+// uses it; the SQL that moves rows lives in the store drivers (internal/store/postgres,
+// internal/store/sqlserver).
 package row
 
 import (

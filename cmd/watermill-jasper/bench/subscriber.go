@@ -342,9 +342,10 @@ func (e *env) oursConsumeLeg(ctx context.Context, n, batch, inFlight int) (res C
 	if err := j.prefillIncoming(ctx, subTopic, n); err != nil {
 		return res, err
 	}
-	// The consumer is a runtime with a subscriber, as in a service; its statements are
-	// counted from the runtime's start (node lock, LISTEN and the agent's first passes
-	// included) to the last acknowledgement.
+	// The consumer is a runtime with a subscriber, as in a service. Its statements are
+	// counted from the subscriber's creation (the runtime is started before, untimed, as the
+	// router's timing starts after it) to the last acknowledgement: the subscriber's, and the
+	// runtime agent's while the leg runs.
 	qc := &queryCounter{}
 	drv, err := countingDriver(e.pool, qc)
 	if err != nil {
@@ -358,6 +359,8 @@ func (e *env) oursConsumeLeg(ctx context.Context, n, batch, inFlight int) (res C
 		return res, err
 	}
 	defer func() { err = errors.Join(err, stopRuntime(rt)) }()
+	qc.statements.Store(0)
+	qc.txs.Store(0)
 	sub, err := rt.Subscriber(subscriber.Config{BatchSize: batch, MaxInFlight: inFlight})
 	if err != nil {
 		return res, err

@@ -347,7 +347,7 @@ func (p *postgres) InsertDeadLetter() string {
 	for i, c := range row.IncomingColumns {
 		t, ok := pgIncomingTypes[c]
 		if !ok {
-			panic("sqldialect: no PostgreSQL type for incoming column " + c)
+			panic("postgres dialect: no PostgreSQL type for incoming column " + c)
 		}
 		casts[i] = fmt.Sprintf("$%d::%s", i+1, t)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 
@@ -178,10 +177,4 @@ func testDeadLetterMovesAtomic(e *env) {
 	check(e, "outgoing after refused moves", c.OutgoingByDestination, map[string]int64{"orders": 2})
 	check(e, "incoming after refused moves", c.IncomingByStatus, map[string]int64{layout.StatusIncoming: 2})
 	check(e, "dead letters after refused moves", c.DeadLetters, int64(0))
-}
-
-// ageDeadLetter sets when a dead letter was written.
-func (e *env) ageDeadLetter(env row.Envelope, age time.Duration) {
-	e.t.Helper()
-	e.set(layout.DeadLetterTable, "timestamp", env.ID, time.Now().Add(-age).UTC())
 }

@@ -6,12 +6,13 @@
 //
 // The suite uses raw SQL only to set rows up or look at columns no operation returns, through
 // the small helpers of rows.go, which ask the store for its dialect (placeholders) and its
-// schema config (quoting). Expectations that differ between databases follow store.Caps, not
-// the dialect's name, except where a dialect documents a difference (SQL Server truncates
-// narrow dead-letter columns and does not report released topics).
+// schema config (quoting). Expectations that differ between databases follow store.Caps
+// (notifications, savepoint release) or a difference a dialect documents (SQL Server cuts
+// narrow dead-letter columns, does not report released topics and has table types and
+// procedures in its catalog).
 //
-// Statements and StatementCases (statements.go) serve the offline statement checks of each
-// dialect's tests.
+// Statements, CheckCoverage, CheckPlaceholders, CheckQualified and CheckErrorClassification
+// (statements.go) serve the offline statement checks of each dialect's tests.
 package storetest
 
 import (
@@ -42,7 +43,8 @@ type testCase struct {
 	run  func(e *env)
 }
 
-// cases lists every case of the suite; each file adds its own (see suite).
+// cases lists every case of the suite, by file (publish.go, relay.go, queue.go, inbox.go,
+// durability.go, admin.go, schema.go, lifecycle.go).
 func cases() []testCase {
 	var all []testCase
 	for _, group := range [][]testCase{
@@ -245,6 +247,7 @@ func (e *env) sameEnvelope(what string, got, want row.Envelope, owner int32, att
 	}
 }
 
+// utc is t in UTC (nil stays nil), for comparing times read back with times written.
 func utc(t *time.Time) *time.Time {
 	if t == nil {
 		return nil
@@ -291,14 +294,6 @@ func (e *env) deadLetter(id uuid.UUID) row.DeadLetter {
 		e.t.Fatalf("no dead letter %s", id)
 	}
 	return d
-}
-
-// checkReason checks the reason columns of a dead letter.
-func (e *env) checkReason(d row.DeadLetter, r store.Reason) {
-	e.t.Helper()
-	got := store.Reason{Explanation: d.Explanation, ExceptionType: d.ExceptionType,
-		ExceptionMessage: d.ExceptionMessage, ExceptionText: d.ExceptionText, Source: d.Source}
-	check(e, "reason of dead letter "+d.ID.String(), got, r)
 }
 
 // openTx is a transaction of the pool with the operations bound to it.
