@@ -30,6 +30,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
+
 	"github.com/ThreeDotsLabs/watermill"
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 
@@ -88,9 +90,7 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.StopTimeout == 0 {
-		c.StopTimeout = DefaultStopTimeout
-	}
+	defaults.Set(&c.StopTimeout, DefaultStopTimeout)
 }
 
 // Validate checks the config after defaults are applied and returns an error naming the
@@ -310,17 +310,6 @@ func (rt *Runtime) stopLocked(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// running returns the agent once started, or an error naming the factory.
-func (rt *Runtime) running(what string) (*durability.Agent, error) {
-	switch {
-	case rt.stopped:
-		return nil, ErrStopped
-	case !rt.started:
-		return nil, fmt.Errorf("watermill-jasper: %s: %w", what, ErrNotStarted)
-	}
-	return rt.agent, nil
-}
-
 // Agent returns the durability agent (nil before Start): its Stats and Gauges, and the
 // agent to build components by hand (forwarder.NewForwarder and the like).
 func (rt *Runtime) Agent() *durability.Agent {
@@ -371,60 +360,65 @@ func (rt *Runtime) TxPublisher(tx wmsql.ContextExecutor) (*publisher.Publisher, 
 
 // Subscriber returns a subscriber of durable local queues on the runtime's agent; Stop
 // closes it. Call it after Start.
-func (rt *Runtime) Subscriber(config subscriber.Config) (*subscriber.Subscriber, error) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	agent, err := rt.running("subscriber")
-	if err != nil {
-		return nil, err
-	}
-	s, err := subscriber.NewSubscriber(agent, config, rt.logger)
-	if err != nil {
-		return nil, err
-	}
-	rt.subscribers = append(rt.subscribers, s)
-	return s, nil
+func (rt *Runtime) Subscriber(config subscriber.Config) (s *subscriber.Subscriber, err error) {
+	err = rt.withAgent("subscriber", func(agent *durability.Agent) error {
+		if s, err = subscriber.NewSubscriber(agent, config, rt.logger); err == nil {
+			rt.subscribers = append(rt.subscribers, s)
+		}
+		return err
+	})
+	return s, err
 }
 
 // Inbox returns the idempotent inbox middleware bound to the runtime's agent (which deletes
 // its expired marks). Call it after Start.
-func (rt *Runtime) Inbox(config middleware.InboxConfig) (*middleware.Inbox, error) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	agent, err := rt.running("inbox")
-	if err != nil {
-		return nil, err
-	}
-	return middleware.NewInbox(agent, config, rt.logger)
+func (rt *Runtime) Inbox(config middleware.InboxConfig) (in *middleware.Inbox, err error) {
+	err = rt.withAgent("inbox", func(agent *durability.Agent) error {
+		in, err = middleware.NewInbox(agent, config, rt.logger)
+		return err
+	})
+	return in, err
 }
 
 // DeadLetter returns the dead-letter middleware bound to the runtime's agent. Call it after
 // Start.
-func (rt *Runtime) DeadLetter(config middleware.DeadLetterConfig) (*middleware.DeadLetter, error) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	agent, err := rt.running("dead letters")
-	if err != nil {
-		return nil, err
-	}
-	return middleware.NewDeadLetter(agent, config, rt.logger)
+func (rt *Runtime) DeadLetter(config middleware.DeadLetterConfig) (d *middleware.DeadLetter, err error) {
+	err = rt.withAgent("dead letters", func(agent *durability.Agent) error {
+		d, err = middleware.NewDeadLetter(agent, config, rt.logger)
+		return err
+	})
+	return d, err
 }
 
 // Collector returns the Prometheus collector of the agent's gauges and counters and the
 // forwarders' counters (register it with prometheus.MustRegister). Call it after Start.
 func (rt *Runtime) Collector() (*metrics.Collector, error) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	agent, err := rt.running("metrics")
+	err := rt.withAgent("metrics", func(agent *durability.Agent) error {
+		if rt.collector == nil {
+			srcs := make([]metrics.ForwarderSource, len(rt.forwarders))
+			for i, f := range rt.forwarders {
+				srcs[i] = f
+			}
+			rt.collector = metrics.NewCollector(metrics.Config{Agent: agent, Forwarders: srcs})
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if rt.collector == nil {
-		srcs := make([]metrics.ForwarderSource, len(rt.forwarders))
-		for i, f := range rt.forwarders {
-			srcs[i] = f
-		}
-		rt.collector = metrics.NewCollector(metrics.Config{Agent: agent, Forwarders: srcs})
-	}
 	return rt.collector, nil
+}
+
+// withAgent runs build with the running runtime's agent, under the runtime's lock, or
+// returns an error naming the factory when the runtime is not started or stopped.
+func (rt *Runtime) withAgent(what string, build func(*durability.Agent) error) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	switch {
+	case rt.stopped:
+		return ErrStopped
+	case !rt.started:
+		return fmt.Errorf("watermill-jasper: %s: %w", what, ErrNotStarted)
+	}
+	return build(rt.agent)
 }

@@ -76,22 +76,7 @@ type Stats struct {
 }
 
 // Gauges is one sample of the tables (Agent.SampleGauges).
-type Gauges struct {
-	// Incoming, Scheduled and Handled count the incoming envelopes with that status.
-	Incoming, Scheduled, Handled int64
-	// Outgoing counts the outgoing envelopes (the outbox).
-	Outgoing int64
-	// DeadLetters counts the dead letters.
-	DeadLetters int64
-	// OldestOutgoingAge is the age of the oldest outgoing envelope (by its timestamp
-	// column, on the database clock); 0 when there is none.
-	OldestOutgoingAge time.Duration
-	// DormantOwned counts the envelopes held by nodes whose lock no session holds: they wait
-	// for a reassignment pass. A value that stays above 0 means no agent runs.
-	DormantOwned int64
-	// SampledAt is when the sample was taken (local clock).
-	SampledAt time.Time
-}
+type Gauges = store.Gauges
 
 // ScheduledResult is what one scheduled-job pass did.
 type ScheduledResult struct {
@@ -124,12 +109,7 @@ type ReassignResult struct {
 }
 
 // Unowned is what a recovery pass found.
-type Unowned struct {
-	// Outgoing is true when some outgoing envelope has owner 0.
-	Outgoing bool
-	// Topics have Incoming envelopes with owner 0.
-	Topics []string
-}
+type Unowned = store.Unowned
 
 // Agent is the durability agent of one node for one schema: Jasper's DurabilityAgent for the
 // Go side of a database shared with other Go and .NET nodes, and the one owner of every
@@ -507,6 +487,21 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 	}
 }
 
+// lockedTx runs fn in a transaction bounded by StatementTimeout that first takes the global
+// lock id (transaction-level); locked is false, and fn not run, when another session holds
+// it.
+func (a *Agent) lockedTx(ctx context.Context, id int32, fn func(ctx context.Context, tx store.Ops) error) (locked bool, err error) {
+	err = a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
+		ok, err := tx.TryGlobalLock(ctx, id)
+		if err != nil || !ok {
+			return err
+		}
+		locked = true
+		return fn(ctx, tx)
+	})
+	return locked && err == nil, err
+}
+
 // inTx runs fn in a transaction bounded by StatementTimeout.
 func (a *Agent) inTx(ctx context.Context, fn func(ctx context.Context, tx store.Ops) error) error {
 	ctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
@@ -603,13 +598,8 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 	}()
 	for {
 		var r store.ScheduledRelease
-		locked := true
-		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
-			ok, err := tx.TryGlobalLock(ctx, jasperid.ScheduledJobLockID)
-			if err != nil || !ok {
-				locked = false
-				return err
-			}
+		locked, err := a.lockedTx(ctx, jasperid.ScheduledJobLockID, func(ctx context.Context, tx store.Ops) error {
+			var err error
 			if r, err = tx.ReleaseScheduled(ctx, nil, batch); err != nil {
 				return err
 			}
@@ -647,13 +637,8 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 	}
 	for {
 		var taken, sent, dead int
-		locked := true
-		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
-			ok, err := tx.TryGlobalLock(ctx, jasperid.ScheduledJobLockID)
-			if err != nil || !ok {
-				locked = false
-				return err
-			}
+		locked, err := a.lockedTx(ctx, jasperid.ScheduledJobLockID, func(ctx context.Context, tx store.Ops) error {
+			var err error
 			taken, sent, dead, err = a.releaseScheduledSends(ctx, tx, batch)
 			return err
 		})
@@ -732,7 +717,7 @@ func (a *Agent) RecoverUnowned(ctx context.Context) (Unowned, error) {
 	if err != nil {
 		return Unowned{}, fmt.Errorf("look for unowned envelopes: %w", err)
 	}
-	u := Unowned(su)
+	u := su
 	if u.Outgoing {
 		a.wakers.wakeOutgoing()
 	}
@@ -756,13 +741,8 @@ func (a *Agent) RecoverUnowned(ctx context.Context) (Unowned, error) {
 func (a *Agent) ReassignDormantNodes(ctx context.Context) (ReassignResult, error) {
 	var res ReassignResult
 	var owners []int32
-	locked := true
-	err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
-		ok, err := tx.TryGlobalLock(ctx, jasperid.ReassignmentLockID)
-		if err != nil || !ok {
-			locked = false
-			return err
-		}
+	locked, err := a.lockedTx(ctx, jasperid.ReassignmentLockID, func(ctx context.Context, tx store.Ops) error {
+		var err error
 		owners, err = tx.OtherOwners(ctx, a.self)
 		return err
 	})
@@ -939,18 +919,13 @@ func (a *Agent) deleteExpiredHandled(ctx context.Context) (int64, bool, error) {
 func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, del func(store.Ops, context.Context, int) (int64, error), batch int) (total int64, skipped bool, err error) {
 	for {
 		var n int64
-		locked := true
-		err := a.inTx(ctx, func(ctx context.Context, tx store.Ops) error {
-			ok, err := tx.TryGlobalLock(ctx, lockID)
-			if err != nil || !ok {
-				locked = false
-				return err
-			}
+		locked, err := a.lockedTx(ctx, lockID, func(ctx context.Context, tx store.Ops) error {
+			var err error
 			n, err = del(tx, ctx, batch)
 			return err
 		})
 		if err != nil || !locked {
-			return total, !locked, err
+			return total, err == nil, err
 		}
 		total += n
 		if n < int64(batch) {
@@ -971,11 +946,8 @@ func (a *Agent) SampleGauges(ctx context.Context) (Gauges, error) {
 	if err != nil {
 		return Gauges{}, fmt.Errorf("sample the tables: %w", err)
 	}
-	g := Gauges{
-		Incoming: sg.Incoming, Scheduled: sg.Scheduled, Handled: sg.Handled, Outgoing: sg.Outgoing,
-		DeadLetters: sg.DeadLetters, OldestOutgoingAge: sg.OldestOutgoingAge, DormantOwned: sg.DormantOwned,
-		SampledAt: time.Now(),
-	}
+	g := sg
+	g.SampledAt = time.Now()
 	a.gauges.Store(&g)
 	return g, nil
 }

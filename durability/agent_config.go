@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
+
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -113,24 +115,15 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.ScheduledJobPollingTime, DefaultScheduledJobPollingTime)
-	def(&c.NodeReassignmentPollingTime, DefaultNodeReassignmentPollingTime)
-	def(&c.ExpiredEnvelopesPollingTime, DefaultExpiredEnvelopesPollingTime)
-	def(&c.HandledCleanupPollingTime, DefaultHandledCleanupPollingTime)
-	def(&c.NodeCheckInterval, DefaultNodeCheckInterval)
-	def(&c.MetricsSamplingInterval, DefaultMetricsSamplingInterval)
-	def(&c.StatementTimeout, DefaultStatementTimeout)
-	if c.RecoveryBatchSize == 0 {
-		c.RecoveryBatchSize = DefaultRecoveryBatchSize
-	}
-	if c.HandledCleanupBatchSize == 0 {
-		c.HandledCleanupBatchSize = DefaultHandledCleanupBatchSize
-	}
+	defaults.Set(&c.ScheduledJobPollingTime, DefaultScheduledJobPollingTime)
+	defaults.Set(&c.NodeReassignmentPollingTime, DefaultNodeReassignmentPollingTime)
+	defaults.Set(&c.ExpiredEnvelopesPollingTime, DefaultExpiredEnvelopesPollingTime)
+	defaults.Set(&c.HandledCleanupPollingTime, DefaultHandledCleanupPollingTime)
+	defaults.Set(&c.NodeCheckInterval, DefaultNodeCheckInterval)
+	defaults.Set(&c.MetricsSamplingInterval, DefaultMetricsSamplingInterval)
+	defaults.Set(&c.StatementTimeout, DefaultStatementTimeout)
+	defaults.Set(&c.RecoveryBatchSize, DefaultRecoveryBatchSize)
+	defaults.Set(&c.HandledCleanupBatchSize, DefaultHandledCleanupBatchSize)
 }
 
 // Validate checks the config, after defaults are applied, and returns an error naming the

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
@@ -84,33 +86,15 @@ func (c *Config) setDefaults() {
 	if c.Topic == nil {
 		c.Topic = identityTopic
 	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.Workers == 0 {
-		c.Workers = DefaultWorkers
-	}
-	if c.PublishConcurrency == 0 {
-		c.PublishConcurrency = DefaultPublishConcurrency
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.ActivePollInterval == 0 {
-		c.ActivePollInterval = min(DefaultActivePollInterval, c.PollInterval)
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.CircuitBreakAfter == 0 {
-		c.CircuitBreakAfter = DefaultCircuitBreakAfter
-	}
-	if c.CircuitPause == 0 {
-		c.CircuitPause = DefaultCircuitPause
-	}
-	if c.MaxCircuitPause == 0 {
-		c.MaxCircuitPause = max(DefaultMaxCircuitPause, c.CircuitPause)
-	}
+	defaults.Set(&c.BatchSize, DefaultBatchSize)
+	defaults.Set(&c.Workers, DefaultWorkers)
+	defaults.Set(&c.PublishConcurrency, DefaultPublishConcurrency)
+	defaults.Set(&c.PollInterval, DefaultPollInterval)
+	defaults.Set(&c.ActivePollInterval, min(DefaultActivePollInterval, c.PollInterval))
+	defaults.Set(&c.MaxAttempts, DefaultMaxAttempts)
+	defaults.Set(&c.CircuitBreakAfter, DefaultCircuitBreakAfter)
+	defaults.Set(&c.CircuitPause, DefaultCircuitPause)
+	defaults.Set(&c.MaxCircuitPause, max(DefaultMaxCircuitPause, c.CircuitPause))
 }
 
 func identityTopic(destination string) (string, error) { return destination, nil }

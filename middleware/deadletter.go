@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -62,18 +64,10 @@ type DeadLetterConfig struct {
 }
 
 func (c *DeadLetterConfig) setDefaults() {
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.InitialInterval == 0 {
-		c.InitialInterval = DefaultInitialInterval
-	}
-	if c.MaxInterval == 0 {
-		c.MaxInterval = DefaultMaxInterval
-	}
-	if c.Multiplier == 0 {
-		c.Multiplier = DefaultMultiplier
-	}
+	defaults.Set(&c.MaxAttempts, DefaultMaxAttempts)
+	defaults.Set(&c.InitialInterval, DefaultInitialInterval)
+	defaults.Set(&c.MaxInterval, DefaultMaxInterval)
+	defaults.Set(&c.Multiplier, DefaultMultiplier)
 }
 
 // Validate checks the config, after defaults are applied.
@@ -112,15 +106,10 @@ type DeadLetter struct {
 // agent's database. The Jasper tables must exist (schema.Migrate, or `watermill-jasper schema
 // migrate`). logger may be nil.
 func NewDeadLetter(agent *durability.Agent, config DeadLetterConfig, logger watermill.LoggerAdapter) (*DeadLetter, error) {
-	if agent == nil {
-		return nil, errNilAgent
-	}
 	config.setDefaults()
-	if err := config.Validate(); err != nil {
+	logger, err := setup(agent, config.Validate, logger)
+	if err != nil {
 		return nil, err
-	}
-	if logger == nil {
-		logger = watermill.NopLogger{}
 	}
 	return &DeadLetter{store: agent.Store(), config: config, backoff: config.backoff(), logger: logger}, nil
 }

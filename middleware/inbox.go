@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -64,9 +66,7 @@ type InboxConfig struct {
 }
 
 func (c *InboxConfig) setDefaults() {
-	if c.KeepFor == 0 {
-		c.KeepFor = DefaultKeepFor
-	}
+	defaults.Set(&c.KeepFor, DefaultKeepFor)
 }
 
 // Validate checks the config, after defaults are applied.
@@ -94,17 +94,27 @@ type Inbox struct {
 // Jasper tables must exist (schema.Migrate, or `watermill-jasper schema migrate`). Keep the
 // agent running while the inbox is used: it deletes the expired marks. logger may be nil.
 func NewInbox(agent *durability.Agent, config InboxConfig, logger watermill.LoggerAdapter) (*Inbox, error) {
+	config.setDefaults()
+	logger, err := setup(agent, config.Validate, logger)
+	if err != nil {
+		return nil, err
+	}
+	return &Inbox{store: agent.Store(), config: config, logger: logger}, nil
+}
+
+// setup checks what both middleware constructors need, an agent and a valid config, and
+// returns the logger to use.
+func setup(agent *durability.Agent, validate func() error, logger watermill.LoggerAdapter) (watermill.LoggerAdapter, error) {
 	if agent == nil {
 		return nil, errNilAgent
 	}
-	config.setDefaults()
-	if err := config.Validate(); err != nil {
+	if err := validate(); err != nil {
 		return nil, err
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Inbox{store: agent.Store(), config: config, logger: logger}, nil
+	return logger, nil
 }
 
 // inboxNamespace seeds InboxKey.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
+
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -104,18 +106,10 @@ func (c *Config) setDefaults() {
 			c.Schema.Dialect = c.Driver.Dialect()
 		}
 	}
-	if c.Table == "" {
-		c.Table = Outgoing
-	}
-	if c.Defaults.MessageType == "" {
-		c.Defaults.MessageType = row.DefaultMessageType
-	}
-	if c.Defaults.ContentType == "" {
-		c.Defaults.ContentType = row.DefaultContentType
-	}
-	if c.NotifyInterval == 0 {
-		c.NotifyInterval = DefaultNotifyInterval
-	}
+	defaults.Set(&c.Table, Outgoing)
+	defaults.Set(&c.Defaults.MessageType, row.DefaultMessageType)
+	defaults.Set(&c.Defaults.ContentType, row.DefaultContentType)
+	defaults.Set(&c.NotifyInterval, DefaultNotifyInterval)
 }
 
 // Validate checks the config, after defaults are applied.

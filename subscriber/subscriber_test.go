@@ -155,8 +155,8 @@ func TestNackWithoutBackoffRedeliveredAtOnce(t *testing.T) {
 	eventually(t, wait, "acked envelope deleted", func() bool { return e.count("") == 0 })
 }
 
-// The watermill-sql queue defect (watermill-notes §5.5): publish 10, ack 3, close while
-// the 4th is pending: a new subscriber must receive the other 7.
+// Nothing claimed is lost at Close: publish 10, ack 3, close while the 4th is pending: a new
+// subscriber must receive the other 7.
 func TestCloseHandsBackWhatWasNotAcked(t *testing.T) {
 	t.Parallel()
 	for _, inFlight := range []int{1, 4} {

@@ -367,21 +367,30 @@ type Released struct {
 	Topics []string
 }
 
-// Unowned is what waits for a claim.
+// Unowned is what waits for a claim (durability.Unowned re-exports it).
 type Unowned struct {
+	// Outgoing is true when some outgoing envelope has owner 0.
 	Outgoing bool
-	Topics   []string
+	// Topics have Incoming envelopes with owner 0.
+	Topics []string
 }
 
-// Gauges is one sample of the tables.
+// Gauges is one sample of the tables (durability.Gauges re-exports it).
 type Gauges struct {
+	// Incoming, Scheduled and Handled count the incoming envelopes with that status.
 	Incoming, Scheduled, Handled int64
-	Outgoing                     int64
-	DeadLetters                  int64
-	// OldestOutgoingAge is the age of the oldest outgoing envelope; 0 when there is none.
+	// Outgoing counts the outgoing envelopes (the outbox).
+	Outgoing int64
+	// DeadLetters counts the dead letters.
+	DeadLetters int64
+	// OldestOutgoingAge is the age of the oldest outgoing envelope (by its timestamp
+	// column, on the database clock); 0 when there is none.
 	OldestOutgoingAge time.Duration
-	// DormantOwned counts the envelopes held by nodes whose lock no session holds.
+	// DormantOwned counts the envelopes held by nodes whose lock no session holds: they wait
+	// for a reassignment pass. A value that stays above 0 means no agent runs.
 	DormantOwned int64
+	// SampledAt is when the sample was taken (local clock; set by the durability agent).
+	SampledAt time.Time
 }
 
 // Counts is what the tables hold (unsorted).
