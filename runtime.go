@@ -60,6 +60,9 @@ var (
 // DefaultStopTimeout bounds Stop when its context has no deadline.
 const DefaultStopTimeout = time.Minute
 
+// forwarderGrace is how long Stop waits for a forwarder whose publishes it cancelled.
+const forwarderGrace = 5 * time.Second
+
 // Config configures a Runtime. The zero value runs the durability agent with Jasper's
 // defaults on the driver's default schema, with no forwarder.
 type Config struct {
@@ -133,6 +136,7 @@ type Runtime struct {
 	agent       *durability.Agent
 	forwarders  []*forwarder.Forwarder
 	fwdDone     []chan error
+	fwdCancel   []context.CancelFunc // cancel the forwarders' messages (Stop's deadline)
 	subscribers []*subscriber.Subscriber
 	publisher   *publisher.Publisher
 	collector   *metrics.Collector
@@ -159,10 +163,17 @@ func NewRuntime(db database.Driver, config Config, logger watermill.LoggerAdapte
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Runtime{
+	rt := &Runtime{
 		db: db, config: config, schema: cfg, coal: &publisher.Coalescer{},
 		logger: logger.With(watermill.LogFields{"component": "watermill-jasper/runtime", "schema": cfg.Schema}),
-	}, nil
+	}
+	// Delayed messages published through the runtime are released on time by its agent.
+	rt.config.Publisher.OnScheduled = func(due time.Time) {
+		if a := rt.Agent(); a != nil {
+			a.ScheduleAt(due)
+		}
+	}
+	return rt, nil
 }
 
 // Start checks (or, with MigrateSchema, creates) the tables, takes the node lock, starts the
@@ -206,7 +217,9 @@ func (rt *Runtime) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("watermill-jasper: runtime: Forwarders[%d]: %w", i, err)
 		}
 		done := make(chan error, 1)
-		go func() { done <- f.Run(context.WithoutCancel(ctx)) }()
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		rt.fwdCancel = append(rt.fwdCancel, cancel)
+		go func() { done <- f.Run(fctx) }()
 		select {
 		case <-f.Running():
 		case err := <-done:
@@ -251,9 +264,10 @@ func (rt *Runtime) checkSchema(ctx context.Context) error {
 // (the publishes in flight finish, unsent claims are handed back), the subscribers (acks are
 // flushed, what they hold is handed back), the durability agent (the node's remaining
 // envelopes are handed back) and the node lock. Stop the Watermill router that uses the
-// runtime's subscribers and middleware first. ctx (or StopTimeout) bounds the wait; a
-// forwarder still publishing when it ends is abandoned and its claims are handed back by
-// the agent. Stop is idempotent.
+// runtime's subscribers and middleware first. ctx (or StopTimeout) bounds the wait: when it
+// ends while a forwarder still waits for its broker, the publishes in flight are cancelled
+// (their messages' context) and the forwarder hands back what it claimed; the agent then
+// hands back what is left within a few seconds. Stop is idempotent.
 func (rt *Runtime) Stop(ctx context.Context) error {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -279,11 +293,19 @@ func (rt *Runtime) stopLocked(ctx context.Context) error {
 		}()
 		select {
 		case <-closed:
-			if err := <-rt.fwdDone[i]; err != nil && !errors.Is(err, forwarder.ErrClosed) {
-				errs = append(errs, err)
-			}
 		case <-ctx.Done():
-			errs = append(errs, fmt.Errorf("watermill-jasper: runtime: forwarder %d did not stop in time: %w", i, ctx.Err()))
+			// Stop waiting for the broker: the publishes in flight are cancelled (their
+			// messages' context), and the forwarder hands back what it claimed.
+			rt.fwdCancel[i]()
+			select {
+			case <-closed:
+			case <-time.After(forwarderGrace):
+				errs = append(errs, fmt.Errorf("watermill-jasper: runtime: forwarder %d did not stop in time: %w", i, ctx.Err()))
+				continue
+			}
+		}
+		if err := <-rt.fwdDone[i]; err != nil && !errors.Is(err, forwarder.ErrClosed) {
+			errs = append(errs, err)
 		}
 	}
 	for _, s := range rt.subscribers {
@@ -304,7 +326,10 @@ func (rt *Runtime) stopLocked(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	rt.forwarders, rt.fwdDone, rt.subscribers, rt.publisher = nil, nil, nil, nil
+	for _, cancel := range rt.fwdCancel {
+		cancel()
+	}
+	rt.forwarders, rt.fwdDone, rt.fwdCancel, rt.subscribers, rt.publisher = nil, nil, nil, nil, nil
 	rt.agent, rt.node, rt.collector = nil, nil, nil
 	rt.logger.Info("Runtime stopped", nil)
 	return errors.Join(errs...)

@@ -351,9 +351,12 @@ func (a *Agent) Start(ctx context.Context) error {
 	return nil
 }
 
+// handBackGrace bounds the hand-back of Stop when its context has ended already.
+const handBackGrace = 5 * time.Second
+
 // Stop stops the jobs (a job in progress is cancelled: its transaction rolls back) and the
-// LISTEN connection, hands the node's envelopes back (for at most StatementTimeout, cut short
-// when ctx ends) and returns. Stop the components first: what they still hold would be handed back under
+// LISTEN connection, hands the node's envelopes back (for at most StatementTimeout, or 5 s
+// when ctx has ended) and returns. Stop the components first: what they still hold would be handed back under
 // them. It is idempotent; it does not close the Node.
 func (a *Agent) Stop(ctx context.Context) error {
 	a.mu.Lock()
@@ -373,11 +376,14 @@ func (a *Agent) Stop(ctx context.Context) error {
 	}
 	<-a.done
 	// Hand back what this node still holds, as Jasper's StopAsync does: always tried, for at
-	// most StatementTimeout, and cut short when ctx ends during it.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.config.StatementTimeout)
+	// most StatementTimeout, or handBackGrace once ctx has ended (a caller that stops waiting
+	// still gets the claims handed back when the database answers at once).
+	grace := a.config.StatementTimeout
+	if ctx.Err() != nil {
+		grace = min(grace, handBackGrace)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 	defer cancel()
-	stopWatch := context.AfterFunc(ctx, cancel)
-	defer stopWatch()
 	in, out, err := a.ReleaseOwnEnvelopes(rctx)
 	if err != nil {
 		a.logger.Error("Cannot hand this node's envelopes back while stopping; a living node's agent will once the node lock is released", err, nil)

@@ -79,6 +79,14 @@ type Config struct {
 	// Coalescer is the state NotifyCoalesced shares between publishers (see Coalescer). Nil:
 	// the Publisher has its own, which coalesces only its own publishes.
 	Coalescer *Coalescer
+
+	// OnScheduled, when set, is called after a Publish with the earliest due time of the
+	// messages it wrote as Scheduled (delayed messages: scheduled sends of the outbox, or
+	// Scheduled rows of a local queue), so that a durability agent releases them on time
+	// rather than at its next periodic pass. The runtime's publishers call their agent's
+	// ScheduleAt. In a caller's transaction the call comes before the commit: an early pass
+	// finds nothing and the agent plans the next one from the table.
+	OnScheduled func(due time.Time)
 }
 
 // NotifyPolicy chooses which publishes send a wake-up notification (Config.Notify).

@@ -247,7 +247,22 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	if err := ops.InsertEnvelopes(ctx, params); err != nil {
 		return p.wrapError(topic, len(messages), err)
 	}
+	if due := earliestDue(inc); p.config.OnScheduled != nil && !due.IsZero() {
+		p.config.OnScheduled(due)
+	}
 	return nil
+}
+
+// earliestDue is the earliest execution time of scheduled envelopes (a scheduled send's is its
+// due time too).
+func earliestDue(envs []row.Envelope) time.Time {
+	var due time.Time
+	for _, e := range envs {
+		if e.ExecutionTime != nil && (due.IsZero() || e.ExecutionTime.Before(due)) {
+			due = *e.ExecutionTime
+		}
+	}
+	return due
 }
 
 // executor picks where a Publish writes: the bound transaction, the context's, or the pool

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
+	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
 )
 
 // ErrInvalidConfig is wrapped by every error NewSubscriber and Config.Validate return about
@@ -78,33 +79,15 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = DefaultMaxInFlight
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.NackBackoff == 0 {
-		c.NackBackoff = DefaultNackBackoff
-	}
-	if c.MaxNackBackoff == 0 {
-		c.MaxNackBackoff = DefaultMaxNackBackoff
-	}
-	if c.AckFlushInterval == 0 {
-		c.AckFlushInterval = DefaultAckFlushInterval
-	}
-	if c.AckBatchSize == 0 {
-		c.AckBatchSize = c.BatchSize
-	}
-	if c.RetryInterval == 0 {
-		c.RetryInterval = DefaultRetryInterval
-	}
-	if c.CloseTimeout == 0 {
-		c.CloseTimeout = DefaultCloseTimeout
-	}
+	defaults.Set(&c.BatchSize, DefaultBatchSize)
+	defaults.Set(&c.MaxInFlight, DefaultMaxInFlight)
+	defaults.Set(&c.PollInterval, DefaultPollInterval)
+	defaults.Set(&c.NackBackoff, DefaultNackBackoff)
+	defaults.Set(&c.MaxNackBackoff, DefaultMaxNackBackoff)
+	defaults.Set(&c.AckFlushInterval, DefaultAckFlushInterval)
+	defaults.Set(&c.AckBatchSize, c.BatchSize)
+	defaults.Set(&c.RetryInterval, DefaultRetryInterval)
+	defaults.Set(&c.CloseTimeout, DefaultCloseTimeout)
 }
 
 // Validate checks the config, after defaults are applied.
