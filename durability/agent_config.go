@@ -11,7 +11,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// Defaults of Config. The polling times are Jasper's (AdvancedSettings, jasper-spec §5.1);
+// Defaults of Config. The polling times are Jasper's (AdvancedSettings, docs/durability.md);
 // the batch sizes are larger than Jasper's RecoveryBatchSize of 100 because every batch here
 // is one short statement in its own transaction, looped until the work is done, so a
 // larger batch only means fewer round trips.

@@ -4,7 +4,7 @@
 // the envelopes it holds (0 means "no node"), and it holds a database lock keyed by that id
 // for as long as it lives. Other nodes test that lock to tell a live owner from a dead one,
 // and hand the envelopes of dead owners back to everyone (Jasper's DurabilityAgent does
-// this; jasper-spec §5). Go and .NET nodes share one id space and one lock space, so ids are
+// this; docs/durability.md). Go and .NET nodes share one id space and one lock space, so ids are
 // chosen and locked exactly as Jasper does: a random int32 (the deterministic hash of a
 // random GUID), locked on PostgreSQL with a session-level advisory lock whose bigint key is
 // the id sign-extended.

@@ -7,8 +7,8 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 )
 
-// breaker is the per-destination circuit breaker (Jasper's sender circuit, jasper-spec
-// §5.6): after `after` consecutive failures a destination is paused; its envelopes are not
+// breaker is the per-destination circuit breaker (as Jasper's sender
+// circuit does): after `after` consecutive failures a destination is paused; its envelopes are not
 // claimed until the pause ends, then one envelope (the probe) is tried alone. A success
 // closes the circuit; a failed probe pauses the destination again for twice as long, up to
 // maxPause. Destinations that never failed have no entry.

@@ -18,6 +18,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/fault/faulttest"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
@@ -745,9 +746,9 @@ func TestLostClaimIsHandedBackByTheAgent(t *testing.T) {
 	}
 }
 
-// errPermanent is the fault vocabulary's permanent error, as the tests of jasperamqp and of
-// the middleware use it: a publish failing with it (wrapped or not) is dead-lettered at once.
-var errPermanent = fault.Permanent(errors.New("the one permanent error"))
+// errPermanent is the one permanent error value of the fault vocabulary's tests: the
+// forwarder's, jasperamqp's and the middleware's tests read it the same way.
+var errPermanent = faulttest.Permanent
 
 // A publish failing with a permanent error dead-letters the envelope at once: one attempt,
 // whatever MaxAttempts.

@@ -11,7 +11,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/fault/faulttest"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
@@ -77,21 +80,74 @@ func (l *deadLetterEvents) Trace(string, watermill.LogFields)                {}
 func (l *deadLetterEvents) With(watermill.LogFields) watermill.LoggerAdapter { return l }
 
 // A forwarder relaying to the confirm publisher dead-letters at once (one attempt, whatever
-// MaxAttempts) an envelope whose destination jasperamqp refuses permanently (local://x, a
-// *DestinationError), and never publishes it again.
-func TestForwarderDeadLettersRefusedDestinationAtOnce(t *testing.T) {
+// MaxAttempts), and never publishes again, an envelope whose publish fails permanently in
+// the fault vocabulary: the very error value the forwarder's and the middleware's tests use
+// (faulttest.Permanent, returned here by the publisher's marshaler), and jasperamqp's own
+// permanent error, a *DestinationError for a destination it refuses (local://x).
+func TestForwarderDeadLettersPermanentFailuresAtOnce(t *testing.T) {
 	t.Parallel()
 	amqpURL := "amqp://guest:guest@localhost:5672/"
 	if u := os.Getenv("WATERMILL_TEST_AMQP_URI"); u != "" {
 		amqpURL = u
 	}
-	pub, err := jasperamqp.NewConfirmPublisher(amqpURL, nil)
-	if err != nil {
-		t.Fatalf("RabbitMQ is not reachable (%v); start it with: rabbitmq-server -detached", err)
+	queue := "wj-fault-" + watermill.NewShortUUID()
+	for _, tt := range []struct {
+		name, destination, exception string
+	}{
+		{"the one permanent error", "rabbitmq://queue/" + queue, faulttest.Permanent.Error()},
+		{"destination refused", "local://x", "*jasperamqp.DestinationError"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pub, err := jasperamqp.NewConfirmPublisher(amqpURL, nil, jasperamqp.WithDeclareQueues(true),
+				jasperamqp.WithMarshaler(poisonMarshaler{}))
+			if err != nil {
+				t.Fatalf("RabbitMQ is not reachable (%v); start it with: rabbitmq-server -detached", err)
+			}
+			t.Cleanup(func() {
+				_ = pub.Close()
+				deleteQueue(t, amqpURL, queue)
+			})
+			dl, calls, st := relayOne(t, pub, tt.destination)
+			if calls != 1 {
+				t.Fatalf("the envelope was published %d times, want once", calls)
+			}
+			if dl.Attempts != 1 || !strings.Contains(dl.Explanation, "failed permanently") || !strings.Contains(dl.ExceptionText, tt.exception) {
+				t.Fatalf("dead letter: attempts %d, explanation %q, exception %q\n%s", dl.Attempts, dl.Explanation, dl.ExceptionMessage, dl.ExceptionText)
+			}
+			if st.Failed != 1 || st.DeadLettered != 1 || st.Sent != 0 {
+				t.Fatalf("forwarder stats %+v", st)
+			}
+		})
 	}
-	t.Cleanup(func() { _ = pub.Close() })
-	counted := &countingPublisher{Publisher: pub, calls: map[string]int{}}
+}
 
+// poisonMarshaler is jasperamqp's marshaler, failing with faulttest.Permanent for every
+// message: a message the broker can never take.
+type poisonMarshaler struct{ jasperamqp.Marshaler }
+
+func (poisonMarshaler) Marshal(*message.Message) (amqp091.Publishing, error) {
+	return amqp091.Publishing{}, faulttest.Permanent
+}
+
+// deleteQueue deletes a queue a test declared.
+func deleteQueue(t *testing.T, amqpURL, queue string) {
+	conn, err := amqp091.Dial(amqpURL)
+	if err != nil {
+		t.Errorf("delete queue %s: %v", queue, err)
+		return
+	}
+	defer conn.Close()
+	if ch, err := conn.Channel(); err == nil {
+		_, _ = ch.QueueDelete(queue, false, false, false)
+	}
+}
+
+// relayOne relays one envelope to destination through pub with a forwarder on a fresh
+// runtime-like node and agent, waits until it is dead-lettered, and returns the dead letter,
+// the publish calls for destination and the forwarder's counters; the outbox must be empty.
+func relayOne(t *testing.T, pub message.Publisher, destination string) (row.DeadLetter, int, forwarder.Stats) {
+	t.Helper()
+	counted := &countingPublisher{Publisher: pub, calls: map[string]int{}}
 	agent := relayAgent(t)
 	events := &deadLetterEvents{moved: make(chan struct{}, 10)}
 	fwd, err := forwarder.NewForwarder(agent, forwarder.Config{Publisher: counted, MaxAttempts: 10, PollInterval: 20 * time.Millisecond}, events)
@@ -105,8 +161,6 @@ func TestForwarderDeadLettersRefusedDestinationAtOnce(t *testing.T) {
 	case err := <-runErr:
 		t.Fatalf("Run: %v", err)
 	}
-
-	const destination = "local://x"
 	ctx := context.Background()
 	env, err := row.FromMessage(destination, message.NewMessage(watermill.NewUUID(), []byte(`{}`)), row.Defaults{})
 	if err != nil {
@@ -126,17 +180,9 @@ func TestForwarderDeadLettersRefusedDestinationAtOnce(t *testing.T) {
 	if err := <-runErr; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-
-	if n := counted.callsTo(destination); n != 1 {
-		t.Fatalf("the refused envelope was published %d times, want once", n)
-	}
 	dl, ok, err := agent.Store().GetDeadLetter(ctx, env.ID)
 	if err != nil || !ok {
 		t.Fatalf("dead letter of %s: found %v, %v", env.ID, ok, err)
-	}
-	if dl.Attempts != 1 || !strings.Contains(dl.Explanation, "failed permanently") ||
-		!strings.Contains(dl.ExceptionText, "*jasperamqp.DestinationError") || !strings.Contains(dl.ExceptionMessage, destination) {
-		t.Fatalf("dead letter: attempts %d, explanation %q, exception %q\n%s", dl.Attempts, dl.Explanation, dl.ExceptionMessage, dl.ExceptionText)
 	}
 	counts, err := agent.Store().Counts(ctx)
 	if err != nil {
@@ -145,7 +191,5 @@ func TestForwarderDeadLettersRefusedDestinationAtOnce(t *testing.T) {
 	if n := counts.OutgoingByDestination[destination]; n != 0 {
 		t.Fatalf("%d envelopes left in the outbox", n)
 	}
-	if st := fwd.Stats(); st.Failed != 1 || st.DeadLettered != 1 || st.Sent != 0 {
-		t.Fatalf("forwarder stats %+v", st)
-	}
+	return dl, counted.callsTo(destination), fwd.Stats()
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/fault/faulttest"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
@@ -309,8 +310,9 @@ func TestDeadLetterCountsEarlierDeliveries(t *testing.T) {
 	}
 }
 
-// errPermanent is marked permanent in the fault vocabulary where it is created.
-var errPermanent = fault.Permanent(errors.New("the one permanent error"))
+// errPermanent is the one permanent error value of the fault vocabulary's tests: the
+// forwarder's, jasperamqp's and the middleware's tests read it the same way.
+var errPermanent = faulttest.Permanent
 
 // compositions are the dead-letter middleware alone and both orders with the inbox.
 func compositions() []order {
@@ -358,8 +360,8 @@ func TestDeadLetterPermanentErrorIsDeadLetteredAtOnce(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.Attempts != 1 || !strings.Contains(d.Explanation, "permanent") || d.ExceptionMessage != "handle order: the one permanent error" ||
-				d.ExceptionType != "*errors.errorString" || !strings.Contains(d.ExceptionText, "*fault.Error: the one permanent error") {
+			if d.Attempts != 1 || !strings.Contains(d.Explanation, "permanent") || d.ExceptionMessage != "handle order: "+errPermanent.Error() ||
+				d.ExceptionType != "*errors.errorString" || !strings.Contains(d.ExceptionText, "*fault.Error: "+errPermanent.Error()) {
 				t.Errorf("dead letter: attempts %d explanation %q exception %s %q\n%s", d.Attempts, d.Explanation, d.ExceptionType, d.ExceptionMessage, d.ExceptionText)
 			}
 		})

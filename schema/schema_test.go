@@ -237,7 +237,7 @@ func snapshot(t *testing.T, db database.DB, s string) string {
 	return out.String()
 }
 
-// jasper2PostgresDDL is Jasper 2.0's DDL, verbatim from jasper-spec §1.4.
+// jasper2PostgresDDL is Jasper 2.0's DDL, verbatim (docs/tables.md describes it).
 const jasper2PostgresDDL = `
 CREATE TABLE public.jasper_outgoing_envelopes (
   id uuid NOT NULL, owner_id integer NOT NULL, destination varchar NOT NULL, deliver_by timestamp with time zone NULL,

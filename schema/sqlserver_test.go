@@ -13,7 +13,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
-// jasper2SQLServerDDL is Jasper 2.0's SQL Server DDL, verbatim from jasper-spec §1.4.
+// jasper2SQLServerDDL is Jasper 2.0's SQL Server DDL, verbatim (docs/tables.md describes it).
 const jasper2SQLServerDDL = `
 CREATE TABLE dbo.jasper_outgoing_envelopes (
   id uniqueidentifier NOT NULL, owner_id int NOT NULL, destination varchar(250) NOT NULL, deliver_by datetimeoffset NULL,
@@ -94,7 +94,7 @@ func TestSQLServerScriptMatchesJasperSpec(t *testing.T) {
 		"CREATE TYPE [dbo].[EnvelopeIdList] AS TABLE (id UNIQUEIDENTIFIER NOT NULL)",
 		"CONSTRAINT [pkey_jasper_incoming_envelopes_id] PRIMARY KEY ([id])",
 		"IF NOT EXISTS (SELECT * FROM sys.schemas WHERE name = N'dbo') EXEC(N'CREATE SCHEMA [dbo]')",
-		// the five procedures of jasper-spec §1.3, bodies verbatim
+		// the five procedures of Jasper 2.0, bodies verbatim
 		"DELETE FROM [dbo].[jasper_incoming_envelopes] WHERE id IN (SELECT ID FROM @IDLIST);",
 		"DELETE FROM [dbo].[jasper_outgoing_envelopes] WHERE id IN (SELECT ID FROM @IDLIST);",
 		"DELETE FROM [dbo].[jasper_outgoing_envelopes] WHERE id IN (SELECT ID FROM @DISCARDS);\n  UPDATE [dbo].[jasper_outgoing_envelopes] SET owner_id = @OWNERID WHERE ID IN (SELECT ID FROM @REASSIGNED);",

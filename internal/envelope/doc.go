@@ -4,8 +4,8 @@
 // J1 src/Jasper/Envelope.Writing.cs / Envelope.Reading.cs). J1 stores it in
 // the body column of the inbox/outbox tables, J2 uses it for wrapped
 // scheduled sends ("scheduled-envelope" rows with content type
-// "binary/envelope"), and Wolverine went back to it. The authoritative
-// description for this module is /work/shared/reference/jasper-spec.md §2.3.
+// "binary/envelope"), and Wolverine went back to it. The layout below is
+// the one this module implements and tests (envelope_test.go).
 //
 // # Layout
 //

@@ -6,7 +6,7 @@
 // GetDeterministicHashCode (src/Jasper/Util/StringExtensions.cs), a djb2
 // variant over the UTF-16 code units of a string that, unlike
 // string.GetHashCode, is stable across processes. See
-// /work/shared/reference/jasper-spec.md §3 (owner_id) and §5.3 (lock ids).
+// docs/durability.md (owner ids and lock ids).
 package jasperid
 
 import (

@@ -84,7 +84,7 @@ func withDefault(c Column, def string) Column { c.Default = def; return c }
 
 func ext(c Column) Column { c.Extension = true; return c }
 
-// The Jasper 2.0 layout (jasper-spec §1.4), then this library's extensions, in one place.
+// The Jasper 2.0 layout (docs/tables.md), then this library's extensions, in one place.
 // Extension columns:
 //   - message_uuid: the Watermill message UUID verbatim (the row id is derived from it);
 //   - headers: every metadata pair as a JSON object, so a message round-trips exactly;

@@ -1,5 +1,5 @@
 // Package row is the one place where a Watermill message becomes a Jasper envelope row and
-// back (DESIGN.md, "Message <-> envelope row"). Every package that reads or writes envelopes
+// back (docs/envelope-mapping.md). Every package that reads or writes envelopes
 // uses it; the SQL that moves rows lives in the store drivers (internal/store/postgres,
 // internal/store/sqlserver).
 package row

@@ -14,7 +14,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 )
 
-// Jasper's wrapped scheduled send (jasper-spec §2.2): a message to be sent later is stored as
+// Jasper's wrapped scheduled send (docs/envelope-mapping.md): a message to be sent later is stored as
 // an incoming row of this type whose body is the binary envelope of the original message.
 const (
 	// ScheduledEnvelopeType is the message_type of a wrapped scheduled send

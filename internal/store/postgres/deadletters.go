@@ -36,7 +36,7 @@ ORDER BY "timestamp" DESC NULLS LAST, id LIMIT $2`, listCols, dlq),
 		GetDeadLetterSQL:     fmt.Sprintf(`SELECT %s FROM %s WHERE id = $1`, cols, dlq),
 		PageDeadLettersSQL:   fmt.Sprintf(`SELECT %s FROM %s WHERE ($1::uuid IS NULL OR id > $1::uuid) AND %s ORDER BY id LIMIT $4`, cols, dlq, sel),
 		DeleteDeadLettersSQL: fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, dlq),
-		// Wolverine's replay (jasper-spec §8), by id: the dead letter becomes an Incoming,
+		// Wolverine's replay, by id: the dead letter becomes an Incoming,
 		// unowned envelope of its topic with no attempts, and leaves the dead letters; a
 		// dead letter whose id is in the incoming table already stays where it is.
 		ReplayDeadLettersSQL: fmt.Sprintf(`WITH src AS (

@@ -57,7 +57,7 @@ func (m *sqlserver) DefaultClause(c layout.Column) string {
 	return c.Default
 }
 
-// procedureBodies are Jasper's five procedures (jasper-spec §1.3), %s = the layout.
+// procedureBodies are Jasper's five procedures (docs/tables.md), %s = the layout.
 var procedureBodies = map[string]string{
 	"uspDeleteIncomingEnvelopes": `CREATE PROCEDURE %[1]s.[uspDeleteIncomingEnvelopes]
   @IDLIST %[1]s.[EnvelopeIdList] READONLY

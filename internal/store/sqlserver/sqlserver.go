@@ -53,7 +53,7 @@ import (
 //     (UPDLOCK, HOLDLOCK)); the dead-letter upsert is MERGE ... WITH (HOLDLOCK).
 //   - Claims are UPDATE TOP (n) ... WITH (READPAST, UPDLOCK, ROWLOCK) ... OUTPUT inserted.*.
 //   - Locks are application locks (sp_getapplock) named as Jasper names them: the decimal
-//     int32 (jasper-spec §5.3, §5.4), in the database principal public (Jasper's default).
+//     int32 (docs/durability.md), in the database principal public (Jasper's default).
 //   - There are no notifications (Caps): components poll, and the durability agent wakes the
 //     components of its process.
 //   - Savepoints are SAVE TRANSACTION / ROLLBACK TRANSACTION; there is no release.
