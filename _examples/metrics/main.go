@@ -26,6 +26,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/_examples/exampledb"
+
 	"github.com/ThreeDotsLabs/watermill"
 	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
@@ -36,7 +38,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -57,20 +58,11 @@ func run(serve string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	logger := watermill.NopLogger{}
-	dsn := os.Getenv("DATABASE_URL")
-	if dsn == "" {
-		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	pool, err := pgxpool.New(ctx, dsn)
+	pool, db, cfg, err := exampledb.Setup(ctx, schemaName)
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
-	}
-	defer pool.Close()
-	db := database.FromPgx(pool)
-	cfg := schema.Config{Schema: schemaName}
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
 		return err
 	}
+	defer pool.Close()
 
 	// The runtime: node (its id marks the envelopes it holds, its lock says it is alive),
 	// durability agent and a forwarder relaying to an in-process GoChannel.

@@ -19,6 +19,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/_examples/exampledb"
+
 	"github.com/ThreeDotsLabs/watermill"
 	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -28,10 +30,8 @@ import (
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/admin"
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
-	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 const (
@@ -52,25 +52,12 @@ func run() error {
 	defer cancel()
 	logger := watermill.NopLogger{}
 
-	dsn := os.Getenv("DATABASE_URL")
-	if dsn == "" {
-		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	pool, err := pgxpool.New(ctx, dsn)
+	// 1. The Jasper tables (created when missing), plus a business table.
+	pool, db, cfg, err := exampledb.Setup(ctx, schemaName)
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
-	}
-	defer pool.Close()
-	if err := pool.Ping(ctx); err != nil {
-		return errors.New("PostgreSQL is not reachable; start it or set DATABASE_URL")
-	}
-	db := database.FromPgx(pool)
-	cfg := schema.Config{Schema: schemaName}
-
-	// 1. The Jasper tables (idempotent), plus a business table.
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
 		return err
 	}
+	defer pool.Close()
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS quickstart.orders (id text PRIMARY KEY, amount int NOT NULL)`); err != nil {
 		return err
 	}

@@ -18,8 +18,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/watermill-jasper/watermill-jasper/_examples/exampledb"
+
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -39,13 +40,13 @@ func run() error {
 	defer stop()
 	logger := watermill.NewStdLogger(false, false)
 
-	pool, err := pgxpool.New(ctx, env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"))
+	pool, err := exampledb.Open(ctx)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	// Jasper destination URIs (rabbitmq://queue/NAME) onto RabbitMQ, with pipelined confirms.
-	amqp, err := jasperamqp.NewConfirmPublisher(env("AMQP_URL", "amqp://guest:guest@localhost:5672/"), logger,
+	amqp, err := jasperamqp.NewConfirmPublisher(exampledb.AMQPURL(), logger,
 		jasperamqp.WithDeclareQueues(true))
 	if err != nil {
 		return err
@@ -53,7 +54,7 @@ func run() error {
 	defer amqp.Close()
 
 	rt, err := jasper.NewRuntime(database.FromPgx(pool), jasper.Config{
-		Schema:     env("SCHEMA", ""),
+		Schema:     exampledb.Env("SCHEMA", ""),
 		Forwarders: []forwarder.Config{{Publisher: amqp}},
 	}, logger)
 	if err != nil {
@@ -67,11 +68,4 @@ func run() error {
 	// Finishes the publishes in flight, hands back what was claimed and not sent, releases
 	// the node.
 	return rt.Stop(context.Background())
-}
-
-func env(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

@@ -35,14 +35,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/_examples/exampledb"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/admin"
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
@@ -70,23 +70,13 @@ func run() error {
 	defer cancel()
 	logger := watermill.NopLogger{}
 
-	dsn := envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
-	amqpURL := envOr("AMQP_URL", "amqp://guest:guest@localhost:5672/")
-	pool, err := pgxpool.New(ctx, dsn)
+	amqpURL := exampledb.AMQPURL()
+	// 1. The Jasper tables (created when missing) and the business table, emptied.
+	pool, db, cfg, err := exampledb.Setup(ctx, schemaName)
 	if err != nil {
-		return fmt.Errorf("open database: %w", err)
-	}
-	defer pool.Close()
-	if err := pool.Ping(ctx); err != nil {
-		return errors.New("PostgreSQL is not reachable; start it or set DATABASE_URL")
-	}
-	db := database.FromPgx(pool)
-	cfg := schema.Config{Schema: schemaName}
-
-	// 1. The Jasper tables and the business table, emptied.
-	if err := schema.Migrate(ctx, db, cfg); err != nil {
 		return err
 	}
+	defer pool.Close()
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+schemaName+`.payments (order_id text PRIMARY KEY, amount int NOT NULL, message_uuid text NOT NULL);
 TRUNCATE `+schemaName+`.payments`); err != nil {
 		return err
@@ -266,11 +256,4 @@ func ackCounter(done chan<- struct{}) message.HandlerMiddleware {
 			return out, err
 		}
 	}
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

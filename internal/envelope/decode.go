@@ -176,22 +176,30 @@ func (r *reader) truncated(what string, need int) error {
 	return r.errorf("truncated reading %s: need %d bytes, have %d", what, need, r.remaining())
 }
 
-func (r *reader) int64(what string) (int64, error) {
-	if r.remaining() < 8 {
-		return 0, r.truncated(what, 8)
+// take returns the next n bytes, or a truncation error naming what was being read.
+func (r *reader) take(what string, n int) ([]byte, error) {
+	if r.remaining() < n {
+		return nil, r.truncated(what, n)
 	}
-	v := int64(binary.LittleEndian.Uint64(r.b[r.off:]))
-	r.off += 8
-	return v, nil
+	b := r.b[r.off : r.off+n]
+	r.off += n
+	return b, nil
+}
+
+func (r *reader) int64(what string) (int64, error) {
+	b, err := r.take(what, 8)
+	if err != nil {
+		return 0, err
+	}
+	return int64(binary.LittleEndian.Uint64(b)), nil
 }
 
 func (r *reader) int32(what string) (int32, error) {
-	if r.remaining() < 4 {
-		return 0, r.truncated(what, 4)
+	b, err := r.take(what, 4)
+	if err != nil {
+		return 0, err
 	}
-	v := int32(binary.LittleEndian.Uint32(r.b[r.off:]))
-	r.off += 4
-	return v, nil
+	return int32(binary.LittleEndian.Uint32(b)), nil
 }
 
 // read7BitEncodedInt mirrors BinaryReader.Read7BitEncodedInt: at most five
@@ -200,11 +208,11 @@ func (r *reader) int32(what string) (int32, error) {
 func (r *reader) read7BitEncodedInt(what string) (int32, error) {
 	var v uint32
 	for shift := 0; shift < 35; shift += 7 {
-		if r.remaining() < 1 {
-			return 0, r.truncated(what, 1)
+		b, err := r.take(what, 1)
+		if err != nil {
+			return 0, err
 		}
-		c := r.b[r.off]
-		r.off++
+		c := b[0]
 		if shift == 28 && c > 0x0F {
 			return 0, r.errorf("too many bytes in 7-bit encoded %s", what)
 		}

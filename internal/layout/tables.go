@@ -92,75 +92,53 @@ func ext(c Column) Column { c.Extension = true; return c }
 //   - keep_until (incoming): how long a Handled inbox row is kept (Wolverine's name);
 //   - replayable (dead letters): marked for replay (Wolverine's name).
 var (
-	outgoingTable = Table{Name: OutgoingTable, Columns: []Column{
-		col("id", TypeUUID, 0, false),
-		col("owner_id", TypeInt, 0, false),
-		col("destination", TypeString, 250, false),
-		col("deliver_by", TypeTime, 0, true),
-		col("body", TypeBytes, 0, false),
-		withDefault(col("attempts", TypeInt, 0, true), "0"),
-		col("conversation_id", TypeUUID, 0, true),
-		col("correlation_id", TypeString, 100, true),
-		col("parent_id", TypeString, 100, true),
-		col("saga_id", TypeString, 100, true),
-		col("message_type", TypeString, 250, false),
-		col("content_type", TypeString, 100, true),
-		col("reply_requested", TypeString, 250, true),
-		col("ack_requested", TypeBool, 0, true),
-		col("reply_uri", TypeString, 100, true),
-		ext(col("message_uuid", TypeText, 0, true)),
-		ext(col("headers", TypeText, 0, true)),
-		ext(withDefault(col("timestamp", TypeTime, 0, true), "now")),
-	}}
+	outgoingTable = Table{Name: OutgoingTable, Columns: concat(
+		[]Column{
+			col("id", TypeUUID, 0, false),
+			col("owner_id", TypeInt, 0, false),
+			col("destination", TypeString, 250, false),
+			col("deliver_by", TypeTime, 0, true),
+			col("body", TypeBytes, 0, false),
+			withDefault(col("attempts", TypeInt, 0, true), "0"),
+		},
+		metadataColumns(250),
+		extensionColumns(),
+	)}
 
-	incomingTable = Table{Name: IncomingTable, Columns: []Column{
-		col("id", TypeUUID, 0, false),
-		col("status", TypeString, 25, false),
-		col("owner_id", TypeInt, 0, false),
-		withDefault(col("execution_time", TypeTime, 0, true), "null"),
-		withDefault(col("attempts", TypeInt, 0, true), "0"),
-		col("body", TypeBytes, 0, false),
-		col("conversation_id", TypeUUID, 0, true),
-		col("correlation_id", TypeString, 100, true),
-		col("parent_id", TypeString, 100, true),
-		col("saga_id", TypeString, 100, true),
-		col("message_type", TypeString, 250, false),
-		col("content_type", TypeString, 100, true),
-		col("reply_requested", TypeString, 250, true),
-		col("ack_requested", TypeBool, 0, true),
-		col("reply_uri", TypeString, 100, true),
-		col("received_at", TypeString, 100, true),
-		ext(col("message_uuid", TypeText, 0, true)),
-		ext(col("headers", TypeText, 0, true)),
-		ext(withDefault(col("timestamp", TypeTime, 0, true), "now")),
-		ext(col("keep_until", TypeTime, 0, true)),
-	}}
+	incomingTable = Table{Name: IncomingTable, Columns: concat(
+		[]Column{
+			col("id", TypeUUID, 0, false),
+			col("status", TypeString, 25, false),
+			col("owner_id", TypeInt, 0, false),
+			withDefault(col("execution_time", TypeTime, 0, true), "null"),
+			withDefault(col("attempts", TypeInt, 0, true), "0"),
+			col("body", TypeBytes, 0, false),
+		},
+		metadataColumns(250),
+		[]Column{col("received_at", TypeString, 100, true)},
+		extensionColumns(),
+		[]Column{ext(col("keep_until", TypeTime, 0, true))},
+	)}
 
-	deadLetterTable = Table{Name: DeadLetterTable, Columns: []Column{
-		col("id", TypeUUID, 0, false),
-		withDefault(col("execution_time", TypeTime, 0, true), "null"),
-		withDefault(col("attempts", TypeInt, 0, true), "0"),
-		col("body", TypeBytes, 0, false),
-		col("conversation_id", TypeUUID, 0, true),
-		col("correlation_id", TypeString, 100, true),
-		col("parent_id", TypeString, 100, true),
-		col("saga_id", TypeString, 100, true),
-		col("message_type", TypeString, 100, false),
-		col("content_type", TypeString, 100, true),
-		col("reply_requested", TypeString, 100, true),
-		col("ack_requested", TypeBool, 0, true),
-		col("reply_uri", TypeString, 100, true),
-		col("received_at", TypeString, 100, true),
-		col("source", TypeString, 250, true),
-		col("explanation", TypeString, MaxLength, true),
-		col("exception_text", TypeString, MaxLength, true),
-		col("exception_type", TypeString, MaxLength, true),
-		col("exception_message", TypeString, MaxLength, true),
-		ext(col("message_uuid", TypeText, 0, true)),
-		ext(col("headers", TypeText, 0, true)),
-		ext(withDefault(col("timestamp", TypeTime, 0, true), "now")),
-		ext(withDefault(col("replayable", TypeBool, 0, true), "false")),
-	}}
+	deadLetterTable = Table{Name: DeadLetterTable, Columns: concat(
+		[]Column{
+			col("id", TypeUUID, 0, false),
+			withDefault(col("execution_time", TypeTime, 0, true), "null"),
+			withDefault(col("attempts", TypeInt, 0, true), "0"),
+			col("body", TypeBytes, 0, false),
+		},
+		metadataColumns(100),
+		[]Column{
+			col("received_at", TypeString, 100, true),
+			col("source", TypeString, 250, true),
+			col("explanation", TypeString, MaxLength, true),
+			col("exception_text", TypeString, MaxLength, true),
+			col("exception_type", TypeString, MaxLength, true),
+			col("exception_message", TypeString, MaxLength, true),
+		},
+		extensionColumns(),
+		[]Column{ext(withDefault(col("replayable", TypeBool, 0, true), "false"))},
+	)}
 
 	extensionIndexes = []Index{
 		{Name: "idx_jasper_outgoing_envelopes_owner", Table: OutgoingTable, Columns: []string{"owner_id"}},
@@ -171,6 +149,40 @@ var (
 		{Name: "idx_jasper_incoming_envelopes_keep_until", Table: IncomingTable, Columns: []string{"keep_until"}, Where: "keep_until IS NOT NULL"},
 	}
 )
+
+// metadataColumns are the envelope metadata columns every table has, in Jasper's order;
+// typeSize is the SQL Server size of message_type and reply_requested (250 in the envelope
+// tables, 100 in the dead letters).
+func metadataColumns(typeSize int) []Column {
+	return []Column{
+		col("conversation_id", TypeUUID, 0, true),
+		col("correlation_id", TypeString, 100, true),
+		col("parent_id", TypeString, 100, true),
+		col("saga_id", TypeString, 100, true),
+		col("message_type", TypeString, typeSize, false),
+		col("content_type", TypeString, 100, true),
+		col("reply_requested", TypeString, typeSize, true),
+		col("ack_requested", TypeBool, 0, true),
+		col("reply_uri", TypeString, 100, true),
+	}
+}
+
+// extensionColumns are this library's extension columns every table has.
+func extensionColumns() []Column {
+	return []Column{
+		ext(col("message_uuid", TypeText, 0, true)),
+		ext(col("headers", TypeText, 0, true)),
+		ext(withDefault(col("timestamp", TypeTime, 0, true), "now")),
+	}
+}
+
+func concat(groups ...[]Column) []Column {
+	var out []Column
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
+}
 
 // Tables returns the three tables in Jasper's creation order: outgoing, incoming, dead letters.
 func Tables() []Table { return []Table{outgoingTable, incomingTable, deadLetterTable} }
