@@ -243,36 +243,11 @@ func NewPublisherConfig(amqpURL string, opts ...Option) amqp.Config {
 }
 
 func publisherConfig(amqpURL string, o Options, topologyChecked bool) amqp.Config {
-	return amqp.Config{
-		Connection: connectionConfig(amqpURL, o),
-		Marshaler:  o.Marshaler,
-		Exchange: amqp.ExchangeConfig{
-			GenerateName: exchangeName,
-			Type:         o.ExchangeType,
-			Durable:      true,
-		},
-		Queue: amqp.QueueConfig{
-			GenerateName: queueName,
-			Durable:      true,
-		},
-		QueueBind: amqp.QueueBindConfig{
-			GenerateRoutingKey: routingKey,
-		},
-		Publish: amqp.PublishConfig{
-			GenerateRoutingKey: routingKey,
-			ChannelPoolSize:    o.ChannelPoolSize,
-			ConfirmDelivery:    true,
-		},
-		Consume: amqp.ConsumeConfig{
-			Qos: amqp.QosConfig{PrefetchCount: o.PrefetchCount},
-		},
-		TopologyBuilder: topologyBuilder{
-			declareQueues:    o.DeclareQueues,
-			declareExchanges: o.DeclareExchanges,
-			exchangeType:     o.ExchangeType,
-			checked:          topologyChecked,
-		},
-	}
+	c := baseConfig(amqpURL, o, topologyChecked)
+	c.Exchange = amqp.ExchangeConfig{GenerateName: exchangeName, Type: o.ExchangeType, Durable: true}
+	c.QueueBind.GenerateRoutingKey = routingKey
+	c.Publish = amqp.PublishConfig{GenerateRoutingKey: routingKey, ChannelPoolSize: o.ChannelPoolSize, ConfirmDelivery: true}
+	return c
 }
 
 // NewSubscriberConfig returns a watermill-amqp v2 config for consuming a Jasper queue: the
@@ -282,30 +257,26 @@ func publisherConfig(amqpURL string, o Options, topologyChecked bool) amqp.Confi
 // Options.PrefetchCount (default 1). The same config can publish to a queue by name.
 func NewSubscriberConfig(amqpURL string, opts ...Option) amqp.Config {
 	o := buildOptions(opts)
+	c := baseConfig(amqpURL, o, false)
+	c.Exchange.GenerateName = func(string) string { return "" }
+	c.QueueBind.GenerateRoutingKey = func(string) string { return "" }
+	c.Publish = amqp.PublishConfig{GenerateRoutingKey: queueName, ConfirmDelivery: true}
+	return c
+}
+
+// baseConfig is what the publisher and subscriber configs share: the connection, marshaler,
+// durable queues named by the destination, prefetch and the topology checks.
+func baseConfig(amqpURL string, o Options, topologyChecked bool) amqp.Config {
 	return amqp.Config{
 		Connection: connectionConfig(amqpURL, o),
 		Marshaler:  o.Marshaler,
-		Exchange: amqp.ExchangeConfig{
-			GenerateName: func(string) string { return "" },
-		},
-		Queue: amqp.QueueConfig{
-			GenerateName: queueName,
-			Durable:      true,
-		},
-		QueueBind: amqp.QueueBindConfig{
-			GenerateRoutingKey: func(string) string { return "" },
-		},
-		Publish: amqp.PublishConfig{
-			GenerateRoutingKey: queueName,
-			ConfirmDelivery:    true,
-		},
-		Consume: amqp.ConsumeConfig{
-			Qos: amqp.QosConfig{PrefetchCount: o.PrefetchCount},
-		},
+		Queue:      amqp.QueueConfig{GenerateName: queueName, Durable: true},
+		Consume:    amqp.ConsumeConfig{Qos: amqp.QosConfig{PrefetchCount: o.PrefetchCount}},
 		TopologyBuilder: topologyBuilder{
 			declareQueues:    o.DeclareQueues,
 			declareExchanges: o.DeclareExchanges,
 			exchangeType:     o.ExchangeType,
+			checked:          topologyChecked,
 		},
 	}
 }

@@ -97,14 +97,10 @@ const closeConnTimeout = 5 * time.Second
 // publishers (connection.blocked, memory or disk alarm) a Publish call may block in the write
 // until the alarm clears or Close closes the connection.
 func NewConfirmPublisher(amqpURL string, logger watermill.LoggerAdapter, opts ...Option) (message.Publisher, error) {
-	if logger == nil {
-		logger = watermill.NopLogger{}
-	}
-	if err := checkAMQPURL(amqpURL); err != nil {
+	o, logger, err := prepare(amqpURL, logger, opts)
+	if err != nil {
 		return nil, err
 	}
-	o := buildOptions(opts)
-	logger = logger.With(watermill.LogFields{"amqp_url": RedactURL(amqpURL)})
 	p := &confirmPublisher{
 		url:       amqpURL,
 		opts:      o,
@@ -521,13 +517,9 @@ func (p *confirmPublisher) Publish(topic string, messages ...*message.Message) e
 	if err != nil || len(messages) == 0 {
 		return err
 	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return ErrClosed
+	if err := enter(&p.mu, &p.closed, &p.inflight); err != nil {
+		return err
 	}
-	p.inflight.Add(1)
-	p.mu.Unlock()
 	defer p.inflight.Done()
 
 	ctx := messages[0].Context()

@@ -17,6 +17,30 @@ import (
 // ErrClosed is returned by Publish after Close.
 var ErrClosed = errors.New("jasperamqp: publisher is closed")
 
+// prepare checks the AMQP URL and returns the options and the logger (nil: none) of a new
+// publisher, the logger carrying the redacted URL.
+func prepare(amqpURL string, logger watermill.LoggerAdapter, opts []Option) (Options, watermill.LoggerAdapter, error) {
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	if err := checkAMQPURL(amqpURL); err != nil {
+		return Options{}, nil, err
+	}
+	return buildOptions(opts), logger.With(watermill.LogFields{"amqp_url": RedactURL(amqpURL)}), nil
+}
+
+// enter counts a Publish call in flight, or refuses it with ErrClosed once closed is set; mu
+// guards closed and the count's Add, so that Close can wait for the calls it let in.
+func enter(mu *sync.Mutex, closed *bool, inflight *sync.WaitGroup) error {
+	mu.Lock()
+	defer mu.Unlock()
+	if *closed {
+		return ErrClosed
+	}
+	inflight.Add(1)
+	return nil
+}
+
 // NewPublisher connects to the broker at amqpURL and returns a message.Publisher for relaying
 // Jasper envelopes: Publish's topic is the envelope's destination URI (see ParseDestination), and
 // every message is published with NewPublisherConfig's settings (persistent, confirmed, pooled
@@ -53,14 +77,10 @@ var ErrClosed = errors.New("jasperamqp: publisher is closed")
 //
 // The AMQP URL's password is never logged nor returned in an error.
 func NewPublisher(amqpURL string, logger watermill.LoggerAdapter, opts ...Option) (message.Publisher, error) {
-	if logger == nil {
-		logger = watermill.NopLogger{}
-	}
-	if err := checkAMQPURL(amqpURL); err != nil {
+	o, logger, err := prepare(amqpURL, logger, opts)
+	if err != nil {
 		return nil, err
 	}
-	o := buildOptions(opts)
-	logger = logger.With(watermill.LogFields{"amqp_url": RedactURL(amqpURL)})
 
 	inner, err := amqp.NewPublisher(publisherConfig(amqpURL, o, true), logger)
 	if err != nil {
@@ -112,13 +132,9 @@ func (p *publisher) Publish(topic string, messages ...*message.Message) error {
 		return err
 	}
 
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return ErrClosed
+	if err := enter(&p.mu, &p.closed, &p.inflight); err != nil {
+		return err
 	}
-	p.inflight.Add(1)
-	p.mu.Unlock()
 
 	ctx := messages[0].Context()
 	if err := context.Cause(ctx); err != nil {
