@@ -3,7 +3,6 @@ package schema
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
@@ -59,12 +58,5 @@ func Script(cfg Config) (string, error) {
 	if cfg.Dialect != Postgres {
 		return "", fmt.Errorf("%w: schema.Script writes PostgreSQL's DDL; use sqlserver.Script for SQL Server", ErrInvalidConfig)
 	}
-	d := postgres.Dialect(cfg)
-	var b strings.Builder
-	fmt.Fprintf(&b, "-- watermill-jasper schema for %s, schema %s\n", cfg.Dialect, cfg.Schema)
-	for _, st := range d.DDLStatements() {
-		b.WriteString(st)
-		b.WriteString(d.ScriptSeparator())
-	}
-	return b.String(), nil
+	return sqlstore.Script(postgres.Dialect(cfg)), nil
 }

@@ -12,13 +12,13 @@ package sqlserver
 import (
 	"database/sql"
 	"fmt"
-	"strings"
 
 	_ "github.com/microsoft/go-mssqldb" // database/sql driver "sqlserver"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlserver"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -47,12 +47,5 @@ func Script(cfg schema.Config) (string, error) {
 	if cfg.Dialect != schema.SQLServer {
 		return "", fmt.Errorf("%w: sqlserver.Script got dialect %s", schema.ErrInvalidConfig, cfg.Dialect)
 	}
-	d := sqlserver.Dialect(cfg)
-	var b strings.Builder
-	fmt.Fprintf(&b, "-- watermill-jasper schema for %s, schema %s\n", cfg.Dialect, cfg.Schema)
-	for _, st := range d.DDLStatements() {
-		b.WriteString(st)
-		b.WriteString(d.ScriptSeparator())
-	}
-	return b.String(), nil
+	return sqlstore.Script(sqlserver.Dialect(cfg)), nil
 }

@@ -93,6 +93,18 @@ func JasperTablesQuery() string {
 	return "('" + layout.IncomingTable + "', '" + layout.OutgoingTable + "', '" + layout.DeadLetterTable + "')"
 }
 
+// Script renders a dialect's whole DDL as a script file: a header line, then every statement
+// followed by the dialect's separator.
+func Script(d Dialect) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "-- watermill-jasper schema for %s, schema %s\n", d.Name(), d.Schema().Schema)
+	for _, st := range d.DDLStatements() {
+		b.WriteString(st)
+		b.WriteString(d.ScriptSeparator())
+	}
+	return b.String()
+}
+
 // Script returns the DDL statements.
 func (s *Store) Script() []string { return s.d.DDLStatements() }
 
