@@ -602,68 +602,64 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 			a.wakeups.Add(1)
 		}
 	}()
-	for {
-		var r store.ScheduledRelease
-		locked, err := a.lockedTx(ctx, jasperid.ScheduledJobLockID, func(ctx context.Context, tx store.Ops) error {
-			var err error
-			if r, err = tx.ReleaseScheduled(ctx, nil, batch); err != nil {
+	var r store.ScheduledRelease
+	skipped, err := a.batches(ctx, jasperid.ScheduledJobLockID, "release due scheduled envelopes", func(ctx context.Context, tx store.Ops) error {
+		var err error
+		if r, err = tx.ReleaseScheduled(ctx, nil, batch); err != nil {
+			return err
+		}
+		for _, t := range r.Topics {
+			if err := tx.NotifyIncoming(ctx, t); err != nil {
 				return err
 			}
-			for _, t := range r.Topics {
-				if err := tx.NotifyIncoming(ctx, t); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return res, fmt.Errorf("release due scheduled envelopes: %w", err)
 		}
-		if !locked {
-			res.Skipped = true
-			return res, nil
-		}
+		return nil
+	}, func() bool {
 		res.Released += r.Released
 		a.scheduledReleased.Add(r.Released)
 		res.NextDue = r.NextDue
-		if r.Released > 0 {
-			if r.Topics == nil {
-				allTopics = true
-			}
-			for _, t := range r.Topics {
-				topics[t] = true
-			}
+		allTopics = allTopics || (r.Released > 0 && r.Topics == nil)
+		for _, t := range r.Topics {
+			topics[t] = true
 		}
-		if r.Released < int64(batch) {
-			break
-		}
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
+		return r.Released == int64(batch)
+	})
+	if err != nil || skipped {
+		res.Skipped = skipped
+		return res, err
 	}
-	for {
-		var taken, sent, dead int
-		locked, err := a.lockedTx(ctx, jasperid.ScheduledJobLockID, func(ctx context.Context, tx store.Ops) error {
-			var err error
-			taken, sent, dead, err = a.releaseScheduledSends(ctx, tx, batch)
-			return err
-		})
-		if err != nil {
-			return res, fmt.Errorf("release due scheduled sends: %w", err)
-		}
-		if !locked {
-			res.Skipped = true
-			return res, nil
-		}
+	var taken, sent, dead int
+	res.Skipped, err = a.batches(ctx, jasperid.ScheduledJobLockID, "release due scheduled sends", func(ctx context.Context, tx store.Ops) error {
+		var err error
+		taken, sent, dead, err = a.releaseScheduledSends(ctx, tx, batch)
+		return err
+	}, func() bool {
 		res.Sent += int64(sent)
 		res.DeadLettered += int64(dead)
 		a.scheduledSent.Add(int64(sent))
 		a.deadLettered.Add(int64(dead))
-		if taken < batch {
-			return res, nil
+		return taken == batch
+	})
+	return res, err
+}
+
+// batches runs pass in transactions under the global lock id, one batch each, calling
+// committed after each commit, until committed reports a batch that was not full. skipped is
+// true when another session held the lock; what names the job in errors.
+func (a *Agent) batches(ctx context.Context, id int32, what string, pass func(ctx context.Context, tx store.Ops) error, committed func() (full bool)) (skipped bool, err error) {
+	for {
+		locked, err := a.lockedTx(ctx, id, pass)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		if !locked {
+			return true, nil
+		}
+		if !committed() {
+			return false, nil
 		}
 		if err := ctx.Err(); err != nil {
-			return res, err
+			return false, err
 		}
 	}
 }
@@ -892,15 +888,13 @@ func (a *Agent) DeleteExpiredEnvelopes(ctx context.Context) (int64, error) {
 }
 
 func (a *Agent) deleteExpiredEnvelopes(ctx context.Context) (int64, bool, error) {
-	n, skipped, err := a.deleteInBatches(ctx, jasperid.OutgoingMessageLockID, store.Ops.DeleteExpiredOutgoing, a.config.RecoveryBatchSize)
+	n, skipped, err := a.deleteInBatches(ctx, jasperid.OutgoingMessageLockID, "delete expired outgoing envelopes",
+		store.Ops.DeleteExpiredOutgoing, a.config.RecoveryBatchSize)
 	a.discarded.Add(n)
 	if n > 0 {
 		a.logger.Info("Expired outgoing envelopes discarded", watermill.LogFields{"count": n})
 	}
-	if err != nil {
-		return n, skipped, fmt.Errorf("delete expired outgoing envelopes: %w", err)
-	}
-	return n, skipped, nil
+	return n, skipped, err
 }
 
 // DeleteExpiredHandled deletes the Handled incoming rows whose keep_until has passed, in
@@ -912,35 +906,25 @@ func (a *Agent) DeleteExpiredHandled(ctx context.Context) (int64, error) {
 }
 
 func (a *Agent) deleteExpiredHandled(ctx context.Context) (int64, bool, error) {
-	n, skipped, err := a.deleteInBatches(ctx, HandledCleanupLockID, store.Ops.DeleteExpiredHandled, a.config.HandledCleanupBatchSize)
+	n, skipped, err := a.deleteInBatches(ctx, HandledCleanupLockID, "delete expired Handled envelopes",
+		store.Ops.DeleteExpiredHandled, a.config.HandledCleanupBatchSize)
 	a.handledDeleted.Add(n)
-	if err != nil {
-		return n, skipped, fmt.Errorf("delete expired Handled envelopes: %w", err)
-	}
-	return n, skipped, nil
+	return n, skipped, err
 }
 
 // deleteInBatches runs a bounded DELETE in transactions taking lockID until it deletes less
 // than a batch; skipped is true when another session held the lock.
-func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, del func(store.Ops, context.Context, int) (int64, error), batch int) (total int64, skipped bool, err error) {
-	for {
-		var n int64
-		locked, err := a.lockedTx(ctx, lockID, func(ctx context.Context, tx store.Ops) error {
-			var err error
-			n, err = del(tx, ctx, batch)
-			return err
-		})
-		if err != nil || !locked {
-			return total, err == nil, err
-		}
+func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, what string, del func(store.Ops, context.Context, int) (int64, error), batch int) (total int64, skipped bool, err error) {
+	var n int64
+	skipped, err = a.batches(ctx, lockID, what, func(ctx context.Context, tx store.Ops) error {
+		var err error
+		n, err = del(tx, ctx, batch)
+		return err
+	}, func() bool {
 		total += n
-		if n < int64(batch) {
-			return total, false, nil
-		}
-		if err := ctx.Err(); err != nil {
-			return total, false, err
-		}
-	}
+		return n == int64(batch)
+	})
+	return total, skipped, err
 }
 
 // SampleGauges samples the tables with one query and keeps the result for Gauges. The agent

@@ -682,23 +682,7 @@ func (p *confirmPublisher) unroutable(d Destination, uuid string, rt returned) e
 // return once the connection is closed.
 func (p *confirmPublisher) Close() error {
 	p.closeOnce.Do(func() {
-		p.mu.Lock()
-		p.closed = true
-		p.mu.Unlock()
-
-		drained := make(chan struct{})
-		go func() {
-			p.inflight.Wait()
-			close(drained)
-		}()
-		timer := time.NewTimer(p.opts.CloseTimeout)
-		select {
-		case <-drained:
-		case <-timer.C:
-			p.logger.Error("jasperamqp: closing with Publish calls still waiting for confirms", nil,
-				watermill.LogFields{"close_timeout": p.opts.CloseTimeout.String()})
-		}
-		timer.Stop()
+		drain(&p.mu, &p.closed, &p.inflight, p.opts.CloseTimeout, p.logger)
 		close(p.closing)
 		<-p.done
 		p.closeErr = p.topo.close()

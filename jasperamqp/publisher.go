@@ -17,6 +17,32 @@ import (
 // ErrClosed is returned by Publish after Close.
 var ErrClosed = errors.New("jasperamqp: publisher is closed")
 
+// drain sets closed (so that enter refuses new Publish calls) and waits up to timeout for the
+// calls in flight. It returns false when closed was set already.
+func drain(mu *sync.Mutex, closed *bool, inflight *sync.WaitGroup, timeout time.Duration, logger watermill.LoggerAdapter) bool {
+	mu.Lock()
+	was := *closed
+	*closed = true
+	mu.Unlock()
+	if was {
+		return false
+	}
+	drained := make(chan struct{})
+	go func() {
+		inflight.Wait()
+		close(drained)
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-drained:
+	case <-timer.C:
+		logger.Error("jasperamqp: closing with Publish calls still waiting for confirms", nil,
+			watermill.LogFields{"close_timeout": timeout.String()})
+	}
+	return true
+}
+
 // prepare checks the AMQP URL and returns the options and the logger (nil: none) of a new
 // publisher, the logger carrying the redacted URL.
 func prepare(amqpURL string, logger watermill.LoggerAdapter, opts []Option) (Options, watermill.LoggerAdapter, error) {
@@ -191,26 +217,8 @@ func notAMQPReason(d Destination) string {
 // Close waits up to Options.CloseTimeout for Publish calls in flight, then closes the channels and
 // the connections. Publish returns ErrClosed afterwards. Close is idempotent.
 func (p *publisher) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
-	}
-	p.closed = true
-	p.mu.Unlock()
-
-	drained := make(chan struct{})
-	go func() {
-		p.inflight.Wait()
-		close(drained)
-	}()
-	timer := time.NewTimer(p.opts.CloseTimeout)
-	defer timer.Stop()
-	select {
-	case <-drained:
-	case <-timer.C:
-		p.logger.Error("jasperamqp: closing with Publish calls still waiting for confirms", nil,
-			watermill.LogFields{"close_timeout": p.opts.CloseTimeout.String()})
+	if !drain(&p.mu, &p.closed, &p.inflight, p.opts.CloseTimeout, p.logger) {
+		return nil // closed before
 	}
 	return errors.Join(p.inner.Close(), p.topo.close())
 }

@@ -13,18 +13,20 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/database"
 )
 
-func benchCommand() command {
-	return group{
-		name:    "bench",
-		summary: "benchmarks against Watermill's own components (outbox, subscriber, inbox)",
-		description: "Benchmarks run against a real PostgreSQL (and RabbitMQ); every leg works in a fresh schema " +
-			"with a random name that is dropped when the leg ends, also on failure or Ctrl-C.",
-		subs: []spec{benchOutbox, benchInbox, benchSubscriber},
-		examples: []string{
-			"bench outbox",
-			"bench outbox --amqp none --runs 3",
-		},
-	}.command()
+var benchGroup = group{
+	name:    "bench",
+	summary: "benchmarks against Watermill's own components (outbox, subscriber, inbox)",
+	description: "Benchmarks run against a real PostgreSQL (and RabbitMQ); every leg works in a fresh schema " +
+		"with a random name that is dropped when the leg ends, also on failure or Ctrl-C.",
+	examples: []string{
+		"bench outbox",
+		"bench outbox --amqp none --runs 3",
+	},
+	subs: []spec{
+		benchOutbox,
+		benchInbox,
+		benchSubscriber,
+	},
 }
 
 var benchOutbox = spec{
@@ -42,8 +44,8 @@ var benchOutbox = spec{
 		"bench outbox --amqp none --backlog 50000 --runs 3",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		common := newBenchFlags(fs)
 		cfg := bench.OutboxConfig{}
+		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
 		fs.StringVar(&cfg.AMQPURI, "amqp", bench.DefaultAMQPURI, "RabbitMQ `URL`, or none to skip the RabbitMQ legs")
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultBacklog, "`N` messages in the backlog of the drain legs and the raw loop")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultPayload, "payload size in `BYTES`")
@@ -52,30 +54,19 @@ var benchOutbox = spec{
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultRate, "steady publish rate of the latency legs, in `MSG/S`")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
-		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
-		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := common.postgresDSN("bench outbox")
-			if err != nil {
-				return err
-			}
+		check := func() error {
 			switch {
 			case cfg.Backlog < 1, cfg.Payload < 1, cfg.Publishers < 1, cfg.Rate < 1, cfg.Runs < 1:
 				return usageErrorf("--backlog, --payload, --publishers, --rate and --runs must be positive")
 			case cfg.PublishDuration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:
 				return usageErrorf("--publish-duration and --latency-duration must be at least 100ms")
 			}
-			cfg.DSN = dsn
-			stop, err := common.startCPUProfile()
-			if err != nil {
-				return err
-			}
-			defer stop()
-			res, err := bench.RunOutbox(ctx, cfg, e.stderr)
-			if err != nil {
-				return redactError(err, dsn)
-			}
-			return writeBenchResult(e.stdout, res)
+			return nil
 		}
+		return benchRun(fs, "bench outbox", check, func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error) {
+			cfg.DSN = dsn
+			return bench.RunOutbox(ctx, cfg, progress)
+		})
 	},
 }
 
@@ -94,24 +85,40 @@ func writeBenchResult(w io.Writer, res benchResult) error {
 	return err
 }
 
-// benchFlags are the flags every benchmark command has: --dsn (PostgreSQL only) and
-// --cpuprofile.
-type benchFlags struct {
-	db         dbFlags
-	cpuProfile string
-}
-
-func newBenchFlags(fs *flag.FlagSet) *benchFlags {
-	b := &benchFlags{}
-	fs.Var(&b.db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
+// benchRun registers the flags every benchmark command has, --dsn (PostgreSQL only) and
+// --cpuprofile, and returns the command's function: it checks that --dsn names PostgreSQL,
+// then the command's own flags (check), and runs the benchmark (run, with the DSN, progress on
+// stderr) under the CPU profile, then prints its table and, last, its RESULT line. Errors
+// never show the DSN's password.
+func benchRun(fs *flag.FlagSet, command string, check func() error, run func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error)) runFunc {
+	var db dbFlags
+	fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
 		"(default: $"+dsnEnv+", else "+defaultDSN+")")
-	fs.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
-	return b
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
+	return func(ctx context.Context, e *env, _ []string) error {
+		dsn, err := postgresDSN(&db, command)
+		if err != nil {
+			return err
+		}
+		if err := check(); err != nil {
+			return err
+		}
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		res, err := run(ctx, dsn, e.stderr)
+		if err != nil {
+			return redactError(err, dsn)
+		}
+		return writeBenchResult(e.stdout, res)
+	}
 }
 
 // postgresDSN is the --dsn of command, which must name a PostgreSQL database.
-func (b *benchFlags) postgresDSN(command string) (string, error) {
-	dsn, err := b.db.DSN()
+func postgresDSN(db *dbFlags, command string) (string, error) {
+	dsn, err := db.DSN()
 	if err != nil {
 		return "", err
 	}
@@ -124,9 +131,6 @@ func (b *benchFlags) postgresDSN(command string) (string, error) {
 	}
 	return dsn, nil
 }
-
-// startCPUProfile profiles to --cpuprofile until stop is called (nothing without the flag).
-func (b *benchFlags) startCPUProfile() (stop func(), err error) { return startCPUProfile(b.cpuProfile) }
 
 // startCPUProfile writes a CPU profile to path until stop is called; an empty path profiles nothing.
 func startCPUProfile(path string) (stop func(), err error) {

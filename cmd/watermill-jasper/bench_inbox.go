@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"io"
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
@@ -30,20 +31,15 @@ var benchInbox = spec{
 		"bench inbox --in-flight 8 --rate 1000 --duration 10s --runs 5",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		common := newBenchFlags(fs)
 		cfg := bench.InboxBenchConfig{}
 		fs.IntVar(&cfg.InFlight, "in-flight", bench.DefaultInboxInFlight, "`N` messages in flight in the throughput legs")
 		fs.DurationVar(&cfg.Duration, "duration", bench.DefaultInboxDuration, "`DURATION` of each throughput leg (after a 1s warm-up)")
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultInboxRate, "steady rate of the latency legs, in `MSG/S`")
+		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultInboxLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultInboxPayload, "payload size in `BYTES` (at least 36: it starts with the message UUID)")
-		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultInboxRuns, "repeat every leg `N` times (in a rotated order) and report the medians")
-		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := common.postgresDSN("bench inbox")
-			if err != nil {
-				return err
-			}
+		check := func() error {
 			switch {
 			case cfg.MaxConns < 0:
 				return usageErrorf("--max-conns must be positive")
@@ -52,17 +48,11 @@ var benchInbox = spec{
 			case cfg.Duration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:
 				return usageErrorf("--duration and --latency-duration must be at least 100ms")
 			}
-			cfg.DSN = dsn
-			stop, err := common.startCPUProfile()
-			if err != nil {
-				return err
-			}
-			defer stop()
-			res, err := bench.RunInbox(ctx, cfg, e.stderr)
-			if err != nil {
-				return redactError(err, dsn)
-			}
-			return writeBenchResult(e.stdout, res)
+			return nil
 		}
+		return benchRun(fs, "bench inbox", check, func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error) {
+			cfg.DSN = dsn
+			return bench.RunInbox(ctx, cfg, progress)
+		})
 	},
 }

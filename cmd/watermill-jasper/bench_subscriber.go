@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"io"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
@@ -27,31 +28,20 @@ var benchSubscriber = spec{
 		"bench subscriber --backlog 50000 --payload 256 --batch 1000",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		common := newBenchFlags(fs)
 		cfg := bench.SubscriberConfig{}
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultSubscriberBacklog, "`N` messages in the backlog of every leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultSubscriberPayload, "payload size in `BYTES`")
 		fs.IntVar(&cfg.Batch, "batch", bench.DefaultSubscriberBatch, "`N` messages per claim (ours: BatchSize) and per query (watermill-sql: SubscribeBatchSize); both default to 100")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
-		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := common.postgresDSN("bench subscriber")
-			if err != nil {
-				return err
-			}
+		check := func() error {
 			if cfg.Backlog < 1 || cfg.Payload < 1 || cfg.Batch < 1 || cfg.Runs < 1 {
 				return usageErrorf("--backlog, --payload, --batch and --runs must be positive")
 			}
-			cfg.DSN = dsn
-			stop, err := common.startCPUProfile()
-			if err != nil {
-				return err
-			}
-			defer stop()
-			res, err := bench.RunSubscriber(ctx, cfg, e.stderr)
-			if err != nil {
-				return redactError(err, dsn)
-			}
-			return writeBenchResult(e.stdout, res)
+			return nil
 		}
+		return benchRun(fs, "bench subscriber", check, func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error) {
+			cfg.DSN = dsn
+			return bench.RunSubscriber(ctx, cfg, progress)
+		})
 	},
 }

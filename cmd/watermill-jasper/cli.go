@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 const program = "watermill-jasper"
@@ -96,6 +97,16 @@ func (s spec) run(ctx context.Context, e *env, args []string) error {
 		return usageErrorf("%s takes no arguments, got %q (see %s %s --help)", s.name, fs.Arg(0), program, s.name)
 	}
 	return run(ctx, e, fs.Args())
+}
+
+// notNegative is the check of a flag (name, e.g. "--limit") whose value must not be negative.
+func notNegative[T int | time.Duration](name string, value *T) func() error {
+	return func() error {
+		if *value < 0 {
+			return usageErrorf("%s must not be negative, got %v", name, *value)
+		}
+		return nil
+	}
 }
 
 // flagDashes writes the flag package's "-name" as "--name", as the help does.

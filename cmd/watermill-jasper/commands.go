@@ -5,13 +5,13 @@ package main
 // subcommands; see cli.go, and connect.go for --dsn/--schema and opening the database) and
 // add one line here.
 var commands = []command{
-	schemaCommand(),
+	schemaGroup.command(), // schema (schema.go)
 
-	storageCommand(),
+	storageGroup.command(), // storage (storage.go)
 
-	deadLettersCommand(), // dead-letters (deadletters.go)
+	deadLettersGroup.command(), // dead-letters (deadletters.go)
 
-	relayCommand(), // relay (relay.go)
+	relaySpec.command(), // relay (relay.go)
 
-	benchCommand(), // bench (bench.go)
+	benchGroup.command(), // bench (bench.go)
 }

@@ -3,16 +3,15 @@ package main
 // The database connection shared by every command: the --dsn and --schema flags, opening a
 // handle for the DSN's dialect, and keeping passwords out of every line the CLI prints.
 //
-// A command that needs the database registers the flags and opens the handle:
+// A command that needs the database and has no flags of its own is set up by onDB; one with
+// flags registers --dsn and --schema with newDBFlags and runs on the database with run (or
+// with, when it takes arguments):
 //
-//	var db dbFlags
-//	db.register(fs)
-//	...
-//	drv, cfg, closeDB, err := db.open(ctx) // pinged database.Driver, validated schema.Config
-//	if err != nil {
-//		return err
-//	}
-//	defer closeDB()
+//	db := newDBFlags(fs)
+//	... // the command's own flags
+//	return db.run(nil, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+//		... // drv: pinged database.Driver, cfg: validated schema.Config; closed after the return
+//	})
 
 import (
 	"context"
@@ -84,6 +83,45 @@ type dbFlags struct {
 func (f *dbFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.dsn, "dsn", dsnUsage)
 	fs.Var(&f.schema, "schema", schemaUsage)
+}
+
+// newDBFlags returns the --dsn and --schema flags, registered on fs.
+func newDBFlags(fs *flag.FlagSet) *dbFlags {
+	f := &dbFlags{}
+	f.register(fs)
+	return f
+}
+
+// dbRunFunc runs a command on the database that dbFlags.open opened: drv and its cfg.
+type dbRunFunc func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error
+
+// with opens the database (dbFlags.open), runs fn on it and closes it.
+func (f *dbFlags) with(ctx context.Context, e *env, fn dbRunFunc) error {
+	drv, cfg, closeDB, err := f.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	return fn(ctx, e, drv, cfg)
+}
+
+// run is the function of a command that takes no arguments: it runs check (when not nil: the
+// checks of the command's own flags, before connecting), then fn on the database.
+func (f *dbFlags) run(check func() error, fn dbRunFunc) runFunc {
+	return func(ctx context.Context, e *env, _ []string) error {
+		if check != nil {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+		return f.with(ctx, e, fn)
+	}
+}
+
+// onDB is the setup of a command whose only flags are --dsn and --schema and which takes no
+// arguments: it runs fn on the database.
+func onDB(fn dbRunFunc) func(*flag.FlagSet) runFunc {
+	return func(fs *flag.FlagSet) runFunc { return newDBFlags(fs).run(nil, fn) }
 }
 
 // DSN returns the database URL: --dsn, else $DATABASE_URL, else defaultDSN. An explicitly

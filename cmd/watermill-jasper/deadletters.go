@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -27,22 +27,25 @@ import (
 // payloadPreview is how many bytes of a payload dead-letters show prints.
 const payloadPreview = 512
 
-func deadLettersCommand() command {
-	return group{
-		name:    "dead-letters",
-		summary: "list, show, replay or purge the dead letters (list, show, replay, purge)",
-		description: "Dead letters are the rows of " + schema.DeadLetterTable + ", written by this library's " +
-			"dead-letter middleware, forwarder, relay and subscriber, or by .NET Jasper (whose rows have no message " +
-			"UUID or headers: their metadata is rebuilt from the columns). PostgreSQL and SQL Server; the schema " +
-			"needs this library's extension columns (\"" + program + " schema migrate\", safe on a Jasper database).",
-		subs: []spec{deadLettersList, deadLettersShow, deadLettersReplay, deadLettersPurge},
-		examples: []string{
-			"dead-letters list --schema messaging --topic orders",
-			"dead-letters show 0f8fad5b-d9cb-469f-a165-70867728950e",
-			"dead-letters replay --all",
-			"dead-letters purge --older-than 720h --yes",
-		},
-	}.command()
+var deadLettersGroup = group{
+	name:    "dead-letters",
+	summary: "list, show, replay or purge the dead letters (list, show, replay, purge)",
+	description: "Dead letters are the rows of " + schema.DeadLetterTable + ", written by this library's " +
+		"dead-letter middleware, forwarder, relay and subscriber, or by .NET Jasper (whose rows have no message " +
+		"UUID or headers: their metadata is rebuilt from the columns). PostgreSQL and SQL Server; the schema " +
+		"needs this library's extension columns (\"" + program + " schema migrate\", safe on a Jasper database).",
+	examples: []string{
+		"dead-letters list --schema messaging --topic orders",
+		"dead-letters show 0f8fad5b-d9cb-469f-a165-70867728950e",
+		"dead-letters replay --all",
+		"dead-letters purge --older-than 720h --yes",
+	},
+	subs: []spec{
+		deadLettersList,
+		deadLettersShow,
+		deadLettersReplay,
+		deadLettersPurge,
+	},
 }
 
 var deadLettersList = spec{
@@ -51,21 +54,15 @@ var deadLettersList = spec{
 	description: "One line per dead letter: id, when it was written, its topic (received_at), message type, " +
 		"attempts, source (the handler) and the error (exception type and the first line of its message, " +
 		"shortened). The last line says how many of how many were shown.",
-	examples: []string{"dead-letters list --schema messaging", "dead-letters list --topic orders --limit 20"},
+	examples: []string{
+		"dead-letters list --schema messaging",
+		"dead-letters list --topic orders --limit 20",
+	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
 		topic := fs.String("topic", "", "only dead letters received on `TOPIC` (their received_at)")
 		limit := fs.Int("limit", 50, "show at most `N` dead letters (0: all)")
-		return func(ctx context.Context, e *env, _ []string) error {
-			if *limit < 0 {
-				return usageErrorf("--limit must not be negative, got %d", *limit)
-			}
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
+		db := newDBFlags(fs)
+		return db.run(notNegative("--limit", limit), func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
 			lim := *limit
 			if lim == 0 {
 				lim = -1
@@ -79,7 +76,7 @@ var deadLettersList = spec{
 				return err
 			}
 			return printDeadLetterList(e.stdout, cfg, *topic, dls, total)
-		}
+		})
 	},
 }
 
@@ -154,10 +151,11 @@ var deadLettersShow = spec{
 	description: "The error's type, message and whole text, the explanation, the topic, source and attempts, " +
 		"the Jasper envelope columns, every header (metadata pair) and the first " + fmt.Sprint(payloadPreview) +
 		" bytes of the payload (as text when it is UTF-8 text, otherwise as a hex dump).",
-	examples: []string{"dead-letters show 0f8fad5b-d9cb-469f-a165-70867728950e --schema messaging"},
+	examples: []string{
+		"dead-letters show 0f8fad5b-d9cb-469f-a165-70867728950e --schema messaging",
+	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
+		db := newDBFlags(fs)
 		return func(ctx context.Context, e *env, args []string) error {
 			args, err := interspersed(fs, "dead-letters show", args)
 			if err != nil {
@@ -170,16 +168,13 @@ var deadLettersShow = spec{
 			if err != nil {
 				return usageErrorf("dead-letters show: %q is not a dead letter ID (a UUID)", args[0])
 			}
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			d, err := admin.GetDeadLetter(ctx, drv, cfg, id)
-			if err != nil {
-				return err
-			}
-			return printDeadLetter(e.stdout, d)
+			return db.with(ctx, e, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+				d, err := admin.GetDeadLetter(ctx, drv, cfg, id)
+				if err != nil {
+					return err
+				}
+				return printDeadLetter(e.stdout, d)
+			})
 		}
 	},
 }
@@ -302,11 +297,10 @@ var deadLettersReplay = spec{
 		"dead-letters replay --all --to amqp://guest:guest@localhost:5672/",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
 		all := fs.Bool("all", false, "replay every dead letter")
 		topic := fs.String("topic", "", "replay the dead letters received on `TOPIC`")
 		toTopic := fs.String("to-topic", "", "send them to `TOPIC` instead of each one's received_at")
+		db := newDBFlags(fs)
 		var to stringFlag
 		fs.Var(&to, "to", "republish to RabbitMQ at this AMQP `URL` (amqp://USER:PASSWORD@HOST:PORT/VHOST) instead of "+
 			"moving the dead letters back to the incoming table; an empty --to '' takes the URL from $"+amqpURLEnv+
@@ -351,47 +345,43 @@ var deadLettersReplay = spec{
 			} else if *declare {
 				return usageErrorf("--declare-queues needs --to")
 			}
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-
-			opts := admin.ReplayOptions{Topic: *toTopic, BatchSize: *batch}
-			target := schema.IncomingTable
-			if amqpURL != "" {
-				pub, err := jasperamqp.NewConfirmPublisher(amqpURL, watermill.NopLogger{}, jasperamqp.WithDeclareQueues(*declare))
+			return db.with(ctx, e, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+				opts := admin.ReplayOptions{Topic: *toTopic, BatchSize: *batch}
+				target := schema.IncomingTable
+				if amqpURL != "" {
+					pub, err := jasperamqp.NewConfirmPublisher(amqpURL, watermill.NopLogger{}, jasperamqp.WithDeclareQueues(*declare))
+					if err != nil {
+						return redactError(fmt.Errorf("connect to RabbitMQ at %s: %w", jasperamqp.RedactURL(amqpURL), err), amqpURL)
+					}
+					defer pub.Close()
+					opts.Publisher = queuePublisher{pub}
+					target = "RabbitMQ at " + jasperamqp.RedactURL(amqpURL)
+				}
+				start := time.Now()
+				opts.Progress = func(p admin.ReplayProgress) {
+					pct := 100.0
+					if p.Total > 0 {
+						pct = float64(p.Done) * 100 / float64(p.Total)
+					}
+					fmt.Fprintf(e.stderr, "dead-letters replay: %d of %d done (%.0f%%), %d replayed, %s\n",
+						p.Done, p.Total, pct, p.Replayed, time.Since(start).Round(time.Millisecond))
+				}
+				res, err := admin.ReplayDeadLetters(ctx, drv, cfg, sel, opts)
+				fmt.Fprintf(e.stdout, "replayed %d dead letters to %s (schema %s)\n", res.Replayed, target, cfg.Schema)
+				for _, s := range res.Skipped {
+					fmt.Fprintf(e.stdout, "skipped %s: %s\n", s.ID, s.Reason)
+				}
+				for _, id := range res.NotFound {
+					fmt.Fprintf(e.stdout, "not found %s\n", id)
+				}
 				if err != nil {
-					return redactError(fmt.Errorf("connect to RabbitMQ at %s: %w", jasperamqp.RedactURL(amqpURL), err), amqpURL)
+					return redactError(err, amqpURL)
 				}
-				defer pub.Close()
-				opts.Publisher = queuePublisher{pub}
-				target = "RabbitMQ at " + jasperamqp.RedactURL(amqpURL)
-			}
-			start := time.Now()
-			opts.Progress = func(p admin.ReplayProgress) {
-				pct := 100.0
-				if p.Total > 0 {
-					pct = float64(p.Done) * 100 / float64(p.Total)
+				if len(res.Skipped)+len(res.NotFound) > 0 {
+					return fmt.Errorf("%d dead letters skipped, %d not found (see above)", len(res.Skipped), len(res.NotFound))
 				}
-				fmt.Fprintf(e.stderr, "dead-letters replay: %d of %d done (%.0f%%), %d replayed, %s\n",
-					p.Done, p.Total, pct, p.Replayed, time.Since(start).Round(time.Millisecond))
-			}
-			res, err := admin.ReplayDeadLetters(ctx, drv, cfg, sel, opts)
-			fmt.Fprintf(e.stdout, "replayed %d dead letters to %s (schema %s)\n", res.Replayed, target, cfg.Schema)
-			for _, s := range res.Skipped {
-				fmt.Fprintf(e.stdout, "skipped %s: %s\n", s.ID, s.Reason)
-			}
-			for _, id := range res.NotFound {
-				fmt.Fprintf(e.stdout, "not found %s\n", id)
-			}
-			if err != nil {
-				return redactError(err, amqpURL)
-			}
-			if len(res.Skipped)+len(res.NotFound) > 0 {
-				return fmt.Errorf("%d dead letters skipped, %d not found (see above)", len(res.Skipped), len(res.NotFound))
-			}
-			return nil
+				return nil
+			})
 		}
 	},
 }
@@ -438,22 +428,16 @@ var deadLettersPurge = spec{
 	description: "Deletes every dead letter, or those written more than --older-than ago, or of one --topic, in " +
 		"batches (progress on stderr). It asks for confirmation on stdin first: only y or yes goes on, anything " +
 		"else (including no answer) aborts with exit status 1.",
-	examples: []string{"dead-letters purge --older-than 720h", "dead-letters purge --topic orders --yes"},
+	examples: []string{
+		"dead-letters purge --older-than 720h",
+		"dead-letters purge --topic orders --yes",
+	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
 		older := fs.Duration("older-than", 0, "delete only dead letters written more than `DURATION` ago, e.g. 168h (0: any age)")
 		topic := fs.String("topic", "", "delete only dead letters received on `TOPIC`")
 		yes := fs.Bool("yes", false, "delete without asking for confirmation")
-		return func(ctx context.Context, e *env, _ []string) error {
-			if *older < 0 {
-				return usageErrorf("--older-than must not be negative, got %s", *older)
-			}
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
+		db := newDBFlags(fs)
+		return db.run(notNegative("--older-than", older), func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
 			what := "dead letters"
 			if *topic != "" {
 				what += fmt.Sprintf(" of topic %q", *topic)
@@ -466,20 +450,9 @@ var deadLettersPurge = spec{
 				if err != nil {
 					return err
 				}
-				if total == 0 {
-					fmt.Fprintf(e.stdout, "schema %s holds no %s: nothing to delete\n", cfg.Schema, what)
-					return nil
-				}
-				fmt.Fprintf(e.stdout, "Delete %d %s in schema %s? [y/N] ", total, what, cfg.Schema)
-				ok, err := confirmed(e.stdin)
-				if !isTerminal(e.stdin) {
-					fmt.Fprintln(e.stdout)
-				}
-				if err != nil {
-					return fmt.Errorf("read the answer: %w", err)
-				}
-				if !ok {
-					return errors.New("aborted: nothing deleted (answer y to delete, or pass --yes)")
+				question := fmt.Sprintf("Delete %d %s in schema %s?", total, what, cfg.Schema)
+				if ok, err := askDelete(e, cfg, what, total, question); !ok {
+					return err
 				}
 			}
 			start := time.Now()
@@ -492,6 +465,6 @@ var deadLettersPurge = spec{
 			}
 			_, err = fmt.Fprintf(e.stdout, "deleted %d %s from schema %s\n", n, what, cfg.Schema)
 			return err
-		}
+		})
 	},
 }

@@ -9,7 +9,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -129,11 +128,7 @@ func printRootUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-*s  %s\n", width, c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nFlags of every command that uses the database (given after the command):")
-	fs, _ := spec{setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
-		return nil
-	}}.newFlagSet()
+	fs, _ := spec{setup: onDB(nil)}.newFlagSet()
 	printFlags(w, fs)
 	fmt.Fprintf(w, "\nRun \"%s <command> --help\" for a command's subcommands and all their flags.\n", program)
 	fmt.Fprintln(w, "Errors are one line on stderr; the exit status is 1 on failure and 2 on a usage error.")

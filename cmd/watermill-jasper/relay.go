@@ -46,8 +46,6 @@ const (
 	previewBytes = 64
 )
 
-func relayCommand() command { return relaySpec.command() }
-
 var relaySpec = spec{
 	name:    "relay",
 	summary: "relay the outbox (jasper_outgoing_envelopes) to RabbitMQ, or print it",

@@ -11,20 +11,22 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/sqlserver"
 )
 
-func schemaCommand() command {
-	return group{
-		name:    "schema",
-		summary: "print, create or check the tables (script, migrate, verify)",
-		description: "The layout is Jasper 2.0's three tables plus additive extension columns and indexes " +
-			"(and, on SQL Server, Jasper's EnvelopeIdList type and five stored procedures). " +
-			"migrate never drops, rewrites or deletes anything, so it is safe on a database that Jasper created.",
-		subs: []spec{schemaScript, schemaMigrate, schemaVerify},
-		examples: []string{
-			"schema script --dialect sqlserver --schema messaging > schema.sql",
-			"schema migrate --dsn postgres://app@db.internal:5432/app --schema messaging",
-			"schema verify --jasper-only",
-		},
-	}.command()
+var schemaGroup = group{
+	name:    "schema",
+	summary: "print, create or check the tables (script, migrate, verify)",
+	description: "The layout is Jasper 2.0's three tables plus additive extension columns and indexes " +
+		"(and, on SQL Server, Jasper's EnvelopeIdList type and five stored procedures). " +
+		"migrate never drops, rewrites or deletes anything, so it is safe on a database that Jasper created.",
+	examples: []string{
+		"schema script --dialect sqlserver --schema messaging > schema.sql",
+		"schema migrate --dsn postgres://app@db.internal:5432/app --schema messaging",
+		"schema verify --jasper-only",
+	},
+	subs: []spec{
+		schemaScript,
+		schemaMigrate,
+		schemaVerify,
+	},
 }
 
 var schemaScript = spec{
@@ -37,8 +39,7 @@ var schemaScript = spec{
 		"schema script --dialect sqlserver > schema.sql",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
+		db := newDBFlags(fs)
 		var dialect stringFlag
 		fs.Var(&dialect, "dialect", "`DIALECT` of the script: postgres or sqlserver (default: from the scheme of --dsn)")
 		return func(ctx context.Context, e *env, _ []string) error {
@@ -84,51 +85,42 @@ var schemaMigrate = spec{
 		"schema migrate --dsn postgres://app@db.internal:5432/app --schema messaging",
 		"schema migrate --dsn 'sqlserver://app@sql.internal:1433?database=app'",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
-		return func(ctx context.Context, e *env, _ []string) error {
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			before, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
-			if err != nil {
-				return err
-			}
-			if err := schema.Migrate(ctx, drv, cfg); err != nil {
-				return err
-			}
-			after, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
-			if err != nil {
-				return err
-			}
-			remaining := map[string]bool{}
-			for _, d := range after {
-				remaining[d.String()] = true
-			}
-			var fixed []schema.Difference
-			for _, d := range before {
-				if !remaining[d.String()] {
-					fixed = append(fixed, d)
-				}
-			}
-			switch {
-			case len(fixed) > 0:
-				fmt.Fprintf(e.stdout, "schema %s (%s) migrated: %s\n", cfg.Schema, dialectName(cfg.Dialect), describeAdded(fixed))
-			case len(after) == 0:
-				fmt.Fprintf(e.stdout, "schema %s (%s) is up to date: nothing to do\n", cfg.Schema, dialectName(cfg.Dialect))
-			}
-			for _, d := range after {
-				fmt.Fprintln(e.stdout, d)
-			}
-			if len(after) > 0 {
-				return fmt.Errorf("schema %s: %d difference(s) remain that migrate does not fix (listed on stdout): it adds missing tables, extension columns and indexes, but never alters or adds Jasper's own columns", cfg.Schema, len(after))
-			}
-			return nil
+	setup: onDB(func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+		before, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
+		if err != nil {
+			return err
 		}
-	},
+		if err := schema.Migrate(ctx, drv, cfg); err != nil {
+			return err
+		}
+		after, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{})
+		if err != nil {
+			return err
+		}
+		remaining := map[string]bool{}
+		for _, d := range after {
+			remaining[d.String()] = true
+		}
+		var fixed []schema.Difference
+		for _, d := range before {
+			if !remaining[d.String()] {
+				fixed = append(fixed, d)
+			}
+		}
+		switch {
+		case len(fixed) > 0:
+			fmt.Fprintf(e.stdout, "schema %s (%s) migrated: %s\n", cfg.Schema, dialectName(cfg.Dialect), describeAdded(fixed))
+		case len(after) == 0:
+			fmt.Fprintf(e.stdout, "schema %s (%s) is up to date: nothing to do\n", cfg.Schema, dialectName(cfg.Dialect))
+		}
+		for _, d := range after {
+			fmt.Fprintln(e.stdout, d)
+		}
+		if len(after) > 0 {
+			return fmt.Errorf("schema %s: %d difference(s) remain that migrate does not fix (listed on stdout): it adds missing tables, extension columns and indexes, but never alters or adds Jasper's own columns", cfg.Schema, len(after))
+		}
+		return nil
+	}),
 }
 
 var schemaVerify = spec{
@@ -141,21 +133,16 @@ var schemaVerify = spec{
 		"schema verify --jasper-only --dsn 'sqlserver://app@sql.internal:1433?database=app'",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
-		jasperOnly := fs.Bool("jasper-only", false, "check only Jasper 2.0's own layout and ignore missing watermill-jasper extensions")
-		return func(ctx context.Context, e *env, _ []string) error {
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			diffs, err := schema.Verify(ctx, drv, cfg, schema.VerifyOptions{JasperOnly: *jasperOnly})
+		var opts schema.VerifyOptions
+		fs.BoolVar(&opts.JasperOnly, "jasper-only", false, "check only Jasper 2.0's own layout and ignore missing watermill-jasper extensions")
+		db := newDBFlags(fs)
+		return db.run(nil, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+			diffs, err := schema.Verify(ctx, drv, cfg, opts)
 			if err != nil {
 				return err
 			}
 			layout := "the watermill-jasper layout (Jasper 2.0 with extensions)"
-			if *jasperOnly {
+			if opts.JasperOnly {
 				layout = "Jasper 2.0's layout (extensions not checked)"
 			}
 			if len(diffs) == 0 {
@@ -173,7 +160,7 @@ var schemaVerify = spec{
 				}
 			}
 			return fmt.Errorf("schema %s differs from %s in %d place(s) (listed on stdout); %s", cfg.Schema, layout, len(diffs), hint)
-		}
+		})
 	},
 }
 

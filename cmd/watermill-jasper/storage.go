@@ -1,33 +1,32 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-func storageCommand() command {
-	return group{
-		name:    "storage",
-		summary: "count, release or delete the stored envelopes (counts, release, clear)",
-		description: "Unlike Jasper's storage command, counts and release never rebuild the schema or delete rows; " +
-			"only clear deletes, and it asks first.",
-		subs: []spec{storageCounts, storageRelease, storageClear},
-		examples: []string{
-			"storage counts --schema messaging",
-			"storage release --dsn 'sqlserver://app@sql.internal:1433?database=app'",
-			"storage clear --schema messaging --yes",
-		},
-	}.command()
+var storageGroup = group{
+	name:    "storage",
+	summary: "count, release or delete the stored envelopes (counts, release, clear)",
+	description: "Unlike Jasper's storage command, counts and release never rebuild the schema or delete rows; " +
+		"only clear deletes, and it asks first.",
+	examples: []string{
+		"storage counts --schema messaging",
+		"storage release --dsn 'sqlserver://app@sql.internal:1433?database=app'",
+		"storage clear --schema messaging --yes",
+	},
+	subs: []spec{
+		storageCounts,
+		storageRelease,
+		storageClear,
+	},
 }
 
 var storageCounts = spec{
@@ -36,53 +35,42 @@ var storageCounts = spec{
 	description: "Incoming envelopes by status, outgoing envelopes by destination, dead letters, and the incoming " +
 		"and outgoing rows each node (owner_id) holds; owner 0 means no node holds them. Each node is shown alive " +
 		"(a session holds its lock) or dormant (none does: a durability agent hands its rows back).",
-	examples: []string{"storage counts --dsn postgres://app@db.internal:5432/app --schema messaging"},
-	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
-		return func(ctx context.Context, e *env, _ []string) error {
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			c, err := admin.Counts(ctx, drv, cfg)
-			if err != nil {
-				return err
-			}
-			if err := printCounts(e.stdout, cfg, c); err != nil {
-				return err
-			}
-			ids := make([]int32, len(c.Owners))
-			for i, o := range c.Owners {
-				ids[i] = o.OwnerID
-			}
-			live, err := admin.NodeLiveness(ctx, drv, ids)
-			if err != nil {
-				return err
-			}
-			return printNodes(e.stdout, ids, live)
-		}
+	examples: []string{
+		"storage counts --dsn postgres://app@db.internal:5432/app --schema messaging",
 	},
+	setup: onDB(func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+		c, err := admin.Counts(ctx, drv, cfg)
+		if err != nil {
+			return err
+		}
+		if err := printCounts(e.stdout, cfg, c); err != nil {
+			return err
+		}
+		ids := make([]int32, len(c.Owners))
+		for i, o := range c.Owners {
+			ids[i] = o.OwnerID
+		}
+		live, err := admin.NodeLiveness(ctx, drv, ids)
+		if err != nil {
+			return err
+		}
+		return printNodes(e.stdout, ids, live)
+	}),
 }
 
 // printNodes lists the nodes (owner_id other than 0) holding rows and whether each is alive.
 func printNodes(w io.Writer, ids []int32, live map[int32]admin.Liveness) error {
-	fmt.Fprintln(w, "\nNodes holding envelopes (alive: a session holds the node lock; dormant: none does, and a durability agent hands its envelopes back)")
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  NODE\tSTATE")
-	n := 0
+	nodes := table{title: "Nodes holding envelopes (alive: a session holds the node lock; dormant: none does, and a durability agent hands its envelopes back)",
+		rows: []string{"NODE\tSTATE"}}
 	for _, id := range ids {
-		if id == admin.AnyNode {
-			continue
+		if id != admin.AnyNode {
+			nodes.add("%d\t%s", id, live[id])
 		}
-		fmt.Fprintf(tw, "  %d\t%s\n", id, live[id])
-		n++
 	}
-	if err := tw.Flush(); err != nil {
+	if err := nodes.write(w); err != nil {
 		return err
 	}
-	if n == 0 {
+	if len(nodes.rows) == 1 {
 		_, err := fmt.Fprintln(w, "  (none)")
 		return err
 	}
@@ -94,51 +82,55 @@ var knownStatuses = []string{schema.StatusIncoming, schema.StatusScheduled, sche
 
 func printCounts(w io.Writer, cfg schema.Config, c admin.RowCounts) error {
 	fmt.Fprintf(w, "Schema %s (%s)\n", cfg.Schema, dialectName(cfg.Dialect))
-
-	fmt.Fprintf(w, "\nIncoming envelopes (%s)\n", schema.IncomingTable)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  STATUS\tROWS")
+	in := table{title: fmt.Sprintf("Incoming envelopes (%s)", schema.IncomingTable), rows: []string{"STATUS\tROWS"}}
 	for _, s := range knownStatuses {
-		fmt.Fprintf(tw, "  %s\t%d\n", s, c.IncomingStatus(s))
+		in.add("%s\t%d", s, c.IncomingStatus(s))
 	}
 	for _, s := range c.Incoming {
 		if !contains(knownStatuses, s.Status) {
-			fmt.Fprintf(tw, "  %s\t%d\n", s.Status, s.Rows)
+			in.add("%s\t%d", s.Status, s.Rows)
 		}
 	}
-	fmt.Fprintf(tw, "  total\t%d\n", c.IncomingTotal())
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-
-	fmt.Fprintf(w, "\nOutgoing envelopes (%s)\n", schema.OutgoingTable)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  DESTINATION\tROWS")
+	in.add("total\t%d", c.IncomingTotal())
+	out := table{title: fmt.Sprintf("Outgoing envelopes (%s)", schema.OutgoingTable), rows: []string{"DESTINATION\tROWS"}}
 	for _, d := range c.Outgoing {
-		fmt.Fprintf(tw, "  %s\t%d\n", d.Destination, d.Rows)
+		out.add("%s\t%d", d.Destination, d.Rows)
 	}
-	fmt.Fprintf(tw, "  total\t%d\n", c.OutgoingTotal())
-	if err := tw.Flush(); err != nil {
-		return err
+	out.add("total\t%d", c.OutgoingTotal())
+	dead := table{title: fmt.Sprintf("Dead letters (%s)", schema.DeadLetterTable), rows: []string{"ROWS", fmt.Sprint(c.DeadLetters)}}
+	for _, t := range []table{in, out, dead} {
+		if err := t.write(w); err != nil {
+			return err
+		}
 	}
-
-	fmt.Fprintf(w, "\nDead letters (%s)\n", schema.DeadLetterTable)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  ROWS")
-	fmt.Fprintf(tw, "  %d\n", c.DeadLetters)
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-
-	fmt.Fprintln(w, "\nOwners (owner_id; 0 = any node)")
 	if len(c.Owners) == 0 {
-		_, err := fmt.Fprintln(w, "  (no rows)")
+		_, err := fmt.Fprintln(w, "\nOwners (owner_id; 0 = any node)\n  (no rows)")
 		return err
 	}
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  OWNER\tINCOMING\tOUTGOING")
+	owners := table{title: "Owners (owner_id; 0 = any node)", rows: []string{"OWNER\tINCOMING\tOUTGOING"}}
 	for _, o := range c.Owners {
-		fmt.Fprintf(tw, "  %d\t%d\t%d\n", o.OwnerID, o.Incoming, o.Outgoing)
+		owners.add("%d\t%d\t%d", o.OwnerID, o.Incoming, o.Outgoing)
+	}
+	return owners.write(w)
+}
+
+// table is a titled table: rows of cells separated by tabs, the first the header.
+type table struct {
+	title string
+	rows  []string
+}
+
+// add appends a row.
+func (t *table) add(format string, args ...any) {
+	t.rows = append(t.rows, fmt.Sprintf(format, args...))
+}
+
+// write prints a blank line, the title and the rows aligned in columns, indented by two spaces.
+func (t table) write(w io.Writer) error {
+	fmt.Fprintf(w, "\n%s\n", t.title)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, r := range t.rows {
+		fmt.Fprintf(tw, "  %s\n", r)
 	}
 	return tw.Flush()
 }
@@ -158,24 +150,17 @@ var storageRelease = spec{
 	description: "Sets owner_id to 0 on every incoming and outgoing row, in one transaction, so that any node " +
 		"may claim them. Rows held by a node that is still running are released too and may then be handled " +
 		"or sent twice: run it when no node is running, or to hand back at once the rows of nodes that died.",
-	examples: []string{"storage release --schema messaging"},
-	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
-		return func(ctx context.Context, e *env, _ []string) error {
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			in, out, err := admin.ReleaseOwnership(ctx, drv, cfg)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "released %d rows in schema %s (%d incoming, %d outgoing): any node may now claim them\n", in+out, cfg.Schema, in, out)
-			return nil
-		}
+	examples: []string{
+		"storage release --schema messaging",
 	},
+	setup: onDB(func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+		in, out, err := admin.ReleaseOwnership(ctx, drv, cfg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "released %d rows in schema %s (%d incoming, %d outgoing): any node may now claim them\n", in+out, cfg.Schema, in, out)
+		return nil
+	}),
 }
 
 var storageClear = spec{
@@ -184,37 +169,23 @@ var storageClear = spec{
 	description: "Deletes all rows of the three tables in one transaction (DELETE; the tables themselves are kept). " +
 		"It asks for confirmation on stdin first: only y or yes goes on, anything else (including no answer) " +
 		"aborts with exit status 1.",
-	examples: []string{"storage clear --schema messaging", "storage clear --schema messaging --yes"},
+	examples: []string{
+		"storage clear --schema messaging",
+		"storage clear --schema messaging --yes",
+	},
 	setup: func(fs *flag.FlagSet) runFunc {
-		var db dbFlags
-		db.register(fs)
 		yes := fs.Bool("yes", false, "delete without asking for confirmation")
-		return func(ctx context.Context, e *env, _ []string) error {
-			drv, cfg, closeDB, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
+		db := newDBFlags(fs)
+		return db.run(nil, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
 			if !*yes {
 				c, err := admin.Counts(ctx, drv, cfg)
 				if err != nil {
 					return err
 				}
-				if c.Total() == 0 {
-					fmt.Fprintf(e.stdout, "schema %s holds no rows: nothing to delete\n", cfg.Schema)
-					return nil
-				}
-				fmt.Fprintf(e.stdout, "Delete all %d rows (%d incoming, %d outgoing, %d dead letters) in schema %s? [y/N] ",
+				question := fmt.Sprintf("Delete all %d rows (%d incoming, %d outgoing, %d dead letters) in schema %s?",
 					c.Total(), c.IncomingTotal(), c.OutgoingTotal(), c.DeadLetters, cfg.Schema)
-				ok, err := confirmed(e.stdin)
-				if !isTerminal(e.stdin) {
-					fmt.Fprintln(e.stdout) // the answer was not echoed: end the prompt's line
-				}
-				if err != nil {
-					return fmt.Errorf("read the answer: %w", err)
-				}
-				if !ok {
-					return errors.New("aborted: nothing deleted (answer y to delete, or pass --yes)")
+				if ok, err := askDelete(e, cfg, "rows", c.Total(), question); !ok {
+					return err
 				}
 			}
 			r, err := admin.Clear(ctx, drv, cfg)
@@ -224,32 +195,6 @@ var storageClear = spec{
 			fmt.Fprintf(e.stdout, "deleted %d rows from schema %s (%d incoming, %d outgoing, %d dead letters)\n",
 				r.Total(), cfg.Schema, r.Incoming, r.Outgoing, r.DeadLetters)
 			return nil
-		}
+		})
 	},
-}
-
-// isTerminal reports whether r is a terminal (a character device).
-func isTerminal(r io.Reader) bool {
-	f, ok := r.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-// confirmed reads one line and reports whether it is y or yes (any case).
-func confirmed(in io.Reader) (bool, error) {
-	if in == nil {
-		return false, nil
-	}
-	line, err := bufio.NewReader(in).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return false, err
-	}
-	switch strings.ToLower(strings.TrimSpace(line)) {
-	case "y", "yes":
-		return true, nil
-	}
-	return false, nil
 }

@@ -163,3 +163,13 @@ func BeginExec(ctx context.Context, db interface {
 	}
 	return tx, n, nil
 }
+
+// wrapped is wrap(v), the handle of a driver's result, or the zero W (nil for an interface)
+// and err when the driver failed.
+func wrapped[V, W any](v V, err error, wrap func(V) W) (W, error) {
+	if err != nil {
+		var zero W
+		return zero, err
+	}
+	return wrap(v), nil
+}

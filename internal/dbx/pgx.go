@@ -17,24 +17,16 @@ type pgxDB struct{ pool *pgxpool.Pool }
 func (d pgxDB) Dialect() Dialect { return Postgres }
 
 func (d pgxDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
-	tag, err := d.pool.Exec(ctx, query, args...)
-	return tag.RowsAffected(), err
+	return pgxExec(ctx, d.pool, query, args)
 }
 
 func (d pgxDB) Query(ctx context.Context, query string, args ...any) (Rows, error) {
-	rows, err := d.pool.Query(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	return pgxRows{rows}, nil
+	return pgxQuery(ctx, d.pool, query, args)
 }
 
 func (d pgxDB) Begin(ctx context.Context) (Tx, error) {
 	tx, err := d.pool.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return pgxTx{tx}, nil
+	return wrapped(tx, err, newPgxTx)
 }
 
 var _ FirstStatementBeginner = pgxDB{}
@@ -130,10 +122,7 @@ func (t *pgxConnTx) Rollback(ctx context.Context) error {
 
 func (d pgxDB) Acquire(ctx context.Context) (Conn, error) {
 	c, err := d.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &pgxConn{c: c}, nil
+	return wrapped(c, err, func(c *pgxpool.Conn) Conn { return &pgxConn{c: c} })
 }
 
 type pgxRows struct{ r pgx.Rows }
@@ -155,13 +144,12 @@ func pgxExec(ctx context.Context, q pgxQuerier, query string, args []any) (int64
 
 func pgxQuery(ctx context.Context, q pgxQuerier, query string, args []any) (Rows, error) {
 	rows, err := q.Query(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	return pgxRows{rows}, nil
+	return wrapped(rows, err, func(r pgx.Rows) Rows { return pgxRows{r} })
 }
 
 type pgxTx struct{ tx pgx.Tx }
+
+func newPgxTx(tx pgx.Tx) Tx { return pgxTx{tx} }
 
 func (t pgxTx) Exec(ctx context.Context, query string, args ...any) (int64, error) {
 	return pgxExec(ctx, t.tx, query, args)
@@ -182,10 +170,7 @@ func (c *pgxConn) Query(ctx context.Context, query string, args ...any) (Rows, e
 }
 func (c *pgxConn) Begin(ctx context.Context) (Tx, error) {
 	tx, err := c.c.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return pgxTx{tx}, nil
+	return wrapped(tx, err, newPgxTx)
 }
 func (c *pgxConn) WaitForNotification(ctx context.Context) (string, string, error) {
 	return waitPgx(ctx, c.c.Conn())

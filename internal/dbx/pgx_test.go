@@ -52,36 +52,37 @@ func TestBeginExec(t *testing.T) {
 	}{{"pgx", pgxDB}, {"database/sql", stdDB}} {
 		base := 100 * (i + 1)
 		t.Run(c.name, func(t *testing.T) {
+			// twoInserts inserts first with BeginExec, which must affect want rows, then second
+			// in the same transaction, and ends it with Commit or Rollback.
+			twoInserts := func(what string, first, want, second int, commit bool) {
+				t.Helper()
+				tx, n, err := dbx.BeginExec(ctx, c.db, insert, first)
+				if err != nil || n != int64(want) {
+					t.Fatalf("BeginExec%s: %d, %v", what, n, err)
+				}
+				if _, err := tx.Exec(ctx, insert, second); err != nil {
+					t.Fatal(err)
+				}
+				end := tx.Rollback
+				if commit {
+					end = tx.Commit
+				}
+				if err := end(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// Committed with a second statement.
-			tx, n, err := dbx.BeginExec(ctx, c.db, insert, base+1)
-			if err != nil || n != 1 {
-				t.Fatalf("BeginExec: %d, %v", n, err)
-			}
-			if _, err := tx.Exec(ctx, insert, base+2); err != nil {
-				t.Fatal(err)
-			}
-			if err := tx.Commit(ctx); err != nil {
-				t.Fatal(err)
-			}
+			twoInserts("", base+1, 1, base+2, true)
 			if count(base+1) != 1 || count(base+2) != 1 {
 				t.Fatal("committed rows missing")
 			}
 			// ON CONFLICT DO NOTHING: 0 rows, then rolled back.
-			tx, n, err = dbx.BeginExec(ctx, c.db, insert, base+1)
-			if err != nil || n != 0 {
-				t.Fatalf("BeginExec of a duplicate: %d, %v", n, err)
-			}
-			if _, err := tx.Exec(ctx, insert, base+3); err != nil {
-				t.Fatal(err)
-			}
-			if err := tx.Rollback(ctx); err != nil {
-				t.Fatal(err)
-			}
+			twoInserts(" of a duplicate", base+1, 0, base+3, false)
 			if count(base+3) != 0 {
 				t.Fatal("rolled back row exists")
 			}
 			// A failing first statement: nil Tx, the error, nothing left open.
-			tx, _, err = dbx.BeginExec(ctx, c.db, strict, base+1)
+			tx, _, err := dbx.BeginExec(ctx, c.db, strict, base+1)
 			var pgErr *pgconn.PgError
 			if tx != nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" {
 				t.Fatalf("BeginExec of a failing statement: tx %v, err %v", tx, err)

@@ -66,18 +66,12 @@ func (d stdDB) Query(ctx context.Context, query string, args ...any) (Rows, erro
 
 func (d stdDB) Begin(ctx context.Context) (Tx, error) {
 	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	return stdTx{tx}, nil
+	return wrapped(tx, err, newStdTx)
 }
 
 func (d stdDB) Acquire(ctx context.Context) (Conn, error) {
 	c, err := d.db.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &stdConn{c: c, dialect: d.dialect}, nil
+	return wrapped(c, err, func(c *sql.Conn) Conn { return &stdConn{c: c, dialect: d.dialect} })
 }
 
 type stdExecer interface {
@@ -97,6 +91,8 @@ func stdExec(ctx context.Context, e stdExecer, query string, args []any) (int64,
 }
 
 type stdTx struct{ tx *sql.Tx }
+
+func newStdTx(tx *sql.Tx) Tx { return stdTx{tx} }
 
 func (t stdTx) Exec(ctx context.Context, query string, args ...any) (int64, error) {
 	return stdExec(ctx, t.tx, query, args)
@@ -120,10 +116,7 @@ func (c *stdConn) Query(ctx context.Context, query string, args ...any) (Rows, e
 }
 func (c *stdConn) Begin(ctx context.Context) (Tx, error) {
 	tx, err := c.c.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	return stdTx{tx}, nil
+	return wrapped(tx, err, newStdTx)
 }
 func (c *stdConn) WaitForNotification(ctx context.Context) (channel, payload string, err error) {
 	if c.dialect != Postgres {

@@ -38,33 +38,23 @@ func Targets(t testing.TB) []Target {
 	return out
 }
 
-var (
-	msOnce sync.Once
-	msDB   *sql.DB
-	msErr  error
-)
+// msDB opens the shared go-mssqldb pool once.
+var msDB = sync.OnceValues(func() (*sql.DB, error) {
+	return openStdSQL("sqlserver", os.Getenv(MSSQLEnv), 20, 15*time.Second)
+})
 
 // SQLServerDB returns the shared go-mssqldb pool of this test binary; the test is skipped
 // when WATERMILL_JASPER_TEST_MSSQL is not set, and fails when the server cannot be reached.
 func SQLServerDB(t testing.TB) *sql.DB {
 	t.Helper()
-	dsn := os.Getenv(MSSQLEnv)
-	if dsn == "" {
+	if os.Getenv(MSSQLEnv) == "" {
 		t.Skipf("SQL Server tests need a DSN in %s (sqlserver://user:pass@host:1433?database=db)", MSSQLEnv)
 	}
-	msOnce.Do(func() {
-		msDB, msErr = sql.Open("sqlserver", dsn)
-		if msErr == nil {
-			msDB.SetMaxOpenConns(20)
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			msErr = msDB.PingContext(ctx)
-		}
-	})
-	if msErr != nil {
-		t.Fatalf("SQL Server at $%s is not reachable: %v", MSSQLEnv, msErr)
+	db, err := msDB()
+	if err != nil {
+		t.Fatalf("SQL Server at $%s is not reachable: %v", MSSQLEnv, err)
 	}
-	return msDB
+	return db
 }
 
 // MigratedSQLServer creates a schema with a random name on the SQL Server of
@@ -73,24 +63,12 @@ func SQLServerDB(t testing.TB) *sql.DB {
 func MigratedSQLServer(t testing.TB) (store.Driver, layout.Config) {
 	t.Helper()
 	h, err := dbx.FromStdSQL(SQLServerDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sqlserver.New(h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := driver(t, sqlserver.New, h, err)
 	cfg, err := layout.Config{Dialect: dbx.SQLServer, Schema: RandomName("wj_test_")}.Normalized()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := DropSQLServerSchema(ctx, db, cfg); err != nil {
-			t.Errorf("drop schema %s: %v", cfg.Schema, err)
-		}
-	})
+	dropAtEnd(t, cfg.Schema, func(ctx context.Context) error { return DropSQLServerSchema(ctx, db, cfg) })
 	return db, migrate(t, db, cfg)
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
+	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 	"github.com/watermill-jasper/watermill-jasper/internal/tcpproxy"
 )
 
@@ -48,9 +49,8 @@ var (
 	poolOnce sync.Once
 	pool     *pgxpool.Pool
 	poolErr  error
-	stdOnce  sync.Once
-	stdDB    *sql.DB
-	stdErr   error
+	// stdDB opens the shared database/sql pool (pgx stdlib driver) once.
+	stdDB = sync.OnceValues(func() (*sql.DB, error) { return openStdSQL("pgx", PostgresDSN(), 10, 10*time.Second) })
 )
 
 // Pool returns the shared pgx pool of this test binary (at most 20 connections, so that
@@ -80,19 +80,36 @@ func Pool(t testing.TB) *pgxpool.Pool {
 // StdDB returns the shared database/sql pool (pgx stdlib driver) of this test binary.
 func StdDB(t testing.TB) *sql.DB {
 	t.Helper()
-	stdOnce.Do(func() {
-		stdDB, stdErr = sql.Open("pgx", PostgresDSN())
-		if stdErr == nil {
-			stdDB.SetMaxOpenConns(10)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			stdErr = stdDB.PingContext(ctx)
+	db, err := stdDB()
+	if err != nil {
+		t.Fatalf("PostgreSQL at %s is not reachable (%v); %s", redacted(), err, startHint)
+	}
+	return db
+}
+
+// openStdSQL opens a database/sql pool of at most maxConns connections and pings it, waiting
+// up to timeout.
+func openStdSQL(driverName, dsn string, maxConns int, timeout time.Duration) (*sql.DB, error) {
+	db, err := sql.Open(driverName, dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(maxConns)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return db, db.PingContext(ctx)
+}
+
+// dropAtEnd runs drop when the test ends (with 30 seconds to do it), failing the test when
+// schema could not be dropped.
+func dropAtEnd(t testing.TB, schema string, drop func(ctx context.Context) error) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := drop(ctx); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
 		}
 	})
-	if stdErr != nil {
-		t.Fatalf("PostgreSQL at %s is not reachable (%v); %s", redacted(), stdErr, startHint)
-	}
-	return stdDB
 }
 
 func redacted() string {
@@ -118,12 +135,9 @@ func Schema(t testing.TB) string {
 	if _, err := p.Exec(context.Background(), fmt.Sprintf(`CREATE SCHEMA "%s"`, name)); err != nil {
 		t.Fatalf("create schema %s: %v", name, err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := p.Exec(ctx, fmt.Sprintf(`DROP SCHEMA IF EXISTS "%s" CASCADE`, name)); err != nil {
-			t.Errorf("drop schema %s: %v", name, err)
-		}
+	dropAtEnd(t, name, func(ctx context.Context) error {
+		_, err := p.Exec(ctx, fmt.Sprintf(`DROP SCHEMA IF EXISTS "%s" CASCADE`, name))
+		return err
 	})
 	return name
 }
@@ -167,21 +181,24 @@ func ExampleSchema(ctx context.Context, db store.Driver) (layout.Config, func())
 // PgxDriver returns the driver of the shared pgx pool.
 func PgxDriver(t testing.TB) store.Driver {
 	t.Helper()
-	d, err := postgres.New(dbx.FromPgx(Pool(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return driver(t, postgres.New, dbx.FromPgx(Pool(t)), nil)
 }
 
 // StdDriver returns the driver of the shared database/sql pool (pgx stdlib driver).
 func StdDriver(t testing.TB) store.Driver {
 	t.Helper()
 	h, err := dbx.FromStdSQL(StdDB(t))
-	if err != nil {
-		t.Fatal(err)
+	return driver(t, postgres.New, h, err)
+}
+
+// driver returns the driver build makes of the handle h, failing the test on err (the
+// handle's) or on build's error.
+func driver(t testing.TB, build func(dbx.DB) (*sqlstore.Driver, error), h dbx.DB, err error) store.Driver {
+	t.Helper()
+	var d *sqlstore.Driver
+	if err == nil {
+		d, err = build(h)
 	}
-	d, err := postgres.New(h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,9 +245,5 @@ func Proxied(t testing.TB, maxConns int32, connectTimeout time.Duration, configu
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	d, err := postgres.New(dbx.FromPgx(pool))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d, proxy
+	return driver(t, postgres.New, dbx.FromPgx(pool), nil), proxy
 }

@@ -7,47 +7,8 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
-func (p *postgres) SQLType(c layout.Column) string {
-	switch c.Type {
-	case layout.TypeUUID:
-		return "uuid"
-	case layout.TypeString:
-		return "varchar"
-	case layout.TypeInt:
-		return "integer"
-	case layout.TypeTime:
-		return "timestamp with time zone"
-	case layout.TypeBytes:
-		return "bytea"
-	case layout.TypeBool:
-		return "boolean"
-	case layout.TypeText:
-		return "text"
-	}
-	panic(fmt.Sprintf("schema: unknown column type %d", c.Type)) // programming error in tables.go
-}
-
-func (p *postgres) ColumnType(c layout.Column) string {
-	if c.Type == layout.TypeString {
-		return "character varying"
-	}
-	return p.SQLType(c)
-}
-
-func (p *postgres) DefaultClause(c layout.Column) string {
-	switch c.Default {
-	case "":
-		return ""
-	case "null":
-		return "NULL"
-	case "now":
-		return "now()"
-	}
-	return c.Default
-}
-
 func (p *postgres) DDLStatements() []string {
-	cfg := p.cfg
+	cfg := p.Cfg
 	out := []string{"CREATE SCHEMA IF NOT EXISTS " + cfg.QuoteIdent(cfg.Schema)}
 	for _, t := range layout.Tables() {
 		out = append(out, "CREATE TABLE IF NOT EXISTS"+sqlstore.CreateTable(cfg, p, t)[len("CREATE TABLE"):])
@@ -84,19 +45,6 @@ func (p *postgres) SchemaExists() string {
 	return "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
 }
 
-// ColumnsQuery reads the Jasper tables' columns from information_schema.
-func (p *postgres) ColumnsQuery() string {
-	return `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
-FROM information_schema.columns WHERE table_schema = $1 AND table_name IN ` + sqlstore.JasperTablesQuery()
-}
-
-// PrimaryKeysQuery reads the tables whose primary key is id.
-func (p *postgres) PrimaryKeysQuery() string {
-	return `SELECT tc.table_name FROM information_schema.table_constraints tc
-JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
-WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = $1 AND kcu.column_name = 'id'`
-}
-
 // ObjectsQuery is "": PostgreSQL has no table types or procedures to check.
 func (p *postgres) ObjectsQuery() string { return "" }
 
@@ -104,3 +52,13 @@ func (p *postgres) ObjectsQuery() string { return "" }
 func (p *postgres) IndexesQuery() string {
 	return `SELECT indexname FROM pg_indexes WHERE schemaname = $1`
 }
+
+// pgTypes are the DDL types of the layout's column types: strings are unbounded varchar.
+var pgTypes = map[layout.ColumnType]string{
+	layout.TypeUUID: "uuid", layout.TypeString: "varchar", layout.TypeInt: "integer",
+	layout.TypeTime: "timestamp with time zone", layout.TypeBytes: "bytea", layout.TypeBool: "boolean",
+	layout.TypeText: "text",
+}
+
+// pgCatalogTypes: information_schema spells varchar out.
+var pgCatalogTypes = map[layout.ColumnType]string{layout.TypeString: "character varying"}

@@ -32,7 +32,7 @@ func (p *postgres) OtherOwners() string {
 )
 SELECT id FROM neg WHERE id IS NOT NULL AND id <> $1::int
 UNION SELECT id FROM pos WHERE id IS NOT NULL AND id <> $1::int
-UNION SELECT DISTINCT owner_id FROM %[2]s WHERE owner_id <> 0 AND owner_id <> $1::int`, p.out, p.inc)
+UNION SELECT DISTINCT owner_id FROM %[2]s WHERE owner_id <> 0 AND owner_id <> $1::int`, p.Out, p.Inc)
 }
 
 func (p *postgres) ReleaseOwner() string {
@@ -46,7 +46,7 @@ func (p *postgres) ReleaseOwner() string {
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM o),
-  (SELECT COALESCE(json_agg(DISTINCT received_at), '[]'::json)::text FROM i WHERE received_at IS NOT NULL)`, p.inc, p.out)
+  (SELECT COALESCE(json_agg(DISTINCT received_at), '[]'::json)::text FROM i WHERE received_at IS NOT NULL)`, p.Inc, p.Out)
 }
 
 // UnownedEnvelopes walks the distinct received_at values through the incoming queue index
@@ -59,13 +59,13 @@ func (p *postgres) UnownedEnvelopes() string {
       SELECT (SELECT received_at FROM %[2]s WHERE received_at > t.topic ORDER BY received_at LIMIT 1)
       FROM t WHERE t.topic IS NOT NULL)
     SELECT COALESCE(json_agg(topic), '[]'::json)::text FROM t WHERE topic IS NOT NULL
-      AND EXISTS (SELECT 1 FROM %[2]s WHERE received_at = t.topic AND status = 'Incoming' AND owner_id = 0))`, p.out, p.inc)
+      AND EXISTS (SELECT 1 FROM %[2]s WHERE received_at = t.topic AND status = 'Incoming' AND owner_id = 0))`, p.Out, p.Inc)
 }
 
 func (p *postgres) DeleteExpiredOutgoing() string {
 	return fmt.Sprintf(`DELETE FROM %[1]s WHERE id = ANY(ARRAY(
   SELECT id FROM %[1]s WHERE owner_id = 0 AND deliver_by <= now()
-  LIMIT $1 FOR UPDATE SKIP LOCKED))`, p.out)
+  LIMIT $1 FOR UPDATE SKIP LOCKED))`, p.Out)
 }
 
 func (p *postgres) StorageGauges() string {
@@ -83,7 +83,7 @@ func (p *postgres) StorageGauges() string {
 )
 SELECT i.incoming, i.scheduled, i.handled, o.outgoing, (SELECT count(*) FROM %[3]s),
   EXTRACT(EPOCH FROM now() - o.oldest)::float8, i.dormant + o.dormant
-FROM i, o`, p.inc, p.out, p.dlq, pgLiveOwners)
+FROM i, o`, p.Inc, p.Out, p.DLQ, pgLiveOwners)
 }
 
 func (p *postgres) OwnersAlive() string {

@@ -1,3 +1,6 @@
+// Package postgres is the PostgreSQL driver of the store (internal/store): every statement
+// this library runs on PostgreSQL, DDL included, and the Driver that opens a schema's Store.
+// The public package database builds it (database.FromPgx, database.FromStdSQL).
 package postgres
 
 import (
@@ -23,9 +26,7 @@ func (pgUUIDs) Arg(u uuid.UUID) any   { return u.String() }
 func (pgUUIDs) Dest(u *uuid.UUID) any { return u }
 
 type postgres struct {
-	sqlstore.AdminSQL
-	cfg                           layout.Config
-	out, inc, dlq                 string
+	sqlstore.Base
 	outCols, incCols              string
 	claimOut, deleteOut           string
 	releaseOutFailed, releaseOut  string
@@ -34,17 +35,19 @@ type postgres struct {
 	insertOutCache                [8]string // InsertOutgoing(1..8), built on first use
 }
 
+// pgSyntax is how PostgreSQL writes the statements every dialect shares.
+var pgSyntax = sqlstore.Syntax{
+	Param: "$%d", CountRows: "count(*)", Now: "now()", False: "false", Types: pgTypes, CatalogTypes: pgCatalogTypes,
+}
+
 func newPostgres(cfg layout.Config) *postgres {
 	p := &postgres{
-		cfg:     cfg,
-		out:     cfg.Qualified(layout.OutgoingTable),
-		inc:     cfg.Qualified(layout.IncomingTable),
-		dlq:     cfg.Qualified(layout.DeadLetterTable),
 		outCols: strings.Join(row.OutgoingColumns, ", "),
 		incCols: strings.Join(row.IncomingColumns, ", "),
 	}
+	p.Base = sqlstore.NewBase(cfg, pgSyntax, p.deadLetterStatements)
 	// The channel name is an identifier: validated schema name, folded to lower case.
-	p.chn = outgoingChannel(cfg.Schema)
+	p.chn = channel("jasper_outgoing_", cfg.Schema)
 	p.notifyOut = fmt.Sprintf("SELECT pg_notify('%s', '')", p.chn)
 	// id = ANY(ARRAY(subquery)), not id IN (subquery): the IN form is planned as a hash
 	// semi-join over a sequential scan of the whole table, so every claim cost O(backlog)
@@ -55,22 +58,32 @@ func newPostgres(cfg layout.Config) *postgres {
   WHERE owner_id = 0 AND NOT (destination = ANY($2::text[]))
     AND (cardinality($3::text[]) = 0 OR destination = ANY($3::text[]))
   LIMIT $4 FOR UPDATE SKIP LOCKED))
-RETURNING %[2]s`, p.out, p.outCols)
-	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.out)
-	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.out)
-	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.out)
+RETURNING %[2]s`, p.Out, p.outCols)
+	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.Out)
+	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
+	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
 	// Outgoing rows have no execution_time; their destination becomes received_at, and the
 	// failed publish that sends them there counts as one more attempt.
-	p.deadLetterOut = moveToDeadLetters(p.out, p.dlq, "NULL", "COALESCE(attempts, 0) + 1", "destination")
-	p.AdminSQL = sqlstore.LazyAdmin(func() sqlstore.AdminStrings { return adminStatements(cfg) })
+	p.deadLetterOut = moveToDeadLetters(p.Out, p.DLQ, "NULL", "COALESCE(attempts, 0) + 1", "destination")
 	return p
 }
 
-// outgoingChannel names the NOTIFY channel of a schema's outgoing table. PostgreSQL rejects
-// channel names of 64 bytes or more in pg_notify ("channel name too long") and truncates
-// them in LISTEN, so a long schema name is shortened and suffixed with a hash of the whole.
-func outgoingChannel(schemaName string) string {
-	const prefix, limit = "jasper_outgoing_", 63
+// New returns the driver of a PostgreSQL pool (dbx.FromPgx, or dbx.FromStdSQL over pgx's
+// stdlib driver).
+func New(db dbx.DB) (*sqlstore.Driver, error) {
+	return sqlstore.NewDriver(db, dbx.Postgres, "PostgreSQL", Dialect)
+}
+
+// Dialect returns the statements of a normalized PostgreSQL schema config, without a
+// connection (for scripts and offline checks).
+func Dialect(cfg layout.Config) sqlstore.Dialect { return newPostgres(cfg) }
+
+// channel names a NOTIFY channel of the schema: prefix and the schema name. PostgreSQL
+// rejects channel names of 64 bytes or more in pg_notify ("channel name too long") and
+// truncates them in LISTEN, so a long schema name is shortened and suffixed with a hash of
+// the whole.
+func channel(prefix, schemaName string) string {
+	const limit = 63
 	if len(prefix)+len(schemaName) <= limit {
 		return prefix + schemaName
 	}
@@ -80,27 +93,23 @@ func outgoingChannel(schemaName string) string {
 	return prefix + schemaName[:limit-len(prefix)-len(suffix)] + suffix
 }
 
-func (p *postgres) Name() dbx.Dialect     { return dbx.Postgres }
-func (p *postgres) Schema() layout.Config { return p.cfg }
+func (p *postgres) Name() dbx.Dialect { return dbx.Postgres }
 
 // Caps: PostgreSQL has LISTEN/NOTIFY and releases savepoints.
 func (p *postgres) Caps() store.Caps { return store.Caps{Notifications: true, SavepointRelease: true} }
 
 // MoveNeedsTx is false: the moves to the dead letters are one statement each.
-func (p *postgres) MoveNeedsTx() bool    { return false }
-func (p *postgres) UUIDs() row.UUIDCodec { return pgUUIDs{} }
-func (p *postgres) StringList(s []string) any {
+func (p *postgres) MoveNeedsTx() bool         { return false }
+func (p *postgres) UUIDs() row.UUIDCodec      { return pgUUIDs{} }
+func (p *postgres) StringList(s []string) any { return orEmpty(s) }
+func (p *postgres) OwnerList(ids []int32) any { return orEmpty(ids) }
+
+// orEmpty is s, or an empty slice for nil (an empty array rather than NULL).
+func orEmpty[T any](s []T) []T {
 	if s == nil {
-		return []string{}
+		return []T{}
 	}
 	return s
-}
-
-func (p *postgres) OwnerList(ids []int32) any {
-	if ids == nil {
-		return []int32{}
-	}
-	return ids
 }
 
 func (p *postgres) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, exceptionMessage, exceptionText, source []string) []any {
@@ -119,20 +128,22 @@ func (p *postgres) IDList(ids []uuid.UUID) any {
 // pgValues renders n rows of width $N placeholders, numbered from first.
 func pgValues(first, n, width int) string { return sqlstore.Values("$%d", first, n, width) }
 
-func (p *postgres) buildInsertOutgoing(n int) string {
-	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.out, p.outCols, pgValues(1, n, len(row.OutgoingColumns)))
+// insert renders the insert of n rows of cols (the columns of table, joined), bound from
+// $first, skipping ids that exist already.
+func (p *postgres) insert(table, cols string, width, first, n int) string {
+	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", table, cols, pgValues(first, n, width))
 }
 
 func (p *postgres) InsertOutgoing(n int) string {
 	if n <= len(p.insertOutCache) {
 		p.insertOutOnce.Do(func() {
 			for i := range p.insertOutCache {
-				p.insertOutCache[i] = p.buildInsertOutgoing(i + 1)
+				p.insertOutCache[i] = p.insert(p.Out, p.outCols, len(row.OutgoingColumns), 1, i+1)
 			}
 		})
 		return p.insertOutCache[n-1]
 	}
-	return p.buildInsertOutgoing(n)
+	return p.insert(p.Out, p.outCols, len(row.OutgoingColumns), 1, n)
 }
 
 func (p *postgres) NotifyOutgoing() string        { return p.notifyOut }
@@ -147,18 +158,37 @@ func (p *postgres) DeadLetterOutgoing() string    { return p.deadLetterOut }
 
 func (p *postgres) MaxParams() int { return 65535 }
 
-func (p *postgres) IsStatementError(err error) bool {
+// pgCode is the SQLSTATE of an error PostgreSQL sent, and whether err holds one.
+func pgCode(err error) (string, bool) {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe)
+	if errors.As(err, &pe) {
+		return pe.Code, true
+	}
+	return "", false
 }
 
+// IsStatementError: an error the server sent (pgconn.PgError).
+func (p *postgres) IsStatementError(err error) bool {
+	_, ok := pgCode(err)
+	return ok
+}
+
+// IsMissingTable: SQLSTATE 42P01 (undefined_table) or 3F000 (invalid_schema_name).
 func (p *postgres) IsMissingTable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
+	code, _ := pgCode(err)
+	return code == "42P01" || code == "3F000"
 }
 
-func (p *postgres) InsertIncoming(n int) string {
-	return fmt.Sprintf("INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, pgValues(1, n, len(row.IncomingColumns)))
+// IsMissingColumn: SQLSTATE 42703 (undefined_column).
+func (p *postgres) IsMissingColumn(err error) bool {
+	code, _ := pgCode(err)
+	return code == "42703"
+}
+
+func (p *postgres) InsertIncoming(n int) string { return p.insertIncoming(1, n) }
+
+func (p *postgres) insertIncoming(first, n int) string {
+	return p.insert(p.Inc, p.incCols, len(row.IncomingColumns), first, n)
 }
 
 func (p *postgres) InsertEnvelopes(outgoing, incoming int, notify bool) string {
@@ -169,15 +199,14 @@ func (p *postgres) InsertEnvelopes(outgoing, incoming int, notify bool) string {
 		return p.InsertIncoming(incoming)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "WITH o AS (INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING 1)",
-		p.out, p.outCols, pgValues(1, outgoing, len(row.OutgoingColumns)))
-	incValues := pgValues(1+outgoing*len(row.OutgoingColumns), incoming, len(row.IncomingColumns))
+	fmt.Fprintf(&b, "WITH o AS (%s RETURNING 1)", p.InsertOutgoing(outgoing))
+	inc := p.insertIncoming(1+outgoing*len(row.OutgoingColumns), incoming)
 	if !notify {
-		fmt.Fprintf(&b, "\nINSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING", p.inc, p.incCols, incValues)
+		b.WriteString("\n" + inc)
 		return b.String()
 	}
 	if incoming > 0 {
-		fmt.Fprintf(&b, ", i AS (INSERT INTO %s (%s) VALUES %s ON CONFLICT (id) DO NOTHING RETURNING 1)", p.inc, p.incCols, incValues)
+		fmt.Fprintf(&b, ", i AS (%s RETURNING 1)", inc)
 	}
 	fmt.Fprintf(&b, "\nSELECT pg_notify('%s', '') WHERE EXISTS (SELECT 1 FROM o)", p.chn)
 	return b.String()
@@ -189,7 +218,7 @@ func (p *postgres) ReleaseDueScheduledSends() string {
   WHERE status = 'Scheduled' AND owner_id = 0 AND message_type = 'scheduled-envelope' AND execution_time <= now()
   ORDER BY execution_time
   LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING %[2]s`, p.inc, p.incCols)
+RETURNING %[2]s`, p.Inc, p.incCols)
 }
 
 // Notifications and advisory locks (forwarder wake-up, durability node lock).
@@ -212,20 +241,7 @@ func (p *postgres) ReleaseAdvisoryLock() string { return `SELECT pg_advisory_unl
 
 // Subscriber statements (incoming envelopes of a topic).
 
-// incomingChannel names the NOTIFY channel of a schema's incoming table, shortened like
-// outgoingChannel when the schema name is long.
-func incomingChannel(schemaName string) string {
-	const prefix, limit = "jasper_incoming_", 63
-	if len(prefix)+len(schemaName) <= limit {
-		return prefix + schemaName
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(schemaName))
-	suffix := fmt.Sprintf("_%08x", h.Sum32())
-	return prefix + schemaName[:limit-len(prefix)-len(suffix)] + suffix
-}
-
-func (p *postgres) IncomingChannel() string { return incomingChannel(p.cfg.Schema) }
+func (p *postgres) IncomingChannel() string { return channel("jasper_incoming_", p.Cfg.Schema) }
 
 func (p *postgres) ListenIncoming() string { return `LISTEN "` + p.IncomingChannel() + `"` }
 
@@ -239,24 +255,24 @@ func (p *postgres) ClaimIncoming() string {
   WHERE received_at = $2 AND status = 'Incoming' AND owner_id = 0
   LIMIT $3 FOR UPDATE SKIP LOCKED)
 UPDATE %[1]s AS i SET owner_id = $1 FROM c WHERE i.id = c.id
-RETURNING i.%[2]s`, p.inc, strings.Join(row.IncomingColumns, ", i."))
+RETURNING i.%[2]s`, p.Inc, strings.Join(row.IncomingColumns, ", i."))
 }
 
 func (p *postgres) DeleteIncoming() string {
-	return fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[]) AND status <> 'Handled'`, p.inc)
+	return fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[]) AND status <> 'Handled'`, p.Inc)
 }
 
 func (p *postgres) RetryIncoming() string {
 	return fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1,
   status = CASE WHEN $2::bigint > 0 THEN 'Scheduled' ELSE 'Incoming' END,
   execution_time = CASE WHEN $2::bigint > 0 THEN now() + $2::bigint * interval '1 millisecond' ELSE execution_time END
-WHERE id = ANY($1::uuid[]) AND owner_id = $3`, p.inc)
+WHERE id = ANY($1::uuid[]) AND owner_id = $3`, p.Inc)
 }
 
 func (p *postgres) ReleaseIncoming() string {
 	return fmt.Sprintf(`UPDATE %s SET owner_id = 0,
   attempts = COALESCE(attempts, 0) + CASE WHEN id = ANY($2::uuid[]) THEN 1 ELSE 0 END
-WHERE id = ANY($1::uuid[]) AND owner_id = $3`, p.inc)
+WHERE id = ANY($1::uuid[]) AND owner_id = $3`, p.Inc)
 }
 
 func (p *postgres) ReleaseScheduled() string {
@@ -273,11 +289,11 @@ SELECT (SELECT count(*) FROM released),
   (SELECT EXTRACT(EPOCH FROM min(execution_time) - now())::float8 * 1000 FROM %[1]s
    WHERE status = 'Scheduled' AND owner_id = 0 AND execution_time > now() AND message_type <> 'scheduled-envelope'
      AND (cardinality($1::text[]) = 0 OR received_at = ANY($1::text[]))),
-  (SELECT COALESCE(json_agg(DISTINCT received_at), '[]'::json)::text FROM released WHERE received_at IS NOT NULL)`, p.inc)
+  (SELECT COALESCE(json_agg(DISTINCT received_at), '[]'::json)::text FROM released WHERE received_at IS NOT NULL)`, p.Inc)
 }
 
 func (p *postgres) DeadLetterIncoming() string {
-	return moveToDeadLetters(p.inc, p.dlq, "execution_time", "COALESCE(attempts, 0)", "received_at")
+	return moveToDeadLetters(p.Inc, p.DLQ, "execution_time", "COALESCE(attempts, 0)", "received_at")
 }
 
 // moveToDeadLetters renders the statement that moves rows of the envelope table src into the
@@ -312,24 +328,24 @@ ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempt
 
 func (p *postgres) InsertHandled() string {
 	return fmt.Sprintf(`INSERT INTO %s (%s, keep_until) VALUES (%s, now() + $%d::bigint * interval '1 millisecond')
-ON CONFLICT (id) DO NOTHING`, p.inc, p.incCols, strings.TrimSuffix(strings.TrimPrefix(pgValues(1, 1, len(row.IncomingColumns)), "("), ")"),
+ON CONFLICT (id) DO NOTHING`, p.Inc, p.incCols, strings.TrimSuffix(strings.TrimPrefix(pgValues(1, 1, len(row.IncomingColumns)), "("), ")"),
 		len(row.IncomingColumns)+1)
 }
 
 func (p *postgres) MarkIncomingHandled() string {
 	return fmt.Sprintf(`UPDATE %s SET status = 'Handled', keep_until = now() + $3::bigint * interval '1 millisecond',
   owner_id = 0, body = ''::bytea
-WHERE id = $1 AND received_at = $2 AND status = 'Incoming'`, p.inc)
+WHERE id = $1 AND received_at = $2 AND status = 'Incoming'`, p.Inc)
 }
 
 func (p *postgres) IncomingStatus() string {
-	return fmt.Sprintf(`SELECT status FROM %s WHERE id = $1 AND received_at = $2`, p.inc)
+	return fmt.Sprintf(`SELECT status FROM %s WHERE id = $1 AND received_at = $2`, p.Inc)
 }
 
 func (p *postgres) DeleteExpiredHandled() string {
 	return fmt.Sprintf(`DELETE FROM %[1]s WHERE id = ANY(ARRAY(
   SELECT id FROM %[1]s WHERE status = 'Handled' AND keep_until <= now()
-  LIMIT $1 FOR UPDATE SKIP LOCKED))`, p.inc)
+  LIMIT $1 FOR UPDATE SKIP LOCKED))`, p.Inc)
 }
 
 // pgIncomingTypes are the PostgreSQL types of row.IncomingColumns, for casting bind values
@@ -367,7 +383,7 @@ ON CONFLICT (id) DO UPDATE SET execution_time = EXCLUDED.execution_time, attempt
   source = EXCLUDED.source, explanation = EXCLUDED.explanation, exception_text = EXCLUDED.exception_text,
   exception_type = EXCLUDED.exception_type, exception_message = EXCLUDED.exception_message,
   message_uuid = EXCLUDED.message_uuid, headers = EXCLUDED.headers, "timestamp" = now(), replayable = false`,
-		p.dlq, p.incCols, n+1, n+2, n+3, n+4, n+5, strings.Join(casts, ", "))
+		p.DLQ, p.incCols, n+1, n+2, n+3, n+4, n+5, strings.Join(casts, ", "))
 }
 
 func (p *postgres) Savepoint() string { return `SAVEPOINT watermill_jasper_attempt` }
@@ -377,5 +393,5 @@ func (p *postgres) RollbackToSavepoint() string {
 func (p *postgres) ReleaseSavepoint() string { return `RELEASE SAVEPOINT watermill_jasper_attempt` }
 
 func (p *postgres) DeleteHandledMark() string {
-	return fmt.Sprintf(`DELETE FROM %s WHERE id = $1 AND status = 'Handled'`, p.inc)
+	return fmt.Sprintf(`DELETE FROM %s WHERE id = $1 AND status = 'Handled'`, p.Inc)
 }

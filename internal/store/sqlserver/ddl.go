@@ -8,55 +8,6 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
-func (m *sqlserver) SQLType(c layout.Column) string {
-	switch c.Type {
-	case layout.TypeUUID:
-		return "uniqueidentifier"
-	case layout.TypeString:
-		if c.Size == layout.MaxLength {
-			return "varchar(max)"
-		}
-		return fmt.Sprintf("varchar(%d)", c.Size)
-	case layout.TypeInt:
-		return "int"
-	case layout.TypeTime:
-		return "datetimeoffset"
-	case layout.TypeBytes:
-		return "varbinary(max)"
-	case layout.TypeBool:
-		return "bit"
-	case layout.TypeText:
-		return "nvarchar(max)"
-	}
-	panic(fmt.Sprintf("schema: unknown column type %d", c.Type)) // programming error in tables.go
-}
-
-func (m *sqlserver) ColumnType(c layout.Column) string {
-	switch c.Type {
-	case layout.TypeString:
-		return fmt.Sprintf("varchar:%d", c.Size)
-	case layout.TypeBytes:
-		return "varbinary:-1"
-	case layout.TypeText:
-		return "nvarchar:-1"
-	}
-	return m.SQLType(c)
-}
-
-func (m *sqlserver) DefaultClause(c layout.Column) string {
-	switch c.Default {
-	case "":
-		return ""
-	case "null":
-		return "NULL"
-	case "now":
-		return "SYSDATETIMEOFFSET()"
-	case "false":
-		return "0"
-	}
-	return c.Default
-}
-
 // procedureBodies are Jasper's five procedures (docs/tables.md), %s = the layout.
 var procedureBodies = map[string]string{
 	"uspDeleteIncomingEnvelopes": `CREATE PROCEDURE %[1]s.[uspDeleteIncomingEnvelopes]
@@ -90,7 +41,7 @@ AS
 func nstring(s string) string { return "N'" + s + "'" }
 
 func (m *sqlserver) DDLStatements() []string {
-	cfg := m.cfg
+	cfg := m.Cfg
 	sch := cfg.QuoteIdent(cfg.Schema)
 	out := []string{fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.schemas WHERE name = %s) EXEC(%s)",
 		nstring(cfg.Schema), nstring("CREATE SCHEMA "+sch))}
@@ -129,8 +80,7 @@ func (m *sqlserver) ScriptSeparator() string { return "\nGO\n\n" }
 // migrationLock: an application lock owned by the transaction, named by the decimal key,
 // waiting up to a minute.
 func (m *sqlserver) MigrationLock() string {
-	return `DECLARE @r int;
-EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = 'Transaction', @LockTimeout = 60000;
+	return msAppLock("Transaction", 60000) + `
 IF @r < 0
 BEGIN
   DECLARE @m nvarchar(200) = CONCAT(N'watermill-jasper: sp_getapplock did not grant the migration lock (', @r, N')');
@@ -157,15 +107,15 @@ func (m *sqlserver) SchemaExists() string {
 	return `SELECT CAST(CASE WHEN SCHEMA_ID(@p1) IS NULL THEN 0 ELSE 1 END AS bit)`
 }
 
-// ColumnsQuery reads the Jasper tables' columns from information_schema.
-func (m *sqlserver) ColumnsQuery() string {
-	return `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
-FROM information_schema.columns WHERE table_schema = @p1 AND table_name IN ` + sqlstore.JasperTablesQuery()
+// msCatalogTypes: the catalog reports sized types with their length (-1 for max), as
+// Store.Catalog reads them.
+var msCatalogTypes = map[layout.ColumnType]string{
+	layout.TypeString: "varchar:%d", layout.TypeBytes: "varbinary:-1", layout.TypeText: "nvarchar:-1",
 }
 
-// PrimaryKeysQuery reads the tables whose primary key is id.
-func (m *sqlserver) PrimaryKeysQuery() string {
-	return `SELECT tc.table_name FROM information_schema.table_constraints tc
-JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
-WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = @p1 AND kcu.column_name = 'id'`
+// msTypes are the DDL types of the layout's column types: strings have the column's size.
+var msTypes = map[layout.ColumnType]string{
+	layout.TypeUUID: "uniqueidentifier", layout.TypeString: "varchar(%s)", layout.TypeInt: "int",
+	layout.TypeTime: "datetimeoffset", layout.TypeBytes: "varbinary(max)", layout.TypeBool: "bit",
+	layout.TypeText: "nvarchar(max)",
 }

@@ -1,17 +1,15 @@
 package sqlserver
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 
-	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
 
 // The dead-letter tools on SQL Server: the statements of internal/store/postgres/deadletters.go
-// with the same arguments, except that id lists are JSON arrays of strings (DeadLetterIDs)
+// with the same arguments, except that id lists are JSON arrays of strings (StringList)
 // opened with OPENJSON. Ids are read back as char(36) text, which every scanner parses
 // whatever the driver's byte order; paging by id follows SQL Server's uniqueidentifier
 // order, which is consistent between ORDER BY and >.
@@ -25,17 +23,14 @@ func sqlserverDeadLetterColumn(c string) string {
 	return "[" + c + "]"
 }
 
-// msAgo is now minus a bigint parameter of milliseconds (DATEADD takes int: split it).
-func msAgo(p string) string {
-	return fmt.Sprintf("DATEADD(millisecond, -CAST(%[1]s %% 1000 AS int), DATEADD(second, -CAST(%[1]s / 1000 AS int), SYSDATETIMEOFFSET()))", p)
-}
+// msAgo is now minus a bigint parameter of milliseconds.
+func msAgo(p string) string { return msShiftNow("-", p) }
 
 const msLongAgo = "CAST('0001-01-01 00:00:00 +00:00' AS datetimeoffset)"
 
 // deadLetterStatements are the statements of the dead-letter tools.
-func deadLetterStatements(cfg layout.Config) sqlstore.AdminStrings {
-	inc := cfg.Qualified(layout.IncomingTable)
-	dlq := cfg.Qualified(layout.DeadLetterTable)
+func (m *sqlserver) deadLetterStatements() sqlstore.AdminStatements {
+	inc, dlq := m.Inc, m.DLQ
 	cols := make([]string, len(sqlstore.DeadLetterColumns))
 	for i, c := range sqlstore.DeadLetterColumns {
 		cols[i] = sqlserverDeadLetterColumn(c)
@@ -57,24 +52,17 @@ func deadLetterStatements(cfg layout.Config) sqlstore.AdminStrings {
 	}
 	sel := ids("@p2") + " AND " + topic("@p3")
 	after := "(@p1 IS NULL OR [id] > CAST(@p1 AS uniqueidentifier))"
-	return sqlstore.AdminStrings{
-		IDs: func(s []string) any {
-			if s == nil {
-				s = []string{}
-			}
-			b, _ := json.Marshal(s)
-			return string(b)
-		},
-		CountDeadLettersSQL: fmt.Sprintf(`SELECT count_big(*) FROM %s WHERE %s AND %s AND %s`, dlq, topic("@p1"), ids("@p2"), older("@p3")),
+	return sqlstore.AdminStatements{
+		CountDeadLetters: fmt.Sprintf(`SELECT count_big(*) FROM %s WHERE %s AND %s AND %s`, dlq, topic("@p1"), ids("@p2"), older("@p3")),
 		// A NULL limit (ListOptions.Limit < 0) means all rows.
-		ListDeadLettersSQL: fmt.Sprintf(`SELECT TOP (COALESCE(CAST(@p2 AS bigint), 9223372036854775807)) %s FROM %s WHERE %s
+		ListDeadLetters: fmt.Sprintf(`SELECT TOP (COALESCE(CAST(@p2 AS bigint), 9223372036854775807)) %s FROM %s WHERE %s
 ORDER BY CASE WHEN [timestamp] IS NULL THEN 1 ELSE 0 END, [timestamp] DESC, [id]`, listCols, dlq, topic("@p1")),
-		GetDeadLetterSQL:     fmt.Sprintf(`SELECT %s FROM %s WHERE [id] = CAST(@p1 AS uniqueidentifier)`, all, dlq),
-		PageDeadLettersSQL:   fmt.Sprintf(`SELECT TOP (@p4) %s FROM %s WHERE %s AND %s ORDER BY [id]`, all, dlq, after, sel),
-		DeleteDeadLettersSQL: fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT TRY_CAST(j.[value] AS uniqueidentifier) FROM OPENJSON(@p1) AS j)`, dlq),
+		GetDeadLetter:     fmt.Sprintf(`SELECT %s FROM %s WHERE [id] = CAST(@p1 AS uniqueidentifier)`, all, dlq),
+		PageDeadLetters:   fmt.Sprintf(`SELECT TOP (@p4) %s FROM %s WHERE %s AND %s ORDER BY [id]`, all, dlq, after, sel),
+		DeleteDeadLetters: fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT TRY_CAST(j.[value] AS uniqueidentifier) FROM OPENJSON(@p1) AS j)`, dlq),
 		// As on PostgreSQL: the selected dead letters become Incoming, unowned envelopes of
 		// their topic (or @p5) with no attempts, unless the id is in the incoming table.
-		ReplayDeadLettersSQL: fmt.Sprintf(`DECLARE @src TABLE ([id] uniqueidentifier NOT NULL, [topic] varchar(max));
+		ReplayDeadLetters: fmt.Sprintf(`DECLARE @src TABLE ([id] uniqueidentifier NOT NULL, [topic] varchar(max));
 INSERT INTO @src ([id], [topic])
 SELECT TOP (@p4) [id], COALESCE(NULLIF(CAST(@p5 AS varchar(max)), ''), [received_at])
 FROM %[2]s WITH (UPDLOCK, ROWLOCK) WHERE %[4]s AND %[5]s ORDER BY [id];
@@ -92,6 +80,6 @@ WHERE s.[topic] IS NOT NULL
 DELETE FROM %[2]s WHERE [id] IN (SELECT [id] FROM @ins);
 SELECT CONVERT(char(36), s.[id]), CAST(CASE WHEN i.[id] IS NULL THEN 0 ELSE 1 END AS bit), COALESCE(i.[received_at], '')
 FROM @src AS s LEFT JOIN @ins AS i ON i.[id] = s.[id] ORDER BY s.[id]`, inc, dlq, headers, after, sel),
-		PurgeDeadLettersSQL: fmt.Sprintf(`DELETE TOP (@p3) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK) WHERE %s AND %s`, dlq, older("@p1"), topic("@p2")),
+		PurgeDeadLetters: fmt.Sprintf(`DELETE TOP (@p3) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK) WHERE %s AND %s`, dlq, older("@p1"), topic("@p2")),
 	}
 }

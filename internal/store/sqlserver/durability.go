@@ -20,7 +20,7 @@ func (m *sqlserver) TryAdvisoryXactLock() string { return msGetAppLock("Transact
 
 func (m *sqlserver) OtherOwners() string {
 	return fmt.Sprintf(`SELECT DISTINCT [owner_id] FROM %[1]s WHERE [owner_id] <> 0 AND [owner_id] <> @p1
-UNION SELECT DISTINCT [owner_id] FROM %[2]s WHERE [owner_id] <> 0 AND [owner_id] <> @p1`, m.out, m.inc)
+UNION SELECT DISTINCT [owner_id] FROM %[2]s WHERE [owner_id] <> 0 AND [owner_id] <> @p1`, m.Out, m.Inc)
 }
 
 // msJSONArray renders a JSON array of the strings in column col of the subquery q (NULLs
@@ -40,18 +40,18 @@ WHERE [owner_id] = @p1;
 UPDATE TOP (@p2) %[2]s WITH (READPAST, UPDLOCK, ROWLOCK) SET [owner_id] = 0
 WHERE [owner_id] = @p1;
 SET @o = @@ROWCOUNT;
-SELECT (SELECT count_big(*) FROM @i), @o, %[3]s`, m.inc, m.out, msJSONArray("received_at", "SELECT DISTINCT [received_at] FROM @i"))
+SELECT (SELECT count_big(*) FROM @i), @o, %[3]s`, m.Inc, m.Out, msJSONArray("received_at", "SELECT DISTINCT [received_at] FROM @i"))
 }
 
 func (m *sqlserver) UnownedEnvelopes() string {
 	return fmt.Sprintf(`SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM %[1]s WHERE [owner_id] = 0) THEN 1 ELSE 0 END AS bit),
-  %[2]s`, m.out, msJSONArray("received_at",
-		fmt.Sprintf("SELECT DISTINCT [received_at] FROM %s WHERE [status] = 'Incoming' AND [owner_id] = 0", m.inc)))
+  %[2]s`, m.Out, msJSONArray("received_at",
+		fmt.Sprintf("SELECT DISTINCT [received_at] FROM %s WHERE [status] = 'Incoming' AND [owner_id] = 0", m.Inc)))
 }
 
 func (m *sqlserver) DeleteExpiredOutgoing() string {
 	return fmt.Sprintf(`DELETE TOP (@p1) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE [owner_id] = 0 AND [deliver_by] <= SYSDATETIMEOFFSET()`, m.out)
+WHERE [owner_id] = 0 AND [deliver_by] <= SYSDATETIMEOFFSET()`, m.Out)
 }
 
 func (m *sqlserver) StorageGauges() string {
@@ -66,7 +66,7 @@ SELECT (SELECT count_big(*) FROM %[1]s WHERE [status] = 'Incoming'),
   (SELECT count_big(*) FROM %[2]s),
   (SELECT count_big(*) FROM %[3]s),
   CAST(DATEDIFF_BIG(millisecond, (SELECT min([timestamp]) FROM %[2]s), SYSDATETIMEOFFSET()) AS float) / 1000.0,
-  COALESCE((SELECT sum([n]) FROM owned WHERE %[4]s), 0)`, m.inc, m.out, m.dlq, msLockFree("[owner_id]"))
+  COALESCE((SELECT sum([n]) FROM owned WHERE %[4]s), 0)`, m.Inc, m.Out, m.DLQ, msLockFree("[owner_id]"))
 }
 
 // OwnersAlive: Args: OwnerList (a JSON array of ints on SQL Server).

@@ -1,3 +1,7 @@
+// Package sqlserver is the SQL Server driver of the store (internal/store): every statement
+// this library runs on SQL Server (go-mssqldb through database/sql), DDL included, and the
+// Driver that opens a schema's Store. Only the public package sqlserver and the tests import
+// it, so that a PostgreSQL program does not link go-mssqldb.
 package sqlserver
 
 import (
@@ -85,26 +89,22 @@ type envelopeIDRow struct {
 }
 
 type sqlserver struct {
-	sqlstore.AdminSQL
-	cfg           layout.Config
-	out, inc, dlq string
-	idListType    string // layout.EnvelopeIdList, as go-mssqldb wants a TVP type name
-	outCols       string
-	incCols       string
-	sizes         map[string]map[string]int // table -> varchar column -> size
+	sqlstore.Base
+	idListType string                    // layout.EnvelopeIdList, as go-mssqldb wants a TVP type name
+	sizes      map[string]map[string]int // table -> varchar column -> size
+}
+
+// msSyntax is how SQL Server writes the statements every dialect shares.
+var msSyntax = sqlstore.Syntax{
+	Param: "@p%d", CountRows: "COUNT_BIG(*)", Now: "SYSDATETIMEOFFSET()", False: "0", Types: msTypes, CatalogTypes: msCatalogTypes,
 }
 
 func newSQLServer(cfg layout.Config) *sqlserver {
 	m := &sqlserver{
-		cfg:        cfg,
-		out:        cfg.Qualified(layout.OutgoingTable),
-		inc:        cfg.Qualified(layout.IncomingTable),
-		dlq:        cfg.Qualified(layout.DeadLetterTable),
 		idListType: cfg.Schema + "." + layout.EnvelopeIDList,
-		outCols:    msCols("", row.OutgoingColumns),
-		incCols:    msCols("", row.IncomingColumns),
 		sizes:      map[string]map[string]int{},
 	}
+	m.Base = sqlstore.NewBase(cfg, msSyntax, m.deadLetterStatements)
 	for _, t := range layout.Tables() {
 		s := map[string]int{}
 		for _, c := range t.Columns {
@@ -114,9 +114,17 @@ func newSQLServer(cfg layout.Config) *sqlserver {
 		}
 		m.sizes[t.Name] = s
 	}
-	m.AdminSQL = sqlstore.LazyAdmin(func() sqlstore.AdminStrings { return adminStatements(cfg) })
 	return m
 }
+
+// New returns the driver of a SQL Server pool (dbx.FromStdSQL over go-mssqldb).
+func New(db dbx.DB) (*sqlstore.Driver, error) {
+	return sqlstore.NewDriver(db, dbx.SQLServer, "SQL Server", Dialect)
+}
+
+// Dialect returns the statements of a normalized SQL Server schema config, without a
+// connection (for scripts and offline checks).
+func Dialect(cfg layout.Config) sqlstore.Dialect { return newSQLServer(cfg) }
 
 // msCols bracket-quotes columns, each prefixed with prefix (e.g. "inserted.").
 func msCols(prefix string, cols []string) string {
@@ -130,9 +138,13 @@ func msCols(prefix string, cols []string) string {
 // msValues renders n rows of width @pN placeholders, numbered from first.
 func msValues(first, n, width int) string { return sqlstore.Values("@p%d", first, n, width) }
 
-// msAddMS is now plus a bigint parameter of milliseconds (DATEADD takes int: split it).
-func msAddMS(param string) string {
-	return fmt.Sprintf("DATEADD(millisecond, CAST(%[1]s %% 1000 AS int), DATEADD(second, CAST(%[1]s / 1000 AS int), SYSDATETIMEOFFSET()))", param)
+// msAddMS is now plus a bigint parameter of milliseconds.
+func msAddMS(param string) string { return msShiftNow("", param) }
+
+// msShiftNow is now moved forward (sign "") or back (sign "-") by a bigint parameter of
+// milliseconds (DATEADD takes int: split it into seconds and milliseconds).
+func msShiftNow(sign, param string) string {
+	return fmt.Sprintf("DATEADD(millisecond, %[1]sCAST(%[2]s %% 1000 AS int), DATEADD(second, %[1]sCAST(%[2]s / 1000 AS int), SYSDATETIMEOFFSET()))", sign, param)
 }
 
 // topicColumns are never truncated (see the file comment).
@@ -149,9 +161,9 @@ func (m *sqlserver) fit(table, col, expr string) string {
 
 func (m *sqlserver) tableOf(qualified string) string {
 	switch qualified {
-	case m.out:
+	case m.Out:
 		return layout.OutgoingTable
-	case m.inc:
+	case m.Inc:
 		return layout.IncomingTable
 	}
 	return layout.DeadLetterTable
@@ -180,8 +192,7 @@ func (m *sqlserver) buildInsert(table string, cols []string, first, n int, extra
 	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s", table, all, strings.Join(sel, ", "), src, where)
 }
 
-func (m *sqlserver) Name() dbx.Dialect     { return dbx.SQLServer }
-func (m *sqlserver) Schema() layout.Config { return m.cfg }
+func (m *sqlserver) Name() dbx.Dialect { return dbx.SQLServer }
 
 // Caps: SQL Server has no notifications and no savepoint release.
 func (m *sqlserver) Caps() store.Caps { return store.Caps{} }
@@ -201,20 +212,17 @@ func (m *sqlserver) IDList(ids []uuid.UUID) any {
 }
 
 // StringList is a JSON array of strings (one nvarchar parameter), opened with OPENJSON.
-func (m *sqlserver) StringList(s []string) any {
-	if s == nil {
-		s = []string{}
-	}
-	b, _ := json.Marshal(s) // strings always marshal
-	return string(b)
-}
+func (m *sqlserver) StringList(s []string) any { return jsonArray(s) }
 
 // OwnerList is a JSON array of ints.
-func (m *sqlserver) OwnerList(ids []int32) any {
-	if ids == nil {
-		ids = []int32{}
+func (m *sqlserver) OwnerList(ids []int32) any { return jsonArray(ids) }
+
+// jsonArray is s as a JSON array ([] for nil).
+func jsonArray[T string | int32](s []T) string {
+	if s == nil {
+		s = []T{}
 	}
-	b, _ := json.Marshal(ids)
+	b, _ := json.Marshal(s) // strings and ints always marshal
 	return string(b)
 }
 
@@ -256,14 +264,20 @@ func (m *sqlserver) IsMissingTable(err error) bool {
 	return ok && (n == 208 || n == 2812 || n == 2715)
 }
 
+// IsMissingColumn: error 207 "Invalid column name".
+func (m *sqlserver) IsMissingColumn(err error) bool {
+	n, ok := msErrorNumber(err)
+	return ok && n == 207
+}
+
 // Publisher statements.
 
 func (m *sqlserver) InsertOutgoing(n int) string {
-	return m.buildInsert(m.out, row.OutgoingColumns, 1, n, nil, nil)
+	return m.buildInsert(m.Out, row.OutgoingColumns, 1, n, nil, nil)
 }
 
 func (m *sqlserver) InsertIncoming(n int) string {
-	return m.buildInsert(m.inc, row.IncomingColumns, 1, n, nil, nil)
+	return m.buildInsert(m.Inc, row.IncomingColumns, 1, n, nil, nil)
 }
 
 // InsertEnvelopes: two inserts in one batch; notify is ignored (no notifications).
@@ -275,7 +289,7 @@ func (m *sqlserver) InsertEnvelopes(outgoing, incoming int, notify bool) string 
 		return m.InsertIncoming(incoming)
 	}
 	return m.InsertOutgoing(outgoing) + ";\n" +
-		m.buildInsert(m.inc, row.IncomingColumns, 1+outgoing*len(row.OutgoingColumns), incoming, nil, nil)
+		m.buildInsert(m.Inc, row.IncomingColumns, 1+outgoing*len(row.OutgoingColumns), incoming, nil, nil)
 }
 
 func (m *sqlserver) NotifyOutgoing() string  { return "" }
@@ -296,25 +310,25 @@ WHERE o.[owner_id] = 0
     WHERE x.[d] = o.[destination] AND LEN(x.[n]) <= 250)
   AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p3)) OR o.[destination] IN (
     SELECT y.[d] FROM OPENJSON(@p3) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`,
-		m.out, msCols("inserted.", row.OutgoingColumns))
+		m.Out, msCols("inserted.", row.OutgoingColumns))
 }
 
 // DeleteOutgoing runs Jasper's procedure.
 func (m *sqlserver) DeleteOutgoing() string {
-	return fmt.Sprintf(`EXEC %s @IDLIST = @p1`, m.cfg.Qualified("uspDeleteOutgoingEnvelopes"))
+	return fmt.Sprintf(`EXEC %s @IDLIST = @p1`, m.Cfg.Qualified("uspDeleteOutgoingEnvelopes"))
 }
 
 func (m *sqlserver) ReleaseOutgoingFailed() string {
 	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0, [attempts] = COALESCE([attempts], 0) + 1
-WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p2`, m.out)
+WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p2`, m.Out)
 }
 
 func (m *sqlserver) ReleaseOutgoing() string {
-	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0 WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p2`, m.out)
+	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0 WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p2`, m.Out)
 }
 
 func (m *sqlserver) DeadLetterOutgoing() string {
-	return m.moveToDeadLetters(m.out, "NULL", "COALESCE(deleted.[attempts], 0) + 1", "deleted.[destination]")
+	return m.moveToDeadLetters(m.Out, "NULL", "COALESCE(deleted.[attempts], 0) + 1", "deleted.[destination]")
 }
 
 func (m *sqlserver) ReleaseDueScheduledSends() string {
@@ -324,7 +338,7 @@ func (m *sqlserver) ReleaseDueScheduledSends() string {
     AND [execution_time] <= SYSDATETIMEOFFSET()
   ORDER BY [execution_time])
 DELETE FROM due
-OUTPUT %[2]s`, m.inc, msCols("deleted.", row.IncomingColumns))
+OUTPUT %[2]s`, m.Inc, msCols("deleted.", row.IncomingColumns))
 }
 
 // Locks: application locks named by the decimal int32, as Jasper's SqlServerSettings does.
@@ -333,9 +347,14 @@ func (m *sqlserver) AdvisoryLockKey(id int32) any { return strconv.FormatInt(int
 
 // msGetAppLock returns one bit row: whether sp_getapplock granted the lock (return >= 0).
 func msGetAppLock(owner string) string {
+	return msAppLock(owner, 0) + "\nSELECT CAST(CASE WHEN @r >= 0 THEN 1 ELSE 0 END AS bit)"
+}
+
+// msAppLock asks sp_getapplock for the exclusive application lock named @p1, owned by owner
+// (Session or Transaction), waiting up to timeout milliseconds, and leaves its answer in @r.
+func msAppLock(owner string, timeout int) string {
 	return fmt.Sprintf(`DECLARE @r int;
-EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = '%s', @LockTimeout = 0;
-SELECT CAST(CASE WHEN @r >= 0 THEN 1 ELSE 0 END AS bit)`, owner)
+EXEC @r = sp_getapplock @Resource = @p1, @LockMode = 'Exclusive', @LockOwner = '%s', @LockTimeout = %d;`, owner, timeout)
 }
 
 func (m *sqlserver) TryAdvisoryLock() string { return msGetAppLock("Session") }
@@ -359,25 +378,25 @@ func (m *sqlserver) ClaimIncoming() string {
 OUTPUT %[2]s
 FROM %[1]s AS i WITH (READPAST, UPDLOCK, ROWLOCK)
 WHERE i.[received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND i.[status] = 'Incoming' AND i.[owner_id] = 0`,
-		m.inc, msCols("inserted.", row.IncomingColumns))
+		m.Inc, msCols("inserted.", row.IncomingColumns))
 }
 
 // DeleteIncoming cannot be uspDeleteIncomingEnvelopes: Handled rows must stay.
 func (m *sqlserver) DeleteIncoming() string {
-	return fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT [id] FROM @p1) AND [status] <> 'Handled'`, m.inc)
+	return fmt.Sprintf(`DELETE FROM %s WHERE [id] IN (SELECT [id] FROM @p1) AND [status] <> 'Handled'`, m.Inc)
 }
 
 func (m *sqlserver) RetryIncoming() string {
 	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0, [attempts] = COALESCE([attempts], 0) + 1,
   [status] = CASE WHEN @p2 > 0 THEN 'Scheduled' ELSE 'Incoming' END,
   [execution_time] = CASE WHEN @p2 > 0 THEN %s ELSE [execution_time] END
-WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.inc, msAddMS("@p2"))
+WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.Inc, msAddMS("@p2"))
 }
 
 func (m *sqlserver) ReleaseIncoming() string {
 	return fmt.Sprintf(`UPDATE %s SET [owner_id] = 0,
   [attempts] = COALESCE([attempts], 0) + CASE WHEN [id] IN (SELECT [id] FROM @p2) THEN 1 ELSE 0 END
-WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.inc)
+WHERE [id] IN (SELECT [id] FROM @p1) AND [owner_id] = @p3`, m.Inc)
 }
 
 // ReleaseScheduled: the count is @@ROWCOUNT of the update, the next due time is measured in
@@ -398,11 +417,11 @@ SET @n = @@ROWCOUNT;
 SELECT @n, CAST(DATEDIFF_BIG(microsecond, SYSDATETIMEOFFSET(), (
   SELECT min([execution_time]) FROM %[1]s
   WHERE [status] = 'Scheduled' AND [owner_id] = 0 AND [execution_time] > SYSDATETIMEOFFSET()
-    AND [message_type] <> 'scheduled-envelope' AND %[2]s)) AS float) / 1000.0, CAST(NULL AS nvarchar(max))`, m.inc, topics)
+    AND [message_type] <> 'scheduled-envelope' AND %[2]s)) AS float) / 1000.0, CAST(NULL AS nvarchar(max))`, m.Inc, topics)
 }
 
 func (m *sqlserver) DeadLetterIncoming() string {
-	return m.moveToDeadLetters(m.inc, "deleted.[execution_time]", "COALESCE(deleted.[attempts], 0)", "deleted.[received_at]")
+	return m.moveToDeadLetters(m.Inc, "deleted.[execution_time]", "COALESCE(deleted.[attempts], 0)", "deleted.[received_at]")
 }
 
 // dlqColumns are the dead-letter columns written by both dead-letter statements, in order.
@@ -441,7 +460,7 @@ USING (%[2]s) AS s
 ON d.[id] = s.[id]
 WHEN MATCHED THEN UPDATE SET %[3]s
 WHEN NOT MATCHED THEN INSERT (%[4]s) VALUES (%[5]s);`,
-		m.dlq, source, strings.Join(set, ", "), msCols("", dlqColumns), strings.Join(vals, ", "))
+		m.DLQ, source, strings.Join(set, ", "), msCols("", dlqColumns), strings.Join(vals, ", "))
 }
 
 // moveToDeadLetters moves rows of src to the dead letters. Args: the six JSON arrays of
@@ -483,21 +502,21 @@ FROM %[1]s AS e WHERE e.[id] IN (SELECT [id] FROM @x);
 
 func (m *sqlserver) InsertHandled() string {
 	n := len(row.IncomingColumns)
-	return m.buildInsert(m.inc, row.IncomingColumns, 1, 1, []string{"keep_until"}, []string{msAddMS(fmt.Sprintf("@p%d", n+1))})
+	return m.buildInsert(m.Inc, row.IncomingColumns, 1, 1, []string{"keep_until"}, []string{msAddMS(fmt.Sprintf("@p%d", n+1))})
 }
 
 func (m *sqlserver) MarkIncomingHandled() string {
 	return fmt.Sprintf(`UPDATE %s SET [status] = 'Handled', [keep_until] = %s, [owner_id] = 0, [body] = 0x
-WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND [status] = 'Incoming'`, m.inc, msAddMS("@p3"))
+WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND [status] = 'Incoming'`, m.Inc, msAddMS("@p3"))
 }
 
 func (m *sqlserver) IncomingStatus() string {
-	return fmt.Sprintf(`SELECT [status] FROM %s WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100`, m.inc)
+	return fmt.Sprintf(`SELECT [status] FROM %s WHERE [id] = @p1 AND [received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100`, m.Inc)
 }
 
 func (m *sqlserver) DeleteExpiredHandled() string {
 	return fmt.Sprintf(`DELETE TOP (@p1) FROM %s WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE [status] = 'Handled' AND [keep_until] <= SYSDATETIMEOFFSET()`, m.inc)
+WHERE [status] = 'Handled' AND [keep_until] <= SYSDATETIMEOFFSET()`, m.Inc)
 }
 
 // InsertDeadLetter: the envelope (row.IncomingArgs) then explanation, exception_type,
@@ -523,5 +542,5 @@ func (m *sqlserver) RollbackToSavepoint() string {
 func (m *sqlserver) ReleaseSavepoint() string { return "" }
 
 func (m *sqlserver) DeleteHandledMark() string {
-	return fmt.Sprintf(`DELETE FROM %s WHERE [id] = @p1 AND [status] = 'Handled'`, m.inc)
+	return fmt.Sprintf(`DELETE FROM %s WHERE [id] = @p1 AND [status] = 'Handled'`, m.Inc)
 }

@@ -83,7 +83,7 @@ func TestClaimsSkipLockedRows(t *testing.T) {
 		"ClaimOutgoing": d.ClaimOutgoing(), "ClaimIncoming": d.ClaimIncoming(),
 		"ReleaseDueScheduledSends": d.ReleaseDueScheduledSends(), "ReleaseScheduled": d.ReleaseScheduled(),
 		"DeleteExpiredHandled": d.DeleteExpiredHandled(), "DeleteExpiredOutgoing": d.DeleteExpiredOutgoing(),
-		"ReleaseOwner": d.ReleaseOwner(), "PurgeDeadLetters": d.PurgeDeadLetters(),
+		"ReleaseOwner": d.ReleaseOwner(), "PurgeDeadLetters": d.Admin().PurgeDeadLetters,
 	} {
 		if !strings.Contains(q, "WITH (READPAST, UPDLOCK, ROWLOCK)") {
 			t.Errorf("%s does not read past locked rows:\n%s", name, q)
@@ -142,7 +142,7 @@ func TestProceduresTakeEnvelopeIdList(t *testing.T) {
 	}
 	var conn mssql.Conn
 	values := append([]any{tvp, d.IDList(nil), d.StringList(nil), d.OwnerList([]int32{1, -2}), d.AdvisoryLockKey(-5),
-		d.UUIDs().Arg(uuid.New()), d.DeadLetterIDs(nil), d.MigrationLockArg(sqlstore.MigrateLockKey("x"))},
+		d.UUIDs().Arg(uuid.New()), d.MigrationLockArg(sqlstore.MigrateLockKey("x"))},
 		d.DeadLetterArgs([]uuid.UUID{uuid.New()}, []string{"e"}, []string{"t"}, []string{"m"}, []string{"x"}, []string{"s"})...)
 	for _, v := range values {
 		if err := conn.CheckNamedValue(&driver.NamedValue{Ordinal: 1, Value: v}); err != nil && err != driver.ErrSkip {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -14,46 +13,43 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
-// AdminStatements are the statements of the administration tools (package admin, the CLI).
-// They are part of Dialect.
-type AdminStatements interface {
+// AdminStatements are the statements of the administration tools (package admin, the CLI),
+// read through Dialect.Admin. Base renders the statements on whole tables (Counts, the
+// releases and the clears); the dialect the dead-letter ones.
+type AdminStatements struct {
 	// Counts returns rows of (kind bigint, name text, owner_id int, rows bigint): kind
 	// CountIncomingStatus (name = status), CountOutgoingDestination (name = destination),
 	// CountDeadLetters, CountIncomingOwner and CountOutgoingOwner (owner_id). Args: none.
-	Counts() string
+	Counts string
 	// ReleaseAllIncoming and ReleaseAllOutgoing set owner_id to $1 on every row whose
 	// owner_id differs. Affected rows: the rows changed. Args: owner int.
-	ReleaseAllIncoming() string
-	ReleaseAllOutgoing() string
+	ReleaseAllIncoming, ReleaseAllOutgoing string
 	// ClearOutgoing, ClearIncoming and ClearDeadLetters delete every row of a table.
-	ClearOutgoing() string
-	ClearIncoming() string
-	ClearDeadLetters() string
+	ClearOutgoing, ClearIncoming, ClearDeadLetters string
 
-	// DeadLetterIDs is the bind value of a list of dead-letter ids given as strings (text[]
-	// on PostgreSQL, a JSON array on SQL Server).
-	DeadLetterIDs(ids []string) any
+	// The dead-letter statements take lists of dead-letter ids as Dialect.StringList.
+
 	// CountDeadLetters returns one row: the count of dead letters of topic $1 ('' any), ids
 	// $2 (empty any) and written more than $3 milliseconds ago (0 any age).
-	CountDeadLetters() string
+	CountDeadLetters string
 	// ListDeadLetters returns DeadLetterColumns without body, then the body's length, of
 	// dead letters of topic $1 ('' any), newest first, at most $2 (NULL: all).
-	ListDeadLetters() string
+	ListDeadLetters string
 	// GetDeadLetter returns DeadLetterColumns of the dead letter with id $1 (text).
-	GetDeadLetter() string
+	GetDeadLetter string
 	// PageDeadLetters returns DeadLetterColumns of up to $4 dead letters with an id after
 	// $1 (text, NULL: from the first), ids $2 (empty any), topic $3 ('' any), ordered by id.
-	PageDeadLetters() string
-	// DeleteDeadLetters deletes dead letters by id. Args: DeadLetterIDs. Affected rows.
-	DeleteDeadLetters() string
+	PageDeadLetters string
+	// DeleteDeadLetters deletes dead letters by id. Args: ids. Affected rows.
+	DeleteDeadLetters string
 	// ReplayDeadLetters moves the dead letters PageDeadLetters selects ($1..$4) to the
 	// incoming table as unowned Incoming envelopes of topic $5 ('' their own received_at),
 	// without the delivery headers (row.DeliveryKeys), and returns one row per dead letter
 	// looked at: id (text), moved (boolean), received_at of the moved row (text, '' if not).
-	ReplayDeadLetters() string
+	ReplayDeadLetters string
 	// PurgeDeadLetters deletes up to $3 dead letters written more than $1 milliseconds ago
 	// (0 any age) of topic $2 ('' any). Affected rows.
-	PurgeDeadLetters() string
+	PurgeDeadLetters string
 }
 
 // Kinds of the rows of AdminStatements.Counts (its first column).
@@ -80,7 +76,7 @@ func (o *ops) Counts(ctx context.Context) (store.Counts, error) {
 		IncomingByStatus: map[string]int64{}, OutgoingByDestination: map[string]int64{},
 		IncomingByOwner: map[int32]int64{}, OutgoingByOwner: map[int32]int64{},
 	}
-	rows, err := o.q.Query(ctx, o.d.Counts())
+	rows, err := o.q.Query(ctx, o.d.Admin().Counts)
 	if err != nil {
 		return c, err
 	}
@@ -111,10 +107,10 @@ func (o *ops) Counts(ctx context.Context) (store.Counts, error) {
 func (o *ops) ReleaseAll(ctx context.Context) (incoming, outgoing int64, err error) {
 	err = o.inTx(ctx, func(o *ops) error {
 		var err error
-		if incoming, err = o.exec(ctx, o.d.ReleaseAllIncoming(), 0); err != nil {
+		if incoming, err = o.exec(ctx, o.d.Admin().ReleaseAllIncoming, 0); err != nil {
 			return err
 		}
-		outgoing, err = o.exec(ctx, o.d.ReleaseAllOutgoing(), 0)
+		outgoing, err = o.exec(ctx, o.d.Admin().ReleaseAllOutgoing, 0)
 		return err
 	})
 	return incoming, outgoing, err
@@ -125,13 +121,13 @@ func (o *ops) ClearAll(ctx context.Context) (store.Cleared, error) {
 	var r store.Cleared
 	err := o.inTx(ctx, func(o *ops) error {
 		var err error
-		if r.Outgoing, err = o.exec(ctx, o.d.ClearOutgoing()); err != nil {
+		if r.Outgoing, err = o.exec(ctx, o.d.Admin().ClearOutgoing); err != nil {
 			return err
 		}
-		if r.Incoming, err = o.exec(ctx, o.d.ClearIncoming()); err != nil {
+		if r.Incoming, err = o.exec(ctx, o.d.Admin().ClearIncoming); err != nil {
 			return err
 		}
-		r.DeadLetters, err = o.exec(ctx, o.d.ClearDeadLetters())
+		r.DeadLetters, err = o.exec(ctx, o.d.Admin().ClearDeadLetters)
 		return err
 	})
 	return r, err
@@ -143,7 +139,7 @@ func (o *ops) ListDeadLetters(ctx context.Context, topic string, limit int) ([]r
 	if limit < 0 {
 		l = nil // LIMIT NULL: all
 	}
-	rows, err := o.q.Query(ctx, o.d.ListDeadLetters(), topic, l)
+	rows, err := o.q.Query(ctx, o.d.Admin().ListDeadLetters, topic, l)
 	if err != nil {
 		return nil, err
 	}
@@ -154,13 +150,13 @@ func (o *ops) ListDeadLetters(ctx context.Context, topic string, limit int) ([]r
 func (o *ops) CountDeadLetters(ctx context.Context, sel store.Selection, olderThan time.Duration) (int64, error) {
 	var n int64
 	args := o.selection(nil, sel)[1:] // ids, topic
-	err := o.row(ctx, o.d.CountDeadLetters(), []any{sel.Topic, args[0], millis(olderThan)}, &n)
+	err := o.row(ctx, o.d.Admin().CountDeadLetters, []any{sel.Topic, args[0], millis(olderThan)}, &n)
 	return n, err
 }
 
 // GetDeadLetter returns one dead letter with its body.
 func (o *ops) GetDeadLetter(ctx context.Context, id uuid.UUID) (row.DeadLetter, bool, error) {
-	rows, err := o.q.Query(ctx, o.d.GetDeadLetter(), id.String())
+	rows, err := o.q.Query(ctx, o.d.Admin().GetDeadLetter, id.String())
 	if err != nil {
 		return row.DeadLetter{}, false, err
 	}
@@ -180,12 +176,12 @@ func (o *ops) selection(after *uuid.UUID, sel store.Selection) []any {
 	for i, id := range sel.IDs {
 		ids[i] = id.String()
 	}
-	return []any{a, o.d.DeadLetterIDs(ids), sel.Topic}
+	return []any{a, o.d.StringList(ids), sel.Topic}
 }
 
 // PageDeadLetters returns a page of dead letters by id, with their bodies.
 func (o *ops) PageDeadLetters(ctx context.Context, p store.PageParams) ([]row.DeadLetter, error) {
-	rows, err := o.q.Query(ctx, o.d.PageDeadLetters(), append(o.selection(p.After, p.Sel), p.Limit)...)
+	rows, err := o.q.Query(ctx, o.d.Admin().PageDeadLetters, append(o.selection(p.After, p.Sel), p.Limit)...)
 	if err != nil {
 		return nil, err
 	}
@@ -198,12 +194,12 @@ func (o *ops) DeleteDeadLetters(ctx context.Context, ids []uuid.UUID) (int64, er
 	for i, id := range ids {
 		s[i] = id.String()
 	}
-	return o.exec(ctx, o.d.DeleteDeadLetters(), o.d.DeadLetterIDs(s))
+	return o.exec(ctx, o.d.Admin().DeleteDeadLetters, o.d.StringList(s))
 }
 
 // ReplayToIncoming moves a page of dead letters back to the incoming table.
 func (o *ops) ReplayToIncoming(ctx context.Context, p store.ReplayParams) ([]store.Replayed, error) {
-	rows, err := o.q.Query(ctx, o.d.ReplayDeadLetters(), append(o.selection(p.After, p.Sel), p.Limit, p.Topic)...)
+	rows, err := o.q.Query(ctx, o.d.Admin().ReplayDeadLetters, append(o.selection(p.After, p.Sel), p.Limit, p.Topic)...)
 	if err != nil {
 		return nil, err
 	}
@@ -226,7 +222,7 @@ func (o *ops) ReplayToIncoming(ctx context.Context, p store.ReplayParams) ([]sto
 
 // PurgeDeadLetters deletes a batch of dead letters.
 func (o *ops) PurgeDeadLetters(ctx context.Context, topic string, olderThan time.Duration, limit int) (int64, error) {
-	return o.exec(ctx, o.d.PurgeDeadLetters(), millis(olderThan), topic, limit)
+	return o.exec(ctx, o.d.Admin().PurgeDeadLetters, millis(olderThan), topic, limit)
 }
 
 // millis is d in whole milliseconds, at least 1 when d is positive.
@@ -310,73 +306,3 @@ func scanDeadLetters(rows dbx.Rows, withBody bool) ([]row.DeadLetter, error) {
 	}
 	return out, rows.Close()
 }
-
-// AdminStrings are a dialect's administration statements.
-type AdminStrings struct {
-	CountsSQL, ReleaseAllIncomingSQL, ReleaseAllOutgoingSQL        string
-	ClearOutgoingSQL, ClearIncomingSQL, ClearDeadLettersSQL        string
-	CountDeadLettersSQL, ListDeadLettersSQL, GetDeadLetterSQL      string
-	PageDeadLettersSQL, DeleteDeadLettersSQL, ReplayDeadLettersSQL string
-	PurgeDeadLettersSQL                                            string
-	// IDs renders DeadLetterIDs.
-	IDs func(ids []string) any
-}
-
-// AdminSQL implements AdminStatements for a dialect that embeds it: the statements are built
-// on first use (most stores never run them: a publisher created per transaction builds its
-// dialect each time).
-type AdminSQL struct {
-	once  sync.Once
-	build func() AdminStrings
-	s     AdminStrings
-}
-
-// LazyAdmin returns the AdminSQL whose statements build renders on first use.
-func LazyAdmin(build func() AdminStrings) AdminSQL { return AdminSQL{build: build} }
-
-func (a *AdminSQL) get() *AdminStrings {
-	a.once.Do(func() { a.s = a.build() })
-	return &a.s
-}
-
-// Counts implements AdminStatements.
-func (a *AdminSQL) Counts() string { return a.get().CountsSQL }
-
-// ReleaseAllIncoming implements AdminStatements.
-func (a *AdminSQL) ReleaseAllIncoming() string { return a.get().ReleaseAllIncomingSQL }
-
-// ReleaseAllOutgoing implements AdminStatements.
-func (a *AdminSQL) ReleaseAllOutgoing() string { return a.get().ReleaseAllOutgoingSQL }
-
-// ClearOutgoing implements AdminStatements.
-func (a *AdminSQL) ClearOutgoing() string { return a.get().ClearOutgoingSQL }
-
-// ClearIncoming implements AdminStatements.
-func (a *AdminSQL) ClearIncoming() string { return a.get().ClearIncomingSQL }
-
-// ClearDeadLetters implements AdminStatements.
-func (a *AdminSQL) ClearDeadLetters() string { return a.get().ClearDeadLettersSQL }
-
-// DeadLetterIDs implements AdminStatements.
-func (a *AdminSQL) DeadLetterIDs(ids []string) any { return a.get().IDs(ids) }
-
-// CountDeadLetters implements AdminStatements.
-func (a *AdminSQL) CountDeadLetters() string { return a.get().CountDeadLettersSQL }
-
-// ListDeadLetters implements AdminStatements.
-func (a *AdminSQL) ListDeadLetters() string { return a.get().ListDeadLettersSQL }
-
-// GetDeadLetter implements AdminStatements.
-func (a *AdminSQL) GetDeadLetter() string { return a.get().GetDeadLetterSQL }
-
-// PageDeadLetters implements AdminStatements.
-func (a *AdminSQL) PageDeadLetters() string { return a.get().PageDeadLettersSQL }
-
-// DeleteDeadLetters implements AdminStatements.
-func (a *AdminSQL) DeleteDeadLetters() string { return a.get().DeleteDeadLettersSQL }
-
-// ReplayDeadLetters implements AdminStatements.
-func (a *AdminSQL) ReplayDeadLetters() string { return a.get().ReplayDeadLettersSQL }
-
-// PurgeDeadLetters implements AdminStatements.
-func (a *AdminSQL) PurgeDeadLetters() string { return a.get().PurgeDeadLettersSQL }

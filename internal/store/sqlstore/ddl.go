@@ -87,12 +87,6 @@ func IndexColumns(cfg layout.Config, ix layout.Index) string {
 	return strings.Join(cols, ", ")
 }
 
-// JasperTablesQuery completes a catalog query over information_schema with the condition on
-// the Jasper tables' names.
-func JasperTablesQuery() string {
-	return "('" + layout.IncomingTable + "', '" + layout.OutgoingTable + "', '" + layout.DeadLetterTable + "')"
-}
-
 // Script renders a dialect's whole DDL as a script file: a header line, then every statement
 // followed by the dialect's separator.
 func Script(d Dialect) string {

@@ -1,8 +1,10 @@
 // Package sqlstore implements the store's typed operations (internal/store) once, over the
 // statement set of a dialect: a Dialect renders every statement of one database for one
 // schema, and Store binds the typed parameters to them and reads the typed results. The
-// statements themselves live in the dialect packages (internal/store/postgres and the public
-// package sqlserver), DDL beside them; no other package holds SQL.
+// statements themselves live in the dialect packages (internal/store/postgres and
+// internal/store/sqlserver), DDL beside them; the few whose text differs between the
+// databases only by a token (a placeholder, a count, a type name) are written once in
+// base.go and rendered with the dialect's Syntax. No other package holds SQL.
 //
 // Notation of the contracts below: "$n" is the n-th argument (written $n on PostgreSQL and
 // @pn on SQL Server); "bigint", "float8", "boolean" and "text" name the Go values a result
@@ -199,8 +201,8 @@ type Dialect interface {
 
 	// Durability agent statements (package durability), in dialect_durability.go.
 	DurabilityStatements
-	// Administration statements (package admin), in dialect_admin.go.
-	AdminStatements
+	// Admin returns the administration statements (package admin), in admin.go.
+	Admin() *AdminStatements
 	// DDL and catalog statements (package schema), in ddl.go.
 	DDL
 }

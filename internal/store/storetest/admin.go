@@ -15,18 +15,6 @@ import (
 // The administration operations: Counts, ReleaseAll, ClearAll and the dead-letter tools
 // (List, Count, Get, Page, Delete, Purge, ReplayToIncoming).
 
-func adminCases() []testCase {
-	return []testCase{
-		{"Counts", testCounts},
-		{"ReleaseAll", testReleaseAll},
-		{"ClearAll", testClearAll},
-		{"ListCountGetDeadLetters", testDeadLetterQueries},
-		{"PageDeadLetters", testPageDeadLetters},
-		{"DeleteAndPurgeDeadLetters", testDeleteAndPurgeDeadLetters},
-		{"ReplayToIncoming", testReplayToIncoming},
-	}
-}
-
 // populate writes outgoing envelopes to a (unowned and owned by 7) and b, incoming envelopes
 // (Incoming unowned and owned by 9, Scheduled) and one dead letter.
 func (e *env) populate() {
@@ -100,16 +88,12 @@ func (e *env) writeDeadLetter(topic string, age time.Duration) row.Envelope {
 
 // dlIDs returns the ids of dead letters, in order.
 func dlIDs(ds []row.DeadLetter) []uuid.UUID {
-	out := make([]uuid.UUID, len(ds))
-	for i, d := range ds {
-		out[i] = d.ID
-	}
-	return out
+	return mapped(ds, func(d row.DeadLetter) uuid.UUID { return d.ID })
 }
 
 // List returns dead letters newest first without bodies; Count filters by topic and age;
 // Get returns one with its body.
-func testDeadLetterQueries(e *env) {
+func testListCountGetDeadLetters(e *env) {
 	a, b := e.writeDeadLetter("orders", 3*time.Hour), e.writeDeadLetter("orders", 2*time.Hour)
 	c, d := e.writeDeadLetter("billing", time.Hour), e.writeDeadLetter("orders", 0)
 	list := must(e.s.ListDeadLetters(e.ctx, "", 10))

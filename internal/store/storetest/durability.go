@@ -15,20 +15,6 @@ import (
 // (ReleaseScheduled, TakeDueScheduledSends), dormant owners (OtherOwners, OwnersAlive,
 // ReleaseOwner), Unowned, the expiry cleanups and Gauges.
 
-func durabilityCases() []testCase {
-	return []testCase{
-		{"TryGlobalLock", testTryGlobalLock},
-		{"NodeLocks", testNodeLocks},
-		{"ReleaseScheduled", testReleaseScheduled},
-		{"TakeDueScheduledSends", testTakeDueScheduledSends},
-		{"Owners", testOwners},
-		{"Unowned", testUnowned},
-		{"DeleteExpiredOutgoing", testDeleteExpiredOutgoing},
-		{"DeleteExpiredHandled", testDeleteExpiredHandled},
-		{"Gauges", testGauges},
-	}
-}
-
 // randomID is a random non-zero Jasper lock or node id (cases running at once on one
 // database do not share locks).
 func randomID() int32 {

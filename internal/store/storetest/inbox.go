@@ -16,19 +16,6 @@ import (
 // InsertHandled, DeleteHandledMark, BeginMarkHandled, BeginInsertHandled, InsertDeadLetter)
 // and the savepoints of a handler attempt.
 
-func inboxCases() []testCase {
-	return []testCase{
-		{"MarkIncomingHandled", testMarkIncomingHandled},
-		{"InsertHandled", testInsertHandled},
-		{"InsertHandledWaitsForConcurrentInsert", testInsertHandledConcurrent},
-		{"DeleteHandledMark", testDeleteHandledMark},
-		{"BeginMarkHandled", testBeginMarkHandled},
-		{"BeginInsertHandled", testBeginInsertHandled},
-		{"InsertDeadLetter", testInsertDeadLetter},
-		{"Savepoints", testSavepoints},
-	}
-}
-
 // status is IncomingStatus, failing the case on error.
 func (e *env) status(id uuid.UUID, topic string) (string, bool) {
 	e.t.Helper()
@@ -94,7 +81,7 @@ func testInsertHandled(e *env) {
 
 // A concurrent insert of a mark waits for the transaction that inserted it first: a
 // duplicate once it committed, recorded once it rolled back.
-func testInsertHandledConcurrent(e *env) {
+func testInsertHandledWaitsForConcurrentInsert(e *env) {
 	for _, commit := range []bool{true, false} {
 		p := handledMark()
 		tx := e.begin()

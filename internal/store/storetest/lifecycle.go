@@ -1,6 +1,8 @@
 package storetest
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
@@ -11,14 +13,8 @@ import (
 // End to end through the operations only, as the components use them: an outbox relayed
 // (published in a caller's transaction, claimed, sent, one send failing until it is a dead
 // letter) and a durable local queue (delivered, nacked with a delay, released when due,
-// delivered again, handled by an inbox and acknowledged).
-
-func lifecycleCases() []testCase {
-	return []testCase{
-		{"OutboxLifecycle", testOutboxLifecycle},
-		{"QueueLifecycle", testQueueLifecycle},
-	}
-}
+// delivered again, handled by an inbox and acknowledged); and the store's own methods the
+// components run them through (InTx, With, Schema).
 
 func testOutboxLifecycle(e *env) {
 	msgs := bulk("orders", 3)
@@ -57,4 +53,32 @@ func testQueueLifecycle(e *env) {
 	e.checkStatus("acknowledged envelope an inbox handled", job.ID, "jobs", layout.StatusHandled)
 	check(e, "expired marks deleted", must(e.s.DeleteExpiredHandled(e.ctx, 10)), int64(0))
 	check(e, "gauges", must(e.s.Gauges(e.ctx)), store.Gauges{Handled: 1})
+}
+
+// InTx commits when its function returns nil and rolls back otherwise; With runs the
+// operations on a dedicated connection; Schema is the normalized config.
+func testInTxAndWith(e *env) {
+	a, b := outEnv("a"), outEnv("b")
+	insert := func(env row.Envelope) func(context.Context, store.Ops) error {
+		return func(ctx context.Context, tx store.Ops) error {
+			return tx.InsertEnvelopes(ctx, store.InsertParams{Outgoing: []row.Envelope{env}})
+		}
+	}
+	e.ok(e.s.InTx(e.ctx, insert(a)))
+	boom := errors.New("boom")
+	err := e.s.InTx(e.ctx, func(ctx context.Context, tx store.Ops) error {
+		if err := insert(b)(ctx, tx); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		e.t.Errorf("InTx returned %v, want its function's error", err)
+	}
+	check(e, "outgoing seen on a dedicated connection", must(e.s.With(e.conn()).Counts(e.ctx)).OutgoingByDestination, map[string]int64{"a": 1})
+	norm, err := e.s.Schema().Normalized()
+	e.ok(err)
+	check(e, "schema", e.s.Schema(), norm)
+	check(e, "dialect", e.s.Schema().Dialect, e.s.Dialect())
+	check(e, "pool dialect", e.s.DB().Dialect(), e.s.Dialect())
 }

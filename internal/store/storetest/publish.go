@@ -13,16 +13,6 @@ import (
 
 // Publishing (InsertEnvelopes) and notifications (Listen, NotifyOutgoing, NotifyIncoming).
 
-func publishCases() []testCase {
-	return []testCase{
-		{"InsertEnvelopes", testInsertEnvelopes},
-		{"InsertEnvelopesBeyondParameterLimit", testInsertBeyondParameterLimit},
-		{"InsertEnvelopesAtomicAcrossStatements", testInsertAtomicAcrossStatements},
-		{"InsertEnvelopesNotifies", testInsertNotifies},
-		{"ListenAndNotify", testListenAndNotify},
-	}
-}
-
 // Every column of both tables round-trips; a re-publish (same ids, even changed, even twice
 // in one call) and an empty call insert nothing.
 func testInsertEnvelopes(e *env) {
@@ -71,7 +61,7 @@ func bulk(dest string, n int) []row.Envelope {
 }
 
 // More envelopes than one statement can bind are inserted, and inserted once.
-func testInsertBeyondParameterLimit(e *env) {
+func testInsertEnvelopesBeyondParameterLimit(e *env) {
 	n := maxParams(e.s)/len(row.OutgoingColumns) + 2
 	p := store.InsertParams{Outgoing: bulk("bulk", n), Incoming: []row.Envelope{
 		inEnv("bulk", layout.StatusIncoming, nil), inEnv("bulk", layout.StatusIncoming, nil), inEnv("bulk", layout.StatusIncoming, nil),
@@ -86,7 +76,7 @@ func testInsertBeyondParameterLimit(e *env) {
 
 // On the pool, the statements of one call run in one transaction: when the last fails, the
 // envelopes of the first are not inserted either.
-func testInsertAtomicAcrossStatements(e *env) {
+func testInsertEnvelopesAtomicAcrossStatements(e *env) {
 	e.refuse(layout.IncomingTable, "received_at", "refused")
 	bad := inEnv("refused", layout.StatusIncoming, nil)
 	err := e.s.InsertEnvelopes(e.ctx, store.InsertParams{
@@ -151,7 +141,7 @@ func (l listener) quiet(what string) {
 
 // InsertEnvelopes wakes the relays when it inserted an outgoing envelope and was asked to,
 // and the subscribers of the topics it was given.
-func testInsertNotifies(e *env) {
+func testInsertEnvelopesNotifies(e *env) {
 	if !e.notifies() {
 		e.ok(e.s.InsertEnvelopes(e.ctx, store.InsertParams{Outgoing: []row.Envelope{outEnv("orders")},
 			Incoming: []row.Envelope{inEnv("jobs", layout.StatusIncoming, nil)}, NotifyOutgoing: true, NotifyTopics: []string{"jobs"}}))

@@ -14,17 +14,6 @@ import (
 // The durable local queues' operations on incoming envelopes (ClaimIncoming, DeleteIncoming,
 // RetryIncoming, ReleaseIncoming, DeadLetterIncoming).
 
-func queueCases() []testCase {
-	return []testCase{
-		{"ClaimIncoming", testClaimIncoming},
-		{"ClaimIncomingSkipsLockedRows", testClaimIncomingSkipsLocked},
-		{"DeleteIncoming", testDeleteIncoming},
-		{"RetryIncoming", testRetryIncoming},
-		{"ReleaseIncoming", testReleaseIncoming},
-		{"DeadLetterIncoming", testDeadLetterIncoming},
-	}
-}
-
 // A claim takes the unowned Incoming envelopes of its topic only (not Scheduled or Handled
 // ones, not another topic's, not a topic that merely starts with its own), up to its limit.
 func testClaimIncoming(e *env) {
@@ -45,7 +34,7 @@ func testClaimIncoming(e *env) {
 	e.claimedIDs("a 100-character topic", e.claimIn(5, prefix, 10), 5, long)
 }
 
-func testClaimIncomingSkipsLocked(e *env) {
+func testClaimIncomingSkipsLockedRows(e *env) {
 	envs := []row.Envelope{inEnv("t", layout.StatusIncoming, nil), inEnv("t", layout.StatusIncoming, nil), inEnv("t", layout.StatusIncoming, nil)}
 	e.in(envs...)
 	e.skipsLocked(envs, func(ops store.Ops, owner int32, limit int) []row.Envelope {

@@ -15,17 +15,6 @@ import (
 // The relay's operations on outgoing envelopes (ClaimOutgoing, DeleteOutgoing,
 // ReleaseOutgoing, DeadLetterOutgoing) and the dead-letter checks shared with the queue's.
 
-func relayCases() []testCase {
-	return []testCase{
-		{"ClaimOutgoing", testClaimOutgoing},
-		{"ClaimOutgoingSkipsLockedRows", testClaimOutgoingSkipsLocked},
-		{"DeleteOutgoing", testDeleteOutgoing},
-		{"ReleaseOutgoing", testReleaseOutgoing},
-		{"DeadLetterOutgoing", testDeadLetterOutgoing},
-		{"DeadLetterMovesAreAtomic", testDeadLetterMovesAtomic},
-	}
-}
-
 // A claim takes unowned envelopes only, up to its limit, skipping excluded destinations and
 // keeping to the only ones when given.
 func testClaimOutgoing(e *env) {
@@ -64,7 +53,7 @@ func (e *env) skipsLocked(envs []row.Envelope, claim func(ops store.Ops, owner i
 	e.claimedIDs("after the transaction rolled back", claim(e.s, 12, 10), 12, held[0])
 }
 
-func testClaimOutgoingSkipsLocked(e *env) {
+func testClaimOutgoingSkipsLockedRows(e *env) {
 	envs := []row.Envelope{outEnv("a"), outEnv("a"), outEnv("a")}
 	e.out(envs...)
 	e.skipsLocked(envs, func(ops store.Ops, owner int32, limit int) []row.Envelope {
@@ -154,7 +143,7 @@ func testDeadLetterOutgoing(e *env) {
 }
 
 // A move whose dead letters cannot be written deletes nothing, for any envelope of the call.
-func testDeadLetterMovesAtomic(e *env) {
+func testDeadLetterMovesAreAtomic(e *env) {
 	e.refuse(layout.DeadLetterTable, "explanation", "refused")
 	o1, o2 := outEnv("orders"), outEnv("orders")
 	i1, i2 := inEnv("jobs", layout.StatusIncoming, nil), inEnv("jobs", layout.StatusIncoming, nil)

@@ -2,30 +2,17 @@ package storetest
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
-	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
-// Schema management (Migrate, Catalog, Script, ColumnType), error classification
-// (IsMissingTable, IsMissingColumn, IsStatementError) and the store's own methods (InTx,
-// With, Schema).
-
-func schemaCases() []testCase {
-	return []testCase{
-		{"Migrate", testMigrate},
-		{"Catalog", testCatalog},
-		{"Script", testScript},
-		{"ErrorClassification", testErrorClassification},
-		{"InTxAndWith", testInTxAndWith},
-	}
-}
+// Schema management (Migrate, Catalog, Script, ColumnType) and error classification
+// (IsMissingTable, IsMissingColumn, IsStatementError).
 
 // catalog is Catalog, failing the case on error.
 func (e *env) catalog() store.Catalog {
@@ -159,32 +146,4 @@ func testErrorClassification(e *env) {
 	waiting, cancel := context.WithTimeout(e.ctx, 200*time.Millisecond)
 	defer cancel()
 	e.classify("a statement cancelled while it waited", e.s.DeleteOutgoing(waiting, idsOf(o)), class{})
-}
-
-// InTx commits when its function returns nil and rolls back otherwise; With runs the
-// operations on a dedicated connection; Schema is the normalized config.
-func testInTxAndWith(e *env) {
-	a, b := outEnv("a"), outEnv("b")
-	insert := func(env row.Envelope) func(context.Context, store.Ops) error {
-		return func(ctx context.Context, tx store.Ops) error {
-			return tx.InsertEnvelopes(ctx, store.InsertParams{Outgoing: []row.Envelope{env}})
-		}
-	}
-	e.ok(e.s.InTx(e.ctx, insert(a)))
-	boom := errors.New("boom")
-	err := e.s.InTx(e.ctx, func(ctx context.Context, tx store.Ops) error {
-		if err := insert(b)(ctx, tx); err != nil {
-			return err
-		}
-		return boom
-	})
-	if !errors.Is(err, boom) {
-		e.t.Errorf("InTx returned %v, want its function's error", err)
-	}
-	check(e, "outgoing seen on a dedicated connection", must(e.s.With(e.conn()).Counts(e.ctx)).OutgoingByDestination, map[string]int64{"a": 1})
-	norm, err := e.s.Schema().Normalized()
-	e.ok(err)
-	check(e, "schema", e.s.Schema(), norm)
-	check(e, "dialect", e.s.Schema().Dialect, e.s.Dialect())
-	check(e, "pool dialect", e.s.DB().Dialect(), e.s.Dialect())
 }

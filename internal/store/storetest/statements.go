@@ -42,13 +42,17 @@ var documentedArgs = map[string]int{
 	// Durability agent.
 	"TryAdvisoryXactLock": 1, "OtherOwners": 1, "ReleaseOwner": 2, "UnownedEnvelopes": 0,
 	"DeleteExpiredOutgoing": 1, "StorageGauges": 0, "OwnersAlive": 1,
-	// Administration.
-	"Counts": 0, "ReleaseAllIncoming": 1, "ReleaseAllOutgoing": 1, "ClearOutgoing": 0, "ClearIncoming": 0,
-	"ClearDeadLetters": 0, "CountDeadLetters": 3, "ListDeadLetters": 2, "GetDeadLetter": 1,
-	"PageDeadLetters": 4, "DeleteDeadLetters": 1, "ReplayDeadLetters": 5, "PurgeDeadLetters": 3,
 	// DDL and catalog.
 	"MigrationLock": 1, "SchemaExists": 1, "ColumnsQuery": 1, "PrimaryKeysQuery": 1, "ObjectsQuery": 1,
 	"IndexesQuery": 1,
+}
+
+// adminArgs are the argument counts of the administration statements (the fields of
+// sqlstore.AdminStatements), by field name.
+var adminArgs = map[string]int{
+	"Counts": 0, "ReleaseAllIncoming": 1, "ReleaseAllOutgoing": 1, "ClearOutgoing": 0, "ClearIncoming": 0,
+	"ClearDeadLetters": 0, "CountDeadLetters": 3, "ListDeadLetters": 2, "GetDeadLetter": 1,
+	"PageDeadLetters": 4, "DeleteDeadLetters": 1, "ReplayDeadLetters": 5, "PurgeDeadLetters": 3,
 }
 
 // sizedStatements are the statement methods Statements calls with sizes, and DDLStatements.
@@ -61,9 +65,9 @@ var notStatements = map[string]bool{
 }
 
 // Statements returns every statement of d with its documented argument count: the
-// parameterless statement methods by name, InsertOutgoing, InsertIncoming and
-// InsertEnvelopes at a few sizes, and each of DDLStatements. A statement the database does
-// not have ("") is left out.
+// parameterless statement methods and the administration statements by name,
+// InsertOutgoing, InsertIncoming and InsertEnvelopes at a few sizes, and each of
+// DDLStatements. A statement the database does not have ("") is left out.
 func Statements(d sqlstore.Dialect) []Statement {
 	nOut, nInc := len(row.OutgoingColumns), len(row.IncomingColumns)
 	var out []Statement
@@ -72,14 +76,12 @@ func Statements(d sqlstore.Dialect) []Statement {
 			out = append(out, Statement{Name: name, SQL: sql, Args: args})
 		}
 	}
-	v := reflect.ValueOf(d)
-	names := make([]string, 0, len(documentedArgs))
-	for name := range documentedArgs {
-		names = append(names, name)
+	methods, admin := reflect.ValueOf(d), reflect.ValueOf(d.Admin()).Elem()
+	for _, name := range sortedKeys(documentedArgs) {
+		add(name, methods.MethodByName(name).Call(nil)[0].String(), documentedArgs[name])
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		add(name, v.MethodByName(name).Call(nil)[0].String(), documentedArgs[name])
+	for _, name := range sortedKeys(adminArgs) {
+		add(name, admin.FieldByName(name).String(), adminArgs[name])
 	}
 	for _, n := range []int{1, 2, 9, 12} {
 		add(fmt.Sprintf("InsertOutgoing(%d)", n), d.InsertOutgoing(n), n*nOut)
@@ -96,9 +98,9 @@ func Statements(d sqlstore.Dialect) []Statement {
 	return out
 }
 
-// CheckCoverage fails t when a method of sqlstore.Dialect returning SQL is missing from
-// Statements: a statement added to the interface must get its documented argument count
-// here, so that every check sees it.
+// CheckCoverage fails t when a method of sqlstore.Dialect returning SQL, or a statement of
+// sqlstore.AdminStatements, is missing from Statements: a statement added to the interface
+// or the struct must get its documented argument count here, so that every check sees it.
 func CheckCoverage(t *testing.T) {
 	t.Helper()
 	typ := reflect.TypeFor[sqlstore.Dialect]()
@@ -117,6 +119,29 @@ func CheckCoverage(t *testing.T) {
 			t.Errorf("storetest lists %s, which sqlstore.Dialect does not have", name)
 		}
 	}
+	admin := reflect.TypeFor[sqlstore.AdminStatements]()
+	for i := range admin.NumField() {
+		if f := admin.Field(i); f.Type == str {
+			if _, ok := adminArgs[f.Name]; !ok {
+				t.Errorf("sqlstore.AdminStatements.%s is not among storetest's statements: add its argument count to adminArgs", f.Name)
+			}
+		}
+	}
+	for name := range adminArgs {
+		if _, ok := admin.FieldByName(name); !ok {
+			t.Errorf("storetest lists %s, which sqlstore.AdminStatements does not have", name)
+		}
+	}
+}
+
+// sortedKeys returns the keys of m in order.
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // StripLiterals blanks out '...' string literals (so that text in them is not read as SQL).

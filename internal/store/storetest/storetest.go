@@ -21,15 +21,11 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
-	"sort"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-
-	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
-	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
@@ -37,23 +33,38 @@ import (
 // that does not skip a locked row) fails the case instead of hanging the test binary.
 const caseTimeout = 2 * time.Minute
 
-// testCase is one behaviour of the suite, run on a fresh schema.
-type testCase struct {
-	name string
-	run  func(e *env)
+// cases are the behaviours of the suite, by file; each runs on a fresh schema, named after
+// its function without "test" (caseName).
+var cases = []func(e *env){
+	// publish.go
+	testInsertEnvelopes, testInsertEnvelopesBeyondParameterLimit,
+	testInsertEnvelopesAtomicAcrossStatements, testInsertEnvelopesNotifies, testListenAndNotify,
+	// relay.go
+	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testDeleteOutgoing, testReleaseOutgoing,
+	testDeadLetterOutgoing, testDeadLetterMovesAreAtomic,
+	// queue.go
+	testClaimIncoming, testClaimIncomingSkipsLockedRows, testDeleteIncoming, testRetryIncoming,
+	testReleaseIncoming, testDeadLetterIncoming,
+	// inbox.go
+	testMarkIncomingHandled, testInsertHandled, testInsertHandledWaitsForConcurrentInsert,
+	testDeleteHandledMark, testBeginMarkHandled, testBeginInsertHandled, testInsertDeadLetter,
+	testSavepoints,
+	// durability.go
+	testTryGlobalLock, testNodeLocks, testReleaseScheduled, testTakeDueScheduledSends, testOwners,
+	testUnowned, testDeleteExpiredOutgoing, testDeleteExpiredHandled, testGauges,
+	// admin.go
+	testCounts, testReleaseAll, testClearAll, testListCountGetDeadLetters, testPageDeadLetters,
+	testDeleteAndPurgeDeadLetters, testReplayToIncoming,
+	// schema.go
+	testMigrate, testCatalog, testScript, testErrorClassification,
+	// lifecycle.go
+	testOutboxLifecycle, testQueueLifecycle, testInTxAndWith,
 }
 
-// cases lists every case of the suite, by file (publish.go, relay.go, queue.go, inbox.go,
-// durability.go, admin.go, schema.go, lifecycle.go).
-func cases() []testCase {
-	var all []testCase
-	for _, group := range [][]testCase{
-		publishCases(), relayCases(), queueCases(), inboxCases(), durabilityCases(),
-		adminCases(), schemaCases(), lifecycleCases(),
-	} {
-		all = append(all, group...)
-	}
-	return all
+// caseName is the name of a case: its function's name without "test".
+func caseName(run func(e *env)) string {
+	name := runtime.FuncForPC(reflect.ValueOf(run).Pointer()).Name()
+	return strings.TrimPrefix(name[strings.LastIndex(name, ".")+1:], "test")
 }
 
 // Run runs the conformance suite. open returns the Store of a fresh, migrated schema that
@@ -61,14 +72,14 @@ func cases() []testCase {
 // opens its own and runs in parallel with the others.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Helper()
-	for _, c := range cases() {
-		t.Run(c.name, func(t *testing.T) {
+	for _, run := range cases {
+		t.Run(caseName(run), func(t *testing.T) {
 			t.Parallel()
 			s := open(t)
 			ctx, cancel := context.WithTimeout(t.Context(), caseTimeout)
 			defer cancel()
 			defer reportFailure(t)
-			c.run(&env{t: t, ctx: ctx, s: s, cfg: s.Schema()})
+			run(&env{t: t, ctx: ctx, s: s, cfg: s.Schema()})
 		})
 	}
 }
@@ -125,197 +136,3 @@ func check[T any](e *env, what string, got, want T) {
 
 // notifies reports whether the database has notifications.
 func (e *env) notifies() bool { return e.s.Caps().Notifications }
-
-// Envelopes.
-
-// outEnv is an outgoing envelope to dest with every column set (owner 0, no deliver_by).
-func outEnv(dest string) row.Envelope {
-	id, conv := uuid.New(), uuid.New()
-	return row.Envelope{
-		ID: id, Destination: dest, Body: []byte("body-" + id.String()), MessageType: "test.Message",
-		ContentType: "application/json", CorrelationID: "corr-" + dest, ParentID: "parent", SagaID: "saga",
-		ReplyRequested: "reply.Type", ReplyURI: "local://replies", ConversationID: &conv, AckRequested: true,
-		MessageUUID: "msg-" + id.String(), Headers: []byte(`{"k":"v"}`),
-	}
-}
-
-// inEnv is an incoming envelope of topic with status and execution time.
-func inEnv(topic, status string, exec *time.Time) row.Envelope {
-	e := outEnv(topic)
-	e.Status = status
-	e.ExecutionTime = exec
-	return e
-}
-
-// owned sets the owner of envelopes.
-func owned(owner int32, envs ...row.Envelope) []row.Envelope {
-	for i := range envs {
-		envs[i].OwnerID = owner
-	}
-	return envs
-}
-
-// at is now plus d, in UTC and whole milliseconds (both databases store that exactly).
-func at(d time.Duration) *time.Time {
-	t := time.Now().Add(d).UTC().Truncate(time.Millisecond)
-	return &t
-}
-
-// idsOf returns the ids of envelopes.
-func idsOf(envs ...row.Envelope) []uuid.UUID {
-	out := make([]uuid.UUID, len(envs))
-	for i, e := range envs {
-		out[i] = e.ID
-	}
-	return out
-}
-
-// idSet returns the ids of envelopes as a set.
-func idSet(envs []row.Envelope) map[uuid.UUID]bool {
-	out := make(map[uuid.UUID]bool, len(envs))
-	for _, e := range envs {
-		out[e.ID] = true
-	}
-	return out
-}
-
-// sorted returns a sorted copy of s (nil for an empty s).
-func sorted[T int32 | string](s []T) []T {
-	if len(s) == 0 {
-		return nil
-	}
-	out := append([]T(nil), s...)
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
-}
-
-// Operations the cases repeat.
-
-// insert publishes outgoing and incoming envelopes without notifications.
-func (e *env) insert(out, in []row.Envelope) {
-	e.t.Helper()
-	e.ok(e.s.InsertEnvelopes(e.ctx, store.InsertParams{Outgoing: out, Incoming: in}))
-}
-
-// out inserts outgoing envelopes.
-func (e *env) out(envs ...row.Envelope) { e.t.Helper(); e.insert(envs, nil) }
-
-// in inserts incoming envelopes.
-func (e *env) in(envs ...row.Envelope) { e.t.Helper(); e.insert(nil, envs) }
-
-// claimOut claims outgoing envelopes on ops (the pool or a transaction).
-func (e *env) claimOut(ops store.Ops, p store.ClaimOutgoingParams) []row.Envelope {
-	e.t.Helper()
-	return must(ops.ClaimOutgoing(e.ctx, p))
-}
-
-// claimIn claims incoming envelopes of topic on the pool.
-func (e *env) claimIn(owner int32, topic string, limit int) []row.Envelope {
-	e.t.Helper()
-	return must(e.s.ClaimIncoming(e.ctx, store.ClaimIncomingParams{Owner: owner, Topic: topic, Limit: limit}))
-}
-
-// counts returns the store's Counts.
-func (e *env) counts() store.Counts {
-	e.t.Helper()
-	return must(e.s.Counts(e.ctx))
-}
-
-// claimedIDs checks that envs are exactly the envelopes want, owned by owner.
-func (e *env) claimedIDs(what string, envs []row.Envelope, owner int32, want ...row.Envelope) {
-	e.t.Helper()
-	if !reflect.DeepEqual(idSet(envs), idSet(want)) {
-		e.t.Errorf("%s claimed %v, want %v", what, idsOf(envs...), idsOf(want...))
-	}
-	for _, got := range envs {
-		if got.OwnerID != owner {
-			e.t.Errorf("%s: envelope %s has owner %d, want %d", what, got.ID, got.OwnerID, owner)
-		}
-	}
-}
-
-// sameEnvelope checks that a read envelope holds every column of the written one; owner and
-// attempts are the values the read row must have.
-func (e *env) sameEnvelope(what string, got, want row.Envelope, owner int32, attempts int) {
-	e.t.Helper()
-	want.OwnerID, want.Attempts = owner, attempts
-	for _, env := range []*row.Envelope{&got, &want} {
-		env.ExecutionTime, env.DeliverBy = utc(env.ExecutionTime), utc(env.DeliverBy)
-	}
-	if !reflect.DeepEqual(got, want) {
-		e.t.Errorf("%s: read\n%+v\nwrote\n%+v", what, got, want)
-	}
-}
-
-// utc is t in UTC (nil stays nil), for comparing times read back with times written.
-func utc(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	u := t.UTC()
-	return &u
-}
-
-// byID returns the envelope of envs with id.
-func (e *env) byID(envs []row.Envelope, id uuid.UUID) row.Envelope {
-	e.t.Helper()
-	for _, env := range envs {
-		if env.ID == id {
-			return env
-		}
-	}
-	e.t.Fatalf("envelope %s not among %v", id, idsOf(envs...))
-	return row.Envelope{}
-}
-
-// reason is a dead-letter reason whose every field names tag.
-func reason(tag string) store.Reason {
-	return store.Reason{
-		Explanation: "explanation " + tag, ExceptionType: "type " + tag, ExceptionMessage: "message " + tag,
-		ExceptionText: "text " + tag, Source: "source " + tag,
-	}
-}
-
-// letters pairs envelopes with reasons named by tags.
-func letters(envs []row.Envelope, tags ...string) []store.DeadLetterReason {
-	out := make([]store.DeadLetterReason, len(envs))
-	for i, env := range envs {
-		out[i] = store.DeadLetterReason{ID: env.ID, Reason: reason(tags[i])}
-	}
-	return out
-}
-
-// deadLetter returns the dead letter of id, failing when there is none.
-func (e *env) deadLetter(id uuid.UUID) row.DeadLetter {
-	e.t.Helper()
-	d, found, err := e.s.GetDeadLetter(e.ctx, id)
-	e.ok(err)
-	if !found {
-		e.t.Fatalf("no dead letter %s", id)
-	}
-	return d
-}
-
-// openTx is a transaction of the pool with the operations bound to it.
-type openTx struct {
-	dbx.Tx
-	ops store.Ops
-}
-
-// begin opens a transaction on the pool, rolled back when the case ends unless it was
-// committed or rolled back before.
-func (e *env) begin() openTx {
-	e.t.Helper()
-	tx := must(e.s.DB().Begin(e.ctx))
-	e.t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
-	return openTx{Tx: tx, ops: e.s.With(tx)}
-}
-
-// conn acquires a dedicated connection, closed (not returned to the pool, since it may hold
-// a lock or LISTEN) when the case ends.
-func (e *env) conn() dbx.Conn {
-	e.t.Helper()
-	c := must(e.s.DB().Acquire(e.ctx))
-	e.t.Cleanup(func() { _ = c.Close(true) })
-	return c
-}
