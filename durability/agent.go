@@ -508,6 +508,13 @@ func (a *Agent) lockedTx(ctx context.Context, id int32, fn func(ctx context.Cont
 	return locked && err == nil, err
 }
 
+// bounded runs one read of the store within timeout.
+func bounded[T any](ctx context.Context, timeout time.Duration, read func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return read(ctx)
+}
+
 // inTx runs fn in a transaction bounded by StatementTimeout.
 func (a *Agent) inTx(ctx context.Context, fn func(ctx context.Context, tx store.Ops) error) error {
 	ctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
@@ -713,13 +720,10 @@ func (a *Agent) releaseScheduledSends(ctx context.Context, tx store.Ops, limit i
 // subscribers claim unowned envelopes themselves; this makes them do it now rather than at
 // their next poll. The agent runs it after every scheduled-jobs pass.
 func (a *Agent) RecoverUnowned(ctx context.Context) (Unowned, error) {
-	qctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
-	defer cancel()
-	su, err := a.store.Unowned(qctx)
+	u, err := bounded(ctx, a.config.StatementTimeout, a.store.Unowned)
 	if err != nil {
-		return Unowned{}, fmt.Errorf("look for unowned envelopes: %w", err)
+		return u, fmt.Errorf("look for unowned envelopes: %w", err)
 	}
-	u := su
 	if u.Outgoing {
 		a.wakers.wakeOutgoing()
 	}
@@ -930,13 +934,10 @@ func (a *Agent) deleteInBatches(ctx context.Context, lockID int32, what string, 
 // SampleGauges samples the tables with one query and keeps the result for Gauges. The agent
 // runs it every MetricsSamplingInterval.
 func (a *Agent) SampleGauges(ctx context.Context) (Gauges, error) {
-	qctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
-	defer cancel()
-	sg, err := a.store.Gauges(qctx)
+	g, err := bounded(ctx, a.config.StatementTimeout, a.store.Gauges)
 	if err != nil {
-		return Gauges{}, fmt.Errorf("sample the tables: %w", err)
+		return g, fmt.Errorf("sample the tables: %w", err)
 	}
-	g := sg
 	g.SampledAt = time.Now()
 	a.gauges.Store(&g)
 	return g, nil

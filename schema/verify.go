@@ -2,7 +2,9 @@ package schema
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -142,4 +144,37 @@ func typeMatches(want, got string) bool {
 		return false
 	}
 	return gn == MaxLength || (wn != MaxLength && gn >= wn)
+}
+
+// ErrNotReady is wrapped by the error of Check when the tables, or columns this library needs,
+// are missing or differ from the layout.
+var ErrNotReady = errors.New("watermill-jasper: the Jasper tables are missing or incomplete")
+
+// Check is the readiness check of the components (the runtime's Start, the subscriber):
+// Verify, then an error wrapping ErrNotReady that names the differences (sorted) and how to
+// create what is missing, or nil. A missing extension index is not an error (envelopes are
+// found slower without it): those are returned for the caller to log.
+func Check(ctx context.Context, db database.Driver, cfg Config) (missingIndexes []Difference, err error) {
+	diffs, err := Verify(ctx, db, cfg, VerifyOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	for _, d := range diffs {
+		if d.Kind == MissingIndex {
+			missingIndexes = append(missingIndexes, d)
+			continue
+		}
+		problems = append(problems, d.String())
+	}
+	if len(problems) == 0 {
+		return missingIndexes, nil
+	}
+	sort.Strings(problems)
+	name := cfg.Schema
+	if n, err := cfg.Normalized(); err == nil {
+		name = n.Schema
+	}
+	return missingIndexes, fmt.Errorf("%w in schema %s (%s); create them with `watermill-jasper schema migrate --schema %s` or schema.Migrate (safe on a database Jasper created)",
+		ErrNotReady, name, strings.Join(problems, "; "), name)
 }

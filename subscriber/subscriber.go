@@ -49,8 +49,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -67,7 +65,7 @@ var ErrSubscriberClosed = errors.New("watermill-jasper: subscriber is closed")
 
 // ErrSchemaNotReady is wrapped by the errors of SubscribeInitialize and Subscribe when the
 // tables, or columns this library needs, do not exist.
-var ErrSchemaNotReady = errors.New("watermill-jasper: the watermill-jasper tables are missing or incomplete")
+var ErrSchemaNotReady = schema.ErrNotReady
 
 // initTimeout bounds SubscribeInitialize and the schema check of Subscribe.
 const initTimeout = time.Minute
@@ -154,22 +152,12 @@ func (s *Subscriber) checkSchema(ctx context.Context) error {
 			return fmt.Errorf("watermill-jasper: subscriber: %w", err)
 		}
 	}
-	diffs, err := schema.Verify(ctx, db, cfg, schema.VerifyOptions{})
+	missing, err := schema.Check(ctx, db, cfg)
+	for _, d := range missing {
+		s.logger.Info("Extension index missing (envelopes are found slower); `watermill-jasper schema migrate` adds it", watermill.LogFields{"index": d.String()})
+	}
 	if err != nil {
-		return fmt.Errorf("watermill-jasper: subscriber: %w", err)
-	}
-	var problems []string
-	for _, d := range diffs {
-		if d.Kind == schema.MissingIndex {
-			s.logger.Info("Extension index missing (envelopes are found slower); `watermill-jasper schema migrate` adds it", watermill.LogFields{"index": d.String()})
-			continue
-		}
-		problems = append(problems, d.String())
-	}
-	if len(problems) > 0 {
-		sort.Strings(problems)
-		return fmt.Errorf("%w in schema %s (%s); create them with `watermill-jasper schema migrate`, schema.Migrate, or subscriber.Config.InitializeSchema",
-			ErrSchemaNotReady, cfg.Schema, strings.Join(problems, "; "))
+		return fmt.Errorf("watermill-jasper: subscriber: %w (or set subscriber.Config.InitializeSchema)", err)
 	}
 	s.verified = true
 	return nil

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
-	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -43,9 +42,7 @@ var benchOutbox = spec{
 		"bench outbox --dsn postgres://postgres@127.0.0.1:5432/test",
 		"bench outbox --amqp none --backlog 50000 --runs 3",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
-		cfg := bench.OutboxConfig{}
-		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
+	setup: benchSetup("bench outbox", bench.RunOutbox, func(fs *flag.FlagSet, cfg *bench.OutboxConfig) (dsn *string, check func() error) {
 		fs.StringVar(&cfg.AMQPURI, "amqp", bench.DefaultAMQPURI, "RabbitMQ `URL`, or none to skip the RabbitMQ legs")
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultBacklog, "`N` messages in the backlog of the drain legs and the raw loop")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultPayload, "payload size in `BYTES`")
@@ -54,20 +51,11 @@ var benchOutbox = spec{
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultRate, "steady publish rate of the latency legs, in `MSG/S`")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
-		check := func() error {
-			switch {
-			case cfg.Backlog < 1, cfg.Payload < 1, cfg.Publishers < 1, cfg.Rate < 1, cfg.Runs < 1:
-				return usageErrorf("--backlog, --payload, --publishers, --rate and --runs must be positive")
-			case cfg.PublishDuration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:
-				return usageErrorf("--publish-duration and --latency-duration must be at least 100ms")
-			}
-			return nil
-		}
-		return benchRun(fs, "bench outbox", check, func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error) {
-			cfg.DSN = dsn
-			return bench.RunOutbox(ctx, cfg, progress)
-		})
-	},
+		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
+		return &cfg.DSN, checks(
+			positive("--backlog, --payload, --publishers, --rate and --runs", &cfg.Backlog, &cfg.Payload, &cfg.Publishers, &cfg.Rate, &cfg.Runs),
+			atLeast100ms("--publish-duration and --latency-duration", &cfg.PublishDuration, &cfg.LatencyDuration))
+	}),
 }
 
 // benchResult is what every benchmark returns: a table, and its RESULT line.
@@ -85,34 +73,41 @@ func writeBenchResult(w io.Writer, res benchResult) error {
 	return err
 }
 
-// benchRun registers the flags every benchmark command has, --dsn (PostgreSQL only) and
-// --cpuprofile, and returns the command's function: it checks that --dsn names PostgreSQL,
-// then the command's own flags (check), and runs the benchmark (run, with the DSN, progress on
-// stderr) under the CPU profile, then prints its table and, last, its RESULT line. Errors
-// never show the DSN's password.
-func benchRun(fs *flag.FlagSet, command string, check func() error, run func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error)) runFunc {
-	var db dbFlags
-	fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
-		"(default: $"+dsnEnv+", else "+defaultDSN+")")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
-	return func(ctx context.Context, e *env, _ []string) error {
-		dsn, err := postgresDSN(&db, command)
-		if err != nil {
-			return err
+// benchSetup is the setup of a benchmark command whose config is C. It registers the flags
+// every benchmark command has, --dsn (PostgreSQL only) and --cpuprofile, then the command's own
+// (flags: it binds them to cfg and returns where the DSN goes in cfg and the check of its
+// flags). The command checks that --dsn names PostgreSQL, then its flags, runs the benchmark
+// (run, progress on stderr) under the CPU profile and prints its table and, last, its RESULT
+// line. Errors never show the DSN's password.
+func benchSetup[C any, R benchResult](command string, run func(ctx context.Context, cfg C, progress io.Writer) (R, error),
+	flags func(fs *flag.FlagSet, cfg *C) (dsn *string, check func() error)) func(*flag.FlagSet) runFunc {
+	return func(fs *flag.FlagSet) runFunc {
+		var db dbFlags
+		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
+			"(default: $"+dsnEnv+", else "+defaultDSN+")")
+		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
+		var cfg C
+		cfgDSN, check := flags(fs, &cfg)
+		return func(ctx context.Context, e *env, _ []string) error {
+			dsn, err := postgresDSN(&db, command)
+			if err != nil {
+				return err
+			}
+			if err := check(); err != nil {
+				return err
+			}
+			*cfgDSN = dsn
+			stop, err := startCPUProfile(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			res, err := run(ctx, cfg, e.stderr)
+			if err != nil {
+				return redactError(err, dsn)
+			}
+			return writeBenchResult(e.stdout, res)
 		}
-		if err := check(); err != nil {
-			return err
-		}
-		stop, err := startCPUProfile(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		res, err := run(ctx, dsn, e.stderr)
-		if err != nil {
-			return redactError(err, dsn)
-		}
-		return writeBenchResult(e.stdout, res)
 	}
 }
 

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"context"
 	"flag"
-	"io"
-	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
@@ -30,29 +27,22 @@ var benchInbox = spec{
 		"bench inbox --dsn postgres://postgres@127.0.0.1:5432/test",
 		"bench inbox --in-flight 8 --rate 1000 --duration 10s --runs 5",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
-		cfg := bench.InboxBenchConfig{}
+	setup: benchSetup("bench inbox", bench.RunInbox, func(fs *flag.FlagSet, cfg *bench.InboxBenchConfig) (dsn *string, check func() error) {
 		fs.IntVar(&cfg.InFlight, "in-flight", bench.DefaultInboxInFlight, "`N` messages in flight in the throughput legs")
 		fs.DurationVar(&cfg.Duration, "duration", bench.DefaultInboxDuration, "`DURATION` of each throughput leg (after a 1s warm-up)")
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultInboxRate, "steady rate of the latency legs, in `MSG/S`")
-		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultInboxLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultInboxPayload, "payload size in `BYTES` (at least 36: it starts with the message UUID)")
+		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultInboxRuns, "repeat every leg `N` times (in a rotated order) and report the medians")
-		check := func() error {
-			switch {
-			case cfg.MaxConns < 0:
-				return usageErrorf("--max-conns must be positive")
-			case cfg.InFlight < 1, cfg.Rate < 1, cfg.Payload < 1, cfg.Runs < 1:
-				return usageErrorf("--in-flight, --rate, --payload and --runs must be positive")
-			case cfg.Duration < 100*time.Millisecond, cfg.LatencyDuration < 100*time.Millisecond:
-				return usageErrorf("--duration and --latency-duration must be at least 100ms")
-			}
-			return nil
-		}
-		return benchRun(fs, "bench inbox", check, func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error) {
-			cfg.DSN = dsn
-			return bench.RunInbox(ctx, cfg, progress)
-		})
-	},
+		return &cfg.DSN, checks(
+			func() error {
+				if cfg.MaxConns < 0 {
+					return usageErrorf("--max-conns must be positive")
+				}
+				return nil
+			},
+			positive("--in-flight, --rate, --payload and --runs", &cfg.InFlight, &cfg.Rate, &cfg.Payload, &cfg.Runs),
+			atLeast100ms("--duration and --latency-duration", &cfg.Duration, &cfg.LatencyDuration))
+	}),
 }

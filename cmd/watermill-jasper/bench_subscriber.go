@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"flag"
-	"io"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
@@ -27,21 +25,11 @@ var benchSubscriber = spec{
 		"bench subscriber --runs 3",
 		"bench subscriber --backlog 50000 --payload 256 --batch 1000",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
-		cfg := bench.SubscriberConfig{}
+	setup: benchSetup("bench subscriber", bench.RunSubscriber, func(fs *flag.FlagSet, cfg *bench.SubscriberConfig) (dsn *string, check func() error) {
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultSubscriberBacklog, "`N` messages in the backlog of every leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultSubscriberPayload, "payload size in `BYTES`")
 		fs.IntVar(&cfg.Batch, "batch", bench.DefaultSubscriberBatch, "`N` messages per claim (ours: BatchSize) and per query (watermill-sql: SubscribeBatchSize); both default to 100")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
-		check := func() error {
-			if cfg.Backlog < 1 || cfg.Payload < 1 || cfg.Batch < 1 || cfg.Runs < 1 {
-				return usageErrorf("--backlog, --payload, --batch and --runs must be positive")
-			}
-			return nil
-		}
-		return benchRun(fs, "bench subscriber", check, func(ctx context.Context, dsn string, progress io.Writer) (benchResult, error) {
-			cfg.DSN = dsn
-			return bench.RunSubscriber(ctx, cfg, progress)
-		})
-	},
+		return &cfg.DSN, positive("--backlog, --payload, --batch and --runs", &cfg.Backlog, &cfg.Payload, &cfg.Batch, &cfg.Runs)
+	}),
 }

@@ -109,6 +109,43 @@ func notNegative[T int | time.Duration](name string, value *T) func() error {
 	}
 }
 
+// positive is the check of flags (names, e.g. "--backlog and --runs") whose values must be at
+// least 1.
+func positive(names string, values ...*int) func() error {
+	return func() error {
+		for _, v := range values {
+			if *v < 1 {
+				return usageErrorf("%s must be positive", names)
+			}
+		}
+		return nil
+	}
+}
+
+// atLeast100ms is the check of duration flags (names) whose values must be at least 100ms.
+func atLeast100ms(names string, values ...*time.Duration) func() error {
+	return func() error {
+		for _, v := range values {
+			if *v < 100*time.Millisecond {
+				return usageErrorf("%s must be at least 100ms", names)
+			}
+		}
+		return nil
+	}
+}
+
+// checks is the check made of cs, run in order: the first error.
+func checks(cs ...func() error) func() error {
+	return func() error {
+		for _, c := range cs {
+			if err := c(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 // flagDashes writes the flag package's "-name" as "--name", as the help does.
 var flagDashes = strings.NewReplacer("not defined: -", "not defined: --", "argument: -", "argument: --", "for flag -", "for flag --", "for -", "for --")
 
