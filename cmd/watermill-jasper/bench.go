@@ -43,6 +43,7 @@ var benchOutbox = spec{
 		"bench outbox --amqp none --backlog 50000 --runs 3",
 	},
 	setup: benchSetup("bench outbox", bench.RunOutbox, func(fs *flag.FlagSet, cfg *bench.OutboxConfig) (dsn *string, check func() error) {
+		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
 		fs.StringVar(&cfg.AMQPURI, "amqp", bench.DefaultAMQPURI, "RabbitMQ `URL`, or none to skip the RabbitMQ legs")
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultBacklog, "`N` messages in the backlog of the drain legs and the raw loop")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultPayload, "payload size in `BYTES`")
@@ -51,7 +52,6 @@ var benchOutbox = spec{
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultRate, "steady publish rate of the latency legs, in `MSG/S`")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
-		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
 		return &cfg.DSN, checks(
 			positive("--backlog, --payload, --publishers, --rate and --runs", &cfg.Backlog, &cfg.Payload, &cfg.Publishers, &cfg.Rate, &cfg.Runs),
 			atLeast100ms("--publish-duration and --latency-duration", &cfg.PublishDuration, &cfg.LatencyDuration))
@@ -89,7 +89,7 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 		var cfg C
 		cfgDSN, check := flags(fs, &cfg)
 		return func(ctx context.Context, e *env, _ []string) error {
-			dsn, err := postgresDSN(&db, command)
+			dsn, err := db.postgresDSN(command)
 			if err != nil {
 				return err
 			}
@@ -112,8 +112,8 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 }
 
 // postgresDSN is the --dsn of command, which must name a PostgreSQL database.
-func postgresDSN(db *dbFlags, command string) (string, error) {
-	dsn, err := db.DSN()
+func (f *dbFlags) postgresDSN(command string) (string, error) {
+	dsn, err := f.DSN()
 	if err != nil {
 		return "", err
 	}

@@ -12,6 +12,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 )
 
@@ -65,67 +66,61 @@ type OutboxConfig struct {
 	SkipFlat bool
 }
 
-func (c OutboxConfig) withDefaults() OutboxConfig {
-	if c.AMQPURI == "" {
-		c.AMQPURI = AMQPNone
-	}
-	if c.Backlog == 0 {
-		c.Backlog = DefaultBacklog
-	}
-	if c.FlatBacklogs == [2]int{} {
-		c.FlatBacklogs = [2]int{5000, 100000}
-	}
-	if c.Payload == 0 {
-		c.Payload = DefaultPayload
-	}
-	if c.Publishers == 0 {
-		c.Publishers = DefaultPublishers
-	}
-	if c.PublishDuration == 0 {
-		c.PublishDuration = DefaultPublishDuration
-	}
-	if c.Rate == 0 {
-		c.Rate = DefaultRate
-	}
-	if c.LatencyDuration == 0 {
-		c.LatencyDuration = DefaultLatencyDuration
-	}
-	if c.IdleDuration == 0 {
-		c.IdleDuration = DefaultIdleDuration
-	}
-	if c.Runs == 0 {
-		c.Runs = DefaultRuns
+// outboxDefaults are the values the zero fields of an OutboxConfig take.
+var outboxDefaults = OutboxConfig{
+	AMQPURI:         AMQPNone,
+	Backlog:         DefaultBacklog,
+	FlatBacklogs:    [2]int{5000, 100000},
+	Payload:         DefaultPayload,
+	Publishers:      DefaultPublishers,
+	PublishDuration: DefaultPublishDuration,
+	Rate:            DefaultRate,
+	LatencyDuration: DefaultLatencyDuration,
+	IdleDuration:    DefaultIdleDuration,
+	Runs:            DefaultRuns,
+}
+
+// withZeroFrom returns c (a benchmark's config) with each zero field set to that field of d,
+// the defaults.
+func withZeroFrom[T any](c, d T) T {
+	cv, dv := reflect.ValueOf(&c).Elem(), reflect.ValueOf(d)
+	for i := range cv.NumField() {
+		if f := cv.Field(i); f.IsZero() {
+			f.Set(dv.Field(i))
+		}
 	}
 	return c
 }
 
 func (c OutboxConfig) validate() error {
-	var errs []error
-	if c.DSN == "" {
-		errs = append(errs, errors.New("no PostgreSQL DSN"))
+	var p problems
+	p.check(c.DSN == "", "no PostgreSQL DSN")
+	p.check(c.Backlog < 1 || c.FlatBacklogs[0] < 1 || c.FlatBacklogs[1] < 1, "backlogs must be positive (got %d, %v)", c.Backlog, c.FlatBacklogs)
+	p.check(c.Payload < 1, "payload must be at least 1 byte (got %d)", c.Payload)
+	p.check(c.Publishers < 1, "publishers must be at least 1 (got %d)", c.Publishers)
+	p.check(c.Rate < 1 || c.Rate > 100000, "rate must be 1..100000 msg/s (got %d)", c.Rate)
+	p.check(c.PublishDuration < 100*time.Millisecond || c.LatencyDuration < 100*time.Millisecond || c.IdleDuration < 100*time.Millisecond,
+		"durations must be at least 100ms")
+	p.check(c.Runs < 1, "runs must be at least 1 (got %d)", c.Runs)
+	return p.err("bench")
+}
+
+// problems collects what is wrong with a benchmark's config.
+type problems []error
+
+// check adds the problem (format, args) when bad.
+func (p *problems) check(bad bool, format string, args ...any) {
+	if bad {
+		*p = append(*p, fmt.Errorf(format, args...))
 	}
-	if c.Backlog < 1 || c.FlatBacklogs[0] < 1 || c.FlatBacklogs[1] < 1 {
-		errs = append(errs, fmt.Errorf("backlogs must be positive (got %d, %v)", c.Backlog, c.FlatBacklogs))
+}
+
+// err is nil without problems, else one error naming the benchmark (name) and every problem.
+func (p problems) err(name string) error {
+	if len(p) == 0 {
+		return nil
 	}
-	if c.Payload < 1 {
-		errs = append(errs, fmt.Errorf("payload must be at least 1 byte (got %d)", c.Payload))
-	}
-	if c.Publishers < 1 {
-		errs = append(errs, fmt.Errorf("publishers must be at least 1 (got %d)", c.Publishers))
-	}
-	if c.Rate < 1 || c.Rate > 100000 {
-		errs = append(errs, fmt.Errorf("rate must be 1..100000 msg/s (got %d)", c.Rate))
-	}
-	if c.PublishDuration < 100*time.Millisecond || c.LatencyDuration < 100*time.Millisecond || c.IdleDuration < 100*time.Millisecond {
-		errs = append(errs, errors.New("durations must be at least 100ms"))
-	}
-	if c.Runs < 1 {
-		errs = append(errs, fmt.Errorf("runs must be at least 1 (got %d)", c.Runs))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("bench: invalid config: %w", errors.Join(errs...))
-	}
-	return nil
+	return fmt.Errorf("%s: invalid config: %w", name, errors.Join(p...))
 }
 
 func (c OutboxConfig) amqpEnabled() bool { return c.AMQPURI != "" && c.AMQPURI != AMQPNone }

@@ -14,15 +14,15 @@ import (
 // pool: a runtime built on it runs exactly as on database.FromPgx(pool), and every statement
 // it sends is counted into qc.
 func countingDriver(pool *pgxpool.Pool, qc *queryCounter) (database.Driver, error) {
-	return postgres.New(&countingDB{db: dbx.FromPgx(pool), qc: qc})
+	return postgres.New(newCountingDB(dbx.FromPgx(pool), qc))
 }
 
 // countingDB counts what a component sends through a database.DB: every statement, BEGIN,
 // COMMIT and ROLLBACK is one statement; BEGIN and every statement outside a transaction
 // (autocommit) count one transaction. Waiting for a notification is not a statement.
 type countingDB struct {
+	autocommit
 	db database.DB
-	qc *queryCounter
 }
 
 var (
@@ -30,29 +30,42 @@ var (
 	_ database.FirstStatementBeginner = (*countingDB)(nil)
 )
 
-func (c *countingDB) Dialect() database.Dialect { return c.db.Dialect() }
-
-func (c *countingDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
-	return c.db.Exec(ctx, query, args...)
+// newCountingDB counts into qc what is sent through db and the connections it hands out.
+func newCountingDB(db database.DB, qc *queryCounter) *countingDB {
+	return &countingDB{autocommit: autocommit{s: db, qc: qc}, db: db}
 }
 
-func (c *countingDB) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
-	return c.db.Query(ctx, query, args...)
+// autocommit counts what is sent outside a transaction, through the pool or one of its
+// connections (s): each Exec, Query and Begin is one statement and one transaction; the
+// transactions Begin returns count their own statements.
+type autocommit struct {
+	s interface {
+		database.Querier
+		Begin(ctx context.Context) (database.Tx, error)
+	}
+	qc *queryCounter
 }
 
-func (c *countingDB) Begin(ctx context.Context) (database.Tx, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
-	tx, err := c.db.Begin(ctx)
+func (a autocommit) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	a.qc.addAutocommit()
+	return a.s.Exec(ctx, query, args...)
+}
+
+func (a autocommit) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
+	a.qc.addAutocommit()
+	return a.s.Query(ctx, query, args...)
+}
+
+func (a autocommit) Begin(ctx context.Context) (database.Tx, error) {
+	a.qc.addAutocommit()
+	tx, err := a.s.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &countingTxDB{tx: tx, qc: c.qc}, nil
+	return &countingTxDB{tx: tx, qc: a.qc}, nil
 }
+
+func (c *countingDB) Dialect() database.Dialect { return c.db.Dialect() }
 
 // BeginExec keeps the pool's pipelined BEGIN (database.BeginExec): BEGIN and the first
 // statement, two statements of one transaction.
@@ -71,7 +84,7 @@ func (c *countingDB) Acquire(ctx context.Context) (database.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{c: conn, qc: c.qc}, nil
+	return &countingConn{autocommit: autocommit{s: conn, qc: c.qc}, c: conn}, nil
 }
 
 type countingTxDB struct {
@@ -99,31 +112,10 @@ func (t *countingTxDB) Rollback(ctx context.Context) error {
 	return t.tx.Rollback(ctx)
 }
 
+// countingConn is a connection of a countingDB (its session locks and LISTEN).
 type countingConn struct {
-	c  database.Conn
-	qc *queryCounter
-}
-
-func (c *countingConn) Exec(ctx context.Context, query string, args ...any) (int64, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
-	return c.c.Exec(ctx, query, args...)
-}
-
-func (c *countingConn) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
-	return c.c.Query(ctx, query, args...)
-}
-
-func (c *countingConn) Begin(ctx context.Context) (database.Tx, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
-	tx, err := c.c.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &countingTxDB{tx: tx, qc: c.qc}, nil
+	autocommit
+	c database.Conn
 }
 
 func (c *countingConn) WaitForNotification(ctx context.Context) (string, string, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,53 @@ func newEnv(ctx context.Context, cfg OutboxConfig, progress io.Writer) (*env, er
 		logger:  watermill.NopLogger{},
 		schemas: map[string]struct{}{}, queues: map[string]struct{}{},
 	}, nil
+}
+
+// RunInfo is how a benchmark ran.
+type RunInfo struct {
+	// Runs is how many times every leg ran: the figures are the medians.
+	Runs int
+	// Elapsed is the wall time of the whole benchmark.
+	Elapsed time.Duration
+	// ServerVersion is PostgreSQL's server_version.
+	ServerVersion string
+}
+
+// describe is the headline of a benchmark's report: PostgreSQL's version, the CPUs, what
+// (e.g. "256-byte payloads"), the runs and the time taken.
+func (i RunInfo) describe(what string) string {
+	runs := "1 run"
+	if i.Runs > 1 {
+		runs = fmt.Sprintf("median of %d runs", i.Runs)
+	}
+	return fmt.Sprintf("PostgreSQL %s, %d CPUs, %s, %s, %s", i.ServerVersion, runtime.NumCPU(), what, runs, i.Elapsed.Round(time.Second))
+}
+
+// runAll is a benchmark's runs: it opens the env (cfg: the pool and the messages), reads
+// PostgreSQL's server_version, runs once runs times (saying "run i/n" when there are several)
+// and closes the env, also on failure: every schema the runs created is dropped when it
+// returns. info.Elapsed is the time all of it took.
+func runAll[R any](ctx context.Context, cfg OutboxConfig, runs int, progress io.Writer,
+	once func(ctx context.Context, e *env) (R, error)) (results []R, info RunInfo, err error) {
+	start := time.Now()
+	e, err := newEnv(ctx, cfg, progress)
+	if err != nil {
+		return nil, info, err
+	}
+	_ = e.pool.QueryRow(ctx, "SHOW server_version").Scan(&info.ServerVersion)
+	for i := range runs {
+		if runs > 1 {
+			e.logf("run %d/%d", i+1, runs)
+		}
+		r, err := once(ctx, e)
+		if err != nil {
+			return nil, info, errors.Join(err, e.close())
+		}
+		results = append(results, r)
+	}
+	err = e.close()
+	info.Runs, info.Elapsed = runs, time.Since(start)
+	return results, info, err
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -148,6 +196,22 @@ func (e *env) newMessage() *message.Message {
 	msg := message.NewMessage(watermill.NewUUID(), e.payload)
 	msg.Metadata.Set("correlation_id", strconv.FormatInt(orderSeq.Add(1), 10))
 	return msg
+}
+
+// inBatches calls write with n new messages (newMessage), prefillBatch at a time: a
+// prefill's transactions.
+func (e *env) inBatches(n int, write func(msgs []*message.Message) error) error {
+	for done := 0; done < n; {
+		msgs := make([]*message.Message, min(prefillBatch, n-done))
+		for i := range msgs {
+			msgs[i] = e.newMessage()
+		}
+		if err := write(msgs); err != nil {
+			return err
+		}
+		done += len(msgs)
+	}
+	return nil
 }
 
 // insertOrder is the business write of every business transaction.

@@ -12,8 +12,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// stallTimeout fails a drain or latency leg that makes no progress for this long.
-const stallTimeout = 60 * time.Second
+// stallTimeout fails a drain, latency or consume leg that makes no progress for this long
+// (see awaitCount). A variable for the tests.
+var stallTimeout = 60 * time.Second
 
 // PublishResult is one publish leg: business transactions per second.
 type PublishResult struct {
@@ -60,24 +61,10 @@ func (e *env) timedPublish(ctx context.Context, label string, workers int, warmu
 	}
 	result := PublishResult{Name: label}
 	if wait(warmup) {
-		start, n0 := time.Now(), done.Load()
-		ticker := time.NewTicker(time.Second)
-		end := time.NewTimer(dur)
-	loop:
-		for {
-			select {
-			case <-ticker.C:
-				el := time.Since(start)
-				e.logf("publish %s: %.0fs/%.0fs %d tx (%.0f tx/s)", label, el.Seconds(), dur.Seconds(), done.Load()-n0, float64(done.Load()-n0)/el.Seconds())
-			case <-end.C:
-				break loop
-			case <-ctx.Done():
-				break loop
-			}
-		}
-		ticker.Stop()
-		end.Stop()
-		result.Elapsed = time.Since(start)
+		n0 := done.Load()
+		result.Elapsed = forDuration(ctx, dur, nil, nil, func(el time.Duration) {
+			e.logf("publish %s: %.0fs/%.0fs %d tx (%.0f tx/s)", label, el.Seconds(), dur.Seconds(), done.Load()-n0, float64(done.Load()-n0)/el.Seconds())
+		})
 		result.Txs = done.Load() - n0
 		result.TPS = float64(result.Txs) / result.Elapsed.Seconds()
 	}
@@ -90,6 +77,93 @@ func (e *env) timedPublish(ctx context.Context, label string, workers int, warmu
 		return result, fmt.Errorf("publish %s: %w", label, err)
 	}
 	return result, nil
+}
+
+// forDuration runs for dur, or until ctx ends, and returns the time it ran: on every tick of
+// pace (nil: none) it calls step, every second progress, each with the time elapsed.
+func forDuration(ctx context.Context, dur time.Duration, pace <-chan time.Time, step, progress func(elapsed time.Duration)) time.Duration {
+	start := time.Now()
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	end := time.NewTimer(dur)
+	defer end.Stop()
+	for {
+		select {
+		case <-pace:
+			step(time.Since(start))
+		case <-ticker.C:
+			progress(time.Since(start))
+		case <-end.C:
+			return time.Since(start)
+		case <-ctx.Done():
+			return time.Since(start)
+		}
+	}
+}
+
+// heldFunc counts the committed messages that the relay or subscriber under test does not
+// read yet, by its design, and names what they wait for (see env.wmHeldBack).
+type heldFunc func(ctx context.Context) (n int64, waitingFor string, err error)
+
+// awaitCount waits until c has counted n (its target) distinct messages, saying the progress
+// every tick (t0: when the leg's clock started). It fails when ctx ends, when stopped yields
+// (the router under test stopped; nil: never), or when the count has not moved for
+// stallTimeout while held (nil: none) reports no message held back: a relay that waits, by
+// its design, for another session's transaction to end is not stalled, however long that
+// transaction stays open.
+func (e *env) awaitCount(ctx context.Context, label string, c *counter, n int, t0 time.Time, tick time.Duration, held heldFunc, stopped <-chan error) error {
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	lastProgress, lastCount := time.Now(), 0
+	for {
+		select {
+		case <-c.done:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", label, ctx.Err())
+		case err := <-stopped:
+			got, _ := c.counts()
+			return fmt.Errorf("%s: router stopped after %d/%d messages: %w", label, got, n, err)
+		case <-ticker.C:
+			got, _ := c.counts()
+			e.logf("%s: %d/%d (%.0f msg/s)", label, got, n, float64(got)/time.Since(t0).Seconds())
+			switch {
+			case got != lastCount:
+				lastProgress, lastCount = time.Now(), got
+			case e.heldBack(ctx, label, held):
+				lastProgress = time.Now()
+			case time.Since(lastProgress) > stallTimeout:
+				return fmt.Errorf("%s: stalled at %d/%d for %s", label, got, n, stallTimeout)
+			}
+		}
+	}
+}
+
+// heldBack reports whether held (nil: never) counts messages held back, and says so.
+func (e *env) heldBack(ctx context.Context, label string, held heldFunc) bool {
+	if held == nil {
+		return false
+	}
+	n, waitingFor, err := held(ctx)
+	if err != nil || n == 0 {
+		return false
+	}
+	e.logf("%s: %d messages wait for %s to end", label, n, waitingFor)
+	return true
+}
+
+// awaitAcked polls left every poll until the relay or subscriber under test has
+// acknowledged every message in the database (deleted its row or committed its offset), or
+// 10s have passed, and returns what is left.
+func awaitAcked(ctx context.Context, left func(context.Context) (int64, error), poll time.Duration) (int64, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := left(ctx)
+		if err != nil || n == 0 || time.Now().After(deadline) {
+			return n, err
+		}
+		time.Sleep(poll)
+	}
 }
 
 // DrainResult is one drain leg: how fast a relay emptied a prefilled backlog into a sink.
@@ -115,9 +189,11 @@ type relay interface {
 }
 
 // timedDrain starts a relay over a prefilled backlog of n messages and times it until the
-// sink's consumer has received all n. Then it waits for the relay to finish acknowledging
-// (left reports the rows not yet deleted/acked), stops it and checks for duplicates.
-func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start func(context.Context) (relay, error), left func(context.Context) (int64, error)) (DrainResult, error) {
+// sink's consumer has received all n (held: see awaitCount). Then it waits for the relay to
+// finish acknowledging (left reports the rows not yet deleted/acked), stops it and checks
+// for duplicates.
+func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start func(context.Context) (relay, error),
+	left func(context.Context) (int64, error), held heldFunc) (DrainResult, error) {
 	label := fmt.Sprintf("drain %s %s %d", impl, s.kind, n)
 	res := DrainResult{Impl: impl, Sink: s.kind, N: n, Statements: -1}
 	t0 := time.Now()
@@ -131,42 +207,13 @@ func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start
 			_ = r.stop()
 		}
 	}()
-	ticker := time.NewTicker(time.Second)
-	defer ticker.Stop()
-	lastProgress, lastCount := time.Now(), 0
-wait:
-	for {
-		select {
-		case <-s.counter.done:
-			break wait
-		case <-ctx.Done():
-			return res, fmt.Errorf("%s: %w", label, ctx.Err())
-		case <-ticker.C:
-			got, _ := s.counter.counts()
-			el := time.Since(t0)
-			e.logf("%s: %d/%d (%.0f msg/s)", label, got, n, float64(got)/el.Seconds())
-			if got != lastCount {
-				lastProgress, lastCount = time.Now(), got
-			} else if time.Since(lastProgress) > stallTimeout {
-				return res, fmt.Errorf("%s: stalled at %d/%d for %s", label, got, n, stallTimeout)
-			}
-		}
+	if err := e.awaitCount(ctx, label, s.counter, n, t0, time.Second, held, nil); err != nil {
+		return res, err
 	}
-	first, last := s.counter.times()
-	res.Elapsed = last.Sub(t0)
-	res.FirstMsg = first.Sub(t0)
-	res.Rate = float64(n) / res.Elapsed.Seconds()
+	res.Elapsed, res.FirstMsg, res.Rate = s.counter.timing(t0)
 	// Let the relay finish its deletes/acks, then stop it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res.Left, err = left(ctx)
-		if err != nil {
-			return res, fmt.Errorf("%s: count rows left: %w", label, err)
-		}
-		if res.Left == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	if res.Left, err = awaitAcked(ctx, left, 20*time.Millisecond); err != nil {
+		return res, fmt.Errorf("%s: count rows left: %w", label, err)
 	}
 	res.Statements, _ = r.counts()
 	stopped = true
@@ -203,8 +250,9 @@ const latencyWorkers = 16
 // timedLatency publishes one message per business transaction at a steady rate (ticker
 // paced, several workers so that one slow commit does not delay the next ones) for dur, and
 // measures, per message, the time from Commit() returning to the sink's consumer receiving
-// it. The relay must be running.
-func (e *env) timedLatency(ctx context.Context, impl string, s *sink, rate int, dur time.Duration, publishOne func(ctx context.Context, msg *message.Message) error) (LatencyResult, error) {
+// it (held: see awaitCount). The relay must be running.
+func (e *env) timedLatency(ctx context.Context, impl string, s *sink, rate int, dur time.Duration,
+	publishOne func(ctx context.Context, msg *message.Message) error, held heldFunc) (LatencyResult, error) {
 	label := fmt.Sprintf("latency %s %s %d/s", impl, s.kind, rate)
 	res := LatencyResult{Impl: impl, Sink: s.kind}
 	var (
@@ -241,37 +289,25 @@ func (e *env) timedLatency(ctx context.Context, impl string, s *sink, rate int, 
 	// The ticker wakes the dispatcher; each wake-up issues every message due by then, so
 	// that a late wake-up (a busy scheduler) does not lower the rate.
 	ticker := time.NewTicker(min(time.Second/time.Duration(rate), 5*time.Millisecond))
-	progress := time.NewTicker(time.Second)
-	start := time.Now()
-	end := time.NewTimer(dur)
+	t0 := time.Now()
 	issued, dropped := 0, 0
-loop:
-	for {
-		select {
-		case <-ticker.C:
-			due := min(int(time.Since(start).Seconds()*float64(rate)), int(dur.Seconds()*float64(rate)))
-			for ; issued < due; issued++ {
-				select {
-				case ticks <- struct{}{}:
-				default:
-					dropped++
-				}
+	elapsed := forDuration(ctx, dur, ticker.C, func(el time.Duration) {
+		due := min(int(el.Seconds()*float64(rate)), int(dur.Seconds()*float64(rate)))
+		for ; issued < due; issued++ {
+			select {
+			case ticks <- struct{}{}:
+			default:
+				dropped++
 			}
-		case <-progress.C:
-			mu.Lock()
-			sent := len(committed)
-			mu.Unlock()
-			got, _ := s.counter.counts()
-			e.logf("%s: %.0fs/%.0fs sent %d, received %d", label, time.Since(start).Seconds(), dur.Seconds(), sent, got)
-		case <-end.C:
-			break loop
-		case <-ctx.Done():
-			break loop
 		}
-	}
+	}, func(el time.Duration) {
+		mu.Lock()
+		sent := len(committed)
+		mu.Unlock()
+		got, _ := s.counter.counts()
+		e.logf("%s: %.0fs/%.0fs sent %d, received %d", label, el.Seconds(), dur.Seconds(), sent, got)
+	})
 	ticker.Stop()
-	progress.Stop()
-	elapsed := time.Since(start)
 	close(ticks)
 	wg.Wait()
 	if firstErr != nil {
@@ -283,20 +319,9 @@ loop:
 	res.Sent = len(committed)
 	res.Rate = float64(issued-dropped) / elapsed.Seconds()
 	// Wait for everything sent to arrive.
-	deadline := time.Now().Add(stallTimeout)
-	for {
-		got, _ := s.counter.counts()
-		if got >= res.Sent {
-			break
-		}
-		if time.Now().After(deadline) {
-			return res, fmt.Errorf("%s: sink received %d of %d messages", label, got, res.Sent)
-		}
-		select {
-		case <-ctx.Done():
-			return res, fmt.Errorf("%s: %w", label, ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
+	s.counter.expect(res.Sent)
+	if err := e.awaitCount(ctx, label, s.counter, res.Sent, t0, time.Second, held, nil); err != nil {
+		return res, err
 	}
 	time.Sleep(100 * time.Millisecond)
 	res.Received, res.Dups = s.counter.counts()
@@ -380,4 +405,11 @@ func (e *env) timedIdle(ctx context.Context, impl string, dur time.Duration, sta
 type queryCounter struct {
 	statements atomic.Int64
 	txs        atomic.Int64
+}
+
+// addAutocommit counts a statement sent outside a transaction (or a BEGIN): one statement
+// and one transaction.
+func (q *queryCounter) addAutocommit() {
+	q.statements.Add(1)
+	q.txs.Add(1)
 }

@@ -1,16 +1,13 @@
 package bench
 
-// RunInbox: the inbox middleware's cost. Self-contained (it shares nothing with RunOutbox but
-// the package), so the outbox benchmark can change freely.
+// RunInbox: the inbox middleware's cost. It shares with RunOutbox only small helpers
+// (randomName, percentile, fmtMs), so the outbox benchmark can change freely.
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"sort"
 	"strings"
@@ -68,25 +65,19 @@ type InboxBenchConfig struct {
 	Runs int
 }
 
+// inboxDefaults are the values the zero fields of an InboxBenchConfig take, but MaxConns
+// (withDefaults).
+var inboxDefaults = InboxBenchConfig{
+	InFlight:        DefaultInboxInFlight,
+	Duration:        DefaultInboxDuration,
+	Rate:            DefaultInboxRate,
+	LatencyDuration: DefaultInboxLatencyDuration,
+	Payload:         DefaultInboxPayload,
+	Runs:            DefaultInboxRuns,
+}
+
 func (c InboxBenchConfig) withDefaults() InboxBenchConfig {
-	if c.InFlight == 0 {
-		c.InFlight = DefaultInboxInFlight
-	}
-	if c.Duration == 0 {
-		c.Duration = DefaultInboxDuration
-	}
-	if c.Rate == 0 {
-		c.Rate = DefaultInboxRate
-	}
-	if c.LatencyDuration == 0 {
-		c.LatencyDuration = DefaultInboxLatencyDuration
-	}
-	if c.Payload == 0 {
-		c.Payload = DefaultInboxPayload
-	}
-	if c.Runs == 0 {
-		c.Runs = DefaultInboxRuns
-	}
+	c = withZeroFrom(c, inboxDefaults)
 	if c.MaxConns == 0 {
 		c.MaxConns = max(c.InFlight+4, 32)
 	}
@@ -330,10 +321,10 @@ func (r InboxResult) WriteTable(w io.Writer) error {
 	for _, l := range r.Latency {
 		added := "-"
 		if l.Variant != InboxVariantPlain {
-			added = inboxMs(r.p99AddedOf(l.Variant))
+			added = fmtMs(r.p99AddedOf(l.Variant))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", l.Variant, l.Sent, inboxMs(l.P50), inboxMs(l.P99), added, inboxMs(l.Max),
-			inboxMs(l.Phases.AcquireP99), inboxMs(l.Phases.BeginP99), inboxMs(l.Phases.CommitP50), inboxMs(l.Phases.CommitP99), l.Phases.GCs, inboxMs(l.Phases.GCPauseMax))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", l.Variant, l.Sent, fmtMs(l.P50), fmtMs(l.P99), added, fmtMs(l.Max),
+			fmtMs(l.Phases.AcquireP99), fmtMs(l.Phases.BeginP99), fmtMs(l.Phases.CommitP50), fmtMs(l.Phases.CommitP99), l.Phases.GCs, fmtMs(l.Phases.GCPauseMax))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -344,26 +335,13 @@ func (r InboxResult) WriteTable(w io.Writer) error {
 	for i, run := range r.Runs {
 		fmt.Fprintf(tw, "%d\t%.0f%%\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\n", i+1, 100*run.CPUPressure, run.CeilingTPS, run.RawInboxTPS,
 			run.throughput(InboxVariantInbox).MsgsPerS, run.throughput(InboxVariantInboxApart).MsgsPerS,
-			inboxMs(run.latency(InboxVariantPlain).P99), inboxMs(run.latency(InboxVariantInbox).P99), inboxMs(run.p99Added(InboxVariantInbox)))
+			fmtMs(run.latency(InboxVariantPlain).P99), fmtMs(run.latency(InboxVariantInbox).P99), fmtMs(run.p99Added(InboxVariantInbox)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "\ninbox p99 added (median of the runs' inbox p99 - plain p99): %s\n", inboxMs(r.P99Added()))
+	_, err := fmt.Fprintf(w, "\ninbox p99 added (median of the runs' inbox p99 - plain p99): %s\n", fmtMs(r.P99Added()))
 	return err
-}
-
-func inboxMs(d time.Duration) string {
-	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
-}
-
-func inboxPercentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	i := int(math.Ceil(p*float64(len(ds)))) - 1
-	return ds[max(0, min(i, len(ds)-1))]
 }
 
 // inboxEnv is one RunInbox: the pool and the schemas to drop.
@@ -413,9 +391,7 @@ var inboxCreated struct {
 }
 
 func inboxSchemaName() string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "wj_bench_inbox_" + hex.EncodeToString(b[:])
+	name := randomName("wj_bench_inbox_")
 	inboxCreated.Lock()
 	inboxCreated.names = append(inboxCreated.names, name)
 	inboxCreated.Unlock()
@@ -865,8 +841,8 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 		if cfg.Runs > 1 {
 			e.logf("run %d/%d: inbox %.0f msg/s (%.0f%% of the ceiling %.0f tx/s, %.0f%% of the raw inbox %.0f tx/s), p99 added %s; medians so far: %.0f msg/s, p99 added %s",
 				i+1, cfg.Runs, run.throughput(InboxVariantInbox).MsgsPerS, 100*ratio(run.throughput(InboxVariantInbox).MsgsPerS, run.CeilingTPS), run.CeilingTPS,
-				100*ratio(run.throughput(InboxVariantInbox).MsgsPerS, run.RawInboxTPS), run.RawInboxTPS, inboxMs(run.p99Added(InboxVariantInbox)),
-				res.throughput(InboxVariantInbox).MsgsPerS, inboxMs(res.P99Added()))
+				100*ratio(run.throughput(InboxVariantInbox).MsgsPerS, run.RawInboxTPS), run.RawInboxTPS, fmtMs(run.p99Added(InboxVariantInbox)),
+				res.throughput(InboxVariantInbox).MsgsPerS, fmtMs(res.P99Added()))
 		}
 	}
 	return res, nil
@@ -944,13 +920,13 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 	for _, w := range routers {
 		l := InboxLatency{Variant: w.variant, Sent: len(w.lat), Phases: w.phaseRec.phases()}
 		l.Rate = float64(e.cfg.Rate)
-		l.P50, l.P99 = inboxPercentile(w.lat, 0.50), inboxPercentile(w.lat, 0.99)
+		l.P50, l.P99 = percentile(w.lat, 0.50), percentile(w.lat, 0.99)
 		if len(w.lat) > 0 {
 			l.Max = w.lat[len(w.lat)-1]
 		}
 		run.Latency = append(run.Latency, l)
-		e.logf("latency    %-29s p50 %s p99 %s max %s (%d at %d msg/s; p99 acquire %s, begin %s, commit %s; %d GCs)", w.variant, inboxMs(l.P50), inboxMs(l.P99), inboxMs(l.Max), l.Sent, e.cfg.Rate,
-			inboxMs(l.Phases.AcquireP99), inboxMs(l.Phases.BeginP99), inboxMs(l.Phases.CommitP99), l.Phases.GCs)
+		e.logf("latency    %-29s p50 %s p99 %s max %s (%d at %d msg/s; p99 acquire %s, begin %s, commit %s; %d GCs)", w.variant, fmtMs(l.P50), fmtMs(l.P99), fmtMs(l.Max), l.Sent, e.cfg.Rate,
+			fmtMs(l.Phases.AcquireP99), fmtMs(l.Phases.BeginP99), fmtMs(l.Phases.CommitP99), l.Phases.GCs)
 	}
 	if p1, ok := cpuPressure(); ok && pressureOK {
 		run.CPUPressure = float64(p1-p0) / float64(time.Since(t0).Microseconds())

@@ -150,8 +150,8 @@ type InboxPhases struct {
 
 func (rec *phaseRec) phases() InboxPhases {
 	return InboxPhases{
-		AcquireP99: inboxPercentile(rec.acquire, 0.99), BeginP99: inboxPercentile(rec.begin, 0.99),
-		CommitP99: inboxPercentile(rec.commit, 0.99), CommitP50: inboxPercentile(rec.commit, 0.50),
+		AcquireP99: percentile(rec.acquire, 0.99), BeginP99: percentile(rec.begin, 0.99),
+		CommitP99: percentile(rec.commit, 0.99), CommitP50: percentile(rec.commit, 0.50),
 		GCs: rec.gcs, GCPauseMax: rec.gcPauseMax,
 	}
 }

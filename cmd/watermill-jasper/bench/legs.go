@@ -29,6 +29,9 @@ type outbox interface {
 	prefill(ctx context.Context, topic string, n int) error
 	// left counts the messages the relay has not yet acknowledged (deleted or acked).
 	left(ctx context.Context) (int64, error)
+	// heldBack counts the committed messages the relay does not read yet, by its design (nil:
+	// it reads every committed message; see awaitCount).
+	heldBack() heldFunc
 	// businessTx runs one business transaction: an order and its message, committed together.
 	businessTx(ctx context.Context, topic string, msg *message.Message) error
 	// startRelay starts the relay to out.
@@ -73,7 +76,7 @@ func (e *env) drainLeg(ctx context.Context, impl string, newOutbox outboxFactory
 			}
 			res, err = e.timedDrain(ctx, impl, s, n, func(ctx context.Context) (relay, error) {
 				return o.startRelay(ctx, out, owned)
-			}, o.left)
+			}, o.left, o.heldBack())
 			return err
 		})
 	})
@@ -103,7 +106,7 @@ func (e *env) latencyLeg(ctx context.Context, impl string, newOutbox outboxFacto
 			}
 			res, err = e.timedLatency(ctx, impl, s, e.cfg.Rate, e.cfg.LatencyDuration, func(ctx context.Context, msg *message.Message) error {
 				return o.businessTx(ctx, topic, msg)
-			})
+			}, o.heldBack())
 			return errors.Join(err, r.stop())
 		})
 	})

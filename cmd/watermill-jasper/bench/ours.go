@@ -119,6 +119,10 @@ func (o *oursOutbox) prefill(ctx context.Context, topic string, n int) error {
 
 func (o *oursOutbox) left(ctx context.Context) (int64, error) { return o.js.left(ctx) }
 
+// heldBack is nil: our forwarder claims every committed row (FOR UPDATE SKIP LOCKED skips
+// only the rows another claim holds).
+func (o *oursOutbox) heldBack() heldFunc { return nil }
+
 // businessTx is one business transaction: the order and its message through our publisher.
 func (o *oursOutbox) businessTx(ctx context.Context, topic string, msg *message.Message) error {
 	rt := o.runtime()

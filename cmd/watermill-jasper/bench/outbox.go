@@ -2,10 +2,8 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"math"
 	"sort"
 	"time"
 )
@@ -28,18 +26,14 @@ const implWatermillJasperAMQP = "watermill+jasperamqp"
 
 // OutboxResult is what RunOutbox measured: for several runs, the median run of each leg.
 type OutboxResult struct {
+	RunInfo
 	Config  OutboxConfig
-	Runs    int
 	Publish []PublishResult
 	Raw     RawResult
 	Drains  []DrainResult
 	Latency []LatencyResult
 	Idle    []IdleResult
 	Summary Summary
-	// Elapsed is the wall time of the whole benchmark.
-	Elapsed time.Duration
-	// ServerVersion is PostgreSQL's server_version.
-	ServerVersion string
 }
 
 // Summary holds the figures of the RESULT line; NaN when a leg was skipped.
@@ -72,39 +66,17 @@ type runResult struct {
 // lines to progress. It returns the medians of cfg.Runs runs. Every schema and queue it
 // creates is dropped before it returns, also when ctx is cancelled.
 func RunOutbox(ctx context.Context, cfg OutboxConfig, progress io.Writer) (OutboxResult, error) {
-	cfg = cfg.withDefaults()
+	cfg = withZeroFrom(cfg, outboxDefaults)
 	if err := cfg.validate(); err != nil {
 		return OutboxResult{}, err
 	}
-	start := time.Now()
-	e, err := newEnv(ctx, cfg, progress)
+	runs, info, err := runAll(ctx, cfg, cfg.Runs, progress, func(ctx context.Context, e *env) (runResult, error) {
+		return e.runOnce(ctx)
+	})
 	if err != nil {
 		return OutboxResult{}, err
 	}
-	var version string
-	_ = e.pool.QueryRow(ctx, "SHOW server_version").Scan(&version)
-	var runs []runResult
-	err = func() error {
-		for i := range cfg.Runs {
-			if cfg.Runs > 1 {
-				e.logf("run %d/%d", i+1, cfg.Runs)
-			}
-			r, err := e.runOnce(ctx)
-			if err != nil {
-				return err
-			}
-			runs = append(runs, r)
-		}
-		return nil
-	}()
-	err = errors.Join(err, e.close())
-	if err != nil {
-		return OutboxResult{}, err
-	}
-	res := medianRuns(runs)
-	res.Config, res.Runs, res.Elapsed, res.ServerVersion = cfg, cfg.Runs, time.Since(start), version
-	res.Summary = summarize(res)
-	return res, nil
+	return outboxResult(cfg, info, runs), nil
 }
 
 func (e *env) runOnce(ctx context.Context) (runResult, error) {
@@ -224,37 +196,41 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	return r, nil
 }
 
-// medianRuns picks, for every leg, the run with the median figure (lower middle for an
-// even number of runs).
-func medianRuns(runs []runResult) OutboxResult {
-	var res OutboxResult
-	if len(runs) == 0 {
-		return res
+// outboxResult is the result of runs: for every leg, the run with the median figure (lower
+// middle for an even number of runs), and the summary of those.
+func outboxResult(cfg OutboxConfig, info RunInfo, runs []runResult) OutboxResult {
+	res := OutboxResult{
+		RunInfo: info,
+		Config:  cfg,
+		Publish: mediansBy(runs, func(r runResult) []PublishResult { return r.publish }, func(p PublishResult) float64 { return p.TPS }),
+		Raw:     medianBy(runs, func(r runResult) RawResult { return r.raw }, func(r RawResult) float64 { return r.Rate }),
+		Drains:  mediansBy(runs, func(r runResult) []DrainResult { return r.drains }, func(p DrainResult) float64 { return p.Rate }),
+		Latency: mediansBy(runs, func(r runResult) []LatencyResult { return r.latency }, func(p LatencyResult) float64 { return float64(p.P99) }),
+		Idle:    mediansBy(runs, func(r runResult) []IdleResult { return r.idle }, func(p IdleResult) float64 { return p.StatementsSec }),
 	}
-	first := runs[0]
-	for i := range first.publish {
-		res.Publish = append(res.Publish, medianBy(runs, func(r runResult) PublishResult { return r.publish[i] }, func(p PublishResult) float64 { return p.TPS }))
-	}
-	res.Raw = medianBy(runs, func(r runResult) RawResult { return r.raw }, func(p RawResult) float64 { return p.Rate })
-	for i := range first.drains {
-		res.Drains = append(res.Drains, medianBy(runs, func(r runResult) DrainResult { return r.drains[i] }, func(p DrainResult) float64 { return p.Rate }))
-	}
-	for i := range first.latency {
-		res.Latency = append(res.Latency, medianBy(runs, func(r runResult) LatencyResult { return r.latency[i] }, func(p LatencyResult) float64 { return float64(p.P99) }))
-	}
-	for i := range first.idle {
-		res.Idle = append(res.Idle, medianBy(runs, func(r runResult) IdleResult { return r.idle[i] }, func(p IdleResult) float64 { return p.StatementsSec }))
-	}
+	res.Summary = summarize(res)
 	return res
 }
 
-func medianBy[T any](runs []runResult, get func(runResult) T, key func(T) float64) T {
+// medianBy returns, of the figures get takes from each run, the one with the median key (the
+// lower middle for an even number of runs).
+func medianBy[R, T any](runs []R, get func(R) T, key func(T) float64) T {
 	vs := make([]T, len(runs))
 	for i, r := range runs {
 		vs[i] = get(r)
 	}
 	sort.SliceStable(vs, func(i, j int) bool { return key(vs[i]) < key(vs[j]) })
 	return vs[(len(vs)-1)/2]
+}
+
+// mediansBy is medianBy of every leg of a list that each run has in the same order (get), the
+// first run's length.
+func mediansBy[R, T any](runs []R, get func(R) []T, key func(T) float64) []T {
+	var out []T
+	for i := range get(runs[0]) {
+		out = append(out, medianBy(runs, func(r R) T { return get(r)[i] }, key))
+	}
+	return out
 }
 
 func (r OutboxResult) publish(name string) (PublishResult, bool) {
@@ -285,30 +261,23 @@ func (r OutboxResult) latency(impl, kind string) (LatencyResult, bool) {
 }
 
 func summarize(r OutboxResult) Summary {
-	nan := math.NaN()
 	s := Summary{nan, nan, nan, nan, nan, nan}
 	cfg := r.Config
-	ratio := func(a, b float64) float64 {
-		if b == 0 {
-			return nan
-		}
-		return a / b
-	}
 	oursGC, okGC := r.drain(implOurs, sinkGoChannel, cfg.Backlog)
 	if w, ok := r.drain(implWatermill, sinkGoChannel, cfg.Backlog); ok && okGC {
-		s.DrainGoChannelX = ratio(oursGC.Rate, w.Rate)
+		s.DrainGoChannelX = quotient(oursGC.Rate, w.Rate)
 	}
 	if o, ok := r.drain(implOurs, sinkAMQP, cfg.Backlog); ok {
 		if w, ok := r.drain(implWatermill, sinkAMQP, cfg.Backlog); ok {
-			s.DrainAMQPX = ratio(o.Rate, w.Rate)
+			s.DrainAMQPX = quotient(o.Rate, w.Rate)
 		}
 	}
 	if okGC {
-		s.DrainOfLimit = ratio(oursGC.Rate, r.Raw.Rate)
+		s.DrainOfLimit = quotient(oursGC.Rate, r.Raw.Rate)
 	}
 	if o, ok := r.publish(pubOurs); ok {
 		if b, ok := r.publish(pubBare); ok {
-			s.PublishCostX = ratio(b.TPS, o.TPS)
+			s.PublishCostX = quotient(b.TPS, o.TPS)
 		}
 	}
 	if l, ok := r.latency(implOurs, sinkGoChannel); ok {
@@ -317,20 +286,14 @@ func summarize(r OutboxResult) Summary {
 	small, ok1 := r.drain(implOurs, sinkGoChannel, cfg.FlatBacklogs[0])
 	large, ok2 := r.drain(implOurs, sinkGoChannel, cfg.FlatBacklogs[1])
 	if ok1 && ok2 {
-		s.Flat = ratio(large.Rate, small.Rate)
+		s.Flat = quotient(large.Rate, small.Rate)
 	}
 	return s
 }
 
 // ResultLine is the one-line summary printed last.
 func (r OutboxResult) ResultLine() string {
-	f := func(v float64, prec int) string {
-		if math.IsNaN(v) {
-			return "n/a"
-		}
-		return fmt.Sprintf("%.*f", prec, v)
-	}
 	s := r.Summary
 	return fmt.Sprintf("RESULT drain_gochannel_x=%s drain_amqp_x=%s drain_of_limit=%s publish_cost_x=%s p99_ms=%s flat=%s",
-		f(s.DrainGoChannelX, 2), f(s.DrainAMQPX, 2), f(s.DrainOfLimit, 2), f(s.PublishCostX, 3), f(s.P99Ms, 2), f(s.Flat, 2))
+		figure(s.DrainGoChannelX, 2), figure(s.DrainAMQPX, 2), figure(s.DrainOfLimit, 2), figure(s.PublishCostX, 3), figure(s.P99Ms, 2), figure(s.Flat, 2))
 }

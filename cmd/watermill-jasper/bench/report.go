@@ -4,19 +4,13 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
 )
 
-// Targets of the RESULT figures (the acceptance numbers).
-var targets = []struct {
-	name   string
-	get    func(Summary) float64
-	want   float64
-	atMost bool
-}{
+// targets are the acceptance numbers for the RESULT figures.
+var targets = []target[Summary]{
 	{"drain_gochannel_x", func(s Summary) float64 { return s.DrainGoChannelX }, 4, false},
 	{"drain_amqp_x", func(s Summary) float64 { return s.DrainAMQPX }, 8, false},
 	{"drain_of_limit", func(s Summary) float64 { return s.DrainOfLimit }, 0.7, false},
@@ -29,20 +23,10 @@ var targets = []struct {
 func (r OutboxResult) WriteTable(w io.Writer) error {
 	cfg := r.Config
 	var b strings.Builder
-	runs := "1 run"
-	if r.Runs > 1 {
-		runs = fmt.Sprintf("median of %d runs", r.Runs)
-	}
-	fmt.Fprintf(&b, "Outbox benchmark: PostgreSQL %s, %d CPUs, %d-byte payloads, %s, %s\n",
-		r.ServerVersion, runtime.NumCPU(), cfg.Payload, runs, r.Elapsed.Round(time.Second))
+	fmt.Fprintf(&b, "Outbox benchmark: %s\n", r.describe(fmt.Sprintf("%d-byte payloads", cfg.Payload)))
 	fmt.Fprintf(&b, "ours = publisher + forwarder (defaults); watermill = watermill-sql v4 publisher in the tx + components/forwarder + watermill-sql subscriber (poll %s)\n", WatermillPollInterval)
 
-	section := func(title string) *tabwriter.Writer {
-		fmt.Fprintf(&b, "\n%s\n", title)
-		return tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	}
-
-	t := section(fmt.Sprintf("PUBLISH: business transactions (INSERT order + 1 message, commit), %d goroutines, %s each", cfg.Publishers, cfg.PublishDuration))
+	t := section(&b, fmt.Sprintf("PUBLISH: business transactions (INSERT order + 1 message, commit), %d goroutines, %s each", cfg.Publishers, cfg.PublishDuration))
 	fmt.Fprintln(t, "  variant\ttx/s\ttime vs bare INSERT\t")
 	bare, hasBare := r.publish(pubBare)
 	for _, p := range r.Publish {
@@ -54,7 +38,7 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 	}
 	_ = t.Flush()
 
-	t = section("DRAIN: prefilled backlog -> sink, timed from relay start to the last message at the sink's consumer")
+	t = section(&b, "DRAIN: prefilled backlog -> sink, timed from relay start to the last message at the sink's consumer")
 	fmt.Fprintln(t, "  impl\tsink\tbacklog\tmsg/s\ttime\tfirst msg\tmsg/s after 1st\tvs watermill\tof raw loop\tdups\tleft\tstmts/1k msgs\t")
 	if r.Raw.N > 0 {
 		fmt.Fprintf(t, "  %s\tnone\t%d\t%s\t%s\t-\t-\t-\t1.00\t-\t0\t%.1f\t\n", implRaw, r.Raw.N, num(r.Raw.Rate), r.Raw.Elapsed.Round(time.Millisecond),
@@ -84,35 +68,81 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 	}
 	_ = t.Flush()
 
-	t = section(fmt.Sprintf("LATENCY: Commit() returned -> sink's consumer received, one message per business transaction at a steady %d msg/s for %s", cfg.Rate, cfg.LatencyDuration))
+	t = section(&b, fmt.Sprintf("LATENCY: Commit() returned -> sink's consumer received, one message per business transaction at a steady %d msg/s for %s", cfg.Rate, cfg.LatencyDuration))
 	fmt.Fprintln(t, "  impl\tsink\tmsg/s\tmessages\tp50\tp99\tmax\tdups\t")
 	for _, l := range r.Latency {
 		fmt.Fprintf(t, "  %s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%d\t\n", l.Impl, l.Sink, l.Rate, l.Sent, fmtMs(l.P50), fmtMs(l.P99), fmtMs(l.Max), l.Dups)
 	}
 	_ = t.Flush()
 
-	t = section(fmt.Sprintf("IDLE: relay with nothing to send, statements sent to PostgreSQL (BEGIN/COMMIT included) over %s", cfg.IdleDuration))
+	t = section(&b, fmt.Sprintf("IDLE: relay with nothing to send, statements sent to PostgreSQL (BEGIN/COMMIT included) over %s", cfg.IdleDuration))
 	fmt.Fprintln(t, "  impl\tstatements/s\ttransactions/s\t")
 	for _, i := range r.Idle {
 		fmt.Fprintf(t, "  %s\t%.1f\t%.1f\t\n", i.Impl, i.StatementsSec, i.TxSec)
 	}
 	_ = t.Flush()
 
-	fmt.Fprintf(&b, "\nNOTES\n")
-	for _, n := range []string{
+	writeNotes(&b,
 		"Prefills are not timed: ours COPYs the rows our publisher writes (same mapping, row.FromMessage); Watermill's go through its own publisher, 1,000 messages per transaction; both tables are ANALYZEd.",
 		"Drains are timed from the call that starts the relay (node lock, LISTEN, first claim or poll included) to the last distinct message at the sink's consumer; then the relay must delete/ack every row (left) and duplicates are counted by message UUID. msg/s after 1st leaves the start-up out: (N-1) / (last - first arrival).",
 		"gochannel: in-process GoChannel, one consumer goroutine that acks. amqp: persistent messages through the default exchange to a fresh durable queue, publisher confirms, arrivals counted by an amqp091 auto-ack consumer.",
 		"watermill amqp: watermill-amqp NewDurableQueueConfig with Publish.ConfirmDelivery, otherwise its defaults (a channel opened per Publish). watermill+jasperamqp: Watermill's relay through jasperamqp.NewPublisher (watermill-amqp, channel pool), to separate the relay from the AMQP client. ours amqp: jasperamqp.NewConfirmPublisher (pipelined confirms), destination rabbitmq://queue/NAME.",
 		"Statements count every BEGIN/COMMIT/ROLLBACK; transactions include autocommit statements. The raw loop is one claim and one delete per 1,000 rows on one connection.",
-	} {
-		writeWrapped(&b, n, "  - ", "    ")
-	}
+	)
+	writeTargets(&b, r.Summary, targets)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
 
-	t = section("TARGETS")
+// nan is a figure that was not measured.
+var nan = math.NaN()
+
+// quotient is a / b, or nan when b is not positive (the figure b was not measured).
+func quotient(a, b float64) float64 {
+	if b <= 0 {
+		return nan
+	}
+	return a / b
+}
+
+// figure formats a RESULT figure with prec decimals: n/a when it was not measured.
+func figure(v float64, prec int) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.*f", prec, v)
+}
+
+// section writes title after a blank line and returns the writer of its table (aligned
+// columns; Flush it).
+func section(b *strings.Builder, title string) *tabwriter.Writer {
+	fmt.Fprintf(b, "\n%s\n", title)
+	return tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+}
+
+// writeNotes writes the NOTES section, each note a wrapped item.
+func writeNotes(b *strings.Builder, notes ...string) {
+	fmt.Fprintf(b, "\nNOTES\n")
+	for _, n := range notes {
+		writeWrapped(b, n, "  - ", "    ")
+	}
+}
+
+// target is a RESULT figure (get, of the summary S) and the acceptance number for it:
+// at least want, or at most want when atMost.
+type target[S any] struct {
+	name   string
+	get    func(S) float64
+	want   float64
+	atMost bool
+}
+
+// writeTargets writes the TARGETS section: each figure of s, its target and whether it is met.
+func writeTargets[S any](b *strings.Builder, s S, targets []target[S]) {
+	t := section(b, "TARGETS")
 	fmt.Fprintln(t, "  figure\tvalue\ttarget\tmet\t")
 	for _, tg := range targets {
-		v := tg.get(r.Summary)
+		v := tg.get(s)
 		op := ">="
 		if tg.atMost {
 			op = "<="
@@ -131,8 +161,6 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 		fmt.Fprintf(t, "  %s\t%s\t%s %g\t%s\t\n", tg.name, val, op, tg.want, met)
 	}
 	_ = t.Flush()
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 // num formats a rate with thousands separators.

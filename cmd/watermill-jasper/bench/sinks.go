@@ -63,10 +63,24 @@ func (c *counter) counts() (distinct int, dups int64) {
 	return len(c.seen), c.total - int64(len(c.seen))
 }
 
-func (c *counter) times() (first, last time.Time) {
+// expect sets the target once it is known (a latency leg's messages sent): done is closed
+// when that many distinct messages have arrived, at once if they have.
+func (c *counter) expect(n int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.firstAt, c.lastAt
+	c.target = n
+	if len(c.seen) >= n {
+		close(c.done)
+	}
+}
+
+// timing is, from t0 (the start of a drain or consume leg), the time to the target-th
+// distinct message (elapsed) and to the first, and the rate of the target over elapsed.
+func (c *counter) timing(t0 time.Time) (elapsed, firstMsg time.Duration, rate float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	elapsed = c.lastAt.Sub(t0)
+	return elapsed, c.firstAt.Sub(t0), float64(c.target) / elapsed.Seconds()
 }
 
 func (c *counter) receivedAt(uuid string) (time.Time, bool) {

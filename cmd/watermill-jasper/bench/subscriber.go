@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"time"
 
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
@@ -64,43 +63,22 @@ type SubscriberConfig struct {
 	Runs int
 }
 
-func (c SubscriberConfig) withDefaults() SubscriberConfig {
-	if c.Backlog == 0 {
-		c.Backlog = DefaultSubscriberBacklog
-	}
-	if c.Payload == 0 {
-		c.Payload = DefaultSubscriberPayload
-	}
-	if c.Batch == 0 {
-		c.Batch = DefaultSubscriberBatch
-	}
-	if c.Runs == 0 {
-		c.Runs = DefaultRuns
-	}
-	return c
+// subscriberDefaults are the values the zero fields of a SubscriberConfig take.
+var subscriberDefaults = SubscriberConfig{
+	Backlog: DefaultSubscriberBacklog,
+	Payload: DefaultSubscriberPayload,
+	Batch:   DefaultSubscriberBatch,
+	Runs:    DefaultRuns,
 }
 
 func (c SubscriberConfig) validate() error {
-	var errs []error
-	if c.DSN == "" {
-		errs = append(errs, errors.New("no PostgreSQL DSN"))
-	}
-	if c.Backlog < 1 {
-		errs = append(errs, fmt.Errorf("backlog must be positive (got %d)", c.Backlog))
-	}
-	if c.Payload < 1 {
-		errs = append(errs, fmt.Errorf("payload must be at least 1 byte (got %d)", c.Payload))
-	}
-	if c.Batch < 1 || c.Batch > subscriber.MaxBatchSize {
-		errs = append(errs, fmt.Errorf("batch must be 1..%d (got %d)", subscriber.MaxBatchSize, c.Batch))
-	}
-	if c.Runs < 1 {
-		errs = append(errs, fmt.Errorf("runs must be at least 1 (got %d)", c.Runs))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("bench subscriber: invalid config: %w", errors.Join(errs...))
-	}
-	return nil
+	var p problems
+	p.check(c.DSN == "", "no PostgreSQL DSN")
+	p.check(c.Backlog < 1, "backlog must be positive (got %d)", c.Backlog)
+	p.check(c.Payload < 1, "payload must be at least 1 byte (got %d)", c.Payload)
+	p.check(c.Batch < 1 || c.Batch > subscriber.MaxBatchSize, "batch must be 1..%d (got %d)", subscriber.MaxBatchSize, c.Batch)
+	p.check(c.Runs < 1, "runs must be at least 1 (got %d)", c.Runs)
+	return p.err("bench subscriber")
 }
 
 // ConsumeResult is one consume leg: a prefilled backlog consumed through a router.
@@ -132,15 +110,11 @@ type SubscriberSummary struct {
 // SubscriberResult is what RunSubscriber measured: for several runs, the median run of
 // each leg.
 type SubscriberResult struct {
+	RunInfo
 	Config  SubscriberConfig
-	Runs    int
 	Raw     RawResult
 	Legs    []ConsumeResult
 	Summary SubscriberSummary
-	// Elapsed is the wall time of the whole benchmark.
-	Elapsed time.Duration
-	// ServerVersion is PostgreSQL's server_version.
-	ServerVersion string
 }
 
 // subscriberRun is one run of every leg.
@@ -156,41 +130,20 @@ type subscriberRun struct {
 // claim-then-delete loop over the incoming table is the limit. Progress goes to progress.
 // Every schema it creates is dropped before it returns, also when ctx is cancelled.
 func RunSubscriber(ctx context.Context, cfg SubscriberConfig, progress io.Writer) (SubscriberResult, error) {
-	cfg = cfg.withDefaults()
+	cfg = withZeroFrom(cfg, subscriberDefaults)
 	if err := cfg.validate(); err != nil {
 		return SubscriberResult{}, err
 	}
-	start := time.Now()
 	// Four watermill-sql subscribers each hold a connection through their batch, our
 	// subscriber its node lock and LISTEN connections: the pool's 20 are plenty.
-	e, err := newEnv(ctx, OutboxConfig{DSN: cfg.DSN, Payload: cfg.Payload, Publishers: 1}, progress)
+	envCfg := OutboxConfig{DSN: cfg.DSN, Payload: cfg.Payload, Publishers: 1}
+	runs, info, err := runAll(ctx, envCfg, cfg.Runs, progress, func(ctx context.Context, e *env) (subscriberRun, error) {
+		return e.subscriberRunOnce(ctx, cfg)
+	})
 	if err != nil {
 		return SubscriberResult{}, err
 	}
-	var version string
-	_ = e.pool.QueryRow(ctx, "SHOW server_version").Scan(&version)
-	var runs []subscriberRun
-	err = func() error {
-		for i := range cfg.Runs {
-			if cfg.Runs > 1 {
-				e.logf("run %d/%d", i+1, cfg.Runs)
-			}
-			r, err := e.subscriberRunOnce(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			runs = append(runs, r)
-		}
-		return nil
-	}()
-	err = errors.Join(err, e.close())
-	if err != nil {
-		return SubscriberResult{}, err
-	}
-	res := medianSubscriberRuns(runs)
-	res.Config, res.Runs, res.Elapsed, res.ServerVersion = cfg, cfg.Runs, time.Since(start), version
-	res.Summary = summarizeSubscriber(res)
-	return res, nil
+	return subscriberResult(cfg, info, runs), nil
 }
 
 func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subscriberRun, error) {
@@ -224,33 +177,6 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 	return r, nil
 }
 
-func medianSubscriberRuns(runs []subscriberRun) SubscriberResult {
-	var res SubscriberResult
-	if len(runs) == 0 {
-		return res
-	}
-	raws := make([]RawResult, len(runs))
-	for i, r := range runs {
-		raws[i] = r.raw
-	}
-	res.Raw = medianOf(raws, func(r RawResult) float64 { return r.Rate })
-	for i := range runs[0].legs {
-		legs := make([]ConsumeResult, len(runs))
-		for k, r := range runs {
-			legs[k] = r.legs[i]
-		}
-		res.Legs = append(res.Legs, medianOf(legs, func(c ConsumeResult) float64 { return c.Rate }))
-	}
-	return res
-}
-
-// medianOf returns the element with the median key (the lower middle for an even count).
-func medianOf[T any](vs []T, key func(T) float64) T {
-	vs = append([]T(nil), vs...)
-	sort.SliceStable(vs, func(i, j int) bool { return key(vs[i]) < key(vs[j]) })
-	return vs[(len(vs)-1)/2]
-}
-
 // leg returns the consume leg of impl with inFlight.
 func (r SubscriberResult) leg(impl string, inFlight int) (ConsumeResult, bool) {
 	for _, l := range r.Legs {
@@ -273,6 +199,19 @@ func (r SubscriberResult) wmBest() (ConsumeResult, bool) {
 	return best, found
 }
 
+// subscriberResult is the result of runs: for every leg, the run with the median rate, and
+// the summary of those.
+func subscriberResult(cfg SubscriberConfig, info RunInfo, runs []subscriberRun) SubscriberResult {
+	res := SubscriberResult{
+		RunInfo: info,
+		Config:  cfg,
+		Raw:     medianBy(runs, func(r subscriberRun) RawResult { return r.raw }, func(r RawResult) float64 { return r.Rate }),
+		Legs:    mediansBy(runs, func(r subscriberRun) []ConsumeResult { return r.legs }, func(c ConsumeResult) float64 { return c.Rate }),
+	}
+	res.Summary = summarizeSubscriber(res)
+	return res
+}
+
 // --- The raw loop over the incoming table.
 
 // prefillIncoming writes n messages for topic as our durable local queue's rows, through
@@ -283,17 +222,14 @@ func (j *jasperSchema) prefillIncoming(ctx context.Context, topic string, n int)
 		return err
 	}
 	defer pub.Close()
-	for done := 0; done < n; {
-		k := min(prefillBatch, n-done)
-		msgs := make([]*message.Message, k)
-		for i := range msgs {
-			msgs[i] = j.e.newMessage()
-			msgs[i].SetContext(ctx)
+	err = j.e.inBatches(n, func(msgs []*message.Message) error {
+		for _, m := range msgs {
+			m.SetContext(ctx)
 		}
-		if err := pub.Publish(topic, msgs...); err != nil {
-			return fmt.Errorf("bench: prefill incoming: %w", err)
-		}
-		done += k
+		return pub.Publish(topic, msgs...)
+	})
+	if err != nil {
+		return fmt.Errorf("bench: prefill incoming: %w", err)
 	}
 	return j.e.analyze(ctx, j.incoming())
 }
@@ -379,7 +315,7 @@ func (e *env) oursConsumeLeg(ctx context.Context, n, batch, inFlight int) (res C
 	}
 	r.AddConsumerHandler("bench-ours", subTopic, sub, countingHandler(c))
 	left := func(ctx context.Context) (int64, error) { return e.countRows(ctx, j.incoming()) }
-	return e.timedConsume(ctx, label, ConsumeResult{Impl: implOurs, InFlight: inFlight, N: n}, c, r, left, qc)
+	return e.timedConsume(ctx, label, ConsumeResult{Impl: implOurs, InFlight: inFlight, N: n}, c, r, left, nil, qc)
 }
 
 // wmConsumeLeg prefills a fresh schema's watermill-sql table through its publisher and times
@@ -392,14 +328,9 @@ func (e *env) wmConsumeLeg(ctx context.Context, n, batch, subscribers int) (res 
 		return res, err
 	}
 	defer func() { err = errors.Join(err, e.dropSchema(name)) }()
-	adapter := wmsql.DefaultPostgreSQLSchema{
-		GenerateMessagesTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_%s"`, name, topic) },
-		GeneratePayloadType:       func(string) string { return "BYTEA" },
-		SubscribeBatchSize:        batch,
-	}
-	offsets := wmsql.DefaultPostgreSQLOffsetsAdapter{
-		GenerateMessagesOffsetsTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_offsets_%s"`, name, topic) },
-	}
+	adapter, offsets := wmAdapters(name)
+	adapter.GeneratePayloadType = func(string) string { return "BYTEA" }
+	adapter.SubscribeBatchSize = batch
 	qc := &queryCounter{}
 	var subs []*wmsql.Subscriber
 	defer func() {
@@ -426,24 +357,18 @@ func (e *env) wmConsumeLeg(ctx context.Context, n, batch, subscribers int) (res 
 	}
 	table := adapter.MessagesTable(subTopic)
 	e.logf("%s: prefilling %d", label, n)
-	for done := 0; done < n; {
-		k := min(prefillBatch, n-done)
-		msgs := make([]*message.Message, k)
-		for i := range msgs {
-			msgs[i] = e.newMessage()
-		}
-		// One transaction of k messages (a multi-row INSERT).
-		err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+	err = e.inBatches(n, func(msgs []*message.Message) error {
+		// One transaction of the batch (a multi-row INSERT).
+		return pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
 			p, err := wmsql.NewPublisher(wmsql.TxFromPgx(tx), wmsql.PublisherConfig{SchemaAdapter: adapter}, e.logger)
 			if err != nil {
 				return err
 			}
 			return p.Publish(subTopic, msgs...)
 		})
-		if err != nil {
-			return res, fmt.Errorf("bench: prefill watermill-sql: %w", err)
-		}
-		done += k
+	})
+	if err != nil {
+		return res, fmt.Errorf("bench: prefill watermill-sql: %w", err)
 	}
 	if err := e.analyze(ctx, table); err != nil {
 		return res, err
@@ -458,14 +383,9 @@ func (e *env) wmConsumeLeg(ctx context.Context, n, batch, subscribers int) (res 
 	}
 	// Messages past the consumer group's acknowledged offset.
 	left := func(ctx context.Context) (int64, error) {
-		var k int64
-		err := e.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s t
-WHERE NOT EXISTS (SELECT 1 FROM %s o WHERE o.consumer_group = $1
-  AND (t.transaction_id, t."offset") <= (o.last_processed_transaction_id, o.offset_acked))`,
-			table, offsets.MessagesOffsetsTable(subTopic)), wmConsumerGroup).Scan(&k)
-		return k, err
+		return e.wmLeft(ctx, table, offsets.MessagesOffsetsTable(subTopic), wmConsumerGroup)
 	}
-	return e.timedConsume(ctx, label, ConsumeResult{Impl: implWatermillSQL, InFlight: subscribers, N: n}, c, r, left, qc)
+	return e.timedConsume(ctx, label, ConsumeResult{Impl: implWatermillSQL, InFlight: subscribers, N: n}, c, r, left, e.wmHeldBack(table), qc)
 }
 
 // countingHandler is the benchmark's handler: it records the message's UUID and acks.
@@ -480,23 +400,27 @@ func countingHandler(c *counter) message.NoPublishHandlerFunc {
 const consumeProgressEvery = 500 * time.Millisecond
 
 // timedConsume runs r (its handlers count into c) and times it from the call that starts it
-// until c has seen all res.N messages. Then it waits for every message to be acknowledged in
-// the database (left), stops the router (which closes the subscribers) and checks the counts:
-// exactly res.N distinct messages, duplicates reported.
+// until c has seen all res.N messages (held: see awaitCount). Then it waits for every message
+// to be acknowledged in the database (left), stops the router (which closes the subscribers)
+// and checks the counts: exactly res.N distinct messages, duplicates reported.
 func (e *env) timedConsume(ctx context.Context, label string, res ConsumeResult, c *counter, r *message.Router,
-	left func(context.Context) (int64, error), qc *queryCounter) (ConsumeResult, error) {
+	left func(context.Context) (int64, error), held heldFunc, qc *queryCounter) (ConsumeResult, error) {
 	n := res.N
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Run's error, then closed: a second receive (after awaitCount took the error) does not block.
 	runErr := make(chan error, 1)
 	t0 := time.Now()
-	go func() { runErr <- r.Run(runCtx) }()
-	running := true
+	go func() {
+		runErr <- r.Run(runCtx)
+		close(runErr)
+	}()
+	stopped := false
 	stop := func() error {
-		if !running {
+		if stopped {
 			return nil
 		}
-		running = false
+		stopped = true
 		err := r.Close()
 		select {
 		case rerr := <-runErr:
@@ -507,48 +431,14 @@ func (e *env) timedConsume(ctx context.Context, label string, res ConsumeResult,
 		return err
 	}
 	defer func() { _ = stop() }()
-
-	ticker := time.NewTicker(consumeProgressEvery)
-	defer ticker.Stop()
-	lastProgress, lastCount := time.Now(), 0
-wait:
-	for {
-		select {
-		case <-c.done:
-			break wait
-		case <-ctx.Done():
-			return res, fmt.Errorf("%s: %w", label, ctx.Err())
-		case err := <-runErr:
-			running = false
-			got, _ := c.counts()
-			return res, fmt.Errorf("%s: router stopped after %d/%d messages: %w", label, got, n, err)
-		case <-ticker.C:
-			got, _ := c.counts()
-			el := time.Since(t0)
-			e.logf("%s: %d/%d (%.0f msg/s)", label, got, n, float64(got)/el.Seconds())
-			if got != lastCount {
-				lastProgress, lastCount = time.Now(), got
-			} else if time.Since(lastProgress) > stallTimeout {
-				return res, fmt.Errorf("%s: stalled at %d/%d for %s", label, got, n, stallTimeout)
-			}
-		}
+	if err := e.awaitCount(ctx, label, c, n, t0, consumeProgressEvery, held, runErr); err != nil {
+		return res, err
 	}
-	first, last := c.times()
-	res.Elapsed = last.Sub(t0)
-	res.FirstMsg = first.Sub(t0)
-	res.Rate = float64(n) / res.Elapsed.Seconds()
+	res.Elapsed, res.FirstMsg, res.Rate = c.timing(t0)
 	// Let the subscribers acknowledge everything in the database, then stop them.
 	var err error
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res.Left, err = left(ctx)
-		if err != nil {
-			return res, fmt.Errorf("%s: count messages left: %w", label, err)
-		}
-		if res.Left == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
+	if res.Left, err = awaitAcked(ctx, left, 5*time.Millisecond); err != nil {
+		return res, fmt.Errorf("%s: count messages left: %w", label, err)
 	}
 	res.Statements = qc.statements.Load()
 	if err := stop(); err != nil {

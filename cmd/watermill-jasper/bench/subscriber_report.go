@@ -3,75 +3,49 @@ package bench
 import (
 	"fmt"
 	"io"
-	"math"
-	"runtime"
 	"strings"
-	"text/tabwriter"
 	"time"
 )
 
 // subscriberTargets are the acceptance numbers for the RESULT figures.
-var subscriberTargets = []struct {
-	name string
-	get  func(SubscriberSummary) float64
-	want float64
-}{
-	{"sub1_x", func(s SubscriberSummary) float64 { return s.Sub1X }, 1},
-	{"sub4_x", func(s SubscriberSummary) float64 { return s.Sub4X }, 1.5},
-	{"sub4_of_limit", func(s SubscriberSummary) float64 { return s.Sub4OfLimit }, 0.6},
+var subscriberTargets = []target[SubscriberSummary]{
+	{name: "sub1_x", get: func(s SubscriberSummary) float64 { return s.Sub1X }, want: 1},
+	{name: "sub4_x", get: func(s SubscriberSummary) float64 { return s.Sub4X }, want: 1.5},
+	{name: "sub4_of_limit", get: func(s SubscriberSummary) float64 { return s.Sub4OfLimit }, want: 0.6},
 }
 
 func summarizeSubscriber(r SubscriberResult) SubscriberSummary {
-	nan := math.NaN()
 	s := SubscriberSummary{nan, nan, nan}
-	ratio := func(a, b float64) float64 {
-		if b <= 0 {
-			return nan
-		}
-		return a / b
-	}
 	ours1, ok1 := r.leg(implOurs, 1)
 	if wm, ok := r.leg(implWatermillSQL, 1); ok && ok1 {
-		s.Sub1X = ratio(ours1.Rate, wm.Rate)
+		s.Sub1X = quotient(ours1.Rate, wm.Rate)
 	}
 	ours4, ok4 := r.leg(implOurs, SubscriberWideInFlight)
 	if wm, ok := r.wmBest(); ok && ok4 {
-		s.Sub4X = ratio(ours4.Rate, wm.Rate)
+		s.Sub4X = quotient(ours4.Rate, wm.Rate)
 	}
 	if ok4 {
-		s.Sub4OfLimit = ratio(ours4.Rate, r.Raw.Rate)
+		s.Sub4OfLimit = quotient(ours4.Rate, r.Raw.Rate)
 	}
 	return s
 }
 
 // ResultLine is the one-line summary printed last.
 func (r SubscriberResult) ResultLine() string {
-	f := func(v float64) string {
-		if math.IsNaN(v) {
-			return "n/a"
-		}
-		return fmt.Sprintf("%.2f", v)
-	}
 	s := r.Summary
-	return fmt.Sprintf("RESULT sub1_x=%s sub4_x=%s sub4_of_limit=%s", f(s.Sub1X), f(s.Sub4X), f(s.Sub4OfLimit))
+	return fmt.Sprintf("RESULT sub1_x=%s sub4_x=%s sub4_of_limit=%s", figure(s.Sub1X, 2), figure(s.Sub4X, 2), figure(s.Sub4OfLimit, 2))
 }
 
 // WriteTable prints the results as aligned tables.
 func (r SubscriberResult) WriteTable(w io.Writer) error {
 	cfg := r.Config
 	var b strings.Builder
-	runs := "1 run"
-	if r.Runs > 1 {
-		runs = fmt.Sprintf("median of %d runs", r.Runs)
-	}
-	fmt.Fprintf(&b, "Subscriber benchmark: PostgreSQL %s, %d CPUs, %d-message backlog, %d-byte payloads, %s, %s\n",
-		r.ServerVersion, runtime.NumCPU(), cfg.Backlog, cfg.Payload, runs, r.Elapsed.Round(time.Second))
+	fmt.Fprintf(&b, "Subscriber benchmark: %s\n", r.describe(fmt.Sprintf("%d-message backlog, %d-byte payloads", cfg.Backlog, cfg.Payload)))
 	fmt.Fprintf(&b, "ours = subscriber.NewSubscriber, defaults (LISTEN/NOTIFY, acks batched) but BatchSize %d and MaxInFlight; "+
 		"watermill-sql = v4 subscriber, log schema (BYTEA payload), consumer group %q, poll %s, batch %d\n",
 		cfg.Batch, wmConsumerGroup, WatermillPollInterval, cfg.Batch)
 
-	fmt.Fprintf(&b, "\nCONSUME: prefilled backlog -> router -> no-op handler, timed from router start to the last message handled\n")
-	t := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	t := section(&b, "CONSUME: prefilled backlog -> router -> no-op handler, timed from router start to the last message handled")
 	fmt.Fprintln(t, "  impl\tin flight\tbacklog\tmsg/s\ttime\tfirst msg\tmsg/s after 1st\tvs watermill-sql\tof raw loop\tdups\tleft\tstmts/1k msgs\t")
 	if r.Raw.N > 0 {
 		fmt.Fprintf(t, "  %s\t-\t%d\t%s\t%s\t-\t-\t-\t1.00\t0\t0\t%.1f\t\n", implRaw, r.Raw.N, num(r.Raw.Rate),
@@ -107,40 +81,20 @@ func (r SubscriberResult) WriteTable(w io.Writer) error {
 	}
 	_ = t.Flush()
 
-	fmt.Fprintf(&b, "\nNOTES\n")
-	for _, n := range []string{
-		"Prefills are not timed: ours through our publisher (publisher.Incoming: status Incoming, owner 0, received_at = topic), " +
+	writeNotes(&b,
+		"Prefills are not timed: ours through our publisher (publisher.Incoming: status Incoming, owner 0, received_at = topic), "+
 			"watermill-sql's through its publisher into its own table; both 1,000 messages per transaction, both tables ANALYZEd. Every leg has a fresh schema.",
 		fmt.Sprintf("In flight %d: ours is one subscriber with MaxInFlight %d; watermill-sql is %d subscribers of one consumer group, "+
 			"one router handler each (one message in flight per subscription is all it can do).", SubscriberWideInFlight, SubscriberWideInFlight, SubscriberWideInFlight),
-		"Both subscribers' SubscribeInitialize runs before the timing (watermill-sql's creates its tables, ours checks them once). " +
-			"Timing starts at Router.Run (Subscribe included: our LISTEN and first claim, watermill-sql's offsets row) and ends when the handler has seen the last distinct message UUID; " +
+		"Both subscribers' SubscribeInitialize runs before the timing (watermill-sql's creates its tables, ours checks them once). "+
+			"Timing starts at Router.Run (Subscribe included: our LISTEN and first claim, watermill-sql's offsets row) and ends when the handler has seen the last distinct message UUID; "+
 			"then every message must be acknowledged in the database (left: our rows deleted, watermill-sql's offset committed) and duplicates are counted after the router stops.",
-		"vs watermill-sql: in flight 1 against its one subscriber, in flight 4 against its best leg. " +
-			"The raw loop is our claim (1,000 rows) then delete on the incoming table, one goroutine, no router: the limit of the design. " +
+		"vs watermill-sql: in flight 1 against its one subscriber, in flight 4 against its best leg. "+
+			"The raw loop is our claim (1,000 rows) then delete on the incoming table, one goroutine, no router: the limit of the design. "+
 			"stmts/1k msgs counts BEGIN/COMMIT/ROLLBACK too, up to the last acknowledgement.",
-	} {
-		writeWrapped(&b, n, "  - ", "    ")
-	}
+	)
+	writeTargets(&b, r.Summary, subscriberTargets)
 
-	fmt.Fprintf(&b, "\nTARGETS\n")
-	t = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(t, "  figure\tvalue\ttarget\tmet\t")
-	for _, tg := range subscriberTargets {
-		v := tg.get(r.Summary)
-		met, val := "yes", "n/a"
-		switch {
-		case math.IsNaN(v):
-			met = "not measured"
-		case v < tg.want:
-			met = "NO"
-		}
-		if !math.IsNaN(v) {
-			val = fmt.Sprintf("%.3g", v)
-		}
-		fmt.Fprintf(t, "  %s\t%s\t>= %g\t%s\t\n", tg.name, val, tg.want, met)
-	}
-	_ = t.Flush()
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -56,15 +56,8 @@ func openWMOutbox(ctx context.Context, e *env) (*wmOutbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &wmOutbox{
-		e: e, schema: name,
-		adapter: wmsql.DefaultPostgreSQLSchema{
-			GenerateMessagesTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_%s"`, name, topic) },
-		},
-		offsets: wmsql.DefaultPostgreSQLOffsetsAdapter{
-			GenerateMessagesOffsetsTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_offsets_%s"`, name, topic) },
-		},
-	}
+	w := &wmOutbox{e: e, schema: name}
+	w.adapter, w.offsets = wmAdapters(name)
 	sub, err := w.newSubscriber(wmsql.BeginnerFromPgx(e.pool))
 	if err != nil {
 		return nil, errors.Join(err, w.close())
@@ -74,6 +67,44 @@ func openWMOutbox(ctx context.Context, e *env) (*wmOutbox, error) {
 		return nil, errors.Join(fmt.Errorf("bench: initialize watermill-sql tables: %w", err), w.close())
 	}
 	return w, nil
+}
+
+// wmAdapters are watermill-sql's default PostgreSQL log schema and offsets adapter with
+// their tables in schema name.
+func wmAdapters(name string) (wmsql.DefaultPostgreSQLSchema, wmsql.DefaultPostgreSQLOffsetsAdapter) {
+	return wmsql.DefaultPostgreSQLSchema{
+			GenerateMessagesTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_%s"`, name, topic) },
+		}, wmsql.DefaultPostgreSQLOffsetsAdapter{
+			GenerateMessagesOffsetsTableName: func(topic string) string { return fmt.Sprintf(`%q."watermill_offsets_%s"`, name, topic) },
+		}
+}
+
+// wmLeft counts the messages of table past the offset that consumer group has acknowledged
+// (in offsetsTable).
+func (e *env) wmLeft(ctx context.Context, table, offsetsTable, group string) (int64, error) {
+	var n int64
+	err := e.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s t
+WHERE NOT EXISTS (SELECT 1 FROM %s o WHERE o.consumer_group = $1
+  AND (t.transaction_id, t."offset") <= (o.last_processed_transaction_id, o.offset_acked))`,
+		table, offsetsTable), group).Scan(&n)
+	return n, err
+}
+
+// wmHeldBack counts the committed messages of table that watermill-sql's subscriber does not
+// read yet. It reads only the rows whose transaction_id is below the xmin of its snapshot:
+// below every transaction id still running on the server, in any database (transaction ids
+// are server-wide), so that it never skips a row that a slower, older transaction commits
+// later. A transaction that has written anything and stays open, in any session on the
+// server, thus holds back every message committed after it began, for as long as it stays
+// open. waitingFor names the oldest such transaction that pg_stat_activity shows.
+func (e *env) wmHeldBack(table string) heldFunc {
+	return func(ctx context.Context) (n int64, waitingFor string, err error) {
+		err = e.pool.QueryRow(ctx, `SELECT count(*), coalesce((
+  SELECT format('the transaction of backend %s (%s, open for %s)', pid, state, date_trunc('second', now() - xact_start))
+  FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC LIMIT 1), 'an older transaction')
+FROM `+table+` WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())`).Scan(&n, &waitingFor)
+		return n, waitingFor, err
+	}
 }
 
 func (w *wmOutbox) close() error { return w.e.dropSchema(w.schema) }
@@ -109,31 +140,25 @@ func (w *wmOutbox) businessTx(ctx context.Context, topic string, msg *message.Me
 	})
 }
 
-// prefill writes n messages for topic through the same publisher, 1,000 per transaction.
+// prefill writes n messages for topic through the same publisher, prefillBatch (1,000) per
+// transaction.
 func (w *wmOutbox) prefill(ctx context.Context, topic string, n int) error {
-	for done := 0; done < n; {
-		k := min(1000, n-done)
-		msgs := make([]*message.Message, k)
-		for i := range msgs {
-			msgs[i] = w.e.newMessage()
-		}
-		if err := pgx.BeginFunc(ctx, w.e.pool, func(tx pgx.Tx) error { return w.publish(tx, topic, msgs...) }); err != nil {
-			return fmt.Errorf("bench: prefill Watermill outbox: %w", err)
-		}
-		done += k
+	err := w.e.inBatches(n, func(msgs []*message.Message) error {
+		return pgx.BeginFunc(ctx, w.e.pool, func(tx pgx.Tx) error { return w.publish(tx, topic, msgs...) })
+	})
+	if err != nil {
+		return fmt.Errorf("bench: prefill Watermill outbox: %w", err)
 	}
 	return w.e.analyze(ctx, w.messagesTable())
 }
 
-// left counts the rows past the consumer group's acknowledged offset.
+// left counts the rows past the (default) consumer group's acknowledged offset.
 func (w *wmOutbox) left(ctx context.Context) (int64, error) {
-	var n int64
-	err := w.e.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s t
-WHERE NOT EXISTS (SELECT 1 FROM %s o WHERE o.consumer_group = ''
-  AND (t.transaction_id, t."offset") <= (o.last_processed_transaction_id, o.offset_acked))`,
-		w.messagesTable(), w.offsets.MessagesOffsetsTable(wmForwarderTopic))).Scan(&n)
-	return n, err
+	return w.e.wmLeft(ctx, w.messagesTable(), w.offsets.MessagesOffsetsTable(wmForwarderTopic), "")
 }
+
+// heldBack counts the messages watermill-sql does not read yet (env.wmHeldBack).
+func (w *wmOutbox) heldBack() heldFunc { return w.e.wmHeldBack(w.messagesTable()) }
 
 type wmRelay struct {
 	fwd   *wmforwarder.Forwarder
@@ -228,8 +253,7 @@ type countingBeginner struct {
 }
 
 func (c countingBeginner) BeginTx(ctx context.Context, opts *stdsql.TxOptions) (wmsql.Tx, error) {
-	c.qc.txs.Add(1)
-	c.qc.statements.Add(1)
+	c.qc.addAutocommit()
 	tx, err := c.b.BeginTx(ctx, opts)
 	if err != nil {
 		return tx, err
@@ -238,14 +262,12 @@ func (c countingBeginner) BeginTx(ctx context.Context, opts *stdsql.TxOptions) (
 }
 
 func (c countingBeginner) ExecContext(ctx context.Context, q string, args ...any) (wmsql.Result, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
+	c.qc.addAutocommit()
 	return c.b.ExecContext(ctx, q, args...)
 }
 
 func (c countingBeginner) QueryContext(ctx context.Context, q string, args ...any) (wmsql.Rows, error) {
-	c.qc.statements.Add(1)
-	c.qc.txs.Add(1)
+	c.qc.addAutocommit()
 	return c.b.QueryContext(ctx, q, args...)
 }
 
