@@ -467,25 +467,19 @@ func (f *flusher) flush(ctx context.Context) error {
 	if len(acks) > 0 {
 		if err := f.deleteAcked(ctx, acks); err != nil {
 			errs = append(errs, fmt.Errorf("delete %d acked envelopes: %w", len(acks), err))
-			f.mu.Lock()
-			f.acks = append(acks, f.acks...)
-			f.mu.Unlock()
+			putBack(&f.mu, &f.acks, acks)
 		}
 	}
 	if len(nacks) > 0 {
 		if failed, err := f.retry(ctx, nacks); err != nil {
 			errs = append(errs, fmt.Errorf("hand back %d nacked envelopes: %w", len(failed), err))
-			f.mu.Lock()
-			f.nacks = append(failed, f.nacks...)
-			f.mu.Unlock()
+			putBack(&f.mu, &f.nacks, failed)
 		}
 	}
 	if len(dead) > 0 {
 		if err := f.moveToDeadLetters(ctx, dead); err != nil {
 			errs = append(errs, fmt.Errorf("move %d envelopes to the dead letters: %w", len(dead), err))
-			f.mu.Lock()
-			f.dead = append(dead, f.dead...)
-			f.mu.Unlock()
+			putBack(&f.mu, &f.dead, dead)
 		}
 	}
 	err := errors.Join(errs...)
@@ -562,4 +556,11 @@ func (f *flusher) moveToDeadLetters(ctx context.Context, dead []deadItem) error 
 		f.sub.logger.Error("Unreadable envelope moved to the dead letters", d.err, watermill.LogFields{"envelope_id": d.env.ID.String()})
 	}
 	return nil
+}
+
+// putBack puts items whose statement failed back in front of the pending ones, under mu.
+func putBack[T any](mu *sync.Mutex, pending *[]T, items []T) {
+	mu.Lock()
+	defer mu.Unlock()
+	*pending = append(items, *pending...)
 }

@@ -109,31 +109,38 @@ func (e *Envelope) finish(s *scanned) {
 // ScanOutgoing reads one row selected with OutgoingColumns.
 func ScanOutgoing(r Scanner, c UUIDCodec) (Envelope, error) {
 	var e Envelope
-	var s scanned
 	var deliverBy sql.NullTime
-	if err := r.Scan(append(e.sharedDests(&s, c), &s.dest, &deliverBy)...); err != nil {
-		return Envelope{}, err
-	}
-	e.finish(&s)
-	if deliverBy.Valid {
-		t := deliverBy.Time.UTC()
-		e.DeliverBy = &t
-	}
-	return e, nil
+	err := e.scan(r, c, &deliverBy)
+	e.DeliverBy = utcTime(deliverBy)
+	return e, err
 }
 
 // ScanIncoming reads one row selected with IncomingColumns.
 func ScanIncoming(r Scanner, c UUIDCodec) (Envelope, error) {
 	var e Envelope
-	var s scanned
 	var exec sql.NullTime
-	if err := r.Scan(append(e.sharedDests(&s, c), &s.dest, &e.Status, &exec)...); err != nil {
-		return Envelope{}, err
+	err := e.scan(r, c, &e.Status, &exec)
+	e.ExecutionTime = utcTime(exec)
+	return e, err
+}
+
+// scan reads the shared columns, the destination (or received_at), then the table's own
+// columns into more; on error e is left zero.
+func (e *Envelope) scan(r Scanner, c UUIDCodec, more ...any) error {
+	var s scanned
+	if err := r.Scan(append(append(e.sharedDests(&s, c), &s.dest), more...)...); err != nil {
+		*e = Envelope{}
+		return err
 	}
 	e.finish(&s)
-	if exec.Valid {
-		t := exec.Time.UTC()
-		e.ExecutionTime = &t
+	return nil
+}
+
+// utcTime is t in UTC, or nil when it is NULL.
+func utcTime(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
 	}
-	return e, nil
+	u := t.Time.UTC()
+	return &u
 }
