@@ -76,6 +76,13 @@ func (s *memorySink) reached(n int) <-chan struct{} {
 	return ch
 }
 
+// has reports whether the message uuid arrived.
+func (s *memorySink) has(uuid string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.copies[uuid] > 0
+}
+
 func (s *memorySink) stats() (distinct, duplicates int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -252,8 +259,14 @@ func TestConnectionCutRecovers(t *testing.T) {
 	if distinct != total {
 		t.Errorf("%d distinct messages delivered, want %d", distinct, total)
 	}
-	if st.ScheduledSent != 1 {
-		t.Errorf("scheduled sends released: %d, want 1", st.ScheduledSent)
+	// The scheduled send fell due during the cut: only the agent's recovered connection could
+	// release it. The counter may miss it (a release that committed while its answer was lost
+	// on a connection opened during the cut is not counted), so the message itself is checked.
+	if !sink.has("scheduled-during-cut") {
+		t.Error("the scheduled send that fell due during the cut was not released")
+	}
+	if st.ScheduledSent > 1 {
+		t.Errorf("scheduled sends released: %d, want at most 1", st.ScheduledSent)
 	}
 	if st.JobErrors[durability.JobNodeCheck] == 0 {
 		t.Error("the node check never failed during the cut: was the connection cut?")

@@ -296,9 +296,15 @@ func (w *wakeCount) wait(t *testing.T, what string) {
 // jobs records the runs of job only ("": every job) of a on a channel, without blocking;
 // a failed run fails the test. Call it before Start.
 func jobs(t *testing.T, a *Agent, only string) <-chan string {
+	return jobsTolerating(t, a, only, func(error) bool { return false })
+}
+
+// jobsTolerating is jobs where a failed run whose error tolerated accepts does not fail the
+// test.
+func jobsTolerating(t *testing.T, a *Agent, only string, tolerated func(error) bool) <-chan string {
 	ch := make(chan string, 100)
 	SetJobHook(a, func(job string, err error) {
-		if err != nil {
+		if err != nil && !tolerated(err) {
 			t.Errorf("job %s: %v", job, err)
 		}
 		if only != "" && job != only {
@@ -798,7 +804,9 @@ func TestAgentRelockHandsBack(t *testing.T) {
 	c := quietConfig()
 	c.NodeCheckInterval = 50 * time.Millisecond
 	a := e.agent(c)
-	checks := jobs(t, a, JobNodeCheck)
+	// A check may run while the killed backend is still exiting, its lock still held: that
+	// check fails with ErrNodeIDInUse and a later one takes the lock.
+	checks := jobsTolerating(t, a, JobNodeCheck, func(err error) bool { return errors.Is(err, ErrNodeIDInUse) })
 	e.start(a)
 	<-checks
 	e.outgoing(4, "orders", e.node.ID(), nil)
