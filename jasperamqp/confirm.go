@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 )
 
 // DefaultConfirmChannels is the default Options.ConfirmChannels: how many confirm-mode channels
@@ -417,13 +418,8 @@ func (p *confirmPublisher) lost(err error) {
 // reconnect dials with back-off until it succeeds (stores and returns the new state) or the
 // publisher closes (returns nil).
 func (p *confirmPublisher) reconnect() *connState {
-	rc := p.opts.Reconnect
-	interval := rc.BackoffInitialInterval
-	if interval <= 0 {
-		interval = 500 * time.Millisecond
-	}
 	for attempt := 1; ; attempt++ {
-		wait := jitter(interval, rc.BackoffRandomizationFactor)
+		wait := reconnectPolicy(p.opts.Reconnect).Jittered(attempt)
 		select {
 		case <-p.closing:
 			return nil
@@ -445,27 +441,33 @@ func (p *confirmPublisher) reconnect() *connState {
 		p.lastErr = err
 		p.mu.Unlock()
 		p.logger.Error("jasperamqp: reconnect to RabbitMQ failed; retrying", err, watermill.LogFields{
-			"attempt": attempt, "next_in": interval.String(),
+			"attempt": attempt, "next_in": reconnectPolicy(p.opts.Reconnect).Delay(attempt + 1).String(),
 		})
-		mult := rc.BackoffMultiplier
-		if mult < 1 {
-			mult = 1.5
-		}
-		interval = time.Duration(float64(interval) * mult)
-		if rc.BackoffMaxInterval > 0 && interval > rc.BackoffMaxInterval {
-			interval = rc.BackoffMaxInterval
-		}
 	}
 }
 
-// jitter spreads d by ±factor.
-func jitter(d time.Duration, factor float64) time.Duration {
-	if factor <= 0 {
-		return d
+// reconnectPolicy is Options.Reconnect (watermill-amqp's settings) as the module's one
+// back-off shape: first wait BackoffInitialInterval (default 500 ms), times
+// BackoffMultiplier (default 1.5) after each failure, up to BackoffMaxInterval (default 30
+// s), plus up to BackoffRandomizationFactor of it at random.
+func reconnectPolicy(rc *amqp.ReconnectConfig) backoff.Policy {
+	p := backoff.Policy{Initial: 500 * time.Millisecond, Multiplier: 1.5, Max: 30 * time.Second, Jitter: -1}
+	if rc == nil {
+		return p
 	}
-	factor = min(factor, 1)
-	delta := factor * float64(d)
-	return time.Duration(float64(d) - delta + rand.Float64()*2*delta)
+	if rc.BackoffInitialInterval > 0 {
+		p.Initial = rc.BackoffInitialInterval
+	}
+	if rc.BackoffMultiplier >= 1 {
+		p.Multiplier = rc.BackoffMultiplier
+	}
+	if rc.BackoffMaxInterval > 0 {
+		p.Max = rc.BackoffMaxInterval
+	}
+	if rc.BackoffRandomizationFactor > 0 {
+		p.Jitter = min(rc.BackoffRandomizationFactor, 1)
+	}
+	return p
 }
 
 // channel picks an open channel, round-robin.
