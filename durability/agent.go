@@ -321,7 +321,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		_, skipped, err := a.deleteExpiredHandled(ctx)
 		return retryIfSkipped(skipped), err
 	}, nil)
-	start(JobGauges, 0, c.MetricsSamplingInterval, func(ctx context.Context) (time.Duration, error) {
+	start(JobGauges, c.MetricsSamplingInterval, c.MetricsSamplingInterval, func(ctx context.Context) (time.Duration, error) {
 		_, err := a.SampleGauges(ctx)
 		return 0, err
 	}, nil)

@@ -97,8 +97,9 @@ type Config struct {
 	NodeCheckInterval time.Duration
 
 	// MetricsSamplingInterval is how often the storage gauges (Agent.Gauges) are sampled,
-	// with one query that counts the rows of the three tables. Default 5s; raise it for
-	// tables of millions of rows.
+	// with one query that counts the rows of the three tables, the first time one interval
+	// after Start (not in the burst of a start, when forwarders drain a backlog). Default 5s;
+	// raise it for tables of millions of rows.
 	MetricsSamplingInterval time.Duration
 
 	// StatementTimeout bounds each transaction of a job. Default 30s.
