@@ -173,6 +173,12 @@ func NewRuntime(db database.Driver, config Config, logger watermill.LoggerAdapte
 			a.ScheduleAt(due)
 		}
 	}
+	rt.config.Publisher.Coalescer = rt.coal
+	pub, err := publisher.NewPublisher(dbx.ToWatermill(db), rt.config.Publisher, rt.logger)
+	if err != nil {
+		return nil, fmt.Errorf("%w: Publisher: %w", ErrInvalidConfig, err)
+	}
+	rt.publisher = pub
 	return rt, nil
 }
 
@@ -320,7 +326,7 @@ func (rt *Runtime) stopLocked(ctx context.Context) error {
 	for _, cancel := range rt.fwdCancel {
 		cancel()
 	}
-	rt.forwarders, rt.fwdDone, rt.fwdCancel, rt.subscribers, rt.publisher = nil, nil, nil, nil, nil
+	rt.forwarders, rt.fwdDone, rt.fwdCancel, rt.subscribers = nil, nil, nil, nil
 	rt.agent, rt.node, rt.collector = nil, nil, nil
 	rt.logger.Info("Runtime stopped", nil)
 	return errors.Join(errs...)
@@ -349,29 +355,14 @@ func (rt *Runtime) Forwarders() []*forwarder.Forwarder {
 
 // Publisher returns the runtime's publisher on the pool: it writes into the transaction the
 // first message's context carries (publisher.WithTx, or the inbox's transaction inside a
-// handler) and otherwise commits on its own. It needs no Start.
-func (rt *Runtime) Publisher() *publisher.Publisher {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	if rt.publisher == nil {
-		cfg := rt.config.Publisher
-		cfg.Coalescer = rt.coal
-		p, err := publisher.NewPublisher(dbx.ToWatermill(rt.db), cfg, rt.logger)
-		if err != nil {
-			panic(fmt.Sprintf("watermill-jasper: runtime publisher: %v", err)) // the config was validated by NewRuntime
-		}
-		rt.publisher = p
-	}
-	return rt.publisher
-}
+// handler) and otherwise commits on its own. It needs no Start; Stop closes it.
+func (rt *Runtime) Publisher() *publisher.Publisher { return rt.publisher }
 
 // TxPublisher returns a publisher writing into tx, a caller's transaction
 // (watermill-sql's sql.TxFromPgx(tx) or sql.TxFromStdSQL(tx)): the messages commit or roll
 // back with it. It is cheap; create one per transaction. It needs no Start.
 func (rt *Runtime) TxPublisher(tx wmsql.ContextExecutor) (*publisher.Publisher, error) {
-	cfg := rt.config.Publisher
-	cfg.Coalescer = rt.coal
-	return publisher.NewPublisher(tx, cfg, rt.logger)
+	return publisher.NewPublisher(tx, rt.config.Publisher, rt.logger)
 }
 
 // Subscriber returns a subscriber of durable local queues on the runtime's agent; Stop
