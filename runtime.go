@@ -277,7 +277,9 @@ func (rt *Runtime) Stop(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, rt.config.StopTimeout)
 		defer cancel()
 	}
-	return rt.stopLocked(ctx)
+	err := rt.stopLocked(ctx)
+	_ = rt.publisher.Close()
+	return err
 }
 
 func (rt *Runtime) stopLocked(ctx context.Context) error {
@@ -309,9 +311,6 @@ func (rt *Runtime) stopLocked(ctx context.Context) error {
 		if err := s.Close(); err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if rt.publisher != nil {
-		_ = rt.publisher.Close()
 	}
 	if rt.agent != nil {
 		if err := rt.agent.Stop(ctx); err != nil {
