@@ -48,9 +48,37 @@ func (p *postgres) SchemaExists() string {
 // ObjectsQuery is "": PostgreSQL has no table types or procedures to check.
 func (p *postgres) ObjectsQuery() string { return "" }
 
-// IndexesQuery reads the index names of the schema.
+// The catalog queries read pg_catalog rather than information_schema, and find the three
+// tables by name through pg_class's (relname, relnamespace) index: information_schema's views
+// scan every relation of the database, tens of milliseconds on one with many schemas, and
+// Check runs at every runtime start. They answer in information_schema's terms: format_type
+// without a type modifier gives its data_type names ("character varying", "timestamp with
+// time zone"); lengths are SQL Server's concern (0).
+
+// jasperTablesOf selects the oids of the schema $1's Jasper tables.
+const jasperTablesOf = `SELECT c.oid FROM pg_class c
+  WHERE c.relname IN ` + "('" + layout.IncomingTable + "', '" + layout.OutgoingTable + "', '" + layout.DeadLetterTable + "')" + `
+    AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND c.relkind = 'r'`
+
+// ColumnsQuery reads the Jasper tables' columns.
+func (p *postgres) ColumnsQuery() string {
+	return `SELECT c.relname::text, a.attname::text, format_type(a.atttypid, NULL),
+  CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END, 0::bigint
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+WHERE c.oid IN (` + jasperTablesOf + `) AND a.attnum > 0 AND NOT a.attisdropped`
+}
+
+// PrimaryKeysQuery reads the tables whose primary key is the id column alone.
+func (p *postgres) PrimaryKeysQuery() string {
+	return `SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+WHERE i.indrelid IN (` + jasperTablesOf + `) AND i.indisprimary AND i.indnatts = 1 AND a.attname = 'id'`
+}
+
+// IndexesQuery reads the names of the Jasper tables' indexes.
 func (p *postgres) IndexesQuery() string {
-	return `SELECT indexname FROM pg_indexes WHERE schemaname = $1`
+	return `SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid IN (` + jasperTablesOf + `)`
 }
 
 // pgTypes are the DDL types of the layout's column types: strings are unbounded varchar.
