@@ -108,10 +108,11 @@ func (c *queueConsumer) distinct() int {
 }
 
 // A relay process wired as the README and _examples/relay show (a runtime with one forwarder
-// to RabbitMQ through jasperamqp's confirm publisher) is killed with SIGKILL while it holds
-// claimed envelopes it has not finished: its publishes wait for confirms that a TCP proxy
-// between it and RabbitMQ holds back. A second relay started the same way hands the dead
-// relay's envelopes back and relays them: every message arrives, and the outbox ends empty.
+// to RabbitMQ through jasperamqp's confirm publisher) is killed with SIGKILL in the middle of
+// its batches: its publishes wait for confirms that a TCP proxy between it and RabbitMQ holds
+// back, and its batch transactions hold the envelopes locked. The batches die with the
+// process, so a second relay started the same way relays every envelope: every message
+// arrives, nothing is left marked with the dead node, and the outbox ends empty.
 func TestRelayKilledMidStreamIsTakenOver(t *testing.T) {
 	t.Parallel()
 	const n = 2000
@@ -149,8 +150,8 @@ func TestRelayKilledMidStreamIsTakenOver(t *testing.T) {
 	}
 
 	// The first relay connects to RabbitMQ through the proxy; once it relays, the proxy holds
-	// RabbitMQ's replies, and the messages are committed: the relay claims them and its
-	// publishes wait for confirms that do not come.
+	// RabbitMQ's replies, and the messages are committed: the relay locks them in its batch
+	// transactions and its publishes wait for confirms that do not come.
 	first := relay("first", "amqp://guest:guest@"+proxy.Addr()+"/")
 	publishTo(t, cfg, destination, proxyMessages("warmup", 1))
 	select {
@@ -160,45 +161,32 @@ func TestRelayKilledMidStreamIsTakenOver(t *testing.T) {
 	}
 	proxy.HoldReplies()
 	publishTo(t, cfg, destination, proxyMessages("relay-kill", n))
-	var owner int32
-	var claimed int64
+	var locked int64
 	deadline := time.Now().Add(crashTimeout)
-	for claimed == 0 {
-		err := database.QueryRow(context.Background(), direct, `SELECT COALESCE(max(owner_id), 0), count(*) FILTER (WHERE owner_id <> 0) FROM `+
-			cfg.Qualified(schema.OutgoingTable), nil, &owner, &claimed)
-		if err != nil {
-			t.Fatal(err)
+	for locked == 0 {
+		if locked = lockedRows(t, direct, cfg, schema.OutgoingTable); locked > 0 {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the first relay claimed nothing")
+			t.Fatal("the first relay locked nothing")
 		}
-		time.Sleep(10 * time.Millisecond) // no event tells that a claim committed
+		time.Sleep(10 * time.Millisecond) // no event tells that a batch locked its rows
 	}
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = first.Wait()
-	claimed = owned(t, direct, cfg, schema.OutgoingTable, owner)
-	t.Logf("first relay (node %d) killed with SIGKILL holding %d claimed envelopes; %d of %d messages arrived", owner, claimed, consumer.distinct(), n+1)
-	if claimed == 0 {
-		t.Fatal("the killed relay held no claimed envelope: the test did not exercise recovery")
-	}
-	// Its database session ends with the process (the lock with it); the backend's exit has
-	// no event to wait for.
-	for lockHolderPID(t, direct, owner) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the killed relay's node lock is still held")
-		}
-		time.Sleep(20 * time.Millisecond)
+	t.Logf("first relay killed with SIGKILL while its batches held %d envelopes locked; %d of %d messages arrived", locked, consumer.distinct(), n+1)
+	if n := marked(t, direct, cfg); n != 0 {
+		t.Fatalf("%d envelopes marked with a node's id: a relay marks none", n)
 	}
 
 	second := relay("second", amqpURL())
 	select {
 	case <-consumer.reached(n + 1):
 	case <-time.After(crashTimeout):
-		t.Fatalf("%d of %d messages arrived; %d envelopes left in the outbox, %d owned by the killed relay",
-			consumer.distinct(), n+1, owned(t, direct, cfg, schema.OutgoingTable, 0)+owned(t, direct, cfg, schema.OutgoingTable, owner),
-			owned(t, direct, cfg, schema.OutgoingTable, owner))
+		t.Fatalf("%d of %d messages arrived; %d envelopes left in the outbox, %d of them locked",
+			consumer.distinct(), n+1, outgoingRows(t, direct, cfg), lockedRows(t, direct, cfg, schema.OutgoingTable))
 	}
 	// The last deletes follow the last confirms (polled: no event says "idle").
 	for left := int64(-1); left != 0; {
@@ -216,6 +204,16 @@ func TestRelayKilledMidStreamIsTakenOver(t *testing.T) {
 	if err := second.Wait(); err != nil {
 		t.Fatalf("the second relay did not stop cleanly: %v", err)
 	}
+}
+
+// marked counts the outgoing envelopes marked with a node's id (owner_id <> 0).
+func marked(t *testing.T, db database.Querier, cfg schema.Config) int64 {
+	t.Helper()
+	var n int64
+	if err := database.QueryRow(context.Background(), db, `SELECT count(*) FROM `+cfg.Qualified(schema.OutgoingTable)+` WHERE owner_id <> 0`, nil, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // amqpHostPort is the host:port of the test broker.

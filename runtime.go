@@ -258,13 +258,14 @@ func (rt *Runtime) checkSchema(ctx context.Context) error {
 }
 
 // Stop stops everything in order, each step waiting for the previous one: the forwarders
-// (the publishes in flight finish, unsent claims are handed back), the subscribers (acks are
-// flushed, what they hold is handed back), the durability agent (the node's remaining
-// envelopes are handed back) and the node lock. Stop the Watermill router that uses the
-// runtime's subscribers and middleware first. ctx (or StopTimeout) bounds the wait: when it
-// ends while a forwarder still waits for its broker, the publishes in flight are cancelled
-// (their messages' context) and the forwarder hands back what it claimed; the agent then
-// hands back what is left within a few seconds. Stop is idempotent.
+// (the publishes in flight finish and their batch commits; what was not sent stays in the
+// outbox, unlocked), the subscribers (acks are flushed, what they hold is handed back), the
+// durability agent (the node's remaining envelopes are handed back) and the node lock. Stop
+// the Watermill router that uses the runtime's subscribers and middleware first. ctx (or
+// StopTimeout) bounds the wait: when it ends while a forwarder still waits for its broker,
+// the publishes in flight are cancelled (their messages' context) and the forwarder commits
+// the outcomes it has; the agent then hands back what is left within a few seconds. Stop is
+// idempotent.
 func (rt *Runtime) Stop(ctx context.Context) error {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -294,7 +295,7 @@ func (rt *Runtime) stopLocked(ctx context.Context) error {
 		case <-closed:
 		case <-ctx.Done():
 			// Stop waiting for the broker: the publishes in flight are cancelled (their
-			// messages' context), and the forwarder hands back what it claimed.
+			// messages' context), and the forwarder leaves the rest of its batch unlocked.
 			rt.fwdCancel[i]()
 			select {
 			case <-closed:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,7 +89,10 @@ type ScheduledResult struct {
 	Sent int64
 	// DeadLettered scheduled sends could not be read and went to the dead letters.
 	DeadLettered int64
-	// NextDue is how long until the next scheduled envelope falls due (0: none, or unknown).
+	// NextDue is how long, from when RunScheduledJobs returns, until the next scheduled
+	// envelope or scheduled send falls due by the database's clock (0: none, or unknown; at
+	// least 1 µs when one fell due during the pass). It is measured from a moment after the
+	// database read its clock, so a timer set to it never fires before the envelope is due.
 	NextDue time.Duration
 }
 
@@ -116,11 +120,13 @@ type Unowned = store.Unowned
 // background job of that schema in this process. Start runs its jobs, each on a timer of its
 // own so that none delays another:
 //
-//   - scheduled jobs (every ScheduledJobPollingTime, and at once when a component asks with
-//     ScheduleAt; under Jasper's "scheduled-jobs" lock): due Scheduled envelopes become
-//     Incoming; due scheduled sends (Jasper's scheduled-envelope rows) become outgoing
-//     envelopes for their destination, in the transaction that deletes them; one that cannot
-//     be read goes to the dead letters;
+//   - scheduled jobs (every ScheduledJobPollingTime, when the next scheduled envelope or
+//     scheduled send falls due, and at the times components ask for with ScheduleAt; under
+//     Jasper's "scheduled-jobs" lock): due Scheduled envelopes become Incoming; due
+//     scheduled sends (Jasper's scheduled-envelope rows) become outgoing envelopes for their
+//     destination, in the transaction that deletes them; one that cannot be read goes to the
+//     dead letters. The database's clock decides what is due; the pass planned for the
+//     next due time never runs before that clock reaches it;
 //   - recovery (same timer): when unowned envelopes wait, the components are woken;
 //   - dormant-node reassignment (every NodeReassignmentPollingTime, under Jasper's
 //     "jasper-reassign-envelopes" lock): every other owner of envelopes whose node lock can
@@ -168,7 +174,10 @@ type Agent struct {
 	wakers  wakers
 	kick    chan struct{} // buffered(1): run the scheduled-jobs pass early
 	schedMu sync.Mutex
-	schedAt time.Time // earliest time a component asked for a scheduled pass (zero: none)
+	schedAt []time.Time // times components asked for a scheduled pass, sorted, distinct
+	// schedSkips counts consecutive scheduled passes skipped because another session held
+	// the lock (scheduled-jobs goroutine only).
+	schedSkips int
 
 	relocks uint64 // the node's Relocks seen last (node-check goroutine only)
 	unknown uint64 // the node's UnknownOutcomes seen last (node-check goroutine only)
@@ -259,12 +268,25 @@ func (a *Agent) CheckRunning(component string) error {
 // handed back at the next node check. Forwarders and subscribers call it.
 func (a *Agent) ReportUnknownOutcome() { a.node.ReportUnknownOutcome() }
 
+// maxScheduleRequests bounds the times ScheduleAt remembers. Beyond it the latest are
+// forgotten: the pass planned from the table (ScheduledResult.NextDue) still releases their
+// envelopes on time once they are committed, and the periodic pass in any case.
+const maxScheduleRequests = 4096
+
 // ScheduleAt asks for a scheduled-jobs pass at t (at once when t has passed), for example
-// when a nacked message becomes due. Requests coalesce: the earliest time wins.
+// when a nacked message or a delayed message becomes due. Every time asked for is kept until
+// a pass starts at or after it (up to maxScheduleRequests of them), so a request for a later
+// time is not lost to an earlier one: a row written in a transaction that commits after the
+// earlier pass is still released at its time.
 func (a *Agent) ScheduleAt(t time.Time) {
 	a.schedMu.Lock()
-	if a.schedAt.IsZero() || t.Before(a.schedAt) {
-		a.schedAt = t
+	i, found := slices.BinarySearchFunc(a.schedAt, t, time.Time.Compare)
+	switch {
+	case found:
+	case len(a.schedAt) < maxScheduleRequests:
+		a.schedAt = slices.Insert(a.schedAt, i, t)
+	case i < len(a.schedAt):
+		a.schedAt = slices.Insert(a.schedAt[:len(a.schedAt)-1], i, t) // forget the latest
 	}
 	a.schedMu.Unlock()
 	select {
@@ -273,13 +295,27 @@ func (a *Agent) ScheduleAt(t time.Time) {
 	}
 }
 
-// takeScheduleAt returns and clears the earliest time asked for.
-func (a *Agent) takeScheduleAt() time.Time {
+// nextScheduleAt returns the earliest time asked for with ScheduleAt (zero: none).
+func (a *Agent) nextScheduleAt() time.Time {
 	a.schedMu.Lock()
 	defer a.schedMu.Unlock()
-	t := a.schedAt
-	a.schedAt = time.Time{}
-	return t
+	if len(a.schedAt) == 0 {
+		return time.Time{}
+	}
+	return a.schedAt[0]
+}
+
+// takeScheduleAt forgets the times asked for up to now: the pass about to start serves them
+// (their rows were committed before ScheduleAt was called, or are found by the pass planned
+// from the table).
+func (a *Agent) takeScheduleAt(now time.Time) {
+	a.schedMu.Lock()
+	defer a.schedMu.Unlock()
+	i, found := slices.BinarySearchFunc(a.schedAt, now, time.Time.Compare)
+	if found {
+		i++
+	}
+	a.schedAt = a.schedAt[:copy(a.schedAt, a.schedAt[i:])]
 }
 
 // Start starts the jobs and the LISTEN connection and returns once they run (after the
@@ -444,16 +480,22 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 		case <-ctx.Done():
 			return
 		case <-kick:
-			want := a.takeScheduleAt()
-			if want.IsZero() || want.Before(time.Now()) {
-				want = time.Now()
+			want, now := a.nextScheduleAt(), time.Now()
+			if want.IsZero() {
+				continue
+			}
+			if want.Before(now) {
+				want = now
 			}
 			if want.Before(at) {
-				t.Reset(time.Until(want))
+				t.Reset(want.Sub(now))
 				at = want
 			}
 			continue
 		case <-t.C:
+		}
+		if kick != nil {
+			a.takeScheduleAt(time.Now())
 		}
 		next, err := fn(ctx)
 		if ctx.Err() != nil {
@@ -479,6 +521,12 @@ func (a *Agent) loop(ctx context.Context, name string, first, period time.Durati
 		d := period
 		if next > 0 && next < d {
 			d = next
+		}
+		if kick != nil {
+			// A time asked for during the pass, or later than the pass it was asked before.
+			if want := a.nextScheduleAt(); !want.IsZero() {
+				d = max(min(d, time.Until(want)), 0)
+			}
 		}
 		if err != nil {
 			// A failed pass (database unreachable, too many clients, a statement timeout) is
@@ -567,17 +615,37 @@ func (a *Agent) checkNode(ctx context.Context) (time.Duration, error) {
 	return 0, nil
 }
 
+// skippedScheduledRetry is how soon a scheduled pass whose lock another session held runs
+// again: the holder is most likely another agent's pass (of this schema or another one: the
+// lock id is database-wide), which takes milliseconds, and a due envelope should not wait
+// for skippedRetry. It doubles with each consecutive skip up to skippedRetry.
+var skippedScheduledRetry = backoff.Policy{Initial: 2 * time.Millisecond, Max: skippedRetry, Multiplier: 2, Jitter: 0.5}
+
 // scheduledPass runs the scheduled jobs and then the recovery probe; it asks to run again
-// when the next scheduled envelope falls due before the next tick.
+// when the next scheduled envelope falls due before the next tick (exactly then: NextDue
+// never runs ahead of the database's clock), and soon when another session held the lock.
 func (a *Agent) scheduledPass(ctx context.Context) (time.Duration, error) {
 	res, err := a.RunScheduledJobs(ctx)
+	var dueAt time.Time
+	if res.NextDue > 0 {
+		dueAt = time.Now().Add(res.NextDue)
+	}
 	_, rerr := a.RecoverUnowned(ctx)
 	if err == nil {
 		err = rerr
 	}
-	next := retryIfSkipped(res.Skipped)
-	if res.NextDue > 0 && (next == 0 || res.NextDue < next) {
-		next = res.NextDue + 10*time.Millisecond
+	var next time.Duration
+	if res.Skipped {
+		a.schedSkips++
+		next = skippedScheduledRetry.Jittered(a.schedSkips)
+	} else {
+		a.schedSkips = 0
+	}
+	if !dueAt.IsZero() {
+		// At least 1 ns: 0 would mean "nothing planned".
+		if d := max(time.Until(dueAt), time.Nanosecond); next == 0 || d < next {
+			next = d
+		}
 	}
 	return next, err
 }
@@ -589,31 +657,31 @@ func (a *Agent) scheduledPass(ctx context.Context) (time.Duration, error) {
 // batches of RecoveryBatchSize until nothing due is left, and wakes the components of the
 // released topics (and the forwarders, after scheduled sends). The agent runs it every
 // ScheduledJobPollingTime and when a component asks (ScheduleAt).
-func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
-	var res ScheduledResult
+func (a *Agent) RunScheduledJobs(ctx context.Context) (res ScheduledResult, err error) {
 	batch := a.config.RecoveryBatchSize
-	topics, allTopics := map[string]bool{}, false
 	defer func() {
-		switch {
-		case allTopics:
-			a.wakers.wakeAllIncoming()
-		default:
-			for t := range topics {
-				a.wakers.wakeIncoming(t)
-			}
-		}
-		if res.Sent > 0 {
-			a.wakers.wakeOutgoing()
-		}
 		if res.Released+res.Sent > 0 {
 			a.wakeups.Add(1)
 		}
 	}()
-	var r store.ScheduledRelease
+	var (
+		r store.ScheduledRelease
+		// dueAt is when the next scheduled row falls due, on this process's monotonic clock:
+		// r.NextDue from a moment after the statement returned, hence after the database read
+		// the clock r.NextDue is relative to (PostgreSQL's now(), the start of the
+		// transaction; SQL Server's SYSDATETIMEOFFSET(), of the statement). A pass planned for
+		// it never runs before the database's clock says the row is due, whatever the offset
+		// between the two clocks. batchDue is the same for the batch not yet committed.
+		dueAt, batchDue time.Time
+	)
 	skipped, err := a.batches(ctx, jasperid.ScheduledJobLockID, "release due scheduled envelopes", func(ctx context.Context, tx store.Ops) error {
 		var err error
 		if r, err = tx.ReleaseScheduled(ctx, nil, batch); err != nil {
 			return err
+		}
+		batchDue = time.Time{}
+		if r.NextDue > 0 {
+			batchDue = time.Now().Add(r.NextDue)
 		}
 		for _, t := range r.Topics {
 			if err := tx.NotifyIncoming(ctx, t); err != nil {
@@ -624,13 +692,24 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 	}, func() bool {
 		res.Released += r.Released
 		a.scheduledReleased.Add(r.Released)
-		res.NextDue = r.NextDue
-		allTopics = allTopics || (r.Released > 0 && r.Topics == nil)
-		for _, t := range r.Topics {
-			topics[t] = true
+		dueAt = batchDue
+		// Wake the topics' subscriptions as soon as the batch is committed.
+		switch {
+		case r.Released > 0 && r.Topics == nil:
+			a.wakers.wakeAllIncoming()
+		default:
+			for _, t := range r.Topics {
+				a.wakers.wakeIncoming(t)
+			}
 		}
 		return r.Released == int64(batch)
 	})
+	defer func() { // res is the named result
+		if !dueAt.IsZero() {
+			// From now; at least 1 µs when it fell due meanwhile (0 means none).
+			res.NextDue = max(time.Until(dueAt), time.Microsecond)
+		}
+	}()
 	if err != nil || skipped {
 		res.Skipped = skipped
 		return res, err
@@ -645,6 +724,9 @@ func (a *Agent) RunScheduledJobs(ctx context.Context) (ScheduledResult, error) {
 		res.DeadLettered += int64(dead)
 		a.scheduledSent.Add(int64(sent))
 		a.deadLettered.Add(int64(dead))
+		if sent > 0 {
+			a.wakers.wakeOutgoing() // the forwarders take them as soon as they are committed
+		}
 		return taken == batch
 	})
 	return res, err

@@ -65,7 +65,9 @@ type Config struct {
 	// ScheduledJobPollingTime is how often the agent releases due scheduled envelopes
 	// (status Scheduled -> Incoming, and scheduled sends -> outgoing envelopes) and looks for
 	// unowned envelopes to wake the components for. The pass also runs when the next scheduled
-	// envelope falls due earlier. Default 5s.
+	// envelope or scheduled send falls due earlier (by the database's clock), at the times
+	// components ask for (Agent.ScheduleAt), and within milliseconds again when another
+	// agent held the scheduled-jobs lock. Default 5s.
 	ScheduledJobPollingTime time.Duration
 
 	// FirstNodeReassignmentExecution delays the first reassignment pass after Start (Jasper's

@@ -47,7 +47,7 @@ func TestTraceParentSurvivesScheduledSend(t *testing.T) {
 	msg := message.NewMessage(watermill.NewUUID(), []byte(`{"later":true}`))
 	msg.Metadata.Set(metadata.TraceParent, traceParent)
 	delay.Message(msg, delay.Until(time.Now().Add(-time.Second)))
-	due, err := row.DelayedUntil(msg)
+	due, err := row.DueTime(msg, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,6 +69,19 @@ func (b *breaker) takeProbes(now time.Time, buf []string) []string {
 	return buf
 }
 
+// probesDue reports whether some destination's pause is over and nobody probes it yet (what
+// takeProbes would take).
+func (b *breaker) probesDue(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.dests {
+		if c.opens > 0 && !c.probing && !now.Before(c.until) {
+			return true
+		}
+	}
+	return false
+}
+
 // allow is asked right before a publish: probes were granted by takeProbes; other
 // publishes are allowed while the circuit is closed.
 func (b *breaker) allow(destination string, probe bool) bool {

@@ -4,23 +4,28 @@
 //
 // A forwarder belongs to a node: it is built on the node's durability agent
 // (jasper.NewRuntime builds both; by hand, durability.NewNode and durability.NewAgent), whose
-// id marks the envelopes it relays and whose one LISTEN connection wakes it.
+// one LISTEN connection wakes it.
 //
-// Each worker claims a batch of unowned envelopes in one short statement (owner_id = the
-// node's id, FOR UPDATE SKIP LOCKED, so any number of forwarders in any number of processes
-// share the table), publishes the messages concurrently, then deletes the sent ones in one
-// statement. No transaction is held while publishing. A failed envelope is handed back with
-// one more attempt and, after MaxAttempts, moved to jasper_dead_letters with the error; an
+// Each worker relays a batch in one transaction: it locks up to BatchSize unowned envelopes
+// (SELECT ... FOR UPDATE SKIP LOCKED; READPAST, UPDLOCK on SQL Server, so any number of
+// forwarders in any number of processes, and .NET Jasper nodes, share the table), publishes
+// the messages concurrently, deletes the sent ones in one statement and commits. The
+// envelopes are never marked with an owner (owner_id stays 0): one row write per envelope
+// instead of an update and a delete, and a batch whose transaction does not commit (a crash,
+// a lost connection, a failed statement) is free to be relayed again at once, without an
+// agent handing it back. The transaction stays open while the batch is published (tens of
+// milliseconds for a batch of 500 to RabbitMQ with confirms). A failed envelope gets one more
+// attempt counted and, after MaxAttempts, is moved to jasper_dead_letters with the error; an
 // envelope that can never be sent (unreadable row, unmappable destination, a publish error
 // marked permanent with package fault) goes there at once, and a failure marked temporary
 // (the transport, not the message) does not count as an attempt. Expired envelopes
 // (deliver_by passed) are deleted without being sent, as Jasper does. A destination that
 // keeps failing is paused by a circuit breaker without delaying the others.
 //
-// Delivery is at-least-once: a crash between a publish and the delete re-sends the message
-// (same Watermill UUID, so consumers can deduplicate on it). Envelopes held by a node that
-// died are handed back by the living nodes' durability agents; a claim whose answer was lost
-// is reported to the agent, which hands the node's envelopes back at its next node check.
+// Delivery is at-least-once: a crash between a publish and the commit re-sends the message
+// (same Watermill UUID, so consumers can deduplicate on it). Envelopes marked with the id of a
+// node that died (written by .NET Jasper, or scheduled sends) are handed back by the living
+// nodes' durability agents.
 //
 // Workers wake up on the agent's notifications (the publisher notifies after commit), when
 // the agent hands envelopes back, on a full batch, or by polling (ActivePollInterval while
@@ -39,7 +44,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
@@ -51,20 +55,14 @@ var ErrClosed = errors.New("watermill-jasper: forwarder is closed")
 var ErrRunning = errors.New("watermill-jasper: forwarder is already running")
 
 const (
-	// statementTimeout bounds each claim, delete and release statement.
+	// statementTimeout bounds each statement of a batch's transaction.
 	statementTimeout = 30 * time.Second
-	// flushRetries is how many times a failed delete/release is retried before the worker
-	// moves on (it is tried again with the next batch).
-	flushRetries = 4
 )
 
-// flushBackoff is the wait between the attempts of a failed flush: 100 ms, doubling.
-var flushBackoff = backoff.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}
-
 // Stats counts what a Forwarder did since it was created. Counters move when an outcome is
-// known; the statement recording it in the table follows at the end of the batch.
+// known; the batch's transaction records it in the table at its end.
 type Stats struct {
-	// Claimed envelopes (taken from the table by this forwarder).
+	// Claimed envelopes (locked in a batch's transaction by this forwarder).
 	Claimed int64
 	// Sent envelopes: published successfully, then deleted.
 	Sent int64
@@ -75,8 +73,8 @@ type Stats struct {
 	// DeadLettered envelopes: moved to jasper_dead_letters (after MaxAttempts failures, or at
 	// once when they could never be sent).
 	DeadLettered int64
-	// Released envelopes: claimed but handed back unsent, without counting an attempt
-	// (destination paused, or the forwarder stopping).
+	// Released envelopes: locked but left unsent, without counting an attempt (destination
+	// paused, or the forwarder stopping).
 	Released int64
 }
 
@@ -85,7 +83,6 @@ type Stats struct {
 type Forwarder struct {
 	agent   *durability.Agent
 	store   store.Store
-	owner   int32
 	config  Config
 	logger  watermill.LoggerAdapter
 	breaker *breaker
@@ -111,13 +108,12 @@ type Forwarder struct {
 	busy                                                   chan struct{} // tells poll that claims find envelopes again
 }
 
-// errNoAgent refuses a forwarder without a node: its claims must be marked with a node's id
-// that an agent watches.
+// errNoAgent refuses a forwarder without a node and its agent, whose LISTEN connection wakes
+// it and which hands back envelopes of dead nodes.
 var errNoAgent = fmt.Errorf("%w: a *durability.Agent is required; build it with jasper.NewRuntime (or durability.NewNode + durability.NewAgent)", ErrInvalidConfig)
 
 // NewForwarder validates config and returns a Forwarder relaying the outgoing envelopes of
-// the agent's schema to config.Publisher, claiming them with the id of the agent's node.
-// A nil logger logs with the agent's.
+// the agent's schema to config.Publisher. A nil logger logs with the agent's.
 func NewForwarder(agent *durability.Agent, config Config, logger watermill.LoggerAdapter) (*Forwarder, error) {
 	if agent == nil {
 		return nil, errNoAgent
@@ -134,7 +130,6 @@ func NewForwarder(agent *durability.Agent, config Config, logger watermill.Logge
 	f := &Forwarder{
 		agent:  agent,
 		store:  st,
-		owner:  agent.NodeID(),
 		config: config,
 		logger: logger.With(watermill.LogFields{
 			"component": "watermill-jasper/forwarder", "schema": st.Schema().Schema, "node_id": agent.NodeID(),
@@ -219,9 +214,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // Running is closed once Run has started relaying (never, when Run fails to start).
 func (f *Forwarder) Running() <-chan struct{} { return f.running }
 
-// Close stops the forwarder: no new batch is claimed, the publishes in flight finish and are
-// recorded, the envelopes of the current batch not handed to the publisher yet are handed
-// back (owner 0, attempts unchanged) and Close returns once Run has returned. It is
+// Close stops the forwarder: no new batch is locked, the publishes in flight finish and the
+// batch's outcomes are committed, the envelopes of the batch not handed to the publisher yet
+// are left as they were (unlocked by the commit), and Close returns once Run has returned. It is
 // idempotent and returns nil; the publisher is not closed.
 func (f *Forwarder) Close() error {
 	f.mu.Lock()

@@ -147,6 +147,24 @@ func (e *env) insertEnvelopes(envs ...row.Envelope) {
 	}
 }
 
+// lockable counts the outgoing rows another relay could lock now: unowned and not locked by
+// a transaction (FOR UPDATE SKIP LOCKED, in a transaction rolled back at once).
+func (e *env) lockable() int {
+	e.t.Helper()
+	ctx := context.Background()
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var n int
+	q := fmt.Sprintf(`SELECT count(*) FROM (SELECT id FROM %s WHERE owner_id = 0 FOR UPDATE SKIP LOCKED) AS free`, e.schema.Qualified(schema.OutgoingTable))
+	if err := database.QueryRow(ctx, tx, q, nil, &n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
 func (e *env) count(table string, where string, args ...any) int {
 	e.t.Helper()
 	var n int

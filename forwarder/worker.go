@@ -2,7 +2,6 @@ package forwarder
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -16,27 +15,32 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 )
 
-// worker is one claim loop. Its slices are reused from batch to batch; the outcome lists
-// survive a failed flush and are retried before the next claim.
+// worker is one relay loop: it locks a batch in a transaction, publishes it, records the
+// outcomes in the same transaction and commits (relayBatch). Its slices are reused from
+// batch to batch.
 type worker struct {
 	f      *Forwarder
 	id     int
-	owner  int32
 	msgCtx context.Context // Run's context, set on every message
 	stop   <-chan struct{} // closed when the forwarder stops
 
-	envs     []row.Envelope // claimed: the probes first, then the batch
+	envs     []row.Envelope // locked: the probes first, then the batch
 	nProbes  int            // envs[:nProbes] are probes of paused destinations
 	items    []item
 	excluded []string
 	probes   []string
 	wg       sync.WaitGroup
 
-	// Outcomes waiting for their statement.
-	done    []uuid.UUID // sent or expired: deleted
-	retry   []uuid.UUID // failed: handed back with one more attempt
-	release []uuid.UUID // not sent: handed back as they were
-	dead    []store.DeadLetterReason
+	// Outcomes of the batch, recorded before its transaction commits. Envelopes not sent
+	// (destination paused, forwarder stopping) need no statement: the commit unlocks them as
+	// they were.
+	done  []uuid.UUID // sent or expired: deleted
+	retry []uuid.UUID // failed: one more attempt counted
+	dead  []store.DeadLetterReason
+
+	// idle: the last batch found nothing, so the next one first looks without a transaction
+	// (one statement instead of BEGIN, a lock and ROLLBACK while the outbox stays empty).
+	idle bool
 }
 
 // deadLetter queues the move of an envelope to the dead letters, with err described as
@@ -50,32 +54,18 @@ func (w *worker) deadLetter(id uuid.UUID, explanation string, err error, source 
 
 func (f *Forwarder) newWorker(msgCtx context.Context, id int, stop <-chan struct{}) *worker {
 	return &worker{
-		f: f, id: id, owner: f.owner, msgCtx: msgCtx, stop: stop,
+		f: f, id: id, msgCtx: msgCtx, stop: stop,
 		envs:  make([]row.Envelope, 0, f.config.BatchSize),
 		items: make([]item, 0, f.config.BatchSize),
 	}
 }
 
-func (w *worker) pending() bool {
-	return len(w.done)+len(w.retry)+len(w.release)+len(w.dead) > 0
-}
-
-// run claims and relays batches until ctx ends. After a full batch it claims again at once
-// (and wakes another worker to claim in parallel); otherwise it waits for a wake-up.
+// run relays batches until ctx ends. After a full batch it relays the next at once (and
+// wakes another worker to lock one in parallel); otherwise it waits for a wake-up.
 func (w *worker) run(ctx context.Context) {
 	f := w.f
-	// Statements that record outcomes must run even while stopping.
+	// A batch's statements run to its end even while stopping.
 	finish := context.WithoutCancel(ctx)
-	defer func() {
-		if w.pending() {
-			w.flush(finish)
-		}
-		if w.pending() {
-			f.logger.Error("Envelopes stay owned by this node after failed statements; the node's durability agent hands them back when it stops (or a living node's agent, once this node's lock is released)", nil,
-				watermill.LogFields{"node_id": w.owner, "sent_or_expired": len(w.done), "failed": len(w.retry),
-					"unsent": len(w.release), "dead_letters": len(w.dead)})
-		}
-	}()
 	full := false
 	for {
 		if !full {
@@ -88,15 +78,12 @@ func (w *worker) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if w.pending() {
-			w.flush(finish)
-		}
-		n, err := w.claim(finish)
+		n, found, err := w.relayBatch(finish)
 		if err != nil {
-			f.logger.Error("Cannot claim outgoing envelopes; retrying at the next wake-up", err, watermill.LogFields{"worker": w.id})
+			f.logger.Error("Relaying a batch of outgoing envelopes failed; its envelopes are unlocked and relayed again", err, watermill.LogFields{"worker": w.id})
 		}
 		full = err == nil && n == f.config.BatchSize
-		if len(w.envs) > 0 {
+		if found {
 			now := time.Now().UnixNano()
 			if prev := f.lastFound.Swap(now); time.Duration(now-prev) >= f.config.PollInterval {
 				select { // idle until now: switch the poller to the active pace
@@ -106,77 +93,132 @@ func (w *worker) run(ctx context.Context) {
 			}
 		}
 		if full {
-			f.signal() // more is waiting: let another worker claim the next batch meanwhile
-		}
-		if len(w.envs) > 0 { // the probes and the regular claim (what was read of it)
-			w.process()
-			w.flush(finish)
-			if f.onFlushed != nil {
-				f.onFlushed()
-			}
+			f.signal() // more is waiting: let another worker lock the next batch meanwhile
 		}
 	}
 }
 
-// claim takes one envelope of each destination whose pause just ended (its probe), then
-// up to BatchSize envelopes of the destinations not paused, each in one autocommit
-// statement. It runs with a context that stopping does not cancel, so that a claim that
-// committed is always read. It returns the size of the regular claim. The envelopes read
-// are in w.envs even when it fails (a claim whose rows were not all read).
-func (w *worker) claim(base context.Context) (int, error) {
+// relayBatch is one batch in one transaction: lock up to BatchSize unowned envelopes (after
+// one probe per destination whose pause just ended), publish them, then delete the sent and
+// expired ones, count an attempt on the failed ones, move the dead ones to the dead letters,
+// and commit. The envelopes are never marked with an owner: while the transaction is open
+// other relays skip them, and when it ends without a commit (a failed statement, a lost
+// connection, a crash) they are free to be relayed again at once, by anyone; no agent has to
+// hand them back. The commit is the one moment the outcomes are recorded: when its answer is
+// lost, the batch may be relayed again (at least once). It returns the size of the regular
+// lock and whether any envelope was found.
+func (w *worker) relayBatch(base context.Context) (n int, found bool, err error) {
 	f := w.f
-	w.envs = w.envs[:0]
-	w.nProbes = 0
+	if w.idle && !w.anythingToLock(base) {
+		return 0, false, nil
+	}
+	defer func() {
+		clear(w.items) // drop the messages
+		clear(w.envs)
+		clear(w.dead)
+		w.envs, w.items, w.done, w.retry, w.dead = w.envs[:0], w.items[:0], w.done[:0], w.retry[:0], w.dead[:0]
+		w.nProbes = 0
+	}()
+	// Begin's context must live as long as the transaction (database/sql rolls a
+	// transaction back when it ends); base is never cancelled, and every statement has its
+	// own timeout.
+	tx, err := f.store.DB().Begin(base)
+	if err != nil {
+		return 0, false, fmt.Errorf("begin: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			ctx, cancel := context.WithTimeout(base, statementTimeout)
+			_ = tx.Rollback(ctx)
+			cancel()
+		}
+	}()
+	ops := f.store.With(tx)
+	n, err = w.lock(base, ops)
+	w.idle = err == nil && len(w.envs) == 0
+	if err != nil || len(w.envs) == 0 {
+		return n, false, err
+	}
+	w.process()
+	if err := w.record(base, ops); err != nil {
+		return n, true, err
+	}
+	ctx, cancel := context.WithTimeout(base, statementTimeout)
+	defer cancel()
+	if err := tx.Commit(ctx); err != nil {
+		return n, true, fmt.Errorf("commit the outcomes of %d envelopes (relayed again unless the commit was applied): %w", len(w.envs), err)
+	}
+	committed = true
+	if len(w.dead) > 0 {
+		f.logger.Info("Envelopes moved to the dead letters", watermill.LogFields{"count": len(w.dead), "explanation": w.dead[0].Explanation})
+		if f.onDeadLettered != nil {
+			f.onDeadLettered(len(w.dead))
+		}
+	}
+	if f.onFlushed != nil {
+		f.onFlushed()
+	}
+	return n, true, nil
+}
+
+// anythingToLock reports whether an envelope the next batch would lock is waiting (or a
+// paused destination's probe is due, or the look failed: the batch then says why). It is
+// one autocommit statement, whose lock ends with it.
+func (w *worker) anythingToLock(base context.Context) bool {
+	f := w.f
+	if f.breaker.probesDue(time.Now()) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(base, statementTimeout)
+	defer cancel()
+	w.excluded = f.breaker.excluded(w.excluded[:0])
+	envs, err := f.store.LockOutgoing(ctx, store.LockOutgoingParams{Exclude: w.excluded, Only: f.config.Destinations, Limit: 1})
+	return err != nil || len(envs) > 0
+}
+
+// lock takes one envelope of each destination whose pause just ended (its probe), then up to
+// BatchSize envelopes of the destinations not paused, in the batch's transaction (ops). It
+// returns the size of the regular lock; the envelopes are in w.envs.
+func (w *worker) lock(base context.Context, ops store.Ops) (int, error) {
+	f := w.f
 	w.probes = f.breaker.takeProbes(time.Now(), w.probes[:0])
 	for i, d := range w.probes {
-		n, err := w.claimInto(base, nil, []string{d}, 1)
+		n, err := w.lockInto(base, ops, nil, []string{d}, 1)
 		if err == nil && n == 0 {
 			f.breaker.probeEmpty(d)
 		}
 		if err != nil {
-			unclaimed := w.probes[i+1:]
-			if n == 0 {
-				unclaimed = w.probes[i:]
-			}
-			for _, d := range unclaimed {
+			for _, d := range w.probes[i:] {
 				f.breaker.probeDone(d)
 			}
-			w.nProbes = len(w.envs)
 			return 0, err
 		}
 	}
 	w.nProbes = len(w.envs)
 	w.excluded = f.breaker.excluded(w.excluded[:0])
-	return w.claimInto(base, w.excluded, f.config.Destinations, f.config.BatchSize)
+	return w.lockInto(base, ops, w.excluded, f.config.Destinations, f.config.BatchSize)
 }
 
-// claimInto runs one claim and appends the envelopes read to w.envs. When the claim's
-// answer was lost (not the database's statement error: it may have committed unseen), or it
-// committed but not all its rows could be read (store.ErrStranded; those read are relayed),
-// envelopes may be marked with the node's id that this worker does not hold: the agent is
-// told, and hands the node's envelopes back at its next node check.
-func (w *worker) claimInto(base context.Context, excluded, only []string, limit int) (int, error) {
+// lockInto runs one lock statement and appends the envelopes read to w.envs. On an error
+// nothing of the batch is relayed: the transaction is rolled back.
+func (w *worker) lockInto(base context.Context, ops store.Ops, excluded, only []string, limit int) (int, error) {
 	f := w.f
 	ctx, cancel := context.WithTimeout(base, statementTimeout)
 	defer cancel()
-	envs, err := f.store.ClaimOutgoing(ctx, store.ClaimOutgoingParams{
-		Owner: w.owner, Exclude: excluded, Only: only, Limit: limit,
-	})
+	envs, err := ops.LockOutgoing(ctx, store.LockOutgoingParams{Exclude: excluded, Only: only, Limit: limit})
+	if err != nil {
+		w.envs = w.envs[:0]
+		return 0, fmt.Errorf("lock outgoing envelopes: %w", err)
+	}
 	w.envs = append(w.envs, envs...)
 	f.claimed.Add(int64(len(envs)))
-	if err != nil {
-		if errors.Is(err, store.ErrStranded) || !f.store.IsStatementError(err) {
-			f.agent.ReportUnknownOutcome()
-			return len(envs), fmt.Errorf("claim outgoing envelopes (what this node may hold unread is handed back by its durability agent): %w", err)
-		}
-		return len(envs), fmt.Errorf("claim outgoing envelopes: %w", err)
-	}
 	return len(envs), nil
 }
 
 // process relays the claimed batch: expired envelopes are dropped, unmappable or unreadable
 // ones dead-lettered, the rest published concurrently (probes of half-open destinations
-// first), and every outcome is queued for flush.
+// first), and every outcome is queued for record.
 func (w *worker) process() {
 	f := w.f
 	now := time.Now()
@@ -247,8 +289,7 @@ func (w *worker) process() {
 				f.deadLettered.Add(1)
 			case kind == fault.KindTemporary:
 				// The failure says nothing about the envelope (e.g. the broker connection was
-				// lost): hand it back without counting an attempt; the breaker still counts it.
-				w.release = append(w.release, it.env.ID)
+				// lost): it stays as it was, no attempt counted; the breaker still counts it.
 			case it.env.Attempts+1 >= f.config.MaxAttempts:
 				attempts := it.env.Attempts + 1
 				w.deadLetter(it.env.ID, fmt.Sprintf("Publishing to topic %q failed %d times (MaxAttempts %d)", it.topic, attempts, f.config.MaxAttempts),
@@ -258,8 +299,7 @@ func (w *worker) process() {
 				w.retry = append(w.retry, it.env.ID)
 			}
 		default:
-			w.release = append(w.release, it.env.ID)
-			released++
+			released++ // unlocked as it was by the commit
 		}
 	}
 	f.sent.Add(sentN)
@@ -270,8 +310,6 @@ func (w *worker) process() {
 			"failed": failedN, "destination": firstDest, "worker": w.id,
 		})
 	}
-	clear(w.items) // drop the messages
-	clear(w.envs)
 }
 
 // dispatch hands the batch's probes (or the other items) to the publishing goroutines and
@@ -300,63 +338,30 @@ func (w *worker) dispatch(probes bool) {
 	w.wg.Wait()
 }
 
-// flush runs the statements recording the outcomes, retrying a few times with a growing
-// delay (flushBackoff). What still fails stays queued for the next flush.
-func (w *worker) flush(base context.Context) {
-	for attempt := 1; ; attempt++ {
-		err := w.flushOnce(base)
-		if err == nil {
-			return
-		}
-		w.f.logger.Error("Cannot record relayed envelopes in the outbox table", err, watermill.LogFields{
-			"worker": w.id, "attempt": attempt,
-		})
-		if attempt > flushRetries {
-			return
-		}
-		_ = flushBackoff.Sleep(base, attempt)
-	}
-}
-
-// flushOnce records the outcomes, one statement per kind; a kind recorded is not recorded
-// again when a later one fails.
-func (w *worker) flushOnce(base context.Context) error {
-	f := w.f
+// record runs the statements of the batch's outcomes in its transaction (ops), one per
+// kind.
+func (w *worker) record(base context.Context, ops store.Ops) error {
 	run := func(op func(ctx context.Context) error) error {
 		ctx, cancel := context.WithTimeout(base, statementTimeout)
 		defer cancel()
 		return op(ctx)
 	}
 	if len(w.done) > 0 {
-		if err := run(func(ctx context.Context) error { return f.store.DeleteOutgoing(ctx, w.done) }); err != nil {
+		if err := run(func(ctx context.Context) error { return ops.DeleteOutgoing(ctx, w.done) }); err != nil {
 			return fmt.Errorf("delete sent envelopes: %w", err)
 		}
-		w.done = w.done[:0]
 	}
 	if len(w.dead) > 0 {
-		if err := run(func(ctx context.Context) error { return f.store.DeadLetterOutgoing(ctx, w.dead) }); err != nil {
+		if err := run(func(ctx context.Context) error { return ops.DeadLetterOutgoing(ctx, w.dead) }); err != nil {
 			return fmt.Errorf("move envelopes to the dead letters: %w", err)
 		}
-		f.logger.Info("Envelopes moved to the dead letters", watermill.LogFields{"count": len(w.dead), "explanation": w.dead[0].Explanation})
-		if f.onDeadLettered != nil {
-			f.onDeadLettered(len(w.dead))
-		}
-		clear(w.dead)
-		w.dead = w.dead[:0]
 	}
 	if len(w.retry) > 0 {
-		p := store.ReleaseParams{IDs: w.retry, Owner: w.owner, CountAttempt: true}
-		if err := run(func(ctx context.Context) error { return f.store.ReleaseOutgoing(ctx, p) }); err != nil {
-			return fmt.Errorf("hand back failed envelopes: %w", err)
+		// The envelopes are unowned (owner 0): the release counts an attempt on them.
+		p := store.ReleaseParams{IDs: w.retry, Owner: 0, CountAttempt: true}
+		if err := run(func(ctx context.Context) error { return ops.ReleaseOutgoing(ctx, p) }); err != nil {
+			return fmt.Errorf("count an attempt on failed envelopes: %w", err)
 		}
-		w.retry = w.retry[:0]
-	}
-	if len(w.release) > 0 {
-		p := store.ReleaseParams{IDs: w.release, Owner: w.owner}
-		if err := run(func(ctx context.Context) error { return f.store.ReleaseOutgoing(ctx, p) }); err != nil {
-			return fmt.Errorf("hand back unsent envelopes: %w", err)
-		}
-		w.release = w.release[:0]
 	}
 	return nil
 }

@@ -84,8 +84,10 @@ type Config struct {
 	// messages it wrote as Scheduled (delayed messages: scheduled sends of the outbox, or
 	// Scheduled rows of a local queue), so that a durability agent releases them on time
 	// rather than at its next periodic pass. The runtime's publishers call their agent's
-	// ScheduleAt. In a caller's transaction the call comes before the commit: an early pass
-	// finds nothing and the agent plans the next one from the table.
+	// ScheduleAt, which keeps every time asked for; after each pass the agent also plans the
+	// next one from the table, for the later messages of a call. In a caller's transaction
+	// the call comes before the commit: a transaction still open at the due time leaves its
+	// rows to the next pass after the commit (at the latest the periodic one).
 	OnScheduled func(due time.Time)
 }
 

@@ -30,16 +30,22 @@
 // deliver_by and friends come from documented metadata keys; every metadata pair is kept in
 // the headers extension column.
 //
-// A message delayed with Watermill's components/delay (metadata "_watermill_delayed_until"
-// in the future) becomes a Jasper scheduled send instead: an incoming row with status
-// Scheduled, execution_time = the due time, message_type "scheduled-envelope", content_type
-// "binary/envelope", received_at "local://durable", whose body is the Jasper binary envelope
-// of the message (destination = topic). When it is due, the durability agent moves it to the
-// outgoing table, as Jasper's ScheduledSendEnvelopeHandler does; .NET Jasper nodes sharing
-// the database do the same. components/delay writes the due time to the whole second
-// (time.RFC3339, rounded down), so a delay under a second may already be due when published
-// and is then written to the outgoing table at once; the publisher reads fractional seconds
-// (RFC 3339 with nanoseconds), so set the metadata key yourself for finer delays.
+// A message delayed with Watermill's components/delay (due in the future) becomes a Jasper
+// scheduled send instead: an incoming row with status Scheduled, execution_time = the due
+// time, message_type "scheduled-envelope", content_type "binary/envelope", received_at
+// "local://durable", whose body is the Jasper binary envelope of the message (destination =
+// topic). When it is due, the durability agent moves it to the outgoing table, as Jasper's
+// ScheduledSendEnvelopeHandler does; .NET Jasper nodes sharing the database do the same.
+//
+// The due time is exact: components/delay writes "_watermill_delayed_until" to the whole
+// second only (time.RFC3339, rounded down), so the publisher takes the time of the Publish
+// call plus "_watermill_delayed_for" (the exact delay), kept within the second the until key
+// names, and reads "_watermill_delayed_until" (fractional seconds included) when it is alone.
+// A message is never due before the time its delay meant; one due already is written as an
+// ordinary envelope at once. With the Incoming table, a delayed message is a row of the topic
+// with status Scheduled and execution_time = the due time. The runtime's publishers ask their
+// durability agent for a pass at the due time (Config.OnScheduled), so that the row is
+// released within milliseconds of it.
 //
 // # Round trips
 //

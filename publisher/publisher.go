@@ -5,6 +5,7 @@ import (
 	stdsql "database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -230,9 +231,11 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	}
 	params := store.InsertParams{Outgoing: out, Incoming: inc}
 	params.NotifyOutgoing = len(out) > 0 && p.channels.Outgoing != "" && p.shouldNotify(p.channels.Outgoing)
-	if p.config.Table == Incoming && len(inc) > 0 && p.channels.Incoming != "" &&
+	if p.config.Table == Incoming && hasIncoming(inc) && p.channels.Incoming != "" &&
 		p.shouldNotify(p.channels.Incoming+"\x00"+topic) {
-		// Subscribers of the topic wake when the transaction commits.
+		// Subscribers of the topic wake when the transaction commits. Only for rows they can
+		// claim: delayed (Scheduled) rows wake them when the agent releases them, and must not
+		// use up the coalesced notification an undelayed message published next needs.
 		params.NotifyTopics = []string{topic}
 	}
 
@@ -251,6 +254,11 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 		p.config.OnScheduled(due)
 	}
 	return nil
+}
+
+// hasIncoming reports whether envs holds a row with status Incoming (claimable at once).
+func hasIncoming(envs []row.Envelope) bool {
+	return slices.ContainsFunc(envs, func(e row.Envelope) bool { return e.Status == schema.StatusIncoming })
 }
 
 // earliestDue is the earliest execution time of scheduled envelopes (a scheduled send's is its
@@ -283,7 +291,7 @@ func (p *Publisher) envelopes(topic string, messages []*message.Message) (out, i
 	now := p.now().UTC()
 	seen := make(map[uuid.UUID]struct{}, len(messages))
 	for i, msg := range messages {
-		due, err := row.DelayedUntil(msg)
+		due, err := row.DueTime(msg, now)
 		if err != nil {
 			return nil, nil, messageError(topic, i, msg, err)
 		}

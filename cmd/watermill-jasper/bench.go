@@ -52,16 +52,20 @@ var benchOutbox = spec{
 		fs.IntVar(&cfg.Rate, "rate", bench.DefaultRate, "steady publish rate of the latency legs, in `MSG/S`")
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
+		fs.BoolVar(&cfg.SkipRiver, "skip-river", false, "skip River's legs")
+		fs.BoolVar(&cfg.Quick, "quick", false, "run every leg once at a tiny size, to check the harness (the figures mean nothing)")
 		return &cfg.DSN, checks(
 			positive("--backlog, --payload, --publishers, --rate and --runs", &cfg.Backlog, &cfg.Payload, &cfg.Publishers, &cfg.Rate, &cfg.Runs),
 			atLeast100ms("--publish-duration and --latency-duration", &cfg.PublishDuration, &cfg.LatencyDuration))
 	}),
 }
 
-// benchResult is what every benchmark returns: a table, and its RESULT line.
+// benchResult is what every benchmark returns: a table, its RESULT line, and its figures
+// (--json).
 type benchResult interface {
 	WriteTable(w io.Writer) error
 	ResultLine() string
+	Stats() bench.Stats
 }
 
 // writeBenchResult prints the table, then the RESULT line last.
@@ -86,6 +90,7 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
 			"(default: $"+dsnEnv+", else "+defaultDSN+")")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `FILE` (go tool pprof FILE)")
+		jsonPath := fs.String("json", "", "also write the figures to `FILE` as one flat JSON object: each key's median, KEY_min and KEY_max (docs/benchmarks.md lists the keys)")
 		var cfg C
 		cfgDSN, check := flags(fs, &cfg)
 		return func(ctx context.Context, e *env, _ []string) error {
@@ -106,9 +111,31 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 			if err != nil {
 				return redactError(err, dsn)
 			}
+			if err := writeBenchJSON(*jsonPath, res.Stats()); err != nil {
+				return err
+			}
 			return writeBenchResult(e.stdout, res)
 		}
 	}
+}
+
+// writeBenchJSON writes stats to path as JSON (nothing when path is empty).
+func writeBenchJSON(path string, stats bench.Stats) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--json: %w", err)
+	}
+	if err := stats.WriteJSON(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--json: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("--json: %w", err)
+	}
+	return nil
 }
 
 // postgresDSN is the --dsn of command, which must name a PostgreSQL database.

@@ -30,6 +30,8 @@ var benchSubscriber = spec{
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultSubscriberPayload, "payload size in `BYTES`")
 		fs.IntVar(&cfg.Batch, "batch", bench.DefaultSubscriberBatch, "`N` messages per claim (ours: BatchSize) and per query (watermill-sql: SubscribeBatchSize); both default to 100")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
+		fs.BoolVar(&cfg.SkipRiver, "skip-river", false, "skip River's leg")
+		fs.BoolVar(&cfg.Quick, "quick", false, "run every leg once at a tiny size, to check the harness (the figures mean nothing)")
 		return &cfg.DSN, positive("--backlog, --payload, --batch and --runs", &cfg.Backlog, &cfg.Payload, &cfg.Batch, &cfg.Runs)
 	}),
 }

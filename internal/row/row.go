@@ -131,17 +131,75 @@ func FromMessage(topic string, msg *message.Message, d Defaults) (Envelope, erro
 	return e, nil
 }
 
-// DelayedUntil returns when a message delayed with Watermill's components/delay is due, or
-// the zero time when it is not delayed.
-func DelayedUntil(msg *message.Message) (time.Time, error) {
-	if v := msg.Metadata.Get(delay.DelayedUntilKey); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("%w: metadata %s=%q is not an RFC 3339 time", ErrInvalidMessage, delay.DelayedUntilKey, v)
-		}
-		return t.UTC(), nil
+// DueTime returns when a message delayed with Watermill's components/delay and published at
+// publishedAt is due, or the zero time when it is not delayed. It is the one place that reads
+// the delay metadata.
+//
+// components/delay writes two keys: "_watermill_delayed_until", the due time in RFC 3339
+// truncated to the whole second (so up to a second early), and "_watermill_delayed_for", the
+// exact delay as a Go duration string, measured from when the delay was made (delay.For: a
+// moment before the publish). So:
+//
+//   - with "_watermill_delayed_for", the due time is publishedAt plus that delay, which is
+//     never earlier than the due time meant. With "_watermill_delayed_until" too, it is kept
+//     within the second that key names: at least the until time, and at most the until time
+//     plus one second when that is given in whole seconds (the due time meant lies before it),
+//     or the until time itself when it has fractional seconds (it is then exact). A message
+//     published long after its delay was made (a message re-published with its metadata)
+//     is thus due when its until key says rather than a whole delay later;
+//   - with "_watermill_delayed_until" alone, the due time is that time (fractional seconds
+//     are read).
+//
+// A due time after publishedAt is rounded up to the microsecond, the precision of
+// PostgreSQL's timestamp columns (SQL Server's datetimeoffset keeps 100 ns), so that the
+// stored execution time is never earlier than it; a zero delay gives publishedAt itself. An
+// unreadable value is an error wrapping ErrInvalidMessage that names the key and the value.
+func DueTime(msg *message.Message, publishedAt time.Time) (time.Time, error) {
+	forV, untilV := msg.Metadata.Get(delay.DelayedForKey), msg.Metadata.Get(delay.DelayedUntilKey)
+	if forV == "" && untilV == "" {
+		return time.Time{}, nil
 	}
-	return time.Time{}, nil
+	var until time.Time
+	if untilV != "" {
+		t, err := time.Parse(time.RFC3339Nano, untilV)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%w: metadata %s=%q is not an RFC 3339 time", ErrInvalidMessage, delay.DelayedUntilKey, untilV)
+		}
+		until = t.UTC()
+	}
+	if forV == "" {
+		return ceilMicrosecond(until), nil
+	}
+	d, err := time.ParseDuration(forV)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%w: metadata %s=%q is not a Go duration (like \"1.5s\")", ErrInvalidMessage, delay.DelayedForKey, forV)
+	}
+	publishedAt = publishedAt.UTC()
+	due := publishedAt.Add(d)
+	if !until.IsZero() {
+		latest := until
+		if until.Nanosecond() == 0 {
+			latest = until.Add(time.Second)
+		}
+		switch {
+		case due.After(latest):
+			due = latest
+		case due.Before(until):
+			due = until
+		}
+	}
+	if !due.After(publishedAt) {
+		return due, nil // due already (a zero delay stays exactly so)
+	}
+	return ceilMicrosecond(due), nil
+}
+
+// ceilMicrosecond rounds t up to the microsecond.
+func ceilMicrosecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Microsecond); !r.Equal(t) {
+		return r.Add(time.Microsecond)
+	}
+	return t.Round(0)
 }
 
 // ToMessage rebuilds the Watermill message from a row. Rows written by this library get

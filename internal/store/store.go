@@ -152,6 +152,13 @@ type Ops interface {
 	// When it fails after the claim committed (a row could not be read) it returns the rows
 	// read and an error wrapping ErrStranded: the others stay owned by Owner.
 	ClaimOutgoing(ctx context.Context, p ClaimOutgoingParams) ([]row.Envelope, error)
+	// LockOutgoing locks up to Limit unowned outgoing envelopes in the caller's transaction
+	// (Store.With on a transaction), skipping rows another transaction holds, and returns
+	// them without marking them: they stay unowned and locked until the transaction ends,
+	// so the transaction that sent them deletes them (DeleteOutgoing) and commits, and a
+	// crash or a lost connection frees them at once. It is the forwarder's claim. Outside a
+	// transaction the locks end with the statement.
+	LockOutgoing(ctx context.Context, p LockOutgoingParams) ([]row.Envelope, error)
 	// DeleteOutgoing deletes outgoing envelopes by id (sent or expired).
 	DeleteOutgoing(ctx context.Context, ids []uuid.UUID) error
 	// ReleaseOutgoing hands outgoing envelopes still owned by Owner back (owner 0), counting
@@ -208,7 +215,9 @@ type Ops interface {
 	// with a session lock of the same id.
 	TryGlobalLock(ctx context.Context, id int32) (bool, error)
 	// ReleaseScheduled makes up to limit due Scheduled envelopes (not scheduled sends) of
-	// topics (empty: all) Incoming.
+	// topics (empty: all) Incoming, and tells when the next Scheduled row of topics falls
+	// due (empty: every one, scheduled sends included, so that the agent plans its pass for
+	// them too).
 	ReleaseScheduled(ctx context.Context, topics []string, limit int) (ScheduledRelease, error)
 	// TakeDueScheduledSends deletes up to limit due scheduled sends (Jasper's
 	// scheduled-envelope rows) and returns them, for the caller to insert the envelopes they
@@ -292,6 +301,15 @@ type ClaimOutgoingParams struct {
 	Limit int
 }
 
+// LockOutgoingParams select the envelopes LockOutgoing locks.
+type LockOutgoingParams struct {
+	// Exclude destinations (paused by a circuit breaker).
+	Exclude []string
+	// Only these destinations; empty: all.
+	Only  []string
+	Limit int
+}
+
 // ClaimIncomingParams select the envelopes of a claim.
 type ClaimIncomingParams struct {
 	Owner int32
@@ -354,7 +372,9 @@ type InsertHandledParams struct {
 type ScheduledRelease struct {
 	// Released envelopes became Incoming.
 	Released int64
-	// NextDue is how long until the next scheduled envelope is due (0: none).
+	// NextDue is how long until the next Scheduled row (a scheduled send too, when no topic
+	// was given) is due, by the database's clock read at the start of the transaction
+	// (PostgreSQL's now()) or of the statement (0: none).
 	NextDue time.Duration
 	// Topics of the released envelopes; nil when the database does not tell.
 	Topics []string

@@ -29,7 +29,9 @@ const (
 	DefaultRate            = 500
 	DefaultLatencyDuration = 10 * time.Second
 	DefaultIdleDuration    = 5 * time.Second
-	DefaultRuns            = 1
+	// DefaultRuns is how many times every benchmark runs by default: its figures are medians
+	// of at least 5 runs.
+	DefaultRuns = 5
 	// WatermillPollInterval is the watermill-sql subscriber's poll interval in every
 	// Watermill leg (the setting; watermill-sql's default is 1 s).
 	WatermillPollInterval = 10 * time.Millisecond
@@ -44,7 +46,8 @@ type OutboxConfig struct {
 	// Backlog is the size of the backlog of the main drain legs (and the raw loop).
 	Backlog int
 	// FlatBacklogs are the small and the large backlog our forwarder drains to GoChannel to
-	// show whether its rate stays flat as the backlog grows. Default: 5,000 and 100,000.
+	// show whether its rate and memory stay flat as the backlog grows. Default: 5,000 and
+	// 1,000,000 (the figures drain_ours_5k and drain_ours_1m).
 	FlatBacklogs [2]int
 	// Payload is the message payload size in bytes.
 	Payload int
@@ -58,19 +61,28 @@ type OutboxConfig struct {
 	LatencyDuration time.Duration
 	// IdleDuration is how long an idle relay's queries are counted.
 	IdleDuration time.Duration
+	// ScheduledMessages is how many delayed messages the scheduled leg publishes, their delays
+	// spread evenly over ScheduledSpread.
+	ScheduledMessages int
+	ScheduledSpread   time.Duration
 	// Runs repeats the whole benchmark; the report shows medians.
 	Runs int
 	// SkipWatermill skips the Watermill legs.
 	SkipWatermill bool
-	// SkipFlat skips the 5k/100k flatness drains of our forwarder.
+	// SkipFlat skips the 5k/1M flatness drains of our forwarder.
 	SkipFlat bool
+	// SkipRiver skips River's legs.
+	SkipRiver bool
+	// Quick runs every leg once at a tiny size (Quicken): a check that the harness works, as
+	// .ci/run does; its figures mean nothing.
+	Quick bool
 }
 
 // outboxDefaults are the values the zero fields of an OutboxConfig take.
 var outboxDefaults = OutboxConfig{
 	AMQPURI:         AMQPNone,
 	Backlog:         DefaultBacklog,
-	FlatBacklogs:    [2]int{5000, 100000},
+	FlatBacklogs:    [2]int{5000, 1000000},
 	Payload:         DefaultPayload,
 	Publishers:      DefaultPublishers,
 	PublishDuration: DefaultPublishDuration,
@@ -78,6 +90,9 @@ var outboxDefaults = OutboxConfig{
 	LatencyDuration: DefaultLatencyDuration,
 	IdleDuration:    DefaultIdleDuration,
 	Runs:            DefaultRuns,
+
+	ScheduledMessages: 300,
+	ScheduledSpread:   3 * time.Second,
 }
 
 // withZeroFrom returns c (a benchmark's config) with each zero field set to that field of d,
@@ -87,6 +102,35 @@ func withZeroFrom[T any](c, d T) T {
 	for i := range cv.NumField() {
 		if f := cv.Field(i); f.IsZero() {
 			f.Set(dv.Field(i))
+		}
+	}
+	return c
+}
+
+// quickOutbox is the tiny configuration of OutboxConfig.Quick.
+var quickOutbox = OutboxConfig{
+	Backlog:         500,
+	FlatBacklogs:    [2]int{200, 2000},
+	Publishers:      2,
+	PublishDuration: 300 * time.Millisecond,
+	Rate:            200,
+	LatencyDuration: 500 * time.Millisecond,
+	IdleDuration:    300 * time.Millisecond,
+	Runs:            1,
+
+	ScheduledMessages: 20,
+	ScheduledSpread:   300 * time.Millisecond,
+}
+
+// quicken returns c with every size of quick (non-zero fields) when c.Quick is set.
+func quicken[T any](c T, quick bool, q T) T {
+	if !quick {
+		return c
+	}
+	cv, qv := reflect.ValueOf(&c).Elem(), reflect.ValueOf(q)
+	for i := range cv.NumField() {
+		if f := qv.Field(i); !f.IsZero() {
+			cv.Field(i).Set(f)
 		}
 	}
 	return c

@@ -9,6 +9,7 @@ import (
 	"io"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,14 +189,37 @@ func (e *env) close() error {
 	return errors.Join(errs...)
 }
 
+// orderSeq numbers the benchmark's messages, process-wide.
 var orderSeq atomic.Int64
 
-// newMessage is the message of one business transaction: a fresh UUID, the configured
-// payload and one metadata pair, the same for every implementation.
+// uuidSeqPrefix starts every benchmark message's UUID: 20 random hex digits of this process,
+// laid out as a version 4 UUID; the last 12 digits are the message's sequence number
+// (messageSeq).
+var uuidSeqPrefix = func() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-4" + h[13:16] + "-8" + h[17:20] + "-"
+}()
+
+// newMessage is the message of one business transaction: a fresh UUID (a valid version 4
+// UUID carrying the message's sequence number, see counter), the configured payload and one
+// metadata pair, the same for every implementation.
 func (e *env) newMessage() *message.Message {
-	msg := message.NewMessage(watermill.NewUUID(), e.payload)
-	msg.Metadata.Set("correlation_id", strconv.FormatInt(orderSeq.Add(1), 10))
+	seq := orderSeq.Add(1)
+	msg := message.NewMessage(fmt.Sprintf("%s%012x", uuidSeqPrefix, seq), e.payload)
+	msg.Metadata.Set("correlation_id", strconv.FormatInt(seq, 10))
 	return msg
+}
+
+// messageSeq is the sequence number of a message made by newMessage in this process, from its
+// UUID; ok is false for any other UUID.
+func messageSeq(uuid string) (seq uint64, ok bool) {
+	if len(uuid) != 36 || !strings.HasPrefix(uuid, uuidSeqPrefix) {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(uuid[24:], 16, 64)
+	return seq, err == nil
 }
 
 // inBatches calls write with n new messages (newMessage), prefillBatch at a time: a

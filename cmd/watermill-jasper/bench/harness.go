@@ -177,6 +177,10 @@ type DrainResult struct {
 	Dups       int64 // duplicate arrivals
 	Left       int64 // rows the relay had not deleted/acked when stopped
 	Statements int64 // statements the relay sent, when counted (-1 otherwise)
+	// PeakRSSMB is the peak resident set of the benchmark's process from the relay's start to
+	// the last message at the sink, in MB (NaN where unknown): the relay, the sink and the
+	// benchmark's bookkeeping (a few hundred KB), the prefill's memory returned before.
+	PeakRSSMB float64
 }
 
 // relay is a running outbox relay.
@@ -195,7 +199,8 @@ type relay interface {
 func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start func(context.Context) (relay, error),
 	left func(context.Context) (int64, error), held heldFunc) (DrainResult, error) {
 	label := fmt.Sprintf("drain %s %s %d", impl, s.kind, n)
-	res := DrainResult{Impl: impl, Sink: s.kind, N: n, Statements: -1}
+	res := DrainResult{Impl: impl, Sink: s.kind, N: n, Statements: -1, PeakRSSMB: nan}
+	rss := resetPeakRSS()
 	t0 := time.Now()
 	r, err := start(ctx)
 	if err != nil {
@@ -211,6 +216,9 @@ func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start
 		return res, err
 	}
 	res.Elapsed, res.FirstMsg, res.Rate = s.counter.timing(t0)
+	if rss {
+		res.PeakRSSMB = peakRSSMB()
+	}
 	// Let the relay finish its deletes/acks, then stop it.
 	if res.Left, err = awaitAcked(ctx, left, 20*time.Millisecond); err != nil {
 		return res, fmt.Errorf("%s: count rows left: %w", label, err)

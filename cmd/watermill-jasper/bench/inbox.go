@@ -40,7 +40,7 @@ const (
 	DefaultInboxRate            = 1000
 	DefaultInboxLatencyDuration = 5 * time.Second
 	DefaultInboxPayload         = 256
-	DefaultInboxRuns            = 3
+	DefaultInboxRuns            = DefaultRuns
 )
 
 // InboxBenchConfig configures RunInbox. Zero values take the defaults above.
@@ -63,7 +63,13 @@ type InboxBenchConfig struct {
 	// Runs is how many times every leg runs (in a rotated order, so that a slow spell of the
 	// machine does not always hit the same variant); the report gives the medians.
 	Runs int
+	// Quick runs every leg once at a tiny size: a check that the harness works, as .ci/run
+	// does; its figures mean nothing.
+	Quick bool
 }
+
+// quickInbox is the tiny configuration of InboxBenchConfig.Quick.
+var quickInbox = InboxBenchConfig{Duration: 300 * time.Millisecond, LatencyDuration: 300 * time.Millisecond, Rate: 200, Runs: 1}
 
 // inboxDefaults are the values the zero fields of an InboxBenchConfig take, but MaxConns
 // (withDefaults).
@@ -77,7 +83,7 @@ var inboxDefaults = InboxBenchConfig{
 }
 
 func (c InboxBenchConfig) withDefaults() InboxBenchConfig {
-	c = withZeroFrom(c, inboxDefaults)
+	c = quicken(withZeroFrom(c, inboxDefaults), c.Quick, quickInbox)
 	if c.MaxConns == 0 {
 		c.MaxConns = max(c.InFlight+4, 32)
 	}
@@ -340,8 +346,46 @@ func (r InboxResult) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "\ninbox p99 added (median of the runs' inbox p99 - plain p99): %s\n", fmtMs(r.P99Added()))
+	if _, err := fmt.Fprintf(w, "\ninbox p99 added (median of the runs' inbox p99 - plain p99): %s\n", fmtMs(r.P99Added())); err != nil {
+		return err
+	}
+	var b strings.Builder
+	st := r.Stats()
+	st.writeTo(&b, len(r.Runs))
+	writeTargets(&b, st, inboxTargets)
+	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// inboxTargets are the acceptance numbers of the inbox figures (docs/benchmarks.md).
+var inboxTargets = []target{
+	{"inbox_of_bare_tx", 0.8, false},
+	{"inbox_p99_added_ms", 2, true},
+}
+
+// Stats are the figures of every run summarised (the --json keys).
+func (r InboxResult) Stats() Stats {
+	perRun := make([]Figures, len(r.Runs))
+	for i, run := range r.Runs {
+		perRun[i] = run.figures()
+	}
+	return statsOf(perRun)
+}
+
+// figures are this run's figures by --json key (docs/benchmarks.md): inbox_bare_tx is the
+// business transaction alone without a router or deduplication (the ceiling).
+func (r InboxRun) figures() Figures {
+	f := Figures{}
+	f.set("inbox_ours", r.throughput(InboxVariantInbox).MsgsPerS)
+	f.set("inbox_bare_tx", r.CeilingTPS)
+	f.set("inbox_raw_statements", r.RawInboxTPS)
+	f.set("inbox_plain_router", r.throughput(InboxVariantPlain).MsgsPerS)
+	f.set("inbox_deduplicator", r.throughput(InboxVariantDeduplicator).MsgsPerS)
+	f.set("inbox_p99_ms", float64(r.latency(InboxVariantInbox).P99)/float64(time.Millisecond))
+	f.set("inbox_plain_p99_ms", float64(r.latency(InboxVariantPlain).P99)/float64(time.Millisecond))
+	f.set("inbox_p99_added_ms", float64(r.p99Added(InboxVariantInbox))/float64(time.Millisecond))
+	f.ratio("inbox_of_bare_tx", "inbox_ours", "inbox_bare_tx")
+	return f
 }
 
 // inboxEnv is one RunInbox: the pool and the schemas to drop.

@@ -14,6 +14,7 @@ const (
 	implOurs      = "ours"
 	implWatermill = "watermill"
 	implRaw       = "raw loop"
+	implRawClaim  = "raw claim loop"
 )
 
 // outbox is one implementation's outbox in its own fresh schema.
@@ -191,8 +192,9 @@ func (e *env) publishLegs(ctx context.Context, variants []publishVariant) (res [
 	return res, nil
 }
 
-// rawLeg prefills a fresh outbox and runs the raw claim-then-delete loop over it.
-func (e *env) rawLeg(ctx context.Context, n int) (RawResult, error) {
+// rawLeg prefills a fresh outbox and runs a raw loop over it (loop: runRawLoop or
+// runRawClaimLoop).
+func (e *env) rawLeg(ctx context.Context, n int, loop func(j *jasperSchema, ctx context.Context, n int) (RawResult, error)) (RawResult, error) {
 	var res RawResult
 	err := withOutbox(ctx, e, newOursOutbox(oursOptions{}), func(o outbox) error {
 		j := o.(*oursOutbox).js
@@ -201,7 +203,7 @@ func (e *env) rawLeg(ctx context.Context, n int) (RawResult, error) {
 			return err
 		}
 		var err error
-		res, err = j.runRawLoop(ctx, n)
+		res, err = loop(j, ctx, n)
 		return err
 	})
 	return res, err

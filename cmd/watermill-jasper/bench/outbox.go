@@ -30,27 +30,13 @@ type OutboxResult struct {
 	Config  OutboxConfig
 	Publish []PublishResult
 	Raw     RawResult
-	Drains  []DrainResult
-	Latency []LatencyResult
-	Idle    []IdleResult
-	Summary Summary
-}
-
-// Summary holds the figures of the RESULT line; NaN when a leg was skipped.
-type Summary struct {
-	// DrainGoChannelX is our drain rate to GoChannel over Watermill's (Backlog).
-	DrainGoChannelX float64
-	// DrainAMQPX is our drain rate to RabbitMQ over Watermill's (Backlog).
-	DrainAMQPX float64
-	// DrainOfLimit is our drain rate to GoChannel over the raw loop's (Backlog).
-	DrainOfLimit float64
-	// PublishCostX is the time of a business transaction publishing through our default
-	// publisher over one doing a bare INSERT of the same row instead.
-	PublishCostX float64
-	// P99Ms is our commit -> GoChannel p99 latency at the steady rate, in ms.
-	P99Ms float64
-	// Flat is our drain rate at the large flat backlog over the small one.
-	Flat float64
+	// RawClaim is the claim-then-delete loop of the design that marks rows.
+	RawClaim RawResult
+	Drains   []DrainResult
+	Latency  []LatencyResult
+	Idle     []IdleResult
+	// Figures are the figures of every run (Figures keys) summarised: median, min, max.
+	Figures Stats
 }
 
 // runResult is one run of every leg.
@@ -60,13 +46,17 @@ type runResult struct {
 	drains  []DrainResult
 	latency []LatencyResult
 	idle    []IdleResult
+	// rawClaim is the claim-then-delete loop (the raw loop of the design that marks rows).
+	rawClaim RawResult
+	// scheduled is the delayed-messages leg (nil when it did not run).
+	scheduled *ScheduledResult
 }
 
 // RunOutbox runs the outbox benchmark (see the package documentation) and writes progress
 // lines to progress. It returns the medians of cfg.Runs runs. Every schema and queue it
 // creates is dropped before it returns, also when ctx is cancelled.
 func RunOutbox(ctx context.Context, cfg OutboxConfig, progress io.Writer) (OutboxResult, error) {
-	cfg = withZeroFrom(cfg, outboxDefaults)
+	cfg = quicken(withZeroFrom(cfg, outboxDefaults), cfg.Quick, quickOutbox)
 	if err := cfg.validate(); err != nil {
 		return OutboxResult{}, err
 	}
@@ -111,12 +101,16 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	}
 	r.publish = pubs
 
-	// 2. The physical limit: the raw claim-then-delete loop.
-	raw, err := e.rawLeg(ctx, cfg.Backlog)
+	// 2. The physical limits: the raw loop of the relay's statements (lock and delete in a
+	// transaction), and the claim-then-delete loop of the design that marks rows.
+	raw, err := e.rawLeg(ctx, cfg.Backlog, (*jasperSchema).runRawLoop)
 	if err != nil {
 		return r, err
 	}
 	r.raw = raw
+	if r.rawClaim, err = e.rawLeg(ctx, cfg.Backlog, (*jasperSchema).runRawClaimLoop); err != nil {
+		return r, err
+	}
 
 	// 3. Drains.
 	type drainLeg struct {
@@ -135,6 +129,9 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	drains = append(drains,
 		drainLeg{implWatermill, true, wm, sinkGoChannel, cfg.Backlog},
 		drainLeg{implWatermill, true, wm, sinkGoChannel, cfg.FlatBacklogs[0]})
+	if !cfg.SkipRiver {
+		drains = append(drains, drainLeg{implRiver, false, newRiverOutbox(), sinkGoChannel, cfg.Backlog})
+	}
 	if cfg.amqpEnabled() {
 		drains = append(drains,
 			drainLeg{implOurs, false, ours, sinkAMQP, cfg.Backlog},
@@ -154,6 +151,13 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		}
 		r.drains = append(r.drains, res)
 	}
+	if cfg.amqpEnabled() {
+		res, err := e.brokerLimitLeg(ctx, cfg.Backlog)
+		if err != nil {
+			return r, err
+		}
+		r.drains = append(r.drains, res)
+	}
 
 	// 4. Latency at a steady rate.
 	type latLeg struct {
@@ -163,6 +167,9 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		kind      string
 	}
 	lats := []latLeg{{implOurs, false, ours, sinkGoChannel}, {implWatermill, true, wm, sinkGoChannel}}
+	if !cfg.SkipRiver {
+		lats = append(lats, latLeg{implRiver, false, newRiverOutbox(), sinkGoChannel})
+	}
 	if cfg.amqpEnabled() {
 		lats = append(lats, latLeg{implOurs, false, ours, sinkAMQP}, latLeg{implWatermill, true, wm, sinkAMQP})
 	}
@@ -193,6 +200,13 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		}
 		r.idle = append(r.idle, res)
 	}
+
+	// 6. Delayed messages: how late (never early) they arrive.
+	sched, err := e.scheduledLeg(ctx, cfg.ScheduledMessages, cfg.ScheduledSpread)
+	if err != nil {
+		return r, err
+	}
+	r.scheduled = &sched
 	return r, nil
 }
 
@@ -200,16 +214,108 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 // middle for an even number of runs), and the summary of those.
 func outboxResult(cfg OutboxConfig, info RunInfo, runs []runResult) OutboxResult {
 	res := OutboxResult{
-		RunInfo: info,
-		Config:  cfg,
-		Publish: mediansBy(runs, func(r runResult) []PublishResult { return r.publish }, func(p PublishResult) float64 { return p.TPS }),
-		Raw:     medianBy(runs, func(r runResult) RawResult { return r.raw }, func(r RawResult) float64 { return r.Rate }),
-		Drains:  mediansBy(runs, func(r runResult) []DrainResult { return r.drains }, func(p DrainResult) float64 { return p.Rate }),
-		Latency: mediansBy(runs, func(r runResult) []LatencyResult { return r.latency }, func(p LatencyResult) float64 { return float64(p.P99) }),
-		Idle:    mediansBy(runs, func(r runResult) []IdleResult { return r.idle }, func(p IdleResult) float64 { return p.StatementsSec }),
+		RunInfo:  info,
+		Config:   cfg,
+		Publish:  mediansBy(runs, func(r runResult) []PublishResult { return r.publish }, func(p PublishResult) float64 { return p.TPS }),
+		Raw:      medianBy(runs, func(r runResult) RawResult { return r.raw }, func(r RawResult) float64 { return r.Rate }),
+		RawClaim: medianBy(runs, func(r runResult) RawResult { return r.rawClaim }, func(r RawResult) float64 { return r.Rate }),
+		Drains:   mediansBy(runs, func(r runResult) []DrainResult { return r.drains }, func(p DrainResult) float64 { return p.Rate }),
+		Latency:  mediansBy(runs, func(r runResult) []LatencyResult { return r.latency }, func(p LatencyResult) float64 { return float64(p.P99) }),
+		Idle:     mediansBy(runs, func(r runResult) []IdleResult { return r.idle }, func(p IdleResult) float64 { return p.StatementsSec }),
 	}
-	res.Summary = summarize(res)
+	perRun := make([]Figures, len(runs))
+	for i, r := range runs {
+		perRun[i] = r.figures(cfg)
+	}
+	res.Figures = statsOf(perRun)
 	return res
+}
+
+// Stats are the figures of every run summarised (the --json keys).
+func (r OutboxResult) Stats() Stats { return r.Figures }
+
+// figures are this run's figures by --json key (docs/benchmarks.md). Ratios are taken within
+// the run.
+func (r runResult) figures(cfg OutboxConfig) Figures {
+	f := Figures{}
+	drain := func(impl, sink string, n int) float64 {
+		for _, d := range r.drains {
+			if d.Impl == impl && d.Sink == sink && d.N == n {
+				return d.Rate
+			}
+		}
+		return nan
+	}
+	rss := func(n int) float64 {
+		for _, d := range r.drains {
+			if d.Impl == implOurs && d.Sink == sinkGoChannel && d.N == n {
+				return d.PeakRSSMB
+			}
+		}
+		return nan
+	}
+	f.set("drain_ours", drain(implOurs, sinkGoChannel, cfg.Backlog))
+	f.set("drain_raw", r.raw.Rate)
+	f.set("drain_raw_claim", r.rawClaim.Rate)
+	f.set("drain_watermill", drain(implWatermill, sinkGoChannel, cfg.Backlog))
+	f.set("drain_river", drain(implRiver, sinkGoChannel, cfg.Backlog))
+	f.set("drain_ours_5k", drain(implOurs, sinkGoChannel, cfg.FlatBacklogs[0]))
+	f.set("drain_ours_1m", drain(implOurs, sinkGoChannel, cfg.FlatBacklogs[1]))
+	f.set("rss_mb_5k", rss(cfg.FlatBacklogs[0]))
+	f.set("rss_mb_1m", rss(cfg.FlatBacklogs[1]))
+	f.set("amqp_ours", drain(implOurs, sinkAMQP, cfg.Backlog))
+	f.set("amqp_watermill", drain(implWatermill, sinkAMQP, cfg.Backlog))
+	f.set("amqp_broker_limit", drain(implBrokerLimit, sinkAMQP, cfg.Backlog))
+	for _, p := range r.publish {
+		switch p.Name {
+		case pubOurs:
+			f.set("publish_ours", p.TPS)
+		case pubBare:
+			f.set("publish_bare_insert", p.TPS)
+		case pubWatermill:
+			f.set("publish_watermill", p.TPS)
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	for _, l := range r.latency {
+		prefix := ""
+		switch {
+		case l.Impl == implOurs && l.Sink == sinkGoChannel:
+			prefix = "latency_"
+		case l.Impl == implOurs && l.Sink == sinkAMQP:
+			prefix = "amqp_latency_"
+		case l.Impl == implRiver && l.Sink == sinkGoChannel:
+			prefix = "river_latency_"
+		case l.Impl == implWatermill && l.Sink == sinkGoChannel:
+			prefix = "watermill_latency_"
+		default:
+			continue
+		}
+		f.set(prefix+"p50_ms", ms(l.P50))
+		f.set(prefix+"p99_ms", ms(l.P99))
+		f.set(prefix+"max_ms", ms(l.Max))
+	}
+	for _, i := range r.idle {
+		if i.Impl == implOurs {
+			f.set("idle_statements_per_s", i.StatementsSec)
+		}
+	}
+	if r.scheduled != nil {
+		f.set("scheduled_late_p50_ms", ms(r.scheduled.LateP50))
+		f.set("scheduled_late_p99_ms", ms(r.scheduled.LateP99))
+		f.set("scheduled_late_max_ms", ms(r.scheduled.LateMax))
+		f.set("scheduled_early", float64(r.scheduled.Early))
+	}
+	f.ratio("drain_of_raw", "drain_ours", "drain_raw")
+	f.ratio("drain_of_raw_claim", "drain_ours", "drain_raw_claim")
+	f.ratio("drain_x_river", "drain_ours", "drain_river")
+	f.ratio("drain_x_watermill", "drain_ours", "drain_watermill")
+	f.ratio("flat_1m_of_5k", "drain_ours_1m", "drain_ours_5k")
+	f.ratio("rss_1m_of_5k", "rss_mb_1m", "rss_mb_5k")
+	f.ratio("amqp_of_limit", "amqp_ours", "amqp_broker_limit")
+	f.ratio("publish_cost_x", "publish_bare_insert", "publish_ours")
+	f.ratio("latency_p99_of_river", "latency_p99_ms", "river_latency_p99_ms")
+	return f
 }
 
 // medianBy returns, of the figures get takes from each run, the one with the median key (the
@@ -260,40 +366,20 @@ func (r OutboxResult) latency(impl, kind string) (LatencyResult, bool) {
 	return LatencyResult{}, false
 }
 
-func summarize(r OutboxResult) Summary {
-	s := Summary{nan, nan, nan, nan, nan, nan}
-	cfg := r.Config
-	oursGC, okGC := r.drain(implOurs, sinkGoChannel, cfg.Backlog)
-	if w, ok := r.drain(implWatermill, sinkGoChannel, cfg.Backlog); ok && okGC {
-		s.DrainGoChannelX = quotient(oursGC.Rate, w.Rate)
-	}
-	if o, ok := r.drain(implOurs, sinkAMQP, cfg.Backlog); ok {
-		if w, ok := r.drain(implWatermill, sinkAMQP, cfg.Backlog); ok {
-			s.DrainAMQPX = quotient(o.Rate, w.Rate)
-		}
-	}
-	if okGC {
-		s.DrainOfLimit = quotient(oursGC.Rate, r.Raw.Rate)
-	}
-	if o, ok := r.publish(pubOurs); ok {
-		if b, ok := r.publish(pubBare); ok {
-			s.PublishCostX = quotient(b.TPS, o.TPS)
-		}
-	}
-	if l, ok := r.latency(implOurs, sinkGoChannel); ok {
-		s.P99Ms = float64(l.P99) / float64(time.Millisecond)
-	}
-	small, ok1 := r.drain(implOurs, sinkGoChannel, cfg.FlatBacklogs[0])
-	large, ok2 := r.drain(implOurs, sinkGoChannel, cfg.FlatBacklogs[1])
-	if ok1 && ok2 {
-		s.Flat = quotient(large.Rate, small.Rate)
-	}
-	return s
+// outboxTargets are the acceptance numbers of the outbox figures (docs/benchmarks.md).
+var outboxTargets = []target{
+	{"drain_of_raw", 0.85, false},
+	{"drain_x_river", 2, false},
+	{"flat_1m_of_5k", 0.8, false},
+	{"rss_1m_of_5k", 1.2, true},
+	{"amqp_of_limit", 0.8, false},
+	{"publish_cost_x", 1.05, true},
+	{"latency_p99_ms", 5, true},
+	{"latency_max_ms", 20, true},
+	{"latency_p99_of_river", 0.2, true},
+	{"scheduled_late_p99_ms", 20, true},
+	{"scheduled_early", 0, true},
 }
 
-// ResultLine is the one-line summary printed last.
-func (r OutboxResult) ResultLine() string {
-	s := r.Summary
-	return fmt.Sprintf("RESULT drain_gochannel_x=%s drain_amqp_x=%s drain_of_limit=%s publish_cost_x=%s p99_ms=%s flat=%s",
-		figure(s.DrainGoChannelX, 2), figure(s.DrainAMQPX, 2), figure(s.DrainOfLimit, 2), figure(s.PublishCostX, 3), figure(s.P99Ms, 2), figure(s.Flat, 2))
-}
+// ResultLine is the one-line summary printed last: the median of every target figure.
+func (r OutboxResult) ResultLine() string { return resultLine(r.Figures, outboxTargets) }

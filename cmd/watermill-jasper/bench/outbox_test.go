@@ -18,17 +18,7 @@ func TestRunOutboxTiny(t *testing.T) {
 	pool := testdb.Pool(t) // fails with a hint when PostgreSQL is down
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cfg := OutboxConfig{
-		DSN:             testdb.PostgresDSN(),
-		AMQPURI:         AMQPNone,
-		Backlog:         500,
-		FlatBacklogs:    [2]int{200, 1000},
-		Publishers:      2,
-		PublishDuration: time.Second,
-		Rate:            100,
-		LatencyDuration: time.Second,
-		IdleDuration:    time.Second,
-	}
+	cfg := OutboxConfig{DSN: testdb.PostgresDSN(), AMQPURI: AMQPNone, Quick: true}
 	if uri := os.Getenv("WATERMILL_JASPER_TEST_AMQP"); uri != "" {
 		cfg.AMQPURI = uri
 	}
@@ -42,14 +32,14 @@ func TestRunOutboxTiny(t *testing.T) {
 			t.Errorf("drain %s %s %d: received %d, %d duplicates, %d left", d.Impl, d.Sink, d.N, d.Received, d.Dups, d.Left)
 		}
 	}
-	wantDrains := 5 // ours 500/200/1000, watermill 500/200
+	wantDrains := 6 // ours 500/200/2000, watermill 500/200, river 500
 	if cfg.amqpEnabled() {
-		wantDrains += 3
+		wantDrains += 4 // ours, watermill, watermill+jasperamqp, the broker's limit
 	}
 	if len(res.Drains) != wantDrains {
 		t.Errorf("got %d drain legs, want %d", len(res.Drains), wantDrains)
 	}
-	if res.Raw.N != cfg.Backlog || res.Raw.Rate <= 0 {
+	if res.Raw.N != res.Config.Backlog || res.Raw.Rate <= 0 || res.RawClaim.N != res.Config.Backlog {
 		t.Errorf("raw loop: %+v", res.Raw)
 	}
 	for _, l := range res.Latency {
@@ -70,8 +60,19 @@ func TestRunOutboxTiny(t *testing.T) {
 		t.Fatal(err)
 	}
 	line := res.ResultLine()
-	if !strings.HasPrefix(line, "RESULT drain_gochannel_x=") || strings.Contains(line, "NaN") {
+	if !strings.HasPrefix(line, "RESULT drain_of_raw=") || strings.Contains(line, "NaN") {
 		t.Errorf("result line %q", line)
+	}
+	keys := []string{"drain_ours", "drain_raw", "drain_watermill", "drain_river", "drain_ours_5k", "drain_ours_1m",
+		"publish_ours", "publish_bare_insert", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "river_latency_p99_ms",
+		"idle_statements_per_s", "rss_mb_5k", "rss_mb_1m", "scheduled_late_p99_ms"}
+	if cfg.amqpEnabled() {
+		keys = append(keys, "amqp_ours", "amqp_broker_limit")
+	}
+	for _, k := range keys {
+		if st, ok := res.Figures[k]; !ok || st.Runs != 1 || !(st.Median > 0 || strings.HasSuffix(k, "_ms")) {
+			t.Errorf("figure %s: %+v (present: %v)", k, st, ok)
+		}
 	}
 	t.Logf("\n%s%s", table.String(), line)
 

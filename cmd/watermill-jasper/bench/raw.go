@@ -48,22 +48,46 @@ func (copyUUIDs) Arg(u uuid.UUID) any   { return [16]byte(u) }
 func (copyUUIDs) Dest(u *uuid.UUID) any { return u }
 
 // prefill writes n outgoing envelopes for topic with COPY (not timed): the rows our publisher
-// writes for the benchmark's messages, mapped by the same code (row.FromMessage).
+// writes for the benchmark's messages, mapped by the same code (row.FromMessage). The rows
+// are made as COPY streams them, so that a million-row prefill holds one row at a time.
 func (j *jasperSchema) prefill(ctx context.Context, topic string, n int) error {
-	rows := make([][]any, 0, n)
-	for range n {
-		env, err := row.FromMessage(topic, j.e.newMessage(), row.Defaults{})
-		if err != nil {
-			return err
-		}
-		rows = append(rows, env.OutgoingArgs(nil, copyUUIDs{}))
+	src := &envelopeRows{topic: topic, left: n, e: j.e}
+	_, err := j.e.pool.CopyFrom(ctx, pgx.Identifier{j.cfg.Schema, schema.OutgoingTable}, row.OutgoingColumns, src)
+	if err == nil {
+		err = src.err
 	}
-	_, err := j.e.pool.CopyFrom(ctx, pgx.Identifier{j.cfg.Schema, schema.OutgoingTable}, row.OutgoingColumns, pgx.CopyFromRows(rows))
 	if err != nil {
 		return fmt.Errorf("bench: prefill outbox: %w", err)
 	}
 	return j.e.analyze(ctx, j.outgoing())
 }
+
+// envelopeRows is a pgx.CopyFromSource of left new messages (env.newMessage) for topic, as
+// the outgoing rows our publisher writes.
+type envelopeRows struct {
+	e     *env
+	topic string
+	left  int
+	row   []any
+	err   error
+}
+
+func (r *envelopeRows) Next() bool {
+	if r.left == 0 || r.err != nil {
+		return false
+	}
+	r.left--
+	env, err := row.FromMessage(r.topic, r.e.newMessage(), row.Defaults{})
+	if err != nil {
+		r.err = err
+		return false
+	}
+	r.row = env.OutgoingArgs(r.row[:0], copyUUIDs{})
+	return true
+}
+
+func (r *envelopeRows) Values() ([]any, error) { return r.row, nil }
+func (r *envelopeRows) Err() error             { return r.err }
 
 // left counts the outgoing rows still in the table.
 func (j *jasperSchema) left(ctx context.Context) (int64, error) {
@@ -84,32 +108,23 @@ const rawBatch = 1000
 // rawOwner is the owner id the raw loops claim with.
 const rawOwner = int32(1)
 
-// rawLoop drains n prefilled rows with claim then delete, one goroutine, each operation its
-// own autocommit statement on the pool, until a claim returns nothing. It is the physical
-// limit of the claim-then-delete design on this database.
-func (j *jasperSchema) rawLoop(ctx context.Context, n int, claim func(ctx context.Context) ([]row.Envelope, error), del func(ctx context.Context, ids []uuid.UUID) error) (RawResult, error) {
-	label := fmt.Sprintf("raw loop %d", n)
+// rawLoop drains n prefilled rows one batch at a time (batch: its rows done, 0 when none
+// was left), one goroutine, until a batch finds nothing. It is the physical limit of a
+// design's statements on this database.
+func (j *jasperSchema) rawLoop(ctx context.Context, n int, label string, batch func(ctx context.Context) (int, error)) (RawResult, error) {
 	res := RawResult{N: n}
-	ids := make([]uuid.UUID, 0, rawBatch)
 	done := 0
 	start := time.Now()
 	lastLog := start
 	for {
-		envs, err := claim(ctx)
+		k, err := batch(ctx)
 		if err != nil {
-			return res, fmt.Errorf("%s: claim: %w", label, err)
+			return res, fmt.Errorf("%s: %w", label, err)
 		}
-		if len(envs) == 0 {
+		if k == 0 {
 			break
 		}
-		ids = ids[:0]
-		for _, env := range envs {
-			ids = append(ids, env.ID)
-		}
-		if err := del(ctx, ids); err != nil {
-			return res, fmt.Errorf("%s: delete: %w", label, err)
-		}
-		done += len(ids)
+		done += k
 		res.Batches++
 		if time.Since(lastLog) >= time.Second {
 			lastLog = time.Now()
@@ -119,18 +134,59 @@ func (j *jasperSchema) rawLoop(ctx context.Context, n int, claim func(ctx contex
 	res.Elapsed = time.Since(start)
 	res.Rate = float64(done) / res.Elapsed.Seconds()
 	if done != n {
-		return res, fmt.Errorf("%s: claimed and deleted %d rows, want %d", label, done, n)
+		return res, fmt.Errorf("%s: drained %d rows, want %d", label, done, n)
 	}
 	j.e.logf("%s: %d rows in %s (%.0f rows/s)", label, done, res.Elapsed.Round(time.Millisecond), res.Rate)
 	return res, nil
 }
 
+// claimThenDelete is one batch of a claim-then-delete loop: claim (each statement its own
+// autocommit transaction on the pool), then delete what it returned.
+func claimThenDelete(claim func(ctx context.Context) ([]row.Envelope, error), del func(ctx context.Context, ids []uuid.UUID) error) func(ctx context.Context) (int, error) {
+	ids := make([]uuid.UUID, 0, rawBatch)
+	return func(ctx context.Context) (int, error) {
+		envs, err := claim(ctx)
+		if err != nil || len(envs) == 0 {
+			return 0, err
+		}
+		ids = ids[:0]
+		for _, env := range envs {
+			ids = append(ids, env.ID)
+		}
+		return len(ids), del(ctx, ids)
+	}
+}
+
 // runRawLoop drains a prefilled outbox with the forwarder's own storage operations and
-// nothing else: ClaimOutgoing of up to 1,000 rows (UPDATE ... SET owner_id ... WHERE id IN
-// (SELECT ... LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING the forwarder's columns), then
-// DeleteOutgoing of their ids (DELETE ... WHERE id = ANY($1)).
+// nothing else: per batch, one transaction that locks up to 1,000 rows (LockOutgoing:
+// SELECT ... FOR UPDATE SKIP LOCKED), deletes them (DeleteOutgoing) and commits. It is the
+// limit of the relay's design: the drain_raw figure.
 func (j *jasperSchema) runRawLoop(ctx context.Context, n int) (RawResult, error) {
-	return j.rawLoop(ctx, n, func(ctx context.Context) ([]row.Envelope, error) {
+	ids := make([]uuid.UUID, 0, rawBatch)
+	return j.rawLoop(ctx, n, fmt.Sprintf("raw loop %d", n), func(ctx context.Context) (k int, err error) {
+		err = j.store.InTx(ctx, func(ctx context.Context, tx store.Ops) error {
+			envs, err := tx.LockOutgoing(ctx, store.LockOutgoingParams{Limit: rawBatch})
+			if err != nil || len(envs) == 0 {
+				return err
+			}
+			ids = ids[:0]
+			for _, env := range envs {
+				ids = append(ids, env.ID)
+			}
+			k = len(ids)
+			return tx.DeleteOutgoing(ctx, ids)
+		})
+		return k, err
+	})
+}
+
+// runRawClaimLoop is the claim-then-delete loop of the outbox, the design that marks the
+// rows (Jasper's own): ClaimOutgoing of up to 1,000 rows (UPDATE ... SET owner_id ... WHERE
+// id IN (SELECT ... LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING the forwarder's columns),
+// then DeleteOutgoing of their ids, each its own autocommit statement: the drain_raw_claim
+// figure.
+func (j *jasperSchema) runRawClaimLoop(ctx context.Context, n int) (RawResult, error) {
+	return j.rawLoop(ctx, n, fmt.Sprintf("raw claim loop %d", n), claimThenDelete(func(ctx context.Context) ([]row.Envelope, error) {
 		return j.store.ClaimOutgoing(ctx, store.ClaimOutgoingParams{Owner: rawOwner, Limit: rawBatch})
-	}, j.store.DeleteOutgoing)
+	}, j.store.DeleteOutgoing))
 }

@@ -9,16 +9,6 @@ import (
 	"time"
 )
 
-// targets are the acceptance numbers for the RESULT figures.
-var targets = []target[Summary]{
-	{"drain_gochannel_x", func(s Summary) float64 { return s.DrainGoChannelX }, 4, false},
-	{"drain_amqp_x", func(s Summary) float64 { return s.DrainAMQPX }, 8, false},
-	{"drain_of_limit", func(s Summary) float64 { return s.DrainOfLimit }, 0.7, false},
-	{"publish_cost_x", func(s Summary) float64 { return s.PublishCostX }, 1.1, true},
-	{"p99_ms", func(s Summary) float64 { return s.P99Ms }, 5, true},
-	{"flat", func(s Summary) float64 { return s.Flat }, 0.8, false},
-}
-
 // WriteTable prints the results as aligned tables.
 func (r OutboxResult) WriteTable(w io.Writer) error {
 	cfg := r.Config
@@ -41,8 +31,13 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 	t = section(&b, "DRAIN: prefilled backlog -> sink, timed from relay start to the last message at the sink's consumer")
 	fmt.Fprintln(t, "  impl\tsink\tbacklog\tmsg/s\ttime\tfirst msg\tmsg/s after 1st\tvs watermill\tof raw loop\tdups\tleft\tstmts/1k msgs\t")
 	if r.Raw.N > 0 {
+		// Per batch: BEGIN, lock, delete, COMMIT; and the last lock that found nothing.
 		fmt.Fprintf(t, "  %s\tnone\t%d\t%s\t%s\t-\t-\t-\t1.00\t-\t0\t%.1f\t\n", implRaw, r.Raw.N, num(r.Raw.Rate), r.Raw.Elapsed.Round(time.Millisecond),
-			float64(2*r.Raw.Batches+1)*1000/float64(r.Raw.N))
+			float64(4*r.Raw.Batches+3)*1000/float64(r.Raw.N))
+	}
+	if r.RawClaim.N > 0 {
+		fmt.Fprintf(t, "  %s\tnone\t%d\t%s\t%s\t-\t-\t-\t%.2f\t-\t0\t%.1f\t\n", implRawClaim, r.RawClaim.N, num(r.RawClaim.Rate), r.RawClaim.Elapsed.Round(time.Millisecond),
+			quotient(r.RawClaim.Rate, r.Raw.Rate), float64(2*r.RawClaim.Batches+1)*1000/float64(r.RawClaim.N))
 	}
 	for _, d := range r.Drains {
 		vsWM := "-"
@@ -87,9 +82,10 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 		"Drains are timed from the call that starts the relay (node lock, LISTEN, first claim or poll included) to the last distinct message at the sink's consumer; then the relay must delete/ack every row (left) and duplicates are counted by message UUID. msg/s after 1st leaves the start-up out: (N-1) / (last - first arrival).",
 		"gochannel: in-process GoChannel, one consumer goroutine that acks. amqp: persistent messages through the default exchange to a fresh durable queue, publisher confirms, arrivals counted by an amqp091 auto-ack consumer.",
 		"watermill amqp: watermill-amqp NewDurableQueueConfig with Publish.ConfirmDelivery, otherwise its defaults (a channel opened per Publish). watermill+jasperamqp: Watermill's relay through jasperamqp.NewPublisher (watermill-amqp, channel pool), to separate the relay from the AMQP client. ours amqp: jasperamqp.NewConfirmPublisher (pipelined confirms), destination rabbitmq://queue/NAME.",
-		"Statements count every BEGIN/COMMIT/ROLLBACK; transactions include autocommit statements. The raw loop is one claim and one delete per 1,000 rows on one connection.",
+		"Statements count every BEGIN/COMMIT/ROLLBACK; transactions include autocommit statements. The raw loop is the relay's own statements and nothing else, one goroutine: per 1,000 rows one transaction that locks them (SELECT ... FOR UPDATE SKIP LOCKED), deletes them and commits (drain_raw). The raw claim loop is the design that marks rows, as Jasper does: an UPDATE claiming 1,000 rows (owner_id) then a DELETE, each autocommit (drain_raw_claim).",
 	)
-	writeTargets(&b, r.Summary, targets)
+	r.Figures.writeTo(&b, r.Runs)
+	writeTargets(&b, r.Figures, outboxTargets)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -128,39 +124,51 @@ func writeNotes(b *strings.Builder, notes ...string) {
 	}
 }
 
-// target is a RESULT figure (get, of the summary S) and the acceptance number for it:
-// at least want, or at most want when atMost.
-type target[S any] struct {
-	name   string
-	get    func(S) float64
+// target is a figure (a Figures key) and its acceptance number: at least want, or at most
+// want when atMost.
+type target struct {
+	key    string
 	want   float64
 	atMost bool
 }
 
-// writeTargets writes the TARGETS section: each figure of s, its target and whether it is met.
-func writeTargets[S any](b *strings.Builder, s S, targets []target[S]) {
-	t := section(b, "TARGETS")
+// writeTargets writes the TARGETS section: the median of each target's figure in s, its
+// target and whether it is met.
+func writeTargets(b *strings.Builder, s Stats, targets []target) {
+	t := section(b, "TARGETS (medians)")
 	fmt.Fprintln(t, "  figure\tvalue\ttarget\tmet\t")
 	for _, tg := range targets {
-		v := tg.get(s)
 		op := ">="
 		if tg.atMost {
 			op = "<="
 		}
-		met := "yes"
-		switch {
-		case math.IsNaN(v):
-			met = "not measured"
-		case tg.atMost && v > tg.want, !tg.atMost && v < tg.want:
-			met = "NO"
+		st, ok := s[tg.key]
+		met, val := "not measured", "n/a"
+		if ok {
+			val = figureOf(st.Median)
+			met = "yes"
+			if tg.atMost && st.Median > tg.want || !tg.atMost && st.Median < tg.want {
+				met = "NO"
+			}
 		}
-		val := "n/a"
-		if !math.IsNaN(v) {
-			val = fmt.Sprintf("%.3g", v)
-		}
-		fmt.Fprintf(t, "  %s\t%s\t%s %g\t%s\t\n", tg.name, val, op, tg.want, met)
+		fmt.Fprintf(t, "  %s\t%s\t%s %g\t%s\t\n", tg.key, val, op, tg.want, met)
 	}
 	_ = t.Flush()
+}
+
+// resultLine is "RESULT" followed by key=median of every target's figure (n/a when it was not
+// measured).
+func resultLine(s Stats, targets []target) string {
+	var b strings.Builder
+	b.WriteString("RESULT")
+	for _, tg := range targets {
+		v := nan
+		if st, ok := s[tg.key]; ok {
+			v = st.Median
+		}
+		fmt.Fprintf(&b, " %s=%s", tg.key, figure(v, 3))
+	}
+	return b.String()
 }
 
 // num formats a rate with thousands separators.

@@ -36,6 +36,10 @@ const (
 // subscriber with MaxInFlight 4, watermill-sql with 4 subscribers of one consumer group.
 const SubscriberWideInFlight = 4
 
+// SubscriberWidestInFlight is the third in-flight setting of our subscriber: more in flight
+// must never be slower.
+const SubscriberWidestInFlight = 16
+
 // implWatermillSQL names watermill-sql's subscriber in the subscriber benchmark.
 const implWatermillSQL = "watermill-sql"
 
@@ -61,7 +65,15 @@ type SubscriberConfig struct {
 	Batch int
 	// Runs repeats the whole benchmark; the report shows medians.
 	Runs int
+	// SkipRiver skips River's leg.
+	SkipRiver bool
+	// Quick runs every leg once at a tiny size: a check that the harness works, as .ci/run
+	// does; its figures mean nothing.
+	Quick bool
 }
+
+// quickSubscriber is the tiny configuration of SubscriberConfig.Quick.
+var quickSubscriber = SubscriberConfig{Backlog: 300, Runs: 1}
 
 // subscriberDefaults are the values the zero fields of a SubscriberConfig take.
 var subscriberDefaults = SubscriberConfig{
@@ -97,24 +109,15 @@ type ConsumeResult struct {
 	Statements int64 // statements sent (BEGIN/COMMIT/ROLLBACK included), up to the last ack
 }
 
-// SubscriberSummary holds the figures of the RESULT line; NaN when not measured.
-type SubscriberSummary struct {
-	// Sub1X is our rate with one message in flight over watermill-sql's with one subscriber.
-	Sub1X float64
-	// Sub4X is our rate with 4 in flight over watermill-sql's best (1 or 4 subscribers).
-	Sub4X float64
-	// Sub4OfLimit is our rate with 4 in flight over the raw claim-then-delete loop's.
-	Sub4OfLimit float64
-}
-
 // SubscriberResult is what RunSubscriber measured: for several runs, the median run of
 // each leg.
 type SubscriberResult struct {
 	RunInfo
-	Config  SubscriberConfig
-	Raw     RawResult
-	Legs    []ConsumeResult
-	Summary SubscriberSummary
+	Config SubscriberConfig
+	Raw    RawResult
+	Legs   []ConsumeResult
+	// Figures are the figures of every run (Figures keys) summarised: median, min, max.
+	Figures Stats
 }
 
 // subscriberRun is one run of every leg.
@@ -130,7 +133,7 @@ type subscriberRun struct {
 // claim-then-delete loop over the incoming table is the limit. Progress goes to progress.
 // Every schema it creates is dropped before it returns, also when ctx is cancelled.
 func RunSubscriber(ctx context.Context, cfg SubscriberConfig, progress io.Writer) (SubscriberResult, error) {
-	cfg = withZeroFrom(cfg, subscriberDefaults)
+	cfg = quicken(withZeroFrom(cfg, subscriberDefaults), cfg.Quick, quickSubscriber)
 	if err := cfg.validate(); err != nil {
 		return SubscriberResult{}, err
 	}
@@ -159,6 +162,7 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 	}{
 		{implOurs, 1},
 		{implOurs, SubscriberWideInFlight},
+		{implOurs, SubscriberWidestInFlight},
 		{implWatermillSQL, 1},
 		{implWatermillSQL, SubscriberWideInFlight},
 	} {
@@ -169,6 +173,13 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 		} else {
 			res, err = e.wmConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
 		}
+		if err != nil {
+			return r, err
+		}
+		r.legs = append(r.legs, res)
+	}
+	if !cfg.SkipRiver {
+		res, err := e.riverConsumeLeg(ctx, cfg)
 		if err != nil {
 			return r, err
 		}
@@ -208,7 +219,11 @@ func subscriberResult(cfg SubscriberConfig, info RunInfo, runs []subscriberRun) 
 		Raw:     medianBy(runs, func(r subscriberRun) RawResult { return r.raw }, func(r RawResult) float64 { return r.Rate }),
 		Legs:    mediansBy(runs, func(r subscriberRun) []ConsumeResult { return r.legs }, func(c ConsumeResult) float64 { return c.Rate }),
 	}
-	res.Summary = summarizeSubscriber(res)
+	perRun := make([]Figures, len(runs))
+	for i, r := range runs {
+		perRun[i] = r.figures()
+	}
+	res.Figures = statsOf(perRun)
 	return res
 }
 
@@ -244,9 +259,9 @@ func (j *jasperSchema) incoming() string { return j.cfg.Qualified(schema.Incomin
 // own transaction. It is the outbox benchmark's raw loop on the incoming table: the physical
 // limit of the design.
 func (j *jasperSchema) runRawIncomingLoop(ctx context.Context, topic string, n int) (RawResult, error) {
-	return j.rawLoop(ctx, n, func(ctx context.Context) ([]row.Envelope, error) {
+	return j.rawLoop(ctx, n, fmt.Sprintf("raw loop %d", n), claimThenDelete(func(ctx context.Context) ([]row.Envelope, error) {
 		return j.store.ClaimIncoming(ctx, store.ClaimIncomingParams{Owner: rawOwner, Topic: topic, Limit: rawBatch})
-	}, j.store.DeleteIncoming)
+	}, j.store.DeleteIncoming))
 }
 
 // rawIncomingLeg prefills a fresh schema's incoming table and runs the raw loop over it.

@@ -28,7 +28,7 @@ func (pgUUIDs) Dest(u *uuid.UUID) any { return u }
 type postgres struct {
 	sqlstore.Base
 	outCols, incCols              string
-	claimOut, deleteOut           string
+	claimOut, lockOut, deleteOut  string
 	releaseOutFailed, releaseOut  string
 	deadLetterOut, notifyOut, chn string
 	insertOutOnce                 sync.Once
@@ -59,6 +59,10 @@ func newPostgres(cfg layout.Config) *postgres {
     AND (cardinality($3::text[]) = 0 OR destination = ANY($3::text[]))
   LIMIT $4 FOR UPDATE SKIP LOCKED))
 RETURNING %[2]s`, p.Out, p.outCols)
+	p.lockOut = fmt.Sprintf(`SELECT %[2]s FROM %[1]s
+WHERE owner_id = 0 AND NOT (destination = ANY($1::text[]))
+  AND (cardinality($2::text[]) = 0 OR destination = ANY($2::text[]))
+LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.outCols)
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.Out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
 	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
@@ -149,6 +153,7 @@ func (p *postgres) InsertOutgoing(n int) string {
 func (p *postgres) NotifyOutgoing() string        { return p.notifyOut }
 func (p *postgres) OutgoingChannel() string       { return p.chn }
 func (p *postgres) ClaimOutgoing() string         { return p.claimOut }
+func (p *postgres) LockOutgoing() string          { return p.lockOut }
 func (p *postgres) DeleteOutgoing() string        { return p.deleteOut }
 func (p *postgres) ReleaseOutgoingFailed() string { return p.releaseOutFailed }
 func (p *postgres) ReleaseOutgoing() string       { return p.releaseOut }
@@ -287,7 +292,7 @@ func (p *postgres) ReleaseScheduled() string {
 )
 SELECT (SELECT count(*) FROM released),
   (SELECT EXTRACT(EPOCH FROM min(execution_time) - now())::float8 * 1000 FROM %[1]s
-   WHERE status = 'Scheduled' AND owner_id = 0 AND execution_time > now() AND message_type <> 'scheduled-envelope'
+   WHERE status = 'Scheduled' AND owner_id = 0 AND execution_time > now()
      AND (cardinality($1::text[]) = 0 OR received_at = ANY($1::text[]))),
   (SELECT COALESCE(json_agg(DISTINCT received_at), '[]'::json)::text FROM released WHERE received_at IS NOT NULL)`, p.Inc)
 }

@@ -313,6 +313,19 @@ WHERE o.[owner_id] = 0
 		m.Out, msCols("inserted.", row.OutgoingColumns))
 }
 
+// LockOutgoing reads past locked rows and takes update locks on those it returns, held to the
+// end of the caller's transaction.
+func (m *sqlserver) LockOutgoing() string {
+	return fmt.Sprintf(`SELECT TOP (@p3) %[2]s
+FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
+WHERE o.[owner_id] = 0
+  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p1) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS x
+    WHERE x.[d] = o.[destination] AND LEN(x.[n]) <= 250)
+  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p2)) OR o.[destination] IN (
+    SELECT y.[d] FROM OPENJSON(@p2) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`,
+		m.Out, msCols("o.", row.OutgoingColumns))
+}
+
 // DeleteOutgoing runs Jasper's procedure.
 func (m *sqlserver) DeleteOutgoing() string {
 	return fmt.Sprintf(`EXEC %s @IDLIST = @p1`, m.Cfg.Qualified("uspDeleteOutgoingEnvelopes"))
@@ -417,7 +430,7 @@ SET @n = @@ROWCOUNT;
 SELECT @n, CAST(DATEDIFF_BIG(microsecond, SYSDATETIMEOFFSET(), (
   SELECT min([execution_time]) FROM %[1]s
   WHERE [status] = 'Scheduled' AND [owner_id] = 0 AND [execution_time] > SYSDATETIMEOFFSET()
-    AND [message_type] <> 'scheduled-envelope' AND %[2]s)) AS float) / 1000.0, CAST(NULL AS nvarchar(max))`, m.Inc, topics)
+    AND %[2]s)) AS float) / 1000.0, CAST(NULL AS nvarchar(max))`, m.Inc, topics)
 }
 
 func (m *sqlserver) DeadLetterIncoming() string {

@@ -80,7 +80,7 @@ func TestStatementsQualifiedAndQuoted(t *testing.T) {
 func TestClaimsSkipLockedRows(t *testing.T) {
 	d := offline(t)
 	for name, q := range map[string]string{
-		"ClaimOutgoing": d.ClaimOutgoing(), "ClaimIncoming": d.ClaimIncoming(),
+		"ClaimOutgoing": d.ClaimOutgoing(), "LockOutgoing": d.LockOutgoing(), "ClaimIncoming": d.ClaimIncoming(),
 		"ReleaseDueScheduledSends": d.ReleaseDueScheduledSends(), "ReleaseScheduled": d.ReleaseScheduled(),
 		"DeleteExpiredHandled": d.DeleteExpiredHandled(), "DeleteExpiredOutgoing": d.DeleteExpiredOutgoing(),
 		"ReleaseOwner": d.ReleaseOwner(), "PurgeDeadLetters": d.Admin().PurgeDeadLetters,

@@ -65,6 +65,11 @@ type Dialect interface {
 	// row.OutgoingColumns. Args: owner int32, excluded destinations (StringList), only these
 	// destinations (StringList, empty = all), limit int.
 	ClaimOutgoing() string
+	// LockOutgoing locks up to $limit unowned envelopes in the caller's transaction, skipping
+	// rows other transactions hold, and returns them with row.OutgoingColumns without
+	// changing them. Args: excluded destinations (StringList), only these destinations
+	// (StringList, empty = all), limit int.
+	LockOutgoing() string
 	// DeleteOutgoing deletes envelopes by id. Args: IDList.
 	DeleteOutgoing() string
 	// ReleaseOutgoingFailed hands envelopes back (owner 0) counting one more attempt; only
@@ -155,9 +160,10 @@ type Dialect interface {
 	// ReleaseScheduled makes up to $2 due scheduled envelopes (status Scheduled, owner 0,
 	// execution_time <= now, not a scheduled send: see ReleaseDueScheduledSends) Incoming
 	// and unowned, skipping rows locked by others, and returns one row: the number released
-	// (bigint), the milliseconds until the next of the remaining scheduled envelopes is
-	// due (float8, NULL when none), measured on the database clock, and the topics of the
-	// released envelopes (text holding a JSON array; NULL when the dialect does not tell).
+	// (bigint), the milliseconds until the next of the remaining Scheduled rows of the
+	// topics is due, scheduled sends included (float8, NULL when none), measured on the
+	// database clock, and the topics of the released envelopes (text holding a JSON array;
+	// NULL when the dialect does not tell).
 	// Args: topics StringList (empty = every topic), limit int.
 	ReleaseScheduled() string
 	// DeadLetterIncoming moves incoming envelopes to the dead letters. Args: DeadLetterArgs

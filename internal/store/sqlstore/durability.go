@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
@@ -31,7 +32,9 @@ func (o *ops) ReleaseScheduled(ctx context.Context, topics []string, limit int) 
 		return r, err
 	}
 	if next.Valid {
-		r.NextDue = max(time.Duration(next.Float64*float64(time.Millisecond)), time.Microsecond)
+		// Rounded up to the microsecond (the columns' precision), so that float arithmetic
+		// never makes it a hair shorter than the database meant.
+		r.NextDue = max(time.Duration(math.Ceil(next.Float64*1000))*time.Microsecond, time.Microsecond)
 	}
 	if released.Valid {
 		r.Topics = []string{}

@@ -237,6 +237,11 @@ func (o *ops) ClaimOutgoing(ctx context.Context, p store.ClaimOutgoingParams) ([
 	return o.claim(ctx, row.ScanOutgoing, o.d.ClaimOutgoing(), p.Owner, o.d.StringList(p.Exclude), o.d.StringList(p.Only), p.Limit)
 }
 
+// LockOutgoing locks up to Limit unowned outgoing envelopes in the caller's transaction.
+func (o *ops) LockOutgoing(ctx context.Context, p store.LockOutgoingParams) ([]row.Envelope, error) {
+	return o.claim(ctx, row.ScanOutgoing, o.d.LockOutgoing(), o.d.StringList(p.Exclude), o.d.StringList(p.Only), p.Limit)
+}
+
 // DeleteOutgoing deletes outgoing envelopes by id.
 func (o *ops) DeleteOutgoing(ctx context.Context, ids []uuid.UUID) error {
 	_, err := o.exec(ctx, o.d.DeleteOutgoing(), o.d.IDList(ids))

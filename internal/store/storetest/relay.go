@@ -61,6 +61,35 @@ func testClaimOutgoingSkipsLockedRows(e *env) {
 	})
 }
 
+// A lock takes unowned envelopes only, in the caller's transaction, up to its limit and
+// within the destination filters, without marking them; a second transaction skips what the
+// first holds, and once the first commits a delete or rolls back, what it held is gone or
+// free again.
+func testLockOutgoing(e *env) {
+	a1, a2, b, c := outEnv("a"), outEnv("a"), outEnv("b"), outEnv("c")
+	e.out(a1, a2, b, c, owned(9, outEnv("a"))[0])
+	lock := func(tx openTx, p store.LockOutgoingParams) []row.Envelope {
+		e.t.Helper()
+		return must(tx.ops.LockOutgoing(e.ctx, p))
+	}
+	first := e.begin()
+	got := lock(first, store.LockOutgoingParams{Exclude: []string{"b", "c"}, Limit: 10})
+	e.claimedIDs("excluding b and c", got, 0, a1, a2)
+	second := e.begin()
+	e.claimedIDs("beside the first, only a, b", lock(second, store.LockOutgoingParams{Only: []string{"a", "b"}, Limit: 10}), 0, b)
+	e.ok(second.Rollback(e.ctx))
+	third := e.begin()
+	e.claimedIDs("limit 1 of c", lock(third, store.LockOutgoingParams{Exclude: []string{"b"}, Limit: 1}), 0, c)
+	e.ok(third.Rollback(e.ctx))
+	e.ok(first.ops.DeleteOutgoing(e.ctx, idsOf(a1)))
+	e.ok(first.Rollback(e.ctx))
+	again := e.begin()
+	e.claimedIDs("after the first rolled back", lock(again, store.LockOutgoingParams{Limit: 10}), 0, a1, a2, b, c)
+	e.ok(again.ops.DeleteOutgoing(e.ctx, idsOf(a1, b)))
+	e.ok(again.Commit(e.ctx))
+	check(e, "outgoing by owner after the commit", e.counts().OutgoingByOwner, map[int32]int64{0: 2, 9: 1})
+}
+
 func testDeleteOutgoing(e *env) {
 	a, b := outEnv("a"), outEnv("a")
 	e.out(a, b)
