@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
-	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
+	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/internal/testproc"
 	"github.com/watermill-jasper/watermill-jasper/schema"

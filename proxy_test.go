@@ -511,7 +511,9 @@ func TestSubscriberClaimWithLostAnswerIsHandedBack(t *testing.T) {
 				if out, err = sub.Subscribe(ctx, topic); err != nil {
 					t.Fatal(err)
 				}
-			}, func() bool { return owned(t, r.direct, r.cfg, schema.IncomingTable, agent.NodeID()) == int64(len(msgs)) })
+			}, func() bool {
+				return owned(t, r.direct, r.cfg, schema.IncomingTable, agent.NodeID()) == int64(len(msgs))
+			})
 			got := map[string]bool{}
 			timeout := time.After(crashTimeout)
 			for len(got) < len(msgs) {
