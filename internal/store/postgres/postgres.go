@@ -35,6 +35,14 @@ type postgres struct {
 	insertOutCache                [8]string // InsertOutgoing(1..8), built on first use
 }
 
+// unownedForDestinations is the filter of the relay's claims on the outgoing table: unowned
+// rows whose destination is not in the text array $excluded and, when the array $only is not
+// empty, is in it.
+func unownedForDestinations(excluded, only int) string {
+	return fmt.Sprintf(`owner_id = 0 AND NOT (destination = ANY($%[1]d::text[]))
+    AND (cardinality($%[2]d::text[]) = 0 OR destination = ANY($%[2]d::text[]))`, excluded, only)
+}
+
 // pgSyntax is how PostgreSQL writes the statements every dialect shares.
 var pgSyntax = sqlstore.Syntax{
 	Param: "$%d", CountRows: "count(*)", Now: "now()", False: "false", Types: pgTypes, CatalogTypes: pgCatalogTypes,
@@ -55,14 +63,12 @@ func newPostgres(cfg layout.Config) *postgres {
 	// primary key.
 	p.claimOut = fmt.Sprintf(`UPDATE %[1]s SET owner_id = $1 WHERE id = ANY(ARRAY(
   SELECT id FROM %[1]s
-  WHERE owner_id = 0 AND NOT (destination = ANY($2::text[]))
-    AND (cardinality($3::text[]) = 0 OR destination = ANY($3::text[]))
+  WHERE %[3]s
   LIMIT $4 FOR UPDATE SKIP LOCKED))
-RETURNING %[2]s`, p.Out, p.outCols)
+RETURNING %[2]s`, p.Out, p.outCols, unownedForDestinations(2, 3))
 	p.lockOut = fmt.Sprintf(`SELECT %[2]s FROM %[1]s
-WHERE owner_id = 0 AND NOT (destination = ANY($1::text[]))
-  AND (cardinality($2::text[]) = 0 OR destination = ANY($2::text[]))
-LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.outCols)
+WHERE %[3]s
+LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.outCols, unownedForDestinations(1, 2))
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.Out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
 	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)

@@ -305,12 +305,7 @@ func (m *sqlserver) ClaimOutgoing() string {
 	return fmt.Sprintf(`UPDATE TOP (@p4) o SET [owner_id] = @p1
 OUTPUT %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE o.[owner_id] = 0
-  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p2) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS x
-    WHERE x.[d] = o.[destination] AND LEN(x.[n]) <= 250)
-  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p3)) OR o.[destination] IN (
-    SELECT y.[d] FROM OPENJSON(@p3) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`,
-		m.Out, msCols("inserted.", row.OutgoingColumns))
+WHERE %[3]s`, m.Out, msCols("inserted.", row.OutgoingColumns), unownedForDestinations(2, 3))
 }
 
 // LockOutgoing reads past locked rows and takes update locks on those it returns, held to the
@@ -318,12 +313,18 @@ WHERE o.[owner_id] = 0
 func (m *sqlserver) LockOutgoing() string {
 	return fmt.Sprintf(`SELECT TOP (@p3) %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE o.[owner_id] = 0
-  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p1) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS x
+WHERE %[3]s`, m.Out, msCols("o.", row.OutgoingColumns), unownedForDestinations(1, 2))
+}
+
+// unownedForDestinations is the filter of the relay's claims on the outgoing table aliased o:
+// unowned rows whose destination is not in the JSON list @p{excluded} and, when the JSON list
+// @p{only} is not empty, is in it (destinations longer than the column never match).
+func unownedForDestinations(excluded, only int) string {
+	return fmt.Sprintf(`o.[owner_id] = 0
+  AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p%[1]d) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS x
     WHERE x.[d] = o.[destination] AND LEN(x.[n]) <= 250)
-  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p2)) OR o.[destination] IN (
-    SELECT y.[d] FROM OPENJSON(@p2) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`,
-		m.Out, msCols("o.", row.OutgoingColumns))
+  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p%[2]d)) OR o.[destination] IN (
+    SELECT y.[d] FROM OPENJSON(@p%[2]d) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`, excluded, only)
 }
 
 // DeleteOutgoing runs Jasper's procedure.
