@@ -69,8 +69,12 @@ func TestRunOutboxTiny(t *testing.T) {
 	if cfg.amqpEnabled() {
 		keys = append(keys, "amqp_ours", "amqp_broker_limit")
 	}
+	// Rates and sizes are positive; an idle relay may send nothing in the short idle window.
+	rate := func(k string) bool {
+		return strings.HasPrefix(k, "drain_") || strings.HasPrefix(k, "publish_") || strings.HasPrefix(k, "rss_") || strings.HasPrefix(k, "amqp_")
+	}
 	for _, k := range keys {
-		if st, ok := res.Figures[k]; !ok || st.Runs != 1 || !(st.Median > 0 || strings.HasSuffix(k, "_ms")) {
+		if st, ok := res.Figures[k]; !ok || st.Runs != 1 || st.Median < 0 || (rate(k) && st.Median == 0) {
 			t.Errorf("figure %s: %+v (present: %v)", k, st, ok)
 		}
 	}
