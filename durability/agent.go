@@ -265,7 +265,8 @@ func (a *Agent) CheckRunning(component string) error {
 
 // ReportUnknownOutcome tells the agent that a claim marking envelopes with the node's id
 // failed without a readable answer (see Node.ReportUnknownOutcome): the node's envelopes are
-// handed back at the next node check. Forwarders and subscribers call it.
+// handed back at the next node check. Subscribers call it (a forwarder marks nothing: its
+// batches are locked in a transaction).
 func (a *Agent) ReportUnknownOutcome() { a.node.ReportUnknownOutcome() }
 
 // maxScheduleRequests bounds the times ScheduleAt remembers. Beyond it the latest are

@@ -224,8 +224,8 @@ func (n *Node) Relocks() uint64 {
 // component works on, and since the node's lock is held, no other node hands them back.
 // The node's durability agents hand back every envelope marked with this node's id at their
 // next node check, as after a lost lock (the batches in flight are then delivered again:
-// at least once). Forwarders and subscribers call it through their Agent; it is cheap and
-// safe for concurrent use.
+// at least once). Subscribers call it through their Agent; it is cheap and safe for
+// concurrent use.
 func (n *Node) ReportUnknownOutcome() { n.unknownOutcomes.Add(1) }
 
 // UnknownOutcomes returns how many times ReportUnknownOutcome was called.

@@ -72,7 +72,7 @@ func publishConfirmed(ctx context.Context, ch *amqp.Channel, queue string, msgs 
 			}
 			if err != nil {
 				errc <- err
-				for range window { //nolint:revive // drain, so that the publisher never blocks
+				for range window { // drain, so that the publishing loop never blocks
 				}
 				return
 			}

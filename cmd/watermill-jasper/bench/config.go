@@ -122,18 +122,13 @@ var quickOutbox = OutboxConfig{
 	ScheduledSpread:   300 * time.Millisecond,
 }
 
-// quicken returns c with every size of quick (non-zero fields) when c.Quick is set.
+// quicken returns c with every size of q (its non-zero fields) when quick is set: q with
+// its zero fields taken from c.
 func quicken[T any](c T, quick bool, q T) T {
 	if !quick {
 		return c
 	}
-	cv, qv := reflect.ValueOf(&c).Elem(), reflect.ValueOf(q)
-	for i := range cv.NumField() {
-		if f := qv.Field(i); !f.IsZero() {
-			cv.Field(i).Set(f)
-		}
-	}
-	return c
+	return withZeroFrom(q, c)
 }
 
 func (c OutboxConfig) validate() error {
