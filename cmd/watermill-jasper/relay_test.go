@@ -469,7 +469,9 @@ func stuckRelay(t *testing.T, s, destination string, c *consumer, n int) (*relay
 	p.waitFor("the first envelope deleted", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
 	proxy.HoldReplies()
 	bulkInsertJasperRows(t, s, destination, n)
-	p.waitFor("envelopes locked by the relay", 60*time.Second, func() bool { return lockedOutgoing(t, s) > 0 })
+	// More than one: an idle relay's look-ahead locks one row for the length of a statement;
+	// a batch locks up to --batch of them until it commits.
+	p.waitFor("envelopes locked by the relay's batches", 60*time.Second, func() bool { return lockedOutgoing(t, s) > 1 })
 	return p, p.nodeID()
 }
 
