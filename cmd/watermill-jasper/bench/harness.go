@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,22 @@ import (
 // stallTimeout fails a drain, latency or consume leg that makes no progress for this long
 // (see awaitCount). A variable for the tests.
 var stallTimeout = 60 * time.Second
+
+// profiled runs fn with the pprof label leg=name (goroutines fn starts inherit it), so that
+// one --cpuprofile of a whole run separates the legs: go tool pprof -tagfocus leg=NAME FILE.
+func profiled[R any](ctx context.Context, name string, fn func(context.Context) (R, error)) (r R, err error) {
+	pprof.Do(ctx, pprof.Labels("leg", name), func(ctx context.Context) { r, err = fn(ctx) })
+	return r, err
+}
+
+// timedPhase labels the calling goroutine, and the goroutines it starts from then on, with
+// phase=timed on top of its leg label, until the returned func is called: a profile then
+// leaves out a leg's setup (prefill) with -tagfocus phase=timed.
+func timedPhase(ctx context.Context) (context.Context, func()) {
+	timed := pprof.WithLabels(ctx, pprof.Labels("phase", "timed"))
+	pprof.SetGoroutineLabels(timed)
+	return timed, func() { pprof.SetGoroutineLabels(ctx) }
+}
 
 // PublishResult is one publish leg: business transactions per second.
 type PublishResult struct {
@@ -198,6 +215,8 @@ type relay interface {
 // for duplicates.
 func (e *env) timedDrain(ctx context.Context, impl string, s *sink, n int, start func(context.Context) (relay, error),
 	left func(context.Context) (int64, error), held heldFunc) (DrainResult, error) {
+	ctx, untimed := timedPhase(ctx)
+	defer untimed()
 	label := fmt.Sprintf("drain %s %s %d", impl, s.kind, n)
 	res := DrainResult{Impl: impl, Sink: s.kind, N: n, Statements: -1, PeakRSSMB: nan}
 	rss := resetPeakRSS()
@@ -261,6 +280,8 @@ const latencyWorkers = 16
 // it (held: see awaitCount). The relay must be running.
 func (e *env) timedLatency(ctx context.Context, impl string, s *sink, rate int, dur time.Duration,
 	publishOne func(ctx context.Context, msg *message.Message) error, held heldFunc) (LatencyResult, error) {
+	ctx, untimed := timedPhase(ctx)
+	defer untimed()
 	label := fmt.Sprintf("latency %s %s %d/s", impl, s.kind, rate)
 	res := LatencyResult{Impl: impl, Sink: s.kind}
 	var (

@@ -145,14 +145,16 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 			continue
 		}
 		seen[key] = true
-		res, err := e.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
+		res, err := profiled(ctx, fmt.Sprintf("drain-%s-%s-%d", d.impl, d.kind, d.n), func(ctx context.Context) (DrainResult, error) {
+			return e.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
+		})
 		if err != nil {
 			return r, err
 		}
 		r.drains = append(r.drains, res)
 	}
 	if cfg.amqpEnabled() {
-		res, err := e.brokerLimitLeg(ctx, cfg.Backlog)
+		res, err := profiled(ctx, "amqp-broker-limit", func(ctx context.Context) (DrainResult, error) { return e.brokerLimitLeg(ctx, cfg.Backlog) })
 		if err != nil {
 			return r, err
 		}
@@ -177,7 +179,9 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		if l.watermill && cfg.SkipWatermill {
 			continue
 		}
-		res, err := e.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
+		res, err := profiled(ctx, fmt.Sprintf("latency-%s-%s", l.impl, l.kind), func(ctx context.Context) (LatencyResult, error) {
+			return e.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
+		})
 		if err != nil {
 			return r, err
 		}

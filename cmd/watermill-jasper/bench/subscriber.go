@@ -166,13 +166,12 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 		{implWatermillSQL, 1},
 		{implWatermillSQL, SubscriberWideInFlight},
 	} {
-		var res ConsumeResult
-		var err error
-		if l.impl == implOurs {
-			res, err = e.oursConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
-		} else {
-			res, err = e.wmConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
-		}
+		res, err := profiled(ctx, fmt.Sprintf("consume-%s-%d", l.impl, l.inFlight), func(ctx context.Context) (ConsumeResult, error) {
+			if l.impl == implOurs {
+				return e.oursConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
+			}
+			return e.wmConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
+		})
 		if err != nil {
 			return r, err
 		}
@@ -420,6 +419,8 @@ const consumeProgressEvery = 500 * time.Millisecond
 // and checks the counts: exactly res.N distinct messages, duplicates reported.
 func (e *env) timedConsume(ctx context.Context, label string, res ConsumeResult, c *counter, r *message.Router,
 	left func(context.Context) (int64, error), held heldFunc, qc *queryCounter) (ConsumeResult, error) {
+	ctx, untimed := timedPhase(ctx)
+	defer untimed()
 	n := res.N
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
