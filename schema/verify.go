@@ -70,7 +70,8 @@ type VerifyOptions struct {
 // Server, a missing EnvelopeIdList type or procedure. Missing extension columns and indexes are
 // reported as such (Difference.Extension). Columns the layout does not know are ignored. An
 // empty result means the layout matches. SQL Server varchar columns wider than Jasper's are
-// accepted.
+// accepted. A database that lacks what this library needs (a SQL Server compatibility level
+// below 130) is an error wrapping database.ErrUnsupported that says what to change.
 func Verify(ctx context.Context, db database.Driver, cfg Config, opts VerifyOptions) ([]Difference, error) {
 	st, err := storeOf(db, cfg)
 	if err != nil {
@@ -79,6 +80,9 @@ func Verify(ctx context.Context, db database.Driver, cfg Config, opts VerifyOpti
 	cat, err := st.Catalog(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: verify schema %s: %w", st.Schema().Schema, err)
+	}
+	if len(cat.Unmet) > 0 {
+		return nil, fmt.Errorf("watermill-jasper: verify schema %s: %w: %s", st.Schema().Schema, database.ErrUnsupported, strings.Join(cat.Unmet, "; "))
 	}
 	var diffs []Difference
 	for _, t := range Tables() {

@@ -471,6 +471,9 @@ type Catalog struct {
 	Indexes map[string]bool
 	// HasObjects is true when the database has table types and procedures to check.
 	HasObjects bool
+	// Unmet are the requirements of this library the database does not meet, each a line
+	// that says what to fix (SQL Server: a compatibility level below 130).
+	Unmet []string
 }
 
 // CatalogColumn is one live column.

@@ -62,7 +62,14 @@ func SQLServerDB(t testing.TB) *sql.DB {
 // procedures), drops it all when the test ends and returns the handle and the config.
 func MigratedSQLServer(t testing.TB) (store.Driver, layout.Config) {
 	t.Helper()
-	h, err := dbx.FromStdSQL(SQLServerDB(t))
+	return MigratedSQLServerOn(t, SQLServerDB(t))
+}
+
+// MigratedSQLServerOn is MigratedSQLServer on the go-mssqldb pool db (for pools whose
+// sessions differ, such as SET NOCOUNT ON).
+func MigratedSQLServerOn(t testing.TB, sqlDB *sql.DB) (store.Driver, layout.Config) {
+	t.Helper()
+	h, err := dbx.FromStdSQL(sqlDB)
 	db := driver(t, sqlserver.New, h, err)
 	cfg, err := layout.Config{Dialect: dbx.SQLServer, Schema: RandomName("wj_test_")}.Normalized()
 	if err != nil {

@@ -48,6 +48,10 @@ func (p *postgres) SchemaExists() string {
 // ObjectsQuery is "": PostgreSQL has no table types or procedures to check.
 func (p *postgres) ObjectsQuery() string { return "" }
 
+// RequirementsQuery is "": every supported PostgreSQL (12 and later) has what this library
+// uses.
+func (p *postgres) RequirementsQuery() string { return "" }
+
 // The catalog queries read pg_catalog rather than information_schema, and find the three
 // tables by name through pg_class's (relname, relnamespace) index: information_schema's views
 // scan every relation of the database, tens of milliseconds on one with many schemas, and

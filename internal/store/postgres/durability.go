@@ -35,14 +35,17 @@ UNION SELECT id FROM pos WHERE id IS NOT NULL AND id <> $1::int
 UNION SELECT DISTINCT owner_id FROM %[2]s WHERE owner_id <> 0 AND owner_id <> $1::int`, p.Out, p.Inc)
 }
 
+// ReleaseOwner: "owner_id <> 0" repeats what "= $1" implies for every owner it is called
+// with, so that a generic plan (prepared statements, after five runs) can use the partial
+// owner index (WHERE owner_id <> 0), which "= $1" alone does not prove.
 func (p *postgres) ReleaseOwner() string {
 	return fmt.Sprintf(`WITH i AS (
   UPDATE %[1]s SET owner_id = 0 WHERE owner_id = $1::int AND id = ANY(ARRAY(
-    SELECT id FROM %[1]s WHERE owner_id = $1::int LIMIT $2 FOR UPDATE SKIP LOCKED))
+    SELECT id FROM %[1]s WHERE owner_id = $1::int AND owner_id <> 0 LIMIT $2 FOR UPDATE SKIP LOCKED))
   RETURNING received_at
 ), o AS (
   UPDATE %[2]s SET owner_id = 0 WHERE owner_id = $1::int AND id = ANY(ARRAY(
-    SELECT id FROM %[2]s WHERE owner_id = $1::int LIMIT $2 FOR UPDATE SKIP LOCKED))
+    SELECT id FROM %[2]s WHERE owner_id = $1::int AND owner_id <> 0 LIMIT $2 FOR UPDATE SKIP LOCKED))
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM o),

@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/storetest"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
 
 // Offline checks of every PostgreSQL statement (storetest.Statements: the runtime,
@@ -96,4 +98,52 @@ func TestErrorClassification(t *testing.T) {
 		{Err: &pgconn.PgError{Code: "3F000"}, Statement: true, Table: true},
 		{Err: fmt.Errorf("read: %w", &pgconn.PgError{Code: "42703"}), Statement: true, Column: true},
 	})
+}
+
+// ReleaseOwner can use the partial owner index (WHERE owner_id <> 0) in a generic plan,
+// which pgx's prepared statements get after five runs: "owner_id = $1" alone does not imply
+// "owner_id <> 0", and the release of a dormant node's rows scanned the whole table.
+func TestReleaseOwnerUsesTheOwnerIndexInGenericPlans(t *testing.T) {
+	ctx := context.Background()
+	_, cfg := testdb.Migrated(t)
+	pool := testdb.Pool(t)
+	inc := cfg.Qualified(layout.IncomingTable)
+	// Many unowned rows and a few of node 7, as after a node died mid-batch.
+	if _, err := pool.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (id, status, owner_id, attempts, body, message_type, received_at)
+SELECT gen_random_uuid(), 'Incoming', CASE WHEN g <= 10 THEN 7 ELSE 0 END, 0, '\x00', 't', 'q' FROM generate_series(1, 20000) AS g`, inc)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "ANALYZE "+inc); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SET plan_cache_mode = force_generic_plan"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Exec(context.Background(), "DEALLOCATE ALL; RESET plan_cache_mode")
+	if _, err := conn.Exec(ctx, "PREPARE wj_release_owner(int, int) AS "+postgres.Dialect(cfg).ReleaseOwner()); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, "EXPLAIN EXECUTE wj_release_owner(7, 100)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan strings.Builder
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan.WriteString(line + "\n")
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(plan.String(), "idx_jasper_incoming_envelopes_owner") {
+		t.Errorf("the generic plan of ReleaseOwner does not use idx_jasper_incoming_envelopes_owner:\n%s", plan.String())
+	}
 }

@@ -40,6 +40,15 @@ AS
 // nstring renders a validated identifier as an N'...' literal (identifiers never hold quotes).
 func nstring(s string) string { return "N'" + s + "'" }
 
+// msIndexOptions are the session options SQL Server requires to create a filtered index (and
+// that Jasper's own migrations run with). Tools differ: sqlcmd turns QUOTED_IDENTIFIER off
+// unless run with -I, and a session with ANSI_NULLS off gets error 1934. Each batch that
+// creates a filtered index sets them itself, so that it works from any tool and on any
+// pooled connection. QUOTED_IDENTIFIER applies when a batch is parsed: set at the start of
+// the batch, it covers the statement after it.
+const msIndexOptions = "SET ANSI_NULLS ON;\nSET QUOTED_IDENTIFIER ON;\nSET ANSI_PADDING ON;\nSET ANSI_WARNINGS ON;\n" +
+	"SET CONCAT_NULL_YIELDS_NULL ON;\nSET ARITHABORT ON;\nSET NUMERIC_ROUNDABORT OFF;\n"
+
 func (m *sqlserver) DDLStatements() []string {
 	cfg := m.Cfg
 	sch := cfg.QuoteIdent(cfg.Schema)
@@ -67,7 +76,7 @@ func (m *sqlserver) DDLStatements() []string {
 		s := fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.indexes WHERE name = %s AND object_id = OBJECT_ID(%s))\nCREATE INDEX %s ON %s (%s)",
 			nstring(ix.Name), nstring(cfg.Qualified(ix.Table)), cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), sqlstore.IndexColumns(cfg, ix))
 		if ix.Where != "" {
-			s += " WHERE " + ix.Where
+			s = msIndexOptions + s + " WHERE " + ix.Where
 		}
 		out = append(out, s)
 	}
@@ -100,6 +109,18 @@ UNION ALL SELECT p.name FROM sys.procedures p JOIN sys.schemas s ON s.schema_id 
 // IndexesQuery reads the index names of the schema.
 func (m *sqlserver) IndexesQuery() string {
 	return `SELECT i.name FROM sys.indexes i JOIN sys.tables t ON t.object_id = i.object_id JOIN sys.schemas s ON s.schema_id = t.schema_id WHERE s.name = @p1 AND i.name IS NOT NULL`
+}
+
+// msMinCompatibility is the lowest database compatibility level with OPENJSON (SQL Server
+// 2016), which the statements use for lists (see sqlserver.go).
+const msMinCompatibility = 130
+
+// RequirementsQuery: the current database's compatibility level must be msMinCompatibility or
+// more. Below it, OPENJSON is an unknown object (error 208, as a missing table would be).
+func (m *sqlserver) RequirementsQuery() string {
+	return fmt.Sprintf(`SELECT CONCAT(N'database ', QUOTENAME(DB_NAME()), N' has compatibility level ', [compatibility_level],
+  N'; watermill-jasper needs %[1]d or more (OPENJSON, SQL Server 2016): ALTER DATABASE CURRENT SET COMPATIBILITY_LEVEL = %[1]d')
+FROM sys.databases WHERE [database_id] = DB_ID() AND [compatibility_level] < %[1]d`, msMinCompatibility)
 }
 
 // SchemaExists tells whether the schema exists (its CREATE SCHEMA is guarded anyway).

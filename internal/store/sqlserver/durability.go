@@ -31,14 +31,17 @@ func msJSONArray(col, q string) string {
   WHERE j.[%[1]s] IS NOT NULL FOR XML PATH(''), TYPE).value('.', 'nvarchar(max)'), 1, 1, '') + ']', '[]')`, col, q)
 }
 
+// ReleaseOwner: "[owner_id] <> 0" repeats what "= @p1" implies for every owner it is called
+// with, so that the optimizer can seek the filtered owner index (WHERE owner_id <> 0): a plan
+// for "= @p1" alone must also serve @p1 = 0 and would scan the table.
 func (m *sqlserver) ReleaseOwner() string {
 	return fmt.Sprintf(`DECLARE @i TABLE ([received_at] varchar(100));
 DECLARE @o bigint;
 UPDATE TOP (@p2) %[1]s WITH (READPAST, UPDLOCK, ROWLOCK) SET [owner_id] = 0
 OUTPUT inserted.[received_at] INTO @i
-WHERE [owner_id] = @p1;
+WHERE [owner_id] = @p1 AND [owner_id] <> 0;
 UPDATE TOP (@p2) %[2]s WITH (READPAST, UPDLOCK, ROWLOCK) SET [owner_id] = 0
-WHERE [owner_id] = @p1;
+WHERE [owner_id] = @p1 AND [owner_id] <> 0;
 SET @o = @@ROWCOUNT;
 SELECT (SELECT count_big(*) FROM @i), @o, %[3]s`, m.Inc, m.Out, msJSONArray("received_at", "SELECT DISTINCT [received_at] FROM @i"))
 }

@@ -53,8 +53,12 @@ import (
 //     columns (destination, received_at) are never truncated: a topic too long for them is
 //     an error, since a truncated topic would deliver elsewhere. A dead letter whose values
 //     were truncated says so in its explanation.
-//   - Inserts that skip existing ids are INSERT ... SELECT ... WHERE NOT EXISTS (... WITH
-//     (UPDLOCK, HOLDLOCK)); the dead-letter upsert is MERGE ... WITH (HOLDLOCK).
+//   - Inserts that skip existing ids are INSERT ... SELECT ... WHERE NOT EXISTS (...) without
+//     lock hints, run again when a concurrent insert of the same id wins the race
+//     (msRetryDuplicates); the dead-letter upsert is MERGE ... WITH (HOLDLOCK).
+//   - Strings are bound as nvarchar(max) (Bind), and statements whose affected-row count is
+//     read start with SET NOCOUNT OFF (Counted).
+//   - The database's compatibility level must be 130 or more (RequirementsQuery).
 //   - Claims are UPDATE TOP (n) ... WITH (READPAST, UPDLOCK, ROWLOCK) ... OUTPUT inserted.*.
 //   - Locks are application locks (sp_getapplock) named as Jasper names them: the decimal
 //     int32 (docs/durability.md), in the database principal public (Jasper's default).
@@ -185,11 +189,39 @@ func (m *sqlserver) buildInsert(table string, cols []string, first, n int, extra
 		src = fmt.Sprintf("(SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.[id] ORDER BY (SELECT NULL)) AS [wj_rn] FROM (VALUES %s) AS r(%s)) AS v",
 			msValues(first, n, len(cols)), msCols("", cols))
 	}
-	where := fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s AS t WITH (UPDLOCK, HOLDLOCK) WHERE t.[id] = v.[id])", table)
+	where := fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s AS t WHERE t.[id] = v.[id])", table)
 	if n > 1 {
 		where = "v.[wj_rn] = 1 AND " + where
 	}
-	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s", table, all, strings.Join(sel, ", "), src, where)
+	return msRetryDuplicates(t, fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s", table, all, strings.Join(sel, ", "), src, where))
+}
+
+// msInsertTries is how often an insert that skips existing ids runs when a concurrent
+// transaction inserted one of its ids between its check and its insert.
+const msInsertTries = 3
+
+// msRetryDuplicates runs insert, an INSERT ... WHERE NOT EXISTS of the ids it skips, again
+// when it fails with a duplicate key (2627, 2601): a transaction that inserted one of its ids
+// concurrently has committed by then, and the next run skips that id. The check takes no
+// lock hints: UPDLOCK, HOLDLOCK would take key-range locks that serialise concurrent
+// publishers (and can deadlock them) to guard against a race that only a re-published id
+// can lose. The error stays caught only while the transaction can go on (XACT_STATE() = 1:
+// XACT_ABORT off); anything else is re-thrown. name is unique within a batch (the variable
+// of the tries).
+func msRetryDuplicates(name, insert string) string {
+	v := "@wj_tries_" + strings.TrimPrefix(name, "jasper_")
+	return fmt.Sprintf(`DECLARE %[1]s int = 1;
+WHILE 1 = 1
+BEGIN
+  BEGIN TRY
+    %[2]s;
+    BREAK;
+  END TRY
+  BEGIN CATCH
+    IF ERROR_NUMBER() NOT IN (2627, 2601) OR XACT_STATE() <> 1 OR %[1]s >= %[3]d THROW;
+    SET %[1]s = %[1]s + 1;
+  END CATCH
+END`, v, strings.ReplaceAll(insert, "\n", "\n    "), msInsertTries)
 }
 
 func (m *sqlserver) Name() dbx.Dialect { return dbx.SQLServer }
@@ -237,6 +269,35 @@ func (m *sqlserver) DeadLetterArgs(ids []uuid.UUID, explanation, exceptionType, 
 		m.StringList(exceptionMessage), m.StringList(exceptionText), m.StringList(source)}
 }
 
+// Bind binds strings as nvarchar(max) (mssql.NVarCharMax): go-mssqldb declares a plain string
+// as nvarchar of its own length, which gives a statement one plan per length of its values.
+// The statements cast parameters compared with varchar columns to the column's type, so a
+// max parameter still seeks the column's index.
+func (m *sqlserver) Bind(args []any) []any {
+	var out []any
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			if out == nil {
+				out = append(make([]any, 0, len(args)), args...)
+			}
+			out[i] = mssql.NVarCharMax(s)
+		}
+	}
+	if out == nil {
+		return args
+	}
+	return out
+}
+
+// Counted prefixes SET NOCOUNT OFF: the count is then reported whatever the session's or the
+// server's setting (a SET in a parameterised batch ends with the batch).
+func (m *sqlserver) Counted(query string) string {
+	if query == "" {
+		return ""
+	}
+	return "SET NOCOUNT OFF;\n" + query
+}
+
 // MaxParams: SQL Server accepts at most 2100 parameters per request, and go-mssqldb sends a
 // parameterised statement through sp_executesql, whose @stmt and @params count among them.
 func (m *sqlserver) MaxParams() int { return 2098 }
@@ -259,8 +320,13 @@ func (m *sqlserver) IsStatementError(err error) bool {
 
 // IsMissingTable: error 208 "Invalid object name", 2812 "Could not find stored procedure",
 // 2715 "Column, parameter, or variable: Cannot find data type" (EnvelopeIdList missing).
+// Error 208 about OPENJSON is not a missing table but a database whose compatibility level
+// is below msMinCompatibility (RequirementsQuery, which schema checks report).
 func (m *sqlserver) IsMissingTable(err error) bool {
 	n, ok := msErrorNumber(err)
+	if n == 208 && strings.Contains(strings.ToUpper(err.Error()), "OPENJSON") {
+		return false
+	}
 	return ok && (n == 208 || n == 2812 || n == 2715)
 }
 
@@ -479,7 +545,10 @@ WHEN NOT MATCHED THEN INSERT (%[4]s) VALUES (%[5]s);`,
 
 // moveToDeadLetters moves rows of src to the dead letters. Args: the six JSON arrays of
 // DeadLetterArgs ($1 ids, $2 explanation, $3 exception_type, $4 exception_message,
-// $5 exception_text, $6 source), zipped by array index.
+// $5 exception_text, $6 source), zipped by array index. The DELETE and the MERGE are atomic
+// only in a transaction: the store opens one on the pool (MoveNeedsTx), and XACT_ABORT ON
+// (for this batch: it runs through sp_executesql) rolls back the caller's whole transaction
+// when one of them fails, so that no caller can commit the DELETE without the MERGE.
 func (m *sqlserver) moveToDeadLetters(src, executionTime, attempts, receivedAt string) string {
 	moved := []string{"deleted.[id]", executionTime, attempts, "deleted.[body]", "deleted.[conversation_id]",
 		"deleted.[correlation_id]", "deleted.[parent_id]", "deleted.[saga_id]", "deleted.[message_type]",
@@ -491,7 +560,8 @@ func (m *sqlserver) moveToDeadLetters(src, executionTime, attempts, receivedAt s
     x.[exception_message], m.[message_uuid], m.[headers]
   FROM @m AS m JOIN (SELECT *, ROW_NUMBER() OVER (PARTITION BY [id] ORDER BY (SELECT NULL)) AS [rn] FROM @x) AS x
     ON x.[id] = m.[id] AND x.[rn] = 1`
-	return fmt.Sprintf(`DECLARE @x TABLE ([id] uniqueidentifier NOT NULL, [explanation] nvarchar(max), [exception_type] nvarchar(max),
+	return fmt.Sprintf(`SET XACT_ABORT ON;
+DECLARE @x TABLE ([id] uniqueidentifier NOT NULL, [explanation] nvarchar(max), [exception_type] nvarchar(max),
   [exception_message] nvarchar(max), [exception_text] nvarchar(max), [source] nvarchar(max));
 INSERT INTO @x ([id], [explanation], [exception_type], [exception_message], [exception_text], [source])
 SELECT CAST(i.[value] AS uniqueidentifier), e.[value], t.[value], g.[value], x.[value], s.[value]

@@ -196,7 +196,7 @@ func TestIdentifiersExist(t *testing.T) {
 		known[p] = true
 	}
 	// Names defined by the statements: derived-table, table-variable and OPENJSON columns.
-	for _, n := range []string{"wj_rn", "rn", "d", "t", "n", "value", "key", "topic"} {
+	for _, n := range []string{"wj_rn", "rn", "d", "t", "n", "value", "key", "topic", "compatibility_level", "database_id"} {
 		known[n] = true
 	}
 	ident := regexp.MustCompile(`\[([^\]]+)\]`)
@@ -218,5 +218,6 @@ func TestErrorClassification(t *testing.T) {
 		{Err: fmt.Errorf("claim: %w", &mssql.Error{Number: 2812}), Statement: true, Table: true},
 		{Err: mssql.Error{Number: 2715}, Statement: true, Table: true},
 		{Err: fmt.Errorf("read: %w", mssql.Error{Number: 207}), Statement: true, Column: true},
+		{Err: fmt.Errorf("claim: %w", mssql.Error{Number: 208, Message: "Invalid object name 'OPENJSON'."}), Statement: true},
 	})
 }

@@ -76,7 +76,7 @@ func (o *ops) Counts(ctx context.Context) (store.Counts, error) {
 		IncomingByStatus: map[string]int64{}, OutgoingByDestination: map[string]int64{},
 		IncomingByOwner: map[int32]int64{}, OutgoingByOwner: map[int32]int64{},
 	}
-	rows, err := o.q.Query(ctx, o.d.Admin().Counts)
+	rows, err := o.query(ctx, o.d.Admin().Counts)
 	if err != nil {
 		return c, err
 	}
@@ -139,7 +139,7 @@ func (o *ops) ListDeadLetters(ctx context.Context, topic string, limit int) ([]r
 	if limit < 0 {
 		l = nil // LIMIT NULL: all
 	}
-	rows, err := o.q.Query(ctx, o.d.Admin().ListDeadLetters, topic, l)
+	rows, err := o.query(ctx, o.d.Admin().ListDeadLetters, topic, l)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +156,7 @@ func (o *ops) CountDeadLetters(ctx context.Context, sel store.Selection, olderTh
 
 // GetDeadLetter returns one dead letter with its body.
 func (o *ops) GetDeadLetter(ctx context.Context, id uuid.UUID) (row.DeadLetter, bool, error) {
-	rows, err := o.q.Query(ctx, o.d.Admin().GetDeadLetter, id.String())
+	rows, err := o.query(ctx, o.d.Admin().GetDeadLetter, id.String())
 	if err != nil {
 		return row.DeadLetter{}, false, err
 	}
@@ -181,7 +181,7 @@ func (o *ops) selection(after *uuid.UUID, sel store.Selection) []any {
 
 // PageDeadLetters returns a page of dead letters by id, with their bodies.
 func (o *ops) PageDeadLetters(ctx context.Context, p store.PageParams) ([]row.DeadLetter, error) {
-	rows, err := o.q.Query(ctx, o.d.Admin().PageDeadLetters, append(o.selection(p.After, p.Sel), p.Limit)...)
+	rows, err := o.query(ctx, o.d.Admin().PageDeadLetters, append(o.selection(p.After, p.Sel), p.Limit)...)
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +199,7 @@ func (o *ops) DeleteDeadLetters(ctx context.Context, ids []uuid.UUID) (int64, er
 
 // ReplayToIncoming moves a page of dead letters back to the incoming table.
 func (o *ops) ReplayToIncoming(ctx context.Context, p store.ReplayParams) ([]store.Replayed, error) {
-	rows, err := o.q.Query(ctx, o.d.Admin().ReplayDeadLetters, append(o.selection(p.After, p.Sel), p.Limit, p.Topic)...)
+	rows, err := o.query(ctx, o.d.Admin().ReplayDeadLetters, append(o.selection(p.After, p.Sel), p.Limit, p.Topic)...)
 	if err != nil {
 		return nil, err
 	}

@@ -62,6 +62,13 @@ func NewBase(cfg layout.Config, syn Syntax, deadLetters func() AdminStatements) 
 // Schema returns the normalized schema config.
 func (b Base) Schema() layout.Config { return b.Cfg }
 
+// Bind returns args unchanged (a dialect whose driver needs conversions overrides it).
+func (b Base) Bind(args []any) []any { return args }
+
+// Counted returns query unchanged (a dialect whose sessions may not report counts overrides
+// it).
+func (b Base) Counted(query string) string { return query }
+
 // Admin returns the administration statements.
 func (b Base) Admin() *AdminStatements { return b.admin() }
 

@@ -44,6 +44,10 @@ type DDL interface {
 	IndexesQuery() string
 	// IsMissingColumn reports whether err says a column does not exist.
 	IsMissingColumn(err error) bool
+	// RequirementsQuery returns one text row per requirement of this library the database
+	// does not meet, each a line that says what to fix, and no row when it meets them all
+	// ("" when there is nothing to check). Args: none.
+	RequirementsQuery() string
 }
 
 // MigrateLockKey is the lock key that serialises Migrate runs on one schema.
@@ -113,12 +117,12 @@ func (s *Store) ColumnType(c layout.Column) string { return s.d.ColumnType(c) }
 func (s *Store) Migrate(ctx context.Context) error {
 	cfg := s.d.Schema()
 	return dbx.InTx(ctx, s.db, func(tx dbx.Tx) error {
-		if _, err := tx.Exec(ctx, s.d.MigrationLock(), s.d.MigrationLockArg(MigrateLockKey(cfg.Schema))); err != nil {
+		if _, err := tx.Exec(ctx, s.d.MigrationLock(), s.d.Bind([]any{s.d.MigrationLockArg(MigrateLockKey(cfg.Schema))})...); err != nil {
 			return fmt.Errorf("take the migration lock: %w", err)
 		}
 		stmts := s.d.DDLStatements()
 		var exists bool
-		if err := dbx.QueryRow(ctx, tx, s.d.SchemaExists(), []any{cfg.Schema}, &exists); err != nil {
+		if err := dbx.QueryRow(ctx, tx, s.d.SchemaExists(), s.d.Bind([]any{cfg.Schema}), &exists); err != nil {
 			return fmt.Errorf("look up schema %s: %w", cfg.Schema, err)
 		}
 		if exists {
@@ -133,17 +137,23 @@ func (s *Store) Migrate(ctx context.Context) error {
 	})
 }
 
-// firstLine is the first line of a statement, for an error that names it.
+// firstLine is the first line of a statement after its SET options, for an error that
+// names it.
 func firstLine(st string) string {
-	line, _, _ := strings.Cut(st, "\n")
-	return line
+	for {
+		line, rest, more := strings.Cut(st, "\n")
+		if !more || !strings.HasPrefix(line, "SET ") {
+			return line
+		}
+		st = rest
+	}
 }
 
 // Catalog reads what the live database holds of the layout.
 func (s *Store) Catalog(ctx context.Context) (store.Catalog, error) {
 	cfg := s.d.Schema()
 	c := store.Catalog{Columns: map[string]map[string]store.CatalogColumn{}}
-	rows, err := s.db.Query(ctx, s.d.ColumnsQuery(), cfg.Schema)
+	rows, err := s.db.Query(ctx, s.d.ColumnsQuery(), s.d.Bind([]any{cfg.Schema})...)
 	if err != nil {
 		return c, fmt.Errorf("read columns: %w", err)
 	}
@@ -177,13 +187,36 @@ func (s *Store) Catalog(ctx context.Context) (store.Catalog, error) {
 	if c.Indexes, err = s.names(ctx, s.d.IndexesQuery()); err != nil {
 		return c, fmt.Errorf("read indexes: %w", err)
 	}
+	if q := s.d.RequirementsQuery(); q != "" {
+		if c.Unmet, err = s.lines(ctx, q); err != nil {
+			return c, fmt.Errorf("check the database's requirements: %w", err)
+		}
+	}
 	return c, nil
+}
+
+// lines runs a query of one text column without arguments and returns its rows.
+func (s *Store) lines(ctx context.Context, query string) ([]string, error) {
+	rows, err := s.db.Query(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for rows.Next() {
+		var l string
+		if err := rows.Scan(&l); err != nil {
+			_ = rows.Close()
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, rows.Close()
 }
 
 // names runs a catalog query of one name column over the schema and returns the names,
 // lower case.
 func (s *Store) names(ctx context.Context, query string) (map[string]bool, error) {
-	rows, err := s.db.Query(ctx, query, s.d.Schema().Schema)
+	rows, err := s.db.Query(ctx, query, s.d.Bind([]any{s.d.Schema().Schema})...)
 	if err != nil {
 		return nil, err
 	}

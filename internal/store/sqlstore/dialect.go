@@ -38,6 +38,16 @@ type Dialect interface {
 	MoveNeedsTx() bool
 	// UUIDs converts UUID values for this driver.
 	UUIDs() row.UUIDCodec
+	// Bind converts the arguments of a statement, as the operations build them (UUIDs and
+	// lists already converted), into what the driver binds. SQL Server binds strings as
+	// nvarchar(max): go-mssqldb declares a string as nvarchar of its own length, and every
+	// length would get a plan of its own in the plan cache.
+	Bind(args []any) []any
+	// Counted is query as sent when its affected-row count is read. SQL Server prefixes
+	// SET NOCOUNT OFF (for that batch only): on a session or server with NOCOUNT ON (SET
+	// NOCOUNT ON, or the server option 'user options' 512) it reports no count otherwise, and
+	// every inbox message would be taken for a duplicate. "" stays "".
+	Counted(query string) string
 	// IDList is the bind value for a list of envelope ids (uuid[] on PostgreSQL, Jasper's
 	// EnvelopeIdList table-valued parameter on SQL Server).
 	IDList(ids []uuid.UUID) any

@@ -45,7 +45,7 @@ func (o *ops) ReleaseScheduled(ctx context.Context, topics []string, limit int) 
 
 // TakeDueScheduledSends deletes due scheduled sends and returns them.
 func (o *ops) TakeDueScheduledSends(ctx context.Context, limit int) ([]row.Envelope, error) {
-	rows, err := o.q.Query(ctx, o.d.ReleaseDueScheduledSends(), limit)
+	rows, err := o.query(ctx, o.d.ReleaseDueScheduledSends(), limit)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func (o *ops) TakeDueScheduledSends(ctx context.Context, limit int) ([]row.Envel
 
 // OtherOwners returns the owner ids other than 0 and self.
 func (o *ops) OtherOwners(ctx context.Context, self int32) ([]int32, error) {
-	rows, err := o.q.Query(ctx, o.d.OtherOwners(), self)
+	rows, err := o.query(ctx, o.d.OtherOwners(), self)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,7 @@ func (o *ops) Gauges(ctx context.Context) (store.Gauges, error) {
 
 // OwnersAlive tells, for each id, whether a session holds its node lock.
 func (o *ops) OwnersAlive(ctx context.Context, ids []int32) (map[int32]bool, error) {
-	rows, err := o.q.Query(ctx, o.d.OwnersAlive(), o.d.OwnerList(ids))
+	rows, err := o.query(ctx, o.d.OwnersAlive(), o.d.OwnerList(ids))
 	if err != nil {
 		return nil, err
 	}

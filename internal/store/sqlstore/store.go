@@ -116,30 +116,36 @@ func (s *Store) ReleaseNodeLock(ctx context.Context, conn dbx.Conn, id int32) (b
 
 func (s *Store) boolRow(ctx context.Context, q dbx.Querier, query string, args ...any) (bool, error) {
 	var ok bool
-	err := dbx.QueryRow(ctx, q, query, args, &ok)
+	err := dbx.QueryRow(ctx, q, query, s.d.Bind(args), &ok)
 	return ok, err
 }
 
 // BeginMarkHandled starts a transaction whose first statement is MarkIncomingHandled.
 func (s *Store) BeginMarkHandled(ctx context.Context, p store.MarkHandledParams) (dbx.Tx, bool, error) {
-	tx, n, err := dbx.BeginExec(ctx, s.db, s.d.MarkIncomingHandled(), s.uuid(p.ID), p.Topic, p.Keep.Milliseconds())
+	tx, n, err := dbx.BeginExec(ctx, s.db, s.d.Counted(s.d.MarkIncomingHandled()), s.d.Bind([]any{s.uuid(p.ID), p.Topic, p.Keep.Milliseconds()})...)
 	return tx, n == 1, err
 }
 
 // BeginInsertHandled starts a transaction whose first statement is InsertHandled.
 func (s *Store) BeginInsertHandled(ctx context.Context, p store.InsertHandledParams) (dbx.Tx, bool, error) {
-	tx, n, err := dbx.BeginExec(ctx, s.db, s.d.InsertHandled(), s.insertHandledArgs(p)...)
+	tx, n, err := dbx.BeginExec(ctx, s.db, s.d.Counted(s.d.InsertHandled()), s.d.Bind(s.insertHandledArgs(p))...)
 	return tx, n > 0, err
 }
 
 func (o *ops) uuid(id uuid.UUID) any { return o.d.UUIDs().Arg(id) }
 
+// exec, query and row run every statement of the operations: arguments bound for the
+// driver (Dialect.Bind), and exec's count read from a query that reports it (Dialect.Counted).
 func (o *ops) exec(ctx context.Context, query string, args ...any) (int64, error) {
-	return o.q.Exec(ctx, query, args...)
+	return o.q.Exec(ctx, o.d.Counted(query), o.d.Bind(args)...)
+}
+
+func (o *ops) query(ctx context.Context, query string, args ...any) (dbx.Rows, error) {
+	return o.q.Query(ctx, query, o.d.Bind(args)...)
 }
 
 func (o *ops) row(ctx context.Context, query string, args []any, dest ...any) error {
-	return dbx.QueryRow(ctx, o.q, query, args, dest...)
+	return dbx.QueryRow(ctx, o.q, query, o.d.Bind(args), dest...)
 }
 
 // inTx runs fn in a transaction when the ops run on the pool and several statements must be
@@ -205,7 +211,7 @@ func (o *ops) InsertEnvelopes(ctx context.Context, p store.InsertParams) error {
 // claim runs a claim and reads its rows; a failure after some rows were read wraps
 // store.ErrStranded.
 func (o *ops) claim(ctx context.Context, scan func(row.Scanner, row.UUIDCodec) (row.Envelope, error), query string, args ...any) ([]row.Envelope, error) {
-	rows, err := o.q.Query(ctx, query, args...)
+	rows, err := o.query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -44,7 +44,7 @@ var documentedArgs = map[string]int{
 	"DeleteExpiredOutgoing": 1, "StorageGauges": 0, "OwnersAlive": 1,
 	// DDL and catalog.
 	"MigrationLock": 1, "SchemaExists": 1, "ColumnsQuery": 1, "PrimaryKeysQuery": 1, "ObjectsQuery": 1,
-	"IndexesQuery": 1,
+	"IndexesQuery": 1, "RequirementsQuery": 0,
 }
 
 // adminArgs are the argument counts of the administration statements (the fields of
@@ -61,7 +61,7 @@ var sizedStatements = map[string]bool{"InsertOutgoing": true, "InsertIncoming": 
 // notStatements are the methods of sqlstore.Dialect returning a string that is no statement.
 var notStatements = map[string]bool{
 	"OutgoingChannel": true, "IncomingChannel": true, "ScriptSeparator": true,
-	"SQLType": true, "ColumnType": true, "DefaultClause": true,
+	"SQLType": true, "ColumnType": true, "DefaultClause": true, "Counted": true,
 }
 
 // Statements returns every statement of d with its documented argument count: the
