@@ -69,6 +69,11 @@ type Config struct {
 	// Schema names the database schema holding the Jasper tables ("" is Jasper's default:
 	// public on PostgreSQL, dbo on SQL Server). The dialect is the driver's.
 	Schema string
+	// Compatibility says who else uses the schema: schema.Standalone (default), or
+	// schema.Jasper2 when .NET Jasper 2.0 nodes share it (docs/coexistence.md): this
+	// library's incoming rows then live in their own table, outgoing destinations must be
+	// URIs, and every forwarder must list its Destinations.
+	Compatibility schema.Compatibility
 	// MigrateSchema creates what is missing of the tables at Start (schema.Migrate); by
 	// default Start only checks that they exist and says how to create them.
 	MigrateSchema bool
@@ -105,6 +110,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
 		}
 	}
+	if err := c.Compatibility.Validate(); err != nil {
+		return fmt.Errorf("%w: Compatibility: %w", ErrInvalidConfig, err)
+	}
 	if c.StopTimeout < 0 {
 		return fmt.Errorf("%w: StopTimeout is negative (%s)", ErrInvalidConfig, c.StopTimeout)
 	}
@@ -114,6 +122,10 @@ func (c Config) Validate() error {
 	for i, f := range c.Forwarders {
 		if err := f.Validate(); err != nil {
 			return fmt.Errorf("%w: Forwarders[%d]: %w", ErrInvalidConfig, i, err)
+		}
+		if c.Compatibility == schema.Jasper2 && len(f.Destinations) == 0 {
+			return fmt.Errorf("%w: Forwarders[%d]: Destinations is empty; with Compatibility %s a forwarder must list the destinations it delivers, e.g. \"rabbitmq://*\"",
+				ErrInvalidConfig, i, schema.Jasper2)
 		}
 	}
 	return nil
@@ -152,7 +164,7 @@ func NewRuntime(db database.Driver, config Config, logger watermill.LoggerAdapte
 		return nil, err
 	}
 	config.setDefaults()
-	cfg, err := schema.Config{Dialect: db.Dialect(), Schema: config.Schema}.Normalized()
+	cfg, err := schema.Config{Dialect: db.Dialect(), Schema: config.Schema, Compatibility: config.Compatibility}.Normalized()
 	if err != nil {
 		return nil, fmt.Errorf("%w: Schema: %w", ErrInvalidConfig, err)
 	}

@@ -3,6 +3,7 @@ package forwarder
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
@@ -78,7 +79,11 @@ type Config struct {
 	// MaxCircuitPause caps the doubling pauses. Default 30s.
 	MaxCircuitPause time.Duration
 
-	// Destinations restricts the forwarder to these destinations; empty relays all.
+	// Destinations restricts the forwarder to these destinations; an entry ending in * stands
+	// for every destination that starts with the text before it (e.g. "rabbitmq://*"). Empty
+	// relays all, except with schema compatibility Jasper2, where .NET Jasper nodes share the
+	// outbox and a forwarder must name what it can deliver (a .NET node's tcp:// or local://
+	// envelopes are not its to take).
 	Destinations []string
 }
 
@@ -135,8 +140,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxCircuitPause (%s) is shorter than CircuitPause (%s)", ErrInvalidConfig, c.MaxCircuitPause, c.CircuitPause)
 	}
 	for i, d := range c.Destinations {
-		if d == "" {
-			return fmt.Errorf("%w: Destinations[%d] is empty", ErrInvalidConfig, i)
+		if d == "" || d == "*" {
+			return fmt.Errorf("%w: Destinations[%d] is %q; leave Destinations empty to relay every destination", ErrInvalidConfig, i, d)
+		}
+		if strings.Contains(strings.TrimSuffix(d, "*"), "*") {
+			return fmt.Errorf("%w: Destinations[%d] %q has a * before its end; only a trailing * (a prefix) is understood", ErrInvalidConfig, i, d)
 		}
 	}
 	return nil

@@ -46,6 +46,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // ErrClosed is returned by Run once Close was called.
@@ -127,6 +128,11 @@ func NewForwarder(agent *durability.Agent, config Config, logger watermill.Logge
 	}
 	config.Destinations = append([]string(nil), config.Destinations...)
 	st := agent.Store()
+	if st.Schema().Compatibility == schema.Jasper2 && len(config.Destinations) == 0 {
+		return nil, fmt.Errorf("%w: Destinations is empty, but .NET Jasper nodes share the outbox of schema %s (compatibility %s): "+
+			"list the destinations this forwarder delivers, e.g. \"rabbitmq://*\" (a .NET node's tcp:// or local:// envelopes are not its to take)",
+			ErrInvalidConfig, st.Schema().Schema, schema.Jasper2)
+	}
 	f := &Forwarder{
 		agent:  agent,
 		store:  st,

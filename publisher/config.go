@@ -56,6 +56,14 @@ type Config struct {
 	// Table the messages are written to. Default: Outgoing.
 	Table Table
 
+	// DestinationURI maps the topic of an outgoing message to the destination its envelope
+	// stores (the forwarder's Config.Topic maps it back when it relays). Nil stores the topic.
+	// With Schema.Compatibility schema.Jasper2 every destination must be a URI, since .NET
+	// Jasper nodes read the shared outbox with ToUri(): map plain topics here, to a URI both
+	// sides deliver (e.g. rabbitmq://queue/<topic>, which jasperamqp relays). An error fails
+	// the Publish. Not used for the Incoming table.
+	DestinationURI func(topic string) (string, error)
+
 	// Defaults for message_type ("watermill-message") and content_type ("application/json").
 	Defaults Defaults
 

@@ -215,6 +215,10 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	if err := ValidateTopic(topic); err != nil {
 		return err
 	}
+	topic, err := p.destination(topic)
+	if err != nil {
+		return err
+	}
 	for i, msg := range messages {
 		if msg == nil {
 			return fmt.Errorf("%w: message %d of %d published to %q is nil", ErrInvalidMessage, i, len(messages), topic)
@@ -283,6 +287,34 @@ func (p *Publisher) executor(ctx context.Context) (ops store.Ops, inTx bool) {
 		return p.store.With(dbx.FromWatermill(tx)), true
 	}
 	return p.ops, false
+}
+
+// destination is the destination outgoing envelopes of topic store: Config.DestinationURI of
+// topic, checked to be a URI in Jasper2 compatibility (see ErrInvalidTopic). Incoming rows
+// keep the topic.
+func (p *Publisher) destination(topic string) (string, error) {
+	if p.config.Table != Outgoing {
+		return topic, nil
+	}
+	dest := topic
+	if p.config.DestinationURI != nil {
+		d, err := p.config.DestinationURI(topic)
+		if err != nil {
+			return "", fmt.Errorf("%w: DestinationURI(%q): %w", ErrInvalidTopic, topic, err)
+		}
+		if err := ValidateTopic(d); err != nil {
+			return "", fmt.Errorf("DestinationURI(%q): %w", topic, err)
+		}
+		dest = d
+	}
+	if p.config.Schema.Compatibility == schema.Jasper2 {
+		if err := row.ValidateURI(dest); err != nil {
+			return "", fmt.Errorf("%w: %v: .NET Jasper nodes share the outbox (schema compatibility %s) and read every destination as a URI; "+
+				"publish to a URI both sides deliver, such as rabbitmq://queue/%s, or map topics with publisher Config.DestinationURI",
+				ErrInvalidTopic, err, schema.Jasper2, topic)
+		}
+	}
+	return dest, nil
 }
 
 // envelopes maps the messages to rows: outgoing envelopes, and incoming scheduled sends for

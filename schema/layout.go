@@ -33,6 +33,20 @@ func ValidateIdentifier(name string) error { return layout.ValidateIdentifier(na
 // SQL Server.
 func DefaultSchema(d Dialect) string { return layout.DefaultSchema(d) }
 
+// Compatibility says who else uses a schema (Config.Compatibility): Standalone, the default,
+// or Jasper2 when .NET Jasper 2.0 nodes share it (docs/coexistence.md).
+type Compatibility = layout.Compatibility
+
+const (
+	// Standalone: the incoming table holds this library's local queues and inbox marks.
+	Standalone = layout.Standalone
+	// Jasper2: .NET Jasper 2.0 nodes share the schema; this library's incoming rows live in
+	// GoIncomingTable and outgoing destinations must be URIs.
+	Jasper2 = layout.Jasper2
+	// GoIncomingTable holds this library's incoming rows in Jasper2 compatibility.
+	GoIncomingTable = layout.GoIncomingTable
+)
+
 // Table names, as Jasper (1.x and 2.0) names them.
 const (
 	IncomingTable   = layout.IncomingTable

@@ -85,7 +85,7 @@ func Verify(ctx context.Context, db database.Driver, cfg Config, opts VerifyOpti
 		return nil, fmt.Errorf("watermill-jasper: verify schema %s: %w: %s", st.Schema().Schema, database.ErrUnsupported, strings.Join(cat.Unmet, "; "))
 	}
 	var diffs []Difference
-	for _, t := range Tables() {
+	for _, t := range st.Schema().Tables() {
 		live, ok := cat.Columns[t.Name]
 		if !ok {
 			diffs = append(diffs, Difference{Kind: MissingTable, Table: t.Name})
@@ -119,7 +119,7 @@ func Verify(ctx context.Context, db database.Driver, cfg Config, opts VerifyOpti
 		}
 	}
 	if !opts.JasperOnly {
-		for _, ix := range Indexes() {
+		for _, ix := range st.Schema().Indexes() {
 			if _, ok := cat.Columns[ix.Table]; ok && !cat.Indexes[strings.ToLower(ix.Name)] {
 				diffs = append(diffs, Difference{Kind: MissingIndex, Table: ix.Table, Column: ix.Name, Extension: true})
 			}

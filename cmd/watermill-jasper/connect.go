@@ -77,12 +77,15 @@ func (s *stringFlag) Set(v string) error {
 type dbFlags struct {
 	dsn    stringFlag
 	schema stringFlag
+	compat stringFlag
 }
 
-// register adds --dsn and --schema to fs.
+// register adds --dsn, --schema and --compatibility to fs.
 func (f *dbFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.dsn, "dsn", dsnUsage)
 	fs.Var(&f.schema, "schema", schemaUsage)
+	fs.Var(&f.compat, "compatibility", "who else uses the schema: empty (this library, and .NET nodes that only relay), or "+
+		string(schema.Jasper2)+" when .NET Jasper 2.0 nodes share it (docs/coexistence.md)")
 }
 
 // newDBFlags returns the --dsn and --schema flags, registered on fs.
@@ -158,7 +161,11 @@ func (f *dbFlags) config(d database.Dialect) (schema.Config, error) {
 			return schema.Config{}, &usageError{fmt.Errorf("invalid --schema: %w", err)}
 		}
 	}
-	cfg, err := schema.Config{Dialect: d, Schema: name}.Normalized()
+	compat := schema.Compatibility(f.compat.value)
+	if err := compat.Validate(); err != nil {
+		return schema.Config{}, &usageError{fmt.Errorf("invalid --compatibility: %w", err)}
+	}
+	cfg, err := schema.Config{Dialect: d, Schema: name, Compatibility: compat}.Normalized()
 	if err != nil {
 		return schema.Config{}, &usageError{fmt.Errorf("invalid --schema: %w", err)}
 	}

@@ -116,8 +116,9 @@ func setupRelay(fs *flag.FlagSet) runFunc {
 	f.db.register(fs)
 	fs.Var(&f.to, "to", "where to relay: an AMQP `URL` amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), "+
 		"or stdout to print the messages (default: $"+amqpURLEnv+")")
-	fs.Var(&f.destinations, "destination", "relay only envelopes whose destination column is exactly `URI`; "+
-		"repeat it for several (default: every destination)")
+	fs.Var(&f.destinations, "destination", "relay only envelopes whose destination column is exactly `URI`, or starts with "+
+		"what precedes a trailing * (rabbitmq://*); repeat it for several (default: every destination; required with --compatibility "+
+		string(schema.Jasper2)+")")
 	fs.IntVar(&f.batch, "batch", forwarder.DefaultBatchSize, "`N` envelopes claimed per statement")
 	fs.IntVar(&f.workers, "workers", defaultRelayWorkers, "`N` claim loops running at once (one publishes a batch while another claims the next)")
 	fs.IntVar(&f.concurrency, "concurrency", defaultRelayConcurrency, "`N` messages waiting for RabbitMQ's confirm at once")
@@ -220,7 +221,8 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	// back the envelopes of dormant nodes (a relay or a Jasper node that died), releases due
 	// scheduled sends and wakes the forwarder.
 	rt, err := jasper.NewRuntime(drv, jasper.Config{
-		Schema: cfg.Schema,
+		Schema:        cfg.Schema,
+		Compatibility: cfg.Compatibility,
 		Forwarders: []forwarder.Config{{
 			Publisher:          pub,
 			Topic:              topic,

@@ -62,6 +62,9 @@ type Config struct {
 	// Jasper writes the schema unquoted, so PostgreSQL folds it to lower case; this library does
 	// the same (Name returns the folded form).
 	Schema string
+	// Compatibility says who else uses the schema: Standalone (default) or Jasper2, when
+	// .NET Jasper 2.0 nodes share it (docs/coexistence.md).
+	Compatibility Compatibility
 }
 
 func (c *Config) setDefaults() {
@@ -78,6 +81,9 @@ func (c Config) Validate() error {
 	c.setDefaults()
 	if err := c.Dialect.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err := c.Compatibility.Validate(); err != nil {
+		return err
 	}
 	return ValidateIdentifier(c.Schema)
 }

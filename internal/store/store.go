@@ -296,7 +296,8 @@ type ClaimOutgoingParams struct {
 	Owner int32
 	// Exclude destinations (paused by a circuit breaker).
 	Exclude []string
-	// Only these destinations; empty: all.
+	// Only these destinations (an entry ending in * matches every destination that starts
+	// with the text before it); empty: all.
 	Only  []string
 	Limit int
 }
@@ -305,7 +306,8 @@ type ClaimOutgoingParams struct {
 type LockOutgoingParams struct {
 	// Exclude destinations (paused by a circuit breaker).
 	Exclude []string
-	// Only these destinations; empty: all.
+	// Only these destinations (an entry ending in * matches every destination that starts
+	// with the text before it); empty: all.
 	Only  []string
 	Limit int
 }

@@ -86,7 +86,7 @@ func DropSQLServerSchema(ctx context.Context, db dbx.Querier, cfg layout.Config)
 	for _, p := range layout.StoredProcedures() {
 		stmts = append(stmts, "DROP PROCEDURE IF EXISTS "+cfg.Qualified(p))
 	}
-	for _, tb := range layout.Tables() {
+	for _, tb := range cfg.Tables() {
 		stmts = append(stmts, "DROP TABLE IF EXISTS "+cfg.Qualified(tb.Name))
 	}
 	stmts = append(stmts, "DROP TYPE IF EXISTS "+cfg.Qualified(layout.EnvelopeIDList),

@@ -150,6 +150,14 @@ func Migrated(t testing.TB) (store.Driver, layout.Config) {
 	return db, migrate(t, db, layout.Config{Schema: Schema(t)})
 }
 
+// MigratedAs is Migrated with a schema of the given compatibility (layout.Jasper2: .NET
+// Jasper 2.0 nodes share it).
+func MigratedAs(t testing.TB, compat layout.Compatibility) (store.Driver, layout.Config) {
+	t.Helper()
+	db := PgxDriver(t)
+	return db, migrate(t, db, layout.Config{Schema: Schema(t), Compatibility: compat})
+}
+
 // ExampleDSN is the PostgreSQL of the runnable examples (which have no testing.TB):
 // $DATABASE_URL, else the test database.
 func ExampleDSN() string {

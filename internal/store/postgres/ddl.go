@@ -10,17 +10,17 @@ import (
 func (p *postgres) DDLStatements() []string {
 	cfg := p.Cfg
 	out := []string{"CREATE SCHEMA IF NOT EXISTS " + cfg.QuoteIdent(cfg.Schema)}
-	for _, t := range layout.Tables() {
+	for _, t := range cfg.Tables() {
 		out = append(out, "CREATE TABLE IF NOT EXISTS"+sqlstore.CreateTable(cfg, p, t)[len("CREATE TABLE"):])
 	}
-	for _, t := range layout.Tables() {
+	for _, t := range cfg.Tables() {
 		for _, c := range t.Columns {
 			if c.Extension {
 				out = append(out, fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s", cfg.Qualified(t.Name), sqlstore.ColumnDef(cfg, p, c)))
 			}
 		}
 	}
-	for _, ix := range layout.Indexes() {
+	for _, ix := range cfg.Indexes() {
 		s := fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s)", cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), sqlstore.IndexColumns(cfg, ix))
 		if ix.Where != "" {
 			s += " WHERE " + ix.Where
@@ -59,30 +59,32 @@ func (p *postgres) RequirementsQuery() string { return "" }
 // without a type modifier gives its data_type names ("character varying", "timestamp with
 // time zone"); lengths are SQL Server's concern (0).
 
-// jasperTablesOf selects the oids of the schema $1's Jasper tables.
-const jasperTablesOf = `SELECT c.oid FROM pg_class c
-  WHERE c.relname IN ` + "('" + layout.IncomingTable + "', '" + layout.OutgoingTable + "', '" + layout.DeadLetterTable + "')" + `
+// tablesOf selects the oids of the schema $1's tables (layout.Config.Tables).
+func (p *postgres) tablesOf() string {
+	return `SELECT c.oid FROM pg_class c
+  WHERE c.relname IN ` + p.Cfg.TableList() + `
     AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND c.relkind = 'r'`
+}
 
 // ColumnsQuery reads the Jasper tables' columns.
 func (p *postgres) ColumnsQuery() string {
 	return `SELECT c.relname::text, a.attname::text, format_type(a.atttypid, NULL),
   CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END, 0::bigint
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-WHERE c.oid IN (` + jasperTablesOf + `) AND a.attnum > 0 AND NOT a.attisdropped`
+WHERE c.oid IN (` + p.tablesOf() + `) AND a.attnum > 0 AND NOT a.attisdropped`
 }
 
 // PrimaryKeysQuery reads the tables whose primary key is the id column alone.
 func (p *postgres) PrimaryKeysQuery() string {
 	return `SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-WHERE i.indrelid IN (` + jasperTablesOf + `) AND i.indisprimary AND i.indnatts = 1 AND a.attname = 'id'`
+WHERE i.indrelid IN (` + p.tablesOf() + `) AND i.indisprimary AND i.indnatts = 1 AND a.attname = 'id'`
 }
 
 // IndexesQuery reads the names of the Jasper tables' indexes.
 func (p *postgres) IndexesQuery() string {
 	return `SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid IN (` + jasperTablesOf + `)`
+WHERE i.indrelid IN (` + p.tablesOf() + `)`
 }
 
 // pgTypes are the DDL types of the layout's column types: strings are unbounded varchar.

@@ -36,11 +36,11 @@ type postgres struct {
 }
 
 // unownedForDestinations is the filter of the relay's claims on the outgoing table: unowned
-// rows whose destination is not in the text array $excluded and, when the array $only is not
-// empty, is in it.
+// rows whose destination is not in the text array $excluded and, when the array $only of LIKE
+// patterns (escape character \) is not empty, matches one of them.
 func unownedForDestinations(excluded, only int) string {
 	return fmt.Sprintf(`owner_id = 0 AND NOT (destination = ANY($%[1]d::text[]))
-    AND (cardinality($%[2]d::text[]) = 0 OR destination = ANY($%[2]d::text[]))`, excluded, only)
+    AND (cardinality($%[2]d::text[]) = 0 OR destination LIKE ANY($%[2]d::text[]))`, excluded, only)
 }
 
 // pgSyntax is how PostgreSQL writes the statements every dialect shares.

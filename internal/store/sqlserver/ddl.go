@@ -54,10 +54,10 @@ func (m *sqlserver) DDLStatements() []string {
 	sch := cfg.QuoteIdent(cfg.Schema)
 	out := []string{fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.schemas WHERE name = %s) EXEC(%s)",
 		nstring(cfg.Schema), nstring("CREATE SCHEMA "+sch))}
-	for _, t := range layout.Tables() {
+	for _, t := range cfg.Tables() {
 		out = append(out, fmt.Sprintf("IF OBJECT_ID(%s, N'U') IS NULL\n%s", nstring(cfg.Qualified(t.Name)), sqlstore.CreateTable(cfg, m, t)))
 	}
-	for _, t := range layout.Tables() {
+	for _, t := range cfg.Tables() {
 		for _, c := range t.Columns {
 			if c.Extension {
 				out = append(out, fmt.Sprintf("IF COL_LENGTH(%s, %s) IS NULL ALTER TABLE %s ADD %s",
@@ -72,7 +72,7 @@ func (m *sqlserver) DDLStatements() []string {
 		out = append(out, fmt.Sprintf("IF OBJECT_ID(%s, N'P') IS NULL EXEC(N'%s')",
 			nstring(cfg.Qualified(p)), strings.ReplaceAll(body, "'", "''")))
 	}
-	for _, ix := range layout.Indexes() {
+	for _, ix := range cfg.Indexes() {
 		s := fmt.Sprintf("IF NOT EXISTS (SELECT * FROM sys.indexes WHERE name = %s AND object_id = OBJECT_ID(%s))\nCREATE INDEX %s ON %s (%s)",
 			nstring(ix.Name), nstring(cfg.Qualified(ix.Table)), cfg.QuoteIdent(ix.Name), cfg.Qualified(ix.Table), sqlstore.IndexColumns(cfg, ix))
 		if ix.Where != "" {

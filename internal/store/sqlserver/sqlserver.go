@@ -383,14 +383,15 @@ WHERE %[3]s`, m.Out, msCols("o.", row.OutgoingColumns), unownedForDestinations(1
 }
 
 // unownedForDestinations is the filter of the relay's claims on the outgoing table aliased o:
-// unowned rows whose destination is not in the JSON list @p{excluded} and, when the JSON list
-// @p{only} is not empty, is in it (destinations longer than the column never match).
+// unowned rows whose destination is not in the JSON list @p{excluded} (destinations longer
+// than the column never match) and, when the JSON list @p{only} of LIKE patterns (escape
+// character \) is not empty, matches one of them.
 func unownedForDestinations(excluded, only int) string {
 	return fmt.Sprintf(`o.[owner_id] = 0
   AND NOT EXISTS (SELECT 1 FROM OPENJSON(@p%[1]d) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS x
     WHERE x.[d] = o.[destination] AND LEN(x.[n]) <= 250)
-  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p%[2]d)) OR o.[destination] IN (
-    SELECT y.[d] FROM OPENJSON(@p%[2]d) WITH ([d] varchar(250) '$', [n] nvarchar(max) '$') AS y WHERE LEN(y.[n]) <= 250))`, excluded, only)
+  AND (NOT EXISTS (SELECT 1 FROM OPENJSON(@p%[2]d)) OR EXISTS (
+    SELECT 1 FROM OPENJSON(@p%[2]d) WITH ([p] varchar(max) '$') AS y WHERE o.[destination] LIKE y.[p] ESCAPE '\'))`, excluded, only)
 }
 
 // DeleteOutgoing runs Jasper's procedure.

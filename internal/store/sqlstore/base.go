@@ -48,7 +48,7 @@ func NewBase(cfg layout.Config, syn Syntax, deadLetters func() AdminStatements) 
 	b := Base{
 		Cfg: cfg, syn: syn,
 		Out: cfg.Qualified(layout.OutgoingTable),
-		Inc: cfg.Qualified(layout.IncomingTable),
+		Inc: cfg.Qualified(cfg.IncomingTable()),
 		DLQ: cfg.Qualified(layout.DeadLetterTable),
 	}
 	b.admin = sync.OnceValue(func() *AdminStatements {
@@ -136,8 +136,7 @@ func (b Base) DefaultClause(c layout.Column) string {
 // ColumnsQuery reads the Jasper tables' columns from information_schema.
 func (b Base) ColumnsQuery() string {
 	return `SELECT table_name, column_name, data_type, is_nullable, COALESCE(character_maximum_length, 0)
-FROM information_schema.columns WHERE table_schema = ` + b.param(1) + ` AND table_name IN ('` +
-		layout.IncomingTable + `', '` + layout.OutgoingTable + `', '` + layout.DeadLetterTable + `')`
+FROM information_schema.columns WHERE table_schema = ` + b.param(1) + ` AND table_name IN ` + b.Cfg.TableList()
 }
 
 // PrimaryKeysQuery reads the tables whose primary key is id.

@@ -72,13 +72,14 @@ type Dialect interface {
 	OutgoingChannel() string
 
 	// ClaimOutgoing claims up to $limit unowned envelopes for a node and returns them with
-	// row.OutgoingColumns. Args: owner int32, excluded destinations (StringList), only these
-	// destinations (StringList, empty = all), limit int.
+	// row.OutgoingColumns. Args: owner int32, excluded destinations (StringList), only the
+	// destinations matching these LIKE patterns, escape character \ (StringList, empty = all),
+	// limit int.
 	ClaimOutgoing() string
 	// LockOutgoing locks up to $limit unowned envelopes in the caller's transaction, skipping
 	// rows other transactions hold, and returns them with row.OutgoingColumns without
-	// changing them. Args: excluded destinations (StringList), only these destinations
-	// (StringList, empty = all), limit int.
+	// changing them. Args: excluded destinations (StringList), only the destinations matching
+	// these LIKE patterns, escape character \ (StringList, empty = all), limit int.
 	LockOutgoing() string
 	// DeleteOutgoing deletes envelopes by id. Args: IDList.
 	DeleteOutgoing() string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -240,12 +241,12 @@ func (o *ops) claim(ctx context.Context, scan func(row.Scanner, row.UUIDCodec) (
 
 // ClaimOutgoing claims up to Limit unowned outgoing envelopes for Owner.
 func (o *ops) ClaimOutgoing(ctx context.Context, p store.ClaimOutgoingParams) ([]row.Envelope, error) {
-	return o.claim(ctx, row.ScanOutgoing, o.d.ClaimOutgoing(), p.Owner, o.d.StringList(p.Exclude), o.d.StringList(p.Only), p.Limit)
+	return o.claim(ctx, row.ScanOutgoing, o.d.ClaimOutgoing(), p.Owner, o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
 }
 
 // LockOutgoing locks up to Limit unowned outgoing envelopes in the caller's transaction.
 func (o *ops) LockOutgoing(ctx context.Context, p store.LockOutgoingParams) ([]row.Envelope, error) {
-	return o.claim(ctx, row.ScanOutgoing, o.d.LockOutgoing(), o.d.StringList(p.Exclude), o.d.StringList(p.Only), p.Limit)
+	return o.claim(ctx, row.ScanOutgoing, o.d.LockOutgoing(), o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
 }
 
 // DeleteOutgoing deletes outgoing envelopes by id.
@@ -297,6 +298,27 @@ func (o *ops) moveToDeadLetters(ctx context.Context, query string, letters []sto
 	}
 	_, err := o.exec(ctx, query, args...)
 	return err
+}
+
+// likeEscaper escapes what LIKE reads as wildcards on both databases (with escape character
+// \: PostgreSQL's default, ESCAPE '\' on SQL Server, whose LIKE also reads [ as a class).
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`, `[`, `\[`)
+
+// likePatterns turns destinations into the LIKE patterns of the relay's claims: an entry
+// ending in * matches by prefix, any other exactly.
+func likePatterns(only []string) []string {
+	if len(only) == 0 {
+		return nil
+	}
+	out := make([]string, len(only))
+	for i, d := range only {
+		if prefix, ok := strings.CutSuffix(d, "*"); ok {
+			out[i] = likeEscaper.Replace(prefix) + "%"
+		} else {
+			out[i] = likeEscaper.Replace(d)
+		}
+	}
+	return out
 }
 
 // ClaimIncoming claims up to Limit unowned Incoming envelopes of Topic for Owner.
