@@ -147,3 +147,12 @@ SELECT gen_random_uuid(), 'Incoming', CASE WHEN g <= 10 THEN 7 ELSE 0 END, 0, '\
 		t.Errorf("the generic plan of ReleaseOwner does not use idx_jasper_incoming_envelopes_owner:\n%s", plan.String())
 	}
 }
+
+// In Jasper2 compatibility the statements keep off Jasper's incoming table.
+func TestJasper2Statements(t *testing.T) {
+	cfg, err := layout.Config{Dialect: dbx.Postgres, Schema: "wj_offline", Compatibility: layout.Jasper2}.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckJasper2(t, postgres.Dialect(cfg))
+}

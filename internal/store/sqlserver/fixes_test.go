@@ -13,6 +13,7 @@ import (
 	mssql "github.com/microsoft/go-mssqldb"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
@@ -204,4 +205,13 @@ func TestReleaseOwnerCanSeekTheOwnerIndex(t *testing.T) {
 		t.Errorf("ReleaseOwner filters %d of its 2 releases with [owner_id] <> 0:\n%s", n, q)
 	}
 	storetest.CheckQualified(t, offline(t))
+}
+
+// In Jasper2 compatibility the statements keep off Jasper's incoming table.
+func TestJasper2Statements(t *testing.T) {
+	cfg, err := layout.Config{Dialect: dbx.SQLServer, Schema: "wj_Offline", Compatibility: layout.Jasper2}.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckJasper2(t, Dialect(cfg))
 }

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 
 	"github.com/google/uuid"
@@ -88,6 +89,28 @@ func testLockOutgoing(e *env) {
 	e.ok(again.ops.DeleteOutgoing(e.ctx, idsOf(a1, b)))
 	e.ok(again.Commit(e.ctx))
 	check(e, "outgoing by owner after the commit", e.counts().OutgoingByOwner, map[int32]int64{0: 2, 9: 1})
+}
+
+// An "only" destination ending in * is a prefix; everything else in it, LIKE's wildcards and
+// SQL Server's [ classes included, matches literally.
+func testLockOutgoingByPrefix(e *env) {
+	under, plain, pct, z, class := outEnv("rabbitmq://queue/a_1"), outEnv("rabbitmq://queue/ab"), outEnv("x%y"), outEnv("xzy"), outEnv("q[1]")
+	e.out(under, plain, pct, z, class)
+	for _, c := range []struct {
+		only []string
+		want []row.Envelope
+	}{
+		{[]string{"rabbitmq://*"}, []row.Envelope{under, plain}},
+		{[]string{"rabbitmq://queue/a_*"}, []row.Envelope{under}},
+		{[]string{"x%y"}, []row.Envelope{pct}},
+		{[]string{"x%*"}, []row.Envelope{pct}},
+		{[]string{"q[1]", "xzy"}, []row.Envelope{class, z}},
+		{[]string{"q*", "rabbitmq://queue/ab"}, []row.Envelope{class, plain}},
+	} {
+		tx := e.begin()
+		e.claimedIDs(fmt.Sprintf("only %q", c.only), must(tx.ops.LockOutgoing(e.ctx, store.LockOutgoingParams{Only: c.only, Limit: 10})), 0, c.want...)
+		e.ok(tx.Rollback(e.ctx))
+	}
 }
 
 func testDeleteOutgoing(e *env) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
 )
@@ -234,6 +235,40 @@ func CheckErrorClassification(t *testing.T, d sqlstore.Dialect, cases []ErrorCas
 		if got.Statement != c.Statement || got.Table != c.Table || got.Column != c.Column {
 			t.Errorf("case %d (%v): classified statement %v, missing table %v, missing column %v; want %v, %v, %v",
 				i+1, c.Err, got.Statement, got.Table, got.Column, c.Statement, c.Table, c.Column)
+		}
+	}
+}
+
+// CheckJasper2 checks a dialect of a schema in Jasper2 compatibility (docs/coexistence.md):
+// no statement but the DDL names Jasper's incoming table, which .NET nodes own; the
+// statements on incoming rows use layout.GoIncomingTable; the DDL creates both tables and the
+// incoming indexes on the Go table.
+func CheckJasper2(t *testing.T, d sqlstore.Dialect) {
+	t.Helper()
+	cfg := d.Schema()
+	if cfg.Compatibility != layout.Jasper2 {
+		t.Fatalf("CheckJasper2 of a %q schema", cfg.Compatibility)
+	}
+	jin, goIn := cfg.Qualified(layout.IncomingTable), cfg.Qualified(layout.GoIncomingTable)
+	onGo := 0
+	for _, st := range Statements(d) {
+		if strings.HasPrefix(st.Name, "DDLStatements") {
+			continue
+		}
+		if strings.Contains(st.SQL, jin) {
+			t.Errorf("%s reads or writes %s, which .NET Jasper nodes own in Jasper2 compatibility:\n%s", st.Name, layout.IncomingTable, st.SQL)
+		}
+		if strings.Contains(st.SQL, goIn) {
+			onGo++
+		}
+	}
+	if onGo < 10 {
+		t.Errorf("only %d statements use %s", onGo, layout.GoIncomingTable)
+	}
+	ddl := strings.Join(d.DDLStatements(), "\n")
+	for _, want := range append([]string{jin, goIn}, "idx_watermill_incoming_envelopes_queue", "idx_watermill_incoming_envelopes_owner") {
+		if !strings.Contains(ddl, want) {
+			t.Errorf("the DDL does not create %s", want)
 		}
 	}
 }

@@ -40,7 +40,7 @@ var cases = []func(e *env){
 	testInsertEnvelopes, testInsertEnvelopesBeyondParameterLimit,
 	testInsertEnvelopesAtomicAcrossStatements, testInsertEnvelopesNotifies, testListenAndNotify,
 	// relay.go
-	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testDeleteOutgoing, testReleaseOutgoing,
+	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testLockOutgoingByPrefix, testDeleteOutgoing, testReleaseOutgoing,
 	testDeadLetterOutgoing, testDeadLetterMovesAreAtomic,
 	// queue.go
 	testClaimIncoming, testClaimIncomingSkipsLockedRows, testDeleteIncoming, testRetryIncoming,
