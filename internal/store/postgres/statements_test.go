@@ -116,15 +116,16 @@ SELECT gen_random_uuid(), 'Incoming', CASE WHEN g <= 10 THEN 7 ELSE 0 END, 0, '\
 	if _, err := pool.Exec(ctx, "ANALYZE "+inc); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pool.Acquire(ctx)
+	pooled, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Release()
+	// The session's settings and prepared statement must not reach the pool's other users.
+	conn := pooled.Hijack()
+	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "SET plan_cache_mode = force_generic_plan"); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Exec(context.Background(), "DEALLOCATE ALL; RESET plan_cache_mode")
 	if _, err := conn.Exec(ctx, "PREPARE wj_release_owner(int, int) AS "+postgres.Dialect(cfg).ReleaseOwner()); err != nil {
 		t.Fatal(err)
 	}

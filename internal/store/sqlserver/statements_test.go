@@ -196,7 +196,7 @@ func TestIdentifiersExist(t *testing.T) {
 		known[p] = true
 	}
 	// Names defined by the statements: derived-table, table-variable and OPENJSON columns.
-	for _, n := range []string{"wj_rn", "rn", "d", "t", "n", "value", "key", "topic", "compatibility_level", "database_id"} {
+	for _, n := range []string{"wj_rn", "rn", "d", "t", "n", "value", "key", "topic", "compatibility_level", "database_id", "p"} {
 		known[n] = true
 	}
 	ident := regexp.MustCompile(`\[([^\]]+)\]`)
