@@ -173,3 +173,21 @@ func wrapped[V, W any](v V, err error, wrap func(V) W) (W, error) {
 	}
 	return wrap(v), nil
 }
+
+// Column reads a result of one column (rows and err as a Query returned them) into a slice,
+// and closes the rows.
+func Column[T any](rows Rows, err error) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := rows.Scan(&v); err != nil {
+			_ = rows.Close()
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Close()
+}

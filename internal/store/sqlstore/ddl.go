@@ -197,37 +197,19 @@ func (s *Store) Catalog(ctx context.Context) (store.Catalog, error) {
 
 // lines runs a query of one text column without arguments and returns its rows.
 func (s *Store) lines(ctx context.Context, query string) ([]string, error) {
-	rows, err := s.db.Query(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for rows.Next() {
-		var l string
-		if err := rows.Scan(&l); err != nil {
-			_ = rows.Close()
-			return nil, err
-		}
-		out = append(out, l)
-	}
-	return out, rows.Close()
+	return dbx.Column[string](s.db.Query(ctx, query))
 }
 
 // names runs a catalog query of one name column over the schema and returns the names,
 // lower case.
 func (s *Store) names(ctx context.Context, query string) (map[string]bool, error) {
-	rows, err := s.db.Query(ctx, query, s.d.Bind([]any{s.d.Schema().Schema})...)
+	names, err := dbx.Column[string](s.db.Query(ctx, query, s.d.Bind([]any{s.d.Schema().Schema})...))
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]bool{}
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			_ = rows.Close()
-			return nil, err
-		}
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
 		out[strings.ToLower(n)] = true
 	}
-	return out, rows.Close()
+	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
@@ -63,20 +64,7 @@ func (o *ops) TakeDueScheduledSends(ctx context.Context, limit int) ([]row.Envel
 
 // OtherOwners returns the owner ids other than 0 and self.
 func (o *ops) OtherOwners(ctx context.Context, self int32) ([]int32, error) {
-	rows, err := o.query(ctx, o.d.OtherOwners(), self)
-	if err != nil {
-		return nil, err
-	}
-	var owners []int32
-	for rows.Next() {
-		var id int32
-		if err := rows.Scan(&id); err != nil {
-			_ = rows.Close()
-			return nil, err
-		}
-		owners = append(owners, id)
-	}
-	return owners, rows.Close()
+	return dbx.Column[int32](o.query(ctx, o.d.OtherOwners(), self))
 }
 
 // ReleaseOwner hands back envelopes of owner.
