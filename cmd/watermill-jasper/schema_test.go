@@ -121,3 +121,18 @@ func TestBadSchemaName(t *testing.T) {
 		}
 	}
 }
+
+// --compatibility jasper2 creates this library's own incoming table beside Jasper's three
+// (docs/coexistence.md) and verifies it; an unknown value is a usage error naming the flag.
+func TestSchemaMigrateJasper2Compatibility(t *testing.T) {
+	t.Parallel()
+	s := testdb.Schema(t)
+	r := db(t, "", s, "schema", "migrate", "--compatibility", "jasper2")
+	assertSuccess(t, r)
+	if r.stdout != fmt.Sprintf("schema %s (PostgreSQL) migrated: created 4 tables\n", s) {
+		t.Errorf("migrate --compatibility jasper2: %q", r.stdout)
+	}
+	assertSuccess(t, db(t, "", s, "schema", "verify", "--compatibility", "jasper2"))
+	r = db(t, "", s, "schema", "migrate", "--compatibility", "jasper3")
+	assertFailure(t, r, 2, "--compatibility")
+}
