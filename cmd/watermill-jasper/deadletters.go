@@ -347,7 +347,7 @@ var deadLettersReplay = spec{
 			}
 			return db.with(ctx, e, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
 				opts := admin.ReplayOptions{Topic: *toTopic, BatchSize: *batch}
-				target := schema.IncomingTable
+				target := cfg.IncomingTable()
 				if amqpURL != "" {
 					pub, err := jasperamqp.NewConfirmPublisher(amqpURL, watermill.NopLogger{}, jasperamqp.WithDeclareQueues(*declare))
 					if err != nil {

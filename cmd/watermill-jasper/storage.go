@@ -82,7 +82,7 @@ var knownStatuses = []string{schema.StatusIncoming, schema.StatusScheduled, sche
 
 func printCounts(w io.Writer, cfg schema.Config, c admin.RowCounts) error {
 	fmt.Fprintf(w, "Schema %s (%s)\n", cfg.Schema, dialectName(cfg.Dialect))
-	in := table{title: fmt.Sprintf("Incoming envelopes (%s)", schema.IncomingTable), rows: []string{"STATUS\tROWS"}}
+	in := table{title: fmt.Sprintf("Incoming envelopes (%s)", cfg.IncomingTable()), rows: []string{"STATUS\tROWS"}}
 	for _, s := range knownStatuses {
 		in.add("%s\t%d", s, c.IncomingStatus(s))
 	}
