@@ -1,6 +1,8 @@
 package jasper_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -9,12 +11,16 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+	"github.com/watermill-jasper/watermill-jasper/middleware"
+	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
+	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
 // The database crashes mid-run (a private cluster stopped with pg_ctl -m immediate, then
@@ -125,4 +131,112 @@ func TestDatabaseCrashMidRunLosesNothing(t *testing.T) {
 	}
 	t.Logf("%d messages committed (%d before the crash), %d publish errors during the outage, node %d relocked %d time(s)",
 		all, before, failures.Load(), node, rt.Agent().Node().Relocks())
+}
+
+// The database crashes while a durable local queue is consumed behind the inbox: every
+// message whose publish was acknowledged has its effect applied exactly once (the inbox's
+// mark and the effect commit together), and the queue ends empty of Incoming rows.
+func TestDatabaseCrashMidRunAppliesEachMessageOnce(t *testing.T) {
+	t.Parallel()
+	cluster := testdb.StartCluster(t)
+	db, pool := cluster.Driver(t)
+	rt, err := jasper.NewRuntime(db, jasper.Config{
+		MigrateSchema: true,
+		Agent:         durability.Config{NodeCheckInterval: 200 * time.Millisecond},
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRuntime(t, rt)
+	execSQL(t, pool, "CREATE TABLE effects (message_uuid text NOT NULL)")
+	queue, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: rt.Schema(), Table: publisher.Incoming}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: "crash"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := rt.Subscriber(subscriber.Config{MaxInFlight: 4, PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router.AddConsumerHandler("apply", "work", sub, func(msg *message.Message) error {
+		tx, ok := middleware.TxFromContext(msg.Context())
+		if !ok {
+			return errors.New("no inbox transaction")
+		}
+		_, err := tx.Exec(msg.Context(), "INSERT INTO effects (message_uuid) VALUES ($1)", msg.UUID)
+		return err
+	}).AddMiddleware(inbox.Middleware)
+	runCtx, cancel := context.WithCancel(context.Background())
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(runCtx) }()
+	<-router.Running()
+	defer func() {
+		cancel()
+		if err := <-routerDone; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	var committed atomic.Int64
+	stop := make(chan struct{})
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for i := 0; ; i++ {
+			id := fmt.Sprintf("work-%04d", i)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := queue.Publish("work", message.NewMessage(id, []byte(`{}`))); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			committed.Add(1)
+		}
+	}()
+	var before int64
+	effects := func() int64 { return count(t, pool, "SELECT count(*) FROM effects") }
+	awaitEffects := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(crashTimeout)
+		for effects() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d effects after %s; want %d (%d before the crash); missing: %s; incoming rows by status and owner: %s (node %d, relocks %d)", effects(), crashTimeout, n, before,
+					queryStrings(t, pool, fmt.Sprintf("SELECT string_agg(g::text, ',') FROM generate_series(0, %d) g WHERE NOT EXISTS (SELECT 1 FROM effects WHERE message_uuid = 'work-' || lpad(g::text, 4, '0'))", n-1)),
+					queryStrings(t, pool, fmt.Sprintf("SELECT status || ':' || owner_id || ':' || count(*) FROM %s GROUP BY status, owner_id",
+						schema.Config{Schema: "public"}.Qualified(schema.IncomingTable))), rt.Agent().NodeID(), rt.Agent().Node().Relocks())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	awaitEffects(100)
+	before = committed.Load()
+	cluster.Crash()
+	cluster.Start()
+	for committed.Load() < before+100 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	<-published
+	all := committed.Load()
+	awaitEffects(all)
+	awaitRows(t, pool, fmt.Sprintf("SELECT count(*) FROM %s WHERE status <> 'Handled'", schema.Config{Schema: "public"}.Qualified(schema.IncomingTable)), 0)
+	if n := count(t, pool, "SELECT count(*) FROM (SELECT message_uuid FROM effects GROUP BY message_uuid HAVING count(*) > 1) d"); n != 0 {
+		t.Errorf("%d messages had their effect applied more than once", n)
+	}
+	if n := effects(); n != all {
+		t.Errorf("%d effects for %d committed messages", n, all)
+	}
+	t.Logf("%d messages committed (%d before the crash), node relocked %d time(s)", all, before, rt.Agent().Node().Relocks())
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -131,7 +132,7 @@ func InboxKey(consumer, handler, messageUUID string) uuid.UUID {
 type markKind int
 
 const (
-	markDuplicate markKind = iota // handled before (or being handled by another delivery)
+	markDuplicate markKind = iota // handled before
 	markKeyed                     // a new mark row keyed by InboxKey
 	markOwnRow                    // the subscriber's own incoming row
 )
@@ -221,6 +222,10 @@ func withTablesHint(s store.Store, err error) error {
 	return err
 }
 
+// errHeldElsewhere is wrapped by the error of a delivery whose envelope another delivery
+// holds (its status is not Incoming): the message is nacked, not acknowledged.
+var errHeldElsewhere = errors.New("the envelope is held by another delivery")
+
 // beginMarked starts the inbox transaction with the mark as its first statement and says
 // how the message was marked. The returned Tx, when not nil, is the caller's to end, also
 // when err is not nil.
@@ -243,14 +248,15 @@ func (in *Inbox) beginMarked(ctx context.Context, msg *message.Message, handler,
 	switch {
 	case err != nil:
 		return tx, 0, id, err
-	case found:
-		// The row exists but cannot be marked: handled already, or in the hands of another
-		// delivery.
-		if status != schema.StatusHandled {
-			in.logger.Info("Inbox: the delivered envelope is not Incoming any more (another delivery holds it); acknowledged without running the handler",
-				watermill.LogFields{"envelope_id": id.String(), "status": status, "topic": topic})
-		}
+	case found && status == schema.StatusHandled:
 		return tx, markDuplicate, id, nil
+	case found:
+		// The row exists but is not Incoming: another delivery of it holds it (handed back
+		// and claimed again, or a retry is scheduled). This delivery did not handle it, so it
+		// must not be acknowledged: the acknowledgement deletes the row, and the message
+		// would be lost. It fails, temporarily, and the row's own delivery handles it.
+		return tx, 0, id, fault.Temporary(fmt.Errorf("%w: envelope %s is %s, held by another delivery of it; not handled by this one",
+			errHeldElsewhere, id, status))
 	}
 	// No row of this topic with that id: the metadata came along from elsewhere (a relayed
 	// message keeps its envelope id); fall back to a keyed mark.
