@@ -52,7 +52,6 @@ func (s *refusingSink) Publish(topic string, msgs ...*message.Message) error {
 
 func TestJasper2RowsAsDotNetReadsThem(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	db, cfg := testdb.MigratedAs(t, schema.Jasper2)
 	pool := testdb.Pool(t)
 	jin, jout, dlq := cfg.Qualified(schema.IncomingTable), cfg.Qualified(schema.OutgoingTable), cfg.Qualified(schema.DeadLetterTable)
@@ -108,10 +107,7 @@ VALUES ($1, 0, 'tcp://localhost:2222/', 0, '\x7b7d', 'Order', 'application/json'
 	// message handled (its row becomes a Handled mark), one failing (dead-lettered), one
 	// nacked once (retried: Scheduled), one delayed for an hour; and a message from another
 	// transport (a keyed inbox mark).
-	queue, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: rt.Schema(), Table: publisher.Incoming}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	queue := localQueue(t, rt, pool)
 	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: "coexistence"})
 	if err != nil {
 		t.Fatal(err)
@@ -144,17 +140,7 @@ VALUES ($1, 0, 'tcp://localhost:2222/', 0, '\x7b7d', 'Order', 'application/json'
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	routerDone := make(chan error, 1)
-	go func() { routerDone <- router.Run(runCtx) }()
-	<-router.Running()
-	defer func() {
-		cancel()
-		if err := <-routerDone; err != nil {
-			t.Error(err)
-		}
-	}()
+	runCtx := runRouter(t, router)
 	delayed := message.NewMessage("go-local-delayed", []byte(`{}`))
 	delay.Message(delayed, delay.For(time.Hour))
 	for _, m := range []*message.Message{message.NewMessage("go-local-ok", []byte(`{}`)), message.NewMessage("go-local-fail", []byte(`{}`)), delayed} {
@@ -297,4 +283,31 @@ func awaitRows(t *testing.T, pool *pgxpool.Pool, q string, want int64) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// localQueue is a publisher into the runtime's durable local queues, on pool.
+func localQueue(t *testing.T, rt *jasper.Runtime, pool *pgxpool.Pool) *publisher.Publisher {
+	t.Helper()
+	queue, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: rt.Schema(), Table: publisher.Incoming}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return queue
+}
+
+// runRouter runs router until the test ends (then it checks that Run returned no error) and
+// returns the context it runs with.
+func runRouter(t *testing.T, router *message.Router) context.Context {
+	t.Helper()
+	runCtx, cancel := context.WithCancel(context.Background())
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(runCtx) }()
+	<-router.Running()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-routerDone; err != nil {
+			t.Error(err)
+		}
+	})
+	return runCtx
 }

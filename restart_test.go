@@ -1,7 +1,6 @@
 package jasper_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,14 +10,12 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/middleware"
-	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
@@ -149,10 +146,7 @@ func TestDatabaseCrashMidRunAppliesEachMessageOnce(t *testing.T) {
 	}
 	startRuntime(t, rt)
 	execSQL(t, pool, "CREATE TABLE effects (message_uuid text NOT NULL)")
-	queue, err := publisher.NewPublisher(watermillsql.BeginnerFromPgx(pool), publisher.Config{Schema: rt.Schema(), Table: publisher.Incoming}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	queue := localQueue(t, rt, pool)
 	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: "crash"})
 	if err != nil {
 		t.Fatal(err)
@@ -173,16 +167,7 @@ func TestDatabaseCrashMidRunAppliesEachMessageOnce(t *testing.T) {
 		_, err := tx.Exec(msg.Context(), "INSERT INTO effects (message_uuid) VALUES ($1)", msg.UUID)
 		return err
 	}).AddMiddleware(inbox.Middleware)
-	runCtx, cancel := context.WithCancel(context.Background())
-	routerDone := make(chan error, 1)
-	go func() { routerDone <- router.Run(runCtx) }()
-	<-router.Running()
-	defer func() {
-		cancel()
-		if err := <-routerDone; err != nil {
-			t.Error(err)
-		}
-	}()
+	runRouter(t, router)
 
 	var committed atomic.Int64
 	stop := make(chan struct{})
