@@ -14,4 +14,6 @@ var commands = []command{
 	relaySpec.command(), // relay (relay.go)
 
 	benchGroup.command(), // bench (bench.go)
+
+	soakSpec.command(), // soak (soak.go)
 }
