@@ -304,7 +304,7 @@ func startRuntime(t *testing.T, rt *jasper.Runtime) {
 // through a TCP proxy, on a pool that sends each statement in one go (no prepare round trip
 // first) and does not ping idle connections, so that a claim reaches the server while the
 // proxy holds the replies. With lockDirect, the
-// node lock's connection is direct (NodeConfig.LockDB), so the lock stays held through the
+// node lock's connection is direct (NodeConfig.SessionDB), so the lock stays held through the
 // cut and only the component's report of the unknown outcome can get the envelopes handed
 // back; otherwise the configuration is the default one, and the cut also takes the lock.
 type lostAnswerRig struct {
@@ -331,7 +331,7 @@ func (r *lostAnswerRig) runtime(t *testing.T, lockDirect bool, fwd ...forwarder.
 	t.Helper()
 	c := jasper.Config{Schema: r.cfg.Schema, Forwarders: fwd}
 	if lockDirect {
-		c.Node.LockDB = r.direct
+		c.Node.SessionDB = r.direct
 		c.Agent.NodeCheckInterval = 100 * time.Millisecond
 	}
 	rt, err := jasper.NewRuntime(r.proxied, c, watermill.NopLogger{})

@@ -70,22 +70,26 @@ type NodeConfig struct {
 	// never 0), trying another one if a live node already holds it. A fixed id is refused
 	// with ErrNodeIDInUse while another session holds it.
 	ID int32
-	// LockDB is the database the node lock's dedicated connection is taken from. Default:
-	// the node's database. Set it to a direct connection pool of the same database when the
-	// node's database goes through a pooler in transaction mode (PgBouncer), which would hand
-	// the lock's session to other clients.
-	LockDB database.Driver
+	// SessionDB is the pool of the connections that keep a database session of their own for
+	// the life of the node: the node lock and the agent's LISTEN connection (two connections).
+	// Default: the node's database. When the node's database goes through a pooler in
+	// transaction mode (PgBouncer), set it to a pool of direct connections to the same
+	// database: the pooler would hand those sessions to other clients. NewNode checks it and
+	// refuses a SessionDB whose connections share sessions (ErrSharedSessions); see
+	// docs/deploying.md.
+	SessionDB database.Driver
 }
 
 // Node is this process's identity among the nodes sharing the Jasper tables. It holds its
 // lock on a dedicated connection taken from the pool until Close. It is safe for concurrent
 // use.
 type Node struct {
-	db     database.Driver
-	lockDB database.Driver // where the lock's connection comes from (NodeConfig.LockDB)
-	locks  store.Store     // node locks are database-wide: any schema's store runs them
-	logger watermill.LoggerAdapter
-	id     int32
+	db        database.Driver
+	sessionDB database.Driver // where the lock's and LISTEN's connections come from (NodeConfig.SessionDB)
+	pooled    bool            // db goes through a pooler sharing sessions (checkSessions)
+	locks     store.Store     // node locks are database-wide: any schema's store runs them
+	logger    watermill.LoggerAdapter
+	id        int32
 
 	mu     sync.Mutex
 	conn   dbx.Conn // holds the lock; nil once closed or after the connection was lost
@@ -106,18 +110,22 @@ func NewNode(ctx context.Context, db database.Driver, config NodeConfig, logger 
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	lockDB := config.LockDB
-	if lockDB == nil {
-		lockDB = db
-	} else if lockDB.Dialect() != db.Dialect() {
-		return nil, fmt.Errorf("watermill-jasper: NodeConfig.LockDB is %s but the node's database is %s: it must be the same database", lockDB.Dialect(), db.Dialect())
+	sessionDB := config.SessionDB
+	if sessionDB == nil {
+		sessionDB = db
+	} else if sessionDB.Dialect() != db.Dialect() {
+		return nil, fmt.Errorf("watermill-jasper: NodeConfig.SessionDB is %s but the node's database is %s: it must be the same database", sessionDB.Dialect(), db.Dialect())
 	}
 	// Locks are database-wide, so the schema does not matter here, only the dialect.
-	locks, err := lockDB.Store(layout.Config{Dialect: db.Dialect()})
+	locks, err := sessionDB.Store(layout.Config{Dialect: db.Dialect()})
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: node lock: %w", err)
 	}
-	n := &Node{db: db, lockDB: lockDB, locks: locks, logger: logger}
+	pooled, err := checkSessions(ctx, db, sessionDB, config.SessionDB != nil, locks)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{db: db, sessionDB: sessionDB, pooled: pooled, locks: locks, logger: logger}
 	for attempt := 1; ; attempt++ {
 		id := config.ID
 		if id == 0 {
@@ -134,13 +142,13 @@ func NewNode(ctx context.Context, db database.Driver, config NodeConfig, logger 
 		return nil, err
 	}
 	n.logger = logger.With(watermill.LogFields{"node_id": n.id})
-	n.logger.Info("Node lock taken", nil)
+	n.logger.Info("Node lock taken", watermill.LogFields{"pooled": pooled})
 	return n, nil
 }
 
 // lock takes the lock of id on a new connection and returns that connection.
 func (n *Node) lock(ctx context.Context, id int32) (dbx.Conn, error) {
-	conn, err := n.lockDB.Acquire(ctx)
+	conn, err := n.sessionDB.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("watermill-jasper: node %d: take a connection for the node lock: %w", id, err)
 	}
@@ -155,6 +163,15 @@ func (n *Node) lock(ctx context.Context, id int32) (dbx.Conn, error) {
 	}
 	return conn, nil
 }
+
+// SessionDB returns the pool of the connections that keep a session of their own (the node
+// lock, LISTEN): NodeConfig.SessionDB, or the node's database.
+func (n *Node) SessionDB() database.Driver { return n.sessionDB }
+
+// Pooled reports whether NewNode found the node's database behind a pooler that shares
+// database sessions between connections (PgBouncer in transaction mode); the node lock and
+// LISTEN then run on NodeConfig.SessionDB.
+func (n *Node) Pooled() bool { return n.pooled }
 
 // ID returns the node id: the owner_id this node writes on the envelopes it holds.
 func (n *Node) ID() int32 { return n.id }

@@ -224,14 +224,14 @@ type sqlServerLike struct{ database.Driver }
 
 func (sqlServerLike) Dialect() database.Dialect { return database.SQLServer }
 
-// The node lock may come from another pool (NodeConfig.LockDB), of the same database only.
-func TestNodeLockDB(t *testing.T) {
+// The node lock may come from another pool (NodeConfig.SessionDB), of the same database only.
+func TestNodeSessionDB(t *testing.T) {
 	t.Parallel()
 	db := testDB(t)
-	if _, err := NewNode(context.Background(), db, NodeConfig{LockDB: sqlServerLike{db}}, nil); err == nil || !strings.Contains(err.Error(), "LockDB") {
-		t.Fatalf("LockDB of another database: %v, want an error naming LockDB", err)
+	if _, err := NewNode(context.Background(), db, NodeConfig{SessionDB: sqlServerLike{db}}, nil); err == nil || !strings.Contains(err.Error(), "SessionDB") {
+		t.Fatalf("SessionDB of another database: %v, want an error naming SessionDB", err)
 	}
-	n, err := NewNode(context.Background(), db, NodeConfig{LockDB: testdb.StdDriver(t)}, nil)
+	n, err := NewNode(context.Background(), db, NodeConfig{SessionDB: testdb.StdDriver(t)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -127,7 +127,7 @@ func (a *Agent) listen(ctx context.Context, first chan struct{}) {
 	defer done()
 	failures := 0
 	for ctx.Err() == nil {
-		conn, err := a.db.Acquire(ctx)
+		conn, err := a.node.SessionDB().Acquire(ctx)
 		if err == nil {
 			if err = a.store.Listen(ctx, conn, ch.Outgoing, ch.Incoming); err != nil {
 				_ = conn.Close(true)

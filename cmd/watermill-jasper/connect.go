@@ -188,7 +188,7 @@ func (f *dbFlags) open(ctx context.Context) (database.Driver, schema.Config, fun
 	if err != nil {
 		return nil, schema.Config{}, nil, err
 	}
-	db, closeDB, err := openDB(ctx, dsn)
+	db, closeDB, err := openDB(ctx, "--dsn", dsn)
 	if err != nil {
 		return nil, schema.Config{}, nil, err
 	}
@@ -197,10 +197,13 @@ func (f *dbFlags) open(ctx context.Context) (database.Driver, schema.Config, fun
 
 // dialectOfDSN picks the dialect from the DSN's scheme: postgres:// and postgresql:// are
 // PostgreSQL, sqlserver:// is SQL Server. The error never quotes the DSN.
-func dialectOfDSN(dsn string) (database.Dialect, error) {
+func dialectOfDSN(dsn string) (database.Dialect, error) { return dialectOf("--dsn", dsn) }
+
+// dialectOf is dialectOfDSN for the DSN of the flag named flagName.
+func dialectOf(flagName, dsn string) (database.Dialect, error) {
 	scheme, _, ok := strings.Cut(dsn, "://")
 	if !ok {
-		return "", usageErrorf("--dsn is not a database URL: want postgres://..., postgresql://... or sqlserver://...")
+		return "", usageErrorf("%s is not a database URL: want postgres://..., postgresql://... or sqlserver://...", flagName)
 	}
 	switch strings.ToLower(scheme) {
 	case "postgres", "postgresql":
@@ -209,9 +212,9 @@ func dialectOfDSN(dsn string) (database.Dialect, error) {
 		return database.SQLServer, nil
 	}
 	if schemeRE.MatchString(scheme) {
-		return "", usageErrorf("--dsn scheme %q is not supported: want postgres://, postgresql:// or sqlserver://", scheme)
+		return "", usageErrorf("%s scheme %q is not supported: want postgres://, postgresql:// or sqlserver://", flagName, scheme)
 	}
-	return "", usageErrorf("--dsn is not a database URL: want postgres://..., postgresql://... or sqlserver://...")
+	return "", usageErrorf("%s is not a database URL: want postgres://..., postgresql://... or sqlserver://...", flagName)
 }
 
 var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,20}$`)
@@ -220,10 +223,10 @@ var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,20}$`)
 // driver: database.FromPgx over a pgxpool for postgres:// and postgresql://,
 // sqlserver.FromStdSQL over database/sql with go-mssqldb for sqlserver:// (the CLI supports
 // SQL Server, so it links go-mssqldb; a library user links it only through package
-// sqlserver). closeFn closes the pool. Errors are one line and never contain the DSN's
-// password.
-func openDB(ctx context.Context, dsn string) (db database.Driver, closeFn func(), err error) {
-	d, err := dialectOfDSN(dsn)
+// sqlserver). closeFn closes the pool. Errors are one line, name the flag flagName (--dsn)
+// and never contain the DSN's password.
+func openDB(ctx context.Context, flagName, dsn string) (db database.Driver, closeFn func(), err error) {
+	d, err := dialectOf(flagName, dsn)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -232,7 +235,7 @@ func openDB(ctx context.Context, dsn string) (db database.Driver, closeFn func()
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error quotes the whole URL
 		}
-		return nil, nil, redactError(usageErrorf("invalid --dsn: %v", err), dsn)
+		return nil, nil, redactError(usageErrorf("invalid %s: %v", flagName, err), dsn)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
@@ -240,7 +243,7 @@ func openDB(ctx context.Context, dsn string) (db database.Driver, closeFn func()
 	case database.Postgres:
 		pcfg, err := pgxpool.ParseConfig(dsn)
 		if err != nil {
-			return nil, nil, redactError(usageErrorf("invalid --dsn for PostgreSQL: %s", parseConfigMessage(err)), dsn)
+			return nil, nil, redactError(usageErrorf("invalid %s for PostgreSQL: %s", flagName, parseConfigMessage(err)), dsn)
 		}
 		if pcfg.ConnConfig.ConnectTimeout == 0 {
 			pcfg.ConnConfig.ConnectTimeout = connectTimeout
@@ -257,7 +260,7 @@ func openDB(ctx context.Context, dsn string) (db database.Driver, closeFn func()
 	default:
 		sqlDB, err := sql.Open("sqlserver", dsn)
 		if err != nil {
-			return nil, nil, redactError(usageErrorf("invalid --dsn for SQL Server: %v", err), dsn)
+			return nil, nil, redactError(usageErrorf("invalid %s for SQL Server: %v", flagName, err), dsn)
 		}
 		if err := sqlDB.PingContext(pingCtx); err != nil {
 			_ = sqlDB.Close()

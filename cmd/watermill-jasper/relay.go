@@ -22,6 +22,7 @@ import (
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -32,6 +33,8 @@ const (
 	// amqpURLEnv names the variable --to defaults to, so that the broker's password need not
 	// appear on the command line (where ps shows it).
 	amqpURLEnv = "AMQP_URL"
+	// sessionDSNEnv names the variable --session-dsn defaults to.
+	sessionDSNEnv = "SESSION_DATABASE_URL"
 	// toStdout is the --to value that prints the messages instead of publishing them.
 	toStdout = "stdout"
 	// defaultRelayConcurrency and defaultRelayWorkers are above the forwarder's library
@@ -98,6 +101,7 @@ func (d *destinationsFlag) Set(v string) error {
 
 type relayFlags struct {
 	db            dbFlags
+	sessionDSN    stringFlag
 	to            stringFlag
 	destinations  destinationsFlag
 	batch         int
@@ -114,6 +118,9 @@ type relayFlags struct {
 func setupRelay(fs *flag.FlagSet) runFunc {
 	var f relayFlags
 	f.db.register(fs)
+	fs.Var(&f.sessionDSN, "session-dsn", "a direct database `URL` for the two connections that keep a session of their own "+
+		"(the node lock and LISTEN), when --dsn goes through PgBouncer in transaction mode (default: $"+sessionDSNEnv+
+		", else --dsn itself; docs/deploying.md)")
 	fs.Var(&f.to, "to", "where to relay: an AMQP `URL` amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), "+
 		"or stdout to print the messages (default: $"+amqpURLEnv+")")
 	fs.Var(&f.destinations, "destination", "relay only envelopes whose destination column is exactly `URI`, or starts with "+
@@ -187,8 +194,22 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	if err := checkRelaySchema(ctx, drv, cfg); err != nil {
 		return err
 	}
+	sessionDSN := f.sessionDSN.value
+	if !f.sessionDSN.set {
+		sessionDSN = os.Getenv(sessionDSNEnv)
+	}
+	var sessionDB database.Driver
+	if sessionDSN != "" {
+		var closeSessionDB func()
+		if sessionDB, closeSessionDB, err = openDB(ctx, "--session-dsn", sessionDSN); err != nil {
+			return err
+		}
+		defer closeSessionDB()
+	} else if f.sessionDSN.set {
+		return usageErrorf("--session-dsn is empty: give a direct database URL, or leave it out")
+	}
 
-	secrets := []string{dsn}
+	secrets := []string{dsn, sessionDSN}
 	if to != toStdout {
 		secrets = append(secrets, to)
 	}
@@ -223,6 +244,7 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	rt, err := jasper.NewRuntime(drv, jasper.Config{
 		Schema:        cfg.Schema,
 		Compatibility: cfg.Compatibility,
+		Node:          durability.NodeConfig{SessionDB: sessionDB},
 		Forwarders: []forwarder.Config{{
 			Publisher:          pub,
 			Topic:              topic,

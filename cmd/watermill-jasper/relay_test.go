@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -458,10 +459,11 @@ func drainWithNewRelay(t *testing.T, s string, c *consumer, want int) {
 // it relayed a first message to destination (consumed by c), then holds the broker's replies
 // and commits a backlog of n envelopes. It returns the relay, once its batch transactions hold
 // envelopes locked whose publishes wait for confirms that never come, and its node id.
-func stuckRelay(t *testing.T, s, destination string, c *consumer, n int) (*relayProcess, int32) {
+// dbArgs are more relay flags (--dsn, --session-dsn).
+func stuckRelay(t *testing.T, s, destination string, c *consumer, n int, dbArgs ...string) (*relayProcess, int32) {
 	t.Helper()
 	proxy, proxied := amqpProxy(t)
-	p := startRelay(t, s, "--to", proxied, "--poll-interval", "100ms", "--batch", "200", "--concurrency", "64", "--verbose")
+	p := startRelay(t, s, append(slices.Clone(dbArgs), "--to", proxied, "--poll-interval", "100ms", "--batch", "200", "--concurrency", "64", "--verbose")...)
 	insertJasperRows(t, s, 0, makeRows(destination, 1))
 	p.waitFor("the first message on RabbitMQ", 60*time.Second, func() bool { return c.distinct() == 1 })
 	// Its confirm arrived once the row is deleted: the relay's AMQP connection and channels

@@ -78,6 +78,15 @@ type DB interface {
 	Acquire(ctx context.Context) (Conn, error)
 }
 
+// SessionStatements is implemented by the pools that can tell whether their statements keep
+// state in the database session between round trips (FromPgx: pgx's query exec mode), which a
+// pooler in transaction mode hands to other clients between transactions.
+type SessionStatements interface {
+	// SessionStatements returns the pool's statement mode and whether it keeps state in
+	// the session.
+	SessionStatements() (mode string, keepsState bool)
+}
+
 // Conn is a connection held exclusively, for session-scoped state such as advisory locks
 // and LISTEN.
 type Conn interface {

@@ -16,6 +16,15 @@ type pgxDB struct{ pool *pgxpool.Pool }
 
 func (d pgxDB) Dialect() Dialect { return Postgres }
 
+// SessionStatements returns the pool's query exec mode and whether it keeps statements (or
+// their descriptions, fetched in a round trip of their own) in the database session, which a
+// pooler in transaction mode hands to other clients between transactions: every mode but
+// exec and simple protocol.
+func (d pgxDB) SessionStatements() (mode string, keepsState bool) {
+	m := d.pool.Config().ConnConfig.DefaultQueryExecMode
+	return m.String(), m != pgx.QueryExecModeExec && m != pgx.QueryExecModeSimpleProtocol
+}
+
 func (d pgxDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
 	return pgxExec(ctx, d.pool, query, args)
 }

@@ -99,6 +99,11 @@ type Store interface {
 	// ReleaseNodeLock releases one level of the lock of id held by conn's session; false
 	// when it was not held.
 	ReleaseNodeLock(ctx context.Context, conn dbx.Conn, id int32) (bool, error)
+	// SessionID returns the id of the database session q runs its statements on
+	// (PostgreSQL's backend pid, SQL Server's session id). Two connections held at once
+	// answering the same id share one session: a pooler in transaction or statement mode
+	// (PgBouncer) sits between them and the database.
+	SessionID(ctx context.Context, q dbx.Querier) (int64, error)
 
 	// Schema management (DDL beside the driver).
 

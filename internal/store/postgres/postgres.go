@@ -250,6 +250,8 @@ func (p *postgres) HoldsAdvisoryLock() string {
 
 func (p *postgres) ReleaseAdvisoryLock() string { return `SELECT pg_advisory_unlock($1::bigint)` }
 
+func (p *postgres) SessionID() string { return `SELECT pg_backend_pid()::bigint` }
+
 // Subscriber statements (incoming envelopes of a topic).
 
 func (p *postgres) IncomingChannel() string { return channel("jasper_incoming_", p.Cfg.Schema) }

@@ -444,6 +444,8 @@ func (m *sqlserver) HoldsAdvisoryLock() string {
 	return `SELECT CAST(CASE WHEN APPLOCK_MODE('public', @p1, 'Session') = 'NoLock' THEN 0 ELSE 1 END AS bit)`
 }
 
+func (m *sqlserver) SessionID() string { return `SELECT CAST(@@SPID AS bigint)` }
+
 // ReleaseAdvisoryLock checks first: sp_releaseapplock raises error 1223 for a lock not held.
 func (m *sqlserver) ReleaseAdvisoryLock() string {
 	return `DECLARE @r int = -1;

@@ -140,6 +140,9 @@ type Dialect interface {
 	// session it runs on and returns one boolean row (false when it was not held).
 	// Args: AdvisoryLockKey.
 	ReleaseAdvisoryLock() string
+	// SessionID returns one bigint row: the id of the database session the statement runs
+	// on (pg_backend_pid(), @@SPID). Args: none.
+	SessionID() string
 
 	// Subscriber statements (incoming envelopes of a topic: received_at = topic).
 

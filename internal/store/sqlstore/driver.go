@@ -22,6 +22,17 @@ type Driver struct {
 
 var _ store.Driver = (*Driver)(nil)
 
+// SessionStatements forwards dbx.SessionStatements of the pool, when it has it; otherwise its
+// statements are taken to keep no state in the session.
+func (d *Driver) SessionStatements() (mode string, keepsState bool) {
+	if s, ok := d.DB.(dbx.SessionStatements); ok {
+		return s.SessionStatements()
+	}
+	return "", false
+}
+
+var _ dbx.SessionStatements = (*Driver)(nil)
+
 // NewDriver returns the driver of db, which must be a handle of the database name (title in
 // errors), whose statements dialect renders for a normalized schema config.
 func NewDriver(db dbx.DB, name dbx.Dialect, title string, dialect func(layout.Config) Dialect) (*Driver, error) {

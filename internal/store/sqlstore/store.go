@@ -115,6 +115,13 @@ func (s *Store) ReleaseNodeLock(ctx context.Context, conn dbx.Conn, id int32) (b
 	return s.boolRow(ctx, conn, s.d.ReleaseAdvisoryLock(), s.d.AdvisoryLockKey(id))
 }
 
+// SessionID returns the id of the database session q runs on.
+func (s *Store) SessionID(ctx context.Context, q dbx.Querier) (int64, error) {
+	var id int64
+	err := dbx.QueryRow(ctx, q, s.d.SessionID(), nil, &id)
+	return id, err
+}
+
 func (s *Store) boolRow(ctx context.Context, q dbx.Querier, query string, args ...any) (bool, error) {
 	var ok bool
 	err := dbx.QueryRow(ctx, q, query, s.d.Bind(args), &ok)

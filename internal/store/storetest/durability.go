@@ -56,6 +56,21 @@ func testTryGlobalLock(e *env) {
 	check(e, "node lock taken once the transaction ended", must(e.s.TryNodeLock(e.ctx, c, id)), true)
 }
 
+// Two connections held at once run on two sessions (the suite's database is direct), and one
+// connection keeps its session from statement to statement; a transaction runs on its
+// connection's session.
+func testSessionIDs(e *env) {
+	c1, c2 := e.conn(), e.conn()
+	id1, id2 := must(e.s.SessionID(e.ctx, c1)), must(e.s.SessionID(e.ctx, c2))
+	if id1 == id2 || id1 == 0 || id2 == 0 {
+		e.t.Errorf("session ids of two connections held at once: %d and %d, want two different non-zero ids", id1, id2)
+	}
+	check(e, "the same connection asked again answers its session", must(e.s.SessionID(e.ctx, c1)) == id1, true)
+	tx := must(c2.Begin(e.ctx))
+	check(e, "a transaction of a connection runs on its session", must(e.s.SessionID(e.ctx, tx)) == id2, true)
+	e.ok(tx.Rollback(e.ctx))
+}
+
 // A node lock is a session's, re-entrant, released one level at a time, and seen only by
 // the session holding it.
 func testNodeLocks(e *env) {

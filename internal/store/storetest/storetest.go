@@ -50,7 +50,7 @@ var cases = []func(e *env){
 	testDeleteHandledMark, testBeginMarkHandled, testBeginInsertHandled, testInsertDeadLetter,
 	testSavepoints,
 	// durability.go
-	testTryGlobalLock, testNodeLocks, testReleaseScheduled, testTakeDueScheduledSends, testOwners,
+	testTryGlobalLock, testNodeLocks, testSessionIDs, testReleaseScheduled, testTakeDueScheduledSends, testOwners,
 	testUnowned, testDeleteExpiredOutgoing, testDeleteExpiredHandled, testGauges,
 	// admin.go
 	testCounts, testReleaseAll, testClearAll, testListCountGetDeadLetters, testPageDeadLetters,
