@@ -72,7 +72,31 @@ func caseName(run func(e *env)) string {
 // opens its own and runs in parallel with the others.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Helper()
+	run(t, open, nil)
+}
+
+// sessionCases are the cases of the operations that need a database session of their own
+// for longer than a transaction: node locks, LISTEN, session ids. Behind a pooler in
+// transaction mode they run on the node's direct pool (durability.NodeConfig.SessionDB), so
+// RunThroughPooler leaves them out.
+var sessionCases = map[string]bool{
+	"NodeLocks": true, "TryGlobalLock": true, "SessionIDs": true, "ListenAndNotify": true, "InsertEnvelopesNotifies": true,
+}
+
+// RunThroughPooler runs the suite but for sessionCases, for a store whose pool goes through
+// a pooler in transaction mode (PgBouncer): every other operation must work through it, in
+// the query exec modes such a pool needs.
+func RunThroughPooler(t *testing.T, open func(t *testing.T) store.Store) {
+	t.Helper()
+	run(t, open, sessionCases)
+}
+
+func run(t *testing.T, open func(t *testing.T) store.Store, skip map[string]bool) {
+	t.Helper()
 	for _, run := range cases {
+		if skip[caseName(run)] {
+			continue
+		}
 		t.Run(caseName(run), func(t *testing.T) {
 			t.Parallel()
 			s := open(t)
