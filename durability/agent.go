@@ -72,6 +72,9 @@ type Stats struct {
 	// Wakeups counts the times the agent woke components (OnOutgoing, OnIncoming) after it
 	// released, recovered or handed back envelopes.
 	Wakeups int64
+	// Notifications counts the notifications received on the LISTEN connection (commits of
+	// envelopes, on PostgreSQL).
+	Notifications int64
 	// JobErrors counts failed job runs, by job name.
 	JobErrors map[string]int64
 }
@@ -184,7 +187,7 @@ type Agent struct {
 	gauges  atomic.Pointer[Gauges]
 
 	scheduledReleased, scheduledSent, deadLettered, recovered, dormantNodes atomic.Int64
-	discarded, handledDeleted, handedBack, wakeups                          atomic.Int64
+	discarded, handledDeleted, handedBack, wakeups, notifications           atomic.Int64
 	errMu                                                                   sync.Mutex
 	jobErrors                                                               map[string]int64
 }
@@ -450,6 +453,7 @@ func (a *Agent) Stats() Stats {
 		HandledDeleted:    a.handledDeleted.Load(),
 		HandedBack:        a.handedBack.Load(),
 		Wakeups:           a.wakeups.Load(),
+		Notifications:     a.notifications.Load(),
 		JobErrors:         errs,
 	}
 }

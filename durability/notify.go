@@ -164,6 +164,7 @@ func (a *Agent) listen(ctx context.Context, first chan struct{}) {
 				}
 				break
 			}
+			a.notifications.Add(1)
 			switch {
 			case channel == ch.Outgoing:
 				a.wakers.wakeOutgoing()

@@ -109,8 +109,9 @@ const (
 	// NotifyEveryPublish notifies in every publish: the lowest latency after a quiet period,
 	// at the cost of serialised commits.
 	NotifyEveryPublish
-	// NotifyNever sends no notification: readers find the rows by polling (behind PgBouncer in
-	// transaction mode, LISTEN does not work anyway).
+	// NotifyNever sends no notification: readers find the rows by polling. (Behind PgBouncer
+	// in transaction mode notifications still work: NOTIFY is sent at commit, and the
+	// listening agent runs on the node's direct durability.NodeConfig.SessionDB.)
 	NotifyNever
 )
 
