@@ -51,8 +51,8 @@ var soakSpec = spec{
 		"(db-cut) are cut through the proxies for --outage, in turn; once, mid-run, the database is stopped " +
 		"with pg_ctl stop -m immediate and started again (db-restart).\n\n" +
 		"Then publishing stops and the soak waits for the outbox to drain (up to --drain-timeout) and prints " +
-		"the figures: committed, rolled back, delivered, applied once, lost (committed, never applied and not " +
-		"dead-lettered), duplicate effects, duplicate deliveries at the broker, dead-lettered, stuck rows, " +
+		"the figures: committed, rolled back, delivered, applied once, lost (committed, never applied, not " +
+		"dead-lettered and no longer in the outbox), duplicate effects, duplicate deliveries at the broker, dead-lettered, stuck rows, " +
 		"commit -> applied latency and the time to recover after each fault kind. The exit status is 1 when " +
 		"a message was lost, an effect applied twice, a rolled-back message delivered or a row left stuck.\n\n" +
 		"Progress goes to stderr, the figures to stdout; the logs of the relays and the consumers are kept " +
@@ -76,7 +76,7 @@ type soakFlags struct {
 func setupSoak(fs *flag.FlagSet) runFunc {
 	f := &soakFlags{}
 	c := &f.cfg
-	fs.DurationVar(&c.Duration, "duration", defaultSoakDuration, "how long to publish under faults (`DURATION`)")
+	fs.DurationVar(&c.Duration, "duration", defaultSoakDuration, "publish under faults for `DURATION`")
 	fs.StringVar(&c.AMQPURL, "amqp", defaultSoakAMQP, "RabbitMQ `URL`")
 	fs.IntVar(&c.Relays, "relays", defaultSoakRelays, "`N` relay processes")
 	fs.IntVar(&c.Rate, "rate", defaultSoakRate, "target publish rate in `MSG/S` (one message per business transaction)")
@@ -84,15 +84,17 @@ func setupSoak(fs *flag.FlagSet) runFunc {
 	fs.IntVar(&c.Consumers, "consumers", defaultSoakConsumers, "`N` routers consuming the queue (one handler each, same inbox)")
 	fs.StringVar(&f.killEvery, "kill-every", defaultSoakKillEvery, "kill a random relay every `MIN-MAX` (a random duration in that range, e.g. 10s-20s; one value for a fixed interval)")
 	fs.DurationVar(&c.FaultEvery, "fault-every", defaultSoakFaultEvery, "cut the broker or the database connections every `DURATION`, in turn")
-	fs.DurationVar(&c.Outage, "outage", defaultSoakOutage, "how long a cut or a database restart keeps the service down (`DURATION`)")
+	fs.DurationVar(&c.Outage, "outage", defaultSoakOutage, "`DURATION` of each cut and of the database's stop before its restart")
 	fs.StringVar(&f.faults, "faults", strings.Join(soakFaultKinds, ","), "the fault `KINDS` to inject, comma-separated: "+
 		strings.Join(soakFaultKinds, ", ")+", or none")
 	fs.Float64Var(&c.Rollback, "rollback", defaultSoakRollback, "`SHARE` of business transactions rolled back on purpose (0..1)")
 	fs.Float64Var(&c.Refused, "refused", defaultSoakRefused, "`SHARE` of messages sent to the refused destination (0..1)")
 	fs.StringVar(&c.RefusedDestination, "refused-destination", defaultRefusedDestination, "the `URI` the refused messages go to: "+
-		"a destination the relays can never publish to (e.g. rabbitmq://exchange/NAME of a missing exchange)")
+		"a destination the relays can never publish to. The default is not a RabbitMQ destination: the relays dead-letter "+
+		"it at once. A RabbitMQ destination the broker refuses (rabbitmq://exchange/NAME of a missing exchange) fails ordinarily: the "+
+		"relays' circuit breaker pauses it and only its probes count attempts, so its envelopes stay in the outbox (stuck rows)")
 	fs.IntVar(&c.MaxAttempts, "max-attempts", 3, "the relays' --max-attempts (`N` failed publishes before the dead letters)")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", defaultSoakDrainTimeout, "how long to wait for the outbox to drain after publishing stops (`DURATION`)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", defaultSoakDrainTimeout, "wait up to `DURATION` for the outbox to drain after publishing stops")
 	fs.StringVar(&c.PGBin, "pg-bin", "", "`DIR` of PostgreSQL's server programs (initdb, pg_ctl) (default: the newest /usr/lib/postgresql/N/bin, else $PATH)")
 	fs.BoolVar(&c.KeepLogs, "keep-logs", false, "keep the directory of the logs (relays, consumers) also when the soak passes")
 	fs.StringVar(&f.jsonPath, "json", "", "also write the figures to `FILE` as JSON")

@@ -55,7 +55,10 @@ type soakReport struct {
 	RolledBackDelivered int `json:"rolled_back_delivered"`
 	RefusedApplied      int `json:"refused_applied"`
 	StuckOutgoing       int `json:"stuck_outgoing"`
-	StuckIncoming       int `json:"stuck_incoming"`
+	// StuckRefused are the refused messages still in the outbox (neither sent nor
+	// dead-lettered); the other stuck outgoing rows are messages of the queue.
+	StuckRefused  int `json:"stuck_outgoing_refused"`
+	StuckIncoming int `json:"stuck_incoming"`
 
 	// Latency of commit -> applied, in milliseconds (business row insert to first effect).
 	LatencyP50 float64 `json:"latency_p50_ms"`
@@ -153,8 +156,31 @@ func (s *soak) collect(ctx context.Context, drained bool) (*soakReport, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read the dead letters: %w", err)
 	}
-	if err := s.direct.QueryRow(ctx, `SELECT (SELECT count(*) FROM soak.jasper_outgoing_envelopes),
-  (SELECT count(*) FROM soak.jasper_incoming_envelopes WHERE status <> 'Handled')`).Scan(&rep.StuckOutgoing, &rep.StuckIncoming); err != nil {
+	// The messages still in the outbox are stuck, not lost.
+	outbox := map[string]bool{}
+	rows, err = s.direct.Query(ctx, `SELECT body FROM soak.jasper_outgoing_envelopes`)
+	if err != nil {
+		return nil, fmt.Errorf("read the outbox: %w", err)
+	}
+	for rows.Next() {
+		var body []byte
+		if err := rows.Scan(&body); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read the outbox: %w", err)
+		}
+		var p struct {
+			Order string `json:"order"`
+		}
+		if json.Unmarshal(body, &p) == nil && p.Order != "" {
+			outbox[p.Order] = true
+		}
+		rep.StuckOutgoing++
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the outbox: %w", err)
+	}
+	if err := s.direct.QueryRow(ctx, `SELECT count(*) FROM soak.jasper_incoming_envelopes WHERE status <> 'Handled'`).Scan(&rep.StuckIncoming); err != nil {
 		return nil, fmt.Errorf("count the stuck rows: %w", err)
 	}
 
@@ -186,9 +212,12 @@ func (s *soak) collect(ctx context.Context, drained bool) (*soakReport, error) {
 		e, isApplied := effects[id]
 		if o.refused {
 			rep.CommittedRefused++
-			if dead[id] {
+			switch {
+			case dead[id]:
 				rep.DeadLetteredRefused++
-			} else {
+			case outbox[id]:
+				rep.StuckRefused++
+			default:
 				rep.LostRefused++
 				rep.Lost++
 			}
@@ -201,7 +230,7 @@ func (s *soak) collect(ctx context.Context, drained bool) (*soakReport, error) {
 		if dead[id] {
 			rep.DeadLetteredGood++
 		}
-		if !isApplied && !dead[id] {
+		if !isApplied && !dead[id] && !outbox[id] {
 			rep.Lost++
 		}
 		if isApplied {
@@ -278,7 +307,7 @@ func (r *soakReport) problems() []string {
 			p = append(p, fmt.Sprintf("%d %s", n, what))
 		}
 	}
-	add(r.Lost, "lost (committed, not applied, not dead-lettered)")
+	add(r.Lost, "lost (committed, not applied, not dead-lettered, not in the outbox)")
 	add(r.AckedMissing, "acknowledged commits missing from the database")
 	add(r.DuplicateEffects, "duplicate effects (applied more than once)")
 	add(r.RolledBackCommitted, "rolled-back transactions found committed")
@@ -311,8 +340,9 @@ func (r *soakReport) write(w io.Writer) error {
 	line("applied once", r.AppliedOnce, "")
 	line("duplicate effects", r.DuplicateEffects, "must be 0")
 	line("dead-lettered", r.DeadLettered, fmt.Sprintf("%d refused, %d of the queue's messages", r.DeadLetteredRefused, r.DeadLetteredGood))
-	line("lost", r.Lost, fmt.Sprintf("committed, not applied, not dead-lettered; %d of them refused", r.LostRefused))
-	line("stuck rows", r.StuckOutgoing+r.StuckIncoming, fmt.Sprintf("outgoing %d, incoming not Handled %d", r.StuckOutgoing, r.StuckIncoming))
+	line("lost", r.Lost, fmt.Sprintf("committed, not applied, not dead-lettered, not in the outbox; %d of them refused", r.LostRefused))
+	line("stuck rows", r.StuckOutgoing+r.StuckIncoming, fmt.Sprintf("outgoing %d (%d of them refused), incoming not Handled %d",
+		r.StuckOutgoing, r.StuckRefused, r.StuckIncoming))
 	line("commit -> applied", fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms", r.LatencyP50, r.LatencyP99, r.LatencyMax), "")
 	line("relay failed starts", r.RelayFailedStarts, "restarted by the soak")
 	fmt.Fprintf(&b, "\n  %-12s %6s %9s %14s %14s\n", "fault", "count", "measured", "recovery p50", "recovery max")
