@@ -3,10 +3,11 @@ package main
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/pgcluster"
 )
 
 // runSoakCLI runs the soak command with args (plus --json) and returns its figures; it fails
@@ -15,10 +16,8 @@ import (
 func runSoakCLI(t *testing.T, args ...string) (soakReport, result) {
 	t.Helper()
 	rabbit(t) // fails with the command that starts RabbitMQ
-	if _, err := exec.LookPath("pg_ctl"); err != nil {
-		if _, err := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl"); err != nil {
-			t.Fatal("the soak needs PostgreSQL's server programs (initdb, pg_ctl): apt-get install -y postgresql")
-		}
+	if _, err := pgcluster.Bin(""); err != nil {
+		t.Fatal(err) // says how to install PostgreSQL's server programs
 	}
 	jsonPath := filepath.Join(t.TempDir(), "soak.json")
 	r := runCLI(t, append([]string{"soak", "--amqp", amqpURL(), "--json", jsonPath}, args...)...)
