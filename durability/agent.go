@@ -349,10 +349,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	start(JobNodeCheck, c.NodeCheckInterval, c.NodeCheckInterval, a.checkNode, nil)
 	start(JobScheduled, c.ScheduledJobFirstExecution, c.ScheduledJobPollingTime, a.scheduledPass, a.kick)
-	start(JobReassignment, c.FirstNodeReassignmentExecution, c.NodeReassignmentPollingTime, func(ctx context.Context) (time.Duration, error) {
-		res, err := a.ReassignDormantNodes(ctx)
-		return retryIfSkipped(res.Skipped), err
-	}, nil)
+	start(JobReassignment, c.FirstNodeReassignmentExecution, c.NodeReassignmentPollingTime, a.reassignPass, nil)
 	start(JobExpired, c.ExpiredEnvelopesPollingTime, c.ExpiredEnvelopesPollingTime, func(ctx context.Context) (time.Duration, error) {
 		_, skipped, err := a.deleteExpiredEnvelopes(ctx)
 		return retryIfSkipped(skipped), err
@@ -868,6 +865,35 @@ func (a *Agent) ReassignDormantNodes(ctx context.Context) (ReassignResult, error
 		}
 	}
 	return res, nil
+}
+
+// relockGraceChecks is how many node-check intervals a node that took its lock again waits
+// before judging other nodes dormant (reassignPass).
+const relockGraceChecks = 3
+
+// reassignPass is the periodic dormant-node reassignment. It first checks this node's own
+// lock: a node that has to take it again lost its session, and so, most likely, did every
+// node (the database restarted, or the network failed): their locks look free until each
+// takes its own again, at its next node check. So for relockGraceChecks node-check intervals
+// after taking its lock again, the node judges nobody dormant, and live nodes keep their
+// envelopes (they hand them back themselves after their relock: checkNode). A node that
+// cannot check its own lock judges nobody either.
+func (a *Agent) reassignPass(ctx context.Context) (time.Duration, error) {
+	cctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
+	err := a.node.Check(cctx)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("node lock, before judging other nodes: %w", err)
+	}
+	grace := relockGraceChecks * a.config.NodeCheckInterval
+	if at := a.node.lastRelock(); !at.IsZero() {
+		if wait := grace - time.Since(at); wait > 0 {
+			a.logger.Debug("Node lock taken again lately: dormant nodes are judged later", watermill.LogFields{"in": wait.String()})
+			return wait, nil
+		}
+	}
+	res, err := a.ReassignDormantNodes(ctx)
+	return retryIfSkipped(res.Skipped), err
 }
 
 type handBackState int

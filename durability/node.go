@@ -94,8 +94,10 @@ type Node struct {
 	mu     sync.Mutex
 	conn   dbx.Conn // holds the lock; nil once closed or after the connection was lost
 	closed bool
-	// relocks counts the times Check took the lock again after it was lost.
-	relocks uint64
+	// relocks counts the times Check took the lock again after it was lost; relockedAt is
+	// the last time.
+	relocks    uint64
+	relockedAt time.Time
 	// unknownOutcomes counts ReportUnknownOutcome calls.
 	unknownOutcomes atomic.Uint64
 }
@@ -200,6 +202,7 @@ func (n *Node) Check(ctx context.Context) error {
 			ok, err = n.locks.TryNodeLock(ctx, n.conn, n.id)
 			if err == nil && ok {
 				n.relocks++
+				n.relockedAt = time.Now()
 				n.logger.Info("Node lock taken again", nil)
 				return nil
 			}
@@ -220,6 +223,7 @@ func (n *Node) Check(ctx context.Context) error {
 	}
 	n.conn = conn
 	n.relocks++
+	n.relockedAt = time.Now()
 	n.logger.Info("Node lock taken again on a new connection", nil)
 	return nil
 }
@@ -233,6 +237,13 @@ func (n *Node) Relocks() uint64 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.relocks
+}
+
+// lastRelock returns when Check last took the lock again (zero: never).
+func (n *Node) lastRelock() time.Time {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.relockedAt
 }
 
 // ReportUnknownOutcome tells the node that a statement marking envelopes with its id (a
