@@ -101,6 +101,18 @@ func TestDatabaseCrashMidRunLosesNothing(t *testing.T) {
 	before := countCommitted()
 	cluster.Crash()
 	cluster.Start()
+	// Recovery: from the database accepting connections again to the next commit, and to the
+	// next message relayed.
+	up := time.Now()
+	relayedAtUp, _ := sink.stats()
+	awaitCommitted(countCommitted() + 1)
+	commitRecovery := time.Since(up)
+	select {
+	case <-sink.reached(relayedAtUp + 1):
+	case <-time.After(crashTimeout):
+		t.Fatal("nothing relayed after the restart")
+	}
+	relayRecovery := time.Since(up)
 	awaitCommitted(before + 200)
 	close(stop)
 	<-published
@@ -126,8 +138,8 @@ func TestDatabaseCrashMidRunLosesNothing(t *testing.T) {
 	if n := rt.Agent().Node().Relocks(); n == 0 {
 		t.Error("the node never found its lock lost: did the database crash?")
 	}
-	t.Logf("%d messages committed (%d before the crash), %d publish errors during the outage, node %d relocked %d time(s)",
-		all, before, failures.Load(), node, rt.Agent().Node().Relocks())
+	t.Logf("%d messages committed (%d before the crash), %d publish errors during the outage, node %d relocked %d time(s); after the restart: first commit in %s, first relay in %s",
+		all, before, failures.Load(), node, rt.Agent().Node().Relocks(), commitRecovery.Round(time.Millisecond), relayRecovery.Round(time.Millisecond))
 }
 
 // The database crashes while a durable local queue is consumed behind the inbox: every
@@ -209,6 +221,16 @@ func TestDatabaseCrashMidRunAppliesEachMessageOnce(t *testing.T) {
 	before = committed.Load()
 	cluster.Crash()
 	cluster.Start()
+	up := time.Now()
+	atUp := effects()
+	deadline := up.Add(crashTimeout)
+	for effects() <= atUp {
+		if time.Now().After(deadline) {
+			t.Fatal("no effect applied after the restart")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	recovery := time.Since(up)
 	for committed.Load() < before+100 {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -223,5 +245,6 @@ func TestDatabaseCrashMidRunAppliesEachMessageOnce(t *testing.T) {
 	if n := effects(); n != all {
 		t.Errorf("%d effects for %d committed messages", n, all)
 	}
-	t.Logf("%d messages committed (%d before the crash), node relocked %d time(s)", all, before, rt.Agent().Node().Relocks())
+	t.Logf("%d messages committed (%d before the crash), node relocked %d time(s); first effect applied %s after the restart",
+		all, before, rt.Agent().Node().Relocks(), recovery.Round(time.Millisecond))
 }
