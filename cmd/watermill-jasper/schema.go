@@ -79,8 +79,9 @@ var schemaMigrate = spec{
 	name:    "schema migrate",
 	summary: "create whatever is missing of the tables, columns, indexes and procedures",
 	description: "Idempotent and safe to run from many processes at once (runs on one schema are serialised " +
-		"by a lock, all DDL runs in one transaction). It never changes an existing column or touches rows: " +
-		"differences it cannot fix are printed, one per line, and the exit status is 1.",
+		"by a lock, all DDL runs in one transaction). It never changes an existing column or touches rows. It adds " +
+		"Jasper's columns a table lacks when they are nullable or have a default, and refuses, naming them, the " +
+		"NOT NULL ones it cannot add; other differences it cannot fix are printed, one per line, and the exit status is 1.",
 	examples: []string{
 		"schema migrate --dsn postgres://app@db.internal:5432/app --schema messaging",
 		"schema migrate --dsn 'sqlserver://app@sql.internal:1433?database=app'",
@@ -117,7 +118,7 @@ var schemaMigrate = spec{
 			fmt.Fprintln(e.stdout, d)
 		}
 		if len(after) > 0 {
-			return fmt.Errorf("schema %s: %d difference(s) remain that migrate does not fix (listed on stdout): it adds missing tables, extension columns and indexes, but never alters or adds Jasper's own columns", cfg.Schema, len(after))
+			return fmt.Errorf("schema %s: %d difference(s) remain that migrate does not fix (listed on stdout): it adds missing tables, columns that can be added without touching rows, and indexes, but never alters a column", cfg.Schema, len(after))
 		}
 		return nil
 	}),
@@ -155,7 +156,7 @@ var schemaVerify = spec{
 			hint := fmt.Sprintf("`%s schema migrate` adds them", program)
 			for _, d := range diffs {
 				if !migrateFixes(d) {
-					hint = fmt.Sprintf("`%s schema migrate` adds missing tables and extensions; fix Jasper's own columns by hand", program)
+					hint = fmt.Sprintf("`%s schema migrate` adds missing tables, extensions and Jasper's nullable columns; fix the others by hand", program)
 					break
 				}
 			}

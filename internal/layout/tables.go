@@ -47,6 +47,11 @@ type Column struct {
 	Extension bool
 }
 
+// Addable reports whether the column can be added to an existing table without touching its
+// rows: it is nullable or has a default (every extension column is). Migrations add the
+// addable columns a table lacks; a table lacking another column is refused.
+func (c Column) Addable() bool { return c.Extension || c.Nullable || c.Default != "" }
+
 // Index describes an index this library adds (Jasper has none besides the primary keys).
 type Index struct {
 	Name    string

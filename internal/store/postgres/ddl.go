@@ -15,7 +15,7 @@ func (p *postgres) DDLStatements() []string {
 	}
 	for _, t := range cfg.Tables() {
 		for _, c := range t.Columns {
-			if c.Extension {
+			if c.Addable() {
 				out = append(out, fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s", cfg.Qualified(t.Name), sqlstore.ColumnDef(cfg, p, c)))
 			}
 		}

@@ -59,7 +59,7 @@ func (m *sqlserver) DDLStatements() []string {
 	}
 	for _, t := range cfg.Tables() {
 		for _, c := range t.Columns {
-			if c.Extension {
+			if c.Addable() {
 				out = append(out, fmt.Sprintf("IF COL_LENGTH(%s, %s) IS NULL ALTER TABLE %s ADD %s",
 					nstring(cfg.Qualified(t.Name)), nstring(c.Name), cfg.Qualified(t.Name), sqlstore.ColumnDef(cfg, m, c)))
 			}

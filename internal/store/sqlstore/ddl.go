@@ -120,6 +120,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, s.d.MigrationLock(), s.d.Bind([]any{s.d.MigrationLockArg(MigrateLockKey(cfg.Schema))})...); err != nil {
 			return fmt.Errorf("take the migration lock: %w", err)
 		}
+		if err := s.checkMissingColumns(ctx, tx); err != nil {
+			return err
+		}
 		stmts := s.d.DDLStatements()
 		var exists bool
 		if err := dbx.QueryRow(ctx, tx, s.d.SchemaExists(), s.d.Bind([]any{cfg.Schema}), &exists); err != nil {
@@ -137,6 +140,75 @@ func (s *Store) Migrate(ctx context.Context) error {
 	})
 }
 
+// checkMissingColumns refuses, in one line naming them, the columns an existing table lacks
+// that a migration cannot add (NOT NULL without a default: the table's rows would need a
+// value): such a table was not created by Jasper 2.0 or this library. The addable columns a
+// table lacks are added by the DDL statements.
+func (s *Store) checkMissingColumns(ctx context.Context, q dbx.Querier) error {
+	cfg := s.d.Schema()
+	cols, err := s.catalogColumns(ctx, q)
+	if err != nil {
+		return err
+	}
+	var problems []string
+	for _, t := range cfg.Tables() {
+		have := cols[t.Name]
+		if len(have) == 0 {
+			continue // created by the migration
+		}
+		var missing []string
+		for _, c := range t.Columns {
+			if !have[strings.ToLower(c.Name)].exists && !c.Addable() {
+				missing = append(missing, c.Name)
+			}
+		}
+		if len(missing) > 0 {
+			problems = append(problems, fmt.Sprintf("table %s lacks %s", cfg.Qualified(t.Name), strings.Join(missing, ", ")))
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s (NOT NULL columns of Jasper's layout, which a migration cannot add to rows that exist): the table was not created by Jasper 2.0 or this library; add the columns (docs/tables.md) or drop the table",
+		strings.Join(problems, "; "))
+}
+
+// catalogColumn is one column of the live database.
+type catalogColumn struct {
+	typ      string
+	nullable bool
+	exists   bool
+}
+
+// catalogColumns reads the columns of the schema's tables: table -> lower-case column name.
+func (s *Store) catalogColumns(ctx context.Context, q dbx.Querier) (map[string]map[string]catalogColumn, error) {
+	cfg := s.d.Schema()
+	out := map[string]map[string]catalogColumn{}
+	rows, err := q.Query(ctx, s.d.ColumnsQuery(), s.d.Bind([]any{cfg.Schema})...)
+	if err != nil {
+		return nil, fmt.Errorf("read columns: %w", err)
+	}
+	for rows.Next() {
+		var table, column, typ, nullable string
+		var length int64
+		if err := rows.Scan(&table, &column, &typ, &nullable, &length); err != nil {
+			_ = rows.Close()
+			return nil, fmt.Errorf("read columns: %w", err)
+		}
+		if cfg.Dialect == dbx.SQLServer && (typ == "varchar" || typ == "nvarchar" || typ == "varbinary") {
+			typ = fmt.Sprintf("%s:%d", typ, length)
+		}
+		if out[table] == nil {
+			out[table] = map[string]catalogColumn{}
+		}
+		out[table][strings.ToLower(column)] = catalogColumn{typ: typ, nullable: nullable == "YES", exists: true}
+	}
+	if err := rows.Close(); err != nil {
+		return nil, fmt.Errorf("read columns: %w", err)
+	}
+	return out, nil
+}
+
 // firstLine is the first line of a statement after its SET options, for an error that
 // names it.
 func firstLine(st string) string {
@@ -151,29 +223,16 @@ func firstLine(st string) string {
 
 // Catalog reads what the live database holds of the layout.
 func (s *Store) Catalog(ctx context.Context) (store.Catalog, error) {
-	cfg := s.d.Schema()
 	c := store.Catalog{Columns: map[string]map[string]store.CatalogColumn{}}
-	rows, err := s.db.Query(ctx, s.d.ColumnsQuery(), s.d.Bind([]any{cfg.Schema})...)
+	cols, err := s.catalogColumns(ctx, s.db)
 	if err != nil {
-		return c, fmt.Errorf("read columns: %w", err)
+		return c, err
 	}
-	for rows.Next() {
-		var table, column, typ, nullable string
-		var length int64
-		if err := rows.Scan(&table, &column, &typ, &nullable, &length); err != nil {
-			_ = rows.Close()
-			return c, fmt.Errorf("read columns: %w", err)
+	for table, tc := range cols {
+		c.Columns[table] = map[string]store.CatalogColumn{}
+		for name, col := range tc {
+			c.Columns[table][name] = store.CatalogColumn{Type: col.typ, Nullable: col.nullable}
 		}
-		if cfg.Dialect == dbx.SQLServer && (typ == "varchar" || typ == "nvarchar" || typ == "varbinary") {
-			typ = fmt.Sprintf("%s:%d", typ, length)
-		}
-		if c.Columns[table] == nil {
-			c.Columns[table] = map[string]store.CatalogColumn{}
-		}
-		c.Columns[table][strings.ToLower(column)] = store.CatalogColumn{Type: typ, Nullable: nullable == "YES"}
-	}
-	if err := rows.Close(); err != nil {
-		return c, fmt.Errorf("read columns: %w", err)
 	}
 	if c.PrimaryKeys, err = s.names(ctx, s.d.PrimaryKeysQuery()); err != nil {
 		return c, fmt.Errorf("read primary keys: %w", err)
