@@ -36,8 +36,8 @@ func askDelete(e *env, cfg schema.Config, what string, n int64, question string)
 	return true, nil
 }
 
-// isTerminal reports whether r is a terminal (a character device).
-func isTerminal(r io.Reader) bool {
+// isTerminal reports whether r (stdin, stdout or stderr) is a terminal (a character device).
+func isTerminal(r any) bool {
 	f, ok := r.(*os.File)
 	if !ok {
 		return false

@@ -61,6 +61,7 @@ var deadLettersList = spec{
 	setup: func(fs *flag.FlagSet) runFunc {
 		topic := fs.String("topic", "", "only dead letters received on `TOPIC` (their received_at)")
 		limit := fs.Int("limit", 50, "show at most `N` dead letters (0: all)")
+		out := newOutputFlag(fs)
 		db := newDBFlags(fs)
 		return db.run(notNegative("--limit", limit), func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
 			lim := *limit
@@ -74,6 +75,9 @@ var deadLettersList = spec{
 			total, err := admin.CountDeadLetters(ctx, drv, cfg, *topic, 0)
 			if err != nil {
 				return err
+			}
+			if out.json {
+				return writeJSON(e.stdout, deadLetterListJSON(cfg, *topic, dls, total))
 			}
 			return printDeadLetterList(e.stdout, cfg, *topic, dls, total)
 		})
@@ -148,13 +152,14 @@ var deadLettersShow = spec{
 	name:    "dead-letters show",
 	summary: "print every field of one dead letter and a preview of its payload",
 	args:    "ID",
-	description: "The error's type, message and whole text, the explanation, the topic, source and attempts, " +
+	description: "The error's type, whole message and whole text, the whole explanation, the topic, source and attempts, " +
 		"the Jasper envelope columns, every header (metadata pair) and the first " + fmt.Sprint(payloadPreview) +
 		" bytes of the payload (as text when it is UTF-8 text, otherwise as a hex dump).",
 	examples: []string{
 		"dead-letters show 0f8fad5b-d9cb-469f-a165-70867728950e --schema messaging",
 	},
 	setup: func(fs *flag.FlagSet) runFunc {
+		out := newOutputFlag(fs)
 		db := newDBFlags(fs)
 		return func(ctx context.Context, e *env, args []string) error {
 			args, err := interspersed(fs, "dead-letters show", args)
@@ -172,6 +177,9 @@ var deadLettersShow = spec{
 				d, err := admin.GetDeadLetter(ctx, drv, cfg, id)
 				if err != nil {
 					return err
+				}
+				if out.json {
+					return writeJSON(e.stdout, deadLetterToJSON(d, true))
 				}
 				return printDeadLetter(e.stdout, d)
 			})
@@ -203,14 +211,17 @@ func printDeadLetter(w io.Writer, d admin.DeadLetter) error {
 	field("Reply URI", d.ReplyURI)
 	field("Reply requested", d.ReplyRequested)
 	field("Ack requested", fmt.Sprint(d.AckRequested))
-	field("Explanation", oneLine(d.Explanation, 200))
 	field("Exception type", d.ExceptionType)
-	field("Exception message", oneLine(d.ExceptionMessage, 200))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nException text:")
-	writeBlock(w, orDash(d.ExceptionText))
+	// The texts are printed whole, each as an indented block.
+	for _, t := range []struct{ name, text string }{
+		{"Explanation", d.Explanation}, {"Exception message", d.ExceptionMessage}, {"Exception text", d.ExceptionText},
+	} {
+		fmt.Fprintf(w, "\n%s:\n", t.name)
+		writeBlock(w, orDash(t.text))
+	}
 
 	switch {
 	case d.HeadersError != "":
@@ -357,16 +368,12 @@ var deadLettersReplay = spec{
 					opts.Publisher = queuePublisher{pub}
 					target = "RabbitMQ at " + jasperamqp.RedactURL(amqpURL)
 				}
-				start := time.Now()
+				bar := newProgress(e.stderr, "dead-letters replay", -1)
 				opts.Progress = func(p admin.ReplayProgress) {
-					pct := 100.0
-					if p.Total > 0 {
-						pct = float64(p.Done) * 100 / float64(p.Total)
-					}
-					fmt.Fprintf(e.stderr, "dead-letters replay: %d of %d done (%.0f%%), %d replayed, %s\n",
-						p.Done, p.Total, pct, p.Replayed, time.Since(start).Round(time.Millisecond))
+					bar.step(int64(p.Done), int64(p.Total), fmt.Sprintf("%d replayed", p.Replayed))
 				}
 				res, err := admin.ReplayDeadLetters(ctx, drv, cfg, sel, opts)
+				bar.finish()
 				fmt.Fprintf(e.stdout, "replayed %d dead letters to %s (schema %s)\n", res.Replayed, target, cfg.Schema)
 				for _, s := range res.Skipped {
 					fmt.Fprintf(e.stdout, "skipped %s: %s\n", s.ID, s.Reason)
@@ -445,21 +452,20 @@ var deadLettersPurge = spec{
 			if *older > 0 {
 				what += " written more than " + older.String() + " ago"
 			}
+			total, err := admin.CountDeadLetters(ctx, drv, cfg, *topic, *older)
+			if err != nil {
+				return err
+			}
 			if !*yes {
-				total, err := admin.CountDeadLetters(ctx, drv, cfg, *topic, *older)
-				if err != nil {
-					return err
-				}
 				question := fmt.Sprintf("Delete %d %s in schema %s?", total, what, cfg.Schema)
 				if ok, err := askDelete(e, cfg, what, total, question); !ok {
 					return err
 				}
 			}
-			start := time.Now()
+			bar := newProgress(e.stderr, "dead-letters purge", total)
 			n, err := admin.PurgeDeadLetters(ctx, drv, cfg, admin.PurgeOptions{OlderThan: *older, Topic: *topic,
-				Progress: func(d int64) {
-					fmt.Fprintf(e.stderr, "dead-letters purge: %d deleted, %s\n", d, time.Since(start).Round(time.Millisecond))
-				}})
+				Progress: func(d int64) { bar.step(d, max(total, d), fmt.Sprintf("%d deleted", d)) }})
+			bar.finish()
 			if err != nil {
 				return err
 			}
@@ -467,4 +473,76 @@ var deadLettersPurge = spec{
 			return err
 		})
 	},
+}
+
+// deadLetterJSON is a dead letter in --output json: snake_case keys, times in RFC 3339 (UTC),
+// the payload as base64 (body_base64, only from dead-letters show).
+type deadLetterJSON struct {
+	ID               string            `json:"id"`
+	Written          *time.Time        `json:"written"`
+	Topic            string            `json:"topic"`
+	Source           string            `json:"source"`
+	MessageUUID      string            `json:"message_uuid,omitempty"`
+	MessageType      string            `json:"message_type"`
+	ContentType      string            `json:"content_type,omitempty"`
+	Attempts         int               `json:"attempts"`
+	ExecutionTime    *time.Time        `json:"execution_time,omitempty"`
+	Replayable       bool              `json:"replayable"`
+	CorrelationID    string            `json:"correlation_id,omitempty"`
+	ParentID         string            `json:"parent_id,omitempty"`
+	ConversationID   string            `json:"conversation_id,omitempty"`
+	SagaID           string            `json:"saga_id,omitempty"`
+	ReplyURI         string            `json:"reply_uri,omitempty"`
+	ReplyRequested   string            `json:"reply_requested,omitempty"`
+	AckRequested     bool              `json:"ack_requested"`
+	Explanation      string            `json:"explanation"`
+	ExceptionType    string            `json:"exception_type"`
+	ExceptionMessage string            `json:"exception_message"`
+	ExceptionText    string            `json:"exception_text,omitempty"`
+	Headers          map[string]string `json:"headers,omitempty"`
+	HeadersError     string            `json:"headers_error,omitempty"`
+	BodySize         int               `json:"body_size"`
+	Body             []byte            `json:"body_base64,omitempty"`
+}
+
+func deadLetterToJSON(d admin.DeadLetter, full bool) deadLetterJSON {
+	utc := func(t *time.Time) *time.Time {
+		if t == nil {
+			return nil
+		}
+		u := t.UTC()
+		return &u
+	}
+	j := deadLetterJSON{
+		ID: d.ID.String(), Written: utc(d.Timestamp), Topic: d.ReceivedAt, Source: d.Source, MessageUUID: d.MessageUUID,
+		MessageType: d.MessageType, ContentType: d.ContentType, Attempts: d.Attempts, ExecutionTime: utc(d.ExecutionTime),
+		Replayable: d.Replayable, CorrelationID: d.CorrelationID, ParentID: d.ParentID, SagaID: d.SagaID,
+		ReplyURI: d.ReplyURI, ReplyRequested: d.ReplyRequested, AckRequested: d.AckRequested,
+		Explanation: d.Explanation, ExceptionType: d.ExceptionType, ExceptionMessage: d.ExceptionMessage,
+		BodySize: d.BodySize,
+	}
+	if d.ConversationID != nil {
+		j.ConversationID = d.ConversationID.String()
+	}
+	if full {
+		j.ExceptionText, j.Headers, j.HeadersError, j.Body = d.ExceptionText, d.Headers, d.HeadersError, d.Body
+		if j.BodySize == 0 {
+			j.BodySize = len(d.Body)
+		}
+	}
+	return j
+}
+
+// deadLetterListJSON is dead-letters list in --output json.
+func deadLetterListJSON(cfg schema.Config, topic string, dls []admin.DeadLetter, total int64) any {
+	items := make([]deadLetterJSON, len(dls))
+	for i, d := range dls {
+		items[i] = deadLetterToJSON(d, false)
+	}
+	return struct {
+		Schema      string           `json:"schema"`
+		Topic       string           `json:"topic,omitempty"`
+		Total       int64            `json:"total"`
+		DeadLetters []deadLetterJSON `json:"dead_letters"`
+	}{cfg.Schema, topic, total, items}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -241,4 +242,74 @@ func getMessages(t *testing.T, queue string, n int) []amqp091.Delivery {
 		out = append(out, d)
 	}
 	return out
+}
+
+// --output json: dead-letters list and show, and storage counts, print one JSON document with
+// every field (show: the whole exception message and text, however long, and the payload);
+// another format is a usage error.
+func TestOutputJSON(t *testing.T) {
+	t.Parallel()
+	s := testdb.Schema(t)
+	assertSuccess(t, db(t, "", s, "schema", "migrate"))
+	ours, _, _ := seedDeadLetters(t, s)
+	long := strings.Repeat("a very long exception message line; ", 40) + "\nsecond line"
+	if _, err := testdb.Pool(t).Exec(context.Background(), fmt.Sprintf(`UPDATE "%s".jasper_dead_letters SET exception_message = $1 WHERE id = $2`, s), long, ours); err != nil {
+		t.Fatal(err)
+	}
+
+	r := db(t, "", s, "dead-letters", "list", "--output", "json")
+	assertSuccess(t, r)
+	var list struct {
+		Schema      string `json:"schema"`
+		Total       int64  `json:"total"`
+		DeadLetters []struct {
+			ID               string `json:"id"`
+			Topic            string `json:"topic"`
+			ExceptionMessage string `json:"exception_message"`
+		} `json:"dead_letters"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+		t.Fatalf("list --output json is not JSON: %v\n%s", err, r.stdout)
+	}
+	if list.Schema != s || list.Total != 3 || len(list.DeadLetters) != 3 {
+		t.Errorf("list --output json: %+v", list)
+	}
+
+	r = db(t, "", s, "dead-letters", "show", ours.String(), "--output", "json")
+	assertSuccess(t, r)
+	var show struct {
+		ID               string            `json:"id"`
+		ExceptionMessage string            `json:"exception_message"`
+		ExceptionText    string            `json:"exception_text"`
+		Headers          map[string]string `json:"headers"`
+		Body             []byte            `json:"body_base64"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &show); err != nil {
+		t.Fatalf("show --output json is not JSON: %v\n%s", err, r.stdout)
+	}
+	if show.ID != ours.String() || show.ExceptionMessage != long || !strings.Contains(show.ExceptionText, "disk full") ||
+		show.Headers["tenant"] != "t1" || string(show.Body) != `{"order":42}` {
+		t.Errorf("show --output json: %+v", show)
+	}
+	// The text form prints the whole message too.
+	r = db(t, "", s, "dead-letters", "show", ours.String())
+	assertSuccess(t, r)
+	if !strings.Contains(r.stdout, strings.Repeat("a very long exception message line; ", 40)) || !strings.Contains(r.stdout, "  second line") {
+		t.Errorf("show does not print the whole exception message:\n%s", r.stdout)
+	}
+
+	r = db(t, "", s, "storage", "counts", "--output", "json")
+	assertSuccess(t, r)
+	var counts struct {
+		Schema      string           `json:"schema"`
+		Incoming    map[string]int64 `json:"incoming"`
+		DeadLetters int64            `json:"dead_letters"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &counts); err != nil {
+		t.Fatalf("storage counts --output json is not JSON: %v\n%s", err, r.stdout)
+	}
+	if counts.Schema != s || counts.DeadLetters != 3 || counts.Incoming["Incoming"] != 0 {
+		t.Errorf("storage counts --output json: %+v", counts)
+	}
+	assertFailure(t, db(t, "", s, "storage", "counts", "--output", "xml"), 2, "want text or json")
 }

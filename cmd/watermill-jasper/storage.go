@@ -38,24 +38,69 @@ var storageCounts = spec{
 	examples: []string{
 		"storage counts --dsn postgres://app@db.internal:5432/app --schema messaging",
 	},
-	setup: onDB(func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
-		c, err := admin.Counts(ctx, drv, cfg)
-		if err != nil {
-			return err
+	setup: func(fs *flag.FlagSet) runFunc {
+		out := newOutputFlag(fs)
+		return newDBFlags(fs).run(nil, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
+			c, err := admin.Counts(ctx, drv, cfg)
+			if err != nil {
+				return err
+			}
+			ids := make([]int32, len(c.Owners))
+			for i, o := range c.Owners {
+				ids[i] = o.OwnerID
+			}
+			live, err := admin.NodeLiveness(ctx, drv, ids)
+			if err != nil {
+				return err
+			}
+			if out.json {
+				return writeJSON(e.stdout, countsJSON(cfg, c, live))
+			}
+			if err := printCounts(e.stdout, cfg, c); err != nil {
+				return err
+			}
+			return printNodes(e.stdout, ids, live)
+		})
+	},
+}
+
+// countsJSON is storage counts in --output json.
+func countsJSON(cfg schema.Config, c admin.RowCounts, live map[int32]admin.Liveness) any {
+	type owner struct {
+		OwnerID  int32  `json:"owner_id"`
+		Incoming int64  `json:"incoming"`
+		Outgoing int64  `json:"outgoing"`
+		State    string `json:"state,omitempty"`
+	}
+	incoming := map[string]int64{}
+	for _, s := range knownStatuses {
+		incoming[s] = c.IncomingStatus(s)
+	}
+	for _, s := range c.Incoming {
+		incoming[s.Status] = s.Rows
+	}
+	outgoing := map[string]int64{}
+	for _, d := range c.Outgoing {
+		outgoing[d.Destination] = d.Rows
+	}
+	owners := make([]owner, 0, len(c.Owners))
+	for _, o := range c.Owners {
+		ow := owner{OwnerID: o.OwnerID, Incoming: o.Incoming, Outgoing: o.Outgoing}
+		if o.OwnerID != admin.AnyNode {
+			ow.State = fmt.Sprint(live[o.OwnerID])
 		}
-		if err := printCounts(e.stdout, cfg, c); err != nil {
-			return err
-		}
-		ids := make([]int32, len(c.Owners))
-		for i, o := range c.Owners {
-			ids[i] = o.OwnerID
-		}
-		live, err := admin.NodeLiveness(ctx, drv, ids)
-		if err != nil {
-			return err
-		}
-		return printNodes(e.stdout, ids, live)
-	}),
+		owners = append(owners, ow)
+	}
+	return struct {
+		Schema        string           `json:"schema"`
+		Dialect       string           `json:"dialect"`
+		Incoming      map[string]int64 `json:"incoming"`
+		IncomingTotal int64            `json:"incoming_total"`
+		Outgoing      map[string]int64 `json:"outgoing"`
+		OutgoingTotal int64            `json:"outgoing_total"`
+		DeadLetters   int64            `json:"dead_letters"`
+		Owners        []owner          `json:"owners"`
+	}{cfg.Schema, string(cfg.Dialect), incoming, c.IncomingTotal(), outgoing, c.OutgoingTotal(), c.DeadLetters, owners}
 }
 
 // printNodes lists the nodes (owner_id other than 0) holding rows and whether each is alive.
