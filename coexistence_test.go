@@ -311,3 +311,31 @@ func runRouter(t *testing.T, router *message.Router) context.Context {
 	})
 	return runCtx
 }
+
+// applyEffects runs, until the test ends, a router whose handler consumes topic "work" from a
+// subscriber of rt (config sub) behind rt's inbox (consumer name consumer) and records each
+// delivery's message UUID in table effects, in the inbox's transaction.
+func applyEffects(t *testing.T, rt *jasper.Runtime, sub subscriber.Config, consumer, effects string) {
+	t.Helper()
+	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: consumer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := rt.Subscriber(sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router.AddConsumerHandler("apply", "work", s, func(msg *message.Message) error {
+		tx, ok := middleware.TxFromContext(msg.Context())
+		if !ok {
+			return errors.New("no inbox transaction")
+		}
+		_, err := tx.Exec(msg.Context(), "INSERT INTO "+effects+" (message_uuid) VALUES ($1)", msg.UUID)
+		return err
+	}).AddMiddleware(inbox.Middleware)
+	runRouter(t, router)
+}

@@ -2,7 +2,6 @@ package jasper_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
-	"github.com/watermill-jasper/watermill-jasper/middleware"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
@@ -54,27 +52,7 @@ func TestRuntimeThroughPgBouncer(t *testing.T) {
 	effects := cfg.QuoteIdent(cfg.Schema) + ".effects"
 	execSQL(t, testdb.Pool(t), "CREATE TABLE "+effects+" (message_uuid text NOT NULL)")
 
-	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: "pgbouncer"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := rt.Subscriber(subscriber.Config{PollInterval: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router.AddConsumerHandler("apply", "work", sub, func(msg *message.Message) error {
-		tx, ok := middleware.TxFromContext(msg.Context())
-		if !ok {
-			return errors.New("no inbox transaction")
-		}
-		_, err := tx.Exec(msg.Context(), "INSERT INTO "+effects+" (message_uuid) VALUES ($1)", msg.UUID)
-		return err
-	}).AddMiddleware(inbox.Middleware)
-	runRouter(t, router)
+	applyEffects(t, rt, subscriber.Config{PollInterval: 30 * time.Second}, "pgbouncer", effects)
 
 	ctx := context.Background()
 	committed := 0

@@ -1,7 +1,6 @@
 package jasper_test
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -15,7 +14,6 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
-	"github.com/watermill-jasper/watermill-jasper/middleware"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
@@ -159,27 +157,7 @@ func TestDatabaseCrashMidRunAppliesEachMessageOnce(t *testing.T) {
 	startRuntime(t, rt)
 	execSQL(t, pool, "CREATE TABLE effects (message_uuid text NOT NULL)")
 	queue := localQueue(t, rt, pool)
-	inbox, err := rt.Inbox(middleware.InboxConfig{ConsumerName: "crash"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := rt.Subscriber(subscriber.Config{MaxInFlight: 4, PollInterval: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router.AddConsumerHandler("apply", "work", sub, func(msg *message.Message) error {
-		tx, ok := middleware.TxFromContext(msg.Context())
-		if !ok {
-			return errors.New("no inbox transaction")
-		}
-		_, err := tx.Exec(msg.Context(), "INSERT INTO effects (message_uuid) VALUES ($1)", msg.UUID)
-		return err
-	}).AddMiddleware(inbox.Middleware)
-	runRouter(t, router)
+	applyEffects(t, rt, subscriber.Config{MaxInFlight: 4, PollInterval: 100 * time.Millisecond}, "crash", "effects")
 
 	var committed atomic.Int64
 	stop := make(chan struct{})
