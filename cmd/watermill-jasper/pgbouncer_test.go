@@ -86,8 +86,8 @@ func relaySuite(t *testing.T, db relayDB) {
 	relays[0].waitFor(fmt.Sprintf("all %d messages on RabbitMQ", total), 120*time.Second, func() bool { return c.distinct() == total })
 	relays[0].waitFor("an empty outbox", 30*time.Second, func() bool { return outgoingCount(t, s, "") == 0 })
 	c.mu.Lock()
-	t.Logf("relay %d killed while its batches held %d envelopes locked; all %d messages arrived through the other two, %d duplicates",
-		victimID, locked, total, c.dups)
+	t.Logf("%s: relay %d killed while its batches held %d envelopes locked; all %d messages arrived through the other two, %d duplicates",
+		t.Name(), victimID, locked, total, c.dups)
 	c.mu.Unlock()
 
 	// Idle wake-ups: each publish commits one message with a notification; the relays poll
@@ -98,7 +98,7 @@ func relaySuite(t *testing.T, db relayDB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const samples = 40
+	const samples = 100
 	var waits []time.Duration
 	for i := range samples {
 		want := total + i + 1
@@ -116,8 +116,8 @@ func relaySuite(t *testing.T, db relayDB) {
 		waits = append(waits, time.Since(committed))
 	}
 	slices.Sort(waits)
-	t.Logf("idle wake-up, commit to arrival at the consumer over %d messages: p50 %s, p99 %s, max %s",
-		samples, waits[samples/2].Round(10*time.Microsecond), waits[samples*99/100].Round(10*time.Microsecond), waits[samples-1].Round(10*time.Microsecond))
+	t.Logf("%s: idle wake-up, commit to arrival at the consumer over %d messages: p50 %s, p99 %s, max %s",
+		t.Name(), samples, waits[samples/2].Round(10*time.Microsecond), waits[samples*99/100].Round(10*time.Microsecond), waits[samples-1].Round(10*time.Microsecond))
 
 	for _, r := range relays {
 		if code := r.stop(syscall.SIGTERM); code != 0 {
