@@ -1,5 +1,6 @@
 // Package admin is the Go API behind the storage and dead-letter commands of the
-// watermill-jasper CLI: it counts the envelopes kept in the Jasper tables, releases every
+// watermill-jasper CLI and of the web dashboard (package dashboard): it counts the envelopes
+// kept in the Jasper tables and reads the age of the oldest, releases every
 // row's ownership, deletes every row, tells which nodes are alive, and lists, shows, replays
 // and purges dead letters. It works on PostgreSQL and SQL Server through a database.Driver and
 // holds no SQL: it calls the typed operations of the storage boundary (internal/store/store.go),
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
@@ -210,4 +212,53 @@ func wrap(op string, s store.Store, err error) error {
 		return fmt.Errorf("watermill-jasper: %s in schema %s: %w (%v)", op, s.Schema().Schema, ErrTablesMissing, err)
 	}
 	return fmt.Errorf("watermill-jasper: %s in schema %s: %w", op, s.Schema().Schema, err)
+}
+
+// AgeGroup is the number of rows of one incoming status and topic, or of one outgoing
+// destination, and the time the oldest of them was written.
+type AgeGroup struct {
+	// Name is the status (incoming) or the destination (outgoing).
+	Name string
+	// Topic is the incoming rows' received_at ("" for outgoing rows).
+	Topic string
+	Rows  int64
+	// Oldest is the earliest timestamp (extension column) of the group; nil when no row has
+	// one.
+	Oldest *time.Time
+}
+
+// RowAges is what Ages reads: the incoming rows by status and topic (sorted by status, then
+// topic) and the outgoing rows by destination (sorted).
+type RowAges struct {
+	Incoming []AgeGroup
+	Outgoing []AgeGroup
+}
+
+// Ages counts the incoming rows by status and topic and the outgoing rows by destination,
+// with the oldest timestamp of each group, in one read-only statement. On a database Jasper
+// created and not migrated yet (no timestamp column) the error says to migrate. When the
+// tables do not exist the error wraps ErrTablesMissing.
+func Ages(ctx context.Context, db database.Driver, cfg schema.Config) (RowAges, error) {
+	s, err := resolve(db, cfg)
+	if err != nil {
+		return RowAges{}, err
+	}
+	a, err := s.Ages(ctx)
+	if err != nil {
+		return RowAges{}, wrapDL("read the oldest rows", s, err)
+	}
+	conv := func(gs []store.AgeGroup) []AgeGroup {
+		out := make([]AgeGroup, len(gs))
+		for i, g := range gs {
+			out[i] = AgeGroup{Name: g.Name, Topic: g.Topic, Rows: g.Rows, Oldest: g.Oldest}
+		}
+		sort.Slice(out, func(i, j int) bool {
+			if out[i].Name != out[j].Name {
+				return out[i].Name < out[j].Name
+			}
+			return out[i].Topic < out[j].Topic
+		})
+		return out
+	}
+	return RowAges{Incoming: conv(a.Incoming), Outgoing: conv(a.Outgoing)}, nil
 }

@@ -255,6 +255,9 @@ type Ops interface {
 	// Counts counts the rows: incoming by status, outgoing by destination, dead letters, and
 	// both tables by owner.
 	Counts(ctx context.Context) (Counts, error)
+	// Ages counts the incoming rows by status and topic and the outgoing rows by
+	// destination, with the oldest timestamp of each group.
+	Ages(ctx context.Context) (Ages, error)
 	// ReleaseAll sets owner_id to 0 on every incoming and outgoing row (in the caller's
 	// transaction when bound; run it in one).
 	ReleaseAll(ctx context.Context) (incoming, outgoing int64, err error)
@@ -427,6 +430,20 @@ type Counts struct {
 	DeadLetters           int64
 	IncomingByOwner       map[int32]int64
 	OutgoingByOwner       map[int32]int64
+}
+
+// Ages is what Ages reads (unsorted).
+type Ages struct {
+	Incoming, Outgoing []AgeGroup
+}
+
+// AgeGroup is the rows of one status and topic (incoming) or destination (outgoing).
+type AgeGroup struct {
+	// Name is the status or the destination; Topic the incoming rows' received_at.
+	Name, Topic string
+	Rows        int64
+	// Oldest is the earliest timestamp of the group; nil when no row has one.
+	Oldest *time.Time
 }
 
 // Cleared is the rows ClearAll deleted.

@@ -21,6 +21,11 @@ type AdminStatements struct {
 	// CountIncomingStatus (name = status), CountOutgoingDestination (name = destination),
 	// CountDeadLetters, CountIncomingOwner and CountOutgoingOwner (owner_id). Args: none.
 	Counts string
+	// Ages returns rows of (kind bigint, name text, topic text, rows bigint, oldest
+	// timestamp): kind CountIncomingStatus (name = status, topic = received_at or '') or
+	// CountOutgoingDestination (name = destination, topic ''); oldest is the earliest
+	// timestamp of the group (NULL when none is set). Args: none.
+	Ages string
 	// ReleaseAllIncoming and ReleaseAllOutgoing set owner_id to $1 on every row whose
 	// owner_id differs. Affected rows: the rows changed. Args: owner int.
 	ReleaseAllIncoming, ReleaseAllOutgoing string
@@ -101,6 +106,37 @@ func (o *ops) Counts(ctx context.Context) (store.Counts, error) {
 		}
 	}
 	return c, rows.Close()
+}
+
+// Ages counts the incoming rows by status and topic and the outgoing rows by destination,
+// with the oldest timestamp of each group.
+func (o *ops) Ages(ctx context.Context) (store.Ages, error) {
+	var a store.Ages
+	rows, err := o.query(ctx, o.d.Admin().Ages)
+	if err != nil {
+		return a, err
+	}
+	for rows.Next() {
+		var kind, n int64
+		var name, topic string
+		var oldest sql.NullTime
+		if err := rows.Scan(&kind, &name, &topic, &n, &oldest); err != nil {
+			_ = rows.Close()
+			return a, err
+		}
+		g := store.AgeGroup{Name: name, Topic: topic, Rows: n}
+		if oldest.Valid {
+			t := oldest.Time
+			g.Oldest = &t
+		}
+		switch kind {
+		case CountIncomingStatus:
+			a.Incoming = append(a.Incoming, g)
+		case CountOutgoingDestination:
+			a.Outgoing = append(a.Outgoing, g)
+		}
+	}
+	return a, rows.Close()
 }
 
 // ReleaseAll sets owner_id to 0 on every incoming and outgoing row, in one transaction.

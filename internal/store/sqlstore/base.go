@@ -85,6 +85,10 @@ UNION ALL SELECT %[7]d, '', owner_id, %[9]s FROM %[1]s GROUP BY owner_id
 UNION ALL SELECT %[8]d, '', owner_id, %[9]s FROM %[2]s GROUP BY owner_id`,
 		b.Inc, b.Out, b.DLQ, CountIncomingStatus, CountOutgoingDestination, CountDeadLetters, CountIncomingOwner, CountOutgoingOwner,
 		b.syn.CountRows)
+	ts := b.Cfg.QuoteIdent("timestamp")
+	a.Ages = fmt.Sprintf(`SELECT %[4]d, status, COALESCE(received_at, ''), %[6]s, MIN(%[7]s) FROM %[1]s GROUP BY status, received_at
+UNION ALL SELECT %[5]d, destination, '', %[6]s, MIN(%[7]s) FROM %[2]s GROUP BY destination`,
+		b.Inc, b.Out, b.DLQ, CountIncomingStatus, CountOutgoingDestination, b.syn.CountRows, ts)
 	setOwner := func(table string) string {
 		return fmt.Sprintf(`UPDATE %s SET owner_id = %[2]s WHERE owner_id <> %[2]s`, table, b.param(1))
 	}

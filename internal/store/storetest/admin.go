@@ -3,6 +3,7 @@ package storetest
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/google/uuid"
@@ -41,6 +42,30 @@ func testCounts(e *env) {
 		IncomingByOwner:       map[int32]int64{0: 2, 9: 1},
 		OutgoingByOwner:       map[int32]int64{0: 2, 7: 1},
 	})
+	testAges(e)
+}
+
+// testAges checks Ages on the populated tables: the groups and an oldest timestamp in each.
+func testAges(e *env) {
+	e.t.Helper()
+	a := must(e.s.Ages(e.ctx))
+	var in, out []string
+	for _, g := range a.Incoming {
+		in = append(in, fmt.Sprintf("%s/%s:%d", g.Name, g.Topic, g.Rows))
+		if g.Oldest == nil || time.Since(*g.Oldest) > time.Hour || time.Since(*g.Oldest) < -time.Hour {
+			e.t.Errorf("Ages: incoming %s/%s: oldest %v", g.Name, g.Topic, g.Oldest)
+		}
+	}
+	for _, g := range a.Outgoing {
+		out = append(out, fmt.Sprintf("%s:%d", g.Name, g.Rows))
+		if g.Oldest == nil || time.Since(*g.Oldest) > time.Hour || time.Since(*g.Oldest) < -time.Hour {
+			e.t.Errorf("Ages: outgoing %s: oldest %v", g.Name, g.Oldest)
+		}
+	}
+	sort.Strings(in)
+	sort.Strings(out)
+	check(e, "ages of incoming rows", in, []string{layout.StatusIncoming + "/t:2", layout.StatusScheduled + "/t:1"})
+	check(e, "ages of outgoing rows", out, []string{"a:2", "b:1"})
 }
 
 // releaseAll is ReleaseAll on ops, checking the rows it changed.

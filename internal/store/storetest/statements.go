@@ -51,7 +51,7 @@ var documentedArgs = map[string]int{
 // adminArgs are the argument counts of the administration statements (the fields of
 // sqlstore.AdminStatements), by field name.
 var adminArgs = map[string]int{
-	"Counts": 0, "ReleaseAllIncoming": 1, "ReleaseAllOutgoing": 1, "ClearOutgoing": 0, "ClearIncoming": 0,
+	"Counts": 0, "Ages": 0, "ReleaseAllIncoming": 1, "ReleaseAllOutgoing": 1, "ClearOutgoing": 0, "ClearIncoming": 0,
 	"ClearDeadLetters": 0, "CountDeadLetters": 3, "ListDeadLetters": 2, "GetDeadLetter": 1,
 	"PageDeadLetters": 4, "DeleteDeadLetters": 1, "ReplayDeadLetters": 5, "PurgeDeadLetters": 3,
 }
