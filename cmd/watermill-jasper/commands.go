@@ -16,4 +16,6 @@ var commands = []command{
 	benchGroup.command(), // bench (bench.go)
 
 	soakSpec.command(), // soak (soak.go)
+
+	uiSpec.command(), // ui (ui.go)
 }
