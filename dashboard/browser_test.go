@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,9 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
-// screenshot is where the overview's screenshot goes (docs/dashboard.md shows it).
+// screenshot is where the overview's screenshot goes (docs/dashboard.md shows it) when
+// $WATERMILL_JASPER_UPDATE_SCREENSHOT is set; otherwise the test writes it to its temporary
+// directory, so that a run leaves the repository as it was.
 const screenshot = "../docs/dashboard.png"
 
 func chromium() string {
@@ -141,7 +144,11 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Errorf("%s: the page shows %q, the database has %d", f.name, f.shown, f.want)
 		}
 	}
-	if err := os.WriteFile(screenshot, png, 0o644); err != nil {
+	shot := filepath.Join(t.TempDir(), "dashboard.png")
+	if os.Getenv("WATERMILL_JASPER_UPDATE_SCREENSHOT") != "" {
+		shot = screenshot
+	}
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
