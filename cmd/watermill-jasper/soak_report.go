@@ -85,7 +85,8 @@ func (s *soak) collect(ctx context.Context, drained bool) (*soakReport, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	rep := &soakReport{Duration: s.cfg.Duration.String(), Rate: s.cfg.Rate, Relays: s.cfg.Relays, Drained: drained,
-		PublishErrors: s.publishErrors.Load(), RelayFailedStarts: s.unexpectedExits.Load()}
+		PublishErrors: s.publishErrors.Load(), RelayFailedStarts: s.unexpectedExits.Load(),
+		DrainDuration: s.drainTook.Round(time.Millisecond).String()}
 
 	type order struct {
 		refused bool
@@ -324,7 +325,7 @@ func (r *soakReport) problems() []string {
 // write prints the figures.
 func (r *soakReport) write(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Soak: %s at %d msg/s, %d relays; drained: %v\n\n", r.Duration, r.Rate, r.Relays, r.Drained)
+	fmt.Fprintf(&b, "Soak: %s at %d msg/s, %d relays; drained: %v (in %s)\n\n", r.Duration, r.Rate, r.Relays, r.Drained, r.DrainDuration)
 	line := func(name string, v any, note string) {
 		if note != "" {
 			note = "  (" + note + ")"

@@ -134,6 +134,7 @@ type soak struct {
 	redelivered int
 	faults      []faultEvent
 
+	drainTook       time.Duration
 	publishErrors   atomic.Int64
 	unexpectedExits atomic.Int64
 }
@@ -155,17 +156,17 @@ func runSoak(ctx context.Context, cfg soakConfig, progress io.Writer) (rep *soak
 		return nil, fmt.Errorf("soak: %w", err)
 	}
 	s.logger = &soakLogger{mu: &sync.Mutex{}, w: logFile, secrets: s.secrets}
-	keep := true
 	defer func() {
 		s.teardown()
 		logFile.Close()
-		if rep != nil && err == nil && len(rep.problems()) == 0 && !keep && !cfg.KeepLogs {
-			_ = os.RemoveAll(s.workDir)
-		} else {
+		passed := rep != nil && err == nil && len(rep.problems()) == 0
+		if !s.started.IsZero() && (!passed || cfg.KeepLogs) {
 			s.say("logs kept in %s", s.workDir)
 			if rep != nil {
 				rep.LogDir = s.workDir
 			}
+		} else {
+			_ = os.RemoveAll(s.workDir) // passed, or failed before anything ran
 		}
 	}()
 	if err := s.setup(ctx); err != nil {
@@ -179,9 +180,7 @@ func runSoak(ctx context.Context, cfg soakConfig, progress io.Writer) (rep *soak
 		return nil, err
 	}
 	s.stopComponents()
-	rep, err = s.collect(ctx, drained)
-	keep = false
-	return rep, err
+	return s.collect(ctx, drained)
 }
 
 func (s *soak) say(format string, args ...any) {
@@ -668,8 +667,10 @@ func (s *soak) progressLine(ctx context.Context) string {
 // and the queue is empty, or DrainTimeout. It reports whether it drained.
 func (s *soak) drain(ctx context.Context) (bool, error) {
 	s.say("draining (up to %s)", s.cfg.DrainTimeout)
-	deadline := time.Now().Add(s.cfg.DrainTimeout)
-	last := time.Now()
+	begin := time.Now()
+	deadline := begin.Add(s.cfg.DrainTimeout)
+	last := begin
+	defer func() { s.drainTook = time.Since(begin) }()
 	for {
 		done, line := s.drained(ctx)
 		if done {
