@@ -159,7 +159,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 		}
 	}()
 	if err != nil {
-		return nil, in.errorf(msg, "begin a transaction and record the message as handled", err)
+		return nil, in.dbErrorf(orig, msg, "begin a transaction and record the message as handled", err)
 	}
 	if kind == markDuplicate {
 		in.logger.Debug("Inbox: message handled before, acknowledged without running the handler", watermill.LogFields{
@@ -179,7 +179,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 		// The dead-letter middleware inside gave up and wrote the dead letter in this
 		// transaction: withdraw the mark so that a replay is handled.
 		if err := st.ops.DeleteHandledMark(orig, id); err != nil {
-			return nil, in.errorf(msg, "withdraw the mark of a dead-lettered message", err)
+			return nil, in.dbErrorf(orig, msg, "withdraw the mark of a dead-lettered message", err)
 		}
 		produced = nil
 	}
@@ -191,7 +191,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 	}
 	finished = true
 	if err := tx.Commit(context.WithoutCancel(orig)); err != nil {
-		return nil, in.errorf(msg, "commit", err)
+		return nil, in.dbErrorf(orig, msg, "commit", err)
 	}
 	return produced, nil
 }
@@ -212,6 +212,19 @@ func (in *Inbox) publishProduced(ctx context.Context, st *txState, produced []*m
 
 func (in *Inbox) errorf(msg *message.Message, op string, err error) error {
 	return fmt.Errorf("watermill-jasper inbox %q: message %s: %s: %w", in.config.ConsumerName, msg.UUID, op, withTablesHint(in.store, err))
+}
+
+// dbErrorf is errorf for a failure of the inbox's own database work (the transaction and its
+// mark). When the database did not answer the statement (a lost connection, a timeout: not
+// IsStatementError), the failure says nothing about the message: it is temporary
+// (fault.Temporary), so the dead-letter middleware outside retries it without counting an
+// attempt, and a database outage never dead-letters good messages.
+func (in *Inbox) dbErrorf(ctx context.Context, msg *message.Message, op string, err error) error {
+	e := in.errorf(msg, op, err)
+	if ctx.Err() == nil && !in.store.IsStatementError(err) && !in.store.IsMissingTable(err) {
+		return fault.Temporary(e)
+	}
+	return e
 }
 
 // withTablesHint names the fix when err says the Jasper tables are missing.
