@@ -24,6 +24,10 @@ type breaker struct {
 
 	mu    sync.Mutex
 	dests map[string]*circuit
+
+	// stats are the per-destination counters (destinations.go), kept here, next to the
+	// per-destination circuits.
+	stats destTable
 }
 
 type circuit struct {

@@ -230,6 +230,7 @@ func (w *worker) process() {
 		if e.DeliverBy != nil && !e.DeliverBy.After(now) {
 			w.done = append(w.done, e.ID)
 			expired++
+			f.breaker.stats.get(e.Destination).expired.Add(1)
 			if probe {
 				f.breaker.probeDone(e.Destination)
 			}
@@ -239,6 +240,7 @@ func (w *worker) process() {
 		if err != nil {
 			w.deadLetter(e.ID, fmt.Sprintf("The destination %q cannot be mapped to a topic: %v", e.Destination, err), err, "")
 			deadNow++
+			f.breaker.stats.get(e.Destination).deadLettered.Add(1)
 			if probe {
 				f.breaker.probeDone(e.Destination)
 			}
@@ -248,6 +250,7 @@ func (w *worker) process() {
 		if err != nil {
 			w.deadLetter(e.ID, fmt.Sprintf("The envelope cannot be read as a Watermill message: %v", err), err, "")
 			deadNow++
+			f.breaker.stats.get(e.Destination).deadLettered.Add(1)
 			if probe {
 				f.breaker.probeDone(e.Destination)
 			}
@@ -277,8 +280,11 @@ func (w *worker) process() {
 		case sent:
 			w.done = append(w.done, it.env.ID)
 			sentN++
+			f.breaker.stats.get(it.env.Destination).sent.Add(1)
 		case failed:
 			failedN++
+			dc := f.breaker.stats.get(it.env.Destination)
+			dc.failed.Add(1)
 			if firstErr == nil {
 				firstErr, firstDest = it.err, it.env.Destination
 			}
@@ -287,6 +293,7 @@ func (w *worker) process() {
 				w.deadLetter(it.env.ID, fmt.Sprintf("Publishing to topic %q failed permanently", it.topic),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
+				dc.deadLettered.Add(1)
 			case kind == fault.KindTemporary:
 				// The failure says nothing about the envelope (e.g. the broker connection was
 				// lost): it stays as it was, no attempt counted; the breaker still counts it.
@@ -295,6 +302,7 @@ func (w *worker) process() {
 				w.deadLetter(it.env.ID, fmt.Sprintf("Publishing to topic %q failed %d times (MaxAttempts %d)", it.topic, attempts, f.config.MaxAttempts),
 					it.err, it.msg.Metadata.Get(metadata.Source))
 				f.deadLettered.Add(1)
+				dc.deadLettered.Add(1)
 			default:
 				w.retry = append(w.retry, it.env.ID)
 			}

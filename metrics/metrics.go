@@ -33,6 +33,17 @@
 //	watermill_jasper_handled_deleted_total         Handled rows deleted after keep_until
 //	watermill_jasper_agent_job_errors_total{job}   failed runs of the agent's jobs
 //
+// Per destination (forwarders that implement DestinationSource, as *forwarder.Forwarder
+// does; summed over the forwarders relaying the same destination):
+//
+//	watermill_jasper_destination_envelopes_sent_total{destination}          relayed
+//	watermill_jasper_destination_envelopes_failed_total{destination}        failed publish attempts
+//	watermill_jasper_destination_envelopes_expired_total{destination}       expired, deleted unsent
+//	watermill_jasper_destination_envelopes_dead_lettered_total{destination} moved to the dead letters
+//	watermill_jasper_destination_circuit_state{destination}                 circuit breaker: 0 closed,
+//	                                                                        1 open (paused), 2 half-open
+//	                                                                        (its probe is being published)
+//
 // Every metric carries Config.ConstLabels (for instance the schema or the service name), so
 // several Collectors can be registered side by side with different labels.
 package metrics
@@ -83,6 +94,7 @@ type Collector struct {
 	incoming, scheduled, handled, outgoing, deadLetters, oldestAge, dormantOwned, sampledAt  *prometheus.Desc
 	sent, failed, discarded, deadLettered, recovered, dormantNodes, released, handledDeleted *prometheus.Desc
 	jobErrors                                                                                *prometheus.Desc
+	dest                                                                                     destinationDescs
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -119,6 +131,7 @@ func NewCollector(config Config) *Collector {
 		released:       desc("scheduled_released_total", "Due scheduled envelopes made Incoming and scheduled sends moved to the outbox."),
 		handledDeleted: desc("handled_deleted_total", "Handled inbox rows deleted after keep_until."),
 		jobErrors:      desc("agent_job_errors_total", "Failed runs of the durability agent's jobs.", "job"),
+		dest:           newDestinationDescs(desc),
 	}
 	return c
 }
@@ -138,6 +151,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	} {
 		ch <- d
 	}
+	c.dest.describe(ch)
 }
 
 // Collect implements prometheus.Collector. It never queries the database.
@@ -183,6 +197,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dormantNodes, as.DormantNodes)
 	counter(c.released, as.ScheduledReleased+as.ScheduledSent)
 	counter(c.handledDeleted, as.HandledDeleted)
+	c.dest.collect(ch, fwds)
 }
 
 var (
