@@ -34,6 +34,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
@@ -95,6 +96,14 @@ type Config struct {
 
 	// StopTimeout bounds Stop when its context has no deadline. Default 1 minute.
 	StopTimeout time.Duration
+
+	// TracerProvider turns on OpenTelemetry tracing (docs/tracing.md): it is set on the
+	// components the runtime builds or hands out whose own TracerProvider is nil (the
+	// publishers, Forwarders, Subscriber, Inbox). A publish then stores its span's W3C trace
+	// context with the envelope, the forwarder's send span continues it and carries it in
+	// the outgoing message's metadata (traceparent, tracestate), and the subscriber and the
+	// inbox continue it in the handler's context. Nil (the default): no spans, no cost.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {
@@ -172,6 +181,16 @@ func NewRuntime(db database.Driver, config Config, logger watermill.LoggerAdapte
 	config.Publisher.Schema = cfg
 	config.Publisher.Driver = db
 	config.Forwarders = append([]forwarder.Config(nil), config.Forwarders...)
+	if tp := config.TracerProvider; tp != nil {
+		if config.Publisher.TracerProvider == nil {
+			config.Publisher.TracerProvider = tp
+		}
+		for i := range config.Forwarders {
+			if config.Forwarders[i].TracerProvider == nil {
+				config.Forwarders[i].TracerProvider = tp
+			}
+		}
+	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
@@ -380,6 +399,9 @@ func (rt *Runtime) TxPublisher(tx wmsql.ContextExecutor) (*publisher.Publisher, 
 // Subscriber returns a subscriber of durable local queues on the runtime's agent; Stop
 // closes it. Call it after Start.
 func (rt *Runtime) Subscriber(config subscriber.Config) (s *subscriber.Subscriber, err error) {
+	if config.TracerProvider == nil {
+		config.TracerProvider = rt.config.TracerProvider
+	}
 	err = rt.withAgent("subscriber", func(agent *durability.Agent) error {
 		if s, err = subscriber.NewSubscriber(agent, config, rt.logger); err == nil {
 			rt.subscribers = append(rt.subscribers, s)
@@ -392,6 +414,9 @@ func (rt *Runtime) Subscriber(config subscriber.Config) (s *subscriber.Subscribe
 // Inbox returns the idempotent inbox middleware bound to the runtime's agent (which deletes
 // its expired marks). Call it after Start.
 func (rt *Runtime) Inbox(config middleware.InboxConfig) (in *middleware.Inbox, err error) {
+	if config.TracerProvider == nil {
+		config.TracerProvider = rt.config.TracerProvider
+	}
 	err = rt.withAgent("inbox", func(agent *durability.Agent) error {
 		in, err = middleware.NewInbox(agent, config, rt.logger)
 		return err

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -85,6 +87,15 @@ type Config struct {
 	// outbox and a forwarder must name what it can deliver (a .NET node's tcp:// or local://
 	// envelopes are not its to take).
 	Destinations []string
+
+	// TracerProvider, when set, traces every relayed envelope with an OpenTelemetry span
+	// "send <topic>" (kind producer, messaging semantic conventions), a child of the trace
+	// context the envelope carries (its metadata traceparent, from parent_id or headers), and
+	// writes that span's W3C trace context into the outgoing message's metadata (traceparent,
+	// tracestate), so the broker transport carries it to the consumers. The message's
+	// context holds the span while Publisher.Publish runs. Nil: no spans, no cost. The runtime
+	// sets its own (jasper.Config.TracerProvider) when this is nil.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {

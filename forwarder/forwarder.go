@@ -46,6 +46,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -87,6 +88,7 @@ type Forwarder struct {
 	config  Config
 	logger  watermill.LoggerAdapter
 	breaker *breaker
+	tracer  *tracing.Tracer // nil: tracing off
 	// Test hooks: a destination was paused; envelopes were moved to the dead letters; a
 	// batch was recorded.
 	onPause        func(destination string)
@@ -146,6 +148,7 @@ func NewForwarder(agent *durability.Agent, config Config, logger watermill.Logge
 		wake:    make(chan struct{}, 1),
 		busy:    make(chan struct{}, 1),
 		jobs:    make(chan *item),
+		tracer:  tracing.New(config.TracerProvider),
 	}
 	f.breaker = newBreaker(config.CircuitBreakAfter, config.CircuitPause, config.MaxCircuitPause)
 	f.breaker.opened = f.circuitOpened
@@ -342,7 +345,12 @@ func (f *Forwarder) publishItem(it *item) {
 	if !f.breaker.allow(dest, it.probe) {
 		return // paused meanwhile: released
 	}
-	err := f.publish(it.topic, it.msg)
+	var err error
+	if f.tracer != nil {
+		err = f.publishTraced(it)
+	} else {
+		err = f.publish(it.topic, it.msg)
+	}
 	switch {
 	case err == nil:
 		it.result = sent
@@ -359,6 +367,16 @@ func (f *Forwarder) publishItem(it *item) {
 		it.result, it.err = failed, err
 		f.breaker.failure(dest, it.probe, time.Now())
 	}
+}
+
+// publishTraced publishes inside a send span, whose trace context the message carries.
+func (f *Forwarder) publishTraced(it *item) error {
+	ctx, span := f.tracer.Start(tracing.ParentForDelivery(it.msg.Context(), it.msg), tracing.Send, it.topic, it.msg)
+	tracing.Inject(ctx, it.msg)
+	it.msg.SetContext(ctx)
+	err := f.publish(it.topic, it.msg)
+	tracing.End(span, err)
+	return err
 }
 
 // publish calls the publisher, turning a panic into an error.

@@ -11,12 +11,15 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -64,6 +67,15 @@ type InboxConfig struct {
 	// Defaults fill message_type and content_type of the marks when the message's metadata
 	// does not (see package metadata).
 	Defaults publisher.Defaults
+	// TracerProvider, when set, traces every message the inbox handles with an OpenTelemetry
+	// span "process <topic>" (kind consumer, messaging semantic conventions, with
+	// messaging.consumer.group.name = ConsumerName), a child of the trace context of the
+	// message's metadata (traceparent, tracestate; e.g. set by the forwarder and carried by
+	// the broker), or of the context's span when it belongs to that trace (this library's
+	// subscriber's). The handler runs with the span in the message's context, so its own
+	// spans and the messages it publishes continue the trace. Nil: no spans, no cost. The
+	// runtime sets its own (jasper.Config.TracerProvider) when this is nil.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *InboxConfig) setDefaults() {
@@ -89,6 +101,7 @@ type Inbox struct {
 	store  store.Store
 	config InboxConfig
 	logger watermill.LoggerAdapter
+	tracer *tracing.Tracer // nil: tracing off
 }
 
 // NewInbox returns an Inbox on the tables of agent's schema, in agent's database. The
@@ -100,7 +113,7 @@ func NewInbox(agent *durability.Agent, config InboxConfig, logger watermill.Logg
 	if err != nil {
 		return nil, err
 	}
-	return &Inbox{store: agent.Store(), config: config, logger: logger}, nil
+	return &Inbox{store: agent.Store(), config: config, logger: logger, tracer: tracing.New(config.TracerProvider)}, nil
 }
 
 // setup checks what both middleware constructors need, an agent and a valid config, and
@@ -140,8 +153,24 @@ const (
 // Middleware is the inbox as a message.HandlerMiddleware.
 func (in *Inbox) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		if in.tracer != nil {
+			return in.handleTraced(msg, h)
+		}
 		return in.handle(msg, h)
 	}
+}
+
+// handleTraced is handle inside a process span, held in the message's context meanwhile.
+func (in *Inbox) handleTraced(msg *message.Message, h message.HandlerFunc) ([]*message.Message, error) {
+	orig := msg.Context()
+	topic := message.SubscribeTopicFromCtx(orig)
+	ctx, span := in.tracer.Start(tracing.ParentForDelivery(orig, msg), tracing.Process, topic, msg,
+		attribute.String(tracing.AttrConsumerGroup, in.config.ConsumerName))
+	msg.SetContext(ctx)
+	produced, err := in.handle(msg, h)
+	msg.SetContext(orig)
+	tracing.End(span, err)
+	return produced, err
 }
 
 func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced []*message.Message, err error) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -97,6 +99,15 @@ type Config struct {
 	// the call comes before the commit: a transaction still open at the due time leaves its
 	// rows to the next pass after the commit (at the latest the periodic one).
 	OnScheduled func(due time.Time)
+
+	// TracerProvider, when set, traces every published message with an OpenTelemetry span
+	// "publish <topic>" (kind producer, messaging semantic conventions), a child of the span
+	// of the message's context (else of the trace context already in its metadata), and
+	// writes that span's W3C trace context into the message's metadata (traceparent,
+	// tracestate) before it is stored: traceparent fills parent_id and both keys travel in
+	// headers (docs/tracing.md). Nil: no spans, no cost. The runtime sets its own
+	// (jasper.Config.TracerProvider) when this is nil.
+	TracerProvider trace.TracerProvider
 }
 
 // NotifyPolicy chooses which publishes send a wake-up notification (Config.Notify).

@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
@@ -23,6 +24,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/sqlstore"
+	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -71,6 +73,7 @@ type Publisher struct {
 	config   Config
 	logger   watermill.LoggerAdapter
 	now      func() time.Time
+	tracer   *tracing.Tracer // nil: tracing off
 
 	// mu is held shared by each Publish and exclusively by Close, so Close waits for the
 	// Publish calls in flight; closed makes later calls fail fast.
@@ -132,6 +135,7 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 		config:   config,
 		logger:   logger,
 		now:      time.Now,
+		tracer:   tracing.New(config.TracerProvider),
 	}, nil
 }
 
@@ -229,6 +233,31 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	}
 	ctx := messages[0].Context()
 
+	var spans []trace.Span
+	if p.tracer != nil {
+		spans = p.startSpans(topic, messages)
+	}
+	err = p.insert(ctx, topic, messages)
+	for _, span := range spans {
+		tracing.End(span, err)
+	}
+	return err
+}
+
+// startSpans starts the publish span of each message and writes its trace context into the
+// message's metadata, so that the envelope stores it.
+func (p *Publisher) startSpans(topic string, messages []*message.Message) []trace.Span {
+	spans := make([]trace.Span, len(messages))
+	for i, msg := range messages {
+		ctx, span := p.tracer.Start(tracing.ParentForPublish(msg), tracing.Publish, topic, msg)
+		tracing.Inject(ctx, msg)
+		spans[i] = span
+	}
+	return spans
+}
+
+// insert writes the messages' envelopes (the body of Publish).
+func (p *Publisher) insert(ctx context.Context, topic string, messages []*message.Message) error {
 	out, inc, err := p.envelopes(topic, messages)
 	if err != nil {
 		return err

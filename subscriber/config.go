@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
 )
@@ -76,6 +78,14 @@ type Config struct {
 	// columns and indexes (schema.Migrate). Default false: they only verify the layout and
 	// return an error saying how to create it.
 	InitializeSchema bool
+
+	// TracerProvider, when set, traces every delivered message with an OpenTelemetry span
+	// "process <topic>" (kind consumer, messaging semantic conventions), a child of the trace
+	// context of its metadata (traceparent, tracestate), held in the message's context from
+	// its delivery until it is acked (or nacked, an error), so that the handler's spans and
+	// the inbox middleware's continue the producer's trace. Nil: no spans, no cost. The
+	// runtime sets its own (jasper.Config.TracerProvider) when this is nil.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {

@@ -57,6 +57,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -78,6 +79,7 @@ type Subscriber struct {
 	config  Config
 	logger  watermill.LoggerAdapter
 	ownerID int32
+	tracer  *tracing.Tracer // nil: tracing off
 
 	initMu   sync.Mutex
 	verified bool
@@ -115,6 +117,7 @@ func NewSubscriber(agent *durability.Agent, config Config, logger watermill.Logg
 		store:   st,
 		config:  config,
 		ownerID: agent.NodeID(),
+		tracer:  tracing.New(config.TracerProvider),
 		subs:    map[*subscription]struct{}{},
 		logger: logger.With(watermill.LogFields{
 			"component": "watermill-jasper/subscriber", "node_id": agent.NodeID(), "schema": st.Schema().Schema,

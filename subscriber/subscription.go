@@ -11,11 +11,13 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 )
 
 // A subscription is one Subscribe call: a claimer goroutine that claims batches of
@@ -232,6 +234,9 @@ func (sub *subscription) claim(limit int) (int, error) {
 }
 
 // deliverLoop delivers envelopes one at a time until the subscription ends.
+// errNacked is the error status of the process span of a nacked message.
+var errNacked = errors.New("watermill-jasper: message nacked")
+
 func (sub *subscription) deliverLoop() {
 	for {
 		var e row.Envelope
@@ -251,6 +256,10 @@ func (sub *subscription) deliverLoop() {
 			continue
 		}
 		msgCtx, cancelMsg := context.WithCancel(sub.ctx)
+		var span trace.Span
+		if sub.s.tracer != nil {
+			msgCtx, span = sub.s.tracer.Start(tracing.ParentForDelivery(msgCtx, msg), tracing.Process, sub.topic, msg)
+		}
 		msg.SetContext(msgCtx)
 		select {
 		case sub.out <- msg:
@@ -276,6 +285,13 @@ func (sub *subscription) deliverLoop() {
 			}
 		}
 		cancelMsg()
+		if span != nil {
+			var err error
+			if nacked {
+				err = errNacked
+			}
+			tracing.End(span, err)
+		}
 		switch {
 		case acked:
 			sub.fl.ack(e.ID)
