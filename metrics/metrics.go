@@ -44,6 +44,8 @@
 //	                                                                        1 open (paused), 2 half-open
 //	                                                                        (its probe is being published)
 //
+// docs/grafana-dashboard.json is a Grafana dashboard of these metrics.
+//
 // Every metric carries Config.ConstLabels (for instance the schema or the service name), so
 // several Collectors can be registered side by side with different labels.
 package metrics
