@@ -37,9 +37,22 @@ func (d destinationDescs) describe(ch chan<- *prometheus.Desc) {
 	ch <- d.circuit
 }
 
-// collect sums the destinations' counters over the forwarders (several forwarders may relay
-// the same destination) and keeps the highest circuit state.
+// collect exports the destinations' counters summed over the forwarders (several forwarders
+// may relay the same destination).
 func (d destinationDescs) collect(ch chan<- prometheus.Metric, fwds []ForwarderSource) {
+	for _, s := range sumDestinations(fwds) {
+		name := s.Destination
+		ch <- prometheus.MustNewConstMetric(d.sent, prometheus.CounterValue, float64(s.Sent), name)
+		ch <- prometheus.MustNewConstMetric(d.failed, prometheus.CounterValue, float64(s.Failed), name)
+		ch <- prometheus.MustNewConstMetric(d.expired, prometheus.CounterValue, float64(s.Expired), name)
+		ch <- prometheus.MustNewConstMetric(d.deadLettered, prometheus.CounterValue, float64(s.DeadLettered), name)
+		ch <- prometheus.MustNewConstMetric(d.circuit, prometheus.GaugeValue, float64(s.Circuit), name)
+	}
+}
+
+// sumDestinations sums the per-destination counters of the forwarders that implement
+// DestinationSource, keeping the highest circuit state.
+func sumDestinations(fwds []ForwarderSource) []*forwarder.DestinationStats {
 	var order []string
 	sums := map[string]*forwarder.DestinationStats{}
 	for _, f := range fwds {
@@ -61,12 +74,9 @@ func (d destinationDescs) collect(ch chan<- prometheus.Metric, fwds []ForwarderS
 			t.Circuit = max(t.Circuit, s.Circuit)
 		}
 	}
-	for _, name := range order {
-		s := sums[name]
-		ch <- prometheus.MustNewConstMetric(d.sent, prometheus.CounterValue, float64(s.Sent), name)
-		ch <- prometheus.MustNewConstMetric(d.failed, prometheus.CounterValue, float64(s.Failed), name)
-		ch <- prometheus.MustNewConstMetric(d.expired, prometheus.CounterValue, float64(s.Expired), name)
-		ch <- prometheus.MustNewConstMetric(d.deadLettered, prometheus.CounterValue, float64(s.DeadLettered), name)
-		ch <- prometheus.MustNewConstMetric(d.circuit, prometheus.GaugeValue, float64(s.Circuit), name)
+	out := make([]*forwarder.DestinationStats, len(order))
+	for i, name := range order {
+		out[i] = sums[name]
 	}
+	return out
 }

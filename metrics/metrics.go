@@ -44,6 +44,12 @@
 //	                                                                        1 open (paused), 2 half-open
 //	                                                                        (its probe is being published)
 //
+// With an OpenTelemetry MeterProvider of your own, Register defines the same metrics as
+// observable instruments read at collection time (counters without their _total suffix,
+// which an OpenTelemetry Prometheus exporter adds back):
+//
+//	reg, err := metrics.Register(meterProvider, metrics.Config{Agent: agent, Forwarders: srcs})
+//
 // docs/grafana-dashboard.json is a Grafana dashboard of these metrics.
 //
 // Every metric carries Config.ConstLabels (for instance the schema or the service name), so
