@@ -25,6 +25,8 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
+	"github.com/watermill-jasper/watermill-jasper/jaspernats"
+	"github.com/watermill-jasper/watermill-jasper/jasperredis"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -51,7 +53,7 @@ const (
 
 var relaySpec = spec{
 	name:    "relay",
-	summary: "relay the outbox (jasper_outgoing_envelopes) to RabbitMQ, or print it",
+	summary: "relay the outbox (jasper_outgoing_envelopes) to RabbitMQ, NATS JetStream or Redis Streams, or print it",
 	description: "A standalone relay for databases written by other programs (Jasper .NET nodes, plain SQL " +
 		"inserts, this library's publisher): it claims the unowned outgoing envelopes (owner_id 0), publishes " +
 		"each to the RabbitMQ queue or exchange named by its Jasper destination URI (rabbitmq://queue/NAME, " +
@@ -64,6 +66,15 @@ var relaySpec = spec{
 		"whose deliver_by has passed are deleted unsent, as Jasper does. The AMQP message carries the payload " +
 		"as body, message-id = the envelope's message id (its id for rows written by Jasper), content-type, " +
 		"and the envelope's metadata as headers.\n\n" +
+		"--to nats://HOST:PORT publishes each envelope to NATS JetStream instead, and --to redis://HOST:PORT/DB " +
+		"appends it to a Redis stream (XADD): the destination URI is mapped to a subject or stream key " +
+		"(rabbitmq://queue/orders -> orders, rabbitmq://exchange/X/routing/K -> X.K, tcp://host:5000/q -> " +
+		"tcp.host_5000.q, local://q -> local.q, a plain topic as is; docs/relay-targets.md). A destination that " +
+		"cannot be mapped (whitespace, * or >, an empty token), a subject no JetStream stream captures (with " +
+		"--create-streams=false) and a publish the broker rejects go to the dead letters at once with the " +
+		"broker's message, without affecting the connection or the other destinations. With JetStream the " +
+		"relay waits for the stream's acknowledgement (the message id is sent as Nats-Msg-Id), and creates a " +
+		"stream for a subject no stream captures (--create-streams).\n\n" +
 		"--to stdout prints each envelope instead, as one line (destination, message id, message type, size, " +
 		"payload preview), and deletes it like any relayed envelope: for debugging, on a copy or a test database.\n\n" +
 		"The relay is a watermill-jasper runtime (one node, its durability agent and one forwarder): rows held " +
@@ -81,6 +92,8 @@ var relaySpec = spec{
 	examples: []string{
 		"relay --to amqp://relay:secret@rabbit.internal:5672/ --dsn postgres://app@db.internal:5432/app --schema messaging",
 		"relay --to amqp://guest:guest@localhost:5672/ --destination rabbitmq://queue/orders --declare-queues",
+		"relay --to nats://127.0.0.1:4222 --schema messaging",
+		"relay --to redis://:secret@127.0.0.1:6379/0 --schema messaging",
 		"relay --to stdout --schema messaging --destination rabbitmq://queue/orders",
 	},
 	setup: setupRelay,
@@ -110,6 +123,7 @@ type relayFlags struct {
 	maxAttempts   int
 	channels      int
 	declareQueues bool
+	createStreams bool
 	pollInterval  time.Duration
 	progress      time.Duration
 	verbose       bool
@@ -122,6 +136,7 @@ func setupRelay(fs *flag.FlagSet) runFunc {
 		"(the node lock and LISTEN), when --dsn goes through PgBouncer in transaction mode (default: $"+sessionDSNEnv+
 		", else --dsn itself; docs/deploying.md)")
 	fs.Var(&f.to, "to", "where to relay: an AMQP `URL` amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), "+
+		"NATS JetStream nats://[USER:PASSWORD@]HOST:PORT (or tls://), Redis Streams redis://[USER:PASSWORD@]HOST:PORT/DB (or rediss://), "+
 		"or stdout to print the messages (default: $"+amqpURLEnv+")")
 	fs.Var(&f.destinations, "destination", "relay only envelopes whose destination column is exactly `URI`, or starts with "+
 		"what precedes a trailing * (rabbitmq://*); repeat it for several (default: every destination; required with --compatibility "+
@@ -133,6 +148,8 @@ func setupRelay(fs *flag.FlagSet) runFunc {
 	fs.IntVar(&f.channels, "channels", jasperamqp.DefaultConfirmChannels, "`N` AMQP channels in confirm mode the publishes are spread over")
 	fs.BoolVar(&f.declareQueues, "declare-queues", false, "declare the queue of a rabbitmq://queue/NAME destination (durable) "+
 		"when it does not exist, as Jasper's auto-provisioning does; otherwise its envelopes fail until it is created")
+	fs.BoolVar(&f.createStreams, "create-streams", true, "with a nats:// --to, create a JetStream stream for a subject no stream captures "+
+		"(named JASPER_<subject>_<hash>, file storage); with false, a stream must exist (nats stream add) or the envelopes are dead-lettered")
 	fs.DurationVar(&f.pollInterval, "poll-interval", forwarder.DefaultPollInterval, "how often the table is queried when "+
 		"no notification arrives (`DURATION`; rows inserted by Jasper or plain SQL send none)")
 	fs.DurationVar(&f.progress, "progress", 10*time.Second, "print a status line on stderr every `DURATION` (0: never)")
@@ -148,13 +165,13 @@ func (f *relayFlags) validate() (to string, err error) {
 	to = strings.TrimSpace(to)
 	switch {
 	case to == "":
-		return "", usageErrorf("relay needs --to: an AMQP URL (amqp://USER:PASSWORD@HOST:PORT/) or stdout (or set $%s)", amqpURLEnv)
+		return "", usageErrorf("relay needs --to: an AMQP URL (amqp://USER:PASSWORD@HOST:PORT/), nats://HOST:PORT, redis://HOST:PORT/DB or stdout (or set $%s)", amqpURLEnv)
 	case strings.EqualFold(to, toStdout):
 		to = toStdout
 	default:
 		scheme, _, ok := strings.Cut(to, "://")
-		if s := strings.ToLower(scheme); !ok || (s != "amqp" && s != "amqps") {
-			return "", usageErrorf("invalid --to %s: want amqp://USER:PASSWORD@HOST:PORT/VHOST, amqps://... or stdout", jasperamqp.RedactURL(to))
+		if !ok || targetKind(scheme) == "" {
+			return "", usageErrorf("invalid --to %s: want amqp://USER:PASSWORD@HOST:PORT/VHOST, amqps://..., nats://HOST:PORT, redis://HOST:PORT/DB or stdout", jasperamqp.RedactURL(to))
 		}
 	}
 	for _, n := range []struct {
@@ -174,7 +191,7 @@ func (f *relayFlags) validate() (to string, err error) {
 	if f.progress < 0 {
 		return "", usageErrorf("--progress must not be negative, got %s", f.progress)
 	}
-	if f.declareQueues && to == toStdout {
+	if f.declareQueues && targetKind(strings.Split(to, "://")[0]) != "amqp" {
 		return "", usageErrorf("--declare-queues needs an AMQP --to")
 	}
 	return to, nil
@@ -223,6 +240,16 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 		pub = &stdoutPublisher{w: e.stdout}
 		topic = nil // every destination, verbatim
 		target = "stdout"
+	} else if kind := targetKind(strings.Split(to, "://")[0]); kind == "nats" {
+		if pub, err = jaspernats.NewPublisher(jaspernats.Config{URL: to, CreateStreams: f.createStreams}, logger); err != nil {
+			return errors.New(scrubAll(err.Error(), secrets))
+		}
+		topic = jaspernats.Subject
+	} else if kind == "redis" {
+		if pub, err = jasperredis.NewPublisher(jasperredis.Config{URL: to}, logger); err != nil {
+			return errors.New(scrubAll(err.Error(), secrets))
+		}
+		topic = jasperredis.Key
 	} else {
 		pub, err = jasperamqp.NewConfirmPublisher(to, logger,
 			jasperamqp.WithDeclareQueues(f.declareQueues),
@@ -389,6 +416,19 @@ func checkRelaySchema(ctx context.Context, drv database.Driver, cfg schema.Confi
 		fix = fmt.Sprintf("\"%s schema migrate --schema %s\" adds missing tables and extensions; fix Jasper's own columns by hand", program, cfg.Schema)
 	}
 	return fmt.Errorf("schema %s is not ready for the relay (%s): %s", cfg.Schema, strings.Join(missing, "; "), fix)
+}
+
+// targetKind is the broker a --to scheme names: amqp, nats, redis, or "" for none.
+func targetKind(scheme string) string {
+	switch strings.ToLower(scheme) {
+	case "amqp", "amqps":
+		return "amqp"
+	case "nats", "tls":
+		return "nats"
+	case "redis", "rediss":
+		return "redis"
+	}
+	return ""
 }
 
 // jasperTopic is the relay's topic mapping to RabbitMQ: the destination itself when it is a
