@@ -171,7 +171,7 @@ func TestRelayJasperRowsToRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := redis.NewClient(o)
-	defer c.Close()
+	t.Cleanup(func() { _ = c.Close() }) // after the cleanup below, which deletes the keys
 	ctx := context.Background()
 	if err := c.Ping(ctx).Err(); err != nil {
 		t.Fatalf("Redis at %s: %v; start it with: %s", testRedisURL(), err, startRedis)
