@@ -169,17 +169,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 
-	var fs forwarder.Stats
 	c.mu.Lock()
 	fwds := append([]ForwarderSource(nil), c.forwarders...)
 	c.mu.Unlock()
-	for _, f := range fwds {
-		s := f.Stats()
-		fs.Sent += s.Sent
-		fs.Failed += s.Failed
-		fs.Expired += s.Expired
-		fs.DeadLettered += s.DeadLettered
-	}
+	fs := sumForwarders(fwds)
 	var as durability.Stats
 	if c.agent != nil {
 		as = c.agent.Stats()
@@ -206,6 +199,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.released, as.ScheduledReleased+as.ScheduledSent)
 	counter(c.handledDeleted, as.HandledDeleted)
 	c.dest.collect(ch, fwds)
+}
+
+// sumForwarders adds up the counters of the forwarders.
+func sumForwarders(fwds []ForwarderSource) forwarder.Stats {
+	var fs forwarder.Stats
+	for _, f := range fwds {
+		s := f.Stats()
+		fs.Sent += s.Sent
+		fs.Failed += s.Failed
+		fs.Expired += s.Expired
+		fs.DeadLettered += s.DeadLettered
+	}
+	return fs
 }
 
 var (

@@ -7,7 +7,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
-	"github.com/watermill-jasper/watermill-jasper/forwarder"
 )
 
 // ScopeName is the instrumentation scope of the instruments Register creates.
@@ -81,14 +80,7 @@ func Register(mp metric.MeterProvider, config Config) (metric.Registration, erro
 	agent := config.Agent
 	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		attrs := metric.WithAttributes(constAttrs...)
-		var fs forwarder.Stats
-		for _, f := range fwds {
-			s := f.Stats()
-			fs.Sent += s.Sent
-			fs.Failed += s.Failed
-			fs.Expired += s.Expired
-			fs.DeadLettered += s.DeadLettered
-		}
+		fs := sumForwarders(fwds)
 		var as durability.Stats
 		if agent != nil {
 			as = agent.Stats()
