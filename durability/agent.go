@@ -589,7 +589,10 @@ func retryIfSkipped(skipped bool) time.Duration {
 // a claim whose outcome is unknown (Node.ReportUnknownOutcome), hands back the
 // envelopes still marked with this node's id.
 func (a *Agent) checkNode(ctx context.Context) (time.Duration, error) {
-	cctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
+	// Not cancelled by Stop: a check cut off mid-statement would close the lock's connection
+	// (pgx drops a connection whose query was cancelled), and the lock would outlive Stop
+	// until the server noticed.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.config.StatementTimeout)
 	err := a.node.Check(cctx)
 	cancel()
 	if err != nil {
@@ -879,7 +882,10 @@ const relockGraceChecks = 3
 // envelopes (they hand them back themselves after their relock: checkNode). A node that
 // cannot check its own lock judges nobody either.
 func (a *Agent) reassignPass(ctx context.Context) (time.Duration, error) {
-	cctx, cancel := context.WithTimeout(ctx, a.config.StatementTimeout)
+	// Not cancelled by Stop: a check cut off mid-statement would close the lock's connection
+	// (pgx drops a connection whose query was cancelled), and the lock would outlive Stop
+	// until the server noticed.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.config.StatementTimeout)
 	err := a.node.Check(cctx)
 	cancel()
 	if err != nil {
