@@ -71,22 +71,13 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}()
 	c.dir = filepath.Join(c.root, "data")
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("private PostgreSQL cluster: running as root needs a postgres user to run initdb as: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(c.root, uid, gid); err != nil {
-			return nil, fmt.Errorf("private PostgreSQL cluster: %w", err)
-		}
+	if c.cred, err = ServerUser(c.root); err != nil {
+		return nil, fmt.Errorf("private PostgreSQL cluster: %w", err)
 	}
 	if out, err := c.command(ctx, "initdb", "-D", c.dir, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("private PostgreSQL cluster: initdb: %w: %s", err, strings.TrimSpace(string(out)))
 	}
-	if c.port, err = freePort(); err != nil {
+	if c.port, err = FreePort(); err != nil {
 		return nil, err
 	}
 	conf := append([]string{
@@ -242,8 +233,27 @@ func Bin(dir string) (string, error) {
 	return "", ErrNoServerPrograms
 }
 
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
+// ServerUser returns the credential to run PostgreSQL's programs (and PgBouncer) with: nil
+// when this process is not root; when it is (they refuse to run as root), the postgres user's,
+// which is also given dir (their working directory).
+func ServerUser(dir string) (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root needs a postgres user to run PostgreSQL's programs as: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return nil, err
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("private PostgreSQL cluster: find a free port: %w", err)

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/pgcluster"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
 )
@@ -59,12 +59,10 @@ func StartPgBouncer(t testing.TB, poolSize int) *PgBouncer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := pgcluster.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
 	b := &PgBouncer{t: t, port: port, ApplicationName: fmt.Sprintf("wj-pgbouncer-%d", port), target: target}
 
 	ini := fmt.Sprintf(`[databases]
@@ -96,18 +94,13 @@ pidfile = %s
 		}
 	}
 	cmd := exec.Command(bin, "-q", filepath.Join(dir, "pgbouncer.ini")) // -q: log to the file only
-	if os.Geteuid() == 0 {
-		// PgBouncer refuses to run as root: run it as the postgres user.
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("PgBouncer refuses to run as root, and there is no postgres user to run it as: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	// PgBouncer refuses to run as root: as root it runs as the postgres user.
+	cred, err := pgcluster.ServerUser(dir)
+	if err != nil {
+		t.Fatalf("PgBouncer: %v", err)
+	}
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start PgBouncer: %v", err)
