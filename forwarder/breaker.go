@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
+	"github.com/watermill-jasper/watermill-jasper/internal/stats"
 )
 
 // breaker is the per-destination circuit breaker (as Jasper's sender
@@ -27,7 +28,7 @@ type breaker struct {
 
 	// stats are the per-destination counters (destinations.go), kept here, next to the
 	// per-destination circuits.
-	stats destTable
+	stats stats.Table[destCounters]
 }
 
 type circuit struct {

@@ -1,9 +1,9 @@
 package forwarder
 
 import (
-	"sort"
-	"sync"
 	"sync/atomic"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/stats"
 )
 
 // CircuitState is the state of a destination's circuit breaker.
@@ -27,23 +27,21 @@ type DestinationStats struct {
 	Expired      int64
 	DeadLettered int64
 	Circuit      CircuitState
+	// Lag is the histogram of the relay lag of the sent envelopes: from when the row was
+	// written (its timestamp column: the start of the writing transaction on PostgreSQL) to
+	// the broker's confirmation. Envelopes whose row has no timestamp are not counted.
+	Lag Histogram
 }
+
+// Histogram is a latency histogram read at one moment: cumulative counts per upper bound in
+// seconds (Bounds, shared: do not modify), their total (Count) and the sum of the
+// durations in seconds (Sum). Add sums two.
+type Histogram = stats.Snapshot
 
 // destCounters are one destination's counters (atomic adds on the relay path).
 type destCounters struct {
 	sent, failed, expired, deadLettered atomic.Int64
-}
-
-// destTable maps a destination to its counters. Destinations are few (one per broker
-// topic or queue), so entries are never removed.
-type destTable struct{ m sync.Map } // string -> *destCounters
-
-func (t *destTable) get(destination string) *destCounters {
-	if c, ok := t.m.Load(destination); ok {
-		return c.(*destCounters)
-	}
-	c, _ := t.m.LoadOrStore(destination, &destCounters{})
-	return c.(*destCounters)
+	lag                                 stats.Histogram
 }
 
 // state returns destination's circuit state.
@@ -66,18 +64,16 @@ func (b *breaker) state(destination string) CircuitState {
 // circuit state. It reads atomics and the breaker's small map: cheap enough for every scrape.
 func (f *Forwarder) DestinationStats() []DestinationStats {
 	var out []DestinationStats
-	f.breaker.stats.m.Range(func(k, v any) bool {
-		c := v.(*destCounters)
+	f.breaker.stats.Each(func(dest string, c *destCounters) {
 		out = append(out, DestinationStats{
-			Destination:  k.(string),
+			Destination:  dest,
 			Sent:         c.sent.Load(),
 			Failed:       c.failed.Load(),
 			Expired:      c.expired.Load(),
 			DeadLettered: c.deadLettered.Load(),
+			Lag:          c.lag.Snapshot(),
 		})
-		return true
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Destination < out[j].Destination })
 	for i := range out {
 		out[i].Circuit = f.breaker.state(out[i].Destination)
 	}

@@ -230,7 +230,7 @@ func (w *worker) process() {
 		if e.DeliverBy != nil && !e.DeliverBy.After(now) {
 			w.done = append(w.done, e.ID)
 			expired++
-			f.breaker.stats.get(e.Destination).expired.Add(1)
+			f.breaker.stats.Get(e.Destination).expired.Add(1)
 			if probe {
 				f.breaker.probeDone(e.Destination)
 			}
@@ -240,7 +240,7 @@ func (w *worker) process() {
 		if err != nil {
 			w.deadLetter(e.ID, fmt.Sprintf("The destination %q cannot be mapped to a topic: %v", e.Destination, err), err, "")
 			deadNow++
-			f.breaker.stats.get(e.Destination).deadLettered.Add(1)
+			f.breaker.stats.Get(e.Destination).deadLettered.Add(1)
 			if probe {
 				f.breaker.probeDone(e.Destination)
 			}
@@ -250,7 +250,7 @@ func (w *worker) process() {
 		if err != nil {
 			w.deadLetter(e.ID, fmt.Sprintf("The envelope cannot be read as a Watermill message: %v", err), err, "")
 			deadNow++
-			f.breaker.stats.get(e.Destination).deadLettered.Add(1)
+			f.breaker.stats.Get(e.Destination).deadLettered.Add(1)
 			if probe {
 				f.breaker.probeDone(e.Destination)
 			}
@@ -274,16 +274,21 @@ func (w *worker) process() {
 	var sentN, failedN, released int64
 	var firstErr error
 	var firstDest string
+	confirmed := time.Now() // the broker confirmed the batch's sent envelopes by now
 	for i := range items {
 		it := &items[i]
 		switch it.result {
 		case sent:
 			w.done = append(w.done, it.env.ID)
 			sentN++
-			f.breaker.stats.get(it.env.Destination).sent.Add(1)
+			dc := f.breaker.stats.Get(it.env.Destination)
+			dc.sent.Add(1)
+			if wa := it.env.WrittenAt; wa != nil {
+				dc.lag.Observe(confirmed.Sub(*wa))
+			}
 		case failed:
 			failedN++
-			dc := f.breaker.stats.get(it.env.Destination)
+			dc := f.breaker.stats.Get(it.env.Destination)
 			dc.failed.Add(1)
 			if firstErr == nil {
 				firstErr, firstDest = it.err, it.env.Destination

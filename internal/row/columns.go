@@ -26,8 +26,13 @@ var sharedColumns = []string{
 	"message_uuid", "headers",
 }
 
-// OutgoingColumns are the columns OutgoingArgs binds and ScanOutgoing reads, in order.
+// OutgoingColumns are the columns OutgoingArgs binds, in order.
 var OutgoingColumns = append(append([]string(nil), sharedColumns...), "destination", "deliver_by")
+
+// ClaimedOutgoingColumns are the columns the outgoing claims return and ScanClaimedOutgoing
+// reads, in order: OutgoingColumns, then timestamp (Envelope.WrittenAt). The names are
+// unquoted: "timestamp" is a keyword in both dialects, so quote them as the dialect does.
+var ClaimedOutgoingColumns = append(append([]string(nil), OutgoingColumns...), "timestamp")
 
 // IncomingColumns are the columns IncomingArgs binds and ScanIncoming reads, in order.
 var IncomingColumns = append(append([]string(nil), sharedColumns...), "received_at", "status", "execution_time")
@@ -106,12 +111,12 @@ func (e *Envelope) finish(s *scanned) {
 	}
 }
 
-// ScanOutgoing reads one row selected with OutgoingColumns.
-func ScanOutgoing(r Scanner, c UUIDCodec) (Envelope, error) {
+// ScanClaimedOutgoing reads one row selected with ClaimedOutgoingColumns.
+func ScanClaimedOutgoing(r Scanner, c UUIDCodec) (Envelope, error) {
 	var e Envelope
-	var deliverBy sql.NullTime
-	err := e.scan(r, c, &deliverBy)
-	e.DeliverBy = utcTime(deliverBy)
+	var deliverBy, written sql.NullTime
+	err := e.scan(r, c, &deliverBy, &written)
+	e.DeliverBy, e.WrittenAt = utcTime(deliverBy), utcTime(written)
 	return e, err
 }
 

@@ -44,6 +44,10 @@ type Envelope struct {
 	// Headers is every metadata pair as a JSON object (extension column headers); nil for rows
 	// written by Jasper, whose metadata is rebuilt from the columns.
 	Headers []byte
+	// WrittenAt is when the row was written (extension column timestamp), read by the
+	// outgoing claims only (ClaimedOutgoingColumns); nil when not read or NULL. It is never
+	// written: the column's default sets it.
+	WrittenAt *time.Time
 }
 
 // Defaults fill columns Jasper requires when the message's metadata does not.

@@ -27,7 +27,7 @@ func (pgUUIDs) Dest(u *uuid.UUID) any { return u }
 
 type postgres struct {
 	sqlstore.Base
-	outCols, incCols              string
+	outCols, incCols, claimCols   string
 	claimOut, lockOut, deleteOut  string
 	releaseOutFailed, releaseOut  string
 	deadLetterOut, notifyOut, chn string
@@ -48,10 +48,20 @@ var pgSyntax = sqlstore.Syntax{
 	Param: "$%d", CountRows: "count(*)", Now: "now()", False: "false", Types: pgTypes, CatalogTypes: pgCatalogTypes,
 }
 
+// pgQuotedList renders column names as a quoted, comma-separated list.
+func pgQuotedList(cols []string) string {
+	q := make([]string, len(cols))
+	for i, c := range cols {
+		q[i] = `"` + c + `"`
+	}
+	return strings.Join(q, ", ")
+}
+
 func newPostgres(cfg layout.Config) *postgres {
 	p := &postgres{
-		outCols: strings.Join(row.OutgoingColumns, ", "),
-		incCols: strings.Join(row.IncomingColumns, ", "),
+		outCols:   strings.Join(row.OutgoingColumns, ", "),
+		claimCols: pgQuotedList(row.ClaimedOutgoingColumns),
+		incCols:   strings.Join(row.IncomingColumns, ", "),
 	}
 	p.Base = sqlstore.NewBase(cfg, pgSyntax, p.deadLetterStatements)
 	// The channel name is an identifier: validated schema name, folded to lower case.
@@ -65,10 +75,10 @@ func newPostgres(cfg layout.Config) *postgres {
   SELECT id FROM %[1]s
   WHERE %[3]s
   LIMIT $4 FOR UPDATE SKIP LOCKED))
-RETURNING %[2]s`, p.Out, p.outCols, unownedForDestinations(2, 3))
+RETURNING %[2]s`, p.Out, p.claimCols, unownedForDestinations(2, 3))
 	p.lockOut = fmt.Sprintf(`SELECT %[2]s FROM %[1]s
 WHERE %[3]s
-LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.outCols, unownedForDestinations(1, 2))
+LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.claimCols, unownedForDestinations(1, 2))
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.Out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
 	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)

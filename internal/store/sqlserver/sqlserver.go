@@ -371,7 +371,7 @@ func (m *sqlserver) ClaimOutgoing() string {
 	return fmt.Sprintf(`UPDATE TOP (@p4) o SET [owner_id] = @p1
 OUTPUT %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE %[3]s`, m.Out, msCols("inserted.", row.OutgoingColumns), unownedForDestinations(2, 3))
+WHERE %[3]s`, m.Out, msCols("inserted.", row.ClaimedOutgoingColumns), unownedForDestinations(2, 3))
 }
 
 // LockOutgoing reads past locked rows and takes update locks on those it returns, held to the
@@ -379,7 +379,7 @@ WHERE %[3]s`, m.Out, msCols("inserted.", row.OutgoingColumns), unownedForDestina
 func (m *sqlserver) LockOutgoing() string {
 	return fmt.Sprintf(`SELECT TOP (@p3) %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE %[3]s`, m.Out, msCols("o.", row.OutgoingColumns), unownedForDestinations(1, 2))
+WHERE %[3]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(1, 2))
 }
 
 // unownedForDestinations is the filter of the relay's claims on the outgoing table aliased o:

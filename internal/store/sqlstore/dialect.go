@@ -72,12 +72,12 @@ type Dialect interface {
 	OutgoingChannel() string
 
 	// ClaimOutgoing claims up to $limit unowned envelopes for a node and returns them with
-	// row.OutgoingColumns. Args: owner int32, excluded destinations (StringList), only the
+	// row.ClaimedOutgoingColumns. Args: owner int32, excluded destinations (StringList), only the
 	// destinations matching these LIKE patterns, escape character \ (StringList, empty = all),
 	// limit int.
 	ClaimOutgoing() string
 	// LockOutgoing locks up to $limit unowned envelopes in the caller's transaction, skipping
-	// rows other transactions hold, and returns them with row.OutgoingColumns without
+	// rows other transactions hold, and returns them with row.ClaimedOutgoingColumns without
 	// changing them. Args: excluded destinations (StringList), only the destinations matching
 	// these LIKE patterns, escape character \ (StringList, empty = all), limit int.
 	LockOutgoing() string

@@ -248,12 +248,12 @@ func (o *ops) claim(ctx context.Context, scan func(row.Scanner, row.UUIDCodec) (
 
 // ClaimOutgoing claims up to Limit unowned outgoing envelopes for Owner.
 func (o *ops) ClaimOutgoing(ctx context.Context, p store.ClaimOutgoingParams) ([]row.Envelope, error) {
-	return o.claim(ctx, row.ScanOutgoing, o.d.ClaimOutgoing(), p.Owner, o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
+	return o.claim(ctx, row.ScanClaimedOutgoing, o.d.ClaimOutgoing(), p.Owner, o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
 }
 
 // LockOutgoing locks up to Limit unowned outgoing envelopes in the caller's transaction.
 func (o *ops) LockOutgoing(ctx context.Context, p store.LockOutgoingParams) ([]row.Envelope, error) {
-	return o.claim(ctx, row.ScanOutgoing, o.d.LockOutgoing(), o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
+	return o.claim(ctx, row.ScanClaimedOutgoing, o.d.LockOutgoing(), o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
 }
 
 // DeleteOutgoing deletes outgoing envelopes by id.

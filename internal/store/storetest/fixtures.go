@@ -131,6 +131,7 @@ func (e *env) claimedIDs(what string, envs []row.Envelope, owner int32, want ...
 func (e *env) sameEnvelope(what string, got, want row.Envelope, owner int32, attempts int) {
 	e.t.Helper()
 	want.OwnerID, want.Attempts = owner, attempts
+	got.WrittenAt = want.WrittenAt // set by the table (checked by writtenAt)
 	for _, env := range []*row.Envelope{&got, &want} {
 		env.ExecutionTime, env.DeliverBy = utc(env.ExecutionTime), utc(env.DeliverBy)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -27,6 +28,7 @@ func testClaimOutgoing(e *env) {
 	}
 	rest := e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 7, Exclude: []string{"b", "c"}, Limit: 10})
 	e.claimedIDs("excluding b and c", append(first, rest...), 7, a1, a2)
+	e.writtenAt("claimed", append(first, rest...))
 	e.claimedIDs("only b and c, c excluded", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 8, Exclude: []string{"c"}, Only: []string{"b", "c"}, Limit: 10}), 8, b)
 	e.claimedIDs("only c", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 8, Only: []string{"c"}, Limit: 10}), 8, c)
 	e.claimedIDs("with nothing unowned left", e.claimOut(e.s, store.ClaimOutgoingParams{Owner: 9, Limit: 10}), 9)
@@ -73,9 +75,16 @@ func testLockOutgoing(e *env) {
 		e.t.Helper()
 		return must(tx.ops.LockOutgoing(e.ctx, p))
 	}
+	written := time.Now().Add(-time.Hour).UTC().Truncate(time.Millisecond)
+	e.set(layout.OutgoingTable, "timestamp", a2.ID, written)
 	first := e.begin()
 	got := lock(first, store.LockOutgoingParams{Exclude: []string{"b", "c"}, Limit: 10})
 	e.claimedIDs("excluding b and c", got, 0, a1, a2)
+	for _, env := range got {
+		if env.ID == a2.ID && (env.WrittenAt == nil || !env.WrittenAt.Equal(written)) {
+			e.t.Fatalf("locked envelope's WrittenAt = %v, want its timestamp column %v", env.WrittenAt, written)
+		}
+	}
 	second := e.begin()
 	e.claimedIDs("beside the first, only a, b", lock(second, store.LockOutgoingParams{Only: []string{"a", "b"}, Limit: 10}), 0, b)
 	e.ok(second.Rollback(e.ctx))
@@ -218,4 +227,16 @@ func testDeadLetterMovesAreAtomic(e *env) {
 	check(e, "outgoing after refused moves", c.OutgoingByDestination, map[string]int64{"orders": 2})
 	check(e, "incoming after refused moves", c.IncomingByStatus, map[string]int64{layout.StatusIncoming: 2})
 	check(e, "dead letters after refused moves", c.DeadLetters, int64(0))
+}
+
+// writtenAt checks that claimed envelopes carry their rows' timestamp (written just now).
+func (e *env) writtenAt(what string, envs []row.Envelope) {
+	e.t.Helper()
+	now := e.dbNow()
+	for _, env := range envs {
+		if env.WrittenAt == nil {
+			e.t.Fatalf("%s: envelope %s has no WrittenAt (its timestamp column)", what, env.ID)
+		}
+		e.between(what+": WrittenAt before now", now.Sub(*env.WrittenAt), -time.Second, time.Minute)
+	}
 }
