@@ -2,11 +2,12 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime/pprof"
+
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -42,7 +43,7 @@ var benchOutbox = spec{
 		"bench outbox --dsn postgres://postgres@127.0.0.1:5432/test",
 		"bench outbox --amqp none --backlog 50000 --runs 3",
 	},
-	setup: benchSetup("bench outbox", bench.RunOutbox, func(fs *flag.FlagSet, cfg *bench.OutboxConfig) (dsn *string, check func() error) {
+	setup: benchSetup("bench outbox", bench.RunOutbox, func(fs *pflag.FlagSet, cfg *bench.OutboxConfig) (dsn *string, check func() error) {
 		fs.BoolVar(&cfg.SkipWatermill, "skip-watermill", false, "skip the Watermill legs (the ratios to Watermill are then n/a)")
 		fs.StringVar(&cfg.AMQPURI, "amqp", bench.DefaultAMQPURI, "RabbitMQ `URL`, or none to skip the RabbitMQ legs")
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultBacklog, "`N` messages in the backlog of the drain legs and the raw loop")
@@ -84,8 +85,8 @@ func writeBenchResult(w io.Writer, res benchResult) error {
 // (run, progress on stderr) under the CPU profile and prints its table and, last, its RESULT
 // line. Errors never show the DSN's password.
 func benchSetup[C any, R benchResult](command string, run func(ctx context.Context, cfg C, progress io.Writer) (R, error),
-	flags func(fs *flag.FlagSet, cfg *C) (dsn *string, check func() error)) func(*flag.FlagSet) runFunc {
-	return func(fs *flag.FlagSet) runFunc {
+	flags func(fs *pflag.FlagSet, cfg *C) (dsn *string, check func() error)) func(*pflag.FlagSet) runFunc {
+	return func(fs *pflag.FlagSet) runFunc {
 		var db dbFlags
 		fs.Var(&db.dsn, "dsn", "PostgreSQL database `URL` the benchmark creates its schemas in: postgres://user:password@host:5432/db "+
 			"(default: $"+dsnEnv+", else "+defaultDSN+")")

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
@@ -27,7 +27,7 @@ var benchInbox = spec{
 		"bench inbox --dsn postgres://postgres@127.0.0.1:5432/test",
 		"bench inbox --in-flight 8 --rate 1000 --duration 10s --runs 5",
 	},
-	setup: benchSetup("bench inbox", bench.RunInbox, func(fs *flag.FlagSet, cfg *bench.InboxBenchConfig) (dsn *string, check func() error) {
+	setup: benchSetup("bench inbox", bench.RunInbox, func(fs *pflag.FlagSet, cfg *bench.InboxBenchConfig) (dsn *string, check func() error) {
 		fs.IntVar(&cfg.InFlight, "in-flight", bench.DefaultInboxInFlight, "`N` messages in flight in the throughput legs")
 		fs.DurationVar(&cfg.Duration, "duration", bench.DefaultInboxDuration, "`DURATION` of each throughput leg (after a 1s warm-up)")
 		fs.IntVar(&cfg.MaxConns, "max-conns", 0, "`N` connections in the pgx pool (default: in-flight + 4, at least 32)")

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
 )
@@ -25,7 +25,7 @@ var benchSubscriber = spec{
 		"bench subscriber --runs 3",
 		"bench subscriber --backlog 50000 --payload 256 --batch 1000",
 	},
-	setup: benchSetup("bench subscriber", bench.RunSubscriber, func(fs *flag.FlagSet, cfg *bench.SubscriberConfig) (dsn *string, check func() error) {
+	setup: benchSetup("bench subscriber", bench.RunSubscriber, func(fs *pflag.FlagSet, cfg *bench.SubscriberConfig) (dsn *string, check func() error) {
 		fs.IntVar(&cfg.Backlog, "backlog", bench.DefaultSubscriberBacklog, "`N` messages in the backlog of every leg")
 		fs.IntVar(&cfg.Payload, "payload", bench.DefaultSubscriberPayload, "payload size in `BYTES`")
 		fs.IntVar(&cfg.Batch, "batch", bench.DefaultSubscriberBatch, "`N` messages per claim (ours: BatchSize) and per query (watermill-sql: SubscribeBatchSize); both default to 100")

@@ -1,13 +1,20 @@
 package main
 
+// The command tree: the commands are described by specs (a command with flags) and groups (a
+// command made of subcommands), which become cobra commands; cobra and pflag parse the command
+// line and print the help.
+
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 const program = "watermill-jasper"
@@ -19,33 +26,20 @@ type env struct {
 	stderr io.Writer
 }
 
-// command is one entry of the command table (commands.go): a top-level command such as
-// "schema" or "relay". Build it with spec.command (a command with flags) or group.command
-// (a command made of subcommands).
-type command struct {
-	name    string
-	summary string // one line, shown in the root usage
-	// run runs the command with the arguments that follow its name.
-	run func(ctx context.Context, e *env, args []string) error
-	// help prints the complete usage of the command (every subcommand and flag).
-	help func(w io.Writer)
-	// specs are the command itself (a command with flags) or its subcommands (a group).
-	specs []spec
-}
-
-// errHelp is returned after a usage was printed on request: exit status 0, nothing more printed.
-var errHelp = errors.New("help shown")
-
-// errUsageShown is returned after a usage was printed because arguments were missing: exit
-// status 2, nothing more printed.
+// errUsageShown is returned after a usage was printed on stderr because arguments were missing:
+// exit status 2, nothing more printed.
 var errUsageShown = errors.New("usage shown")
 
 // usageError is a mistake in the command line (exit status 2).
 type usageError struct{ err error }
 
+// Error returns the message of the mistake.
 func (e *usageError) Error() string { return e.err.Error() }
+
+// Unwrap returns the error the usage error wraps.
 func (e *usageError) Unwrap() error { return e.err }
 
+// usageErrorf returns a usage error (exit status 2) with the message format and args.
 func usageErrorf(format string, args ...any) error {
 	return &usageError{fmt.Errorf(format, args...)}
 }
@@ -64,40 +58,128 @@ type spec struct {
 	examples []string
 	// setup registers the flags on fs and returns the function that runs the command once
 	// they are parsed; args are the positional arguments.
-	setup func(fs *flag.FlagSet) runFunc
+	setup func(fs *pflag.FlagSet) runFunc
 }
 
 // runFunc runs a command whose flags are parsed; args are its positional arguments.
 type runFunc func(ctx context.Context, e *env, args []string) error
 
-// command turns the spec into a command-table entry.
-func (s spec) command() command {
-	return command{name: lastWord(s.name), summary: s.summary, run: s.run, help: s.printUsage, specs: []spec{s}}
-}
-
+// lastWord returns the last word of s: the name of a command given by its path.
 func lastWord(s string) string { return s[strings.LastIndex(s, " ")+1:] }
 
-func (s spec) newFlagSet() (*flag.FlagSet, runFunc) {
-	fs := flag.NewFlagSet(program+" "+s.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return fs, s.setup(fs)
+// cobraCommand returns the cobra command of the spec, which runs on e.
+func (s spec) cobraCommand(e *env) *cobra.Command {
+	use := lastWord(s.name) + " [flags]"
+	if s.args != "" {
+		use += " " + s.args
+	}
+	c := &cobra.Command{
+		Use:     use,
+		Short:   s.summary,
+		Long:    sentence(s.summary) + " " + s.description,
+		Example: examples(s.examples),
+	}
+	if s.args == "" {
+		c.Args = func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("%s takes no arguments, got %q (see %s %s --help)", s.name, args[0], program, s.name)
+			}
+			return nil
+		}
+	}
+	c.Flags().SortFlags = false // the help lists the flags in the order setup registers them
+	run := s.setup(c.Flags())
+	c.RunE = func(c *cobra.Command, args []string) error { return run(c.Context(), e, args) }
+	c.SetHelpTemplate(leafHelp)
+	return c
 }
 
-func (s spec) run(ctx context.Context, e *env, args []string) error {
-	fs, run := s.newFlagSet()
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			s.printUsage(e.stdout)
-			return errHelp
-		}
-		return usageErrorf("%s: %s (see %s %s --help)", s.name, flagDashes.Replace(err.Error()), program, s.name)
-	}
-	if s.args == "" && fs.NArg() > 0 {
-		return usageErrorf("%s takes no arguments, got %q (see %s %s --help)", s.name, fs.Arg(0), program, s.name)
-	}
-	return run(ctx, e, fs.Args())
+// group is a command made of subcommands, such as "schema script|migrate|verify".
+type group struct {
+	name        string
+	summary     string
+	description string
+	subs        []spec
+	examples    []string
 }
+
+// cobraCommand returns the cobra command of the group and its subcommands, which run on e.
+// Without a subcommand it prints its usage on stderr (exit status 2); "help SUBCOMMAND" prints
+// the subcommand's.
+func (g group) cobraCommand(e *env) *cobra.Command {
+	c := &cobra.Command{
+		Use:     g.name + " <subcommand>",
+		Short:   g.summary,
+		Long:    sentence(g.summary) + " " + g.description,
+		Example: examples(g.examples),
+		Args:    cobra.ArbitraryArgs,
+	}
+	for _, s := range g.subs {
+		c.AddCommand(s.cobraCommand(e))
+	}
+	c.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return showUsage(c, e.stderr)
+		}
+		if args[0] == "help" {
+			return helpOf(c, args[1:])
+		}
+		return usageErrorf("%s: unknown subcommand %q, want one of %s (see %s %s --help)", g.name, args[0], subNames(c), program, g.name)
+	}
+	c.SetHelpTemplate(groupHelp)
+	return c
+}
+
+// showUsage prints the help of c on w and returns errUsageShown (exit status 2).
+func showUsage(c *cobra.Command, w io.Writer) error {
+	c.SetOut(w)
+	if err := c.Help(); err != nil {
+		return err
+	}
+	return errUsageShown
+}
+
+// helpOf prints on stdout the help of the command that path names under c (c's own when path
+// is empty); an unknown command is a usage error.
+func helpOf(c *cobra.Command, path []string) error {
+	target, rest, err := c.Find(path)
+	if err != nil || len(rest) > 0 || target == nil {
+		return usageErrorf("unknown command %q (see %s --help)", strings.Join(path, " "), program)
+	}
+	target.InitDefaultHelpFlag()
+	return target.Help()
+}
+
+// subNames lists the names of the subcommands of c, comma-separated.
+func subNames(c *cobra.Command) string {
+	var names []string
+	for _, s := range c.Commands() {
+		if s.IsAvailableCommand() {
+			names = append(names, s.Name())
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// flagError turns an error of the flag parser into a usage error that names the command.
+// Flags given before a command or subcommand are reported as such, and a long flag written with
+// one dash (-dsn) is told to take two.
+func flagError(c *cobra.Command, err error) error {
+	path := strings.TrimPrefix(c.CommandPath(), program+" ")
+	if m := singleDash.FindStringSubmatch(err.Error()); m != nil && c.HasParent() && !c.HasSubCommands() {
+		return usageErrorf("%s: unknown flag -%s: long flags take two dashes, --%s (see %s %s --help)", path, m[1], m[1], program, path)
+	}
+	switch {
+	case !c.HasParent():
+		return usageErrorf("give a command (%s) before the flags (see %s --help)", subNames(c), program)
+	case c.HasSubCommands():
+		return usageErrorf("%s: give a subcommand (%s) before the flags (see %s %s --help)", path, subNames(c), program, path)
+	}
+	return usageErrorf("%s: %v (see %s %s --help)", path, err, program, path)
+}
+
+// singleDash matches pflag's error for a long flag written with one dash, e.g. -dsn.
+var singleDash = regexp.MustCompile(`^unknown shorthand flag: '.' in -([A-Za-z][A-Za-z0-9-]+)`)
 
 // notNegative is the check of a flag (name, e.g. "--limit") whose value must not be negative.
 func notNegative[T int | time.Duration](name string, value *T) func() error {
@@ -146,105 +228,6 @@ func checks(cs ...func() error) func() error {
 	}
 }
 
-// flagDashes writes the flag package's "-name" as "--name", as the help does.
-var flagDashes = strings.NewReplacer("not defined: -", "not defined: --", "argument: -", "argument: --", "for flag -", "for flag --", "for -", "for --")
-
-func (s spec) synopsis() string {
-	line := program + " " + s.name + " [flags]"
-	if s.args != "" {
-		line += " " + s.args
-	}
-	return line
-}
-
-// printUsage prints the complete help of the command: synopsis, description, every flag
-// and the examples.
-func (s spec) printUsage(w io.Writer) {
-	fs, _ := s.newFlagSet()
-	fmt.Fprintf(w, "Usage:\n  %s\n\n", s.synopsis())
-	writeParagraphs(w, sentence(s.summary)+" "+s.description)
-	fmt.Fprintln(w, "\nFlags:")
-	printFlags(w, fs)
-	printExamples(w, s.examples)
-}
-
-// group is a command made of subcommands, such as "schema script|migrate|verify".
-type group struct {
-	name        string
-	summary     string
-	description string
-	subs        []spec
-	examples    []string
-}
-
-// command turns the group into a command-table entry.
-func (g group) command() command {
-	return command{name: g.name, summary: g.summary, run: g.run, help: g.printUsage, specs: g.subs}
-}
-
-func (g group) subNames() string {
-	names := make([]string, len(g.subs))
-	for i, s := range g.subs {
-		names[i] = lastWord(s.name)
-	}
-	return strings.Join(names, ", ")
-}
-
-func (g group) run(ctx context.Context, e *env, args []string) error {
-	if len(args) == 0 {
-		g.printUsage(e.stderr)
-		return errUsageShown
-	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
-		if len(args) > 1 && args[0] == "help" {
-			for _, s := range g.subs {
-				if lastWord(s.name) == args[1] {
-					s.printUsage(e.stdout)
-					return errHelp
-				}
-			}
-		}
-		g.printUsage(e.stdout)
-		return errHelp
-	}
-	for _, s := range g.subs {
-		if lastWord(s.name) == args[0] {
-			return s.run(ctx, e, args[1:])
-		}
-	}
-	if strings.HasPrefix(args[0], "-") {
-		return usageErrorf("%s: give a subcommand (%s) before the flags (see %s %s --help)", g.name, g.subNames(), program, g.name)
-	}
-	return usageErrorf("%s: unknown subcommand %q, want one of %s (see %s %s --help)", g.name, args[0], g.subNames(), program, g.name)
-}
-
-// printUsage prints the group's help: its subcommands with all their flags and examples.
-// Flags that every subcommand has are listed once, after the subcommands.
-func (g group) printUsage(w io.Writer) {
-	fmt.Fprintf(w, "Usage:\n  %s %s <subcommand> [flags]\n\n", program, g.name)
-	writeParagraphs(w, sentence(g.summary)+" "+g.description)
-	sets := make([]*flag.FlagSet, len(g.subs))
-	shared := map[string]int{}
-	for i, s := range g.subs {
-		sets[i], _ = s.newFlagSet()
-		sets[i].VisitAll(func(f *flag.Flag) { shared[f.Name]++ })
-	}
-	isShared := func(f *flag.Flag) bool { return shared[f.Name] == len(g.subs) && len(g.subs) > 1 }
-	fmt.Fprintln(w, "\nSubcommands:")
-	for i, s := range g.subs {
-		fmt.Fprintf(w, "  %s\n", lastWord(s.name))
-		writeIndented(w, sentence(s.summary), "      ")
-		visitFlags(w, sets[i], "      ", func(f *flag.Flag) bool { return !isShared(f) })
-	}
-	if len(g.subs) > 1 {
-		fmt.Fprintln(w, "\nFlags of every subcommand:")
-		visitFlags(w, sets[0], "  ", isShared)
-	}
-	fmt.Fprintf(w, "\nRun \"%s %s <subcommand> --help\" for the details of a subcommand.\n", program, g.name)
-	printExamples(w, g.examples)
-}
-
 // sentence capitalises s and ends it with a full stop.
 func sentence(s string) string {
 	if s == "" {
@@ -257,82 +240,179 @@ func sentence(s string) string {
 	return s
 }
 
-// printFlags lists every flag of fs, with its argument name, help text and default.
-func printFlags(w io.Writer, fs *flag.FlagSet) {
-	if visitFlags(w, fs, "  ", func(*flag.Flag) bool { return true }) == 0 {
-		fmt.Fprintln(w, "  (none)")
+// examples renders command lines (without the leading program name) as cobra's Example text.
+func examples(lines []string) string {
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = "  " + program + " " + l
 	}
+	return strings.Join(out, "\n")
 }
 
-// visitFlags prints the flags of fs that keep accepts and returns how many it printed.
-func visitFlags(w io.Writer, fs *flag.FlagSet, indent string, keep func(*flag.Flag) bool) int {
-	n := 0
-	fs.VisitAll(func(f *flag.Flag) {
-		if !keep(f) {
-			return
-		}
-		n++
-		name, usage := flag.UnquoteUsage(f)
-		line := indent + "--" + f.Name
-		if name != "" {
-			line += " " + name
-		}
-		if isBool(f) {
-			line = indent + "--" + f.Name
-		}
-		if f.DefValue != "" && f.DefValue != "false" && !strings.Contains(usage, "default") {
-			usage += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintln(w, line)
-		writeIndented(w, usage, indent+"    ")
+// helpWidth is the width the help wraps its text at.
+const helpWidth = 92
+
+// The help templates of the root command, of a group and of a command with flags. The template
+// functions are registered by init below.
+const (
+	rootHelp = `Usage:
+  {{.Name}} <command> [<subcommand>] [flags]
+
+{{wrap .Long}}
+Commands:{{range .Commands}}{{if .IsAvailableCommand}}
+  {{rpad .Name .NamePadding}} {{.Short}}{{end}}{{end}}
+
+Flags of every command that uses the database (given after the command):
+{{dbFlagUsages}}
+Run "{{.Name}} <command> --help" for a command's subcommands and all their flags.
+Errors are one line on stderr; the exit status is 1 on failure and 2 on a usage error.
+
+Examples:
+{{.Example}}
+`
+	groupHelp = `Usage:
+  {{.CommandPath}} <subcommand> [flags]
+
+{{wrap .Long}}
+Subcommands:{{range .Commands}}{{if .IsAvailableCommand}}
+  {{.Name}}
+{{indent 6 (wrap (sentence .Short))}}{{subFlags $ .}}{{end}}{{end}}{{with sharedFlags .}}
+Flags of every subcommand:
+{{.}}{{end}}
+Run "{{.CommandPath}} <subcommand> --help" for the details of a subcommand.
+
+Examples:
+{{.Example}}
+`
+	leafHelp = `Usage:
+  {{.UseLine}}
+
+{{wrap .Long}}
+Flags:
+{{flagUsages .LocalFlags}}
+Examples:
+{{.Example}}
+`
+)
+
+func init() {
+	cobra.EnableCommandSorting = false // the root usage lists the commands in the table's order
+	cobra.AddTemplateFunc("wrap", wrapParagraphs)
+	cobra.AddTemplateFunc("indent", indent)
+	cobra.AddTemplateFunc("sentence", sentence)
+	cobra.AddTemplateFunc("flagUsages", flagUsages)
+	cobra.AddTemplateFunc("subFlags", subFlags)
+	cobra.AddTemplateFunc("sharedFlags", sharedFlags)
+	cobra.AddTemplateFunc("dbFlagUsages", func() string {
+		fs := unsortedFlagSet()
+		newDBFlags(fs)
+		return flagUsages(fs)
 	})
-	return n
 }
 
-func isBool(f *flag.Flag) bool {
-	b, ok := f.Value.(interface{ IsBoolFlag() bool })
-	return ok && b.IsBoolFlag()
+// unsortedFlagSet returns an empty flag set that lists its flags in the order they are added.
+func unsortedFlagSet() *pflag.FlagSet {
+	fs := pflag.NewFlagSet(program, pflag.ContinueOnError)
+	fs.SortFlags = false
+	return fs
 }
 
-func printExamples(w io.Writer, examples []string) {
-	if len(examples) == 0 {
-		return
+// flagUsages lists the flags of fs (without --help), wrapped; "  (none)" when there are none.
+func flagUsages(fs *pflag.FlagSet) string {
+	shown := unsortedFlagSet()
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" {
+			shown.AddFlag(f)
+		}
+	})
+	if !shown.HasFlags() {
+		return "  (none)\n"
 	}
-	title := "Example:"
-	if len(examples) > 1 {
-		title = "Examples:"
-	}
-	fmt.Fprintln(w, "\n"+title)
-	for _, ex := range examples {
-		fmt.Fprintf(w, "  %s %s\n", program, ex)
-	}
+	return shown.FlagUsagesWrapped(helpWidth)
 }
 
-// writeParagraphs writes text wrapped at 92 columns; blank lines ("\n\n") separate paragraphs.
-func writeParagraphs(w io.Writer, text string) {
+// sharedFlags are the flags (but --help) that every subcommand of the group g has, when it has
+// several, listed; "" when there are none.
+func sharedFlags(g *cobra.Command) string {
+	fs := unsortedFlagSet()
+	subs := g.Commands()
+	if len(subs) < 2 {
+		return ""
+	}
+	subs[0].LocalFlags().VisitAll(func(f *pflag.Flag) {
+		if isShared(g, f.Name) {
+			fs.AddFlag(f)
+		}
+	})
+	if !fs.HasFlags() {
+		return ""
+	}
+	return fs.FlagUsagesWrapped(helpWidth)
+}
+
+// isShared reports whether every subcommand of g, which has several, has the flag name.
+func isShared(g *cobra.Command, name string) bool {
+	subs := g.Commands()
+	if len(subs) < 2 || name == "help" {
+		return false
+	}
+	for _, s := range subs {
+		if s.LocalFlags().Lookup(name) == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// subFlags lists the flags of the subcommand sub of g that not every subcommand has, indented
+// under the subcommand's name.
+func subFlags(g, sub *cobra.Command) string {
+	fs := unsortedFlagSet()
+	sub.LocalFlags().VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" && !isShared(g, f.Name) {
+			fs.AddFlag(f)
+		}
+	})
+	if !fs.HasFlags() {
+		return ""
+	}
+	return indent(4, fs.FlagUsagesWrapped(helpWidth-4))
+}
+
+// indent prefixes every non-empty line of s with n spaces.
+func indent(n int, s string) string {
+	pad := strings.Repeat(" ", n)
+	lines := strings.SplitAfter(s, "\n")
+	for i, l := range lines {
+		if strings.TrimSpace(l) != "" {
+			lines[i] = pad + l
+		}
+	}
+	return strings.Join(lines, "")
+}
+
+// wrapParagraphs returns text wrapped at helpWidth columns, each line ending with a newline;
+// blank lines ("\n\n") separate paragraphs.
+func wrapParagraphs(text string) string {
+	var b strings.Builder
 	for i, p := range strings.Split(strings.TrimSpace(text), "\n\n") {
 		if i > 0 {
-			fmt.Fprintln(w)
+			b.WriteString("\n")
 		}
-		writeIndented(w, p, "")
-	}
-}
-
-// writeIndented writes text wrapped at 92 columns, each line starting with indent.
-func writeIndented(w io.Writer, text, indent string) {
-	const width = 92
-	line := indent
-	for _, word := range strings.Fields(text) {
-		if len(line) > len(indent) && len(line)+1+len(word) > width {
-			fmt.Fprintln(w, line)
-			line = indent
+		line := ""
+		for _, word := range strings.Fields(p) {
+			if line != "" && len(line)+1+len(word) > helpWidth {
+				b.WriteString(line + "\n")
+				line = ""
+			}
+			if line != "" {
+				line += " "
+			}
+			line += word
 		}
-		if len(line) > len(indent) {
-			line += " "
+		if line != "" {
+			b.WriteString(line + "\n")
 		}
-		line += word
 	}
-	if len(line) > len(indent) {
-		fmt.Fprintln(w, line)
-	}
+	return b.String()
 }

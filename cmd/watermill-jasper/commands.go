@@ -1,21 +1,25 @@
 package main
 
+import "github.com/spf13/cobra"
+
 // commands is the command table, in the order the root usage lists them. To add a command,
 // write it in its own file (a spec for a command with flags, a group for one with
 // subcommands; see cli.go, and connect.go for --dsn/--schema and opening the database) and
 // add one line here.
-var commands = []command{
-	schemaGroup.command(), // schema (schema.go)
+var commands = []interface {
+	cobraCommand(e *env) *cobra.Command
+}{
+	schemaGroup, // schema (schema.go)
 
-	storageGroup.command(), // storage (storage.go)
+	storageGroup, // storage (storage.go)
 
-	deadLettersGroup.command(), // dead-letters (deadletters.go)
+	deadLettersGroup, // dead-letters (deadletters.go)
 
-	relaySpec.command(), // relay (relay.go)
+	relaySpec, // relay (relay.go)
 
-	benchGroup.command(), // bench (bench.go)
+	benchGroup, // bench (bench.go)
 
-	soakSpec.command(), // soak (soak.go)
+	soakSpec, // soak (soak.go)
 
-	uiSpec.command(), // ui (ui.go)
+	uiSpec, // ui (ui.go)
 }

@@ -17,7 +17,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -61,6 +61,7 @@ type stringFlag struct {
 	set   bool
 }
 
+// String returns the value.
 func (s *stringFlag) String() string {
 	if s == nil {
 		return ""
@@ -68,6 +69,10 @@ func (s *stringFlag) String() string {
 	return s.value
 }
 
+// Type names the value in the help when the usage names none.
+func (s *stringFlag) Type() string { return "string" }
+
+// Set records the value given on the command line.
 func (s *stringFlag) Set(v string) error {
 	s.value, s.set = v, true
 	return nil
@@ -81,7 +86,7 @@ type dbFlags struct {
 }
 
 // register adds --dsn, --schema and --compatibility to fs.
-func (f *dbFlags) register(fs *flag.FlagSet) {
+func (f *dbFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.dsn, "dsn", dsnUsage)
 	fs.Var(&f.schema, "schema", schemaUsage)
 	fs.Var(&f.compat, "compatibility", "who else uses the schema: empty (this library, and .NET nodes that only relay), or "+
@@ -89,7 +94,7 @@ func (f *dbFlags) register(fs *flag.FlagSet) {
 }
 
 // newDBFlags returns the --dsn and --schema flags, registered on fs.
-func newDBFlags(fs *flag.FlagSet) *dbFlags {
+func newDBFlags(fs *pflag.FlagSet) *dbFlags {
 	f := &dbFlags{}
 	f.register(fs)
 	return f
@@ -123,8 +128,8 @@ func (f *dbFlags) run(check func() error, fn dbRunFunc) runFunc {
 
 // onDB is the setup of a command whose only flags are --dsn and --schema and which takes no
 // arguments: it runs fn on the database.
-func onDB(fn dbRunFunc) func(*flag.FlagSet) runFunc {
-	return func(fs *flag.FlagSet) runFunc { return newDBFlags(fs).run(nil, fn) }
+func onDB(fn dbRunFunc) func(*pflag.FlagSet) runFunc {
+	return func(fs *pflag.FlagSet) runFunc { return newDBFlags(fs).run(nil, fn) }
 }
 
 // DSN returns the database URL: --dsn, else $DATABASE_URL, else defaultDSN. An explicitly

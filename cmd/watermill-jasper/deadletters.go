@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -58,7 +58,7 @@ var deadLettersList = spec{
 		"dead-letters list --schema messaging",
 		"dead-letters list --topic orders --limit 20",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		topic := fs.String("topic", "", "only dead letters received on `TOPIC` (their received_at)")
 		limit := fs.Int("limit", 50, "show at most `N` dead letters (0: all)")
 		out := newOutputFlag(fs)
@@ -158,14 +158,10 @@ var deadLettersShow = spec{
 	examples: []string{
 		"dead-letters show 0f8fad5b-d9cb-469f-a165-70867728950e --schema messaging",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		out := newOutputFlag(fs)
 		db := newDBFlags(fs)
 		return func(ctx context.Context, e *env, args []string) error {
-			args, err := interspersed(fs, "dead-letters show", args)
-			if err != nil {
-				return err
-			}
 			if len(args) != 1 {
 				return usageErrorf("dead-letters show takes one dead letter ID (see %s dead-letters show --help)", program)
 			}
@@ -307,7 +303,7 @@ var deadLettersReplay = spec{
 		"dead-letters replay --topic orders --schema messaging",
 		"dead-letters replay --all --to amqp://guest:guest@localhost:5672/",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		all := fs.Bool("all", false, "replay every dead letter")
 		topic := fs.String("topic", "", "replay the dead letters received on `TOPIC`")
 		toTopic := fs.String("to-topic", "", "send them to `TOPIC` instead of each one's received_at")
@@ -319,10 +315,6 @@ var deadLettersReplay = spec{
 		declare := fs.Bool("declare-queues", false, "with --to: declare a missing queue (durable) instead of failing")
 		batch := fs.Int("batch", admin.DefaultReplayBatchSize, "`N` dead letters per batch (one statement each)")
 		return func(ctx context.Context, e *env, args []string) error {
-			args, err := interspersed(fs, "dead-letters replay", args)
-			if err != nil {
-				return err
-			}
 			sel := admin.ReplaySelection{All: *all, Topic: *topic}
 			for _, a := range args {
 				id, err := uuid.Parse(a)
@@ -393,29 +385,6 @@ var deadLettersReplay = spec{
 	},
 }
 
-// interspersed parses the flags that follow positional arguments (the flag package stops at
-// the first positional one), so that "show ID --schema s" works, and returns the positional
-// arguments. "--" ends the flags.
-func interspersed(fs *flag.FlagSet, name string, args []string) ([]string, error) {
-	var pos []string
-	for len(args) > 0 {
-		a := args[0]
-		switch {
-		case a == "--":
-			return append(pos, args[1:]...), nil
-		case strings.HasPrefix(a, "-") && a != "-":
-			if err := fs.Parse(args); err != nil {
-				return nil, usageErrorf("%s: %s (see %s %s --help)", name, flagDashes.Replace(err.Error()), program, name)
-			}
-			args = fs.Args()
-		default:
-			pos = append(pos, a)
-			args = args[1:]
-		}
-	}
-	return pos, nil
-}
-
 // queuePublisher maps a topic that is not a URI to the RabbitMQ queue of that name, as
 // watermill-amqp's durable queue config does (topic = queue name).
 type queuePublisher struct{ pub message.Publisher }
@@ -439,7 +408,7 @@ var deadLettersPurge = spec{
 		"dead-letters purge --older-than 720h",
 		"dead-letters purge --topic orders --yes",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		older := fs.Duration("older-than", 0, "delete only dead letters written more than `DURATION` ago, e.g. 168h (0: any age)")
 		topic := fs.String("topic", "", "delete only dead letters received on `TOPIC`")
 		yes := fs.Bool("yes", false, "delete without asking for confirmation")

@@ -10,11 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
 func main() {
@@ -27,9 +28,11 @@ func main() {
 // run runs the command line args and returns the exit status: 0 on success, 1 on failure,
 // 2 on a usage error. A failure prints exactly one line on stderr.
 func run(ctx context.Context, args []string, e *env) int {
-	err := dispatch(ctx, e, args)
+	root := newRootCmd(e)
+	root.SetArgs(append([]string{}, args...)) // never nil: cobra would read os.Args
+	err := root.ExecuteContext(ctx)
 	switch {
-	case err == nil, errors.Is(err, errHelp):
+	case err == nil:
 		return 0
 	case errors.Is(err, errUsageShown):
 		return 2
@@ -42,49 +45,45 @@ func run(ctx context.Context, args []string, e *env) int {
 	return 1
 }
 
-func dispatch(ctx context.Context, e *env, args []string) error {
-	if len(args) == 0 {
-		printRootUsage(e.stderr)
-		return errUsageShown
+// newRootCmd returns the command tree (the command table of commands.go), running on e: help
+// on e.stdout, errors returned to run, which prints them. Without arguments it prints its usage
+// on stderr (exit status 2); "help COMMAND [SUBCOMMAND]" prints the command's.
+func newRootCmd(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use: program,
+		Long: program + " manages the tables of Jasper's durable inbox/outbox that watermill-jasper uses " +
+			"(jasper_incoming_envelopes, jasper_outgoing_envelopes, jasper_dead_letters), on PostgreSQL and SQL Server.",
+		Example: examples([]string{
+			"schema migrate --dsn postgres://app@db.internal:5432/app --schema messaging",
+			"schema verify --schema messaging",
+			"storage counts --dsn 'sqlserver://app@sql.internal:1433?database=app'",
+		}),
+		Args:          cobra.ArbitraryArgs,
+		SilenceErrors: true,
+		SilenceUsage:  true,
 	}
-	switch args[0] {
-	case "-h", "-help", "--help":
-		printRootUsage(e.stdout)
-		return errHelp
-	case "help":
-		if len(args) > 1 {
-			if c, ok := findCommand(args[1]); ok {
-				return c.run(ctx, e, append(args[2:], "--help"))
-			}
-			return usageErrorf("unknown command %q (see %s --help)", args[1], program)
-		}
-		printRootUsage(e.stdout)
-		return errHelp
-	}
-	if c, ok := findCommand(args[0]); ok {
-		return c.run(ctx, e, args[1:])
-	}
-	if strings.HasPrefix(args[0], "-") {
-		return usageErrorf("give a command (%s) before the flags (see %s --help)", commandNames(), program)
-	}
-	return usageErrorf("unknown command %q, want one of %s (see %s --help)", args[0], commandNames(), program)
-}
-
-func findCommand(name string) (command, bool) {
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetFlagErrorFunc(flagError)
+	root.SetHelpTemplate(rootHelp)
 	for _, c := range commands {
-		if c.name == name {
-			return c, true
+		root.AddCommand(c.cobraCommand(e))
+	}
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [command [subcommand]]",
+		Short: "print the help of a command",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  func(c *cobra.Command, args []string) error { return helpOf(c.Root(), args) },
+	})
+	root.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return showUsage(c, e.stderr)
 		}
+		return usageErrorf("unknown command %q, want one of %s (see %s --help)", args[0], subNames(c), program)
 	}
-	return command{}, false
-}
-
-func commandNames() string {
-	names := make([]string, len(commands))
-	for i, c := range commands {
-		names[i] = c.name
-	}
-	return strings.Join(names, ", ")
+	return root
 }
 
 // errorLine renders err as the one line printed on stderr: prefixed "watermill-jasper: ",
@@ -113,28 +112,4 @@ func candidateDSNs(args []string) []string {
 		}
 	}
 	return out
-}
-
-func printRootUsage(w io.Writer) {
-	fmt.Fprintf(w, "Usage:\n  %s <command> [<subcommand>] [flags]\n\n", program)
-	writeParagraphs(w, program+" manages the tables of Jasper's durable inbox/outbox that watermill-jasper uses "+
-		"(jasper_incoming_envelopes, jasper_outgoing_envelopes, jasper_dead_letters), on PostgreSQL and SQL Server.")
-	fmt.Fprintln(w, "\nCommands:")
-	width := 0
-	for _, c := range commands {
-		width = max(width, len(c.name))
-	}
-	for _, c := range commands {
-		fmt.Fprintf(w, "  %-*s  %s\n", width, c.name, c.summary)
-	}
-	fmt.Fprintln(w, "\nFlags of every command that uses the database (given after the command):")
-	fs, _ := spec{setup: onDB(nil)}.newFlagSet()
-	printFlags(w, fs)
-	fmt.Fprintf(w, "\nRun \"%s <command> --help\" for a command's subcommands and all their flags.\n", program)
-	fmt.Fprintln(w, "Errors are one line on stderr; the exit status is 1 on failure and 2 on a usage error.")
-	printExamples(w, []string{
-		"schema migrate --dsn postgres://app@db.internal:5432/app --schema messaging",
-		"schema verify --schema messaging",
-		"storage counts --dsn 'sqlserver://app@sql.internal:1433?database=app'",
-	})
 }

@@ -3,14 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
@@ -107,14 +110,26 @@ func assertSuccess(t *testing.T, r result) {
 	}
 }
 
+// commandTree returns the available commands of the CLI's command tree, in the root usage's
+// order.
+func commandTree() []*cobra.Command {
+	var out []*cobra.Command
+	for _, c := range newRootCmd(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}).Commands() {
+		if c.IsAvailableCommand() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func TestRootUsage(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
 		r := cli(t, "", nil, args...)
 		assertSuccess(t, r)
-		for _, c := range commands {
-			if !strings.Contains(r.stdout, "\n  "+c.name+" ") {
-				t.Errorf("%v: root usage does not list %s:\n%s", args, c.name, r.stdout)
+		for _, c := range commandTree() {
+			if !strings.Contains(r.stdout, "\n  "+c.Name()+" ") {
+				t.Errorf("%v: root usage does not list %s:\n%s", args, c.Name(), r.stdout)
 			}
 		}
 		for _, w := range []string{"Usage:", "--dsn URL", "--schema NAME", "$DATABASE_URL", defaultDSN, "Examples:"} {
@@ -128,57 +143,63 @@ func TestRootUsage(t *testing.T) {
 		t.Errorf("no arguments: want the usage on stderr and exit 2, got %s", r)
 	}
 	assertFailure(t, cli(t, "", nil, "frobnicate"), 2, `unknown command "frobnicate"`)
+	assertFailure(t, cli(t, "", nil, "help", "frobnicate"), 2, `unknown command "frobnicate"`)
 	assertFailure(t, cli(t, "", nil, "--dsn", "postgres://x"), 2, "give a command")
 }
 
-// TestEveryCommandHasCompleteHelp checks, for every entry of the command table and every
-// subcommand, that --help and -h exit 0 and list every flag and an example.
+// TestEveryCommandHasCompleteHelp checks, for every command of the tree and every
+// subcommand, that --help, -h and help COMMAND exit 0 and list every flag and an example.
 func TestEveryCommandHasCompleteHelp(t *testing.T) {
 	t.Parallel()
-	for _, c := range commands {
-		r := cli(t, "", nil, c.name, "--help")
+	for _, c := range commandTree() {
+		r := cli(t, "", nil, c.Name(), "--help")
 		assertSuccess(t, r)
 		if !strings.Contains(r.stdout, "Usage:") || !strings.Contains(r.stdout, "Example") {
-			t.Errorf("%s --help: no usage or example:\n%s", c.name, r.stdout)
+			t.Errorf("%s --help: no usage or example:\n%s", c.Name(), r.stdout)
 		}
-		for _, s := range c.specs {
-			args := strings.Fields(s.name)
-			fs, _ := s.newFlagSet()
-			for _, h := range []string{"--help", "-h"} {
-				r := cli(t, "", nil, append(args, h)...)
+		leaves := c.Commands()
+		if !c.HasSubCommands() {
+			leaves = []*cobra.Command{c}
+		}
+		for _, s := range leaves {
+			path := strings.TrimPrefix(s.CommandPath(), program+" ")
+			args := strings.Fields(path)
+			for _, h := range [][]string{append(args, "--help"), append(args, "-h"), append([]string{"help"}, args...)} {
+				r := cli(t, "", nil, h...)
 				assertSuccess(t, r)
-				if !strings.Contains(r.stdout, "Usage:\n  "+program+" "+s.name) || !strings.Contains(r.stdout, "Example") {
-					t.Errorf("%s %s: no usage or example:\n%s", s.name, h, r.stdout)
+				if !strings.Contains(r.stdout, "Usage:\n  "+program+" "+path) || !strings.Contains(r.stdout, "Example") {
+					t.Errorf("%v: no usage or example:\n%s", h, r.stdout)
 				}
-				fs.VisitAll(func(f *flag.Flag) {
+				s.Flags().VisitAll(func(f *pflag.Flag) {
 					if !strings.Contains(r.stdout, "--"+f.Name) {
-						t.Errorf("%s %s does not document --%s", s.name, h, f.Name)
+						t.Errorf("%v does not document --%s", h, f.Name)
 					}
 				})
 			}
-			if len(c.specs) > 1 {
+			if c.HasSubCommands() {
 				// A group's own help lists every subcommand and every flag too.
-				group := cli(t, "", nil, c.name, "-h").stdout
-				if !strings.Contains(group, "\n  "+lastWord(s.name)+"\n") {
-					t.Errorf("%s -h does not list %s", c.name, s.name)
+				group := cli(t, "", nil, c.Name(), "-h").stdout
+				if !strings.Contains(group, "\n  "+s.Name()+"\n") {
+					t.Errorf("%s -h does not list %s", c.Name(), s.Name())
 				}
-				fs.VisitAll(func(f *flag.Flag) {
+				s.Flags().VisitAll(func(f *pflag.Flag) {
 					if !strings.Contains(group, "--"+f.Name) {
-						t.Errorf("%s -h does not document --%s of %s", c.name, f.Name, s.name)
+						t.Errorf("%s -h does not document --%s of %s", c.Name(), f.Name, path)
 					}
 				})
 			}
 		}
-		if len(c.specs) > 1 {
-			r := cli(t, "", nil, c.name)
+		if c.HasSubCommands() {
+			r := cli(t, "", nil, c.Name())
 			if r.code != 2 || !strings.Contains(r.stderr, "Usage:") {
-				t.Errorf("%s without a subcommand: want its usage on stderr and exit 2, got %s", c.name, r)
+				t.Errorf("%s without a subcommand: want its usage on stderr and exit 2, got %s", c.Name(), r)
 			}
-			assertFailure(t, cli(t, "", nil, c.name, "nope"), 2, `unknown subcommand "nope"`)
+			assertFailure(t, cli(t, "", nil, c.Name(), "nope"), 2, `unknown subcommand "nope"`)
 		}
 	}
 	assertFailure(t, cli(t, "", nil, "storage", "counts", "--nope"), 2, "--nope", "storage counts --help")
 	assertFailure(t, cli(t, "", nil, "storage", "counts", "extra"), 2, `"extra"`)
+	assertFailure(t, cli(t, "", nil, "storage", "counts", "--output", "xml"), 2, "--output", "want text or json")
 }
 
 func testDSN() string { return testdb.PostgresDSN() }

@@ -4,12 +4,12 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
 )
 
 // outputFlag is the --output flag: text (the default, for people) or json (one JSON document
@@ -17,12 +17,13 @@ import (
 type outputFlag struct{ json bool }
 
 // newOutputFlag registers --output on fs.
-func newOutputFlag(fs *flag.FlagSet) *outputFlag {
+func newOutputFlag(fs *pflag.FlagSet) *outputFlag {
 	o := &outputFlag{}
 	fs.Var(o, "output", "`FORMAT` of what is printed on stdout: text or json")
 	return o
 }
 
+// String returns the format: text or json.
 func (o *outputFlag) String() string {
 	if o != nil && o.json {
 		return "json"
@@ -30,6 +31,10 @@ func (o *outputFlag) String() string {
 	return "text"
 }
 
+// Type names the value in the help when the usage names none.
+func (o *outputFlag) Type() string { return "format" }
+
+// Set parses text or json.
 func (o *outputFlag) Set(v string) error {
 	switch v {
 	case "text":

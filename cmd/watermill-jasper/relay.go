@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/spf13/pflag"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -102,8 +102,13 @@ var relaySpec = spec{
 // destinationsFlag collects repeated --destination flags.
 type destinationsFlag []string
 
+// String returns the destinations, comma-separated.
 func (d *destinationsFlag) String() string { return strings.Join(*d, ",") }
 
+// Type names the value in the help when the usage names none.
+func (d *destinationsFlag) Type() string { return "URI" }
+
+// Set adds one destination.
 func (d *destinationsFlag) Set(v string) error {
 	if strings.TrimSpace(v) == "" {
 		return errors.New("empty destination")
@@ -129,7 +134,7 @@ type relayFlags struct {
 	verbose       bool
 }
 
-func setupRelay(fs *flag.FlagSet) runFunc {
+func setupRelay(fs *pflag.FlagSet) runFunc {
 	var f relayFlags
 	f.db.register(fs)
 	fs.Var(&f.sessionDSN, "session-dsn", "a direct database `URL` for the two connections that keep a session of their own "+
@@ -405,7 +410,7 @@ func checkRelaySchema(ctx context.Context, drv database.Driver, cfg schema.Confi
 			continue
 		}
 		missing = append(missing, d.String())
-		fixable = fixable && migrateFixes(d)
+		fixable = fixable && migrateFixes(cfg, d)
 	}
 	if len(missing) == 0 {
 		return nil
@@ -413,7 +418,9 @@ func checkRelaySchema(ctx context.Context, drv database.Driver, cfg schema.Confi
 	sort.Strings(missing)
 	fix := fmt.Sprintf("run \"%s schema migrate --schema %s\" (safe on a database Jasper created)", program, cfg.Schema)
 	if !fixable {
-		fix = fmt.Sprintf("\"%s schema migrate --schema %s\" adds missing tables and extensions; fix Jasper's own columns by hand", program, cfg.Schema)
+		fix = fmt.Sprintf("run \"%s schema migrate --schema %s\": it adds the missing tables, extensions and nullable "+
+			"or defaulted columns of Jasper's, and refuses, naming them, the NOT NULL columns it cannot add to existing rows; "+
+			"it never alters a column (a wrong type, nullability or primary key is fixed by hand)", program, cfg.Schema)
 	}
 	return fmt.Errorf("schema %s is not ready for the relay (%s): %s", cfg.Schema, strings.Join(missing, "; "), fix)
 }

@@ -708,9 +708,16 @@ func TestRelayErrors(t *testing.T) {
 	assertFailure(t, cli(t, "", nil, "relay", "--to", "stdout", "--dsn", dsn, "--schema", partial), 1,
 		"schema "+partial+" is not ready for the relay (extension: missing column jasper_incoming_envelopes.keep_until)",
 		"run \"watermill-jasper schema migrate --schema "+partial+"\"")
+	// A nullable column of Jasper's is one schema migrate adds too.
 	dropColumn("jasper_outgoing_envelopes", "saga_id")
 	assertFailure(t, cli(t, "", nil, "relay", "--to", "stdout", "--dsn", dsn, "--schema", partial), 1,
-		"missing column jasper_outgoing_envelopes.saga_id", "fix Jasper's own columns by hand")
+		"missing column jasper_outgoing_envelopes.saga_id", "run \"watermill-jasper schema migrate --schema "+partial+"\" (safe")
+	// A NOT NULL one it cannot add to existing rows: the hint still sends to schema migrate,
+	// which names it.
+	dropColumn("jasper_outgoing_envelopes", "destination")
+	assertFailure(t, cli(t, "", nil, "relay", "--to", "stdout", "--dsn", dsn, "--schema", partial), 1,
+		"missing column jasper_outgoing_envelopes.destination", "run \"watermill-jasper schema migrate --schema "+partial+"\": ",
+		"refuses, naming them, the NOT NULL columns")
 
 	m := migratedSchema(t)
 	const secret = "Wr0ngS3cret"

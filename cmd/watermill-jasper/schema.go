@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"strings"
+
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -38,7 +39,7 @@ var schemaScript = spec{
 		"schema script --dialect postgres --schema messaging | psql \"$DATABASE_URL\"",
 		"schema script --dialect sqlserver > schema.sql",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		db := newDBFlags(fs)
 		var dialect stringFlag
 		fs.Var(&dialect, "dialect", "`DIALECT` of the script: postgres or sqlserver (default: from the scheme of --dsn)")
@@ -133,7 +134,7 @@ var schemaVerify = spec{
 		"schema verify --schema messaging",
 		"schema verify --jasper-only --dsn 'sqlserver://app@sql.internal:1433?database=app'",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		var opts schema.VerifyOptions
 		fs.BoolVar(&opts.JasperOnly, "jasper-only", false, "check only Jasper 2.0's own layout and ignore missing watermill-jasper extensions")
 		db := newDBFlags(fs)
@@ -155,8 +156,9 @@ var schemaVerify = spec{
 			}
 			hint := fmt.Sprintf("`%s schema migrate` adds them", program)
 			for _, d := range diffs {
-				if !migrateFixes(d) {
-					hint = fmt.Sprintf("`%s schema migrate` adds missing tables, extensions and Jasper's nullable columns; fix the others by hand", program)
+				if !migrateFixes(cfg, d) {
+					hint = fmt.Sprintf("`%s schema migrate` adds missing tables, extensions and Jasper's nullable or defaulted columns, "+
+						"and names the NOT NULL ones it cannot add; it never alters a column: fix the others by hand", program)
 					break
 				}
 			}
@@ -165,10 +167,22 @@ var schemaVerify = spec{
 	},
 }
 
-// migrateFixes reports whether schema migrate adds what d says is missing: a table, a type or
-// procedure, or an extension; never Jasper's own columns.
-func migrateFixes(d schema.Difference) bool {
-	return d.Extension || d.Kind == schema.MissingTable || d.Kind == schema.MissingObject
+// migrateFixes reports whether schema migrate adds what d says is missing in cfg's layout: a
+// table, a type or procedure, an extension, or a column of Jasper's that can be added to
+// existing rows (nullable or with a default). It refuses the NOT NULL ones and never alters a
+// column.
+func migrateFixes(cfg schema.Config, d schema.Difference) bool {
+	switch {
+	case d.Extension, d.Kind == schema.MissingTable, d.Kind == schema.MissingObject:
+		return true
+	case d.Kind == schema.MissingColumn:
+		for _, t := range cfg.Tables() {
+			if c, ok := t.Column(d.Column); ok && t.Name == d.Table {
+				return c.Addable()
+			}
+		}
+	}
+	return false
 }
 
 // describeAdded summarises the differences migrate fixed, e.g. "added 3 tables, 1 column".

@@ -3,10 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // Defaults of the soak command.
@@ -73,7 +74,7 @@ type soakFlags struct {
 	jsonPath  string
 }
 
-func setupSoak(fs *flag.FlagSet) runFunc {
+func setupSoak(fs *pflag.FlagSet) runFunc {
 	f := &soakFlags{}
 	c := &f.cfg
 	fs.DurationVar(&c.Duration, "duration", defaultSoakDuration, "publish under faults for `DURATION`")

@@ -2,10 +2,11 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
+
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -38,7 +39,7 @@ var storageCounts = spec{
 	examples: []string{
 		"storage counts --dsn postgres://app@db.internal:5432/app --schema messaging",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		out := newOutputFlag(fs)
 		return newDBFlags(fs).run(nil, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {
 			c, err := admin.Counts(ctx, drv, cfg)
@@ -218,7 +219,7 @@ var storageClear = spec{
 		"storage clear --schema messaging",
 		"storage clear --schema messaging --yes",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		yes := fs.Bool("yes", false, "delete without asking for confirmation")
 		db := newDBFlags(fs)
 		return db.run(nil, func(ctx context.Context, e *env, drv database.Driver, cfg schema.Config) error {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/dashboard"
 	"github.com/watermill-jasper/watermill-jasper/database"
@@ -33,7 +33,7 @@ var uiSpec = spec{
 		"ui --listen 127.0.0.1:8080 --schema messaging --read-only",
 		"ui --dsn postgres://app@db.internal:5432/app --token \"$(cat /run/secrets/jasper-ui)\"",
 	},
-	setup: func(fs *flag.FlagSet) runFunc {
+	setup: func(fs *pflag.FlagSet) runFunc {
 		db := newDBFlags(fs)
 		listen := fs.String("listen", "127.0.0.1:8080", "`ADDRESS` to serve on (host:port)")
 		token := fs.String("token", "", "`SECRET` to type to replay or purge dead letters (default: $"+uiTokenEnv+")")
