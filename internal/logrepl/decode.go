@@ -1,0 +1,249 @@
+package logrepl
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+)
+
+// Tx is one committed transaction's inserts into the outbox table, in insert order.
+type Tx struct {
+	// Xid is the transaction id.
+	Xid uint32
+	// CommitLSN is the position of the transaction's commit record; EndLSN is the position
+	// just past it. Confirm EndLSN (Reader.Confirm) once every row of the transaction is
+	// done with: the slot then never sends this transaction again.
+	CommitLSN, EndLSN LSN
+	// CommitTime is when the transaction committed (the server's clock).
+	CommitTime time.Time
+	// Rows are the inserted rows, in the order the transaction inserted them.
+	Rows []Row
+}
+
+// Row is one row inserted into jasper_outgoing_envelopes, decoded by column name from the
+// pgoutput Relation message (never by position), with the commit of its transaction.
+type Row struct {
+	// Envelope holds the columns of Jasper's layout and this library's extensions: id,
+	// owner_id, destination, deliver_by, body, attempts, the metadata columns
+	// (conversation_id, correlation_id, parent_id, saga_id, message_type, content_type,
+	// reply_requested, ack_requested, reply_uri) and message_uuid, headers. Status and
+	// ExecutionTime (incoming columns) stay zero.
+	row.Envelope
+	// Timestamp is the extension column timestamp (when the row was written); nil when
+	// NULL or absent.
+	Timestamp *time.Time
+	// Other are the columns this package does not know (added by someone else), decoded
+	// by their type (pgx's pgtype; the raw binary value when the type is unknown); nil when
+	// none.
+	Other map[string]any
+	// Err says why a column could not be decoded; the other columns are still set. A row
+	// with an error is still a committed row: the caller decides (e.g. leaves it to the
+	// polling relay, which reads it with SQL).
+	Err error
+	// CommitLSN, EndLSN and CommitTime are those of the row's transaction (Tx).
+	CommitLSN, EndLSN LSN
+	CommitTime        time.Time
+}
+
+// relation is a table of a Relation message.
+type relation struct {
+	namespace, name string
+	columns         []*pglogrepl.RelationMessageColumn
+	outbox          bool
+}
+
+// decoder turns pgoutput tuples of the outbox table into rows.
+type decoder struct {
+	types *pgtype.Map
+}
+
+func newDecoder() *decoder { return &decoder{types: pgtype.NewMap()} }
+
+// decodeRow decodes one inserted tuple of the outbox table.
+func (d *decoder) decodeRow(rel *relation, tuple *pglogrepl.TupleData) Row {
+	var r Row
+	if tuple == nil {
+		r.Err = fmt.Errorf("logrepl: insert into %s.%s without a tuple", rel.namespace, rel.name)
+		return r
+	}
+	if len(tuple.Columns) != len(rel.columns) {
+		r.Err = fmt.Errorf("logrepl: insert into %s.%s has %d columns, its relation %d", rel.namespace, rel.name, len(tuple.Columns), len(rel.columns))
+		return r
+	}
+	seen := map[string]bool{}
+	for i, c := range rel.columns {
+		v, err := d.value(c, tuple.Columns[i])
+		if err == nil {
+			err = r.set(c.Name, v)
+		}
+		if err != nil && r.Err == nil {
+			r.Err = fmt.Errorf("logrepl: column %s of %s.%s: %w", c.Name, rel.namespace, rel.name, err)
+		}
+		seen[c.Name] = true
+	}
+	for _, name := range []string{"id", "destination", "body", "message_type"} {
+		if !seen[name] && r.Err == nil {
+			r.Err = fmt.Errorf("logrepl: %s.%s has no column %s", rel.namespace, rel.name, name)
+		}
+	}
+	if r.Body == nil && seen["body"] {
+		r.Body = []byte{}
+	}
+	return r
+}
+
+// value decodes one column value: nil for NULL.
+func (d *decoder) value(c *pglogrepl.RelationMessageColumn, t *pglogrepl.TupleDataColumn) (any, error) {
+	var format int16
+	switch t.DataType {
+	case pglogrepl.TupleDataTypeNull:
+		return nil, nil
+	case pglogrepl.TupleDataTypeToast:
+		return nil, fmt.Errorf("unchanged TOASTed value (not sent)")
+	case pglogrepl.TupleDataTypeBinary:
+		format = pgtype.BinaryFormatCode
+	case pglogrepl.TupleDataTypeText:
+		format = pgtype.TextFormatCode
+	default:
+		return nil, fmt.Errorf("unknown tuple data type %q", t.DataType)
+	}
+	typ, ok := d.types.TypeForOID(c.DataType)
+	if !ok {
+		if format == pgtype.TextFormatCode {
+			return string(t.Data), nil
+		}
+		return append([]byte(nil), t.Data...), nil
+	}
+	return typ.Codec.DecodeValue(d.types, c.DataType, format, t.Data)
+}
+
+// set stores a decoded value into the field of its column.
+func (r *Row) set(name string, v any) error {
+	var err error
+	switch name {
+	case "id":
+		err = toUUID(v, &r.ID)
+	case "conversation_id":
+		var u uuid.UUID
+		if err = toUUID(v, &u); err == nil && v != nil {
+			r.ConversationID = &u
+		}
+	case "owner_id":
+		var n int64
+		n, err = toInt(v)
+		r.OwnerID = int32(n)
+	case "attempts":
+		var n int64
+		n, err = toInt(v)
+		r.Attempts = int(n)
+	case "destination":
+		r.Destination, err = toString(v)
+	case "message_type":
+		r.MessageType, err = toString(v)
+	case "content_type":
+		r.ContentType, err = toString(v)
+	case "correlation_id":
+		r.CorrelationID, err = toString(v)
+	case "parent_id":
+		r.ParentID, err = toString(v)
+	case "saga_id":
+		r.SagaID, err = toString(v)
+	case "reply_requested":
+		r.ReplyRequested, err = toString(v)
+	case "reply_uri":
+		r.ReplyURI, err = toString(v)
+	case "message_uuid":
+		r.MessageUUID, err = toString(v)
+	case "headers":
+		var s string
+		if s, err = toString(v); err == nil && v != nil {
+			r.Headers = []byte(s)
+		}
+	case "ack_requested":
+		switch b := v.(type) {
+		case nil:
+		case bool:
+			r.AckRequested = b
+		default:
+			err = fmt.Errorf("a %T, not a boolean", v)
+		}
+	case "body":
+		switch b := v.(type) {
+		case nil:
+		case []byte:
+			r.Body = b
+		default:
+			err = fmt.Errorf("a %T, not bytes", v)
+		}
+	case "deliver_by":
+		r.DeliverBy, err = toTime(v)
+	case "timestamp":
+		r.Timestamp, err = toTime(v)
+	default:
+		if r.Other == nil {
+			r.Other = map[string]any{}
+		}
+		r.Other[name] = v
+	}
+	return err
+}
+
+func toUUID(v any, dst *uuid.UUID) error {
+	switch u := v.(type) {
+	case nil:
+		return nil
+	case [16]byte:
+		*dst = u
+	case string:
+		p, err := uuid.Parse(u)
+		if err != nil {
+			return err
+		}
+		*dst = p
+	default:
+		return fmt.Errorf("a %T, not a UUID", v)
+	}
+	return nil
+}
+
+func toInt(v any) (int64, error) {
+	switch n := v.(type) {
+	case nil:
+		return 0, nil
+	case int16:
+		return int64(n), nil
+	case int32:
+		return int64(n), nil
+	case int64:
+		return n, nil
+	}
+	return 0, fmt.Errorf("a %T, not an integer", v)
+}
+
+func toString(v any) (string, error) {
+	switch s := v.(type) {
+	case nil:
+		return "", nil
+	case string:
+		return s, nil
+	}
+	return "", fmt.Errorf("a %T, not text", v)
+}
+
+func toTime(v any) (*time.Time, error) {
+	switch t := v.(type) {
+	case nil:
+		return nil, nil
+	case time.Time:
+		u := t.UTC()
+		return &u, nil
+	case pgtype.InfinityModifier:
+		return nil, fmt.Errorf("%s is not a time", t)
+	}
+	return nil, fmt.Errorf("a %T, not a time", v)
+}

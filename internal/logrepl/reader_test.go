@@ -1,0 +1,396 @@
+package logrepl_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
+)
+
+// TestReader runs the reader's subtests on one private cluster with wal_level = logical and
+// pg_stat_statements loaded; each subtest has its own schema, publication and slot.
+func TestReader(t *testing.T) {
+	srv := startServer(t, "wal_level = logical", "max_wal_senders = 30", "max_replication_slots = 30",
+		"shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = 'all'")
+	srv.exec(t, "CREATE EXTENSION pg_stat_statements")
+	srv.exec(t, "CREATE ROLE relay LOGIN REPLICATION")
+	srv.exec(t, "CREATE ROLE plain LOGIN")
+
+	t.Run("CommitOrder", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		// committed, rolled back, committed: the rolled-back one never arrives (the second
+		// transaction received is the third).
+		first := e.commitTx("first", 3)
+		rolledBack := e.begin()
+		e.insert(rolledBack, envelopes("orders", "rolled-back", 2))
+		if err := rolledBack.Rollback(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		third := e.commitTx("third", 1)
+		t1 := expect(t, r, "first transaction", first)
+		t3 := expect(t, r, "third transaction (the second was rolled back)", third)
+		if !(t1.CommitLSN < t1.EndLSN && t1.EndLSN <= t3.CommitLSN) {
+			t.Fatalf("LSNs out of order: first %s..%s, third %s..%s", t1.CommitLSN, t1.EndLSN, t3.CommitLSN, t3.EndLSN)
+		}
+		if t1.CommitTime.IsZero() || t3.CommitTime.Before(t1.CommitTime) {
+			t.Fatalf("commit times: %s then %s", t1.CommitTime, t3.CommitTime)
+		}
+		for _, rw := range t1.Rows {
+			if rw.CommitLSN != t1.CommitLSN || rw.EndLSN != t1.EndLSN || !rw.CommitTime.Equal(t1.CommitTime) {
+				t.Fatalf("row %s carries commit %s/%s/%s, its transaction %s/%s/%s", rw.ID, rw.CommitLSN, rw.EndLSN, rw.CommitTime, t1.CommitLSN, t1.EndLSN, t1.CommitTime)
+			}
+		}
+
+		// Interleaved: A begins and inserts first, B inserts, A inserts again, B commits,
+		// then A: B arrives first (commit order), A with both its rows.
+		a, b := e.begin(), e.begin()
+		envA1, envB, envA2 := envelopes("orders", "a1", 1), envelopes("invoices", "b", 2), envelopes("orders", "a2", 1)
+		e.insert(a, envA1)
+		e.insert(b, envB)
+		e.insert(a, envA2)
+		if err := b.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, r, "B, committed first", ids(envB))
+		expect(t, r, "A, committed second", append(ids(envA1), ids(envA2)...))
+	})
+
+	t.Run("Columns", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		conv := uuid.New()
+		deliverBy := time.Date(2031, 5, 6, 7, 8, 9, 123456000, time.UTC)
+		full := row.Envelope{
+			ID: uuid.New(), Destination: "amqp://orders", Body: []byte{0, 1, 2, 0xff, '\\', 'x'},
+			DeliverBy: &deliverBy, Attempts: 0, ConversationID: &conv, CorrelationID: "corr", ParentID: "00-trace-01",
+			SagaID: "saga", MessageType: "OrderPlaced", ContentType: "application/json", ReplyRequested: "Reply",
+			AckRequested: true, ReplyURI: "rabbitmq://replies", MessageUUID: "msg-1", Headers: []byte(`{"a":"b"}`),
+		}
+		sparse := row.Envelope{ID: uuid.New(), Destination: "d", Body: []byte{}, MessageType: "m"}
+		e.insert(nil, []row.Envelope{full, sparse})
+		tx := expect(t, r, "the two rows", []uuid.UUID{full.ID, sparse.ID})
+		got := tx.Rows[0]
+		check := func(name string, got, want any) {
+			t.Helper()
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("%s: got %v, want %v", name, got, want)
+			}
+		}
+		check("destination", got.Destination, full.Destination)
+		check("body", got.Body, full.Body)
+		check("deliver_by", got.DeliverBy.UTC(), deliverBy)
+		check("conversation_id", *got.ConversationID, conv)
+		check("owner_id", got.OwnerID, 0)
+		check("attempts", got.Attempts, 0)
+		for name, pair := range map[string][2]string{
+			"correlation_id": {got.CorrelationID, full.CorrelationID}, "parent_id": {got.ParentID, full.ParentID},
+			"saga_id": {got.SagaID, full.SagaID}, "message_type": {got.MessageType, full.MessageType},
+			"content_type": {got.ContentType, full.ContentType}, "reply_requested": {got.ReplyRequested, full.ReplyRequested},
+			"reply_uri": {got.ReplyURI, full.ReplyURI}, "message_uuid": {got.MessageUUID, full.MessageUUID},
+			"headers": {string(got.Headers), string(full.Headers)},
+		} {
+			check(name, pair[0], pair[1])
+		}
+		check("ack_requested", got.AckRequested, true)
+		if got.Timestamp == nil || got.Timestamp.After(time.Now().Add(time.Minute)) {
+			t.Errorf("timestamp: %v", got.Timestamp)
+		}
+		if len(got.Other) != 0 {
+			t.Errorf("unknown columns: %v", got.Other)
+		}
+		sp := tx.Rows[1]
+		if sp.DeliverBy != nil || sp.ConversationID != nil || sp.Headers != nil || sp.AckRequested || sp.Body == nil || len(sp.Body) != 0 {
+			t.Errorf("sparse row: %+v", sp.Envelope)
+		}
+
+		// A column added by someone else, placed before known ones: decoded by name.
+		if _, err := e.srv.pool.Exec(context.Background(), `ALTER TABLE "`+e.cfg.Schema+`".jasper_outgoing_envelopes ADD COLUMN tenant int DEFAULT 7`); err != nil {
+			t.Fatal(err)
+		}
+		more := envelopes("orders", "after-alter", 1)
+		e.insert(nil, more)
+		tx = expect(t, r, "a row after ALTER TABLE", ids(more))
+		if v := tx.Rows[0].Other["tenant"]; fmt.Sprint(v) != "7" || tx.Rows[0].Destination != "orders" {
+			t.Errorf("after ALTER TABLE: tenant %v (%T), destination %q", v, v, tx.Rows[0].Destination)
+		}
+	})
+
+	t.Run("Restart", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		for _, abrupt := range []bool{false, true} {
+			r, conn := e.start()
+			var sent [][]uuid.UUID
+			for i := range 4 {
+				sent = append(sent, e.commitTx(fmt.Sprintf("batch%d-abrupt%v", i, abrupt), 2))
+			}
+			var txs []logrepl.Tx
+			for i, want := range sent {
+				txs = append(txs, expect(t, r, fmt.Sprintf("transaction %d", i), want))
+			}
+			// Confirm the first two only.
+			r.Confirm(txs[1].EndLSN)
+			if abrupt {
+				// The status update is on the wire before the socket dies without a goodbye.
+				if err := r.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				_ = conn.Conn().Close()
+				select {
+				case <-r.Done():
+				case <-time.After(waitLimit):
+					t.Fatal("the reader did not see its connection die")
+				}
+				if r.Err() == nil || errors.Is(r.Err(), logrepl.ErrClosed) {
+					t.Fatalf("stream error after the socket died: %v", r.Err())
+				}
+			} else if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			// The slot's confirmed position is the confirmed transaction's end.
+			conn2 := e.dial("postgres")
+			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+			r2, err := logrepl.WaitForSlot(ctx, conn2, e.cfg, 20*time.Millisecond)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = r2.Close() })
+			expect(t, r2, "the first unconfirmed transaction, again", sent[2])
+			expect(t, r2, "the second unconfirmed transaction, again", sent[3])
+			after := e.commitTx("after-restart", 1)
+			last := expect(t, r2, "the next new transaction (nothing else redelivered)", after)
+			r2.Confirm(last.EndLSN)
+			if err := r2.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("SlotInUse", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		a, _ := e.start()
+		connB := e.dial("postgres")
+		_, err := logrepl.Start(context.Background(), connB, e.cfg)
+		oneLine(t, err, logrepl.ErrSlotInUse, fmt.Sprint(a.PID()), e.cfg.Slot)
+
+		// The connection is still usable after the refusal: B stands by on it.
+		type result struct {
+			r   *logrepl.Reader
+			err error
+			at  time.Time
+		}
+		bCh := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+			defer cancel()
+			r, err := logrepl.WaitForSlot(ctx, connB, e.cfg, 50*time.Millisecond)
+			bCh <- result{r, err, time.Now()}
+		}()
+		first := e.commitTx("to-a", 1)
+		a.Confirm(expect(t, a, "A holds the slot", first).EndLSN)
+		if err := a.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		var pid uint32 = a.PID()
+		e.srv.exec(t, "SELECT pg_terminate_backend($1)", int32(pid))
+		res := <-bCh
+		if res.err != nil {
+			t.Fatalf("stand-by B: %v", res.err)
+		}
+		b := res.r
+		t.Cleanup(func() { _ = b.Close() })
+		t.Logf("B took the slot %s after A's backend was terminated", res.at.Sub(killed).Round(time.Millisecond))
+		if d := res.at.Sub(killed); d > 5*time.Second {
+			t.Fatalf("B took %s to take the slot", d)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+		if _, err := a.Next(ctx); err == nil || errors.Is(err, logrepl.ErrClosed) {
+			t.Fatalf("A after its backend was terminated: %v", err)
+		}
+		cancel()
+		// A's confirmation may not have been processed before its backend ended: B may get
+		// A's transaction again (at least once), then the new one.
+		second := e.commitTx("to-b", 1)
+		tx := next(t, b)
+		if fmt.Sprint(rowIDs(tx)) == fmt.Sprint(first) {
+			t.Log("B got A's confirmed transaction again (its confirmation was lost with A's backend)")
+			tx = next(t, b)
+		}
+		if fmt.Sprint(rowIDs(tx)) != fmt.Sprint(second) {
+			t.Fatalf("B streams the slot: got %v, want %v", rowIDs(tx), second)
+		}
+	})
+
+	t.Run("Idle", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		e.cfg.StatusInterval = 200 * time.Millisecond
+		srv.exec(t, `GRANT USAGE ON SCHEMA "`+e.cfg.Schema+`" TO relay`)
+		statements := func() int64 {
+			var n int64
+			if err := srv.pool.QueryRow(context.Background(),
+				`SELECT coalesce(sum(s.calls), 0)::bigint FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = 'relay'`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		if n := statements(); n != 0 {
+			t.Fatalf("role relay ran %d statements before the test", n)
+		}
+		conn := e.dial("relay")
+		r, err := logrepl.Start(context.Background(), conn, e.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close() })
+		// The start-up check is counted: the measure sees the reader's statements.
+		atStart := statements()
+		if atStart == 0 {
+			t.Fatal("pg_stat_statements counted none of the reader's start-up statements: the idle measure would prove nothing")
+		}
+		// A transaction goes through, so the reader is streaming.
+		expect(t, r, "a row", e.commitTx("idle", 1))
+		replies := func() (time.Time, string) {
+			var at time.Time
+			var query string
+			if err := srv.pool.QueryRow(context.Background(),
+				`SELECT r.reply_time, a.query FROM pg_stat_replication r JOIN pg_stat_activity a ON a.pid = r.pid WHERE r.pid = $1`, int32(r.PID())).Scan(&at, &query); err != nil {
+				t.Fatal(err)
+			}
+			return at, query
+		}
+		before, _ := replies()
+		time.Sleep(3 * time.Second) // the measured idle period
+		after, query := replies()
+		if n := statements(); n != atStart {
+			t.Fatalf("the idle reader ran %d statements in 3s", n-atStart)
+		}
+		if !after.After(before) {
+			t.Fatalf("the reader sent no status update in 3s (reply_time %s then %s)", before, after)
+		}
+		if !strings.HasPrefix(query, "START_REPLICATION") {
+			t.Fatalf("the reader's last command is %q", query)
+		}
+		t.Logf("idle 3s: 0 statements (%d at start-up), status updates until %s", atStart, after.Format(time.RFC3339Nano))
+	})
+
+	t.Run("Admin", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		conn := e.admin("postgres")
+		// Setup again: nothing created, nothing refused.
+		res, err := logrepl.Setup(context.Background(), conn, e.cfg)
+		if err != nil || res.CreatedPublication || res.CreatedSlot {
+			t.Fatalf("second setup: %+v, %v", res, err)
+		}
+		r, _ := e.start()
+		st, err := logrepl.List(context.Background(), conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.WALLevel != "logical" || st.ServerVersion < 140000 {
+			t.Fatalf("list: %+v", st)
+		}
+		var slot *logrepl.SlotInfo
+		for i := range st.Slots {
+			if st.Slots[i].Name == e.cfg.Slot {
+				slot = &st.Slots[i]
+			}
+		}
+		if slot == nil || !slot.Active || slot.ActivePID != int64(r.PID()) || slot.Plugin != "pgoutput" || slot.LagBytes < 0 ||
+			slot.RestartLSN == 0 || slot.ConfirmedFlushLSN == 0 || slot.WALStatus == "" {
+			t.Fatalf("slot %s: %+v", e.cfg.Slot, slot)
+		}
+		var pub *logrepl.PublicationInfo
+		for i := range st.Publications {
+			if st.Publications[i].Name == e.cfg.Publication {
+				pub = &st.Publications[i]
+			}
+		}
+		if pub == nil || !pub.Insert || pub.Update || pub.Delete || pub.Truncate || fmt.Sprint(pub.Tables) != "["+e.cfg.Schema+".jasper_outgoing_envelopes]" {
+			t.Fatalf("publication: %+v", pub)
+		}
+		// An active slot is not dropped.
+		_, err = logrepl.Drop(context.Background(), conn, e.cfg)
+		oneLine(t, err, logrepl.ErrSlotInUse, "stop the reader first")
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// Once the reader is gone, Drop drops both (the backend may take a moment to exit).
+		deadline := time.Now().Add(waitLimit)
+		for {
+			res, err := logrepl.Drop(context.Background(), conn, e.cfg)
+			if errors.Is(err, logrepl.ErrSlotInUse) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond) // the walsender exits on its own time; no event to wait on
+				continue
+			}
+			if err != nil || !res.DroppedSlot || !res.DroppedPublication {
+				t.Fatalf("drop: %+v, %v", res, err)
+			}
+			break
+		}
+		if res, err := logrepl.Drop(context.Background(), conn, e.cfg); err != nil || res.DroppedSlot || res.DroppedPublication {
+			t.Fatalf("second drop: %+v, %v", res, err)
+		}
+	})
+
+	t.Run("Refusals", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		ctx := context.Background()
+
+		// A role without REPLICATION: no replication connection, no Setup.
+		_, err := logrepl.Dial(ctx, srv.dsnAs("plain"))
+		oneLine(t, err, logrepl.ErrNoReplicationRight, `ALTER ROLE "plain" REPLICATION`)
+		_, err = logrepl.Setup(ctx, e.admin("plain"), e.cfg)
+		oneLine(t, err, logrepl.ErrNoReplicationRight, `ALTER ROLE "plain" REPLICATION`)
+
+		// A dropped slot.
+		srv.exec(t, "SELECT pg_drop_replication_slot($1)", e.cfg.Slot)
+		_, err = logrepl.Start(ctx, e.dial("postgres"), e.cfg)
+		oneLine(t, err, logrepl.ErrSlotMissing, e.cfg.Slot, "does not exist")
+
+		// A missing table.
+		missing := e.cfg
+		missing.Schema = "no_such_schema"
+		_, err = logrepl.Setup(ctx, e.admin("postgres"), missing)
+		oneLine(t, err, logrepl.ErrTableMissing, "no_such_schema.jasper_outgoing_envelopes")
+
+		// A missing publication, and one that does not publish the table.
+		other := e.cfg
+		other.Publication = "wj_no_such_publication"
+		_, err = logrepl.Start(ctx, e.dial("postgres"), other)
+		oneLine(t, err, logrepl.ErrPublicationMissing, "wj_no_such_publication")
+		srv.exec(t, "CREATE PUBLICATION wj_other_pub FOR TABLE \""+e.cfg.Schema+"\".jasper_incoming_envelopes")
+		other.Publication = "wj_other_pub"
+		_, err = logrepl.Setup(ctx, e.admin("postgres"), other)
+		oneLine(t, err, logrepl.ErrPublicationMismatch, "wj_other_pub")
+
+		// Bad names.
+		for _, c := range []logrepl.Config{{Slot: "Upper"}, {Slot: strings.Repeat("s", 64)}, {Publication: "bad-name"}, {Schema: "1x"}} {
+			_, err = logrepl.Setup(ctx, e.admin("postgres"), c)
+			oneLine(t, err, logrepl.ErrInvalidConfig)
+		}
+
+		// A normal connection cannot stream.
+		e2 := newEnv(t, srv, true)
+		_, err = logrepl.Start(ctx, e2.admin("postgres"), e2.cfg)
+		oneLine(t, err, logrepl.ErrNotReplicationConn, "replication=database")
+	})
+}
