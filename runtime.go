@@ -159,8 +159,11 @@ type Runtime struct {
 	fwdDone     []chan error
 	fwdCancel   []context.CancelFunc // cancel the forwarders' messages (Stop's deadline)
 	subscribers []*subscriber.Subscriber
+	inboxes     []*middleware.Inbox
+	deadLetters []*middleware.DeadLetter
 	publisher   *publisher.Publisher
 	collector   *metrics.Collector
+	producer    *metrics.Producer
 }
 
 // NewRuntime validates config and returns a Runtime on db (database.FromPgx,
@@ -405,6 +408,7 @@ func (rt *Runtime) Subscriber(config subscriber.Config) (s *subscriber.Subscribe
 	err = rt.withAgent("subscriber", func(agent *durability.Agent) error {
 		if s, err = subscriber.NewSubscriber(agent, config, rt.logger); err == nil {
 			rt.subscribers = append(rt.subscribers, s)
+			rt.eachMetrics(func(m metricSources) { m.AddSubscriber(s) })
 		}
 		return err
 	})
@@ -418,7 +422,10 @@ func (rt *Runtime) Inbox(config middleware.InboxConfig) (in *middleware.Inbox, e
 		config.TracerProvider = rt.config.TracerProvider
 	}
 	err = rt.withAgent("inbox", func(agent *durability.Agent) error {
-		in, err = middleware.NewInbox(agent, config, rt.logger)
+		if in, err = middleware.NewInbox(agent, config, rt.logger); err == nil {
+			rt.inboxes = append(rt.inboxes, in)
+			rt.eachMetrics(func(m metricSources) { m.AddInbox(in) })
+		}
 		return err
 	})
 	return in, err
@@ -428,22 +435,23 @@ func (rt *Runtime) Inbox(config middleware.InboxConfig) (in *middleware.Inbox, e
 // Start.
 func (rt *Runtime) DeadLetter(config middleware.DeadLetterConfig) (d *middleware.DeadLetter, err error) {
 	err = rt.withAgent("dead letters", func(agent *durability.Agent) error {
-		d, err = middleware.NewDeadLetter(agent, config, rt.logger)
+		if d, err = middleware.NewDeadLetter(agent, config, rt.logger); err == nil {
+			rt.deadLetters = append(rt.deadLetters, d)
+			rt.eachMetrics(func(m metricSources) { m.AddDeadLetter(d) })
+		}
 		return err
 	})
 	return d, err
 }
 
-// Collector returns the Prometheus collector of the agent's gauges and counters and the
-// forwarders' counters (register it with prometheus.MustRegister). Call it after Start.
+// Collector returns the Prometheus collector of the runtime's metrics (register it with
+// prometheus.MustRegister): the agent's gauges and counters, the forwarders' counters and
+// relay lag, and the counters of the subscribers and middleware taken from the runtime,
+// before or after this call. Call it after Start; it returns the same Collector every time.
 func (rt *Runtime) Collector() (*metrics.Collector, error) {
 	err := rt.withAgent("metrics", func(agent *durability.Agent) error {
 		if rt.collector == nil {
-			srcs := make([]metrics.ForwarderSource, len(rt.forwarders))
-			for i, f := range rt.forwarders {
-				srcs[i] = f
-			}
-			rt.collector = metrics.NewCollector(metrics.Config{Agent: agent, Forwarders: srcs})
+			rt.collector = metrics.NewCollector(rt.metricsConfig(agent))
 		}
 		return nil
 	})
@@ -451,6 +459,57 @@ func (rt *Runtime) Collector() (*metrics.Collector, error) {
 		return nil, err
 	}
 	return rt.collector, nil
+}
+
+// MetricsProducer returns the OpenTelemetry producer of the same metrics as Collector, for
+// an SDK reader (sdkmetric.WithProducer). Call it after Start; it returns the same Producer
+// every time.
+func (rt *Runtime) MetricsProducer() (*metrics.Producer, error) {
+	err := rt.withAgent("metrics", func(agent *durability.Agent) error {
+		if rt.producer == nil {
+			rt.producer = metrics.NewProducer(rt.metricsConfig(agent))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rt.producer, nil
+}
+
+// metricsConfig lists the runtime's components as metrics sources. Called with rt.mu held.
+func (rt *Runtime) metricsConfig(agent *durability.Agent) metrics.Config {
+	cfg := metrics.Config{Agent: agent}
+	for _, f := range rt.forwarders {
+		cfg.Forwarders = append(cfg.Forwarders, f)
+	}
+	for _, s := range rt.subscribers {
+		cfg.Subscribers = append(cfg.Subscribers, s)
+	}
+	for _, in := range rt.inboxes {
+		cfg.Inboxes = append(cfg.Inboxes, in)
+	}
+	for _, d := range rt.deadLetters {
+		cfg.DeadLetters = append(cfg.DeadLetters, d)
+	}
+	return cfg
+}
+
+// metricSources is what the runtime adds its later components to (Collector, Producer).
+type metricSources interface {
+	AddSubscriber(metrics.SubscriberSource)
+	AddInbox(metrics.InboxSource)
+	AddDeadLetter(metrics.DeadLetterSource)
+}
+
+// eachMetrics calls f with the Collector and the Producer made so far. Called with rt.mu held.
+func (rt *Runtime) eachMetrics(f func(metricSources)) {
+	if rt.collector != nil {
+		f(rt.collector)
+	}
+	if rt.producer != nil {
+		f(rt.producer)
+	}
 }
 
 // withAgent runs build with the running runtime's agent, under the runtime's lock, or

@@ -63,16 +63,15 @@ func (b *breaker) state(destination string) CircuitState {
 // expired, dead-lettered or failed to publish to, sorted by destination, each with its
 // circuit state. It reads atomics and the breaker's small map: cheap enough for every scrape.
 func (f *Forwarder) DestinationStats() []DestinationStats {
-	var out []DestinationStats
-	f.breaker.stats.Each(func(dest string, c *destCounters) {
-		out = append(out, DestinationStats{
+	out := stats.Collect(&f.breaker.stats, func(dest string, c *destCounters) DestinationStats {
+		return DestinationStats{
 			Destination:  dest,
 			Sent:         c.sent.Load(),
 			Failed:       c.failed.Load(),
 			Expired:      c.expired.Load(),
 			DeadLettered: c.deadLettered.Load(),
 			Lag:          c.lag.Snapshot(),
-		})
+		}
 	})
 	for i := range out {
 		out[i].Circuit = f.breaker.state(out[i].Destination)

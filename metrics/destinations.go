@@ -1,59 +1,36 @@
 package metrics
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 )
 
 // DestinationSource is what a Collector reads per destination from a forwarder
 // (*forwarder.Forwarder). A ForwarderSource that also implements it adds the
-// watermill_jasper_destination_* series.
+// watermill_jasper_destination_* series and the relay lag histogram.
 type DestinationSource interface {
 	DestinationStats() []forwarder.DestinationStats
 }
 
 var _ DestinationSource = (*forwarder.Forwarder)(nil)
 
-type destinationDescs struct {
-	sent, failed, expired, deadLettered, circuit *prometheus.Desc
-}
-
-func newDestinationDescs(desc func(name, help string, labels ...string) *prometheus.Desc) destinationDescs {
-	return destinationDescs{
-		sent:         desc("destination_envelopes_sent_total", "Outgoing envelopes relayed to the broker, per destination.", "destination"),
-		failed:       desc("destination_envelopes_failed_total", "Failed publish attempts, per destination.", "destination"),
-		expired:      desc("destination_envelopes_expired_total", "Expired outgoing envelopes deleted without being sent, per destination.", "destination"),
-		deadLettered: desc("destination_envelopes_dead_lettered_total", "Outgoing envelopes moved to the dead letters by the forwarders, per destination.", "destination"),
-		circuit:      desc("destination_circuit_state", "Circuit breaker state of the destination: 0 closed, 1 open (paused), 2 half-open (probing).", "destination"),
+// sumForwarders adds up the counters of the forwarders.
+func sumForwarders(fwds []ForwarderSource) forwarder.Stats {
+	var fs forwarder.Stats
+	for _, f := range fwds {
+		s := f.Stats()
+		fs.Sent += s.Sent
+		fs.Failed += s.Failed
+		fs.Expired += s.Expired
+		fs.DeadLettered += s.DeadLettered
 	}
+	return fs
 }
 
-func (d destinationDescs) describe(ch chan<- *prometheus.Desc) {
-	ch <- d.sent
-	ch <- d.failed
-	ch <- d.expired
-	ch <- d.deadLettered
-	ch <- d.circuit
-}
-
-// collect exports the destinations' counters summed over the forwarders (several forwarders
-// may relay the same destination).
-func (d destinationDescs) collect(ch chan<- prometheus.Metric, fwds []ForwarderSource) {
-	for _, s := range sumDestinations(fwds) {
-		name := s.Destination
-		ch <- prometheus.MustNewConstMetric(d.sent, prometheus.CounterValue, float64(s.Sent), name)
-		ch <- prometheus.MustNewConstMetric(d.failed, prometheus.CounterValue, float64(s.Failed), name)
-		ch <- prometheus.MustNewConstMetric(d.expired, prometheus.CounterValue, float64(s.Expired), name)
-		ch <- prometheus.MustNewConstMetric(d.deadLettered, prometheus.CounterValue, float64(s.DeadLettered), name)
-		ch <- prometheus.MustNewConstMetric(d.circuit, prometheus.GaugeValue, float64(s.Circuit), name)
-	}
-}
-
-// sumDestinations sums the per-destination counters of the forwarders that implement
-// DestinationSource, keeping the highest circuit state.
+// sumDestinations sums the per-destination counters and lag histograms of the forwarders
+// that implement DestinationSource (several forwarders may relay the same destination),
+// keeping the highest circuit state.
 func sumDestinations(fwds []ForwarderSource) []*forwarder.DestinationStats {
-	var order []string
+	var order []*forwarder.DestinationStats
 	sums := map[string]*forwarder.DestinationStats{}
 	for _, f := range fwds {
 		ds, ok := f.(DestinationSource)
@@ -65,18 +42,15 @@ func sumDestinations(fwds []ForwarderSource) []*forwarder.DestinationStats {
 			if t == nil {
 				t = &forwarder.DestinationStats{Destination: s.Destination}
 				sums[s.Destination] = t
-				order = append(order, s.Destination)
+				order = append(order, t)
 			}
 			t.Sent += s.Sent
 			t.Failed += s.Failed
 			t.Expired += s.Expired
 			t.DeadLettered += s.DeadLettered
 			t.Circuit = max(t.Circuit, s.Circuit)
+			t.Lag.Add(s.Lag)
 		}
 	}
-	out := make([]*forwarder.DestinationStats, len(order))
-	for i, name := range order {
-		out[i] = sums[name]
-	}
-	return out
+	return order
 }

@@ -43,26 +43,47 @@
 //	watermill_jasper_destination_circuit_state{destination}                 circuit breaker: 0 closed,
 //	                                                                        1 open (paused), 2 half-open
 //	                                                                        (its probe is being published)
+//	watermill_jasper_relay_lag_seconds{destination}                         histogram of the relay lag:
+//	                                                                        from when the outgoing row was
+//	                                                                        written (its timestamp column,
+//	                                                                        the start of the writing
+//	                                                                        transaction on PostgreSQL) to
+//	                                                                        the broker's confirmation
 //
-// With an OpenTelemetry MeterProvider of your own, Register defines the same metrics as
-// observable instruments read at collection time (counters without their _total suffix,
-// which an OpenTelemetry Prometheus exporter adds back):
+// Per topic (subscribers, and the inbox and dead-letter middleware: the router's subscribe
+// topic):
 //
-//	reg, err := metrics.Register(meterProvider, metrics.Config{Agent: agent, Forwarders: srcs})
+//	watermill_jasper_subscriber_in_flight{topic}                    delivered, waiting for Ack or Nack
+//	watermill_jasper_subscriber_messages_acked_total{topic}         acked (handled)
+//	watermill_jasper_subscriber_messages_nacked_total{topic}        nacked (delivered again later)
+//	watermill_jasper_subscriber_envelopes_dead_lettered_total{topic} unreadable envelopes dead-lettered
+//	watermill_jasper_inbox_messages_handled_total{topic}            handled: effects and mark committed
+//	watermill_jasper_inbox_duplicates_total{topic}                  handled before: acked unhandled
+//	watermill_jasper_handler_dead_lettered_total{topic,reason}      moved to the dead letters by the
+//	                                                                dead-letter middleware; reason
+//	                                                                exhausted (MaxAttempts) or permanent
 //
-// docs/grafana-dashboard.json is a Grafana dashboard of these metrics.
+// Every metric is defined once (defs.go) and rendered twice: by the Collector for
+// Prometheus, and by a Producer for an OpenTelemetry SDK reader (counters named without
+// their _total suffix, which an OpenTelemetry Prometheus exporter adds back):
+//
+//	reader := sdkmetric.NewPeriodicReader(exporter, sdkmetric.WithProducer(metrics.NewProducer(cfg)))
+//
+// A jasper.Runtime gives both with every component it made (Runtime.Collector,
+// Runtime.MetricsProducer). docs/grafana-dashboard.json is a Grafana dashboard of these
+// metrics.
 //
 // Every metric carries Config.ConstLabels (for instance the schema or the service name), so
 // several Collectors can be registered side by side with different labels.
 package metrics
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
+	"github.com/watermill-jasper/watermill-jasper/middleware"
+	"github.com/watermill-jasper/watermill-jasper/subscriber"
 )
 
 // DefaultNamespace prefixes every metric name.
@@ -79,30 +100,54 @@ type ForwarderSource interface {
 	Stats() forwarder.Stats
 }
 
-// Config configures a Collector.
+// SubscriberSource is what a Collector reads from a subscriber (*subscriber.Subscriber).
+type SubscriberSource interface {
+	TopicStats() []subscriber.TopicStats
+}
+
+// InboxSource is what a Collector reads from an inbox middleware (*middleware.Inbox).
+type InboxSource interface {
+	TopicStats() []middleware.InboxTopicStats
+}
+
+// DeadLetterSource is what a Collector reads from a dead-letter middleware
+// (*middleware.DeadLetter).
+type DeadLetterSource interface {
+	TopicStats() []middleware.DeadLetterTopicStats
+}
+
+// Config configures a Collector or a Producer.
 type Config struct {
 	// Namespace prefixes the metric names. Default "watermill_jasper".
 	Namespace string
-	// ConstLabels are added to every metric.
+	// ConstLabels are added to every metric (as attributes by a Producer).
 	ConstLabels prometheus.Labels
 	// Agent provides the storage gauges and the agent's counters (optional).
 	Agent AgentSource
 	// Forwarders provide the relay counters, summed (optional; see also AddForwarder).
 	Forwarders []ForwarderSource
+	// Subscribers provide the per-topic subscriber counters (optional; see also AddSubscriber).
+	Subscribers []SubscriberSource
+	// Inboxes provide the per-topic inbox counters (optional; see also AddInbox).
+	Inboxes []InboxSource
+	// DeadLetters provide the per-topic dead-letter middleware counters (optional; see also
+	// AddDeadLetter).
+	DeadLetters []DeadLetterSource
+}
+
+func (c Config) namespace() string {
+	if c.Namespace == "" {
+		return DefaultNamespace
+	}
+	return c.Namespace
 }
 
 // Collector is a prometheus.Collector of watermill-jasper's metrics. It is safe for
-// concurrent use.
+// concurrent use; components can be added to it at any time (AddForwarder, AddSubscriber,
+// AddInbox, AddDeadLetter).
 type Collector struct {
-	agent AgentSource
-
-	mu         sync.Mutex
-	forwarders []ForwarderSource
-
-	incoming, scheduled, handled, outgoing, deadLetters, oldestAge, dormantOwned, sampledAt  *prometheus.Desc
-	sent, failed, discarded, deadLettered, recovered, dormantNodes, released, handledDeleted *prometheus.Desc
-	jobErrors                                                                                *prometheus.Desc
-	dest                                                                                     destinationDescs
+	*sources
+	descs []*prometheus.Desc // one per definition
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -110,111 +155,49 @@ var _ prometheus.Collector = (*Collector)(nil)
 // NewCollector returns a Collector reading config's sources. Register it with a
 // prometheus.Registerer.
 func NewCollector(config Config) *Collector {
-	ns := config.Namespace
-	if ns == "" {
-		ns = DefaultNamespace
-	}
-	desc := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, config.ConstLabels)
-	}
-	c := &Collector{
-		agent:      config.Agent,
-		forwarders: append([]ForwarderSource(nil), config.Forwarders...),
-
-		incoming:     desc("incoming_envelopes", "Incoming envelopes with status Incoming (waiting for a subscriber or being handled)."),
-		scheduled:    desc("scheduled_envelopes", "Incoming envelopes with status Scheduled (delayed messages, scheduled sends, retries)."),
-		handled:      desc("handled_envelopes", "Handled inbox rows kept for deduplication until keep_until."),
-		outgoing:     desc("outgoing_envelopes", "Outgoing envelopes waiting in the outbox or being relayed."),
-		deadLetters:  desc("dead_letters", "Dead letters."),
-		oldestAge:    desc("oldest_outgoing_age_seconds", "Age of the oldest outgoing envelope (0 when the outbox is empty)."),
-		dormantOwned: desc("dormant_owned_envelopes", "Envelopes held by nodes whose lock no session holds; they wait for a reassignment pass."),
-		sampledAt:    desc("storage_sampled_timestamp_seconds", "When the storage gauges were sampled (Unix time)."),
-
-		sent:           desc("envelopes_sent_total", "Outgoing envelopes relayed to the broker by the forwarders."),
-		failed:         desc("envelopes_failed_total", "Failed publish attempts of the forwarders."),
-		discarded:      desc("envelopes_discarded_total", "Expired outgoing envelopes deleted without being sent."),
-		deadLettered:   desc("envelopes_dead_lettered_total", "Envelopes moved to the dead letters by the forwarders and the durability agent."),
-		recovered:      desc("envelopes_recovered_total", "Envelopes of dormant nodes handed back to every node by the durability agent."),
-		dormantNodes:   desc("dormant_nodes_total", "Dormant nodes whose envelopes the durability agent handed back."),
-		released:       desc("scheduled_released_total", "Due scheduled envelopes made Incoming and scheduled sends moved to the outbox."),
-		handledDeleted: desc("handled_deleted_total", "Handled inbox rows deleted after keep_until."),
-		jobErrors:      desc("agent_job_errors_total", "Failed runs of the durability agent's jobs.", "job"),
-		dest:           newDestinationDescs(desc),
+	c := &Collector{sources: newSources(config), descs: make([]*prometheus.Desc, len(definitions))}
+	for i, d := range definitions {
+		name := config.namespace() + "_" + d.name
+		if d.kind == counterKind {
+			name += "_total"
+		}
+		c.descs[i] = prometheus.NewDesc(name, d.help, d.labels, config.ConstLabels)
 	}
 	return c
 }
 
-// AddForwarder adds a forwarder whose counters are summed with the others'.
-func (c *Collector) AddForwarder(f ForwarderSource) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.forwarders = append(c.forwarders, f)
-}
-
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{
-		c.incoming, c.scheduled, c.handled, c.outgoing, c.deadLetters, c.oldestAge, c.dormantOwned, c.sampledAt,
-		c.sent, c.failed, c.discarded, c.deadLettered, c.recovered, c.dormantNodes, c.released, c.handledDeleted, c.jobErrors,
-	} {
+	for _, d := range c.descs {
 		ch <- d
 	}
-	c.dest.describe(ch)
 }
 
 // Collect implements prometheus.Collector. It never queries the database.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
-
-	c.mu.Lock()
-	fwds := append([]ForwarderSource(nil), c.forwarders...)
-	c.mu.Unlock()
-	fs := sumForwarders(fwds)
-	var as durability.Stats
-	if c.agent != nil {
-		as = c.agent.Stats()
-		if g, ok := c.agent.Gauges(); ok {
-			gauge(c.incoming, float64(g.Incoming))
-			gauge(c.scheduled, float64(g.Scheduled))
-			gauge(c.handled, float64(g.Handled))
-			gauge(c.outgoing, float64(g.Outgoing))
-			gauge(c.deadLetters, float64(g.DeadLetters))
-			gauge(c.oldestAge, g.OldestOutgoingAge.Seconds())
-			gauge(c.dormantOwned, float64(g.DormantOwned))
-			gauge(c.sampledAt, float64(g.SampledAt.UnixNano())/1e9)
-		}
-		for job, n := range as.JobErrors {
-			counter(c.jobErrors, n, job)
+	s := c.read()
+	for i, d := range definitions {
+		for _, smp := range d.read(s) {
+			switch d.kind {
+			case gaugeKind:
+				ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, smp.value, smp.labels...)
+			case counterKind:
+				ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, smp.value, smp.labels...)
+			case histogramKind:
+				buckets := make(map[float64]uint64, len(smp.hist.Bounds))
+				for j, b := range smp.hist.Bounds {
+					buckets[b] = smp.hist.Counts[j]
+				}
+				ch <- prometheus.MustNewConstHistogram(c.descs[i], smp.hist.Count, smp.hist.Sum, buckets, smp.labels...)
+			}
 		}
 	}
-	counter(c.sent, fs.Sent)
-	counter(c.failed, fs.Failed)
-	counter(c.discarded, fs.Expired+as.Discarded)
-	counter(c.deadLettered, fs.DeadLettered+as.DeadLettered)
-	counter(c.recovered, as.Recovered)
-	counter(c.dormantNodes, as.DormantNodes)
-	counter(c.released, as.ScheduledReleased+as.ScheduledSent)
-	counter(c.handledDeleted, as.HandledDeleted)
-	c.dest.collect(ch, fwds)
-}
-
-// sumForwarders adds up the counters of the forwarders.
-func sumForwarders(fwds []ForwarderSource) forwarder.Stats {
-	var fs forwarder.Stats
-	for _, f := range fwds {
-		s := f.Stats()
-		fs.Sent += s.Sent
-		fs.Failed += s.Failed
-		fs.Expired += s.Expired
-		fs.DeadLettered += s.DeadLettered
-	}
-	return fs
 }
 
 var (
-	_ AgentSource     = (*durability.Agent)(nil)
-	_ ForwarderSource = (*forwarder.Forwarder)(nil)
+	_ AgentSource      = (*durability.Agent)(nil)
+	_ ForwarderSource  = (*forwarder.Forwarder)(nil)
+	_ SubscriberSource = (*subscriber.Subscriber)(nil)
+	_ InboxSource      = (*middleware.Inbox)(nil)
+	_ DeadLetterSource = (*middleware.DeadLetter)(nil)
 )

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
@@ -99,26 +98,22 @@ func TestRuntimeMetricsPerDestination(t *testing.T) {
 		t.Fatalf("destinations %q (good) and %q (broken)", good, broken)
 	}
 
-	resp, err := srv.Client().Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(body)
+	text := scrape(t, srv.URL+"/metrics")
 	for _, want := range []string{
 		`watermill_jasper_destination_envelopes_sent_total{destination="` + good + `"} 5`,
 		`watermill_jasper_destination_envelopes_failed_total{destination="` + broken + `"} `,
 		`watermill_jasper_destination_circuit_state{destination="` + broken + `"} 1`,
 		`watermill_jasper_destination_circuit_state{destination="` + good + `"} 0`,
 		`watermill_jasper_envelopes_sent_total 5`,
+		`watermill_jasper_relay_lag_seconds_count{destination="` + good + `"} 5`,
+		`watermill_jasper_relay_lag_seconds_bucket{destination="` + good + `",le="+Inf"} 5`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, text)
 		}
+	}
+	if strings.Contains(text, `watermill_jasper_relay_lag_seconds_count{destination="`+broken+`"}`) {
+		t.Errorf("a relay lag for the broken destination, which sent nothing:\n%s", text)
 	}
 	if strings.Contains(text, `watermill_jasper_destination_envelopes_failed_total{destination="`+broken+`"} 0`) {
 		t.Errorf("the broken destination has no failure:\n%s", text)

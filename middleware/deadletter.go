@@ -18,6 +18,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/stats"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
@@ -100,6 +101,7 @@ type DeadLetter struct {
 	config  DeadLetterConfig
 	backoff backoff.Policy
 	logger  watermill.LoggerAdapter
+	topics  stats.Table[deadLetterCounters]
 }
 
 // NewDeadLetter returns a DeadLetter writing to the dead letters of agent's schema, in
@@ -232,6 +234,12 @@ func (d *DeadLetter) deadLetter(ctx context.Context, st *txState, msg *message.M
 		// The inbox outside withdraws its Handled mark (in its transaction) so that the
 		// replayed dead letter is handled.
 		st.deadLettered.Store(true)
+	}
+	c := d.topics.Get(topic)
+	if permanent {
+		c.permanent.Add(1)
+	} else {
+		c.exhausted.Add(1)
 	}
 	d.logger.Error("Message moved to the dead letters", cause, watermill.LogFields{
 		"message_uuid": msg.UUID, "dead_letter_id": e.ID.String(), "handler": handler, "topic": topic,

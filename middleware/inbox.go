@@ -18,6 +18,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/stats"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -102,6 +103,7 @@ type Inbox struct {
 	config InboxConfig
 	logger watermill.LoggerAdapter
 	tracer *tracing.Tracer // nil: tracing off
+	topics stats.Table[inboxCounters]
 }
 
 // NewInbox returns an Inbox on the tables of agent's schema, in agent's database. The
@@ -190,7 +192,9 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 	if err != nil {
 		return nil, in.dbErrorf(orig, msg, "begin a transaction and record the message as handled", err)
 	}
+	counters := in.topics.Get(topic)
 	if kind == markDuplicate {
+		counters.duplicates.Add(1)
 		in.logger.Debug("Inbox: message handled before, acknowledged without running the handler", watermill.LogFields{
 			"message_uuid": msg.UUID, "consumer": in.config.ConsumerName, "handler": handler, "topic": topic,
 		})
@@ -222,6 +226,7 @@ func (in *Inbox) handle(msg *message.Message, h message.HandlerFunc) (produced [
 	if err := tx.Commit(context.WithoutCancel(orig)); err != nil {
 		return nil, in.dbErrorf(orig, msg, "commit", err)
 	}
+	counters.handled.Add(1)
 	return produced, nil
 }
 

@@ -56,6 +56,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/internal/stats"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -83,6 +84,8 @@ type Subscriber struct {
 
 	initMu   sync.Mutex
 	verified bool
+
+	topics stats.Table[topicCounters]
 
 	mu      sync.Mutex
 	closed  bool

@@ -26,12 +26,13 @@ import (
 // batches. Every claimed envelope is accounted for exactly once: acked (deleted), nacked
 // (retried), dead-lettered, or handed back when the subscription ends.
 type subscription struct {
-	s      *Subscriber
-	topic  string
-	ctx    context.Context // the Subscribe context, cancelled by Close too
-	cancel context.CancelFunc
-	logger watermill.LoggerAdapter
-	out    chan *message.Message
+	s        *Subscriber
+	topic    string
+	counters *topicCounters  // the topic's, shared by the Subscriber's subscriptions of it
+	ctx      context.Context // the Subscribe context, cancelled by Close too
+	cancel   context.CancelFunc
+	logger   watermill.LoggerAdapter
+	out      chan *message.Message
 
 	ready       chan row.Envelope // claimed, not yet delivered
 	outstanding atomic.Int64      // claimed and not yet acked/nacked/dead-lettered/handed back
@@ -57,6 +58,7 @@ func newSubscription(s *Subscriber, parent context.Context, topic string) *subsc
 	sub := &subscription{
 		s:        s,
 		topic:    topic,
+		counters: s.topics.Get(topic),
 		ctx:      ctx,
 		cancel:   cancel,
 		logger:   s.logger.With(watermill.LogFields{"topic": topic}),
@@ -252,6 +254,7 @@ func (sub *subscription) deliverLoop() {
 		msg, err := e.ToMessage()
 		if err != nil {
 			sub.fl.deadLetter(e, err)
+			sub.counters.deadLettered.Add(1)
 			sub.resolved()
 			continue
 		}
@@ -268,6 +271,7 @@ func (sub *subscription) deliverLoop() {
 			sub.handBack(e, false)
 			return
 		}
+		sub.counters.inFlight.Add(1)
 		var acked, nacked bool
 		select {
 		case <-msg.Acked():
@@ -285,6 +289,7 @@ func (sub *subscription) deliverLoop() {
 			}
 		}
 		cancelMsg()
+		sub.counters.inFlight.Add(-1)
 		if span != nil {
 			var err error
 			if nacked {
@@ -295,8 +300,10 @@ func (sub *subscription) deliverLoop() {
 		switch {
 		case acked:
 			sub.fl.ack(e.ID)
+			sub.counters.acked.Add(1)
 		case nacked:
 			sub.fl.nack(e.ID, sub.s.config.nackDelay(e.Attempts))
+			sub.counters.nacked.Add(1)
 		default:
 			sub.handBack(e, true)
 			return

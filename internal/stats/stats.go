@@ -38,6 +38,13 @@ func (t *Table[C]) Each(f func(key string, c *C)) {
 	}
 }
 
+// Collect reads every key's counters of t into a slice, in key order.
+func Collect[C, S any](t *Table[C], read func(key string, c *C) S) []S {
+	var out []S
+	t.Each(func(key string, c *C) { out = append(out, read(key, c)) })
+	return out
+}
+
 // LatencyBounds are the upper bounds, in seconds, of a Histogram's buckets (Prometheus' "le"):
 // from a millisecond to five minutes, about three per decade.
 var LatencyBounds = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
