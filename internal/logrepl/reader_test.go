@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
+	"github.com/watermill-jasper/watermill-jasper/internal/store"
 )
 
 // TestReader runs the reader's subtests on one private cluster with wal_level = logical and
@@ -65,6 +67,98 @@ func TestReader(t *testing.T) {
 		}
 		expect(t, r, "B, committed first", ids(envB))
 		expect(t, r, "A, committed second", append(ids(envA1), ids(envA2)...))
+	})
+
+	t.Run("ConcurrentWriters", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		const writers, perWriter = 4, 50
+		// Each writer commits its transactions one after the other, so its own order is
+		// their commit order; writers run at once, so their transactions interleave.
+		type mark struct{ writer, seq int }
+		byID := make(map[uuid.UUID]mark)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perWriter {
+					envs := envelopes("orders", fmt.Sprintf("w%d-%d", w, i), 1+i%3)
+					mu.Lock()
+					for _, en := range envs {
+						byID[en.ID] = mark{w, i}
+					}
+					mu.Unlock()
+					if err := e.st.InsertEnvelopes(context.Background(), store.InsertParams{Outgoing: envs}); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		seen := map[uuid.UUID]bool{}
+		lastSeq := map[int]int{}
+		var last logrepl.Tx
+		for n := 0; n < writers*perWriter; n++ {
+			tx := next(t, r)
+			if n > 0 && tx.CommitLSN < last.EndLSN {
+				t.Fatalf("transaction %d commits at %s, before the previous one's end %s", n, tx.CommitLSN, last.EndLSN)
+			}
+			m := byID[tx.Rows[0].ID]
+			if prev, ok := lastSeq[m.writer]; ok && m.seq != prev+1 {
+				t.Fatalf("writer %d: transaction %d arrived after %d", m.writer, m.seq, prev)
+			}
+			lastSeq[m.writer] = m.seq
+			for _, rw := range tx.Rows {
+				if seen[rw.ID] || byID[rw.ID] != m {
+					t.Fatalf("row %s: seen %v, from %v in a transaction of %v", rw.ID, seen[rw.ID], byID[rw.ID], m)
+				}
+				seen[rw.ID] = true
+			}
+			r.Confirm(tx.EndLSN)
+			last = tx
+		}
+		if len(seen) != len(byID) {
+			t.Fatalf("%d rows of %d arrived", len(seen), len(byID))
+		}
+	})
+
+	t.Run("QuietTableReleasesWAL", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		r.Confirm(expect(t, r, "a row", e.commitTx("one", 1)).EndLSN)
+		// Writes to a table outside the publication: the caught-up reader reports the
+		// server's position, so the slot does not hold their WAL back.
+		table := `"` + e.cfg.Schema + `".other`
+		srv.exec(t, "CREATE TABLE "+table+" (n int)")
+		srv.exec(t, "INSERT INTO "+table+" SELECT generate_series(1, 1000)")
+		var target logrepl.LSN
+		if err := srv.pool.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&target); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(waitLimit)
+		for {
+			var confirmed logrepl.LSN
+			if err := srv.pool.QueryRow(context.Background(), "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", e.cfg.Slot).Scan(&confirmed); err != nil {
+				t.Fatal(err)
+			}
+			if confirmed >= target {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the slot's confirmed_flush_lsn stays at %s, the server is at %s", confirmed, target)
+			}
+			time.Sleep(50 * time.Millisecond) // the server's state has no event to wait on
+		}
+		// A new row still arrives, after the position reported.
+		expect(t, r, "a row after the quiet period", e.commitTx("two", 1))
 	})
 
 	t.Run("Columns", func(t *testing.T) {
