@@ -74,7 +74,10 @@ type Config struct {
 	// CircuitBreakAfter consecutive failed publishes to one destination pause that
 	// destination: its envelopes are not claimed for CircuitPause, after which one envelope is
 	// tried alone; a success resumes the destination, a failure pauses it again for twice as
-	// long, up to MaxCircuitPause. Other destinations are not delayed. Default 3.
+	// long, up to MaxCircuitPause. Other destinations are not delayed. A permanent failure
+	// (fault.ErrPermanent: dead-lettered at once) is the broker's answer, not a sign that the
+	// destination is down: it does not count, so a destination refused forever is
+	// dead-lettered at full speed. Default 3.
 	CircuitBreakAfter int
 	// CircuitPause is the first pause of a destination. Default 1s.
 	CircuitPause time.Duration

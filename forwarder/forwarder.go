@@ -44,6 +44,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
+	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
@@ -362,6 +363,16 @@ func (f *Forwarder) publishItem(it *item) {
 		// Run's context was cancelled under the publish: not the destination's fault.
 		if it.probe {
 			f.breaker.probeDone(dest)
+		}
+	case fault.IsPermanent(err):
+		// Refused for good (a destination the broker does not have, a message it never
+		// takes): the envelope is dead-lettered at once, and the refusal is an answer, so it
+		// does not count towards pausing the destination. A destination refused forever
+		// thus drains at full speed, a dead letter per envelope, instead of one per probe.
+		it.result, it.err = failed, err
+		f.breaker.success(dest)
+		if it.probe {
+			f.signal()
 		}
 	default:
 		it.result, it.err = failed, err

@@ -822,3 +822,30 @@ func TestTemporaryPublishErrorIsNotAnAttempt(t *testing.T) {
 		t.Fatalf("temporary failures were counted as attempts (rows with 0 attempts: %d, want 1)", n)
 	}
 }
+
+// A destination the broker refuses for good (permanent errors, as jasperamqp reports a
+// missing exchange) drains at full speed: every envelope is dead-lettered at once, and the
+// refusals never pause the destination, even with a breaker that opens after one failure
+// for a minute (with the refusals counted as failures, one envelope a minute would be
+// dead-lettered). The other destination is relayed meanwhile.
+func TestDestinationRefusedForeverDrainsAtFullSpeed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rec := newRecorder(goChannel(t))
+	rec.fail["refused"] = errPermanent
+	f := e.forwarder(Config{Publisher: rec, MaxAttempts: 5, CircuitBreakAfter: 1, CircuitPause: time.Minute, MaxCircuitPause: time.Minute, BatchSize: 50})
+	dead := deadLettered(f)
+	const n = 500
+	e.insert("refused", newMessages(n, "refused")...)
+	e.insert("fine", newMessages(20, "fine")...)
+	start(t, f)
+	waitDeadLettered(t, dead, n, "destination refused forever")
+	for _, s := range f.DestinationStats() {
+		if s.Destination == "refused" && (s.Circuit != CircuitClosed || s.DeadLettered != n || s.Failed != n) {
+			t.Fatalf("refused destination: %+v; want %d failed and dead-lettered, circuit closed", s, n)
+		}
+	}
+	if got := rec.attemptsOf("refused"); got != n {
+		t.Fatalf("the refused destination got %d publishes, want %d (one per envelope)", got, n)
+	}
+}
