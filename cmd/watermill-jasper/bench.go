@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/bench"
+	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/internal/progress"
 	"github.com/watermill-jasper/watermill-jasper/database"
 )
 
@@ -83,7 +84,8 @@ func writeBenchResult(w io.Writer, res benchResult) error {
 // (flags: it binds them to cfg and returns where the DSN goes in cfg and the check of its
 // flags). The command checks that --dsn names PostgreSQL, then its flags, runs the benchmark
 // (run, progress on stderr) under the CPU profile and prints its table and, last, its RESULT
-// line. Errors never show the DSN's password.
+// line. The progress lines go to stderr through a progress bar of the legs done (plain lines
+// when stderr is not a terminal). Errors never show the DSN's password.
 func benchSetup[C any, R benchResult](command string, run func(ctx context.Context, cfg C, progress io.Writer) (R, error),
 	flags func(fs *pflag.FlagSet, cfg *C) (dsn *string, check func() error)) func(*pflag.FlagSet) runFunc {
 	return func(fs *pflag.FlagSet) runFunc {
@@ -108,7 +110,9 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 				return err
 			}
 			defer stop()
-			res, err := run(ctx, cfg, e.stderr)
+			bar := progress.New(e.stderr, command, -1) // the benchmark sets the total at its first leg
+			res, err := run(ctx, cfg, bar)
+			bar.Finish()
 			if err != nil {
 				return redactError(err, dsn)
 			}

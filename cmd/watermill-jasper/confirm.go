@@ -7,9 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
+	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/internal/progress"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
@@ -24,7 +24,7 @@ func askDelete(e *env, cfg schema.Config, what string, n int64, question string)
 	}
 	fmt.Fprint(e.stdout, question+" [y/N] ")
 	ok, err := confirmed(e.stdin)
-	if !isTerminal(e.stdin) {
+	if !progress.IsTerminal(e.stdin) {
 		fmt.Fprintln(e.stdout) // the answer was not echoed: end the prompt's line
 	}
 	if err != nil {
@@ -34,16 +34,6 @@ func askDelete(e *env, cfg schema.Config, what string, n int64, question string)
 		return false, errors.New("aborted: nothing deleted (answer y to delete, or pass --yes)")
 	}
 	return true, nil
-}
-
-// isTerminal reports whether r (stdin, stdout or stderr) is a terminal (a character device).
-func isTerminal(r any) bool {
-	f, ok := r.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // confirmed reads one line and reports whether it is y or yes (any case).

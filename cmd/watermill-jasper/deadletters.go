@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/cmd/watermill-jasper/internal/progress"
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/jasperamqp"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -360,12 +361,12 @@ var deadLettersReplay = spec{
 					opts.Publisher = queuePublisher{pub}
 					target = "RabbitMQ at " + jasperamqp.RedactURL(amqpURL)
 				}
-				bar := newProgress(e.stderr, "dead-letters replay", -1)
+				bar := progress.New(e.stderr, "dead-letters replay", -1)
 				opts.Progress = func(p admin.ReplayProgress) {
-					bar.step(int64(p.Done), int64(p.Total), fmt.Sprintf("%d replayed", p.Replayed))
+					bar.Step(int64(p.Done), int64(p.Total), fmt.Sprintf("%d replayed", p.Replayed))
 				}
 				res, err := admin.ReplayDeadLetters(ctx, drv, cfg, sel, opts)
-				bar.finish()
+				bar.Finish()
 				fmt.Fprintf(e.stdout, "replayed %d dead letters to %s (schema %s)\n", res.Replayed, target, cfg.Schema)
 				for _, s := range res.Skipped {
 					fmt.Fprintf(e.stdout, "skipped %s: %s\n", s.ID, s.Reason)
@@ -431,10 +432,10 @@ var deadLettersPurge = spec{
 					return err
 				}
 			}
-			bar := newProgress(e.stderr, "dead-letters purge", total)
+			bar := progress.New(e.stderr, "dead-letters purge", total)
 			n, err := admin.PurgeDeadLetters(ctx, drv, cfg, admin.PurgeOptions{OlderThan: *older, Topic: *topic,
-				Progress: func(d int64) { bar.step(d, max(total, d), fmt.Sprintf("%d deleted", d)) }})
-			bar.finish()
+				Progress: func(d int64) { bar.Step(d, max(total, d), fmt.Sprintf("%d deleted", d)) }})
+			bar.Finish()
 			if err != nil {
 				return err
 			}

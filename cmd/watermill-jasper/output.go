@@ -1,14 +1,12 @@
 package main
 
-// The --output flag of the listing commands and the progress of long commands.
+// The --output flag of the listing commands (the progress of long commands: package progress).
 
 import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 )
 
@@ -53,61 +51,4 @@ func writeJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
-}
-
-// progressBar reports the progress of a long command on w (stderr): a progress bar when w is a
-// terminal, else one line per step ("NAME: DONE of TOTAL done (PCT%), EXTRA, ELAPSED"), so that
-// logs and tests read plain lines.
-type progressBar struct {
-	w     io.Writer
-	name  string
-	start time.Time
-	bar   *progressbar.ProgressBar
-}
-
-// newProgress starts reporting the progress of name towards total steps (-1: unknown).
-func newProgress(w io.Writer, name string, total int64) *progressBar {
-	p := &progressBar{w: w, name: name, start: time.Now()}
-	if isTerminal(w) {
-		p.bar = progressbar.NewOptions64(total,
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription(name),
-			progressbar.OptionShowCount(),
-			progressbar.OptionShowElapsedTimeOnFinish(),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionClearOnFinish(),
-			progressbar.OptionThrottle(100*time.Millisecond),
-		)
-	}
-	return p
-}
-
-// step reports done of total steps, with extra words for the line ("12 replayed").
-func (p *progressBar) step(done, total int64, extra string) {
-	if p.bar != nil {
-		if total >= 0 && p.bar.GetMax64() != total {
-			p.bar.ChangeMax64(total)
-		}
-		_ = p.bar.Set64(done)
-		return
-	}
-	line := fmt.Sprintf("%s: %d", p.name, done)
-	if total >= 0 {
-		pct := 100.0
-		if total > 0 {
-			pct = float64(done) * 100 / float64(total)
-		}
-		line += fmt.Sprintf(" of %d done (%.0f%%)", total, pct)
-	}
-	if extra != "" {
-		line += ", " + extra
-	}
-	fmt.Fprintf(p.w, "%s, %s\n", line, time.Since(p.start).Round(time.Millisecond))
-}
-
-// finish ends the bar (a line mode has nothing to end).
-func (p *progressBar) finish() {
-	if p.bar != nil {
-		_ = p.bar.Finish()
-	}
 }

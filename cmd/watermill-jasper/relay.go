@@ -311,7 +311,7 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	say("relay: relaying schema %s of %s to %s (%s; batch %d, workers %d, concurrency %d); SIGINT or SIGTERM stops",
 		cfg.Schema, redactDSN(dsn), target, only, f.batch, f.workers, f.concurrency)
 
-	prog := &progress{fwd: fwd, start: start, lastAt: start, say: say}
+	prog := &statusLines{fwd: fwd, start: start, lastAt: start, say: say}
 	signalled := waitForSignal(ctx, signals, f.progress, prog.print)
 
 	say("relay: stopping: waiting for the publishes in flight, handing back the unsent envelopes (signal again to stop waiting)")
@@ -379,8 +379,8 @@ func waitForSignal(ctx context.Context, signals <-chan os.Signal, interval time.
 	}
 }
 
-// progress prints the periodic status lines from the forwarder's counters.
-type progress struct {
+// statusLines prints the periodic status lines from the forwarder's counters.
+type statusLines struct {
 	fwd    *forwarder.Forwarder
 	start  time.Time
 	last   forwarder.Stats
@@ -388,7 +388,7 @@ type progress struct {
 	say    func(format string, args ...any)
 }
 
-func (p *progress) print(now time.Time) {
+func (p *statusLines) print(now time.Time) {
 	st := p.fwd.Stats()
 	p.say("relay: %s", progressLine(st, p.last, now.Sub(p.lastAt), now.Sub(p.start)))
 	p.last, p.lastAt = st, now

@@ -29,6 +29,7 @@ type env struct {
 	pool     *pgxpool.Pool
 	drv      database.Driver // database.FromPgx(pool)
 	progress io.Writer
+	legs     *legCounter // the legs done, reported to progress
 	payload  []byte
 	logger   watermill.LoggerAdapter
 
@@ -89,8 +90,9 @@ func (i RunInfo) describe(what string) string {
 // runAll is a benchmark's runs: it opens the env (cfg: the pool and the messages), reads
 // PostgreSQL's server_version, runs once runs times (saying "run i/n" when there are several)
 // and closes the env, also on failure: every schema the runs created is dropped when it
-// returns. info.Elapsed is the time all of it took.
-func runAll[R any](ctx context.Context, cfg OutboxConfig, runs int, progress io.Writer,
+// returns. info.Elapsed is the time all of it took. perRun is the number of legs of one run
+// (the legs done are reported to progress when it is a Stepper).
+func runAll[R any](ctx context.Context, cfg OutboxConfig, runs int, progress io.Writer, perRun func(e *env) int,
 	once func(ctx context.Context, e *env) (R, error)) (results []R, info RunInfo, err error) {
 	start := time.Now()
 	e, err := newEnv(ctx, cfg, progress)
@@ -98,7 +100,9 @@ func runAll[R any](ctx context.Context, cfg OutboxConfig, runs int, progress io.
 		return nil, info, err
 	}
 	_ = e.pool.QueryRow(ctx, "SHOW server_version").Scan(&info.ServerVersion)
+	e.legs = newLegCounter(e.progress, runs, perRun(e))
 	for i := range runs {
+		e.legs.startRun(i)
 		if runs > 1 {
 			e.logf("run %d/%d", i+1, runs)
 		}

@@ -393,6 +393,7 @@ type inboxEnv struct {
 	cfg      InboxBenchConfig
 	pool     *pgxpool.Pool
 	progress io.Writer
+	legs     *legCounter // the slices measured, reported to progress
 	payload  []byte
 	writes   atomic.Int64 // requests written to PostgreSQL (writeCountingConn)
 	tracer   *inboxTracer
@@ -824,6 +825,15 @@ func inboxSlices(d, size time.Duration) (int, time.Duration) {
 	return n, d / time.Duration(n)
 }
 
+// inboxLegs is the number of slices one run of the inbox benchmark measures with cfg, for the
+// progress: a throughput slice of every variant and raw loop per round, then a latency slice of
+// every variant per round.
+func inboxLegs(cfg InboxBenchConfig) int {
+	throughput, _ := inboxSlices(cfg.Duration, inboxThroughputSlice)
+	latency, _ := inboxSlices(cfg.LatencyDuration, inboxLatencySlice)
+	return throughput*(2+len(inboxVariants)) + latency*len(inboxVariants)
+}
+
 // Slice sizes: a throughput slice (after its 200ms warm-up) and a latency slice. Latency
 // slices are short because a stall of the machine (a 2-core box running other work) sets
 // the p99 of whichever variant it hits: at 1,000 msg/s a 50 ms stall delays 50 messages,
@@ -874,7 +884,9 @@ func RunInbox(ctx context.Context, cfg InboxBenchConfig, progress io.Writer) (In
 	}
 	e.pool = pool
 
+	e.legs = newLegCounter(e.progress, cfg.Runs, inboxLegs(cfg))
 	for i := range cfg.Runs {
+		e.legs.startRun(i)
 		e.logf("run %d/%d", i+1, cfg.Runs)
 		run, err := e.run(ctx, i)
 		if err != nil {
@@ -926,6 +938,7 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 			if err := e.saturate(ctx, w, 200*time.Millisecond, slice, true); err != nil {
 				return run, err
 			}
+			e.legs.legDone()
 		}
 	}
 	var routers []*inboxWorker
@@ -959,6 +972,7 @@ func (e *inboxEnv) run(ctx context.Context, i int) (run InboxRun, err error) {
 			if err := e.steady(ctx, routers[(k+r+i)%len(routers)], slice, true); err != nil {
 				return run, err
 			}
+			e.legs.legDone()
 		}
 	}
 	for _, w := range routers {

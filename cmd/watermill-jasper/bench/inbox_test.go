@@ -15,7 +15,7 @@ import (
 // is left behind. (Speed is measured by `watermill-jasper bench inbox`, never asserted.)
 func TestRunInboxTiny(t *testing.T) {
 	ctx := context.Background()
-	var progress bytes.Buffer
+	var progress stepRecorder
 	res, err := RunInbox(ctx, InboxBenchConfig{
 		DSN: testdb.PostgresDSN(), InFlight: 2, Duration: 200 * time.Millisecond,
 		Rate: 200, LatencyDuration: 300 * time.Millisecond, Payload: 64, Runs: 1,
@@ -23,6 +23,7 @@ func TestRunInboxTiny(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunInbox: %v\n%s", err, progress.String())
 	}
+	progress.check(t)
 	if res.CeilingTPS <= 0 || res.RawInboxTPS <= 0 || len(res.Runs) != 1 || len(res.Throughput) != 5 || len(res.Latency) != 5 {
 		t.Fatalf("result %+v", res)
 	}

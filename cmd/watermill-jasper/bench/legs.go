@@ -144,6 +144,15 @@ type publishVariant struct {
 // phase (other processes, autovacuum, checkpoints) weighs on all of them alike.
 const publishRounds = 4
 
+// publishRounds is how many slices each publish variant's measurement is cut into with the
+// configured duration: publishRounds, or 1 when the slices would be shorter than 500ms.
+func (e *env) publishRounds() int {
+	if e.cfg.PublishDuration < time.Duration(publishRounds)*500*time.Millisecond {
+		return 1
+	}
+	return publishRounds
+}
+
 // publishLegs measures every variant for the configured duration with the configured number
 // of goroutines, each in its own schema, interleaved in rounds.
 func (e *env) publishLegs(ctx context.Context, variants []publishVariant) (res []PublishResult, err error) {
@@ -160,10 +169,7 @@ func (e *env) publishLegs(ctx context.Context, variants []publishVariant) (res [
 		}
 		outs = append(outs, o)
 	}
-	rounds := publishRounds
-	if e.cfg.PublishDuration < time.Duration(rounds)*500*time.Millisecond {
-		rounds = 1
-	}
+	rounds := e.publishRounds()
 	slice := e.cfg.PublishDuration / time.Duration(rounds)
 	res = make([]PublishResult, len(variants))
 	for r := range rounds {
@@ -180,6 +186,7 @@ func (e *env) publishLegs(ctx context.Context, variants []publishVariant) (res [
 			if err != nil {
 				return nil, err
 			}
+			e.legs.legDone()
 			res[i].Name = v.name
 			res[i].Txs += p.Txs
 			res[i].Elapsed += p.Elapsed

@@ -60,7 +60,8 @@ func RunOutbox(ctx context.Context, cfg OutboxConfig, progress io.Writer) (Outbo
 	if err := cfg.validate(); err != nil {
 		return OutboxResult{}, err
 	}
-	runs, info, err := runAll(ctx, cfg, cfg.Runs, progress, func(ctx context.Context, e *env) (runResult, error) {
+	perRun := func(e *env) int { return e.plan().legs(e) }
+	runs, info, err := runAll(ctx, cfg, cfg.Runs, progress, perRun, func(ctx context.Context, e *env) (runResult, error) {
 		return e.runOnce(ctx)
 	})
 	if err != nil {
@@ -69,9 +70,41 @@ func RunOutbox(ctx context.Context, cfg OutboxConfig, progress io.Writer) (Outbo
 	return outboxResult(cfg, info, runs), nil
 }
 
-func (e *env) runOnce(ctx context.Context) (runResult, error) {
+// outboxPlan is the legs of one run of the outbox benchmark, in the order they run (legs
+// whose implementation is skipped are left out).
+type outboxPlan struct {
+	publish []publishVariant
+	drains  []outboxDrainLeg
+	lats    []outboxLatLeg
+	idles   []outboxIdleLeg
+}
+
+// outboxDrainLeg is a drain leg: impl's relay (from newOutbox) drains n messages into a sink
+// of kind.
+type outboxDrainLeg struct {
+	impl      string
+	newOutbox outboxFactory
+	kind      string
+	n         int
+}
+
+// outboxLatLeg is a latency leg of impl to a sink of kind.
+type outboxLatLeg struct {
+	impl      string
+	newOutbox outboxFactory
+	kind      string
+}
+
+// outboxIdleLeg is an idle leg of impl.
+type outboxIdleLeg struct {
+	impl      string
+	newOutbox outboxFactory
+}
+
+// plan returns the legs of one run with e's config.
+func (e *env) plan() outboxPlan {
 	cfg := e.cfg
-	var r runResult
+	var p outboxPlan
 	ours := newOursOutbox(oursOptions{})
 	wm := newWMOutbox()
 
@@ -80,7 +113,7 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	viaBusinessTx := func(o outbox) func(ctx context.Context) error {
 		return func(ctx context.Context) error { return o.businessTx(ctx, topic, e.newMessage()) }
 	}
-	variants := []publishVariant{
+	p.publish = []publishVariant{
 		{pubOrdersOnly, ours, func(o outbox) func(ctx context.Context) error {
 			return func(ctx context.Context) error { return o.(*oursOutbox).ordersOnlyTx(ctx, e.newMessage()) }
 		}},
@@ -93,9 +126,82 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		{pubOursShNoN, newOursOutbox(oursOptions{sharedPublisher: true, notify: true}), viaBusinessTx},
 	}
 	if !cfg.SkipWatermill {
-		variants = append(variants, publishVariant{pubWatermill, wm, viaBusinessTx})
+		p.publish = append(p.publish, publishVariant{pubWatermill, wm, viaBusinessTx})
 	}
-	pubs, err := e.publishLegs(ctx, variants)
+
+	// 3. Drains.
+	type drainLeg struct {
+		outboxDrainLeg
+		watermill bool
+	}
+	drains := []drainLeg{{outboxDrainLeg{implOurs, ours, sinkGoChannel, cfg.Backlog}, false}}
+	if !cfg.SkipFlat {
+		drains = append(drains,
+			drainLeg{outboxDrainLeg{implOurs, ours, sinkGoChannel, cfg.FlatBacklogs[0]}, false},
+			drainLeg{outboxDrainLeg{implOurs, ours, sinkGoChannel, cfg.FlatBacklogs[1]}, false})
+	}
+	drains = append(drains,
+		drainLeg{outboxDrainLeg{implWatermill, wm, sinkGoChannel, cfg.Backlog}, true},
+		drainLeg{outboxDrainLeg{implWatermill, wm, sinkGoChannel, cfg.FlatBacklogs[0]}, true})
+	if !cfg.SkipRiver {
+		drains = append(drains, drainLeg{outboxDrainLeg{implRiver, newRiverOutbox(), sinkGoChannel, cfg.Backlog}, false})
+	}
+	if cfg.amqpEnabled() {
+		drains = append(drains,
+			drainLeg{outboxDrainLeg{implOurs, ours, sinkAMQP, cfg.Backlog}, false},
+			drainLeg{outboxDrainLeg{implWatermill, wm, sinkAMQP, cfg.Backlog}, true},
+			drainLeg{outboxDrainLeg{implWatermillJasperAMQP, newWMOutboxJasperAMQP(), sinkAMQP, cfg.Backlog}, true})
+	}
+	seen := map[string]bool{}
+	for _, d := range drains {
+		key := fmt.Sprint(d.impl, d.kind, d.n)
+		if (d.watermill && cfg.SkipWatermill) || seen[key] {
+			continue
+		}
+		seen[key] = true
+		p.drains = append(p.drains, d.outboxDrainLeg)
+	}
+
+	// 4. Latency at a steady rate.
+	p.lats = []outboxLatLeg{{implOurs, ours, sinkGoChannel}}
+	if !cfg.SkipWatermill {
+		p.lats = append(p.lats, outboxLatLeg{implWatermill, wm, sinkGoChannel})
+	}
+	if !cfg.SkipRiver {
+		p.lats = append(p.lats, outboxLatLeg{implRiver, newRiverOutbox(), sinkGoChannel})
+	}
+	if cfg.amqpEnabled() {
+		p.lats = append(p.lats, outboxLatLeg{implOurs, ours, sinkAMQP})
+		if !cfg.SkipWatermill {
+			p.lats = append(p.lats, outboxLatLeg{implWatermill, wm, sinkAMQP})
+		}
+	}
+
+	// 5. What an idle relay costs the database.
+	p.idles = []outboxIdleLeg{{implOurs, ours}}
+	if !cfg.SkipWatermill {
+		p.idles = append(p.idles, outboxIdleLeg{implWatermill, wm})
+	}
+	return p
+}
+
+// legs is the number of legs of the plan (a publish variant counts once per round; the raw
+// loops, the broker's limit and the scheduled messages count too), for the progress.
+func (p outboxPlan) legs(e *env) int {
+	n := len(p.publish)*e.publishRounds() + 2 + len(p.drains) + len(p.lats) + len(p.idles) + 1
+	if e.cfg.amqpEnabled() {
+		n++ // the broker's limit
+	}
+	return n
+}
+
+func (e *env) runOnce(ctx context.Context) (runResult, error) {
+	cfg := e.cfg
+	var r runResult
+	p := e.plan()
+
+	// 1. Publish: one message per business transaction, cfg.Publishers goroutines.
+	pubs, err := e.publishLegs(ctx, p.publish)
 	if err != nil {
 		return r, err
 	}
@@ -108,43 +214,14 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		return r, err
 	}
 	r.raw = raw
+	e.legs.legDone()
 	if r.rawClaim, err = e.rawLeg(ctx, cfg.Backlog, (*jasperSchema).runRawClaimLoop); err != nil {
 		return r, err
 	}
+	e.legs.legDone()
 
 	// 3. Drains.
-	type drainLeg struct {
-		impl      string
-		watermill bool
-		newOutbox outboxFactory
-		kind      string
-		n         int
-	}
-	drains := []drainLeg{{implOurs, false, ours, sinkGoChannel, cfg.Backlog}}
-	if !cfg.SkipFlat {
-		drains = append(drains,
-			drainLeg{implOurs, false, ours, sinkGoChannel, cfg.FlatBacklogs[0]},
-			drainLeg{implOurs, false, ours, sinkGoChannel, cfg.FlatBacklogs[1]})
-	}
-	drains = append(drains,
-		drainLeg{implWatermill, true, wm, sinkGoChannel, cfg.Backlog},
-		drainLeg{implWatermill, true, wm, sinkGoChannel, cfg.FlatBacklogs[0]})
-	if !cfg.SkipRiver {
-		drains = append(drains, drainLeg{implRiver, false, newRiverOutbox(), sinkGoChannel, cfg.Backlog})
-	}
-	if cfg.amqpEnabled() {
-		drains = append(drains,
-			drainLeg{implOurs, false, ours, sinkAMQP, cfg.Backlog},
-			drainLeg{implWatermill, true, wm, sinkAMQP, cfg.Backlog},
-			drainLeg{implWatermillJasperAMQP, true, newWMOutboxJasperAMQP(), sinkAMQP, cfg.Backlog})
-	}
-	seen := map[string]bool{}
-	for _, d := range drains {
-		key := fmt.Sprint(d.impl, d.kind, d.n)
-		if (d.watermill && cfg.SkipWatermill) || seen[key] {
-			continue
-		}
-		seen[key] = true
+	for _, d := range p.drains {
 		res, err := profiled(ctx, fmt.Sprintf("drain-%s-%s-%d", d.impl, d.kind, d.n), func(ctx context.Context) (DrainResult, error) {
 			return e.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
 		})
@@ -152,6 +229,7 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 			return r, err
 		}
 		r.drains = append(r.drains, res)
+		e.legs.legDone()
 	}
 	if cfg.amqpEnabled() {
 		res, err := profiled(ctx, "amqp-broker-limit", func(ctx context.Context) (DrainResult, error) { return e.brokerLimitLeg(ctx, cfg.Backlog) })
@@ -159,26 +237,11 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 			return r, err
 		}
 		r.drains = append(r.drains, res)
+		e.legs.legDone()
 	}
 
 	// 4. Latency at a steady rate.
-	type latLeg struct {
-		impl      string
-		watermill bool
-		newOutbox outboxFactory
-		kind      string
-	}
-	lats := []latLeg{{implOurs, false, ours, sinkGoChannel}, {implWatermill, true, wm, sinkGoChannel}}
-	if !cfg.SkipRiver {
-		lats = append(lats, latLeg{implRiver, false, newRiverOutbox(), sinkGoChannel})
-	}
-	if cfg.amqpEnabled() {
-		lats = append(lats, latLeg{implOurs, false, ours, sinkAMQP}, latLeg{implWatermill, true, wm, sinkAMQP})
-	}
-	for _, l := range lats {
-		if l.watermill && cfg.SkipWatermill {
-			continue
-		}
+	for _, l := range p.lats {
 		res, err := profiled(ctx, fmt.Sprintf("latency-%s-%s", l.impl, l.kind), func(ctx context.Context) (LatencyResult, error) {
 			return e.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
 		})
@@ -186,23 +249,17 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 			return r, err
 		}
 		r.latency = append(r.latency, res)
+		e.legs.legDone()
 	}
 
 	// 5. What an idle relay costs the database.
-	idles := []struct {
-		impl      string
-		watermill bool
-		newOutbox outboxFactory
-	}{{implOurs, false, ours}, {implWatermill, true, wm}}
-	for _, l := range idles {
-		if l.watermill && cfg.SkipWatermill {
-			continue
-		}
+	for _, l := range p.idles {
 		res, err := e.idleLeg(ctx, l.impl, l.newOutbox)
 		if err != nil {
 			return r, err
 		}
 		r.idle = append(r.idle, res)
+		e.legs.legDone()
 	}
 
 	// 6. Delayed messages: how late (never early) they arrive.
@@ -211,6 +268,7 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		return r, err
 	}
 	r.scheduled = &sched
+	e.legs.legDone()
 	return r, nil
 }
 

@@ -22,11 +22,12 @@ func TestRunOutboxTiny(t *testing.T) {
 	if uri := os.Getenv("WATERMILL_JASPER_TEST_AMQP"); uri != "" {
 		cfg.AMQPURI = uri
 	}
-	var progress bytes.Buffer
+	var progress stepRecorder
 	res, err := RunOutbox(ctx, cfg, &progress)
 	if err != nil {
 		t.Fatalf("RunOutbox: %v\nprogress:\n%s", err, progress.String())
 	}
+	progress.check(t)
 	for _, d := range res.Drains {
 		if d.Received != d.N || d.Dups != 0 || d.Left != 0 {
 			t.Errorf("drain %s %s %d: received %d, %d duplicates, %d left", d.Impl, d.Sink, d.N, d.Received, d.Dups, d.Left)

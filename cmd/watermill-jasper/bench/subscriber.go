@@ -140,7 +140,8 @@ func RunSubscriber(ctx context.Context, cfg SubscriberConfig, progress io.Writer
 	// Four watermill-sql subscribers each hold a connection through their batch, our
 	// subscriber its node lock and LISTEN connections: the pool's 20 are plenty.
 	envCfg := OutboxConfig{DSN: cfg.DSN, Payload: cfg.Payload, Publishers: 1}
-	runs, info, err := runAll(ctx, envCfg, cfg.Runs, progress, func(ctx context.Context, e *env) (subscriberRun, error) {
+	perRun := func(*env) int { return subscriberLegs(cfg) }
+	runs, info, err := runAll(ctx, envCfg, cfg.Runs, progress, perRun, func(ctx context.Context, e *env) (subscriberRun, error) {
 		return e.subscriberRunOnce(ctx, cfg)
 	})
 	if err != nil {
@@ -156,16 +157,8 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 		return r, err
 	}
 	r.raw = raw
-	for _, l := range []struct {
-		impl     string
-		inFlight int
-	}{
-		{implOurs, 1},
-		{implOurs, SubscriberWideInFlight},
-		{implOurs, SubscriberWidestInFlight},
-		{implWatermillSQL, 1},
-		{implWatermillSQL, SubscriberWideInFlight},
-	} {
+	e.legs.legDone()
+	for _, l := range consumeLegs {
 		res, err := profiled(ctx, fmt.Sprintf("consume-%s-%d", l.impl, l.inFlight), func(ctx context.Context) (ConsumeResult, error) {
 			if l.impl == implOurs {
 				return e.oursConsumeLeg(ctx, cfg.Backlog, cfg.Batch, l.inFlight)
@@ -176,6 +169,7 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 			return r, err
 		}
 		r.legs = append(r.legs, res)
+		e.legs.legDone()
 	}
 	if !cfg.SkipRiver {
 		res, err := e.riverConsumeLeg(ctx, cfg)
@@ -183,8 +177,32 @@ func (e *env) subscriberRunOnce(ctx context.Context, cfg SubscriberConfig) (subs
 			return r, err
 		}
 		r.legs = append(r.legs, res)
+		e.legs.legDone()
 	}
 	return r, nil
+}
+
+// consumeLegs are the consume legs of every run of the subscriber benchmark but River's: an
+// implementation with a number of messages in flight.
+var consumeLegs = []struct {
+	impl     string
+	inFlight int
+}{
+	{implOurs, 1},
+	{implOurs, SubscriberWideInFlight},
+	{implOurs, SubscriberWidestInFlight},
+	{implWatermillSQL, 1},
+	{implWatermillSQL, SubscriberWideInFlight},
+}
+
+// subscriberLegs is the number of legs of one run of the subscriber benchmark with cfg: the raw
+// loop, the consume legs and River's.
+func subscriberLegs(cfg SubscriberConfig) int {
+	n := 1 + len(consumeLegs)
+	if !cfg.SkipRiver {
+		n++
+	}
+	return n
 }
 
 // leg returns the consume leg of impl with inFlight.

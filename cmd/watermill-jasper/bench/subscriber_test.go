@@ -20,12 +20,13 @@ func TestRunSubscriberTiny(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	before := len(createdSchemas())
-	var progress bytes.Buffer
+	var progress stepRecorder
 	const backlog = 300
 	res, err := RunSubscriber(ctx, SubscriberConfig{DSN: testdb.PostgresDSN(), Backlog: backlog, Runs: 2}, &progress)
 	if err != nil {
 		t.Fatalf("RunSubscriber: %v\nprogress:\n%s", err, progress.String())
 	}
+	progress.check(t)
 	if res.Raw.N != backlog || res.Raw.Rate <= 0 {
 		t.Errorf("raw loop: %+v", res.Raw)
 	}
