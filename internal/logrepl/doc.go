@@ -22,7 +22,7 @@
 // # Protocol
 //
 // Dial opens a replication connection (replication=database). Start checks the server, the
-// table, the publication and the slot with one SQL statement, then sends
+// table, the publication and the slot with two SQL statements, then sends
 //
 //	START_REPLICATION SLOT <slot> LOGICAL 0/0 (proto_version '1', publication_names '"<pub>"', binary 'true')
 //

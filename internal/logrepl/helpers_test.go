@@ -204,7 +204,11 @@ func expect(t testing.TB, r *logrepl.Reader, what string, want []uuid.UUID) logr
 	t.Helper()
 	tx := next(t, r)
 	if got := rowIDs(tx); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("%s: got rows %v, want %v", what, got, want)
+		bodies := make([]string, len(tx.Rows))
+		for i, r := range tx.Rows {
+			bodies[i] = string(r.Body)
+		}
+		t.Fatalf("%s: got rows %v (bodies %q, commit %s..%s), want %v", what, got, bodies, tx.CommitLSN, tx.EndLSN, want)
 	}
 	return tx
 }
@@ -227,4 +231,25 @@ func oneLine(t testing.TB, err, sentinel error, hints ...string) {
 		}
 	}
 	t.Logf("refused: %v", err)
+}
+
+// waitConfirmed waits until the slot's confirmed_flush_lsn reaches lsn (the server's state
+// has no event to wait on: it is polled).
+func (e *env) waitConfirmed(lsn logrepl.LSN) {
+	e.t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		var confirmed logrepl.LSN
+		if err := e.srv.pool.QueryRow(context.Background(),
+			"SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", e.cfg.Slot).Scan(&confirmed); err != nil {
+			e.t.Fatal(err)
+		}
+		if confirmed >= lsn {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the slot's confirmed_flush_lsn stays at %s, want %s", confirmed, lsn)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -77,7 +77,7 @@ type Reader struct {
 	nextStatus  time.Time
 }
 
-// Start checks the server, the table, the publication and the slot (one SQL statement),
+// Start checks the server, the table, the publication and the slot (two SQL statements),
 // then starts streaming the slot on conn, a replication connection (Dial), from the slot's
 // confirmed position. A slot streamed by another process is refused with ErrSlotInUse; a
 // missing or invalidated slot with ErrSlotMissing or ErrSlotInvalidated. On success the
@@ -107,7 +107,8 @@ func Start(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader, error
 
 // WaitForSlot is Start for a stand-by: while the slot is in use by another reader it tries
 // START_REPLICATION again every interval (only that replication command, no SQL statement),
-// until it gets the slot, another error, or ctx ends. A reader that was killed frees the
+// until it gets the slot, another error, or ctx ends (the error then wraps both ctx's error
+// and ErrSlotInUse, and conn is still usable). A reader that was killed frees the
 // slot as soon as PostgreSQL ended its backend (at once for pg_terminate_backend or a closed
 // connection; after wal_sender_timeout or the TCP keepalive timeout for a vanished host).
 func WaitForSlot(ctx context.Context, conn *pgconn.PgConn, cfg Config, interval time.Duration) (*Reader, error) {
@@ -124,7 +125,7 @@ func WaitForSlot(ctx context.Context, conn *pgconn.PgConn, cfg Config, interval 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("logrepl: wait for slot %s: %w (last: %v)", cfg.Slot, ctx.Err(), err)
+			return nil, fmt.Errorf("logrepl: wait for slot %s: %w (last: %w)", cfg.Slot, ctx.Err(), err)
 		case <-t.C:
 		}
 		r, err = startStream(ctx, conn, cfg)
@@ -241,7 +242,9 @@ func (r *Reader) Confirmed() LSN { return LSN(r.confirmed.Load()) }
 func (r *Reader) Reported() LSN { return LSN(r.reported.Load()) }
 
 // Flush sends a standby status update now, with the confirmed position, and returns once it
-// was written to the connection.
+// was written to the connection. The server has processed it once the slot's
+// confirmed_flush_lsn shows it (List); a connection that dies before (a reset discards what
+// the server had not read) loses the confirmation, which only causes redelivery.
 func (r *Reader) Flush(ctx context.Context) error {
 	ack := make(chan struct{})
 	select {
@@ -276,8 +279,9 @@ func (r *Reader) Err() error {
 }
 
 // Close sends a last standby status update with the confirmed position (when the connection
-// still works) and closes the connection; the slot is free for another reader once
-// PostgreSQL ended the backend. Close is idempotent.
+// still works), ends the stream (CopyDone, waiting for the server's answer, so that the
+// server processed the update when Close returns nil) and closes the connection; the slot is
+// free for another reader once PostgreSQL ended the backend. Close is idempotent.
 func (r *Reader) Close() error {
 	r.closeOnce.Do(func() {
 		r.stop()
@@ -286,12 +290,43 @@ func (r *Reader) Close() error {
 		if r.conn.IsClosed() {
 			return
 		}
-		_ = r.sendStatus(r.flushPos(), false)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		r.closeErr = r.conn.Close(ctx)
+		err := r.sendStatus(r.flushPos(), false)
+		if err == nil {
+			err = r.endCopy(ctx)
+		}
+		if cerr := r.conn.Close(ctx); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			r.closeErr = fmt.Errorf("logrepl: slot %s: close: %w", r.cfg.Slot, err)
+		}
 	})
 	return r.closeErr
+}
+
+// endCopy ends the replication stream as pg_recvlogical does: CopyDone, then it reads (and
+// drops) what the server still sends up to ReadyForQuery. The server processes messages in
+// order, so when it answers, it has processed the last status update; and no unread data is
+// left on the socket, whose close would then send a reset that may discard it.
+func (r *Reader) endCopy(ctx context.Context) error {
+	r.conn.Frontend().Send(&pgproto3.CopyDone{})
+	if err := r.conn.Frontend().Flush(); err != nil {
+		return err
+	}
+	for {
+		msg, err := r.conn.ReceiveMessage(ctx)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ReadyForQuery:
+			return nil
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(m)
+		}
+	}
 }
 
 // kick wakes the loop: out of a receive, or out of waiting to hand a transaction over.
