@@ -280,14 +280,22 @@ func (r *Reader) Err() error {
 
 // Close sends a last standby status update with the confirmed position (when the connection
 // still works), ends the stream (CopyDone, waiting for the server's answer, so that the
-// server processed the update when Close returns nil) and closes the connection; the slot is
-// free for another reader once PostgreSQL ended the backend. Close is idempotent.
+// server processed the update when Close returns nil) and closes the connection. After a
+// Close that returned nil the slot is free at once (the server released it when the stream
+// ended); after a failed stream, once PostgreSQL ended the backend. Close is idempotent.
 func (r *Reader) Close() error {
 	r.closeOnce.Do(func() {
 		r.stop()
 		r.kick()
 		<-r.done
 		if r.conn.IsClosed() {
+			return
+		}
+		if !errors.Is(r.err, ErrClosed) {
+			// The stream failed: nothing more to say to the server.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = r.conn.Close(ctx)
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -421,6 +421,18 @@ func TestReader(t *testing.T) {
 		if err != nil || res.CreatedPublication || res.CreatedSlot {
 			t.Fatalf("second setup: %+v, %v", res, err)
 		}
+		// Setup, List and Drop work on a replication connection too.
+		e2 := newEnv(t, srv, false)
+		repl := e2.dial("postgres")
+		if res, err := logrepl.Setup(context.Background(), repl, e2.cfg); err != nil || !res.CreatedPublication || !res.CreatedSlot {
+			t.Fatalf("setup on a replication connection: %+v, %v", res, err)
+		}
+		if st, err := logrepl.List(context.Background(), repl); err != nil || len(st.Slots) == 0 {
+			t.Fatalf("list on a replication connection: %+v, %v", st, err)
+		}
+		if res, err := logrepl.Drop(context.Background(), repl, e2.cfg); err != nil || !res.DroppedSlot || !res.DroppedPublication {
+			t.Fatalf("drop on a replication connection: %+v, %v", res, err)
+		}
 		r, _ := e.start()
 		st, err := logrepl.List(context.Background(), conn)
 		if err != nil {
@@ -454,18 +466,10 @@ func TestReader(t *testing.T) {
 		if err := r.Close(); err != nil {
 			t.Fatal(err)
 		}
-		// Once the reader is gone, Drop drops both (the backend may take a moment to exit).
-		deadline := time.Now().Add(waitLimit)
-		for {
-			res, err := logrepl.Drop(context.Background(), conn, e.cfg)
-			if errors.Is(err, logrepl.ErrSlotInUse) && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond) // the walsender exits on its own time; no event to wait on
-				continue
-			}
-			if err != nil || !res.DroppedSlot || !res.DroppedPublication {
-				t.Fatalf("drop: %+v, %v", res, err)
-			}
-			break
+		// Close ended the stream with the server's answer: the slot is free at once, and
+		// Drop drops both.
+		if res, err := logrepl.Drop(context.Background(), conn, e.cfg); err != nil || !res.DroppedSlot || !res.DroppedPublication {
+			t.Fatalf("drop: %+v, %v", res, err)
 		}
 		if res, err := logrepl.Drop(context.Background(), conn, e.cfg); err != nil || res.DroppedSlot || res.DroppedPublication {
 			t.Fatalf("second drop: %+v, %v", res, err)
