@@ -55,4 +55,9 @@ const (
 	Destination = row.KeyDestination
 	// Source is the Jasper "source" header (the sending service's name), kept in dead letters.
 	Source = row.KeySource
+	// PartitionKey fills partition_key: messages of one partition key are relayed and
+	// delivered one at a time, in the order they were written; different keys go in parallel,
+	// and messages without a key are unordered (docs/ordering.md). The name is Wolverine's
+	// header "partition-key".
+	PartitionKey = row.KeyPartitionKey
 )

@@ -21,13 +21,14 @@ type ColumnType int
 
 // Column types used by the Jasper tables.
 const (
-	TypeUUID   ColumnType = iota + 1 // uuid / uniqueidentifier
-	TypeString                       // varchar / varchar(N)
-	TypeInt                          // integer / int
-	TypeTime                         // timestamp with time zone / datetimeoffset
-	TypeBytes                        // bytea / varbinary(max)
-	TypeBool                         // boolean / bit
-	TypeText                         // text / nvarchar(max): extension columns holding arbitrary text
+	TypeUUID     ColumnType = iota + 1 // uuid / uniqueidentifier
+	TypeString                         // varchar / varchar(N)
+	TypeInt                            // integer / int
+	TypeTime                           // timestamp with time zone / datetimeoffset
+	TypeBytes                          // bytea / varbinary(max)
+	TypeBool                           // boolean / bit
+	TypeText                           // text / nvarchar(max): extension columns holding arbitrary text
+	TypeSequence                       // bigint identity: the order rows were written in
 )
 
 // MaxLength marks a SQL Server varchar(max) column.
@@ -94,6 +95,10 @@ func ext(c Column) Column { c.Extension = true; return c }
 //   - message_uuid: the Watermill message UUID verbatim (the row id is derived from it);
 //   - headers: every metadata pair as a JSON object, so a message round-trips exactly;
 //   - timestamp: when the row was written (Wolverine's name), for age gauges and purges;
+//   - partition_key (outgoing, incoming): the message's partition key (metadata
+//     "partition-key", Wolverine's header): rows of one key are relayed and delivered one at
+//     a time, in the order they were written (docs/ordering.md);
+//   - seq (outgoing, incoming): an identity, the order rows were written in;
 //   - keep_until (incoming): how long a Handled inbox row is kept (Wolverine's name);
 //   - replayable (dead letters): marked for replay (Wolverine's name).
 var (
@@ -108,6 +113,7 @@ var (
 		},
 		metadataColumns(250),
 		extensionColumns(),
+		orderingColumns(),
 	)}
 
 	incomingTable = Table{Name: IncomingTable, Columns: concat(
@@ -123,6 +129,7 @@ var (
 		[]Column{col("received_at", TypeString, 100, true)},
 		extensionColumns(),
 		[]Column{ext(col("keep_until", TypeTime, 0, true))},
+		orderingColumns(),
 	)}
 
 	deadLetterTable = Table{Name: DeadLetterTable, Columns: concat(
@@ -152,6 +159,8 @@ var (
 		{Name: "idx_jasper_incoming_envelopes_queue", Table: IncomingTable, Columns: []string{"received_at", "status", "owner_id"}},
 		{Name: "idx_jasper_incoming_envelopes_scheduled", Table: IncomingTable, Columns: []string{"execution_time"}, Where: "status = 'Scheduled'"},
 		{Name: "idx_jasper_incoming_envelopes_keep_until", Table: IncomingTable, Columns: []string{"keep_until"}, Where: "keep_until IS NOT NULL"},
+		{Name: "idx_jasper_outgoing_envelopes_partition", Table: OutgoingTable, Columns: []string{"partition_key", "seq"}, Where: "partition_key IS NOT NULL"},
+		{Name: "idx_jasper_incoming_envelopes_partition", Table: IncomingTable, Columns: []string{"partition_key", "seq"}, Where: "partition_key IS NOT NULL"},
 	}
 )
 
@@ -179,6 +188,11 @@ func extensionColumns() []Column {
 		ext(col("headers", TypeText, 0, true)),
 		ext(withDefault(col("timestamp", TypeTime, 0, true), "now")),
 	}
+}
+
+// orderingColumns are the extension columns of per-key ordering, in the envelope tables.
+func orderingColumns() []Column {
+	return []Column{ext(col("partition_key", TypeString, 250, true)), ext(col("seq", TypeSequence, 0, false))}
 }
 
 func concat(groups ...[]Column) []Column {

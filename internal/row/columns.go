@@ -23,7 +23,7 @@ type Scanner interface{ Scan(dest ...any) error }
 var sharedColumns = []string{
 	"id", "owner_id", "attempts", "body", "conversation_id", "correlation_id", "parent_id",
 	"saga_id", "message_type", "content_type", "reply_requested", "ack_requested", "reply_uri",
-	"message_uuid", "headers",
+	"message_uuid", "headers", "partition_key",
 }
 
 // OutgoingColumns are the columns OutgoingArgs binds, in order.
@@ -63,7 +63,7 @@ func (e *Envelope) sharedArgs(c UUIDCodec) []any {
 	return []any{
 		c.Arg(e.ID), e.OwnerID, e.Attempts, e.Body, conv, nullString(e.CorrelationID), nullString(e.ParentID),
 		nullString(e.SagaID), e.MessageType, nullString(e.ContentType), nullString(e.ReplyRequested), e.AckRequested,
-		nullString(e.ReplyURI), nullString(e.MessageUUID), headers,
+		nullString(e.ReplyURI), nullString(e.MessageUUID), headers, nullString(e.PartitionKey),
 	}
 }
 
@@ -80,7 +80,7 @@ func (e *Envelope) IncomingArgs(args []any, c UUIDCodec) []any {
 type scanned struct {
 	conv                                               uuid.UUID
 	corr, parent, saga, ctype, replyReq, replyURI, mid sql.NullString
-	headers, dest                                      sql.NullString
+	headers, dest, partition                           sql.NullString
 	attempts                                           sql.NullInt64
 	ack                                                sql.NullBool
 }
@@ -88,7 +88,7 @@ type scanned struct {
 func (e *Envelope) sharedDests(s *scanned, c UUIDCodec) []any {
 	return []any{
 		c.Dest(&e.ID), &e.OwnerID, &s.attempts, &e.Body, c.Dest(&s.conv), &s.corr, &s.parent, &s.saga,
-		&e.MessageType, &s.ctype, &s.replyReq, &s.ack, &s.replyURI, &s.mid, &s.headers,
+		&e.MessageType, &s.ctype, &s.replyReq, &s.ack, &s.replyURI, &s.mid, &s.headers, &s.partition,
 	}
 }
 
@@ -102,6 +102,7 @@ func (e *Envelope) finish(s *scanned) {
 	e.ContentType, e.ReplyRequested, e.ReplyURI = s.ctype.String, s.replyReq.String, s.replyURI.String
 	e.AckRequested = s.ack.Bool
 	e.MessageUUID = s.mid.String
+	e.PartitionKey = s.partition.String
 	e.Destination = s.dest.String
 	if s.headers.Valid {
 		e.Headers = []byte(s.headers.String)

@@ -16,4 +16,5 @@ const (
 	KeyEnvelopeID     = "jasper_envelope_id"
 	KeyDestination    = "jasper_destination"
 	KeySource         = "jasper_source"
+	KeyPartitionKey   = "partition-key" // Wolverine's envelope header of the same meaning
 )

@@ -44,6 +44,9 @@ type Envelope struct {
 	// Headers is every metadata pair as a JSON object (extension column headers); nil for rows
 	// written by Jasper, whose metadata is rebuilt from the columns.
 	Headers []byte
+	// PartitionKey is the message's partition key (metadata KeyPartitionKey; extension
+	// column partition_key): rows of one key are claimed one at a time, oldest first.
+	PartitionKey string
 	// WrittenAt is when the row was written (extension column timestamp), read by the
 	// outgoing claims only (ClaimedOutgoingColumns); nil when not read or NULL. It is never
 	// written: the column's default sets it.
@@ -99,6 +102,7 @@ func FromMessage(topic string, msg *message.Message, d Defaults) (Envelope, erro
 		ReplyRequested: md.Get(KeyReplyRequested),
 		ReplyURI:       md.Get(KeyReplyURI),
 		MessageUUID:    msg.UUID,
+		PartitionKey:   md.Get(KeyPartitionKey),
 	}
 	if e.Body == nil {
 		e.Body = []byte{} // body is NOT NULL
@@ -225,6 +229,9 @@ func (e Envelope) ToMessage() (*message.Message, error) {
 			ParentID: e.ParentID, ConversationID: conv, SagaID: e.SagaID, ReplyURI: e.ReplyURI,
 			ReplyRequested: e.ReplyRequested, AckRequested: e.AckRequested, DeliverBy: e.DeliverBy,
 		}.setMetadata(md)
+	}
+	if e.PartitionKey != "" {
+		md.Set(KeyPartitionKey, e.PartitionKey)
 	}
 	md.Set(KeyEnvelopeID, e.ID.String())
 	md.Set(KeyAttempts, strconv.Itoa(e.Attempts))

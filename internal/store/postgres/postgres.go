@@ -43,6 +43,22 @@ func unownedForDestinations(excluded, only int) string {
     AND (cardinality($%[2]d::text[]) = 0 OR destination LIKE ANY($%[2]d::text[]))`, excluded, only)
 }
 
+// headOfKey is the filter of per-key ordering on the envelope table aliased o: a row
+// without a partition key, or the oldest (lowest seq) row of its key with the same sameQueue
+// column (destination, received_at), among the rows that are not Handled marks on the
+// incoming table. A second row of a key is thus claimed only once the first is gone
+// (deleted, or dead-lettered), by whichever relay or subscriber: one at a time per key, in
+// the order the rows were written, across processes and crashes, with no ownership protocol.
+// The NOT EXISTS probe runs on idx_*_partition, and only for keyed rows.
+func headOfKey(table, sameQueue string, incoming bool) string {
+	extra := fmt.Sprintf(" AND e.%[1]s = o.%[1]s", sameQueue)
+	if incoming {
+		extra += " AND e.status <> 'Handled'"
+	}
+	return fmt.Sprintf(`(o.partition_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM %s e WHERE e.partition_key = o.partition_key AND e.seq < o.seq%s))`, table, extra)
+}
+
 // pgSyntax is how PostgreSQL writes the statements every dialect shares.
 var pgSyntax = sqlstore.Syntax{
 	Param: "$%d", CountRows: "count(*)", Now: "now()", False: "false", Types: pgTypes, CatalogTypes: pgCatalogTypes,
@@ -72,13 +88,13 @@ func newPostgres(cfg layout.Config) *postgres {
 	// and draining a backlog was quadratic; the array is an init plan probed through the
 	// primary key.
 	p.claimOut = fmt.Sprintf(`UPDATE %[1]s SET owner_id = $1 WHERE id = ANY(ARRAY(
-  SELECT id FROM %[1]s
-  WHERE %[3]s
+  SELECT id FROM %[1]s o
+  WHERE %[3]s AND %[4]s
   LIMIT $4 FOR UPDATE SKIP LOCKED))
-RETURNING %[2]s`, p.Out, p.claimCols, unownedForDestinations(2, 3))
-	p.lockOut = fmt.Sprintf(`SELECT %[2]s FROM %[1]s
-WHERE %[3]s
-LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.claimCols, unownedForDestinations(1, 2))
+RETURNING %[2]s`, p.Out, p.claimCols, unownedForDestinations(2, 3), headOfKey(p.Out, "destination", false))
+	p.lockOut = fmt.Sprintf(`SELECT %[2]s FROM %[1]s o
+WHERE %[3]s AND %[4]s
+LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.claimCols, unownedForDestinations(1, 2), headOfKey(p.Out, "destination", false))
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.Out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
 	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
@@ -274,11 +290,11 @@ func (p *postgres) NotifyIncoming() string {
 
 func (p *postgres) ClaimIncoming() string {
 	return fmt.Sprintf(`WITH c AS (
-  SELECT id FROM %[1]s
-  WHERE received_at = $2 AND status = 'Incoming' AND owner_id = 0
+  SELECT id FROM %[1]s o
+  WHERE received_at = $2 AND status = 'Incoming' AND owner_id = 0 AND %[3]s
   LIMIT $3 FOR UPDATE SKIP LOCKED)
 UPDATE %[1]s AS i SET owner_id = $1 FROM c WHERE i.id = c.id
-RETURNING i.%[2]s`, p.Inc, strings.Join(row.IncomingColumns, ", i."))
+RETURNING i.%[2]s`, p.Inc, strings.Join(row.IncomingColumns, ", i."), headOfKey(p.Inc, "received_at", true))
 }
 
 func (p *postgres) DeleteIncoming() string {
@@ -378,7 +394,7 @@ var pgIncomingTypes = map[string]string{
 	"correlation_id": "varchar", "parent_id": "varchar", "saga_id": "varchar", "message_type": "varchar",
 	"content_type": "varchar", "reply_requested": "varchar", "ack_requested": "boolean", "reply_uri": "varchar",
 	"message_uuid": "text", "headers": "text", "received_at": "varchar", "status": "varchar",
-	"execution_time": "timestamptz",
+	"execution_time": "timestamptz", "partition_key": "varchar",
 }
 
 func (p *postgres) InsertDeadLetter() string {

@@ -132,11 +132,12 @@ func (m *sqlserver) SchemaExists() string {
 // Store.Catalog reads them.
 var msCatalogTypes = map[layout.ColumnType]string{
 	layout.TypeString: "varchar:%d", layout.TypeBytes: "varbinary:-1", layout.TypeText: "nvarchar:-1",
+	layout.TypeSequence: "bigint",
 }
 
 // msTypes are the DDL types of the layout's column types: strings have the column's size.
 var msTypes = map[layout.ColumnType]string{
 	layout.TypeUUID: "uniqueidentifier", layout.TypeString: "varchar(%s)", layout.TypeInt: "int",
 	layout.TypeTime: "datetimeoffset", layout.TypeBytes: "varbinary(max)", layout.TypeBool: "bit",
-	layout.TypeText: "nvarchar(max)",
+	layout.TypeText: "nvarchar(max)", layout.TypeSequence: "bigint IDENTITY(1,1)",
 }

@@ -371,7 +371,7 @@ func (m *sqlserver) ClaimOutgoing() string {
 	return fmt.Sprintf(`UPDATE TOP (@p4) o SET [owner_id] = @p1
 OUTPUT %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE %[3]s`, m.Out, msCols("inserted.", row.ClaimedOutgoingColumns), unownedForDestinations(2, 3))
+WHERE %[3]s AND %[4]s`, m.Out, msCols("inserted.", row.ClaimedOutgoingColumns), unownedForDestinations(2, 3), msHeadOfKey(m.Out, "destination", false))
 }
 
 // LockOutgoing reads past locked rows and takes update locks on those it returns, held to the
@@ -379,7 +379,20 @@ WHERE %[3]s`, m.Out, msCols("inserted.", row.ClaimedOutgoingColumns), unownedFor
 func (m *sqlserver) LockOutgoing() string {
 	return fmt.Sprintf(`SELECT TOP (@p3) %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE %[3]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(1, 2))
+WHERE %[3]s AND %[4]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(1, 2), msHeadOfKey(m.Out, "destination", false))
+}
+
+// msHeadOfKey is the filter of per-key ordering on the envelope table aliased o (the
+// PostgreSQL dialect's headOfKey explains it). The probe has no READPAST hint: an earlier
+// row of the key that another transaction holds still counts and keeps the later ones back
+// (the probe waits at most for that transaction's end when it changed the row).
+func msHeadOfKey(table, sameQueue string, incoming bool) string {
+	extra := fmt.Sprintf(" AND e.[%[1]s] = o.[%[1]s]", sameQueue)
+	if incoming {
+		extra += " AND e.[status] <> 'Handled'"
+	}
+	return fmt.Sprintf(`(o.[partition_key] IS NULL OR NOT EXISTS (
+    SELECT 1 FROM %s AS e WHERE e.[partition_key] = o.[partition_key] AND e.[seq] < o.[seq]%s))`, table, extra)
 }
 
 // unownedForDestinations is the filter of the relay's claims on the outgoing table aliased o:
@@ -457,11 +470,12 @@ SELECT CAST(CASE WHEN @r >= 0 THEN 1 ELSE 0 END AS bit)`
 // Subscriber statements.
 
 func (m *sqlserver) ClaimIncoming() string {
-	return fmt.Sprintf(`UPDATE TOP (@p3) i SET [owner_id] = @p1
+	return fmt.Sprintf(`UPDATE TOP (@p3) o SET [owner_id] = @p1
 OUTPUT %[2]s
-FROM %[1]s AS i WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE i.[received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND i.[status] = 'Incoming' AND i.[owner_id] = 0`,
-		m.Inc, msCols("inserted.", row.IncomingColumns))
+FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
+WHERE o.[received_at] = CAST(@p2 AS varchar(100)) AND LEN(@p2) <= 100 AND o.[status] = 'Incoming' AND o.[owner_id] = 0
+  AND %[3]s`,
+		m.Inc, msCols("inserted.", row.IncomingColumns), msHeadOfKey(m.Inc, "received_at", true))
 }
 
 // DeleteIncoming cannot be uspDeleteIncomingEnvelopes: Handled rows must stay.

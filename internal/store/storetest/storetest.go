@@ -42,6 +42,8 @@ var cases = []func(e *env){
 	// relay.go
 	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testLockOutgoingByPrefix, testDeleteOutgoing, testReleaseOutgoing,
 	testDeadLetterOutgoing, testDeadLetterMovesAreAtomic,
+	// ordering.go
+	testLockOutgoingHeadOfKey, testClaimIncomingHeadOfKey,
 	// queue.go
 	testClaimIncoming, testClaimIncomingSkipsLockedRows, testDeleteIncoming, testRetryIncoming,
 	testReleaseIncoming, testDeadLetterIncoming,
