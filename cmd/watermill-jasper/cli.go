@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 )
 
+// program is the name of the command, which every line it prints starts with.
 const program = "watermill-jasper"
 
 // env is where a command reads and writes.

@@ -78,6 +78,8 @@ Examples:
 `
 )
 
+// init makes cobra list the commands in the table's order and registers the help templates'
+// functions.
 func init() {
 	cobra.EnableCommandSorting = false // the root usage lists the commands in the table's order
 	cobra.AddTemplateFunc("wrap", wrapParagraphs)

@@ -18,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// main runs the command line with SIGINT and SIGTERM cancelling the context and exits with
+// run's status.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr})

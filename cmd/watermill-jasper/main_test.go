@@ -200,6 +200,8 @@ func TestEveryCommandHasCompleteHelp(t *testing.T) {
 	assertFailure(t, cli(t, "", nil, "storage", "counts", "--nope"), 2, "--nope", "storage counts --help")
 	assertFailure(t, cli(t, "", nil, "storage", "counts", "extra"), 2, `"extra"`)
 	assertFailure(t, cli(t, "", nil, "storage", "counts", "--output", "xml"), 2, "--output", "want text or json")
+	// Long flags take two dashes: the error says so for a long flag written with one.
+	assertFailure(t, cli(t, "", nil, "schema", "migrate", "-dsn", "postgres://x"), 2, "unknown flag -dsn", "two dashes, --dsn")
 }
 
 func testDSN() string { return testdb.PostgresDSN() }

@@ -117,6 +117,7 @@ func (d *destinationsFlag) Set(v string) error {
 	return nil
 }
 
+// relayFlags are the relay command's flags.
 type relayFlags struct {
 	db            dbFlags
 	sessionDSN    stringFlag
@@ -134,6 +135,7 @@ type relayFlags struct {
 	verbose       bool
 }
 
+// setupRelay registers the relay command's flags on fs and returns the function that runs it.
 func setupRelay(fs *pflag.FlagSet) runFunc {
 	var f relayFlags
 	f.db.register(fs)
@@ -162,6 +164,8 @@ func setupRelay(fs *pflag.FlagSet) runFunc {
 	return f.run
 }
 
+// validate checks the flags and returns the --to target (else $AMQP_URL): an AMQP, NATS or
+// Redis URL, or stdout.
 func (f *relayFlags) validate() (to string, err error) {
 	to = f.to.value
 	if !f.to.set {
@@ -202,6 +206,7 @@ func (f *relayFlags) validate() (to string, err error) {
 	return to, nil
 }
 
+// run relays the outbox until ctx ends or a signal stops it (see relaySpec).
 func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	to, err := f.validate()
 	if err != nil {
@@ -388,6 +393,7 @@ type statusLines struct {
 	say    func(format string, args ...any)
 }
 
+// print prints the status line of the forwarder's counters since the last one.
 func (p *statusLines) print(now time.Time) {
 	st := p.fwd.Stats()
 	p.say("relay: %s", progressLine(st, p.last, now.Sub(p.lastAt), now.Sub(p.start)))

@@ -74,6 +74,7 @@ type soakFlags struct {
 	jsonPath  string
 }
 
+// setupSoak registers the soak command's flags on fs and returns the function that runs it.
 func setupSoak(fs *pflag.FlagSet) runFunc {
 	f := &soakFlags{}
 	c := &f.cfg
@@ -167,6 +168,7 @@ func parseDurationRange(s string) (lo, hi time.Duration, err error) {
 	return lo, hi, nil
 }
 
+// run runs the soak with the checked flags and prints its report; a failed soak is an error.
 func (f *soakFlags) run(ctx context.Context, e *env, _ []string) error {
 	if err := f.validate(); err != nil {
 		return err

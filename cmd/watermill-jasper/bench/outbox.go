@@ -195,6 +195,8 @@ func (p outboxPlan) legs(e *env) int {
 	return n
 }
 
+// runOnce is one run of the outbox benchmark: the legs of e's plan, in order, each reported
+// to the progress when it ends.
 func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	cfg := e.cfg
 	var r runResult
