@@ -148,6 +148,55 @@ func TestReader(t *testing.T) {
 		expect(t, r, "a row after the quiet period", e.commitTx("two", 1))
 	})
 
+	t.Run("AnswersKeepalives", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		e.cfg.StatusInterval = time.Minute // only the server's reply requests make it answer
+		// This session's walsender ends a client that says nothing for 1s; it asks for a
+		// reply after 0.5s of silence.
+		conn, err := logrepl.Dial(context.Background(), srv.dsnAs("postgres")+"&options=-c%20wal_sender_timeout%3D1s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := logrepl.Start(context.Background(), conn, e.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close() })
+		expect(t, r, "a row", e.commitTx("before", 1))
+		select {
+		case <-r.Done():
+			t.Fatalf("the stream ended while idle: %v", r.Err())
+		case <-time.After(3 * time.Second): // three times the server's timeout
+		}
+		expect(t, r, "a row after 3s of idleness", e.commitTx("after", 1))
+	})
+
+	t.Run("LargeValues", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		// A body stored out of line (TOAST) and a transaction of 5,000 rows.
+		big := envelopes("orders", "big", 1)
+		big[0].Body = make([]byte, 3<<20)
+		for i := range big[0].Body {
+			big[0].Body[i] = byte(i * 7919 >> 3)
+		}
+		e.insert(nil, big)
+		many := envelopes("orders", "many", 5000)
+		e.insert(nil, many)
+		tx := expect(t, r, "the big row", ids(big))
+		if string(tx.Rows[0].Body) != string(big[0].Body) {
+			t.Fatalf("the big body came back with %d bytes, differing", len(tx.Rows[0].Body))
+		}
+		tx = expect(t, r, "5,000 rows", ids(many))
+		for i, rw := range tx.Rows {
+			if string(rw.Body) != fmt.Sprintf("many-%d", i) {
+				t.Fatalf("row %d: body %q", i, rw.Body)
+			}
+		}
+	})
+
 	t.Run("Columns", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, srv, true)
