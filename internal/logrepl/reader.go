@@ -82,7 +82,8 @@ type Reader struct {
 // confirmed position. A slot streamed by another process is refused with ErrSlotInUse; a
 // missing or invalidated slot with ErrSlotMissing or ErrSlotInvalidated. On success the
 // Reader owns conn (Close closes it); on error conn is still the caller's (usable after a
-// refusal).
+// refusal; when ctx ended while a command was on the wire it may be left in the middle of
+// it: close it then).
 func Start(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader, error) {
 	cfg, err := cfg.Normalized()
 	if err != nil {
@@ -108,7 +109,8 @@ func Start(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader, error
 // WaitForSlot is Start for a stand-by: while the slot is in use by another reader it tries
 // START_REPLICATION again every interval (only that replication command, no SQL statement),
 // until it gets the slot, another error, or ctx ends (the error then wraps both ctx's error
-// and ErrSlotInUse, and conn is still usable). A reader that was killed frees the
+// and ErrSlotInUse, and conn is still usable: an attempt on the wire when ctx ends is let
+// finish, and when it got the slot, the reader is returned). A reader that was killed frees the
 // slot as soon as PostgreSQL ended its backend (at once for pg_terminate_backend or a closed
 // connection; after wal_sender_timeout or the TCP keepalive timeout for a vanished host).
 func WaitForSlot(ctx context.Context, conn *pgconn.PgConn, cfg Config, interval time.Duration) (*Reader, error) {
@@ -128,10 +130,17 @@ func WaitForSlot(ctx context.Context, conn *pgconn.PgConn, cfg Config, interval 
 			return nil, fmt.Errorf("logrepl: wait for slot %s: %w (last: %w)", cfg.Slot, ctx.Err(), err)
 		case <-t.C:
 		}
-		r, err = startStream(ctx, conn, cfg)
+		// The attempt runs to its end even if ctx ends meanwhile, so that conn is never left
+		// in the middle of a command.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptTimeout)
+		r, err = startStream(actx, conn, cfg)
+		cancel()
 	}
 	return r, err
 }
+
+// attemptTimeout bounds one START_REPLICATION attempt of a stand-by.
+const attemptTimeout = 30 * time.Second
 
 // startStream sends START_REPLICATION and starts the reader's loop.
 func startStream(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader, error) {

@@ -152,9 +152,9 @@ func TestReader(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, srv, true)
 		e.cfg.StatusInterval = time.Minute // only the server's reply requests make it answer
-		// This session's walsender ends a client that says nothing for 1s; it asks for a
-		// reply after 0.5s of silence.
-		conn, err := logrepl.Dial(context.Background(), srv.dsnAs("postgres")+"&options=-c%20wal_sender_timeout%3D1s")
+		// This session's walsender ends a client that says nothing for 2s; it asks for a
+		// reply after 1s of silence.
+		conn, err := logrepl.Dial(context.Background(), srv.dsnAs("postgres")+"&options=-c%20wal_sender_timeout%3D2s")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,9 +167,9 @@ func TestReader(t *testing.T) {
 		select {
 		case <-r.Done():
 			t.Fatalf("the stream ended while idle: %v", r.Err())
-		case <-time.After(3 * time.Second): // three times the server's timeout
+		case <-time.After(5 * time.Second): // two and a half times the server's timeout
 		}
-		expect(t, r, "a row after 3s of idleness", e.commitTx("after", 1))
+		expect(t, r, "a row after 5s of idleness", e.commitTx("after", 1))
 	})
 
 	t.Run("LargeValues", func(t *testing.T) {
