@@ -32,7 +32,18 @@ type server struct {
 
 func startServer(t *testing.T, settings ...string) *server {
 	t.Helper()
-	c := testdb.StartCluster(t, settings...)
+	return serverOn(t, testdb.StartCluster(t, settings...))
+}
+
+// startLogicalServer starts a cluster with testdb.LogicalSettings (wal_level = logical,
+// pg_stat_statements) and then settings.
+func startLogicalServer(t *testing.T, settings ...string) *server {
+	t.Helper()
+	return serverOn(t, testdb.StartLogicalCluster(t, settings...))
+}
+
+func serverOn(t *testing.T, c *testdb.Cluster) *server {
+	t.Helper()
 	db, pool := c.Driver(t)
 	return &server{cluster: c, db: db, pool: pool}
 }

@@ -19,9 +19,7 @@ import (
 // TestReader runs the reader's subtests on one private cluster with wal_level = logical and
 // pg_stat_statements loaded; each subtest has its own schema, publication and slot.
 func TestReader(t *testing.T) {
-	srv := startServer(t, "wal_level = logical", "max_wal_senders = 30", "max_replication_slots = 30",
-		"shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = 'all'")
-	srv.exec(t, "CREATE EXTENSION pg_stat_statements")
+	srv := startLogicalServer(t)
 	srv.exec(t, "CREATE ROLE relay LOGIN REPLICATION")
 	srv.exec(t, "CREATE ROLE plain LOGIN")
 
@@ -413,14 +411,7 @@ func TestReader(t *testing.T) {
 		e := newEnv(t, srv, true)
 		e.cfg.StatusInterval = 200 * time.Millisecond
 		srv.exec(t, `GRANT USAGE ON SCHEMA "`+e.cfg.Schema+`" TO relay`)
-		statements := func() int64 {
-			var n int64
-			if err := srv.pool.QueryRow(context.Background(),
-				`SELECT coalesce(sum(s.calls), 0)::bigint FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = 'relay'`).Scan(&n); err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
+		statements := func() int64 { return srv.cluster.StatementCount(t, "relay") }
 		if n := statements(); n != 0 {
 			t.Fatalf("role relay ran %d statements before the test", n)
 		}

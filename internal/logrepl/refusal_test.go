@@ -28,7 +28,7 @@ func TestRefusalsOfTheServer(t *testing.T) {
 
 	t.Run("SlotInvalidated", func(t *testing.T) {
 		t.Parallel()
-		srv := startServer(t, "wal_level = logical", "max_slot_wal_keep_size = 1MB")
+		srv := startLogicalServer(t, "max_slot_wal_keep_size = 1MB")
 		e := newEnv(t, srv, true)
 		ctx := context.Background()
 		// Write WAL past max_slot_wal_keep_size with the slot unread, and checkpoint: the

@@ -105,7 +105,7 @@ func collect(t *testing.T, p *testproc.Proc, want []uuid.UUID, got []uuid.UUID) 
 // seconds and resumes from the confirmed position: every row arrives, in commit order per
 // reader, redelivery allowed.
 func TestStandByTakesOverAfterSIGKILL(t *testing.T) {
-	srv := startServer(t, "wal_level = logical")
+	srv := startLogicalServer(t)
 	e := newEnv(t, srv, true)
 	args := []string{"-dsn", srv.dsnAs("postgres"), "-schema", e.cfg.Schema}
 	a := testproc.Start(t, "reader A", "slotreader", args...)
@@ -179,7 +179,7 @@ func TestStandByTakesOverAfterSIGKILL(t *testing.T) {
 // (the last checkpoint's, maybe older than the last confirmation): every row arrives, in
 // commit order, redelivery allowed.
 func TestDatabaseCrash(t *testing.T) {
-	srv := startServer(t, "wal_level = logical")
+	srv := startLogicalServer(t)
 	e := newEnv(t, srv, true)
 	r, _ := e.start()
 	var committed [][]uuid.UUID
