@@ -40,7 +40,9 @@
 //
 // Once streaming, the reader sends nothing but standby status updates: every
 // Config.StatusInterval (10s), at once when the server asks for a reply (its keepalive), soon
-// after Confirm advanced, and on Flush and Close. It issues no SQL statement while idle. Only
+// (50ms) after Confirm advanced, and on Flush and Close; Close then ends the stream with
+// CopyDone and waits for the server's answer, so the last update is processed and the slot
+// is free when it returns. It issues no SQL statement while idle. Only
 // one reader can stream a slot at a time: PostgreSQL refuses a second START_REPLICATION with
 // SQLSTATE 55006 (object_in_use), which Start returns as ErrSlotInUse; WaitForSlot retries
 // START_REPLICATION on its connection until the slot is free, which is how a stand-by takes
@@ -54,9 +56,12 @@
 // confirmed_flush_lsn and resends every transaction that was not confirmed: delivery is at
 // least once and nothing is lost. Redelivered rows may have been deleted already, so the
 // relay claims rows by primary key and skips those it cannot find. A confirmation can be
-// lost when the reader dies before its next status update, or PostgreSQL crashes before its
-// next checkpoint (confirmed_flush_lsn lives in shared memory between checkpoints); both only
-// cause redelivery.
+// lost when the reader dies before its next status update reached the server (a connection
+// closed with unread data is reset, which may discard what the server had not read yet), or
+// when PostgreSQL crashes before its next checkpoint (confirmed_flush_lsn lives in shared
+// memory between checkpoints: after a crash the slot resumes at the last checkpoint's); all
+// only cause redelivery. Decoding a value can fail (deliver_by = infinity): the row is still
+// delivered, with Row.Err, so that the caller can leave it to the polling relay.
 //
 // When every transaction handed out is confirmed and none is being received, the reader
 // reports the server's last sent position (from its keepalives and from the transactions it
