@@ -52,6 +52,9 @@ func newCrashSchema(t *testing.T) *crashSchema {
 		`CREATE TABLE ` + s.prefix + `sent_log (uuid text PRIMARY KEY)`,
 		`CREATE TABLE ` + s.prefix + `forwarded (uuid text PRIMARY KEY, first_node int NOT NULL, count int NOT NULL)`,
 		`CREATE TABLE ` + s.prefix + `handled (uuid text PRIMARY KEY, first_node int NOT NULL, count int NOT NULL)`,
+		// The order of every relay and handling, with the message's partition key.
+		`CREATE TABLE ` + s.prefix + `relay_log (id bigserial PRIMARY KEY, uuid text NOT NULL, pkey text)`,
+		`CREATE TABLE ` + s.prefix + `handle_log (id bigserial PRIMARY KEY, uuid text NOT NULL, pkey text)`,
 		// Every envelope a forwarder relays into the queue is counted by the inserting
 		// statement itself, with the relaying node's crashnode.node session parameter. A
 		// BEFORE trigger also fires for a copy that ON CONFLICT DO NOTHING then drops (the
@@ -61,6 +64,7 @@ BEGIN
   INSERT INTO ` + s.prefix + `forwarded (uuid, first_node, count)
     VALUES (NEW.message_uuid, current_setting('crashnode.node', true)::int, 1)
     ON CONFLICT (uuid) DO UPDATE SET count = forwarded.count + 1;
+  INSERT INTO ` + s.prefix + `relay_log (uuid, pkey) VALUES (NEW.message_uuid, NEW.partition_key);
   RETURN NEW;
 END $$`,
 		`CREATE TRIGGER count_relay BEFORE INSERT ON ` + cfg.Qualified(schema.IncomingTable) +
@@ -135,7 +139,13 @@ func (s *crashSchema) lockedOutgoing() int64 {
 // are empty (the database offers no event for it: it is polled).
 func (s *crashSchema) awaitHandled() (sent, handled int64) {
 	s.t.Helper()
-	deadline := time.Now().Add(crashTimeout)
+	return s.awaitHandledWithin(crashTimeout)
+}
+
+// awaitHandledWithin is awaitHandled with its own timeout.
+func (s *crashSchema) awaitHandledWithin(timeout time.Duration) (sent, handled int64) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
 		var in, out int64
 		err := database.QueryRow(context.Background(), s.db, `SELECT

@@ -21,6 +21,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/forwarder"
 	"github.com/watermill-jasper/watermill-jasper/internal/testproc"
+	"github.com/watermill-jasper/watermill-jasper/metadata"
 	"github.com/watermill-jasper/watermill-jasper/publisher"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 	"github.com/watermill-jasper/watermill-jasper/subscriber"
@@ -44,7 +45,8 @@ import (
 //     twice has count 2, and first_node is the node that relayed it first;
 //  3. handle: the subscriber consumes the queue -topic (-subscriber-inflight handlers at
 //     once); the handler counts each handling in the table handled (uuid, first_node,
-//     count) with one INSERT ... ON CONFLICT DO UPDATE SET count = count + 1, then acks.
+//     count) with one INSERT ... ON CONFLICT DO UPDATE SET count = count + 1, and logs it in
+//     handle_log (uuid, partition key) in the same statement, then acks.
 //
 // It then keeps relaying and handling until SIGTERM or SIGINT, when it stops gracefully
 // (Runtime.Stop: forwarder, subscriber, agent, node) and exits 0.
@@ -63,6 +65,7 @@ func crashNodeMain() error {
 		prefix         = fs.String("prefix", "m", "prefix of the message UUIDs")
 		messages       = fs.Int("messages", 0, "messages to publish")
 		batch          = fs.Int("batch", 100, "messages per publishing transaction")
+		keys           = fs.Int("keys", 0, "partition keys the messages are spread over, in turn (0: no key)")
 		sinkLatency    = fs.Duration("sink-latency", 0, "latency added to each relayed message (a slow broker)")
 		handlerLatency = fs.Duration("handler-latency", 0, "work time of the handler for each message")
 		fwdBatch       = fs.Int("forwarder-batch", 100, "forwarder BatchSize")
@@ -158,7 +161,7 @@ func crashNodeMain() error {
 			}
 		})
 	}
-	if err := publish(ctx, rt, pool, *schemaName, *topic, *prefix, *messages, *batch); err != nil && ctx.Err() == nil {
+	if err := publish(ctx, rt, pool, *schemaName, *topic, *prefix, *messages, *batch, *keys); err != nil && ctx.Err() == nil {
 		testproc.Emit(testproc.Event{"event": "error", "error": err.Error()})
 	}
 	<-ctx.Done()
@@ -186,8 +189,9 @@ func newPool(ctx context.Context, dsn string, maxConns int32, params map[string]
 }
 
 // publish commits the messages in transactions of batch messages, each recording the UUIDs
-// in sent_log with the outbox rows.
-func publish(ctx context.Context, rt *jasper.Runtime, pool *pgxpool.Pool, schemaName, topic, prefix string, n, batch int) error {
+// in sent_log with the outbox rows. With keys > 0, message i has the partition key
+// "<prefix>-k<i mod keys>".
+func publish(ctx context.Context, rt *jasper.Runtime, pool *pgxpool.Pool, schemaName, topic, prefix string, n, batch, keys int) error {
 	sentLog := quoteSchema(schemaName) + "sent_log"
 	for done := 0; done < n; {
 		k := min(batch, n-done)
@@ -196,6 +200,9 @@ func publish(ctx context.Context, rt *jasper.Runtime, pool *pgxpool.Pool, schema
 		for i := range msgs {
 			uuids[i] = fmt.Sprintf("%s-%06d", prefix, done+i)
 			msgs[i] = message.NewMessage(uuids[i], []byte(fmt.Sprintf(`{"n":%d}`, done+i)))
+			if keys > 0 {
+				msgs[i].Metadata.Set(metadata.PartitionKey, fmt.Sprintf("%s-k%03d", prefix, (done+i)%keys))
+			}
 		}
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `INSERT INTO `+sentLog+` (uuid) SELECT unnest($1::text[])`, uuids); err != nil {
@@ -239,8 +246,9 @@ func (h *handler) handle(msg *message.Message) error {
 	if h.latency > 0 {
 		time.Sleep(h.latency) // the handler's work
 	}
-	_, err := h.pool.Exec(context.Background(), `INSERT INTO `+h.tables+`handled (uuid, first_node, count) VALUES ($1, $2, 1)
-ON CONFLICT (uuid) DO UPDATE SET count = handled.count + 1`, msg.UUID, h.node)
+	_, err := h.pool.Exec(context.Background(), `WITH l AS (INSERT INTO `+h.tables+`handle_log (uuid, pkey) VALUES ($1, NULLIF($3, '')))
+INSERT INTO `+h.tables+`handled (uuid, first_node, count) VALUES ($1, $2, 1)
+ON CONFLICT (uuid) DO UPDATE SET count = handled.count + 1`, msg.UUID, h.node, msg.Metadata.Get(metadata.PartitionKey))
 	return err
 }
 

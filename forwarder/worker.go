@@ -150,6 +150,14 @@ func (w *worker) relayBatch(base context.Context) (n int, found bool, err error)
 		return n, true, fmt.Errorf("commit the outcomes of %d envelopes (relayed again unless the commit was applied): %w", len(w.envs), err)
 	}
 	committed = true
+	for i := range w.envs {
+		if w.envs[i].PartitionKey != "" {
+			// The next envelope of a key becomes claimable only now that its predecessor's
+			// outcome committed (per-key ordering): relay it without waiting for a poll.
+			f.signal()
+			break
+		}
+	}
 	if len(w.dead) > 0 {
 		f.logger.Info("Envelopes moved to the dead letters", watermill.LogFields{"count": len(w.dead), "explanation": w.dead[0].Explanation})
 		if f.onDeadLettered != nil {

@@ -38,6 +38,7 @@ type subscription struct {
 	outstanding atomic.Int64      // claimed and not yet acked/nacked/dead-lettered/handed back
 	lowWater    int64             // claim again when outstanding falls to this
 	wake        chan struct{}     // new envelopes may exist (the agent's wake-ups, Subscriber.Wake)
+	keyed       atomic.Bool       // a claimed envelope had a partition key: wake after each flush
 	need        chan struct{}     // outstanding fell to lowWater
 	unregister  func()            // stops the agent's wake-ups (set by Subscribe before run)
 	retry       backoff.Policy    // the wait after database errors
@@ -218,6 +219,9 @@ func (sub *subscription) claim(limit int) (int, error) {
 	// The rows read are ours, even when the claim failed afterwards (stranded).
 	sub.outstanding.Add(int64(len(envs)))
 	for _, e := range envs {
+		if e.PartitionKey != "" && !sub.keyed.Load() {
+			sub.keyed.Store(true)
+		}
 		sub.ready <- e // never blocks: ready holds lowWater + maxClaims*BatchSize
 	}
 	switch {
@@ -508,6 +512,11 @@ func (f *flusher) flush(ctx context.Context) error {
 	err := errors.Join(errs...)
 	if err != nil {
 		f.sub.logger.Error("Flush failed, retrying", err, nil)
+	}
+	if len(acks)+len(dead) > 0 && f.sub.keyed.Load() {
+		// The next envelope of a partition key becomes claimable only once its predecessor
+		// is deleted (per-key ordering): claim without waiting for a poll.
+		signal(f.sub.wake)
 	}
 	return err
 }

@@ -49,14 +49,17 @@ func unownedForDestinations(excluded, only int) string {
 // incoming table. A second row of a key is thus claimed only once the first is gone
 // (deleted, or dead-lettered), by whichever relay or subscriber: one at a time per key, in
 // the order the rows were written, across processes and crashes, with no ownership protocol.
-// The NOT EXISTS probe runs on idx_*_partition, and only for keyed rows.
+// The NOT EXISTS probe runs on idx_*_partition, and only for keyed rows; it scans the index
+// backwards from the row, so that it meets the row's live predecessor first rather than
+// the dead index entries of the key's rows already sent (until vacuum removes them).
 func headOfKey(table, sameQueue string, incoming bool) string {
 	extra := fmt.Sprintf(" AND e.%[1]s = o.%[1]s", sameQueue)
 	if incoming {
 		extra += " AND e.status <> 'Handled'"
 	}
 	return fmt.Sprintf(`(o.partition_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM %s e WHERE e.partition_key = o.partition_key AND e.seq < o.seq%s))`, table, extra)
+    SELECT 1 FROM %s e WHERE e.partition_key = o.partition_key AND e.seq < o.seq%s
+    ORDER BY e.partition_key DESC, e.seq DESC LIMIT 1))`, table, extra)
 }
 
 // pgSyntax is how PostgreSQL writes the statements every dialect shares.
@@ -292,7 +295,7 @@ func (p *postgres) ClaimIncoming() string {
 	return fmt.Sprintf(`WITH c AS (
   SELECT id FROM %[1]s o
   WHERE received_at = $2 AND status = 'Incoming' AND owner_id = 0 AND %[3]s
-  LIMIT $3 FOR UPDATE SKIP LOCKED)
+  ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)
 UPDATE %[1]s AS i SET owner_id = $1 FROM c WHERE i.id = c.id
 RETURNING i.%[2]s`, p.Inc, strings.Join(row.IncomingColumns, ", i."), headOfKey(p.Inc, "received_at", true))
 }
