@@ -34,9 +34,8 @@ type Row struct {
 	// reply_requested, ack_requested, reply_uri) and message_uuid, headers. Status and
 	// ExecutionTime (incoming columns) stay zero.
 	row.Envelope
-	// Timestamp is the extension column timestamp (when the row was written); nil when
-	// NULL or absent.
-	Timestamp *time.Time
+	// Seq is the extension column seq (the order rows were written in); 0 when absent.
+	Seq int64
 	// Other are the columns this package does not know (added by someone else), decoded
 	// by their type (pgx's pgtype; the raw binary value when the type is unknown); nil when
 	// none.
@@ -183,7 +182,11 @@ func (r *Row) set(name string, v any) error {
 	case "deliver_by":
 		r.DeliverBy, err = toTime(v)
 	case "timestamp":
-		r.Timestamp, err = toTime(v)
+		r.WrittenAt, err = toTime(v)
+	case "partition_key":
+		r.PartitionKey, err = toString(v)
+	case "seq":
+		r.Seq, err = toInt(v)
 	default:
 		if r.Other == nil {
 			r.Other = map[string]any{}

@@ -225,6 +225,17 @@ func (r *Reader) Next(ctx context.Context) (Tx, error) {
 	}
 }
 
+// TryNext returns the next committed transaction when one was received already, without
+// waiting (a caller batching transactions takes what is ready after Next).
+func (r *Reader) TryNext() (Tx, bool) {
+	select {
+	case tx := <-r.out:
+		return tx, true
+	default:
+		return Tx{}, false
+	}
+}
+
 // Confirm records that everything before lsn is done with: pass a Tx's EndLSN once its rows
 // were sent, the broker confirmed them and their delete committed. Positions only move
 // forward (a smaller lsn is ignored); a position past the last transaction Next returned is

@@ -233,8 +233,8 @@ func TestReader(t *testing.T) {
 			check(name, pair[0], pair[1])
 		}
 		check("ack_requested", got.AckRequested, true)
-		if got.Timestamp == nil || got.Timestamp.After(time.Now().Add(time.Minute)) {
-			t.Errorf("timestamp: %v", got.Timestamp)
+		if got.WrittenAt == nil || got.WrittenAt.After(time.Now().Add(time.Minute)) {
+			t.Errorf("timestamp: %v", got.WrittenAt)
 		}
 		// Columns this package decodes into fields never land in Other (columns added to the
 		// layout later, e.g. by a migration this package does not know yet, do).

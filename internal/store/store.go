@@ -312,6 +312,11 @@ type ClaimOutgoingParams struct {
 
 // LockOutgoingParams select the envelopes LockOutgoing locks.
 type LockOutgoingParams struct {
+	// IDs, when not empty, are the only envelopes to lock (the logical-replication source
+	// locks the rows it was told of); ids of rows that are gone, owned, held by another
+	// transaction, paused, outside Only or behind an earlier row of their partition key are
+	// skipped. Limit is then ignored.
+	IDs []uuid.UUID
 	// Exclude destinations (paused by a circuit breaker).
 	Exclude []string
 	// Only these destinations (an entry ending in * matches every destination that starts

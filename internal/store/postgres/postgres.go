@@ -29,6 +29,7 @@ type postgres struct {
 	sqlstore.Base
 	outCols, incCols, claimCols   string
 	claimOut, lockOut, deleteOut  string
+	lockOutByID                   string
 	releaseOutFailed, releaseOut  string
 	deadLetterOut, notifyOut, chn string
 	insertOutOnce                 sync.Once
@@ -98,6 +99,9 @@ RETURNING %[2]s`, p.Out, p.claimCols, unownedForDestinations(2, 3), headOfKey(p.
 	p.lockOut = fmt.Sprintf(`SELECT %[2]s FROM %[1]s o
 WHERE %[3]s AND %[4]s
 LIMIT $3 FOR UPDATE SKIP LOCKED`, p.Out, p.claimCols, unownedForDestinations(1, 2), headOfKey(p.Out, "destination", false))
+	p.lockOutByID = fmt.Sprintf(`SELECT %[2]s FROM %[1]s o
+WHERE o.id = ANY($1::uuid[]) AND %[3]s AND %[4]s
+FOR UPDATE SKIP LOCKED`, p.Out, p.claimCols, unownedForDestinations(2, 3), headOfKey(p.Out, "destination", false))
 	p.deleteOut = fmt.Sprintf(`DELETE FROM %s WHERE id = ANY($1::uuid[])`, p.Out)
 	p.releaseOutFailed = fmt.Sprintf(`UPDATE %s SET owner_id = 0, attempts = COALESCE(attempts, 0) + 1 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
 	p.releaseOut = fmt.Sprintf(`UPDATE %s SET owner_id = 0 WHERE id = ANY($1::uuid[]) AND owner_id = $2`, p.Out)
@@ -189,6 +193,7 @@ func (p *postgres) NotifyOutgoing() string        { return p.notifyOut }
 func (p *postgres) OutgoingChannel() string       { return p.chn }
 func (p *postgres) ClaimOutgoing() string         { return p.claimOut }
 func (p *postgres) LockOutgoing() string          { return p.lockOut }
+func (p *postgres) LockOutgoingByID() string      { return p.lockOutByID }
 func (p *postgres) DeleteOutgoing() string        { return p.deleteOut }
 func (p *postgres) ReleaseOutgoingFailed() string { return p.releaseOutFailed }
 func (p *postgres) ReleaseOutgoing() string       { return p.releaseOut }

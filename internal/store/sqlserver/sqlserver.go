@@ -382,6 +382,13 @@ FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
 WHERE %[3]s AND %[4]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(1, 2), msHeadOfKey(m.Out, "destination", false))
 }
 
+// LockOutgoingByID is LockOutgoing restricted to the ids of the list @p1.
+func (m *sqlserver) LockOutgoingByID() string {
+	return fmt.Sprintf(`SELECT %[2]s
+FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
+WHERE o.[id] IN (SELECT [ID] FROM @p1) AND %[3]s AND %[4]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(2, 3), msHeadOfKey(m.Out, "destination", false))
+}
+
 // msHeadOfKey is the filter of per-key ordering on the envelope table aliased o (the
 // PostgreSQL dialect's headOfKey explains it). The probe has no READPAST hint: an earlier
 // row of the key that another transaction holds still counts and keeps the later ones back

@@ -81,6 +81,9 @@ type Dialect interface {
 	// changing them. Args: excluded destinations (StringList), only the destinations matching
 	// these LIKE patterns, escape character \ (StringList, empty = all), limit int.
 	LockOutgoing() string
+	// LockOutgoingByID is LockOutgoing restricted to a list of ids, without a limit. Args:
+	// IDList, excluded destinations (StringList), only patterns (StringList).
+	LockOutgoingByID() string
 	// DeleteOutgoing deletes envelopes by id. Args: IDList.
 	DeleteOutgoing() string
 	// ReleaseOutgoingFailed hands envelopes back (owner 0) counting one more attempt; only

@@ -253,6 +253,9 @@ func (o *ops) ClaimOutgoing(ctx context.Context, p store.ClaimOutgoingParams) ([
 
 // LockOutgoing locks up to Limit unowned outgoing envelopes in the caller's transaction.
 func (o *ops) LockOutgoing(ctx context.Context, p store.LockOutgoingParams) ([]row.Envelope, error) {
+	if len(p.IDs) > 0 {
+		return o.claim(ctx, row.ScanClaimedOutgoing, o.d.LockOutgoingByID(), o.d.IDList(p.IDs), o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)))
+	}
 	return o.claim(ctx, row.ScanClaimedOutgoing, o.d.LockOutgoing(), o.d.StringList(p.Exclude), o.d.StringList(likePatterns(p.Only)), p.Limit)
 }
 

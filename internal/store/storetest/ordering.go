@@ -74,3 +74,21 @@ func testClaimIncomingHeadOfKey(e *env) {
 	e.ok(e.s.DeleteIncoming(e.ctx, idsOf(k[0])))
 	e.claimedIDs("jobs once the head is handled", e.claimIn(5, "jobs", 10), 5, k[1])
 }
+
+// LockOutgoing with IDs locks only those of the listed rows that are there, unowned, free,
+// within the destination filters and first of their key (the logical-replication source).
+func testLockOutgoingByID(e *env) {
+	a, b, c := outEnv("a"), outEnv("a"), outEnv("b")
+	mine := owned(9, outEnv("a"))[0]
+	k := keyed("order-1", outEnv("a"), outEnv("a"))
+	e.outInOrder(a, b, c, mine, k[0], k[1])
+	gone := outEnv("a") // never inserted
+	first := e.begin()
+	got := must(first.ops.LockOutgoing(e.ctx, store.LockOutgoingParams{IDs: idsOf(a, b, mine, gone, k[1])}))
+	e.claimedIDs("a, b, an owned row, a missing one, a keyed row behind another", got, 0, a, b)
+	second := e.begin()
+	e.claimedIDs("a held by the first, c; only b", must(second.ops.LockOutgoing(e.ctx, store.LockOutgoingParams{IDs: idsOf(a, c), Only: []string{"b"}})), 0, c)
+	e.ok(second.Rollback(e.ctx))
+	e.claimedIDs("c excluded", must(e.s.LockOutgoing(e.ctx, store.LockOutgoingParams{IDs: idsOf(c, k[0]), Exclude: []string{"b"}})), 0, k[0])
+	e.ok(first.Rollback(e.ctx))
+}

@@ -43,7 +43,7 @@ var cases = []func(e *env){
 	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testLockOutgoingByPrefix, testDeleteOutgoing, testReleaseOutgoing,
 	testDeadLetterOutgoing, testDeadLetterMovesAreAtomic,
 	// ordering.go
-	testLockOutgoingHeadOfKey, testClaimIncomingHeadOfKey,
+	testLockOutgoingHeadOfKey, testClaimIncomingHeadOfKey, testLockOutgoingByID,
 	// queue.go
 	testClaimIncoming, testClaimIncomingSkipsLockedRows, testDeleteIncoming, testRetryIncoming,
 	testReleaseIncoming, testDeadLetterIncoming,
