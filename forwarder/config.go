@@ -91,6 +91,12 @@ type Config struct {
 	// envelopes are not its to take).
 	Destinations []string
 
+	// LogicalReplication, when set, follows the outbox through a PostgreSQL logical
+	// replication slot: no statement while idle, envelopes in commit order, the polling path
+	// for what the slot does not bring (see LogicalReplication). PostgreSQL 14 or later with
+	// wal_level = logical.
+	LogicalReplication *LogicalReplication
+
 	// TracerProvider, when set, traces every relayed envelope with an OpenTelemetry span
 	// "send <topic>" (kind producer, messaging semantic conventions), a child of the trace
 	// context the envelope carries (its metadata traceparent, from parent_id or headers), and

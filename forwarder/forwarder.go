@@ -107,6 +107,8 @@ type Forwarder struct {
 	wake chan struct{} // buffered(1): coalesced wake-ups for the workers
 	jobs chan *item    // messages to publish, read by PublishConcurrency goroutines
 
+	follower *follower // the logical-replication source; nil: polling only
+
 	claimed, sent, failed, expired, deadLettered, released atomic.Int64
 	lastFound                                              atomic.Int64  // unix nanos of the last claim that found envelopes
 	busy                                                   chan struct{} // tells poll that claims find envelopes again
@@ -150,6 +152,16 @@ func NewForwarder(agent *durability.Agent, config Config, logger watermill.Logge
 		busy:    make(chan struct{}, 1),
 		jobs:    make(chan *item),
 		tracer:  tracing.New(config.TracerProvider),
+	}
+	if lr := config.LogicalReplication; lr != nil {
+		if st.Dialect() != schema.Postgres {
+			return nil, fmt.Errorf("%w: LogicalReplication needs PostgreSQL; the agent's database is %s", ErrInvalidConfig, st.Dialect())
+		}
+		fl, err := newFollower(f, *lr, st.Schema().Schema)
+		if err != nil {
+			return nil, err
+		}
+		f.follower = fl
 	}
 	f.breaker = newBreaker(config.CircuitBreakAfter, config.CircuitPause, config.MaxCircuitPause)
 	f.breaker.opened = f.circuitOpened
@@ -199,6 +211,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		})
 	}
 	loops.Go(func() { f.poll(stopCtx) })
+	if fl := f.follower; fl != nil {
+		fl.w = f.newWorker(ctx, -1, stopCtx.Done())
+		loops.Go(func() { fl.run(stopCtx) })
+	}
 
 	var workers sync.WaitGroup
 	for i := range f.config.Workers {
@@ -304,7 +320,12 @@ func (f *Forwarder) poll(ctx context.Context) {
 			f.signal()
 		}
 		interval := f.config.PollInterval
-		if time.Since(time.Unix(0, f.lastFound.Load())) < f.config.PollInterval {
+		switch {
+		case f.following():
+			// The replication slot brings what is committed; the polling path waits for its
+			// wake-ups (the source's hand-overs and retries, the agent's).
+			interval = time.Hour
+		case time.Since(time.Unix(0, f.lastFound.Load())) < f.config.PollInterval:
 			interval = f.config.ActivePollInterval
 		}
 		t.Reset(interval)

@@ -41,6 +41,9 @@ type worker struct {
 	// idle: the last batch found nothing, so the next one first looks without a transaction
 	// (one statement instead of BEGIN, a lock and ROLLBACK while the outbox stays empty).
 	idle bool
+	// resolved is how many envelopes the last committed batch deleted (sent, expired) or
+	// moved to the dead letters.
+	resolved int
 }
 
 // deadLetter queues the move of an envelope to the dead letters, with err described as
@@ -108,10 +111,17 @@ func (w *worker) run(ctx context.Context) {
 // lost, the batch may be relayed again (at least once). It returns the size of the regular
 // lock and whether any envelope was found.
 func (w *worker) relayBatch(base context.Context) (n int, found bool, err error) {
-	f := w.f
 	if w.idle && !w.anythingToLock(base) {
 		return 0, false, nil
 	}
+	return w.relay(base, w.lock)
+}
+
+// relay runs one batch whose envelopes lock takes in the batch's transaction (ops): the
+// polling claim (worker.lock) or the logical-replication source's lock by id.
+func (w *worker) relay(base context.Context, lock func(base context.Context, ops store.Ops) (int, error)) (n int, found bool, err error) {
+	f := w.f
+	w.resolved = 0
 	defer func() {
 		clear(w.items) // drop the messages
 		clear(w.envs)
@@ -135,7 +145,7 @@ func (w *worker) relayBatch(base context.Context) (n int, found bool, err error)
 		}
 	}()
 	ops := f.store.With(tx)
-	n, err = w.lock(base, ops)
+	n, err = lock(base, ops)
 	w.idle = err == nil && len(w.envs) == 0
 	if err != nil || len(w.envs) == 0 {
 		return n, false, err
@@ -150,6 +160,12 @@ func (w *worker) relayBatch(base context.Context) (n int, found bool, err error)
 		return n, true, fmt.Errorf("commit the outcomes of %d envelopes (relayed again unless the commit was applied): %w", len(w.envs), err)
 	}
 	committed = true
+	w.resolved = len(w.done) + len(w.dead)
+	if len(w.retry) > 0 && f.following() {
+		// No poll comes while the replication slot streams: try the failed ones again soon
+		// (a paused destination is woken by its pause's end instead).
+		time.AfterFunc(f.config.CircuitPause, f.signal)
+	}
 	for i := range w.envs {
 		if w.envs[i].PartitionKey != "" {
 			// The next envelope of a key becomes claimable only now that its predecessor's
@@ -192,7 +208,7 @@ func (w *worker) lock(base context.Context, ops store.Ops) (int, error) {
 	f := w.f
 	w.probes = f.breaker.takeProbes(time.Now(), w.probes[:0])
 	for i, d := range w.probes {
-		n, err := w.lockInto(base, ops, nil, []string{d}, 1)
+		n, err := w.lockInto(base, ops, store.LockOutgoingParams{Only: []string{d}, Limit: 1})
 		if err == nil && n == 0 {
 			f.breaker.probeEmpty(d)
 		}
@@ -205,16 +221,16 @@ func (w *worker) lock(base context.Context, ops store.Ops) (int, error) {
 	}
 	w.nProbes = len(w.envs)
 	w.excluded = f.breaker.excluded(w.excluded[:0])
-	return w.lockInto(base, ops, w.excluded, f.config.Destinations, f.config.BatchSize)
+	return w.lockInto(base, ops, store.LockOutgoingParams{Exclude: w.excluded, Only: f.config.Destinations, Limit: f.config.BatchSize})
 }
 
 // lockInto runs one lock statement and appends the envelopes read to w.envs. On an error
 // nothing of the batch is relayed: the transaction is rolled back.
-func (w *worker) lockInto(base context.Context, ops store.Ops, excluded, only []string, limit int) (int, error) {
+func (w *worker) lockInto(base context.Context, ops store.Ops, p store.LockOutgoingParams) (int, error) {
 	f := w.f
 	ctx, cancel := context.WithTimeout(base, statementTimeout)
 	defer cancel()
-	envs, err := ops.LockOutgoing(ctx, store.LockOutgoingParams{Exclude: excluded, Only: only, Limit: limit})
+	envs, err := ops.LockOutgoing(ctx, p)
 	if err != nil {
 		w.envs = w.envs[:0]
 		return 0, fmt.Errorf("lock outgoing envelopes: %w", err)

@@ -52,6 +52,7 @@ type Reader struct {
 	out       chan Tx
 	confirmed atomic.Uint64
 	reported  atomic.Uint64
+	serverEnd atomic.Uint64 // the server's WAL end, from its keepalives and data messages
 	kickCh    chan struct{}
 	flushCh   chan chan struct{}
 	ctx       context.Context
@@ -257,6 +258,11 @@ func (r *Reader) Confirm(lsn LSN) {
 
 // Confirmed is the highest position given to Confirm.
 func (r *Reader) Confirmed() LSN { return LSN(r.confirmed.Load()) }
+
+// ServerWALEnd is the end of the server's write-ahead log as its last keepalive or data
+// message gave it: ServerWALEnd - Confirmed is how far (in bytes) the slot's consumer is
+// behind, without a statement.
+func (r *Reader) ServerWALEnd() LSN { return LSN(r.serverEnd.Load()) }
 
 // Reported is the flush position of the last standby status update sent to the server.
 func (r *Reader) Reported() LSN { return LSN(r.reported.Load()) }
@@ -512,6 +518,7 @@ func (r *Reader) handle(msg pgproto3.BackendMessage) error {
 			if err != nil {
 				return fmt.Errorf("logrepl: slot %s: %w", r.cfg.Slot, err)
 			}
+			r.serverEnd.Store(max(r.serverEnd.Load(), uint64(k.ServerWALEnd)))
 			if r.caughtUp() {
 				r.idle = max(r.idle, k.ServerWALEnd)
 			}
@@ -523,6 +530,7 @@ func (r *Reader) handle(msg pgproto3.BackendMessage) error {
 			if err != nil {
 				return fmt.Errorf("logrepl: slot %s: %w", r.cfg.Slot, err)
 			}
+			r.serverEnd.Store(max(r.serverEnd.Load(), uint64(x.ServerWALEnd)))
 			return r.logical(x.WALData)
 		}
 		return nil

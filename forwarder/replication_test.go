@@ -1,0 +1,218 @@
+package forwarder
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
+)
+
+// quietAgent turns off the agent's periodic jobs that read the outbox, so that what the
+// test counts there is the forwarder's.
+func quietAgent(s *agentSetup) {
+	s.config.NodeReassignmentPollingTime = -1
+	s.config.DisableNotify = true
+}
+
+// replicationEnv is a schema on a private cluster with wal_level = logical, its publication
+// and slot, and an agent on it.
+type replicationEnv struct {
+	*env
+	cluster *testdb.Cluster
+	pool    *pgxpool.Pool
+	lr      LogicalReplication
+}
+
+func newReplicationEnv(t *testing.T) *replicationEnv {
+	t.Helper()
+	cluster := testdb.StartLogicalCluster(t)
+	db, pool := cluster.Driver(t)
+	st, err := db.Store(layout.Config{Schema: testdb.Schema(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return &replicationEnv{
+		env: newEnvOn(t, db, st.Schema(), quietAgent), cluster: cluster, pool: pool,
+		lr: LogicalReplication{DSN: cluster.DSN(), Create: true, RetryInterval: 200 * time.Millisecond},
+	}
+}
+
+// awaitStreaming waits until f streams its slot (or stops streaming, want false).
+func awaitStreaming(t *testing.T, f *Forwarder, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		s, _ := f.ReplicationStats()
+		if s.Streaming == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("forwarder streaming = %v after %s, want %v (last error %q)", s.Streaming, testTimeout, want, s.LastError)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// outboxStatements counts the statements run on the outbox table (pg_stat_statements).
+func (e *replicationEnv) outboxStatements(t *testing.T) int64 {
+	t.Helper()
+	var n int64
+	err := e.pool.QueryRow(context.Background(), `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+		WHERE query LIKE '%' || $1 || '%'`, e.schema.Qualified(layout.OutgoingTable)).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// The logical-replication source end to end: the rows waiting before the slot existed go by
+// the polling path at start; then each committed transaction arrives through the slot (none
+// handed over), and while the outbox is idle the forwarder runs no statement on it.
+func TestLogicalReplicationRelaysAndIdlesWithoutStatements(t *testing.T) {
+	t.Parallel()
+	e := newReplicationEnv(t)
+	pubsub := goChannel(t)
+	e.insert("orders", newMessages(50, "before")...)
+	c := collect(t, pubsub, "orders", 50+200)
+	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, PollInterval: 200 * time.Millisecond})
+	start(t, f)
+	awaitStreaming(t, f, true)
+	for i := range 200 {
+		e.insert("orders", newMessages(1, fmt.Sprintf("after-%d", i))...)
+	}
+	c.wait(t, "the 50 rows of before the slot and the 200 committed after")
+	s, _ := f.ReplicationStats()
+	if s.Transactions < 200 || s.Handover != 0 {
+		t.Errorf("replication stats %+v: want at least 200 transactions from the slot and none handed over", s)
+	}
+	t.Logf("replication stats after the run: %+v", s)
+
+	// Idle: no statement on the outbox for 3 s (the slot's keepalives are not statements).
+	before := e.outboxStatements(t)
+	time.Sleep(3 * time.Second) // the measured interval itself: nothing to wait for
+	if n := e.outboxStatements(t) - before; n != 0 {
+		t.Errorf("%d statements on the outbox in 3 s of idleness, want 0", n)
+	}
+	if got := e.outgoing(); got != 0 {
+		t.Errorf("%d outgoing rows left", got)
+	}
+}
+
+// Two forwarders on one slot: one streams, the other stands by; when the active one stops,
+// the stand-by takes the slot over within a few seconds and nothing committed meanwhile is
+// lost. (A relay killed with SIGKILL: cmd/watermill-jasper's relay tests.)
+func TestLogicalReplicationStandByTakesOver(t *testing.T) {
+	t.Parallel()
+	e := newReplicationEnv(t)
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "orders", 300)
+	active := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, PollInterval: 200 * time.Millisecond})
+	start(t, active)
+	awaitStreaming(t, active, true)
+	standBy := newEnvOn(t, e.db, e.schema, quietAgent).forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, PollInterval: 200 * time.Millisecond})
+	start(t, standBy)
+	if s, _ := standBy.ReplicationStats(); s.Streaming {
+		t.Fatal("the stand-by streams the slot the active forwarder streams")
+	}
+	for i := range 100 {
+		e.insert("orders", newMessages(1, fmt.Sprintf("first-%d", i))...)
+	}
+	if err := active.Close(); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	for i := range 200 {
+		e.insert("orders", newMessages(1, fmt.Sprintf("second-%d", i))...)
+	}
+	awaitStreaming(t, standBy, true)
+	took := time.Since(killedAt)
+	c.wait(t, "every message, the stand-by relaying after the take-over")
+	t.Logf("the stand-by streamed the slot %s after the active forwarder closed", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("the stand-by took %s to take the slot over, want a few seconds", took)
+	}
+}
+
+// A slot dropped under a streaming forwarder: it falls back to polling (messages keep
+// arriving), says why, and streams again once the slot exists again.
+func TestLogicalReplicationFallsBackToPolling(t *testing.T) {
+	t.Parallel()
+	e := newReplicationEnv(t)
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "orders", 100)
+	lr := e.lr
+	lr.Create = false
+	lr.RetryInterval = 2 * time.Second // time to drop the slot before the forwarder tries again
+	conn, err := logrepl.Dial(context.Background(), mustReplicationDSN(t, e.cluster.DSN()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	cfg := logrepl.Config{Schema: e.schema.Schema}
+	if _, err := logrepl.Setup(context.Background(), conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &lr, PollInterval: 100 * time.Millisecond})
+	start(t, f)
+	awaitStreaming(t, f, true)
+	// Drop the slot: terminate its stream first (an active slot cannot be dropped).
+	var pid int
+	if err := e.pool.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, "wj_outbox_"+e.schema.Schema).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(context.Background(), `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	awaitStreaming(t, f, false)
+	// The terminated backend exits on its own time: drop the slot once it is inactive.
+	for deadline := time.Now().Add(testTimeout); ; {
+		_, err := e.pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, "wj_outbox_"+e.schema.Schema)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drop the slot: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := range 100 {
+		e.insert("orders", newMessages(1, fmt.Sprintf("polled-%d", i))...)
+	}
+	c.wait(t, "the messages committed while the slot was missing, by polling")
+	// The forwarder tried the slot again meanwhile (2 s after the end of its stream) and was
+	// told it is missing.
+	for deadline := time.Now().Add(testTimeout); ; {
+		s, _ := f.ReplicationStats()
+		if strings.Contains(s.LastError, "does not exist") {
+			t.Logf("while the slot was missing: %s", s.LastError)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("last error %q does not say the slot is missing", s.LastError)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := logrepl.Setup(context.Background(), conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	awaitStreaming(t, f, true)
+}
+
+func mustReplicationDSN(t *testing.T, dsn string) string {
+	t.Helper()
+	d, err := replicationDSN(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
