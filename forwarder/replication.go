@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
 	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
@@ -33,12 +34,14 @@ import (
 // read (missing, invalidated, the connection lost), the forwarder polls as usual and tries the
 // slot again every RetryInterval.
 //
-// Several forwarders may name one slot: one streams it, the others stand by (and poll only
-// when woken) and take it over within RetryInterval of the active one's end (PostgreSQL lets
-// one reader stream a slot at a time).
+// Several forwarders may name one slot: one streams it, the others stand by (polling only
+// when woken, as the streaming one does) and take it over within RetryInterval of the active
+// one's end (PostgreSQL lets one reader stream a slot at a time); the one that takes over
+// first drains what the table holds.
 type LogicalReplication struct {
 	// DSN is a PostgreSQL connection string (URL or key=value) of a role with the REPLICATION
-	// attribute, to the database of the outbox; "replication=database" is added. Required.
+	// attribute, to the database of the outbox; the connection is opened with
+	// replication=database. Required.
 	DSN string
 	// Slot is the logical replication slot (plugin pgoutput). Default "wj_outbox_<schema>".
 	Slot string
@@ -86,12 +89,15 @@ type follower struct {
 	w     *worker
 
 	streaming           atomic.Bool
+	standingBy          atomic.Bool // waiting for the slot another relay streams
 	reader              atomic.Pointer[logrepl.Reader]
 	oldest              atomic.Int64 // unix nanos of the commit of the oldest unconfirmed transaction; 0: none
 	txs, rows, handover atomic.Int64
 	mu                  sync.Mutex
 	lastErr             string
 	ids                 []uuid.UUID
+	pending             []uuid.UUID // rows not locked yet (sweep); the follow goroutine's
+	sweeps              int         // tries of the pending rows so far
 }
 
 // newFollower validates the source of schema's outbox.
@@ -99,10 +105,10 @@ func newFollower(f *Forwarder, lr LogicalReplication, schemaName string) (*follo
 	if strings.TrimSpace(lr.DSN) == "" {
 		return nil, fmt.Errorf("%w: LogicalReplication.DSN is required (a role with REPLICATION, to the outbox's database)", ErrInvalidConfig)
 	}
-	dsn, err := replicationDSN(lr.DSN)
-	if err != nil {
-		return nil, err
+	if _, err := pgconn.ParseConfig(lr.DSN); err != nil {
+		return nil, fmt.Errorf("%w: LogicalReplication.DSN: %w", ErrInvalidConfig, err) // pgconn redacts the password
 	}
+	dsn := lr.DSN
 	cfg, err := logrepl.Config{Schema: schemaName, Slot: lr.Slot, Publication: lr.Publication}.Normalized()
 	if err != nil {
 		return nil, fmt.Errorf("%w: LogicalReplication: %w", ErrInvalidConfig, err)
@@ -114,27 +120,6 @@ func newFollower(f *Forwarder, lr LogicalReplication, schemaName string) (*follo
 		f: f, cfg: cfg, dsn: dsn, lr: lr,
 		retry: backoff.Policy{Initial: lr.RetryInterval, Max: max(lr.RetryInterval, time.Minute)},
 	}, nil
-}
-
-// replicationDSN adds replication=database to a URL or key=value DSN.
-func replicationDSN(dsn string) (string, error) {
-	dsn = strings.TrimSpace(dsn)
-	switch {
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		sep := "?"
-		if strings.Contains(dsn, "?") {
-			sep = "&"
-		}
-		if strings.Contains(dsn, "replication=") {
-			return dsn, nil
-		}
-		return dsn + sep + "replication=database", nil
-	case strings.Contains(dsn, "://"):
-		return "", fmt.Errorf("%w: LogicalReplication.DSN must be a postgres:// URL or key=value pairs", ErrInvalidConfig)
-	case strings.Contains(dsn, "replication="):
-		return dsn, nil
-	}
-	return dsn + " replication=database", nil
 }
 
 // run follows the slot until ctx ends, falling back to polling while it cannot.
@@ -197,7 +182,9 @@ func (fl *follower) follow(ctx context.Context) error {
 	r, err := logrepl.Start(ctx, conn, fl.cfg)
 	if errors.Is(err, logrepl.ErrSlotInUse) {
 		f.logger.Info("Replication slot in use by another relay: standing by", watermill.LogFields{"slot": fl.cfg.Slot, "error": err.Error()})
+		fl.standingBy.Store(true)
 		r, err = logrepl.WaitForSlot(ctx, conn, fl.cfg, fl.lr.RetryInterval)
+		fl.standingBy.Store(false)
 	}
 	if err != nil {
 		_ = conn.Close(context.WithoutCancel(ctx))
@@ -205,6 +192,7 @@ func (fl *follower) follow(ctx context.Context) error {
 	}
 	defer func() { _ = r.Close() }()
 	fl.reader.Store(r)
+	fl.pending, fl.sweeps = fl.pending[:0], 0 // the polling path took what the last stream left
 	fl.streaming.Store(true)
 	fl.setErr(nil)
 	f.logger.Info("Following the outbox through the replication slot", watermill.LogFields{"slot": fl.cfg.Slot, "pid": r.PID()})
@@ -213,7 +201,19 @@ func (fl *follower) follow(ctx context.Context) error {
 	f.signal()
 	var txs []logrepl.Tx
 	for {
-		tx, err := r.Next(ctx)
+		var tx logrepl.Tx
+		var err error
+		if len(fl.pending) > 0 {
+			nctx, cancel := context.WithTimeout(ctx, sweepDelays[fl.sweeps])
+			tx, err = r.Next(nctx)
+			cancel()
+			if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				fl.sweep(ctx)
+				continue
+			}
+		} else {
+			tx, err = r.Next(ctx)
+		}
 		if err != nil {
 			return err
 		}
@@ -240,44 +240,84 @@ func (fl *follower) follow(ctx context.Context) error {
 }
 
 // relay sends the rows of txs in one batch (commit order between batches; within a batch
-// the rows of one partition key are sent one at a time, the later ones by the polling path)
-// and wakes the polling path for what it left.
+// the rows of one partition key are sent one at a time, the later ones by the polling path).
+// The rows it could not lock (another relay holds them, or they wait behind an earlier row of
+// their key) become pending: sweep tries them again until they are gone.
 func (fl *follower) relay(ctx context.Context, txs []logrepl.Tx) {
 	f := fl.f
 	ids := fl.ids[:0]
-	wanted := 0
+	other := 0
 	for _, tx := range txs {
 		for i := range tx.Rows {
 			rw := &tx.Rows[i]
 			if !f.takes(rw.Destination) {
-				continue // not this forwarder's: nothing to hand over
+				continue // not this forwarder's
 			}
-			wanted++
 			if rw.Err != nil || rw.OwnerID != 0 {
-				continue // unreadable here, or owned by a node: the polling path's
+				other++ // unreadable here, or owned by a node: the polling path's
+				continue
 			}
 			ids = append(ids, rw.ID)
 		}
 	}
 	fl.ids = ids
-	sent := 0
-	if len(ids) > 0 {
-		lock := func(base context.Context, ops store.Ops) (int, error) {
-			excluded := f.breaker.excluded(fl.w.excluded[:0])
-			fl.w.excluded = excluded
-			return fl.w.lockInto(base, ops, store.LockOutgoingParams{IDs: ids, Exclude: excluded, Only: f.config.Destinations})
-		}
-		if _, _, err := fl.w.relay(context.WithoutCancel(ctx), lock); err != nil {
-			f.logger.Error("Relaying a batch of the replication slot failed; the polling path relays its envelopes", err, watermill.LogFields{"slot": fl.cfg.Slot})
-		} else {
-			sent = fl.w.resolved
-		}
-	}
-	if left := wanted - sent; left > 0 {
-		fl.handover.Add(int64(left))
+	if other > 0 {
+		fl.handover.Add(int64(other))
 		f.signal()
 	}
+	fl.pending = append(fl.pending, fl.lockAndRelay(ctx, ids)...)
 	clear(fl.ids)
+}
+
+// lockAndRelay relays, in one batch, those of ids it can lock, and returns the others.
+func (fl *follower) lockAndRelay(ctx context.Context, ids []uuid.UUID) (left []uuid.UUID) {
+	f := fl.f
+	if len(ids) == 0 {
+		return nil
+	}
+	locked := map[uuid.UUID]bool{}
+	lock := func(base context.Context, ops store.Ops) (int, error) {
+		excluded := f.breaker.excluded(fl.w.excluded[:0])
+		fl.w.excluded = excluded
+		n, err := fl.w.lockInto(base, ops, store.LockOutgoingParams{IDs: ids, Exclude: excluded, Only: f.config.Destinations})
+		for _, e := range fl.w.envs {
+			locked[e.ID] = true
+		}
+		return n, err
+	}
+	if _, _, err := fl.w.relay(context.WithoutCancel(ctx), lock); err != nil {
+		f.logger.Error("Relaying a batch of the replication slot failed; its envelopes are tried again", err, watermill.LogFields{"slot": fl.cfg.Slot})
+		clear(locked) // rolled back: all still there
+	}
+	for _, id := range ids {
+		if !locked[id] {
+			left = append(left, id)
+		}
+	}
+	if len(left) > 0 {
+		fl.handover.Add(int64(len(left)))
+	}
+	return left
+}
+
+// sweepDelays are the waits before each try of the pending rows: a row another relay holds
+// is normally sent (and gone) within a batch's time; one still there after the last try is
+// left to the polling path's wake-ups.
+var sweepDelays = []time.Duration{20 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second}
+
+// sweep tries the pending rows again: those it can lock now are relayed; rows that are gone
+// (sent or dead-lettered by another relay) are never returned and are dropped after the last
+// try, with a wake-up of the polling path.
+func (fl *follower) sweep(ctx context.Context) {
+	fl.pending = fl.lockAndRelay(ctx, fl.pending)
+	fl.sweeps++
+	switch {
+	case len(fl.pending) == 0:
+		fl.sweeps = 0
+	case fl.sweeps >= len(sweepDelays):
+		fl.pending, fl.sweeps = fl.pending[:0], 0
+		fl.f.signal()
+	}
 }
 
 // stats reads the source's figures.
@@ -309,9 +349,13 @@ func (f *Forwarder) ReplicationStats() (s ReplicationStats, ok bool) {
 	return f.follower.stats(), true
 }
 
-// following reports whether the forwarder streams its replication slot now: the polling
-// path then runs on wake-ups only.
-func (f *Forwarder) following() bool { return f.follower != nil && f.follower.streaming.Load() }
+// following reports whether the forwarder streams its replication slot, or stands by while
+// another relay streams it: the polling path then runs on wake-ups only (the streaming relay
+// polls what its slot does not bring; a stand-by that takes the slot over drains what is
+// left first).
+func (f *Forwarder) following() bool {
+	return f.follower != nil && (f.follower.streaming.Load() || f.follower.standingBy.Load())
+}
 
 // takes reports whether destination is one of Config.Destinations (all when empty).
 func (f *Forwarder) takes(destination string) bool {

@@ -17,6 +17,8 @@ var commands = []interface {
 
 	relaySpec, // relay (relay.go)
 
+	slotGroup, // slot (slot.go)
+
 	benchGroup, // bench (bench.go)
 
 	soakSpec, // soak (soak.go)

@@ -37,6 +37,8 @@ const (
 	amqpURLEnv = "AMQP_URL"
 	// sessionDSNEnv names the variable --session-dsn defaults to.
 	sessionDSNEnv = "SESSION_DATABASE_URL"
+	// replicationDSNEnv names the variable --replication-dsn defaults to.
+	replicationDSNEnv = "REPLICATION_DATABASE_URL"
 	// toStdout is the --to value that prints the messages instead of publishing them.
 	toStdout = "stdout"
 	// defaultRelayConcurrency and defaultRelayWorkers are above the forwarder's library
@@ -121,6 +123,9 @@ func (d *destinationsFlag) Set(v string) error {
 type relayFlags struct {
 	db            dbFlags
 	sessionDSN    stringFlag
+	replDSN       stringFlag
+	slot          slotNameFlags
+	createSlot    bool
 	to            stringFlag
 	destinations  destinationsFlag
 	batch         int
@@ -142,6 +147,11 @@ func setupRelay(fs *pflag.FlagSet) runFunc {
 	fs.Var(&f.sessionDSN, "session-dsn", "a direct database `URL` for the two connections that keep a session of their own "+
 		"(the node lock and LISTEN), when --dsn goes through PgBouncer in transaction mode (default: $"+sessionDSNEnv+
 		", else --dsn itself; docs/deploying.md)")
+	fs.Var(&f.replDSN, "replication-dsn", "follow the outbox through a logical replication slot instead of polling it: a database `URL` "+
+		"of a role with REPLICATION (default: $"+replicationDSNEnv+"; none: poll). Needs wal_level = logical; see slot create and docs/relay-sources.md")
+	fs.StringVar(&f.slot.names.Slot, "slot", "", "with --replication-dsn, the replication slot `NAME` (default: wj_outbox_<schema>)")
+	fs.StringVar(&f.slot.names.Publication, "publication", "", "with --replication-dsn, the publication `NAME` (default: wj_outbox_<schema>)")
+	fs.BoolVar(&f.createSlot, "create-slot", false, "with --replication-dsn, create the publication and the slot when missing")
 	fs.Var(&f.to, "to", "where to relay: an AMQP `URL` amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), "+
 		"NATS JetStream nats://[USER:PASSWORD@]HOST:PORT (or tls://), Redis Streams redis://[USER:PASSWORD@]HOST:PORT/DB (or rediss://), "+
 		"or stdout to print the messages (default: $"+amqpURLEnv+")")
@@ -236,7 +246,21 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 		return usageErrorf("--session-dsn is empty: give a direct database URL, or leave it out")
 	}
 
-	secrets := []string{dsn, sessionDSN}
+	replDSN := f.replDSN.value
+	if !f.replDSN.set {
+		replDSN = os.Getenv(replicationDSNEnv)
+	}
+	var lr *forwarder.LogicalReplication
+	switch {
+	case strings.TrimSpace(replDSN) != "":
+		lr = &forwarder.LogicalReplication{DSN: replDSN, Slot: f.slot.names.Slot, Publication: f.slot.names.Publication, Create: f.createSlot}
+	case f.replDSN.set:
+		return usageErrorf("--replication-dsn is empty: give the URL of a role with REPLICATION, or leave it out to poll")
+	case f.slot.names.Slot != "" || f.slot.names.Publication != "" || f.createSlot:
+		return usageErrorf("--slot, --publication and --create-slot need --replication-dsn (or $%s)", replicationDSNEnv)
+	}
+
+	secrets := []string{dsn, sessionDSN, replDSN}
 	if to != toStdout {
 		secrets = append(secrets, to)
 	}
@@ -291,6 +315,7 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 			MaxAttempts:        f.maxAttempts,
 			PollInterval:       f.pollInterval,
 			Destinations:       f.destinations,
+			LogicalReplication: lr,
 		}},
 	}, logger)
 	if err != nil {
@@ -313,8 +338,12 @@ func (f *relayFlags) run(ctx context.Context, e *env, _ []string) error {
 	if len(f.destinations) > 0 {
 		only = strings.Join(f.destinations, ", ")
 	}
-	say("relay: relaying schema %s of %s to %s (%s; batch %d, workers %d, concurrency %d); SIGINT or SIGTERM stops",
-		cfg.Schema, redactDSN(dsn), target, only, f.batch, f.workers, f.concurrency)
+	source := "polling"
+	if rs, ok := fwd.ReplicationStats(); ok {
+		source = "replication slot " + rs.Slot + " (polling what it does not bring)"
+	}
+	say("relay: relaying schema %s of %s to %s (%s; %s; batch %d, workers %d, concurrency %d); SIGINT or SIGTERM stops",
+		cfg.Schema, redactDSN(dsn), target, only, source, f.batch, f.workers, f.concurrency)
 
 	prog := &statusLines{fwd: fwd, start: start, lastAt: start, say: say}
 	signalled := waitForSignal(ctx, signals, f.progress, prog.print)

@@ -186,7 +186,13 @@ type relayProcess struct {
 // startRelay starts the relay on schema s with args (plus --dsn and --schema).
 func startRelay(t testing.TB, s string, args ...string) *relayProcess {
 	t.Helper()
-	args = append([]string{"relay", "--dsn", testdb.PostgresDSN(), "--schema", s}, args...)
+	return startRelayOn(t, testdb.PostgresDSN(), s, args...)
+}
+
+// startRelayOn starts the relay on schema s of the database dsn with args.
+func startRelayOn(t testing.TB, dsn, s string, args ...string) *relayProcess {
+	t.Helper()
+	args = append([]string{"relay", "--dsn", dsn, "--schema", s}, args...)
 	cmd := exec.Command(binary, args...)
 	cmd.Env = cliEnv()
 	stdout, err := cmd.StdoutPipe()

@@ -386,7 +386,7 @@ WHERE %[3]s AND %[4]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unowned
 func (m *sqlserver) LockOutgoingByID() string {
 	return fmt.Sprintf(`SELECT %[2]s
 FROM %[1]s AS o WITH (READPAST, UPDLOCK, ROWLOCK)
-WHERE o.[id] IN (SELECT [ID] FROM @p1) AND %[3]s AND %[4]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(2, 3), msHeadOfKey(m.Out, "destination", false))
+WHERE o.[id] IN (SELECT [id] FROM @p1) AND %[3]s AND %[4]s`, m.Out, msCols("o.", row.ClaimedOutgoingColumns), unownedForDestinations(2, 3), msHeadOfKey(m.Out, "destination", false))
 }
 
 // msHeadOfKey is the filter of per-key ordering on the envelope table aliased o (the

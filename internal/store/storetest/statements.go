@@ -30,7 +30,7 @@ type Statement struct {
 // take no parameter, by method name.
 var documentedArgs = map[string]int{
 	// Relay, publisher and locks.
-	"NotifyOutgoing": 0, "ClaimOutgoing": 4, "LockOutgoing": 3, "DeleteOutgoing": 1, "ReleaseOutgoingFailed": 2,
+	"NotifyOutgoing": 0, "ClaimOutgoing": 4, "LockOutgoing": 3, "LockOutgoingByID": 3, "DeleteOutgoing": 1, "ReleaseOutgoingFailed": 2,
 	"ReleaseOutgoing": 2, "DeadLetterOutgoing": 6, "ReleaseDueScheduledSends": 1, "ListenOutgoing": 0,
 	"TryAdvisoryLock": 1, "HoldsAdvisoryLock": 1, "ReleaseAdvisoryLock": 1, "SessionID": 0,
 	// Subscriber.
