@@ -69,6 +69,16 @@ func perKey[T any](list func(s *snapshot) []T, key func(T) []string, value func(
 func dests(s *snapshot) []*forwarder.DestinationStats { return s.dests }
 func destKey(d *forwarder.DestinationStats) []string  { return []string{d.Destination} }
 
+func slots(s *snapshot) []*forwarder.ReplicationStats { return s.slots }
+func slotKey(r *forwarder.ReplicationStats) []string  { return []string{r.Slot} }
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func topics(s *snapshot) []*topicSums { return s.topics }
 func topicKey(t *topicSums) []string  { return []string{t.topic} }
 
@@ -143,6 +153,17 @@ var definitions = []definition{
 			return out
 		}},
 
+	{name: "replication_streaming", help: "1 while the forwarder streams its logical replication slot, 0 while it stands by or polls after an error, per slot.", labels: []string{"slot"},
+		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return boolValue(r.Streaming) })},
+	{name: "replication_lag_bytes", help: "Write-ahead log written since the slot's confirmed position, as the server last told the stream, per slot.", labels: []string{"slot"},
+		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return float64(r.LagBytes) })},
+	{name: "replication_lag_seconds", help: "Age of the oldest transaction received from the slot and not confirmed yet (0 when caught up), per slot.", labels: []string{"slot"},
+		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return r.LagSeconds })},
+	{name: "replication_transactions", kind: counterKind, help: "Transactions received from the logical replication slot, per slot.", labels: []string{"slot"},
+		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return float64(r.Transactions) })},
+	{name: "replication_handover", kind: counterKind, help: "Outbox rows from the slot the source could not lock at once and tried again or left to the polling path, per slot.", labels: []string{"slot"},
+		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return float64(r.Handover) })},
+
 	{name: "subscriber_in_flight", help: "Messages the subscribers delivered that wait for the handler's Ack or Nack, per topic.", labels: []string{"topic"},
 		read: perKey(subscribed, topicKey, func(t *topicSums) float64 { return float64(t.sub.InFlight) })},
 	{name: "subscriber_messages_acked", kind: counterKind, help: "Messages the subscribers delivered and the handler acked, per topic.", labels: []string{"topic"},
@@ -203,6 +224,7 @@ type snapshot struct {
 	agent   durability.Stats
 	fwd     forwarder.Stats
 	dests   []*forwarder.DestinationStats
+	slots   []*forwarder.ReplicationStats
 	topics  []*topicSums
 }
 
@@ -238,6 +260,13 @@ func (src *sources) read() *snapshot {
 	src.mu.Unlock()
 
 	s := &snapshot{fwd: sumForwarders(fwds), dests: sumDestinations(fwds)}
+	for _, f := range fwds {
+		if rs, ok := f.(ReplicationSource); ok {
+			if r, ok := rs.ReplicationStats(); ok {
+				s.slots = append(s.slots, &r)
+			}
+		}
+	}
 	if src.agent != nil {
 		s.agent = src.agent.Stats()
 		s.gauges, s.sampled = src.agent.Gauges()

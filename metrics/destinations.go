@@ -13,6 +13,15 @@ type DestinationSource interface {
 
 var _ DestinationSource = (*forwarder.Forwarder)(nil)
 
+// ReplicationSource is what a Collector reads from a forwarder with a logical-replication
+// source (*forwarder.Forwarder; ok is false without one): the watermill_jasper_replication_*
+// series, per slot.
+type ReplicationSource interface {
+	ReplicationStats() (forwarder.ReplicationStats, bool)
+}
+
+var _ ReplicationSource = (*forwarder.Forwarder)(nil)
+
 // sumForwarders adds up the counters of the forwarders.
 func sumForwarders(fwds []ForwarderSource) forwarder.Stats {
 	var fs forwarder.Stats

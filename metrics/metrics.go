@@ -50,6 +50,14 @@
 //	                                                                        transaction on PostgreSQL) to
 //	                                                                        the broker's confirmation
 //
+// Per replication slot (forwarders with a logical-replication source, ReplicationSource):
+//
+//	watermill_jasper_replication_streaming{slot}      1 streaming, 0 standing by or polling
+//	watermill_jasper_replication_lag_bytes{slot}      WAL written since the confirmed position
+//	watermill_jasper_replication_lag_seconds{slot}    age of the oldest unconfirmed transaction
+//	watermill_jasper_replication_transactions_total{slot} transactions received
+//	watermill_jasper_replication_handover_total{slot} rows tried again or left to polling
+//
 // Per topic (subscribers, and the inbox and dead-letter middleware: the router's subscribe
 // topic):
 //

@@ -24,6 +24,13 @@ type fakeDestForwarder struct {
 
 func (f fakeDestForwarder) DestinationStats() []forwarder.DestinationStats { return f.d }
 
+type fakeReplForwarder struct {
+	fakeForwarder
+	r forwarder.ReplicationStats
+}
+
+func (f fakeReplForwarder) ReplicationStats() (forwarder.ReplicationStats, bool) { return f.r, true }
+
 type fakeSubscriber []subscriber.TopicStats
 
 func (f fakeSubscriber) TopicStats() []subscriber.TopicStats { return f }
@@ -69,6 +76,30 @@ func config() metrics.Config {
 		},
 		Inboxes:     []metrics.InboxSource{fakeInbox{{Topic: "jobs", Handled: 15, Duplicates: 3}}},
 		DeadLetters: []metrics.DeadLetterSource{fakeDeadLetter{{Topic: "jobs", Exhausted: 1, Permanent: 4}}},
+	}
+}
+
+// The replication series of a forwarder following a slot.
+func TestCollectorReplication(t *testing.T) {
+	c := metrics.NewCollector(metrics.Config{Forwarders: []metrics.ForwarderSource{
+		fakeReplForwarder{r: forwarder.ReplicationStats{Slot: "wj_outbox_app", Streaming: true, LagBytes: 4096, LagSeconds: 0.25, Transactions: 9, Handover: 2}},
+		fakeForwarder{}, // polling only: no series
+	}})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP watermill_jasper_replication_lag_bytes Write-ahead log written since the slot's confirmed position, as the server last told the stream, per slot.
+# TYPE watermill_jasper_replication_lag_bytes gauge
+watermill_jasper_replication_lag_bytes{slot="wj_outbox_app"} 4096
+# HELP watermill_jasper_replication_streaming 1 while the forwarder streams its logical replication slot, 0 while it stands by or polls after an error, per slot.
+# TYPE watermill_jasper_replication_streaming gauge
+watermill_jasper_replication_streaming{slot="wj_outbox_app"} 1
+# HELP watermill_jasper_replication_handover_total Outbox rows from the slot the source could not lock at once and tried again or left to the polling path, per slot.
+# TYPE watermill_jasper_replication_handover_total counter
+watermill_jasper_replication_handover_total{slot="wj_outbox_app"} 2
+`), "watermill_jasper_replication_lag_bytes", "watermill_jasper_replication_streaming", "watermill_jasper_replication_handover_total")
+	if err != nil {
+		t.Error(err)
 	}
 }
 
