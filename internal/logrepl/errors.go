@@ -85,7 +85,7 @@ func mapStartError(err error, cfg Config) error {
 	case pe.Code == codeUndefinedObject && strings.Contains(msg, "replication slot"):
 		return slotMissing(cfg)
 	case pe.Code == codeUndefinedObject && strings.Contains(msg, "publication"):
-		return fmt.Errorf("%w: %s: run Setup (watermill-jasper's slot create) to create publication %s", ErrPublicationMissing, msg, cfg.Publication)
+		return fmt.Errorf("%w: %s: create publication %s with watermill-jasper slot create (or admin.CreateReplicationSlot)", ErrPublicationMissing, msg, cfg.Publication)
 	case strings.Contains(msg, "wal_level"):
 		return fmt.Errorf("%w: %s: set wal_level = logical in postgresql.conf and restart PostgreSQL", ErrWALLevel, msg)
 	case pe.Code == codeNotInPrereqState && (strings.Contains(msg, "invalidated") || strings.Contains(msg, "no longer get changes")):
@@ -99,7 +99,7 @@ func mapStartError(err error, cfg Config) error {
 }
 
 func slotMissing(cfg Config) error {
-	return fmt.Errorf("%w: replication slot %s does not exist (never created, or dropped): create it with Setup (watermill-jasper's slot create); rows inserted meanwhile are left to the polling relay", ErrSlotMissing, cfg.Slot)
+	return fmt.Errorf("%w: replication slot %s does not exist (never created, or dropped): create it with watermill-jasper slot create (or admin.CreateReplicationSlot); meanwhile the polling path relays the outbox", ErrSlotMissing, cfg.Slot)
 }
 
 func slotInvalidated(cfg Config) error {
