@@ -47,6 +47,11 @@ type crashSchema struct {
 
 func newCrashSchema(t *testing.T) *crashSchema {
 	db, cfg := testdb.Migrated(t)
+	return newCrashSchemaOn(t, db, cfg)
+}
+
+// newCrashSchemaOn creates the crash test program's tables in the migrated schema cfg of db.
+func newCrashSchemaOn(t *testing.T, db database.Driver, cfg schema.Config) *crashSchema {
 	s := &crashSchema{t: t, db: db, cfg: cfg, prefix: cfg.QuoteIdent(cfg.Schema) + "."}
 	for _, q := range []string{
 		`CREATE TABLE ` + s.prefix + `sent_log (uuid text PRIMARY KEY)`,

@@ -66,6 +66,7 @@ func crashNodeMain() error {
 		messages       = fs.Int("messages", 0, "messages to publish")
 		batch          = fs.Int("batch", 100, "messages per publishing transaction")
 		keys           = fs.Int("keys", 0, "partition keys the messages are spread over, in turn (0: no key)")
+		replicationDSN = fs.String("replication-dsn", "", "follow the outbox through the schema's replication slot (forwarder.LogicalReplication) with this DSN")
 		sinkLatency    = fs.Duration("sink-latency", 0, "latency added to each relayed message (a slow broker)")
 		handlerLatency = fs.Duration("handler-latency", 0, "work time of the handler for each message")
 		fwdBatch       = fs.Int("forwarder-batch", 100, "forwarder BatchSize")
@@ -116,6 +117,10 @@ func crashNodeMain() error {
 	if *sinkLatency > 0 {
 		queue = slowPublisher{queue, *sinkLatency}
 	}
+	var lr *forwarder.LogicalReplication
+	if *replicationDSN != "" {
+		lr = &forwarder.LogicalReplication{DSN: *replicationDSN}
+	}
 	rt, err := jasper.NewRuntime(database.FromPgx(pool), jasper.Config{
 		Schema: *schemaName,
 		Node:   durability.NodeConfig{ID: int32(*nodeID)},
@@ -127,7 +132,7 @@ func crashNodeMain() error {
 		},
 		Forwarders: []forwarder.Config{{
 			Publisher: queue, BatchSize: *fwdBatch, Workers: *fwdWorkers, PublishConcurrency: *fwdConcurrency,
-			PollInterval: 100 * time.Millisecond,
+			PollInterval: 100 * time.Millisecond, LogicalReplication: lr,
 		}},
 	}, logger)
 	if err != nil {

@@ -8,44 +8,73 @@ import (
 	"testing"
 	"time"
 
+	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/internal/testproc"
 )
 
-// Per-key ordering across processes and a SIGKILL: 20,000 messages over 200 partition keys,
-// published by three node processes (each its own keys, 100 messages a key, in commit order
-// within the key), relayed by the three forwarders into a durable local queue and handled by
-// the three subscribers. The slow node is killed with SIGKILL while its relays hold locked
-// batches. Nothing is lost, and per key, both the relayed sequence and the handled sequence
-// are the published order once duplicates are removed, and a duplicate is only ever a copy of
-// the latest message of its key (a redelivery never overtakes a later message).
+// Per-key ordering across processes, relay sources and a SIGKILL: 20,000 messages over 200
+// partition keys, published by three node processes (each its own keys, 100 messages a key,
+// in commit order within the key), relayed into a durable local queue and handled by the
+// three subscribers. Two nodes follow the outbox through the schema's replication slot (the
+// first streams it, the second stands by), the third polls. The streaming node, a slow one, is
+// killed with SIGKILL while its relay holds locked batches. The stand-by takes the slot over,
+// nothing is lost, and per key both the relayed sequence and the handled sequence are the
+// published order once duplicates are removed, a duplicate being only ever a copy of the
+// latest message of its key (a redelivery never overtakes a later message).
 func TestCrashOrderedByKeySIGKILL(t *testing.T) {
 	t.Parallel()
-	s := newCrashSchema(t)
+	cluster := testdb.StartLogicalCluster(t)
+	db, _ := cluster.Driver(t)
+	st, err := db.Store(layout.Config{Schema: testdb.Schema(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s := newCrashSchemaOn(t, db, st.Schema())
+	if _, err := admin.CreateReplicationSlot(context.Background(), cluster.DSN(), s.cfg, admin.ReplicationSlot{}); err != nil {
+		t.Fatal(err)
+	}
 	// The victim publishes 6,800 messages over 68 keys, the others 6,600 over 66: 20,000
 	// over 200 keys, 100 a key.
-	plan := []struct{ messages, keys int }{{6800, 68}, {6600, 66}, {6600, 66}}
+	plan := []struct {
+		messages, keys int
+		slot           bool
+	}{{6800, 68, true}, {6600, 66, true}, {6600, 66, false}}
+	const following = "Following the outbox through the replication slot"
 	start := time.Now()
 	var procs [3]*testproc.Proc
 	var ids [3]int32
 	for i, p := range plan {
-		a := []string{"-dsn", testdb.PostgresDSN(), "-schema", s.cfg.Schema, "-prefix", fmt.Sprintf("n%d", i),
+		a := []string{"-dsn", cluster.DSN(), "-schema", s.cfg.Schema, "-prefix", fmt.Sprintf("n%d", i),
 			"-messages", fmt.Sprint(p.messages), "-keys", fmt.Sprint(p.keys), "-batch", "100",
 			"-forwarder-batch", "100", "-forwarder-workers", "2", "-forwarder-concurrency", "8",
 			"-subscriber-batch", "50", "-subscriber-inflight", "4", "-reassign", "2s"}
 		if i == 0 {
 			a = append(a, "-sink-latency", "20ms", "-handler-latency", "5ms")
 		}
+		if p.slot {
+			a = append(a, "-replication-dsn", cluster.DSN())
+		}
 		procs[i], ids[i] = startNode(t, fmt.Sprintf("node%d", i), a...)
+		if i == 0 { // the first streams the slot; the second then stands by
+			procs[0].Await(crashTimeout, func(e testproc.Event) bool { return e.Str("msg") == following })
+		}
 	}
-	victim := procs[0]
+	victim, standBy := procs[0], procs[1]
 	victim.Await(crashTimeout, func(e testproc.Event) bool {
 		return e.Str("event") == "published" && e.Num("count") == int64(plan[0].messages)
 	})
 	_, heldOut := s.awaitHolding(ids[0], 1, 10)
 	victim.Kill()
-	t.Logf("node %d killed with SIGKILL %s after start while relays held %d outgoing envelopes locked",
-		ids[0], time.Since(start).Round(time.Millisecond), heldOut)
+	killedAt := time.Now()
+	t.Logf("node %d (streaming the slot) killed with SIGKILL %s after start while relays held %d outgoing envelopes locked",
+		ids[0], killedAt.Sub(start).Round(time.Millisecond), heldOut)
+	standBy.Await(crashTimeout, func(e testproc.Event) bool { return e.Str("msg") == following })
+	t.Logf("node %d took the slot over %s after the kill", ids[1], time.Since(killedAt).Round(time.Millisecond))
 
 	// One message of a key at a time through the relay and then the queue: 100 sequential
 	// steps a key on each side, a minute or more on a loaded 2-core machine.
