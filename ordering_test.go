@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
-	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/internal/testproc"
 )
@@ -26,14 +25,7 @@ import (
 func TestCrashOrderedByKeySIGKILL(t *testing.T) {
 	t.Parallel()
 	cluster := testdb.StartLogicalCluster(t)
-	db, _ := cluster.Driver(t)
-	st, err := db.Store(layout.Config{Schema: testdb.Schema(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	db, st := cluster.Migrated(t)
 	s := newCrashSchemaOn(t, db, st.Schema())
 	if _, err := admin.CreateReplicationSlot(context.Background(), cluster.DSN(), s.cfg, admin.ReplicationSlot{}); err != nil {
 		t.Fatal(err)

@@ -1,11 +1,9 @@
 package durability
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -19,14 +17,7 @@ import (
 func TestDatabaseRestartReleasesNoLiveNodesEnvelopes(t *testing.T) {
 	t.Parallel()
 	cluster := testdb.StartCluster(t)
-	db, _ := cluster.Driver(t)
-	st, err := db.Store(layout.Config{Schema: testdb.Schema(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	db, st := cluster.Migrated(t)
 	envA, envB := envOn(t, db, st.Schema()), envOn(t, db, st.Schema())
 	c := quietConfig()
 	c.NodeReassignmentPollingTime, c.FirstNodeReassignmentExecution = 50*time.Millisecond, 50*time.Millisecond

@@ -33,14 +33,8 @@ type replicationEnv struct {
 func newReplicationEnv(t *testing.T) *replicationEnv {
 	t.Helper()
 	cluster := testdb.StartLogicalCluster(t)
-	db, pool := cluster.Driver(t)
-	st, err := db.Store(layout.Config{Schema: testdb.Schema(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	db, st := cluster.Migrated(t)
+	_, pool := cluster.Driver(t)
 	return &replicationEnv{
 		env: newEnvOn(t, db, st.Schema(), quietAgent), cluster: cluster, pool: pool,
 		lr: LogicalReplication{DSN: cluster.DSN(), Create: true, RetryInterval: 200 * time.Millisecond},

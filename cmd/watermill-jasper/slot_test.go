@@ -11,7 +11,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
@@ -22,14 +21,7 @@ import (
 func logicalSchema(t *testing.T) (*testdb.Cluster, store.Store) {
 	t.Helper()
 	c := testdb.StartLogicalCluster(t)
-	db, _ := c.Driver(t)
-	st, err := db.Store(layout.Config{Schema: testdb.Schema(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	_, st := c.Migrated(t)
 	return c, st
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
+	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/pgcluster"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/store/postgres"
@@ -85,4 +86,20 @@ func (c *Cluster) Driver(t testing.TB) (store.Driver, *pgxpool.Pool) {
 	}
 	t.Cleanup(pool.Close)
 	return driver(t, postgres.New, dbx.FromPgx(pool), nil), pool
+}
+
+// Migrated creates the tables in a new schema with a random name on the cluster and returns
+// the cluster's store driver and the schema's store (the cluster goes with the test, and the
+// schema with it).
+func (c *Cluster) Migrated(t testing.TB) (store.Driver, store.Store) {
+	t.Helper()
+	db, _ := c.Driver(t)
+	st, err := db.Store(layout.Config{Schema: RandomName("wj_test_")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Migrate(context.Background()); err != nil {
+		t.Fatalf("migrate schema %s on the private cluster: %v", st.Schema().Schema, err)
+	}
+	return db, st
 }
