@@ -38,33 +38,12 @@ func (p *halfBrokenPublisher) Close() error { return nil }
 // for the broken one) and the broken destination's circuit open, next to the summed counters.
 func TestRuntimeMetricsPerDestination(t *testing.T) {
 	t.Parallel()
-	db, cfg := testdb.Migrated(t)
 	pub := &halfBrokenPublisher{}
-	rt, err := jasper.NewRuntime(db, jasper.Config{
-		Schema: cfg.Schema,
+	rt, metricsURL := startScrapedRuntime(t, jasper.Config{
 		Forwarders: []forwarder.Config{{
 			Publisher: pub, CircuitBreakAfter: 1, CircuitPause: time.Minute, MaxCircuitPause: time.Minute,
 		}},
-	}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rt.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := rt.Stop(context.Background()); err != nil {
-			t.Errorf("stop the runtime: %v", err)
-		}
 	})
-	c, err := rt.Collector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	defer srv.Close()
 
 	if err := rt.Publisher().Publish("good", newMessages("good", 5)...); err != nil {
 		t.Fatal(err)
@@ -98,7 +77,7 @@ func TestRuntimeMetricsPerDestination(t *testing.T) {
 		t.Fatalf("destinations %q (good) and %q (broken)", good, broken)
 	}
 
-	text := scrape(t, srv.URL+"/metrics")
+	text := scrape(t, metricsURL)
 	for _, want := range []string{
 		`watermill_jasper_destination_envelopes_sent_total{destination="` + good + `"} 5`,
 		`watermill_jasper_destination_envelopes_failed_total{destination="` + broken + `"} `,
@@ -118,6 +97,36 @@ func TestRuntimeMetricsPerDestination(t *testing.T) {
 	if strings.Contains(text, `watermill_jasper_destination_envelopes_failed_total{destination="`+broken+`"} 0`) {
 		t.Errorf("the broken destination has no failure:\n%s", text)
 	}
+}
+
+// startScrapedRuntime starts a runtime with config on a fresh schema, its Collector
+// registered and served; it returns the runtime and the URL of its /metrics. The test's end
+// stops both.
+func startScrapedRuntime(t *testing.T, config jasper.Config) (*jasper.Runtime, string) {
+	t.Helper()
+	db, cfg := testdb.Migrated(t)
+	config.Schema = cfg.Schema
+	rt, err := jasper.NewRuntime(db, config, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := rt.Stop(context.Background()); err != nil {
+			t.Errorf("stop the runtime: %v", err)
+		}
+	})
+	c, err := rt.Collector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(srv.Close)
+	return rt, srv.URL + "/metrics"
 }
 
 func newMessages(prefix string, n int) []*message.Message {

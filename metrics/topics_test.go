@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,8 +14,6 @@ import (
 	watermillsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	jasper "github.com/watermill-jasper/watermill-jasper"
 	"github.com/watermill-jasper/watermill-jasper/fault"
@@ -35,27 +32,7 @@ func TestRuntimeMetricsPerTopic(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db, cfg := testdb.Migrated(t)
-	rt, err := jasper.NewRuntime(db, jasper.Config{Schema: cfg.Schema}, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rt.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := rt.Stop(context.Background()); err != nil {
-			t.Errorf("stop the runtime: %v", err)
-		}
-	})
-	c, err := rt.Collector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	defer srv.Close()
+	rt, metricsURL := startScrapedRuntime(t, jasper.Config{})
 
 	sub, err := rt.Subscriber(subscriber.Config{NackBackoff: -1})
 	if err != nil {
@@ -128,7 +105,7 @@ func TestRuntimeMetricsPerTopic(t *testing.T) {
 	}
 	var text string
 	for deadline := time.Now().Add(time.Minute); ; {
-		text = scrape(t, srv.URL+"/metrics")
+		text = scrape(t, metricsURL)
 		missing := ""
 		for _, w := range want {
 			if !strings.Contains(text, w) {
