@@ -160,7 +160,6 @@ var (
 		{Name: "idx_jasper_incoming_envelopes_scheduled", Table: IncomingTable, Columns: []string{"execution_time"}, Where: "status = 'Scheduled'"},
 		{Name: "idx_jasper_incoming_envelopes_keep_until", Table: IncomingTable, Columns: []string{"keep_until"}, Where: "keep_until IS NOT NULL"},
 		{Name: "idx_jasper_outgoing_envelopes_partition", Table: OutgoingTable, Columns: []string{"partition_key", "seq"}, Where: "partition_key IS NOT NULL"},
-		{Name: "idx_jasper_incoming_envelopes_fifo", Table: IncomingTable, Columns: []string{"received_at", "status", "owner_id", "seq"}},
 		{Name: "idx_jasper_incoming_envelopes_partition", Table: IncomingTable, Columns: []string{"partition_key", "seq"}, Where: "partition_key IS NOT NULL"},
 	}
 )

@@ -300,7 +300,7 @@ func (p *postgres) ClaimIncoming() string {
 	return fmt.Sprintf(`WITH c AS (
   SELECT id FROM %[1]s o
   WHERE received_at = $2 AND status = 'Incoming' AND owner_id = 0 AND %[3]s
-  ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+  LIMIT $3 FOR UPDATE SKIP LOCKED)
 UPDATE %[1]s AS i SET owner_id = $1 FROM c WHERE i.id = c.id
 RETURNING i.%[2]s`, p.Inc, strings.Join(row.IncomingColumns, ", i."), headOfKey(p.Inc, "received_at", true))
 }
