@@ -838,8 +838,10 @@ func TestDestinationRefusedForeverDrainsAtFullSpeed(t *testing.T) {
 	const n = 500
 	e.insert("refused", newMessages(n, "refused")...)
 	e.insert("fine", newMessages(20, "fine")...)
+	began := time.Now()
 	start(t, f)
 	waitDeadLettered(t, dead, n, "destination refused forever")
+	t.Logf("%d envelopes of a destination refused forever dead-lettered in %s", n, time.Since(began).Round(time.Millisecond))
 	for _, s := range f.DestinationStats() {
 		if s.Destination == "refused" && (s.Circuit != CircuitClosed || s.DeadLettered != n || s.Failed != n) {
 			t.Fatalf("refused destination: %+v; want %d failed and dead-lettered, circuit closed", s, n)
