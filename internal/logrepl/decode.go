@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -121,132 +120,21 @@ func (d *decoder) value(c *pglogrepl.RelationMessageColumn, t *pglogrepl.TupleDa
 	return typ.Codec.DecodeValue(d.types, c.DataType, format, t.Data)
 }
 
-// set stores a decoded value into the field of its column.
+// set stores a decoded value into the field of its column: the envelope's columns through
+// row.Envelope.SetColumn (the one mapping of columns to envelope fields), seq here, any other
+// column in Other.
 func (r *Row) set(name string, v any) error {
-	var err error
-	switch name {
-	case "id":
-		err = toUUID(v, &r.ID)
-	case "conversation_id":
-		var u uuid.UUID
-		if err = toUUID(v, &u); err == nil && v != nil {
-			r.ConversationID = &u
-		}
-	case "owner_id":
-		var n int64
-		n, err = toInt(v)
-		r.OwnerID = int32(n)
-	case "attempts":
-		var n int64
-		n, err = toInt(v)
-		r.Attempts = int(n)
-	case "destination":
-		r.Destination, err = toString(v)
-	case "message_type":
-		r.MessageType, err = toString(v)
-	case "content_type":
-		r.ContentType, err = toString(v)
-	case "correlation_id":
-		r.CorrelationID, err = toString(v)
-	case "parent_id":
-		r.ParentID, err = toString(v)
-	case "saga_id":
-		r.SagaID, err = toString(v)
-	case "reply_requested":
-		r.ReplyRequested, err = toString(v)
-	case "reply_uri":
-		r.ReplyURI, err = toString(v)
-	case "message_uuid":
-		r.MessageUUID, err = toString(v)
-	case "headers":
-		var s string
-		if s, err = toString(v); err == nil && v != nil {
-			r.Headers = []byte(s)
-		}
-	case "ack_requested":
-		switch b := v.(type) {
-		case nil:
-		case bool:
-			r.AckRequested = b
-		default:
-			err = fmt.Errorf("a %T, not a boolean", v)
-		}
-	case "body":
-		switch b := v.(type) {
-		case nil:
-		case []byte:
-			r.Body = b
-		default:
-			err = fmt.Errorf("a %T, not bytes", v)
-		}
-	case "deliver_by":
-		r.DeliverBy, err = toTime(v)
-	case "timestamp":
-		r.WrittenAt, err = toTime(v)
-	case "partition_key":
-		r.PartitionKey, err = toString(v)
-	case "seq":
-		r.Seq, err = toInt(v)
-	default:
+	if name == "seq" {
+		n, err := row.IntValue(v)
+		r.Seq = n
+		return err
+	}
+	known, err := r.Envelope.SetColumn(name, v)
+	if !known {
 		if r.Other == nil {
 			r.Other = map[string]any{}
 		}
 		r.Other[name] = v
 	}
 	return err
-}
-
-func toUUID(v any, dst *uuid.UUID) error {
-	switch u := v.(type) {
-	case nil:
-		return nil
-	case [16]byte:
-		*dst = u
-	case string:
-		p, err := uuid.Parse(u)
-		if err != nil {
-			return err
-		}
-		*dst = p
-	default:
-		return fmt.Errorf("a %T, not a UUID", v)
-	}
-	return nil
-}
-
-func toInt(v any) (int64, error) {
-	switch n := v.(type) {
-	case nil:
-		return 0, nil
-	case int16:
-		return int64(n), nil
-	case int32:
-		return int64(n), nil
-	case int64:
-		return n, nil
-	}
-	return 0, fmt.Errorf("a %T, not an integer", v)
-}
-
-func toString(v any) (string, error) {
-	switch s := v.(type) {
-	case nil:
-		return "", nil
-	case string:
-		return s, nil
-	}
-	return "", fmt.Errorf("a %T, not text", v)
-}
-
-func toTime(v any) (*time.Time, error) {
-	switch t := v.(type) {
-	case nil:
-		return nil, nil
-	case time.Time:
-		u := t.UTC()
-		return &u, nil
-	case pgtype.InfinityModifier:
-		return nil, fmt.Errorf("%s is not a time", t)
-	}
-	return nil, fmt.Errorf("a %T, not a time", v)
 }
