@@ -41,20 +41,32 @@ func newReplicationEnv(t *testing.T) *replicationEnv {
 	}
 }
 
-// awaitStreaming waits until f streams its slot (or stops streaming, want false).
-func awaitStreaming(t *testing.T, f *Forwarder, want bool) {
+// waitUntil polls cond (the state it waits for has no event) until it reports "" or
+// testTimeout passes, then fails with cond's last account of what it still sees.
+func waitUntil(t *testing.T, cond func() (missing string)) {
 	t.Helper()
 	deadline := time.Now().Add(testTimeout)
 	for {
-		s, _ := f.ReplicationStats()
-		if s.Streaming == want {
+		missing := cond()
+		if missing == "" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("forwarder streaming = %v after %s, want %v (last error %q)", s.Streaming, testTimeout, want, s.LastError)
+			t.Fatalf("after %s: %s", testTimeout, missing)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// awaitStreaming waits until f streams its slot (or stops streaming, want false).
+func awaitStreaming(t *testing.T, f *Forwarder, want bool) {
+	t.Helper()
+	waitUntil(t, func() string {
+		if s, _ := f.ReplicationStats(); s.Streaming != want {
+			return fmt.Sprintf("forwarder streaming = %v, want %v (last error %q)", s.Streaming, want, s.LastError)
+		}
+		return ""
+	})
 }
 
 // outboxStatements counts the statements run on the outbox table (pg_stat_statements).
@@ -100,12 +112,12 @@ func TestLogicalReplicationRelaysAndIdlesWithoutStatements(t *testing.T) {
 		t.Fatalf("%d of 250 messages arrived; replication %+v; forwarder %+v", c.distinct(), s, f.Stats())
 	}
 	// The last batch's delete and commit follow the publish: wait for the empty outbox.
-	for deadline := time.Now().Add(testTimeout); e.outgoing() != 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d outgoing rows left", e.outgoing())
+	waitUntil(t, func() string {
+		if n := e.outgoing(); n != 0 {
+			return fmt.Sprintf("%d outgoing rows left", n)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ""
+	})
 	s, _ := f.ReplicationStats()
 	// A row is handed over when another batch holds it as the slot brings it (the polling
 	// path runs on wake-ups, e.g. the first drain): a few at most.
@@ -189,33 +201,26 @@ func TestLogicalReplicationFallsBackToPolling(t *testing.T) {
 	}
 	awaitStreaming(t, f, false)
 	// The terminated backend exits on its own time: drop the slot once it is inactive.
-	for deadline := time.Now().Add(testTimeout); ; {
-		_, err := e.pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, "wj_outbox_"+e.schema.Schema)
-		if err == nil {
-			break
+	waitUntil(t, func() string {
+		if _, err := e.pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, "wj_outbox_"+e.schema.Schema); err != nil {
+			return fmt.Sprintf("drop the slot: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("drop the slot: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ""
+	})
 	for i := range 100 {
 		e.insert("orders", newMessages(1, fmt.Sprintf("polled-%d", i))...)
 	}
 	c.wait(t, "the messages committed while the slot was missing, by polling")
 	// The forwarder tried the slot again meanwhile (2 s after the end of its stream) and was
 	// told it is missing.
-	for deadline := time.Now().Add(testTimeout); ; {
-		s, _ := f.ReplicationStats()
-		if strings.Contains(s.LastError, "does not exist") {
-			t.Logf("while the slot was missing: %s", s.LastError)
-			break
+	waitUntil(t, func() string {
+		if s, _ := f.ReplicationStats(); !strings.Contains(s.LastError, "does not exist") {
+			return fmt.Sprintf("last error %q does not say the slot is missing", s.LastError)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("last error %q does not say the slot is missing", s.LastError)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ""
+	})
+	s, _ := f.ReplicationStats()
+	t.Logf("while the slot was missing: %s", s.LastError)
 	if _, err := logrepl.Setup(context.Background(), conn, cfg); err != nil {
 		t.Fatal(err)
 	}
