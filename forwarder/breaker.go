@@ -10,7 +10,7 @@ import (
 
 // breaker is the per-destination circuit breaker (as Jasper's sender
 // circuit does): after `after` consecutive failures a destination is paused; its envelopes are not
-// claimed until the pause ends, then one envelope (the probe) is tried alone. A success
+// claimed until the pause ends, then one envelope (the probe) is tried alone. An answer (a publish sent, or refused for good)
 // closes the circuit; a failed probe pauses the destination again for twice as long, up to
 // maxPause. Destinations that never failed have no entry.
 type breaker struct {
@@ -60,7 +60,7 @@ func (b *breaker) excluded(buf []string) []string {
 }
 
 // takeProbes appends to buf the destinations whose pause is over and that nobody probes
-// yet; the caller becomes their prober and must end each probe with success, failure,
+// yet; the caller becomes their prober and must end each probe with answered, failure,
 // probeDone or probeEmpty.
 func (b *breaker) takeProbes(now time.Time, buf []string) []string {
 	b.mu.Lock()
@@ -99,8 +99,9 @@ func (b *breaker) allow(destination string, probe bool) bool {
 	return c == nil || c.opens == 0
 }
 
-// success records a successful publish: the circuit closes.
-func (b *breaker) success(destination string) {
+// answered records a publish the destination answered: sent, or refused for good (a
+// permanent failure says the broker is there). The circuit closes.
+func (b *breaker) answered(destination string) {
 	b.mu.Lock()
 	c := b.dests[destination]
 	if c == nil {

@@ -18,7 +18,7 @@ func TestBreaker(t *testing.T) {
 	// Two failures and a success: still closed, counter reset.
 	b.failure("a", false, t0)
 	b.failure("a", false, t0)
-	b.success("a")
+	b.answered("a")
 	b.failure("a", false, t0)
 	b.failure("a", false, t0)
 	if b.paused("a") || !b.allow("a", false) {
@@ -61,7 +61,7 @@ func TestBreaker(t *testing.T) {
 	if got := b.takeProbes(t0.Add(30*time.Second), nil); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("probe not granted again after probeDone: %v", got)
 	}
-	b.success("a")
+	b.answered("a")
 	if b.paused("a") || !b.allow("a", false) || len(b.excluded(nil)) != 0 {
 		t.Fatal("not resumed after a successful probe")
 	}

@@ -376,7 +376,7 @@ func (f *Forwarder) publishItem(it *item) {
 	switch {
 	case err == nil:
 		it.result = sent
-		f.breaker.success(dest)
+		f.breaker.answered(dest)
 		if it.probe {
 			f.signal() // the destination is back: claim its envelopes
 		}
@@ -391,7 +391,7 @@ func (f *Forwarder) publishItem(it *item) {
 		// does not count towards pausing the destination. A destination refused forever
 		// thus drains at full speed, a dead letter per envelope, instead of one per probe.
 		it.result, it.err = failed, err
-		f.breaker.success(dest)
+		f.breaker.answered(dest)
 		if it.probe {
 			f.signal()
 		}
