@@ -83,7 +83,6 @@ type ReplicationStats struct {
 type follower struct {
 	f     *Forwarder
 	cfg   logrepl.Config
-	dsn   string
 	lr    LogicalReplication
 	retry backoff.Policy
 	w     *worker
@@ -95,7 +94,6 @@ type follower struct {
 	txs, rows, handover atomic.Int64
 	mu                  sync.Mutex
 	lastErr             string
-	ids                 []uuid.UUID
 	pending             []uuid.UUID // rows not locked yet (sweep); the follow goroutine's
 	sweeps              int         // tries of the pending rows so far
 }
@@ -108,7 +106,7 @@ func newFollower(f *Forwarder, lr LogicalReplication, schemaName string) (*follo
 	if _, err := pgconn.ParseConfig(lr.DSN); err != nil {
 		return nil, fmt.Errorf("%w: LogicalReplication.DSN: %w", ErrInvalidConfig, err) // pgconn redacts the password
 	}
-	dsn := lr.DSN
+
 	cfg, err := logrepl.Config{Schema: schemaName, Slot: lr.Slot, Publication: lr.Publication}.Normalized()
 	if err != nil {
 		return nil, fmt.Errorf("%w: LogicalReplication: %w", ErrInvalidConfig, err)
@@ -117,7 +115,7 @@ func newFollower(f *Forwarder, lr LogicalReplication, schemaName string) (*follo
 		lr.RetryInterval = DefaultReplicationRetryInterval
 	}
 	return &follower{
-		f: f, cfg: cfg, dsn: dsn, lr: lr,
+		f: f, cfg: cfg, lr: lr,
 		retry: backoff.Policy{Initial: lr.RetryInterval, Max: max(lr.RetryInterval, time.Minute)},
 	}, nil
 }
@@ -169,7 +167,7 @@ func (fl *follower) setErr(err error) {
 // follow streams the slot until an error or ctx's end.
 func (fl *follower) follow(ctx context.Context) error {
 	f := fl.f
-	conn, err := logrepl.Dial(ctx, fl.dsn)
+	conn, err := logrepl.Dial(ctx, fl.lr.DSN)
 	if err != nil {
 		return err
 	}
@@ -245,7 +243,7 @@ func (fl *follower) follow(ctx context.Context) error {
 // their key) become pending: sweep tries them again until they are gone.
 func (fl *follower) relay(ctx context.Context, txs []logrepl.Tx) {
 	f := fl.f
-	ids := fl.ids[:0]
+	var ids []uuid.UUID
 	other := 0
 	for _, tx := range txs {
 		for i := range tx.Rows {
@@ -260,13 +258,11 @@ func (fl *follower) relay(ctx context.Context, txs []logrepl.Tx) {
 			ids = append(ids, rw.ID)
 		}
 	}
-	fl.ids = ids
 	if other > 0 {
 		fl.handover.Add(int64(other))
 		f.signal()
 	}
 	fl.pending = append(fl.pending, fl.lockAndRelay(ctx, ids)...)
-	clear(fl.ids)
 }
 
 // lockAndRelay relays, in one batch, those of ids it can lock, and returns the others.
