@@ -106,7 +106,6 @@ func newFollower(f *Forwarder, lr LogicalReplication, schemaName string) (*follo
 	if _, err := pgconn.ParseConfig(lr.DSN); err != nil {
 		return nil, fmt.Errorf("%w: LogicalReplication.DSN: %w", ErrInvalidConfig, err) // pgconn redacts the password
 	}
-
 	cfg, err := logrepl.Config{Schema: schemaName, Slot: lr.Slot, Publication: lr.Publication}.Normalized()
 	if err != nil {
 		return nil, fmt.Errorf("%w: LogicalReplication: %w", ErrInvalidConfig, err)
