@@ -16,26 +16,54 @@ import (
 type wakers struct {
 	mu       sync.Mutex
 	outgoing map[*func()]struct{}
-	incoming map[string]map[*func()]struct{}
+	// notifiedWhile gates the notifications of an outgoing wake function (OutgoingWake
+	// NotifiedWhile); a function without a gate is woken by every one.
+	notifiedWhile map[*func()]func() bool
+	incoming      map[string]map[*func()]struct{}
 }
 
 func (w *wakers) init() {
 	w.outgoing = map[*func()]struct{}{}
+	w.notifiedWhile = map[*func()]func() bool{}
 	w.incoming = map[string]map[*func()]struct{}{}
+}
+
+// OutgoingWakeOption refines what wakes a function registered with Agent.OnOutgoing.
+type OutgoingWakeOption func(w *outgoingWake)
+
+type outgoingWake struct {
+	notifiedWhile func() bool
+}
+
+// NotifiedWhile makes the notifications of new outgoing envelopes wake the function only
+// while cond reports true; hand-backs, recoveries and scheduled releases still wake it
+// always. A forwarder that learns of new rows from a replication slot registers with it:
+// while it follows the slot, a notification would only make it poll for rows the slot
+// brings anyway. cond must not block.
+func NotifiedWhile(cond func() bool) OutgoingWakeOption {
+	return func(w *outgoingWake) { w.notifiedWhile = cond }
 }
 
 // OnOutgoing registers wake, called (it must not block) when new outgoing envelopes may be
 // claimable: a notification of a commit, envelopes handed back or released by the agent, or
 // unowned envelopes found by its recovery pass. The returned function unregisters it.
 // Forwarders register themselves.
-func (a *Agent) OnOutgoing(wake func()) (unregister func()) {
+func (a *Agent) OnOutgoing(wake func(), opts ...OutgoingWakeOption) (unregister func()) {
+	var o outgoingWake
+	for _, opt := range opts {
+		opt(&o)
+	}
 	p := &wake
 	a.wakers.mu.Lock()
 	a.wakers.outgoing[p] = struct{}{}
+	if o.notifiedWhile != nil {
+		a.wakers.notifiedWhile[p] = o.notifiedWhile
+	}
 	a.wakers.mu.Unlock()
 	return func() {
 		a.wakers.mu.Lock()
 		delete(a.wakers.outgoing, p)
+		delete(a.wakers.notifiedWhile, p)
 		a.wakers.mu.Unlock()
 	}
 }
@@ -88,6 +116,24 @@ func (w *wakers) call(pick func(add func(map[*func()]struct{}))) {
 
 func (w *wakers) wakeOutgoing() {
 	w.call(func(add func(map[*func()]struct{})) { add(w.outgoing) })
+}
+
+// wakeOutgoingNotified wakes the outgoing functions for a notification: each one whose
+// NotifiedWhile condition holds, or that has none.
+func (w *wakers) wakeOutgoingNotified() {
+	w.call(func(add func(map[*func()]struct{})) {
+		if len(w.notifiedWhile) == 0 {
+			add(w.outgoing)
+			return
+		}
+		gated := make(map[*func()]struct{}, len(w.outgoing))
+		for f := range w.outgoing {
+			if cond := w.notifiedWhile[f]; cond == nil || cond() {
+				gated[f] = struct{}{}
+			}
+		}
+		add(gated)
+	})
 }
 
 func (w *wakers) wakeIncoming(topic string) {
@@ -167,7 +213,7 @@ func (a *Agent) listen(ctx context.Context, first chan struct{}) {
 			a.notifications.Add(1)
 			switch {
 			case channel == ch.Outgoing:
-				a.wakers.wakeOutgoing()
+				a.wakers.wakeOutgoingNotified()
 			case payload == "":
 				a.wakers.wakeAllIncoming()
 			default:

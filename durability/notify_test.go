@@ -2,6 +2,7 @@ package durability
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,6 +94,42 @@ func TestAgentListenWakesRegistrations(t *testing.T) {
 	}
 	if got := topicA.n.Load(); got != 1 {
 		t.Errorf(`OnIncoming("a") woken %d times, want 1`, got)
+	}
+}
+
+// A registration with NotifiedWhile is woken by the notifications of outgoing envelopes only
+// while its condition holds; the agent's own wake-ups (WakeOutgoing: hand-backs, recovery,
+// scheduled releases) always wake it. A plain registration beside it is woken by every
+// notification, and is the barrier for the "not woken" assertion: notifications are handled
+// in turn, and the registrations a notification wakes are chosen before any is called, so
+// once the plain one saw the second notification, the first one is handled and the
+// condition was read for the second.
+func TestAgentNotifiedWhileGatesNotificationsOnly(t *testing.T) {
+	t.Parallel()
+	e := newAgentEnv(t)
+	a := e.agent(quietConfig())
+	e.start(a)
+	var notified atomic.Bool // false: notifications do not wake gated
+	gated, plain := newWakeCount(), newWakeCount()
+	a.OnOutgoing(gated.wake, NotifiedWhile(notified.Load))
+	a.OnOutgoing(plain.wake)
+
+	e.notifyOutgoing()
+	e.notifyOutgoing()
+	for plain.n.Load() < 2 {
+		plain.wait(t, "the plain registration, by two notifications,")
+	}
+	if got := gated.n.Load(); got != 0 {
+		t.Errorf("a notification woke the gated registration %d times while its condition was false", got)
+	}
+	a.WakeOutgoing()
+	gated.wait(t, "the gated registration, by the agent's own wake-up,")
+
+	notified.Store(true)
+	e.notifyOutgoing()
+	gated.wait(t, "the gated registration, by a notification once its condition holds,")
+	if got := gated.n.Load(); got != 2 {
+		t.Errorf("gated registration woken %d times, want 2 (the agent's wake-up and the second notification)", got)
 	}
 }
 

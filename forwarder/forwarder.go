@@ -79,6 +79,10 @@ type Stats struct {
 	// Released envelopes: locked but left unsent, without counting an attempt (destination
 	// paused, or the forwarder stopping).
 	Released int64
+	// Polls counts the batches of the polling path, each one claim statement whether or not
+	// it found envelopes (a forwarder following a replication slot polls only when woken
+	// for what the slot does not bring).
+	Polls int64
 }
 
 // Forwarder relays outgoing envelopes to a Watermill publisher. Create it with
@@ -108,10 +112,13 @@ type Forwarder struct {
 	jobs chan *item    // messages to publish, read by PublishConcurrency goroutines
 
 	follower *follower // the logical-replication source; nil: polling only
+	// draining reports that the polling path's last batch was full: it is working through a
+	// backlog, and the replication source leaves the rows it brings meanwhile to it.
+	draining atomic.Bool
 
-	claimed, sent, failed, expired, deadLettered, released atomic.Int64
-	lastFound                                              atomic.Int64  // unix nanos of the last claim that found envelopes
-	busy                                                   chan struct{} // tells poll that claims find envelopes again
+	claimed, sent, failed, expired, deadLettered, released, polls atomic.Int64
+	lastFound                                                     atomic.Int64  // unix nanos of the last claim that found envelopes
+	busy                                                          chan struct{} // tells poll that claims find envelopes again
 }
 
 // errNoAgent refuses a forwarder without a node and its agent, whose LISTEN connection wakes
@@ -198,8 +205,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	defer close(f.done)
 	defer stop()
 
-	// The agent's notifications, hand-backs and recovery passes wake the workers.
-	unregister := f.agent.OnOutgoing(f.signal)
+	// The agent's notifications, hand-backs and recovery passes wake the workers; while the
+	// replication slot is followed, notifications do not (the slot brings those rows).
+	unregister := f.agent.OnOutgoing(f.signal, durability.NotifiedWhile(func() bool { return !f.following() }))
 	defer unregister()
 
 	var publishers, loops sync.WaitGroup
@@ -212,7 +220,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 	loops.Go(func() { f.poll(stopCtx) })
 	if fl := f.follower; fl != nil {
-		fl.w = f.newWorker(ctx, -1, stopCtx.Done())
+		fl.workers = make(chan *worker, f.config.Workers)
+		for i := range f.config.Workers {
+			fl.workers <- f.newWorker(ctx, -1-i, stopCtx.Done())
+		}
 		loops.Go(func() { fl.run(stopCtx) })
 	}
 
@@ -270,6 +281,7 @@ func (f *Forwarder) Stats() Stats {
 		Expired:      f.expired.Load(),
 		DeadLettered: f.deadLettered.Load(),
 		Released:     f.released.Load(),
+		Polls:        f.polls.Load(),
 	}
 }
 

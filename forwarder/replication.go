@@ -85,7 +85,10 @@ type follower struct {
 	cfg   logrepl.Config
 	lr    LogicalReplication
 	retry backoff.Policy
-	w     *worker
+	// workers are the source's free workers: Config.Workers batches of the slot are relayed
+	// at once, so that one batch's commit does not hold up the next one's publishes.
+	workers  chan *worker
+	inflight sync.WaitGroup
 
 	streaming           atomic.Bool
 	standingBy          atomic.Bool // waiting for the slot another relay streams
@@ -94,8 +97,21 @@ type follower struct {
 	txs, rows, handover atomic.Int64
 	mu                  sync.Mutex
 	lastErr             string
-	pending             []uuid.UUID // rows not locked yet (sweep); the follow goroutine's
-	sweeps              int         // tries of the pending rows so far
+
+	// Guarded by bmu: the batches handed to the workers, in slot order (the slot is
+	// confirmed up to the end of the longest finished prefix), and the rows not locked yet.
+	bmu     sync.Mutex
+	batches []*slotBatch
+	pending []uuid.UUID // rows not locked yet (sweep)
+	sweeps  int         // tries of the pending rows so far
+	sweepAt time.Time   // when the pending rows are tried next
+}
+
+// slotBatch is a batch of the slot's transactions on its way through a worker.
+type slotBatch struct {
+	end    logrepl.LSN // the end of its last transaction
+	commit time.Time   // the commit of its first transaction
+	done   bool
 }
 
 // newFollower validates the source of schema's outbox.
@@ -187,9 +203,15 @@ func (fl *follower) follow(ctx context.Context) error {
 		_ = conn.Close(context.WithoutCancel(ctx))
 		return err
 	}
-	defer func() { _ = r.Close() }()
+	defer func() {
+		fl.inflight.Wait() // their outcomes are confirmed on this stream
+		_ = r.Close()
+	}()
 	fl.reader.Store(r)
-	fl.pending, fl.sweeps = fl.pending[:0], 0 // the polling path took what the last stream left
+	fl.bmu.Lock()
+	// The polling path took what the last stream left.
+	fl.batches, fl.pending, fl.sweeps = fl.batches[:0], fl.pending[:0], 0
+	fl.bmu.Unlock()
 	fl.streaming.Store(true)
 	fl.setErr(nil)
 	f.logger.Info("Following the outbox through the replication slot", watermill.LogFields{"slot": fl.cfg.Slot, "pid": r.PID()})
@@ -198,14 +220,38 @@ func (fl *follower) follow(ctx context.Context) error {
 	f.signal()
 	var txs []logrepl.Tx
 	for {
+		if f.draining.Load() {
+			// The polling path works through a backlog: the slot is not read meanwhile (its
+			// decoding would take the machine from that drain); what it brings afterwards
+			// that the drain sent is skipped.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(drainingRecheck):
+			}
+			continue
+		}
+		// Wait for the next transaction; with rows pending, only until their sweep is due
+		// (with batches in flight, which may leave rows pending, a moment at a time).
+		fl.bmu.Lock()
+		wait := time.Duration(-1)
+		switch {
+		case len(fl.pending) > 0:
+			wait = max(time.Until(fl.sweepAt), 0)
+		case len(fl.batches) > 0:
+			wait = sweepDelays[0]
+		}
+		fl.bmu.Unlock()
 		var tx logrepl.Tx
 		var err error
-		if len(fl.pending) > 0 {
-			nctx, cancel := context.WithTimeout(ctx, sweepDelays[fl.sweeps])
+		if wait >= 0 {
+			nctx, cancel := context.WithTimeout(ctx, wait)
 			tx, err = r.Next(nctx)
 			cancel()
 			if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				fl.sweep(ctx)
+				if fl.sweepDue() {
+					fl.sweep(ctx)
+				}
 				continue
 			}
 		} else {
@@ -215,7 +261,6 @@ func (fl *follower) follow(ctx context.Context) error {
 			return err
 		}
 		txs = append(txs[:0], tx)
-		fl.oldest.Store(tx.CommitTime.UnixNano())
 		rows := len(tx.Rows)
 		for rows < f.config.BatchSize {
 			next, ok := r.TryNext()
@@ -227,20 +272,83 @@ func (fl *follower) follow(ctx context.Context) error {
 		}
 		fl.txs.Add(int64(len(txs)))
 		fl.rows.Add(int64(rows))
-		fl.relay(ctx, txs)
-		// Everything of these transactions was sent and deleted, or is in the table for the
-		// polling path: the slot may forget them.
-		r.Confirm(txs[len(txs)-1].EndLSN)
-		fl.oldest.Store(0)
+		if rows >= f.config.BatchSize {
+			// A full batch: the slot is behind the outbox (a backlog, or more than one
+			// relay can send). The polling path's workers help; while they drain, the slot
+			// waits (above).
+			f.signal()
+		}
+		b := &slotBatch{end: txs[len(txs)-1].EndLSN, commit: tx.CommitTime}
+		ids := fl.ids(txs)
 		clear(txs)
+		fl.bmu.Lock()
+		fl.batches = append(fl.batches, b)
+		fl.bmu.Unlock()
+		fl.oldest.CompareAndSwap(0, b.commit.UnixNano())
+		if len(ids) == 0 || f.draining.Load() {
+			// Nothing of this forwarder's, or the polling path's drain takes them (the
+			// sweep after it relays what it left).
+			fl.finish(r, b, ids)
+			continue
+		}
+		var w *worker
+		select {
+		case w = <-fl.workers:
+		case <-ctx.Done():
+			fl.finish(r, b, ids)
+			return ctx.Err()
+		}
+		fl.inflight.Add(1)
+		go func() {
+			defer fl.inflight.Done()
+			left := fl.lockAndRelayAll(ctx, w, ids)
+			fl.workers <- w
+			fl.finish(r, b, left)
+		}()
 	}
 }
 
-// relay sends the rows of txs in one batch (commit order between batches; within a batch
-// the rows of one partition key are sent one at a time, the later ones by the polling path).
-// The rows it could not lock (another relay holds them, or they wait behind an earlier row of
-// their key) become pending: sweep tries them again until they are gone.
-func (fl *follower) relay(ctx context.Context, txs []logrepl.Tx) {
+// sweepDue reports whether pending rows wait and their sweep is due.
+func (fl *follower) sweepDue() bool {
+	fl.bmu.Lock()
+	defer fl.bmu.Unlock()
+	return len(fl.pending) > 0 && !time.Now().Before(fl.sweepAt)
+}
+
+// finish records that batch b is done (left: its rows not locked, to sweep) and confirms the
+// slot up to the end of the batches done in slot order: everything of them was sent and
+// deleted, or is in the table for the polling path.
+func (fl *follower) finish(r *logrepl.Reader, b *slotBatch, left []uuid.UUID) {
+	fl.bmu.Lock()
+	b.done = true
+	if len(left) > 0 {
+		if len(fl.pending) == 0 {
+			fl.sweeps, fl.sweepAt = 0, time.Now().Add(sweepDelays[0])
+		}
+		fl.pending = append(fl.pending, left...)
+	}
+	var end logrepl.LSN
+	n := 0
+	for n < len(fl.batches) && fl.batches[n].done {
+		end = fl.batches[n].end
+		n++
+	}
+	fl.batches = fl.batches[:copy(fl.batches, fl.batches[n:])]
+	oldest := int64(0)
+	if len(fl.batches) > 0 {
+		oldest = fl.batches[0].commit.UnixNano()
+	}
+	fl.oldest.Store(oldest)
+	fl.bmu.Unlock()
+	if n > 0 {
+		r.Confirm(end)
+	}
+}
+
+// ids are the rows of txs this forwarder sends through the slot. Rows of other forwarders'
+// destinations are not its; unreadable rows and rows a node owns are handed to the polling
+// path at once.
+func (fl *follower) ids(txs []logrepl.Tx) []uuid.UUID {
 	f := fl.f
 	var ids []uuid.UUID
 	other := 0
@@ -261,26 +369,37 @@ func (fl *follower) relay(ctx context.Context, txs []logrepl.Tx) {
 		fl.handover.Add(int64(other))
 		f.signal()
 	}
-	fl.pending = append(fl.pending, fl.lockAndRelay(ctx, ids)...)
+	return ids
+}
+
+// lockAndRelayAll is lockAndRelay of ids BatchSize at a time, on w (a transaction may bring
+// any number of rows).
+func (fl *follower) lockAndRelayAll(ctx context.Context, w *worker, ids []uuid.UUID) (left []uuid.UUID) {
+	for len(ids) > 0 {
+		n := min(len(ids), fl.f.config.BatchSize)
+		left = append(left, fl.lockAndRelay(ctx, w, ids[:n])...)
+		ids = ids[n:]
+	}
+	return left
 }
 
 // lockAndRelay relays, in one batch, those of ids it can lock, and returns the others.
-func (fl *follower) lockAndRelay(ctx context.Context, ids []uuid.UUID) (left []uuid.UUID) {
+func (fl *follower) lockAndRelay(ctx context.Context, w *worker, ids []uuid.UUID) (left []uuid.UUID) {
 	f := fl.f
 	if len(ids) == 0 {
 		return nil
 	}
 	locked := map[uuid.UUID]bool{}
 	lock := func(base context.Context, ops store.Ops) (int, error) {
-		excluded := f.breaker.excluded(fl.w.excluded[:0])
-		fl.w.excluded = excluded
-		n, err := fl.w.lockInto(base, ops, store.LockOutgoingParams{IDs: ids, Exclude: excluded, Only: f.config.Destinations})
-		for _, e := range fl.w.envs {
+		excluded := f.breaker.excluded(w.excluded[:0])
+		w.excluded = excluded
+		n, err := w.lockInto(base, ops, store.LockOutgoingParams{IDs: ids, Exclude: excluded, Only: f.config.Destinations})
+		for _, e := range w.envs {
 			locked[e.ID] = true
 		}
 		return n, err
 	}
-	if _, _, err := fl.w.relay(context.WithoutCancel(ctx), lock); err != nil {
+	if _, _, err := w.relay(context.WithoutCancel(ctx), lock); err != nil {
 		f.logger.Error("Relaying a batch of the replication slot failed; its envelopes are tried again", err, watermill.LogFields{"slot": fl.cfg.Slot})
 		clear(locked) // rolled back: all still there
 	}
@@ -289,29 +408,58 @@ func (fl *follower) lockAndRelay(ctx context.Context, ids []uuid.UUID) (left []u
 			left = append(left, id)
 		}
 	}
-	if len(left) > 0 {
-		fl.handover.Add(int64(len(left)))
-	}
 	return left
 }
 
-// sweepDelays are the waits before each try of the pending rows: a row another relay holds
-// is normally sent (and gone) within a batch's time; one still there after the last try is
-// left to the polling path's wake-ups.
-var sweepDelays = []time.Duration{20 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second}
+// sweepDelays are the waits before each try of the pending rows. The first is short: the
+// slot may bring a transaction a moment before its commit is visible to other sessions
+// (PostgreSQL flushes the commit record, which wakes the slot's sender, before it marks the
+// transaction committed for new snapshots), so a lock by id can miss a row that is there. A
+// row another relay holds is normally sent (and gone) within a batch's time. What is still
+// missed after the last try is handed to the polling path: one claim finds whatever of it is
+// left, and the agent's recovery pass wakes that path again while unowned rows remain
+// (durability.Agent.RecoverUnowned).
+var sweepDelays = []time.Duration{2 * time.Millisecond, 20 * time.Millisecond}
+
+// drainingRecheck is how often the replication source looks whether the polling path's
+// drain of a backlog is done (no statement, no slot reading until then).
+const drainingRecheck = 10 * time.Millisecond
 
 // sweep tries the pending rows again: those it can lock now are relayed; rows that are gone
 // (sent or dead-lettered by another relay) are never returned and are dropped after the last
 // try, with a wake-up of the polling path.
 func (fl *follower) sweep(ctx context.Context) {
-	fl.pending = fl.lockAndRelay(ctx, fl.pending)
+	if fl.f.draining.Load() {
+		fl.bmu.Lock()
+		fl.sweepAt = time.Now().Add(drainingRecheck) // its drain may take them all
+		fl.bmu.Unlock()
+		return
+	}
+	var w *worker
+	select {
+	case w = <-fl.workers:
+	case <-ctx.Done():
+		return
+	}
+	fl.bmu.Lock()
+	ids := fl.pending
+	fl.pending = nil
+	fl.bmu.Unlock()
+	left := fl.lockAndRelayAll(ctx, w, ids)
+	fl.workers <- w
+	fl.bmu.Lock()
+	defer fl.bmu.Unlock()
+	fl.pending = append(left, fl.pending...) // and what batches left meanwhile
 	fl.sweeps++
 	switch {
 	case len(fl.pending) == 0:
 		fl.sweeps = 0
 	case fl.sweeps >= len(sweepDelays):
+		fl.handover.Add(int64(len(fl.pending)))
 		fl.pending, fl.sweeps = fl.pending[:0], 0
 		fl.f.signal()
+	default:
+		fl.sweepAt = time.Now().Add(sweepDelays[fl.sweeps])
 	}
 }
 

@@ -134,6 +134,62 @@ func TestLogicalReplicationRelaysAndIdlesWithoutStatements(t *testing.T) {
 	}
 }
 
+// While the forwarder follows the slot, the notifications of new envelopes do not wake its
+// polling path: the slot brings those rows. 100 transactions, each notifying, are relayed
+// with at most a few polls (those of the start-up, which may still be running); each
+// notification would otherwise cost a claim statement.
+func TestLogicalReplicationNotificationsDoNotPoll(t *testing.T) {
+	t.Parallel()
+	cluster := testdb.StartLogicalCluster(t)
+	db, st := cluster.Migrated(t)
+	e := newEnvOn(t, db, st.Schema(), func(s *agentSetup) { s.config.NodeReassignmentPollingTime = -1 })
+	lr := LogicalReplication{DSN: cluster.DSN(), Create: true, RetryInterval: 200 * time.Millisecond}
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "orders", 100)
+	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &lr, PollInterval: 200 * time.Millisecond})
+	start(t, f)
+	awaitStreaming(t, f, true)
+	before := f.Stats().Polls
+	for i := range 100 {
+		e.insert("orders", newMessages(1, fmt.Sprintf("notified-%d", i))...) // NotifyOutgoing
+	}
+	c.wait(t, "the 100 notified messages")
+	polls := f.Stats().Polls - before
+	s, _ := f.ReplicationStats()
+	t.Logf("%d polls while 100 notified transactions were relayed; replication %+v", polls, s)
+	if polls > 5 {
+		t.Errorf("%d polls while 100 notified transactions were relayed through the slot, want at most the start-up's few", polls)
+	}
+	if s.Rows < 100 {
+		t.Errorf("the slot brought %d rows, want the 100", s.Rows)
+	}
+}
+
+// One transaction of more rows than a batch holds: the slot brings it whole, and it is
+// relayed BatchSize at a time (one lock statement's id list stays bounded), the polling path
+// helping (a full batch means the slot is behind). Every message arrives once the outbox is
+// empty.
+func TestLogicalReplicationTransactionLargerThanABatch(t *testing.T) {
+	t.Parallel()
+	e := newReplicationEnv(t)
+	pubsub := goChannel(t)
+	c := collect(t, pubsub, "orders", 350)
+	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, BatchSize: 100, PollInterval: 200 * time.Millisecond})
+	start(t, f)
+	awaitStreaming(t, f, true)
+	e.insert("orders", newMessages(350, "big")...) // one transaction
+	c.wait(t, "the 350 messages of one transaction")
+	waitUntil(t, func() string {
+		if n := e.outgoing(); n != 0 {
+			return fmt.Sprintf("%d outgoing rows left", n)
+		}
+		return ""
+	})
+	if s, _ := f.ReplicationStats(); s.Rows < 350 {
+		t.Errorf("the slot brought %d rows, want the transaction's 350", s.Rows)
+	}
+}
+
 // Two forwarders on one slot: one streams, the other stands by; when the active one stops,
 // the stand-by takes the slot over within a few seconds and nothing committed meanwhile is
 // lost. (A relay killed with SIGKILL: cmd/watermill-jasper's relay tests.)
