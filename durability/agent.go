@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/fault"
 	"github.com/watermill-jasper/watermill-jasper/internal/backoff"
+	"github.com/watermill-jasper/watermill-jasper/internal/component"
 	"github.com/watermill-jasper/watermill-jasper/internal/jasperid"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
@@ -339,13 +341,21 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.started = true
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
+	// The jobs' statements and goroutines carry the pprof label watermill_jasper=agent.
+	runCtx = component.With(runCtx, component.Agent)
 	c := a.config
 	var wg sync.WaitGroup
+	goLabelled := func(fn func()) {
+		wg.Go(func() {
+			pprof.SetGoroutineLabels(runCtx)
+			fn()
+		})
+	}
 	start := func(name string, first, period time.Duration, fn func(context.Context) (time.Duration, error), kick <-chan struct{}) {
 		if period < 0 {
 			return // turned off
 		}
-		wg.Go(func() { a.loop(runCtx, name, first, period, fn, kick) })
+		goLabelled(func() { a.loop(runCtx, name, first, period, fn, kick) })
 	}
 	start(JobNodeCheck, c.NodeCheckInterval, c.NodeCheckInterval, a.checkNode, nil)
 	start(JobScheduled, c.ScheduledJobFirstExecution, c.ScheduledJobPollingTime, a.scheduledPass, a.kick)
@@ -364,7 +374,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}, nil)
 	listening := make(chan struct{})
 	if !c.DisableNotify && a.store.Caps().Notifications {
-		wg.Go(func() { a.listen(runCtx, listening) })
+		goLabelled(func() { a.listen(runCtx, listening) })
 	} else {
 		close(listening)
 		if c.DisableNotify && a.store.Caps().Notifications {

@@ -45,6 +45,7 @@ import (
 
 	"github.com/watermill-jasper/watermill-jasper/durability"
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/internal/component"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/internal/tracing"
@@ -183,7 +184,13 @@ func NewForwarder(agent *durability.Agent, config Config, logger watermill.Logge
 //
 // Cancelling ctx also cancels the context of the messages being published; Close instead
 // lets the publishes in flight finish.
-func (f *Forwarder) Run(ctx context.Context) error {
+func (f *Forwarder) Run(ctx context.Context) (err error) {
+	// Its statements and goroutines carry the pprof label watermill_jasper=forwarder.
+	component.Do(ctx, component.Forwarder, func(ctx context.Context) { err = f.run(ctx) })
+	return err
+}
+
+func (f *Forwarder) run(ctx context.Context) error {
 	f.mu.Lock()
 	switch {
 	case f.closed:
@@ -329,7 +336,9 @@ func (f *Forwarder) poll(ctx context.Context) {
 				}
 			}
 		case <-t.C:
-			f.signal()
+			if !f.following() { // set while the timer ran: the slot brings what is committed
+				f.signal()
+			}
 		}
 		interval := f.config.PollInterval
 		switch {
