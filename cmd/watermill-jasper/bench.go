@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -55,6 +56,9 @@ var benchOutbox = spec{
 		fs.DurationVar(&cfg.LatencyDuration, "latency-duration", bench.DefaultLatencyDuration, "`DURATION` of each latency leg")
 		fs.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "repeat the benchmark `N` times and report the medians")
 		fs.BoolVar(&cfg.SkipRiver, "skip-river", false, "skip River's legs")
+		fs.BoolVar(&cfg.SkipCDC, "skip-cdc", false, "skip the logical-replication legs (the cdc_* figures)")
+		fs.StringVar(&cfg.CDCDSN, "cdc-dsn", "", "PostgreSQL database `URL` of the logical-replication legs: wal_level = logical and a role with REPLICATION "+
+			"(default: --dsn when its server runs wal_level = logical, else a private cluster started for the run, which needs initdb and pg_ctl)")
 		fs.BoolVar(&cfg.Quick, "quick", false, "run every leg once at a tiny size, to check the harness (the figures mean nothing)")
 		return &cfg.DSN, checks(
 			positive("--backlog, --payload, --publishers, --rate and --runs", &cfg.Backlog, &cfg.Payload, &cfg.Publishers, &cfg.Rate, &cfg.Runs),
@@ -114,7 +118,7 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 			res, err := run(ctx, cfg, bar)
 			bar.Finish()
 			if err != nil {
-				return redactError(err, dsn)
+				return redactError(err, dsn, flagDSNs(fs)...)
 			}
 			if err := writeBenchJSON(*jsonPath, res.Stats()); err != nil {
 				return err
@@ -122,6 +126,17 @@ func benchSetup[C any, R benchResult](command string, run func(ctx context.Conte
 			return writeBenchResult(e.stdout, res)
 		}
 	}
+}
+
+// flagDSNs are the values of fs's flags named *-dsn (besides --dsn), for redactError.
+func flagDSNs(fs *pflag.FlagSet) []string {
+	var dsns []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if strings.HasSuffix(f.Name, "-dsn") && f.Value.String() != "" {
+			dsns = append(dsns, f.Value.String())
+		}
+	})
+	return dsns
 }
 
 // writeBenchJSON writes stats to path as JSON (nothing when path is empty).

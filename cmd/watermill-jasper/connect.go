@@ -404,10 +404,11 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
-// redactError returns err with the DSN and its password removed from its message.
-func redactError(err error, dsn string) error {
+// redactError returns err with the DSN, and every other URL given, and their passwords
+// removed from its message.
+func redactError(err error, dsn string, more ...string) error {
 	if err == nil {
 		return nil
 	}
-	return &redactedError{msg: scrub(err.Error(), dsn), err: err}
+	return &redactedError{msg: scrubAll(scrub(err.Error(), dsn), more), err: err}
 }

@@ -46,6 +46,25 @@ func TestUnreachableDatabaseKeepsThePasswordSecret(t *testing.T) {
 	}
 }
 
+// bench outbox refuses an unreachable --cdc-dsn before it runs any leg, in one line that
+// names neither its password nor the --dsn's.
+func TestBenchCDCDSNKeepsThePasswordSecret(t *testing.T) {
+	t.Parallel()
+	r := cli(t, "", nil, "bench", "outbox", "--quick", "--amqp", "none", "--skip-watermill", "--skip-river",
+		"--cdc-dsn", "postgres://postgres:s3cret@127.0.0.1:1/test?sslmode=disable")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	last := lines[len(lines)-1]
+	if r.code != 1 || !strings.HasPrefix(last, "watermill-jasper: bench: connect to PostgreSQL") || !strings.Contains(last, "--cdc-dsn") {
+		t.Errorf("want exit 1 and a last line refusing the --cdc-dsn, got %s", r)
+	}
+	if strings.Contains(r.stdout+r.stderr, "s3cret") {
+		t.Errorf("printed the --cdc-dsn password: %s", r)
+	}
+	if strings.Contains(r.stderr, "publish ") {
+		t.Errorf("legs ran before the --cdc-dsn was refused: %s", r.stderr)
+	}
+}
+
 func TestRedactDSN(t *testing.T) {
 	cases := map[string]string{
 		"postgres://app:s3cret@db:5432/app?sslmode=disable":     "postgres://app:xxxxx@db:5432/app?sslmode=disable",

@@ -73,6 +73,13 @@ type OutboxConfig struct {
 	SkipFlat bool
 	// SkipRiver skips River's legs.
 	SkipRiver bool
+	// SkipCDC skips the logical-replication legs (the cdc_* figures).
+	SkipCDC bool
+	// CDCDSN is the database of the logical-replication legs: a server with wal_level =
+	// logical and a role with REPLICATION that may create tables. Default: DSN when its
+	// server runs wal_level = logical, else a private cluster started for the benchmark
+	// (PostgreSQL's server programs, initdb and pg_ctl, must be installed) and removed after.
+	CDCDSN string
 	// Quick runs every leg once at a tiny size (Quicken): a check that the harness works, as
 	// .ci/run does; its figures mean nothing.
 	Quick bool

@@ -47,17 +47,17 @@ type autocommit struct {
 }
 
 func (a autocommit) Exec(ctx context.Context, query string, args ...any) (int64, error) {
-	a.qc.addAutocommit()
+	a.qc.addAutocommit(ctx, query)
 	return a.s.Exec(ctx, query, args...)
 }
 
 func (a autocommit) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
-	a.qc.addAutocommit()
+	a.qc.addAutocommit(ctx, query)
 	return a.s.Query(ctx, query, args...)
 }
 
 func (a autocommit) Begin(ctx context.Context) (database.Tx, error) {
-	a.qc.addAutocommit()
+	a.qc.addAutocommit(ctx, "BEGIN")
 	tx, err := a.s.Begin(ctx)
 	if err != nil {
 		return nil, err
@@ -70,8 +70,8 @@ func (c *countingDB) Dialect() database.Dialect { return c.db.Dialect() }
 // BeginExec keeps the pool's pipelined BEGIN (database.BeginExec): BEGIN and the first
 // statement, two statements of one transaction.
 func (c *countingDB) BeginExec(ctx context.Context, query string, args ...any) (database.Tx, int64, error) {
-	c.qc.statements.Add(2)
-	c.qc.txs.Add(1)
+	c.qc.addAutocommit(ctx, "BEGIN")
+	c.qc.query(ctx, query)
 	tx, n, err := database.BeginExec(ctx, c.db, query, args...)
 	if err != nil {
 		return nil, n, err
@@ -93,22 +93,22 @@ type countingTxDB struct {
 }
 
 func (t *countingTxDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
-	t.qc.statements.Add(1)
+	t.qc.query(ctx, query)
 	return t.tx.Exec(ctx, query, args...)
 }
 
 func (t *countingTxDB) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
-	t.qc.statements.Add(1)
+	t.qc.query(ctx, query)
 	return t.tx.Query(ctx, query, args...)
 }
 
 func (t *countingTxDB) Commit(ctx context.Context) error {
-	t.qc.statements.Add(1)
+	t.qc.query(ctx, "COMMIT")
 	return t.tx.Commit(ctx)
 }
 
 func (t *countingTxDB) Rollback(ctx context.Context) error {
-	t.qc.statements.Add(1)
+	t.qc.query(ctx, "ROLLBACK")
 	return t.tx.Rollback(ctx)
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/pgcluster"
 )
 
 // env is what every leg of one RunOutbox shares: the pool, the progress writer and the
@@ -32,6 +33,10 @@ type env struct {
 	legs     *legCounter // the legs done, reported to progress
 	payload  []byte
 	logger   watermill.LoggerAdapter
+	// cdc is the env of the logical-replication legs once opened (cdcEnv); cluster is its
+	// private server, when one was started for it.
+	cdc     *env
+	cluster *pgcluster.Cluster
 
 	mu      sync.Mutex
 	schemas map[string]struct{}
@@ -190,6 +195,12 @@ func (e *env) close() error {
 	}
 	errs = append(errs, e.deleteQueues(queues...))
 	e.pool.Close()
+	if e.cdc != nil {
+		errs = append(errs, e.cdc.close())
+	}
+	if e.cluster != nil {
+		errs = append(errs, e.cluster.Close())
+	}
 	return errors.Join(errs...)
 }
 

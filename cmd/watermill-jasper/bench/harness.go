@@ -6,11 +6,15 @@ import (
 	"math"
 	"runtime/pprof"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/watermill-jasper/watermill-jasper/internal/component"
+	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // stallTimeout fails a drain, latency or consume leg that makes no progress for this long
@@ -395,6 +399,17 @@ type IdleResult struct {
 	Impl          string
 	StatementsSec float64
 	TxSec         float64
+	// OutboxStatementsSec counts only the statements that name the outbox table, whoever
+	// sends them; RelayStatementsSec only those of the relay's forwarder (not its agent's),
+	// whatever they name (both NaN for a relay that does not count them).
+	OutboxStatementsSec, RelayStatementsSec float64
+}
+
+// componentCounter is a relay that also counts the statements naming the outbox table and
+// those of its forwarder.
+type componentCounter interface {
+	outboxStatements() int64
+	relayStatements() int64
 }
 
 // timedIdle starts a relay over an empty outbox, lets it settle and counts its statements
@@ -413,6 +428,11 @@ func (e *env) timedIdle(ctx context.Context, impl string, dur time.Duration, sta
 		return res, ctx.Err()
 	}
 	s0, t0 := r.counts()
+	cc, counts := r.(componentCounter)
+	var o0, r0 int64
+	if counts {
+		o0, r0 = cc.outboxStatements(), cc.relayStatements()
+	}
 	at := time.Now()
 	select {
 	case <-time.After(dur):
@@ -426,7 +446,13 @@ func (e *env) timedIdle(ctx context.Context, impl string, dur time.Duration, sta
 	}
 	res.StatementsSec = float64(s1-s0) / el
 	res.TxSec = float64(t1-t0) / el
-	e.logf("%s: %.1f statements/s, %.1f transactions/s", label, res.StatementsSec, res.TxSec)
+	res.OutboxStatementsSec, res.RelayStatementsSec = nan, nan
+	if counts {
+		res.OutboxStatementsSec = float64(cc.outboxStatements()-o0) / el
+		res.RelayStatementsSec = float64(cc.relayStatements()-r0) / el
+	}
+	e.logf("%s: %.1f statements/s (%.1f on the outbox table, %.1f of the forwarder), %.1f transactions/s",
+		label, res.StatementsSec, res.OutboxStatementsSec, res.RelayStatementsSec, res.TxSec)
 	return res, nil
 }
 
@@ -434,11 +460,29 @@ func (e *env) timedIdle(ctx context.Context, impl string, dur time.Duration, sta
 type queryCounter struct {
 	statements atomic.Int64
 	txs        atomic.Int64
+	// outbox counts the statements that name the outbox table (schema.OutgoingTable): what
+	// reads or writes it, BEGIN and COMMIT left out.
+	outbox atomic.Int64
+	// relay counts the statements of our relay's forwarder, whatever they name (BEGIN and
+	// COMMIT included): those run with its pprof label (internal/component); the agent's
+	// jobs are left out.
+	relay atomic.Int64
+}
+
+// query counts a statement of a transaction whose text is query, run with ctx.
+func (q *queryCounter) query(ctx context.Context, query string) {
+	q.statements.Add(1)
+	if strings.Contains(query, schema.OutgoingTable) {
+		q.outbox.Add(1)
+	}
+	if component.Of(ctx) == component.Forwarder {
+		q.relay.Add(1)
+	}
 }
 
 // addAutocommit counts a statement sent outside a transaction (or a BEGIN): one statement
 // and one transaction.
-func (q *queryCounter) addAutocommit() {
-	q.statements.Add(1)
+func (q *queryCounter) addAutocommit(ctx context.Context, query string) {
+	q.query(ctx, query)
 	q.txs.Add(1)
 }

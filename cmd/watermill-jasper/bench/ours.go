@@ -28,6 +28,12 @@ type oursOptions struct {
 	// each business transaction with publisher.WithTx, instead of a publisher per
 	// transaction (rt.TxPublisher(sql.TxFromPgx(tx))).
 	sharedPublisher bool
+	// replication relays through a logical replication slot (forwarder.LogicalReplication),
+	// created with the outbox (before any prefill) and dropped with it.
+	replication bool
+	// prefillTxRows, when positive, makes a drain leg's prefill commit that many rows per
+	// transaction (jasperSchema.prefillInTxs) instead of one COPY of the whole backlog.
+	prefillTxRows int
 }
 
 // runtimeStopTimeout bounds the stop of a runtime (forwarders, subscribers, agent, node).
@@ -62,9 +68,14 @@ func newOursOutbox(opts oursOptions) outboxFactory {
 			return nil, err
 		}
 		o := &oursOutbox{js: js, opts: opts}
+		if opts.replication {
+			if err := js.createSlot(ctx); err != nil {
+				return nil, errors.Join(err, js.close())
+			}
+		}
 		o.pubRT, err = o.newRuntime(e.drv, nil)
 		if err != nil {
-			return nil, errors.Join(err, js.close())
+			return nil, errors.Join(err, o.dropSlot(), js.close())
 		}
 		return o, nil
 	}
@@ -80,7 +91,15 @@ func (o *oursOutbox) newRuntime(drv store.Driver, forwarders []forwarder.Config)
 }
 
 func (o *oursOutbox) close() error {
-	return errors.Join(stopRuntime(o.pubRT), o.js.close())
+	return errors.Join(stopRuntime(o.pubRT), o.dropSlot(), o.js.close())
+}
+
+// dropSlot drops the outbox's slot and publication when it has them.
+func (o *oursOutbox) dropSlot() error {
+	if !o.opts.replication {
+		return nil
+	}
+	return o.js.dropSlot()
 }
 
 // runtime is the runtime whose publishers the business transactions use.
@@ -114,6 +133,9 @@ func (o *oursOutbox) output(s *sink) (message.Publisher, bool, error) {
 }
 
 func (o *oursOutbox) prefill(ctx context.Context, topic string, n int) error {
+	if o.opts.prefillTxRows > 0 {
+		return o.js.prefillInTxs(ctx, topic, n, o.opts.prefillTxRows)
+	}
 	return o.js.prefill(ctx, topic, n)
 }
 
@@ -178,11 +200,20 @@ func (r *oursRelay) counts() (int64, int64) {
 	return r.qc.statements.Load(), r.qc.txs.Load()
 }
 
-// describe reports the forwarder's own counters, for the progress lines.
+func (r *oursRelay) outboxStatements() int64 { return r.qc.outbox.Load() }
+
+func (r *oursRelay) relayStatements() int64 { return r.qc.relay.Load() }
+
+// describe reports the forwarder's own counters, for the progress lines: with a slot, how
+// many rows the slot brought and how many it left to the polling path.
 func (r *oursRelay) describe() string {
 	s := r.fwd.Stats()
-	return fmt.Sprintf("forwarder stats: claimed %d, sent %d, failed %d, released %d, dead-lettered %d",
+	d := fmt.Sprintf("forwarder stats: claimed %d, sent %d, failed %d, released %d, dead-lettered %d",
 		s.Claimed, s.Sent, s.Failed, s.Released, s.DeadLettered)
+	if rs, ok := r.fwd.ReplicationStats(); ok {
+		d += fmt.Sprintf("; slot: %d transactions, %d rows, %d left to polling", rs.Transactions, rs.Rows, rs.Handover)
+	}
+	return d
 }
 
 func (r *oursRelay) stop() error {
@@ -194,14 +225,18 @@ func (r *oursRelay) stop() error {
 }
 
 // startRelay starts a runtime with one forwarder with its defaults (batch size, workers,
-// publish concurrency, LISTEN/NOTIFY wake-up through the agent, 1 s poll) from this outbox
-// to out. The runtime runs on database.FromPgx(pool) with a statement counter in between.
+// publish concurrency, LISTEN/NOTIFY wake-up through the agent, 1 s poll; with the
+// replication option, the slot of the outbox) from this outbox to out. The runtime runs on database.FromPgx(pool) with a statement counter in between.
 func (o *oursOutbox) startRelay(ctx context.Context, out message.Publisher, owned bool) (relay, error) {
 	qc := &queryCounter{}
 	drv, err := countingDriver(o.js.e.pool, qc)
 	var rt *jasper.Runtime
 	if err == nil {
-		rt, err = o.newRuntime(drv, []forwarder.Config{{Publisher: out}})
+		fc := forwarder.Config{Publisher: out}
+		if o.opts.replication {
+			fc.LogicalReplication = &forwarder.LogicalReplication{DSN: o.js.e.cfg.DSN}
+		}
+		rt, err = o.newRuntime(drv, []forwarder.Config{fc})
 	}
 	if err == nil {
 		err = rt.Start(ctx)

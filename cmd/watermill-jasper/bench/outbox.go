@@ -77,6 +77,8 @@ type outboxPlan struct {
 	drains  []outboxDrainLeg
 	lats    []outboxLatLeg
 	idles   []outboxIdleLeg
+	// cdc counts the logical-replication legs (env.cdcLegs), which run last.
+	cdc int
 }
 
 // outboxDrainLeg is a drain leg: impl's relay (from newOutbox) drains n messages into a sink
@@ -182,13 +184,17 @@ func (e *env) plan() outboxPlan {
 	if !cfg.SkipWatermill {
 		p.idles = append(p.idles, outboxIdleLeg{implWatermill, wm})
 	}
+
+	// 7. Logical replication, on its own server (runCDC).
+	cd, cl, ci := e.cdcLegs()
+	p.cdc = len(cd) + len(cl) + len(ci)
 	return p
 }
 
 // legs is the number of legs of the plan (a publish variant counts once per round; the raw
 // loops, the broker's limit and the scheduled messages count too), for the progress.
 func (p outboxPlan) legs(e *env) int {
-	n := len(p.publish)*e.publishRounds() + 2 + len(p.drains) + len(p.lats) + len(p.idles) + 1
+	n := len(p.publish)*e.publishRounds() + 2 + len(p.drains) + len(p.lats) + len(p.idles) + 1 + p.cdc
 	if e.cfg.amqpEnabled() {
 		n++ // the broker's limit
 	}
@@ -201,6 +207,13 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	cfg := e.cfg
 	var r runResult
 	p := e.plan()
+	if p.cdc > 0 {
+		// Open the logical-replication legs' server first: a bad --cdc-dsn is refused before
+		// the other legs run, not after them.
+		if _, err := e.cdcEnv(ctx); err != nil {
+			return r, err
+		}
+	}
 
 	// 1. Publish: one message per business transaction, cfg.Publishers goroutines.
 	pubs, err := e.publishLegs(ctx, p.publish)
@@ -271,6 +284,11 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	}
 	r.scheduled = &sched
 	e.legs.legDone()
+
+	// 7. Logical replication: the slot's relay beside the polling one, on a logical server.
+	if err := e.runCDC(ctx, &r); err != nil {
+		return r, err
+	}
 	return r, nil
 }
 
@@ -352,6 +370,10 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 			prefix = "river_latency_"
 		case l.Impl == implWatermill && l.Sink == sinkGoChannel:
 			prefix = "watermill_latency_"
+		case l.Impl == implCDC:
+			prefix = "cdc_latency_"
+		case l.Impl == implCDCPolling:
+			prefix = "cdc_polling_latency_"
 		default:
 			continue
 		}
@@ -360,10 +382,19 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 		f.set(prefix+"max_ms", ms(l.Max))
 	}
 	for _, i := range r.idle {
-		if i.Impl == implOurs {
+		switch i.Impl {
+		case implOurs:
 			f.set("idle_statements_per_s", i.StatementsSec)
+			f.set("idle_outbox_statements_per_s", i.OutboxStatementsSec)
+			f.set("idle_relay_statements_per_s", i.RelayStatementsSec)
+		case implCDC:
+			f.set("cdc_idle_statements_per_s", i.RelayStatementsSec)
+			f.set("cdc_idle_outbox_statements_per_s", i.OutboxStatementsSec)
+			f.set("cdc_idle_all_statements_per_s", i.StatementsSec)
 		}
 	}
+	f.set("cdc_drain", drain(implCDC, sinkGoChannel, cfg.Backlog))
+	f.set("cdc_polling_drain", drain(implCDCPolling, sinkGoChannel, cfg.Backlog))
 	if r.scheduled != nil {
 		f.set("scheduled_late_p50_ms", ms(r.scheduled.LateP50))
 		f.set("scheduled_late_p99_ms", ms(r.scheduled.LateP99))
@@ -379,6 +410,7 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 	f.ratio("amqp_of_limit", "amqp_ours", "amqp_broker_limit")
 	f.ratio("publish_cost_x", "publish_bare_insert", "publish_ours")
 	f.ratio("latency_p99_of_river", "latency_p99_ms", "river_latency_p99_ms")
+	f.ratio("cdc_drain_of_polling", "cdc_drain", "cdc_polling_drain")
 	return f
 }
 
@@ -443,6 +475,9 @@ var outboxTargets = []target{
 	{"latency_p99_of_river", 0.2, true},
 	{"scheduled_late_p99_ms", 20, true},
 	{"scheduled_early", 0, true},
+	{"cdc_drain_of_polling", 1, false},
+	{"cdc_latency_p99_ms", 3, true},
+	{"cdc_idle_statements_per_s", 0, true},
 }
 
 // ResultLine is the one-line summary printed last: the median of every target figure.

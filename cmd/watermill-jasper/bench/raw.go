@@ -2,7 +2,10 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -58,6 +61,38 @@ func (j *jasperSchema) prefill(ctx context.Context, topic string, n int) error {
 	}
 	if err != nil {
 		return fmt.Errorf("bench: prefill outbox: %w", err)
+	}
+	return j.e.analyze(ctx, j.outgoing())
+}
+
+// prefillInTxs writes n outgoing envelopes for topic as prefill does, committed perTx rows
+// per transaction by 4 connections at once: a backlog of many transactions, as a stopped
+// relay finds it (a replication slot brings it transaction by transaction).
+func (j *jasperSchema) prefillInTxs(ctx context.Context, topic string, n, perTx int) error {
+	const conns = 4
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, conns)
+	for i := range conns {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				end := int(next.Add(int64(perTx)))
+				start := end - perTx
+				if start >= n {
+					return
+				}
+				src := &envelopeRows{topic: topic, left: min(end, n) - start, e: j.e}
+				_, err := j.e.pool.CopyFrom(ctx, pgx.Identifier{j.cfg.Schema, schema.OutgoingTable}, row.OutgoingColumns, src)
+				if err = errors.Join(err, src.err); err != nil {
+					errs[i] = fmt.Errorf("bench: prefill outbox: %w", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(append(errs, ctx.Err())...); err != nil {
+		return err
 	}
 	return j.e.analyze(ctx, j.outgoing())
 }

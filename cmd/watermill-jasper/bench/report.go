@@ -47,7 +47,7 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 			}
 		}
 		ofRaw := "-"
-		if r.Raw.Rate > 0 && d.Sink == sinkGoChannel {
+		if r.Raw.Rate > 0 && d.Sink == sinkGoChannel && !onLogicalServer(d.Impl) {
 			ofRaw = fmt.Sprintf("%.2f", d.Rate/r.Raw.Rate)
 		}
 		stmts := "-"
@@ -71,9 +71,15 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 	_ = t.Flush()
 
 	t = section(&b, fmt.Sprintf("IDLE: relay with nothing to send, statements sent to PostgreSQL (BEGIN/COMMIT included) over %s", cfg.IdleDuration))
-	fmt.Fprintln(t, "  impl\tstatements/s\ttransactions/s\t")
+	fmt.Fprintln(t, "  impl\tstatements/s\ton the outbox table\tof the forwarder\ttransactions/s\t")
+	rate := func(v float64) string {
+		if math.IsNaN(v) {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
 	for _, i := range r.Idle {
-		fmt.Fprintf(t, "  %s\t%.1f\t%.1f\t\n", i.Impl, i.StatementsSec, i.TxSec)
+		fmt.Fprintf(t, "  %s\t%.1f\t%s\t%s\t%.1f\t\n", i.Impl, i.StatementsSec, rate(i.OutboxStatementsSec), rate(i.RelayStatementsSec), i.TxSec)
 	}
 	_ = t.Flush()
 
@@ -82,6 +88,7 @@ func (r OutboxResult) WriteTable(w io.Writer) error {
 		"Drains are timed from the call that starts the relay (node lock, LISTEN, first claim or poll included) to the last distinct message at the sink's consumer; then the relay must delete/ack every row (left) and duplicates are counted by message UUID. msg/s after 1st leaves the start-up out: (N-1) / (last - first arrival).",
 		"gochannel: in-process GoChannel, one consumer goroutine that acks. amqp: persistent messages through the default exchange to a fresh durable queue, publisher confirms, arrivals counted by an amqp091 auto-ack consumer.",
 		"watermill amqp: watermill-amqp NewDurableQueueConfig with Publish.ConfirmDelivery, otherwise its defaults (a channel opened per Publish). watermill+jasperamqp: Watermill's relay through jasperamqp.NewPublisher (watermill-amqp, channel pool), to separate the relay from the AMQP client. ours amqp: jasperamqp.NewConfirmPublisher (pipelined confirms), destination rabbitmq://queue/NAME.",
+		"ours by slot: the forwarder with forwarder.LogicalReplication (pgoutput slot and publication created before the prefill, so the slot brings every row; the polling path still drains what it is woken for, at start). It and its baseline, ours polling (same server), run on a server with wal_level = logical: --cdc-dsn, --dsn when logical, else a private cluster (fsync on, shared_buffers 128MB) started for the run. Idle, on the outbox table: the statements naming jasper_outgoing_envelopes, whoever sends them; of the forwarder: the relay's own statements (its pprof label, internal/component), whatever they name. The rest are the node's and the agent's (node lock check, scheduled jobs, gauges), the same for either source.",
 		"Statements count every BEGIN/COMMIT/ROLLBACK; transactions include autocommit statements. The raw loop is the relay's own statements and nothing else, one goroutine: per 1,000 rows one transaction that locks them (SELECT ... FOR UPDATE SKIP LOCKED), deletes them and commits (drain_raw). The raw claim loop is the design that marks rows, as Jasper does: an UPDATE claiming 1,000 rows (owner_id) then a DELETE, each autocommit (drain_raw_claim).",
 	)
 	r.Figures.writeTo(&b, r.Runs)

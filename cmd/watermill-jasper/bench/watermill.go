@@ -253,7 +253,7 @@ type countingBeginner struct {
 }
 
 func (c countingBeginner) BeginTx(ctx context.Context, opts *stdsql.TxOptions) (wmsql.Tx, error) {
-	c.qc.addAutocommit()
+	c.qc.addAutocommit(ctx, "BEGIN")
 	tx, err := c.b.BeginTx(ctx, opts)
 	if err != nil {
 		return tx, err
@@ -262,12 +262,12 @@ func (c countingBeginner) BeginTx(ctx context.Context, opts *stdsql.TxOptions) (
 }
 
 func (c countingBeginner) ExecContext(ctx context.Context, q string, args ...any) (wmsql.Result, error) {
-	c.qc.addAutocommit()
+	c.qc.addAutocommit(ctx, q)
 	return c.b.ExecContext(ctx, q, args...)
 }
 
 func (c countingBeginner) QueryContext(ctx context.Context, q string, args ...any) (wmsql.Rows, error) {
-	c.qc.addAutocommit()
+	c.qc.addAutocommit(ctx, q)
 	return c.b.QueryContext(ctx, q, args...)
 }
 
@@ -277,12 +277,12 @@ type countingTx struct {
 }
 
 func (c countingTx) ExecContext(ctx context.Context, q string, args ...any) (wmsql.Result, error) {
-	c.qc.statements.Add(1)
+	c.qc.query(ctx, q)
 	return c.tx.ExecContext(ctx, q, args...)
 }
 
 func (c countingTx) QueryContext(ctx context.Context, q string, args ...any) (wmsql.Rows, error) {
-	c.qc.statements.Add(1)
+	c.qc.query(ctx, q)
 	return c.tx.QueryContext(ctx, q, args...)
 }
 

@@ -1,0 +1,155 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/internal/pgcluster"
+)
+
+// Implementation names of the logical-replication legs. They run on a server with wal_level
+// = logical (OutboxConfig.CDCDSN, the DSN's own server when it is logical, or a private
+// cluster), so the polling relay runs there too, as their baseline: the same server, the
+// same run, the legs one after the other.
+const (
+	implCDC        = "ours by slot"
+	implCDCPolling = "ours polling (same server)"
+)
+
+// onLogicalServer reports whether impl's legs ran on the logical-replication legs' server
+// (which is not the server of the raw loops).
+func onLogicalServer(impl string) bool { return impl == implCDC || impl == implCDCPolling }
+
+// cdcClusterSettings are the postgresql.conf lines of the private cluster of the
+// logical-replication legs: logical decoding, and the durability and memory settings of a
+// stock server (pgcluster turns fsync off for the tests; a benchmark must not).
+var cdcClusterSettings = []string{
+	"wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10",
+	"fsync = on", "full_page_writes = on", "shared_buffers = 128MB",
+}
+
+// cdcEnv is the env of the logical-replication legs, opened on first use and closed by
+// e.close: on OutboxConfig.CDCDSN, else on the DSN's server when it runs wal_level =
+// logical, else on a private cluster started for the benchmark (internal/pgcluster; it needs
+// PostgreSQL's server programs) and removed when it ends.
+func (e *env) cdcEnv(ctx context.Context) (*env, error) {
+	if e.cdc != nil {
+		return e.cdc, nil
+	}
+	dsn := e.cfg.CDCDSN
+	var cluster *pgcluster.Cluster
+	if dsn == "" {
+		var level string
+		if err := e.pool.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
+			return nil, fmt.Errorf("bench: read wal_level: %w", err)
+		}
+		if level == "logical" {
+			dsn = e.cfg.DSN
+		} else {
+			e.logf("logical replication legs: the server runs wal_level = %s; starting a private PostgreSQL cluster with wal_level = logical", level)
+			var err error
+			if cluster, err = pgcluster.New(ctx, pgcluster.Options{Settings: cdcClusterSettings}); err != nil {
+				return nil, fmt.Errorf("bench: the logical-replication legs need a server with wal_level = logical (--cdc-dsn) or PostgreSQL's server programs to start one (or --skip-cdc): %w", err)
+			}
+			dsn = cluster.DSN()
+		}
+	}
+	cfg := e.cfg
+	cfg.DSN = dsn
+	c, err := newEnv(ctx, cfg, e.progress)
+	if err != nil {
+		if cluster != nil {
+			return nil, errors.Join(err, cluster.Close())
+		}
+		return nil, fmt.Errorf("%w (the logical-replication legs' --cdc-dsn; --skip-cdc skips them)", err)
+	}
+	c.legs, c.cluster, c.logger = e.legs, cluster, e.logger
+	e.cdc = c
+	return c, nil
+}
+
+// createSlot creates the publication and the slot of j's outbox (their default names), so
+// that the slot sees every row written after it: a drain leg's prefill included.
+func (j *jasperSchema) createSlot(ctx context.Context) error {
+	if _, err := admin.CreateReplicationSlot(ctx, j.e.cfg.DSN, j.cfg, admin.ReplicationSlot{}); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
+}
+
+// dropSlot drops the slot and the publication of j's outbox: a slot left behind would keep
+// the server's write-ahead log forever.
+func (j *jasperSchema) dropSlot() error {
+	ctx, cancel := context.WithTimeout(context.Background(), runtimeStopTimeout)
+	defer cancel()
+	if _, err := admin.DropReplicationSlot(ctx, j.e.cfg.DSN, j.cfg, admin.ReplicationSlot{}); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
+}
+
+// cdcPrefillTxRows is how many rows each transaction of the logical-replication legs'
+// prefill commits: a backlog of many small transactions, as business transactions leave it,
+// which the slot brings one transaction at a time (a single COPY of the whole backlog would
+// be one transaction of Backlog rows).
+const cdcPrefillTxRows = 10
+
+// cdcLegs are the logical-replication legs of one run, in the order they run: each polling
+// baseline right before the slot's leg of the same kind.
+func (e *env) cdcLegs() (drains []outboxDrainLeg, lats []outboxLatLeg, idles []outboxIdleLeg) {
+	if e.cfg.SkipCDC {
+		return nil, nil, nil
+	}
+	polling := newOursOutbox(oursOptions{prefillTxRows: cdcPrefillTxRows})
+	slot := newOursOutbox(oursOptions{replication: true, prefillTxRows: cdcPrefillTxRows})
+	drains = []outboxDrainLeg{
+		{implCDCPolling, polling, sinkGoChannel, e.cfg.Backlog},
+		{implCDC, slot, sinkGoChannel, e.cfg.Backlog},
+	}
+	lats = []outboxLatLeg{{implCDCPolling, polling, sinkGoChannel}, {implCDC, slot, sinkGoChannel}}
+	idles = []outboxIdleLeg{{implCDC, slot}}
+	return drains, lats, idles
+}
+
+// runCDC runs the logical-replication legs of one run on the cdc env into r.
+func (e *env) runCDC(ctx context.Context, r *runResult) error {
+	drains, lats, idles := e.cdcLegs()
+	if len(drains)+len(lats)+len(idles) == 0 {
+		return nil
+	}
+	c, err := e.cdcEnv(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range drains {
+		res, err := profiled(ctx, fmt.Sprintf("drain-%s-%d", d.impl, d.n), func(ctx context.Context) (DrainResult, error) {
+			return c.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
+		})
+		if err != nil {
+			return err
+		}
+		r.drains = append(r.drains, res)
+		e.legs.legDone()
+	}
+	for _, l := range lats {
+		res, err := profiled(ctx, "latency-"+l.impl, func(ctx context.Context) (LatencyResult, error) {
+			return c.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
+		})
+		if err != nil {
+			return err
+		}
+		r.latency = append(r.latency, res)
+		e.legs.legDone()
+	}
+	for _, l := range idles {
+		res, err := c.idleLeg(ctx, l.impl, l.newOutbox)
+		if err != nil {
+			return err
+		}
+		r.idle = append(r.idle, res)
+		e.legs.legDone()
+	}
+	return nil
+}
