@@ -81,6 +81,18 @@ func (e *replicationEnv) outboxStatements(t *testing.T) int64 {
 	return n
 }
 
+// awaitEmptyOutbox waits for the outbox to be empty: a batch's delete and commit follow its
+// publishes, so the last messages arrive before their rows are gone.
+func (e *replicationEnv) awaitEmptyOutbox(t *testing.T) {
+	t.Helper()
+	waitUntil(t, func() string {
+		if n := e.outgoing(); n != 0 {
+			return fmt.Sprintf("%d outgoing rows left", n)
+		}
+		return ""
+	})
+}
+
 // The logical-replication source end to end: the rows waiting before the slot existed go by
 // the polling path at start; then each committed transaction arrives through the slot (none
 // handed over), and while the outbox is idle the forwarder runs no statement on it.
@@ -111,13 +123,7 @@ func TestLogicalReplicationRelaysAndIdlesWithoutStatements(t *testing.T) {
 		s, _ := f.ReplicationStats()
 		t.Fatalf("%d of 250 messages arrived; replication %+v; forwarder %+v", c.distinct(), s, f.Stats())
 	}
-	// The last batch's delete and commit follow the publish: wait for the empty outbox.
-	waitUntil(t, func() string {
-		if n := e.outgoing(); n != 0 {
-			return fmt.Sprintf("%d outgoing rows left", n)
-		}
-		return ""
-	})
+	e.awaitEmptyOutbox(t)
 	s, _ := f.ReplicationStats()
 	// A row is handed over when another batch holds it as the slot brings it (the polling
 	// path runs on wake-ups, e.g. the first drain): a few at most.
@@ -179,12 +185,7 @@ func TestLogicalReplicationTransactionLargerThanABatch(t *testing.T) {
 	awaitStreaming(t, f, true)
 	e.insert("orders", newMessages(350, "big")...) // one transaction
 	c.wait(t, "the 350 messages of one transaction")
-	waitUntil(t, func() string {
-		if n := e.outgoing(); n != 0 {
-			return fmt.Sprintf("%d outgoing rows left", n)
-		}
-		return ""
-	})
+	e.awaitEmptyOutbox(t)
 	if s, _ := f.ReplicationStats(); s.Rows < 350 {
 		t.Errorf("the slot brought %d rows, want the transaction's 350", s.Rows)
 	}
