@@ -48,7 +48,8 @@ type Config struct {
 	// BatchSize is how many envelopes one claim takes. Default 500.
 	BatchSize int
 	// Workers is how many claim loops run concurrently (while one publishes a batch, another
-	// claims the next). Default 2.
+	// claims the next), and how many batches of the replication slot are relayed at once with
+	// LogicalReplication. Default 2.
 	Workers int
 	// PublishConcurrency is how many Publish calls run at once, across all workers. Publishers
 	// that wait for a broker confirmation inside Publish (watermill-amqp with

@@ -24,15 +24,17 @@ import (
 // forwarder issues no statement while the outbox is idle.
 //
 // Every row it was told of is locked by primary key (one statement per batch of
-// transactions, skipping rows another relay or a .NET Jasper node holds, claimed or already
-// deleted), published, deleted, and the batch committed before the slot's position is
-// confirmed. A row it did not send (skipped, failed, behind an earlier row of its partition
+// transactions, at most BatchSize rows, skipping rows another relay or a .NET Jasper node
+// holds, claimed or already deleted), published, deleted, and the batch committed; Workers
+// batches run at once, and the slot's position is confirmed up to the batches committed in
+// slot order. A row it did not send (skipped, failed, behind an earlier row of its partition
 // key, unreadable) stays in the table, and the polling path of the same forwarder relays it:
 // that is the handover, and why nothing falls between the two. The polling path also relays
-// what was waiting before the slot existed (at start) and what the agent hands back; it runs
-// on those wake-ups only, never on a timer while the slot streams. When the slot cannot be
-// read (missing, invalidated, the connection lost), the forwarder polls as usual and tries the
-// slot again every RetryInterval.
+// what was waiting before the slot existed (at start), what the agent hands back or finds
+// unowned, and a backlog (a full batch from the slot wakes it; the slot is not read while its
+// batches come back full); it runs on those wake-ups only, never on a timer or a notification
+// while the slot streams. When the slot cannot be read (missing, invalidated, the connection
+// lost), the forwarder polls as usual and tries the slot again every RetryInterval.
 //
 // Several forwarders may name one slot: one streams it, the others stand by (polling only
 // when woken, as the streaming one does) and take it over within RetryInterval of the active
