@@ -49,7 +49,9 @@ type Reader struct {
 	cfg  Config
 	pid  uint32
 
-	out       chan Tx
+	out       chan Tx       // decoded transactions, up to readAhead
+	queued    atomic.Int64  // rows of the transactions in out
+	taken     chan struct{} // Next took a transaction
 	confirmed atomic.Uint64
 	reported  atomic.Uint64
 	serverEnd atomic.Uint64 // the server's WAL end, from its keepalives and data messages
@@ -71,7 +73,7 @@ type Reader struct {
 	relations   map[uint32]*relation
 	cur         *Tx // the transaction being received (between Begin and Commit)
 	pending     *Tx // a committed transaction waiting for Next
-	handed      LSN // EndLSN of the last transaction Next returned
+	handed      LSN // EndLSN of the last transaction handed to Next (put in out)
 	idle        LSN // a position every transaction before which was received and confirmed
 	replyWanted bool
 	lastSent    time.Time
@@ -157,7 +159,8 @@ func startStream(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader,
 	lctx, stop := context.WithCancel(context.Background())
 	r := &Reader{
 		conn: conn, cfg: cfg, pid: conn.PID(),
-		out: make(chan Tx), kickCh: make(chan struct{}, 1), flushCh: make(chan chan struct{}, 16),
+		out: make(chan Tx, readAhead), taken: make(chan struct{}, 1),
+		kickCh: make(chan struct{}, 1), flushCh: make(chan chan struct{}, 16),
 		ctx: lctx, stop: stop, done: make(chan struct{}),
 		dec: newDecoder(), relations: map[uint32]*relation{},
 	}
@@ -218,6 +221,7 @@ func (r *Reader) Slot() string { return r.cfg.Slot }
 func (r *Reader) Next(ctx context.Context) (Tx, error) {
 	select {
 	case tx := <-r.out:
+		r.took(tx)
 		return tx, nil
 	case <-r.done:
 		return Tx{}, r.err
@@ -231,16 +235,38 @@ func (r *Reader) Next(ctx context.Context) (Tx, error) {
 func (r *Reader) TryNext() (Tx, bool) {
 	select {
 	case tx := <-r.out:
+		r.took(tx)
 		return tx, true
 	default:
 		return Tx{}, false
 	}
 }
 
+// Ready is how many decoded transactions wait for Next (TryNext takes them at once).
+func (r *Reader) Ready() int { return len(r.out) }
+
+// readAhead is how many decoded transactions wait for Next at most, and maxQueuedRows how
+// many rows they hold at most (more only when one transaction alone has more): while the
+// caller is busy, the reader decodes ahead, so that the caller then takes a whole batch of
+// what arrived meanwhile instead of one transaction at a time.
+const (
+	readAhead     = 64
+	maxQueuedRows = 10000
+)
+
+// took accounts for tx taken by Next or TryNext, and lets the loop decode ahead again.
+func (r *Reader) took(tx Tx) {
+	r.queued.Add(-int64(len(tx.Rows)))
+	select {
+	case r.taken <- struct{}{}:
+	default:
+	}
+}
+
 // Confirm records that everything before lsn is done with: pass a Tx's EndLSN once its rows
 // were sent, the broker confirmed them and their delete committed. Positions only move
-// forward (a smaller lsn is ignored); a position past the last transaction Next returned is
-// held at it. The reader reports the position to the server in its next standby status
+// forward (a smaller lsn is ignored); a position past the last transaction received is
+// held at it (pass only the EndLSN of a transaction Next or TryNext returned). The reader reports the position to the server in its next standby status
 // update (within about 50ms, or at Flush or Close); PostgreSQL then never sends those
 // transactions again and may recycle the WAL before them.
 func (r *Reader) Confirm(lsn LSN) {
@@ -418,11 +444,17 @@ func (r *Reader) loop() error {
 			}
 		}
 		if r.pending != nil {
+			out := r.out
+			if q := r.queued.Load(); q > 0 && q+int64(len(r.pending.Rows)) > maxQueuedRows {
+				out = nil // enough rows wait: until Next takes some
+			}
 			t := time.NewTimer(time.Until(wake))
 			select {
-			case r.out <- *r.pending:
+			case out <- *r.pending:
+				r.queued.Add(int64(len(r.pending.Rows)))
 				r.handed = r.pending.EndLSN
 				r.pending = nil
+			case <-r.taken:
 			case <-t.C:
 			case <-r.kickCh:
 			case <-r.ctx.Done():

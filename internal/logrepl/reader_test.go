@@ -127,6 +127,37 @@ func TestReader(t *testing.T) {
 		}
 	})
 
+	// While the caller does not take transactions (its batch is being relayed), the reader
+	// decodes ahead: the 20 committed meanwhile are all ready, and TryNext takes them in one
+	// go, in commit order, instead of one at a time.
+	t.Run("ReadsAhead", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		var want [][]uuid.UUID
+		for i := range 20 {
+			want = append(want, e.commitTx(fmt.Sprintf("ahead-%d", i), 1+i%3))
+		}
+		deadline := time.Now().Add(waitLimit)
+		for r.Ready() < 19 { // the 20th may wait in the reader, beside the full channel
+			if time.Now().After(deadline) {
+				t.Fatalf("%d transactions ready after %s, want the 20 committed (19 at least)", r.Ready(), waitLimit)
+			}
+			time.Sleep(5 * time.Millisecond) // no event for the reader's progress
+		}
+		expect(t, r, "the first transaction", want[0])
+		for i := 1; i < 19; i++ {
+			tx, ok := r.TryNext()
+			if !ok {
+				t.Fatalf("TryNext found nothing ready at transaction %d of 20", i+1)
+			}
+			if got := rowIDs(tx); fmt.Sprint(got) != fmt.Sprint(want[i]) {
+				t.Fatalf("transaction %d: got rows %v, want %v", i+1, got, want[i])
+			}
+		}
+		expect(t, r, "the last transaction", want[19])
+	})
+
 	t.Run("QuietTableReleasesWAL", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, srv, true)
