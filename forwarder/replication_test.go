@@ -81,6 +81,17 @@ func (e *replicationEnv) outboxStatements(t *testing.T) int64 {
 	return n
 }
 
+// following starts a forwarder of e with cfg following the slot of lr, and waits until it
+// streams.
+func following(t *testing.T, e *env, lr *LogicalReplication, cfg Config) *Forwarder {
+	t.Helper()
+	cfg.LogicalReplication = lr
+	f := e.forwarder(cfg)
+	start(t, f)
+	awaitStreaming(t, f, true)
+	return f
+}
+
 // awaitEmptyOutbox waits for the outbox to be empty: a batch's delete and commit follow its
 // publishes, so the last messages arrive before their rows are gone.
 func (e *replicationEnv) awaitEmptyOutbox(t *testing.T) {
@@ -102,9 +113,7 @@ func TestLogicalReplicationRelaysAndIdlesWithoutStatements(t *testing.T) {
 	pubsub := goChannel(t)
 	e.insert("orders", newMessages(50, "before")...)
 	c := collect(t, pubsub, "orders", 50+200)
-	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, PollInterval: 200 * time.Millisecond})
-	start(t, f)
-	awaitStreaming(t, f, true)
+	f := following(t, e.env, &e.lr, Config{Publisher: pubsub, PollInterval: 200 * time.Millisecond})
 	c.waitCount(t, 50, "the 50 rows of before the slot, by the polling path")
 	for i := range 200 {
 		e.insert("orders", newMessages(1, fmt.Sprintf("after-%d", i))...)
@@ -152,9 +161,7 @@ func TestLogicalReplicationNotificationsDoNotPoll(t *testing.T) {
 	lr := LogicalReplication{DSN: cluster.DSN(), Create: true, RetryInterval: 200 * time.Millisecond}
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "orders", 100)
-	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &lr, PollInterval: 200 * time.Millisecond})
-	start(t, f)
-	awaitStreaming(t, f, true)
+	f := following(t, e, &lr, Config{Publisher: pubsub, PollInterval: 200 * time.Millisecond})
 	before := f.Stats().Polls
 	for i := range 100 {
 		e.insert("orders", newMessages(1, fmt.Sprintf("notified-%d", i))...) // NotifyOutgoing
@@ -180,9 +187,7 @@ func TestLogicalReplicationTransactionLargerThanABatch(t *testing.T) {
 	e := newReplicationEnv(t)
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "orders", 350)
-	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, BatchSize: 100, PollInterval: 200 * time.Millisecond})
-	start(t, f)
-	awaitStreaming(t, f, true)
+	f := following(t, e.env, &e.lr, Config{Publisher: pubsub, BatchSize: 100, PollInterval: 200 * time.Millisecond})
 	e.insert("orders", newMessages(350, "big")...) // one transaction
 	c.wait(t, "the 350 messages of one transaction")
 	e.awaitEmptyOutbox(t)
@@ -199,9 +204,7 @@ func TestLogicalReplicationStandByTakesOver(t *testing.T) {
 	e := newReplicationEnv(t)
 	pubsub := goChannel(t)
 	c := collect(t, pubsub, "orders", 300)
-	active := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, PollInterval: 200 * time.Millisecond})
-	start(t, active)
-	awaitStreaming(t, active, true)
+	active := following(t, e.env, &e.lr, Config{Publisher: pubsub, PollInterval: 200 * time.Millisecond})
 	standBy := newEnvOn(t, e.db, e.schema, quietAgent).forwarder(Config{Publisher: pubsub, LogicalReplication: &e.lr, PollInterval: 200 * time.Millisecond})
 	start(t, standBy)
 	if s, _ := standBy.ReplicationStats(); s.Streaming {
@@ -245,9 +248,7 @@ func TestLogicalReplicationFallsBackToPolling(t *testing.T) {
 	if _, err := logrepl.Setup(context.Background(), conn, cfg); err != nil {
 		t.Fatal(err)
 	}
-	f := e.forwarder(Config{Publisher: pubsub, LogicalReplication: &lr, PollInterval: 100 * time.Millisecond})
-	start(t, f)
-	awaitStreaming(t, f, true)
+	f := following(t, e.env, &lr, Config{Publisher: pubsub, PollInterval: 100 * time.Millisecond})
 	// Drop the slot: terminate its stream first (an active slot cannot be dropped).
 	var pid int
 	if err := e.pool.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, "wj_outbox_"+e.schema.Schema).Scan(&pid); err != nil {

@@ -98,58 +98,45 @@ const cdcPrefillTxRows = 10
 
 // cdcLegs are the logical-replication legs of one run, in the order they run: each polling
 // baseline right before the slot's leg of the same kind.
-func (e *env) cdcLegs() (drains []outboxDrainLeg, lats []outboxLatLeg, idles []outboxIdleLeg) {
+type cdcLegs struct {
+	drains []outboxDrainLeg
+	lats   []outboxLatLeg
+	idles  []outboxIdleLeg
+}
+
+func (l cdcLegs) count() int { return len(l.drains) + len(l.lats) + len(l.idles) }
+
+// cdcLegs are the logical-replication legs of e's config (none with SkipCDC).
+func (e *env) cdcLegs() cdcLegs {
 	if e.cfg.SkipCDC {
-		return nil, nil, nil
+		return cdcLegs{}
 	}
 	polling := newOursOutbox(oursOptions{prefillTxRows: cdcPrefillTxRows})
 	slot := newOursOutbox(oursOptions{replication: true, prefillTxRows: cdcPrefillTxRows})
-	drains = []outboxDrainLeg{
-		{implCDCPolling, polling, sinkGoChannel, e.cfg.Backlog},
-		{implCDC, slot, sinkGoChannel, e.cfg.Backlog},
+	return cdcLegs{
+		drains: []outboxDrainLeg{
+			{implCDCPolling, polling, sinkGoChannel, e.cfg.Backlog},
+			{implCDC, slot, sinkGoChannel, e.cfg.Backlog},
+		},
+		lats:  []outboxLatLeg{{implCDCPolling, polling, sinkGoChannel}, {implCDC, slot, sinkGoChannel}},
+		idles: []outboxIdleLeg{{implCDC, slot}},
 	}
-	lats = []outboxLatLeg{{implCDCPolling, polling, sinkGoChannel}, {implCDC, slot, sinkGoChannel}}
-	idles = []outboxIdleLeg{{implCDC, slot}}
-	return drains, lats, idles
 }
 
 // runCDC runs the logical-replication legs of one run on the cdc env into r.
-func (e *env) runCDC(ctx context.Context, r *runResult) error {
-	drains, lats, idles := e.cdcLegs()
-	if len(drains)+len(lats)+len(idles) == 0 {
+func (e *env) runCDC(ctx context.Context, legs cdcLegs, r *runResult) error {
+	if legs.count() == 0 {
 		return nil
 	}
 	c, err := e.cdcEnv(ctx)
 	if err != nil {
 		return err
 	}
-	for _, d := range drains {
-		res, err := profiled(ctx, fmt.Sprintf("drain-%s-%d", d.impl, d.n), func(ctx context.Context) (DrainResult, error) {
-			return c.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
-		})
-		if err != nil {
-			return err
-		}
-		r.drains = append(r.drains, res)
-		e.legs.legDone()
+	if err := c.runDrains(ctx, legs.drains, r); err != nil {
+		return err
 	}
-	for _, l := range lats {
-		res, err := profiled(ctx, "latency-"+l.impl, func(ctx context.Context) (LatencyResult, error) {
-			return c.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
-		})
-		if err != nil {
-			return err
-		}
-		r.latency = append(r.latency, res)
-		e.legs.legDone()
+	if err := c.runLatencies(ctx, legs.lats, r); err != nil {
+		return err
 	}
-	for _, l := range idles {
-		res, err := c.idleLeg(ctx, l.impl, l.newOutbox)
-		if err != nil {
-			return err
-		}
-		r.idle = append(r.idle, res)
-		e.legs.legDone()
-	}
-	return nil
+	return c.runIdles(ctx, legs.idles, r)
 }

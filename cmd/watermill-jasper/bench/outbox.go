@@ -77,8 +77,9 @@ type outboxPlan struct {
 	drains  []outboxDrainLeg
 	lats    []outboxLatLeg
 	idles   []outboxIdleLeg
-	// cdc counts the logical-replication legs (env.cdcLegs), which run last.
-	cdc int
+	// cdc are the logical-replication legs (env.cdcLegs), which run last, on their own
+	// server.
+	cdc cdcLegs
 }
 
 // outboxDrainLeg is a drain leg: impl's relay (from newOutbox) drains n messages into a sink
@@ -186,15 +187,14 @@ func (e *env) plan() outboxPlan {
 	}
 
 	// 7. Logical replication, on its own server (runCDC).
-	cd, cl, ci := e.cdcLegs()
-	p.cdc = len(cd) + len(cl) + len(ci)
+	p.cdc = e.cdcLegs()
 	return p
 }
 
 // legs is the number of legs of the plan (a publish variant counts once per round; the raw
 // loops, the broker's limit and the scheduled messages count too), for the progress.
 func (p outboxPlan) legs(e *env) int {
-	n := len(p.publish)*e.publishRounds() + 2 + len(p.drains) + len(p.lats) + len(p.idles) + 1 + p.cdc
+	n := len(p.publish)*e.publishRounds() + 2 + len(p.drains) + len(p.lats) + len(p.idles) + 1 + p.cdc.count()
 	if e.cfg.amqpEnabled() {
 		n++ // the broker's limit
 	}
@@ -207,7 +207,7 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	cfg := e.cfg
 	var r runResult
 	p := e.plan()
-	if p.cdc > 0 {
+	if p.cdc.count() > 0 {
 		// Open the logical-replication legs' server first: a bad --cdc-dsn is refused before
 		// the other legs run, not after them.
 		if _, err := e.cdcEnv(ctx); err != nil {
@@ -236,15 +236,8 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	e.legs.legDone()
 
 	// 3. Drains.
-	for _, d := range p.drains {
-		res, err := profiled(ctx, fmt.Sprintf("drain-%s-%s-%d", d.impl, d.kind, d.n), func(ctx context.Context) (DrainResult, error) {
-			return e.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
-		})
-		if err != nil {
-			return r, err
-		}
-		r.drains = append(r.drains, res)
-		e.legs.legDone()
+	if err := e.runDrains(ctx, p.drains, &r); err != nil {
+		return r, err
 	}
 	if cfg.amqpEnabled() {
 		res, err := profiled(ctx, "amqp-broker-limit", func(ctx context.Context) (DrainResult, error) { return e.brokerLimitLeg(ctx, cfg.Backlog) })
@@ -255,26 +248,12 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 		e.legs.legDone()
 	}
 
-	// 4. Latency at a steady rate.
-	for _, l := range p.lats {
-		res, err := profiled(ctx, fmt.Sprintf("latency-%s-%s", l.impl, l.kind), func(ctx context.Context) (LatencyResult, error) {
-			return e.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
-		})
-		if err != nil {
-			return r, err
-		}
-		r.latency = append(r.latency, res)
-		e.legs.legDone()
+	// 4. Latency at a steady rate; 5. what an idle relay costs the database.
+	if err := e.runLatencies(ctx, p.lats, &r); err != nil {
+		return r, err
 	}
-
-	// 5. What an idle relay costs the database.
-	for _, l := range p.idles {
-		res, err := e.idleLeg(ctx, l.impl, l.newOutbox)
-		if err != nil {
-			return r, err
-		}
-		r.idle = append(r.idle, res)
-		e.legs.legDone()
+	if err := e.runIdles(ctx, p.idles, &r); err != nil {
+		return r, err
 	}
 
 	// 6. Delayed messages: how late (never early) they arrive.
@@ -286,10 +265,53 @@ func (e *env) runOnce(ctx context.Context) (runResult, error) {
 	e.legs.legDone()
 
 	// 7. Logical replication: the slot's relay beside the polling one, on a logical server.
-	if err := e.runCDC(ctx, &r); err != nil {
+	if err := e.runCDC(ctx, p.cdc, &r); err != nil {
 		return r, err
 	}
 	return r, nil
+}
+
+// runDrains runs drain legs on e (their outboxes in e's database) into r.
+func (e *env) runDrains(ctx context.Context, drains []outboxDrainLeg, r *runResult) error {
+	for _, d := range drains {
+		res, err := profiled(ctx, fmt.Sprintf("drain-%s-%s-%d", d.impl, d.kind, d.n), func(ctx context.Context) (DrainResult, error) {
+			return e.drainLeg(ctx, d.impl, d.newOutbox, d.kind, d.n)
+		})
+		if err != nil {
+			return err
+		}
+		r.drains = append(r.drains, res)
+		e.legs.legDone()
+	}
+	return nil
+}
+
+// runLatencies runs latency legs on e into r.
+func (e *env) runLatencies(ctx context.Context, lats []outboxLatLeg, r *runResult) error {
+	for _, l := range lats {
+		res, err := profiled(ctx, fmt.Sprintf("latency-%s-%s", l.impl, l.kind), func(ctx context.Context) (LatencyResult, error) {
+			return e.latencyLeg(ctx, l.impl, l.newOutbox, l.kind)
+		})
+		if err != nil {
+			return err
+		}
+		r.latency = append(r.latency, res)
+		e.legs.legDone()
+	}
+	return nil
+}
+
+// runIdles runs idle legs on e into r.
+func (e *env) runIdles(ctx context.Context, idles []outboxIdleLeg, r *runResult) error {
+	for _, l := range idles {
+		res, err := e.idleLeg(ctx, l.impl, l.newOutbox)
+		if err != nil {
+			return err
+		}
+		r.idle = append(r.idle, res)
+		e.legs.legDone()
+	}
+	return nil
 }
 
 // outboxResult is the result of runs: for every leg, the run with the median figure (lower

@@ -54,6 +54,14 @@ func (copyUUIDs) Dest(u *uuid.UUID) any { return u }
 // writes for the benchmark's messages, mapped by the same code (row.FromMessage). The rows
 // are made as COPY streams them, so that a million-row prefill holds one row at a time.
 func (j *jasperSchema) prefill(ctx context.Context, topic string, n int) error {
+	if err := j.copyEnvelopes(ctx, topic, n); err != nil {
+		return err
+	}
+	return j.e.analyze(ctx, j.outgoing())
+}
+
+// copyEnvelopes writes n outgoing envelopes for topic in one COPY (one transaction).
+func (j *jasperSchema) copyEnvelopes(ctx context.Context, topic string, n int) error {
 	src := &envelopeRows{topic: topic, left: n, e: j.e}
 	_, err := j.e.pool.CopyFrom(ctx, pgx.Identifier{j.cfg.Schema, schema.OutgoingTable}, row.OutgoingColumns, src)
 	if err == nil {
@@ -62,7 +70,7 @@ func (j *jasperSchema) prefill(ctx context.Context, topic string, n int) error {
 	if err != nil {
 		return fmt.Errorf("bench: prefill outbox: %w", err)
 	}
-	return j.e.analyze(ctx, j.outgoing())
+	return nil
 }
 
 // prefillInTxs writes n outgoing envelopes for topic as prefill does, committed perTx rows
@@ -81,10 +89,8 @@ func (j *jasperSchema) prefillInTxs(ctx context.Context, topic string, n, perTx 
 				if start >= n {
 					return
 				}
-				src := &envelopeRows{topic: topic, left: min(end, n) - start, e: j.e}
-				_, err := j.e.pool.CopyFrom(ctx, pgx.Identifier{j.cfg.Schema, schema.OutgoingTable}, row.OutgoingColumns, src)
-				if err = errors.Join(err, src.err); err != nil {
-					errs[i] = fmt.Errorf("bench: prefill outbox: %w", err)
+				if err := j.copyEnvelopes(ctx, topic, min(end, n)-start); err != nil {
+					errs[i] = err
 					return
 				}
 			}
