@@ -417,11 +417,12 @@ func (fl *follower) lockAndRelay(ctx context.Context, w *worker, ids []uuid.UUID
 // slot may bring a transaction a moment before its commit is visible to other sessions
 // (PostgreSQL flushes the commit record, which wakes the slot's sender, before it marks the
 // transaction committed for new snapshots), so a lock by id can miss a row that is there. A
-// row another relay holds is normally sent (and gone) within a batch's time. What is still
+// row another relay holds is normally sent (and gone) within a batch's time; a loaded server
+// can take longer to show either, hence the later tries. What is still
 // missed after the last try is handed to the polling path: one claim finds whatever of it is
 // left, and the agent's recovery pass wakes that path again while unowned rows remain
 // (durability.Agent.RecoverUnowned).
-var sweepDelays = []time.Duration{2 * time.Millisecond, 20 * time.Millisecond}
+var sweepDelays = []time.Duration{2 * time.Millisecond, 20 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond}
 
 // drainingRecheck is how often the replication source looks whether the polling path's
 // drain of a backlog is done (no statement, no slot reading until then).
