@@ -110,7 +110,9 @@ func (w *worker) run(ctx context.Context) {
 // other relays skip them, and when it ends without a commit (a failed statement, a lost
 // connection, a crash) they are free to be relayed again at once, by anyone; no agent has to
 // hand them back. The commit is the one moment the outcomes are recorded: when its answer is
-// lost, the batch may be relayed again (at least once). It returns the size of the regular
+// lost, the batch may be relayed again (at least once). It does not wait for the disk
+// (store.Store.BeginRelay): a crash of the database may lose it, and the batch is relayed
+// again, as after a crash of the relay. It returns the size of the regular
 // lock and whether any envelope was found.
 func (w *worker) relayBatch(base context.Context) (n int, found bool, err error) {
 	if w.idle && !w.anythingToLock(base) {
@@ -134,7 +136,7 @@ func (w *worker) relay(base context.Context, lock func(base context.Context, ops
 	// Begin's context must live as long as the transaction (database/sql rolls a
 	// transaction back when it ends); base is never cancelled, and every statement has its
 	// own timeout.
-	tx, err := f.store.DB().Begin(base)
+	tx, err := f.store.BeginRelay(base)
 	if err != nil {
 		return 0, false, fmt.Errorf("begin: %w", err)
 	}

@@ -69,6 +69,16 @@ type Store interface {
 	// mark was recorded (false: a mark with that id exists: a duplicate).
 	BeginInsertHandled(ctx context.Context, p InsertHandledParams) (dbx.Tx, bool, error)
 
+	// BeginRelay starts the transaction of a relay's batch: LockOutgoing, then the outcomes
+	// of its publishes (DeleteOutgoing, ReleaseOutgoing, DeadLetterOutgoing), then the
+	// commit. Where the database can, that commit does not wait for the write-ahead log to
+	// reach the disk (PostgreSQL: synchronous_commit = off for this transaction alone, set in
+	// the same round trip as BEGIN where the driver can): the publishes were confirmed
+	// before it, and a commit that a crash of the database loses leaves the envelopes in
+	// the table, to be relayed again, which at-least-once delivery allows
+	// (docs/durability.md).
+	BeginRelay(ctx context.Context) (dbx.Tx, error)
+
 	// Capabilities of the database.
 	Caps() Caps
 

@@ -142,7 +142,12 @@ func (p *postgres) Name() dbx.Dialect { return dbx.Postgres }
 func (p *postgres) Caps() store.Caps { return store.Caps{Notifications: true, SavepointRelease: true} }
 
 // MoveNeedsTx is false: the moves to the dead letters are one statement each.
-func (p *postgres) MoveNeedsTx() bool         { return false }
+func (p *postgres) MoveNeedsTx() bool { return false }
+
+// RelayTxSettings turns synchronous_commit off for the relay's batch transaction alone: its
+// commit returns once its record is in the write-ahead log's buffers, which the WAL writer
+// flushes within a few hundred milliseconds (Store.BeginRelay says why that is safe).
+func (p *postgres) RelayTxSettings() string   { return "SET LOCAL synchronous_commit = off" }
 func (p *postgres) UUIDs() row.UUIDCodec      { return pgUUIDs{} }
 func (p *postgres) StringList(s []string) any { return orEmpty(s) }
 func (p *postgres) OwnerList(ids []int32) any { return orEmpty(ids) }

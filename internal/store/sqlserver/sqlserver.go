@@ -231,8 +231,13 @@ func (m *sqlserver) Caps() store.Caps { return store.Caps{} }
 
 // MoveNeedsTx is true: a move to the dead letters is a DELETE and a MERGE, atomic only in a
 // transaction.
-func (m *sqlserver) MoveNeedsTx() bool    { return true }
-func (m *sqlserver) UUIDs() row.UUIDCodec { return msUUIDs{} }
+func (m *sqlserver) MoveNeedsTx() bool { return true }
+
+// RelayTxSettings is none: SQL Server's delayed durability needs a database option
+// (ALLOW_DELAYED_DURABILITY) this library does not ask for, so the relay's commits stay fully
+// durable there.
+func (m *sqlserver) RelayTxSettings() string { return "" }
+func (m *sqlserver) UUIDs() row.UUIDCodec    { return msUUIDs{} }
 
 // IDList is a table-valued parameter of Jasper's EnvelopeIdList type.
 func (m *sqlserver) IDList(ids []uuid.UUID) any {

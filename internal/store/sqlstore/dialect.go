@@ -36,6 +36,9 @@ type Dialect interface {
 	// statements that must run in a transaction to be atomic (the store opens one when it
 	// runs them on the pool).
 	MoveNeedsTx() bool
+	// RelayTxSettings is the first statement of a relay's batch transaction (Store.BeginRelay),
+	// which relaxes the durability of its commit; "" when the dialect has none.
+	RelayTxSettings() string
 	// UUIDs converts UUID values for this driver.
 	UUIDs() row.UUIDCodec
 	// Bind converts the arguments of a statement, as the operations build them (UUIDs and

@@ -134,6 +134,17 @@ func (s *Store) BeginMarkHandled(ctx context.Context, p store.MarkHandledParams)
 	return tx, n == 1, err
 }
 
+// BeginRelay starts a relay's batch transaction: with the dialect's RelayTxSettings as its
+// first statement, when it has one.
+func (s *Store) BeginRelay(ctx context.Context) (dbx.Tx, error) {
+	q := s.d.RelayTxSettings()
+	if q == "" {
+		return s.db.Begin(ctx)
+	}
+	tx, _, err := dbx.BeginExec(ctx, s.db, q)
+	return tx, err
+}
+
 // BeginInsertHandled starts a transaction whose first statement is InsertHandled.
 func (s *Store) BeginInsertHandled(ctx context.Context, p store.InsertHandledParams) (dbx.Tx, bool, error) {
 	tx, n, err := dbx.BeginExec(ctx, s.db, s.d.Counted(s.d.InsertHandled()), s.d.Bind(s.insertHandledArgs(p))...)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
@@ -98,6 +99,43 @@ func testLockOutgoing(e *env) {
 	e.ok(again.ops.DeleteOutgoing(e.ctx, idsOf(a1, b)))
 	e.ok(again.Commit(e.ctx))
 	check(e, "outgoing by owner after the commit", e.counts().OutgoingByOwner, map[int32]int64{0: 2, 9: 1})
+}
+
+// A relay's batch transaction (BeginRelay) locks, deletes and commits like any other; its
+// commit does not wait for the disk on PostgreSQL (synchronous_commit off for that
+// transaction alone), and a rolled-back batch leaves its envelopes to be relayed again.
+func testBeginRelay(e *env) {
+	a, b := outEnv("a"), outEnv("a")
+	e.out(a, b)
+	for _, commit := range []bool{false, true} {
+		tx := must(e.s.BeginRelay(e.ctx))
+		ops := e.s.With(tx)
+		e.claimedIDs("in a relay's batch", must(ops.LockOutgoing(e.ctx, store.LockOutgoingParams{IDs: idsOf(a)})), 0, a)
+		e.ok(ops.DeleteOutgoing(e.ctx, idsOf(a)))
+		if e.s.Dialect() == dbx.Postgres {
+			if got := e.setting(tx, "synchronous_commit"); got != "off" {
+				e.t.Errorf("synchronous_commit in a relay's batch = %q, want off", got)
+			}
+		}
+		end := tx.Rollback
+		if commit {
+			end = tx.Commit
+		}
+		e.ok(end(e.ctx))
+		want := map[int32]int64{0: 2}
+		if commit {
+			want = map[int32]int64{0: 1}
+		}
+		check(e, fmt.Sprintf("outgoing after the batch (committed %v)", commit), e.counts().OutgoingByOwner, want)
+	}
+}
+
+// setting reads a PostgreSQL setting in q.
+func (e *env) setting(q dbx.Querier, name string) string {
+	e.t.Helper()
+	var v string
+	e.ok(dbx.QueryRow(e.ctx, q, "SELECT current_setting($1)", []any{name}, &v))
+	return v
 }
 
 // An "only" destination ending in * is a prefix; everything else in it, LIKE's wildcards and

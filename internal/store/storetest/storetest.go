@@ -40,7 +40,7 @@ var cases = []func(e *env){
 	testInsertEnvelopes, testInsertEnvelopesBeyondParameterLimit,
 	testInsertEnvelopesAtomicAcrossStatements, testInsertEnvelopesNotifies, testListenAndNotify,
 	// relay.go
-	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testLockOutgoingByPrefix, testDeleteOutgoing, testReleaseOutgoing,
+	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testBeginRelay, testLockOutgoingByPrefix, testDeleteOutgoing, testReleaseOutgoing,
 	testDeadLetterOutgoing, testDeadLetterMovesAreAtomic,
 	// ordering.go
 	testLockOutgoingHeadOfKey, testClaimIncomingHeadOfKey, testLockOutgoingByID,
