@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
 	"github.com/watermill-jasper/watermill-jasper/internal/pgcluster"
 )
 
@@ -16,11 +20,14 @@ import (
 const (
 	implCDC        = "ours by slot"
 	implCDCPolling = "ours polling (same server)"
+	implCDCRaw     = "bare slot reader (limit)"
 )
 
 // onLogicalServer reports whether impl's legs ran on the logical-replication legs' server
 // (which is not the server of the raw loops).
-func onLogicalServer(impl string) bool { return impl == implCDC || impl == implCDCPolling }
+func onLogicalServer(impl string) bool {
+	return impl == implCDC || impl == implCDCPolling || impl == implCDCRaw
+}
 
 // cdcClusterSettings are the postgresql.conf lines of the private cluster of the
 // logical-replication legs: logical decoding, and the durability and memory settings of a
@@ -118,7 +125,11 @@ func (e *env) cdcLegs() cdcLegs {
 			{implCDCPolling, polling, sinkGoChannel, e.cfg.Backlog},
 			{implCDC, slot, sinkGoChannel, e.cfg.Backlog},
 		},
-		lats:  []outboxLatLeg{{implCDCPolling, polling, sinkGoChannel}, {implCDC, slot, sinkGoChannel}},
+		lats: []outboxLatLeg{
+			{implCDCRaw, newRawSlotOutbox(), sinkGoChannel},
+			{implCDCPolling, polling, sinkGoChannel},
+			{implCDC, slot, sinkGoChannel},
+		},
 		idles: []outboxIdleLeg{{implCDC, slot}},
 	}
 }
@@ -139,4 +150,92 @@ func (e *env) runCDC(ctx context.Context, legs cdcLegs, r *runResult) error {
 		return err
 	}
 	return c.runIdles(ctx, legs.idles, r)
+}
+
+// rawSlotOutbox is the limit of the logical-replication latency leg, measured in the same
+// run: the outbox's slot read by a bare reader (internal/logrepl) that hands every row's
+// message to the sink as its transaction arrives and confirms it at once. No lock, no
+// delete, no commit: the server's decoding, the stream and the sink alone. What a relay that
+// follows a slot adds is the gap between its latency and this one.
+type rawSlotOutbox struct{ *oursOutbox }
+
+func newRawSlotOutbox() outboxFactory {
+	ours := newOursOutbox(oursOptions{replication: true})
+	return func(ctx context.Context, e *env) (outbox, error) {
+		o, err := ours(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		return rawSlotOutbox{o.(*oursOutbox)}, nil
+	}
+}
+
+// startRelay starts the bare reader of the outbox's slot, publishing to out.
+func (o rawSlotOutbox) startRelay(ctx context.Context, out message.Publisher, owned bool) (relay, error) {
+	cfg, err := logrepl.Config{Schema: o.js.cfg.Schema}.Normalized()
+	var r *logrepl.Reader
+	if err == nil {
+		var conn *pgconn.PgConn
+		if conn, err = logrepl.Dial(ctx, o.js.e.cfg.DSN); err == nil {
+			if r, err = logrepl.Start(ctx, conn, cfg); err != nil {
+				_ = conn.Close(context.WithoutCancel(ctx))
+			}
+		}
+	}
+	if err != nil {
+		if owned {
+			err = errors.Join(err, out.Close())
+		}
+		return nil, fmt.Errorf("bench: bare slot reader: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	rr := &rawSlotRelay{r: r, cancel: cancel, done: make(chan error, 1)}
+	if owned {
+		rr.out = out
+	}
+	go func() { rr.done <- rr.run(runCtx, out) }()
+	return rr, nil
+}
+
+// rawSlotRelay is a running bare slot reader.
+type rawSlotRelay struct {
+	r      *logrepl.Reader
+	cancel context.CancelFunc
+	done   chan error
+	out    message.Publisher // closed on stop when set
+}
+
+// run publishes the rows of every transaction of the slot to out, until ctx ends.
+func (rr *rawSlotRelay) run(ctx context.Context, out message.Publisher) error {
+	for {
+		tx, err := rr.r.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("bench: bare slot reader: %w", err)
+		}
+		for _, rw := range tx.Rows {
+			msg, err := rw.ToMessage()
+			if err == nil {
+				err = out.Publish(rw.Destination, msg)
+			}
+			if err != nil {
+				return fmt.Errorf("bench: bare slot reader: row %s: %w", rw.ID, err)
+			}
+		}
+		rr.r.Confirm(tx.EndLSN)
+	}
+}
+
+// counts are not counted: the reader sends no statement.
+func (rr *rawSlotRelay) counts() (int64, int64) { return -1, -1 }
+
+func (rr *rawSlotRelay) stop() error {
+	rr.cancel()
+	errs := []error{<-rr.done, rr.r.Close()}
+	if rr.out != nil {
+		errs = append(errs, rr.out.Close())
+	}
+	return errors.Join(errs...)
 }

@@ -48,8 +48,10 @@ func newEnv(ctx context.Context, cfg OutboxConfig, progress io.Writer) (*env, er
 	if err != nil {
 		return nil, fmt.Errorf("bench: parse DSN: %w", err)
 	}
-	// Publishers, the relays' workers and LISTEN connections, the sinks' checks.
-	pcfg.MaxConns = int32(max(cfg.Publishers+12, 20))
+	// The publishing goroutines (the publish legs' Publishers, the latency legs'
+	// latencyWorkers), the relays' workers and LISTEN connections, the sinks' checks: the
+	// relay never waits for a connection the publishers hold.
+	pcfg.MaxConns = int32(max(cfg.Publishers, latencyWorkers) + 12)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("bench: connect to PostgreSQL: %w", err)

@@ -396,6 +396,8 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 			prefix = "cdc_latency_"
 		case l.Impl == implCDCPolling:
 			prefix = "cdc_polling_latency_"
+		case l.Impl == implCDCRaw:
+			prefix = "cdc_raw_latency_"
 		default:
 			continue
 		}

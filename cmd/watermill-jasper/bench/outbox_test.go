@@ -53,8 +53,8 @@ func TestRunOutboxTiny(t *testing.T) {
 			t.Errorf("publish %s: no transaction committed", p.Name)
 		}
 	}
-	if len(res.Publish) != 7 || len(res.Idle) != 3 || len(res.Latency) != 5 {
-		t.Errorf("got %d publish, %d latency and %d idle legs, want 7, 5 and 3", len(res.Publish), len(res.Latency), len(res.Idle))
+	if len(res.Publish) != 7 || len(res.Idle) != 3 || len(res.Latency) != 6 {
+		t.Errorf("got %d publish, %d latency and %d idle legs, want 7, 6 and 3", len(res.Publish), len(res.Latency), len(res.Idle))
 	}
 	var table bytes.Buffer
 	if err := res.WriteTable(&table); err != nil {
