@@ -150,6 +150,41 @@ type FirstStatementBeginner interface {
 	BeginExec(ctx context.Context, query string, args ...any) (Tx, int64, error)
 }
 
+// DeferredBeginner is an optional capability of a DB: BeginDeferred acquires a connection and
+// returns a transaction whose BEGIN, and the statements first (settings such as SET LOCAL,
+// without arguments), are sent together with its first Exec or Query, in one round trip. A
+// transaction ended before any statement sends nothing. FromPgx pools have it; use the
+// package function BeginDeferred, which falls back to Begin then Exec of each for any other
+// DB.
+type DeferredBeginner interface {
+	// BeginDeferred starts a transaction (READ COMMITTED, the database default) whose BEGIN
+	// and first statements go with its first statement. An error of one of them is that
+	// statement's error; the caller then ends the transaction as after any failed statement.
+	BeginDeferred(ctx context.Context, first ...string) (Tx, error)
+}
+
+// BeginDeferred starts a transaction on db whose BEGIN and first statements are sent with its
+// first statement, in one round trip, when db implements DeferredBeginner (FromPgx pools do);
+// else it begins and runs each of first at once.
+func BeginDeferred(ctx context.Context, db interface {
+	Begin(ctx context.Context) (Tx, error)
+}, first ...string) (Tx, error) {
+	if b, ok := db.(DeferredBeginner); ok {
+		return b.BeginDeferred(ctx, first...)
+	}
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range first {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
+	return tx, nil
+}
+
 // BeginExec starts a transaction on db and runs query as its first statement, in one round
 // trip when db implements FirstStatementBeginner (FromPgx pools do), else as Begin then Exec.
 // It returns the transaction and the rows the statement affected; when the statement fails the

@@ -3,6 +3,7 @@ package dbx
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -38,41 +39,44 @@ func (d pgxDB) Begin(ctx context.Context) (Tx, error) {
 	return wrapped(tx, err, newPgxTx)
 }
 
-var _ FirstStatementBeginner = pgxDB{}
+var (
+	_ FirstStatementBeginner = pgxDB{}
+	_ DeferredBeginner       = pgxDB{}
+)
 
 // BeginExec acquires a connection and sends BEGIN and query in one pipelined round trip
-// (a pgx batch, in the pool's query exec mode). The transaction it returns drives COMMIT and
-// ROLLBACK on that connection itself and gives the connection back to the pool when it ends.
+// (BeginDeferred, then Exec). The transaction it returns drives COMMIT and ROLLBACK on that
+// connection itself and gives the connection back to the pool when it ends.
 func (d pgxDB) BeginExec(ctx context.Context, query string, args ...any) (Tx, int64, error) {
-	c, err := d.pool.Acquire(ctx)
+	tx, err := d.BeginDeferred(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, 2)}
-	b.Queue("begin")
-	b.Queue(query, args...)
-	br := c.SendBatch(ctx, b)
-	_, err = br.Exec()
-	var tag pgconn.CommandTag
-	if err == nil {
-		tag, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
+	n, err := tx.Exec(ctx, query, args...)
 	if err != nil {
-		pc := c.Conn().PgConn()
-		if !pc.IsClosed() && !pc.IsBusy() && pc.TxStatus() != 'I' {
-			_, _ = c.Exec(context.WithoutCancel(ctx), "rollback")
-		}
-		c.Release() // a connection left in a transaction or busy is destroyed by the pool
+		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, 0, err
 	}
-	return &pgxConnTx{c: c}, tag.RowsAffected(), nil
+	return tx, n, nil
 }
 
-// pgxConnTx is a transaction opened by BeginExec on an acquired connection.
-type pgxConnTx struct{ c *pgxpool.Conn }
+// BeginDeferred acquires a connection; BEGIN and first go with the transaction's first
+// statement, as one pgx batch (in the pool's query exec mode).
+func (d pgxDB) BeginDeferred(ctx context.Context, first ...string) (Tx, error) {
+	c, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pgxConnTx{c: c, first: append([]string{"begin"}, first...)}, nil
+}
+
+// pgxConnTx is a transaction on an acquired connection (BeginDeferred). Until its first
+// statement, first holds what must precede it (BEGIN and the caller's settings), not sent
+// yet.
+type pgxConnTx struct {
+	c     *pgxpool.Conn
+	first []string
+}
 
 func (t *pgxConnTx) conn() (*pgxpool.Conn, error) {
 	if t.c == nil {
@@ -81,12 +85,43 @@ func (t *pgxConnTx) conn() (*pgxpool.Conn, error) {
 	return t.c, nil
 }
 
+// sendFirst sends the statements not sent yet and query as one batch, and reads the results
+// of the former: the caller reads query's and closes the batch.
+func (t *pgxConnTx) sendFirst(ctx context.Context, c *pgxpool.Conn, query string, args []any) (pgx.BatchResults, error) {
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(t.first)+1)}
+	for _, q := range t.first {
+		b.Queue(q)
+	}
+	b.Queue(query, args...)
+	n := len(t.first)
+	t.first = nil
+	br := c.SendBatch(ctx, b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return nil, err
+		}
+	}
+	return br, nil
+}
+
 func (t *pgxConnTx) Exec(ctx context.Context, query string, args ...any) (int64, error) {
 	c, err := t.conn()
 	if err != nil {
 		return 0, err
 	}
-	return pgxExec(ctx, c, query, args)
+	if len(t.first) == 0 {
+		return pgxExec(ctx, c, query, args)
+	}
+	br, err := t.sendFirst(ctx, c, query, args)
+	if err != nil {
+		return 0, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag.RowsAffected(), err
 }
 
 func (t *pgxConnTx) Query(ctx context.Context, query string, args ...any) (Rows, error) {
@@ -94,19 +129,54 @@ func (t *pgxConnTx) Query(ctx context.Context, query string, args ...any) (Rows,
 	if err != nil {
 		return nil, err
 	}
-	return pgxQuery(ctx, c, query, args)
+	if len(t.first) == 0 {
+		return pgxQuery(ctx, c, query, args)
+	}
+	br, err := t.sendFirst(ctx, c, query, args)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close()
+		return nil, err
+	}
+	return batchRows{pgxRows{rows}, br}, nil
+}
+
+// batchRows are the rows of the last query of a batch: closing them closes the batch.
+type batchRows struct {
+	pgxRows
+	br pgx.BatchResults
+}
+
+func (r batchRows) Close() error {
+	err := r.pgxRows.Close()
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// end sends query (COMMIT or ROLLBACK) unless nothing was sent (the transaction never began
+// on the server), and releases the connection.
+func (t *pgxConnTx) end(ctx context.Context, query string) (pgconn.CommandTag, error) {
+	c, err := t.conn()
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	t.c = nil
+	defer c.Release() // destroyed by the pool unless idle and healthy
+	if len(t.first) > 0 {
+		return pgconn.NewCommandTag(strings.ToUpper(query)), nil
+	}
+	return c.Exec(ctx, query)
 }
 
 // Commit sends COMMIT and releases the connection. As pgx.Tx.Commit, a transaction that
 // failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback.
 func (t *pgxConnTx) Commit(ctx context.Context) error {
-	c, err := t.conn()
-	if err != nil {
-		return err
-	}
-	t.c = nil
-	tag, err := c.Exec(ctx, "commit")
-	c.Release() // destroyed by the pool unless idle and healthy
+	tag, err := t.end(ctx, "commit")
 	if err != nil {
 		return err
 	}
@@ -119,13 +189,7 @@ func (t *pgxConnTx) Commit(ctx context.Context) error {
 // Rollback sends ROLLBACK and releases the connection. After Commit or Rollback it returns
 // pgx.ErrTxClosed, as pgx.Tx does.
 func (t *pgxConnTx) Rollback(ctx context.Context) error {
-	c, err := t.conn()
-	if err != nil {
-		return err
-	}
-	t.c = nil
-	_, err = c.Exec(ctx, "rollback")
-	c.Release()
+	_, err := t.end(ctx, "rollback")
 	return err
 }
 

@@ -2,6 +2,7 @@ package dbx_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"testing"
@@ -150,5 +151,98 @@ func TestBeginExec(t *testing.T) {
 		t.Fatal(err)
 	} else if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// BeginDeferred: BEGIN and the settings go with the first statement (pgx: one batch;
+// database/sql: at once), the settings hold for that transaction alone, a transaction ended
+// before any statement sends nothing and gives its connection back, and a failing setting
+// fails the first statement without leaving a busy connection.
+func TestBeginDeferred(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testdb.PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	pgxDB := dbx.FromPgx(pool)
+	if _, ok := pgxDB.(dbx.DeferredBeginner); !ok {
+		t.Fatal("FromPgx does not implement DeferredBeginner")
+	}
+	stdDB, err := dbx.FromStdSQL(testdb.StdDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const set = "SET LOCAL application_name = 'wj_deferred'"
+	setting := func(q dbx.Querier) string {
+		t.Helper()
+		var v string
+		if err := dbx.QueryRow(ctx, q, "SELECT current_setting('application_name')", nil, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, c := range []struct {
+		name string
+		db   dbx.DB
+	}{{"pgx", pgxDB}, {"database/sql", stdDB}} {
+		t.Run(c.name, func(t *testing.T) {
+			tx, err := dbx.BeginDeferred(ctx, c.db, set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := setting(tx); got != "wj_deferred" {
+				t.Errorf("first statement sees application_name %q, want the setting sent with it", got)
+			}
+			var autocommit bool
+			if err := dbx.QueryRow(ctx, tx, "SELECT now() = statement_timestamp()", nil, &autocommit); err != nil {
+				t.Fatal(err)
+			}
+			if autocommit {
+				t.Error("the second statement is not in the transaction of the first (now() = statement_timestamp())")
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); !errors.Is(err, pgx.ErrTxClosed) && !errors.Is(err, sql.ErrTxDone) {
+				t.Errorf("second Commit: %v, want the transaction closed", err)
+			}
+
+			// Ended before any statement.
+			for _, end := range []string{"commit", "rollback"} {
+				tx, err := dbx.BeginDeferred(ctx, c.db, set)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f := tx.Commit
+				if end == "rollback" {
+					f = tx.Rollback
+				}
+				if err := f(ctx); err != nil {
+					t.Errorf("%s of a transaction without statements: %v", end, err)
+				}
+			}
+
+			// A setting the server refuses fails the first statement; the transaction then
+			// rolls back and the pool goes on.
+			tx, err = dbx.BeginDeferred(ctx, c.db, "SET LOCAL wj_no_such_setting_without_a_dot = 1")
+			if err == nil {
+				_, err = tx.Exec(ctx, "SELECT 1")
+				if rerr := tx.Rollback(ctx); rerr != nil && c.name == "pgx" {
+					t.Errorf("rollback after the failed first statement: %v", rerr)
+				}
+			}
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "42704" {
+				t.Errorf("a refused setting: %v, want the server's unrecognized parameter error", err)
+			}
+			if got := setting(c.db); got == "wj_deferred" {
+				t.Error("the setting outlived its transaction")
+			}
+		})
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections still acquired", n)
 	}
 }

@@ -72,8 +72,9 @@ type Store interface {
 	// BeginRelay starts the transaction of a relay's batch: LockOutgoing, then the outcomes
 	// of its publishes (DeleteOutgoing, ReleaseOutgoing, DeadLetterOutgoing), then the
 	// commit. Where the database can, that commit does not wait for the write-ahead log to
-	// reach the disk (PostgreSQL: synchronous_commit = off for this transaction alone, set in
-	// the same round trip as BEGIN where the driver can): the publishes were confirmed
+	// reach the disk (PostgreSQL: synchronous_commit = off for this transaction alone; BEGIN
+	// and the setting go with the first statement, in one round trip, where the driver can):
+	// the publishes were confirmed
 	// before it, and a commit that a crash of the database loses leaves the envelopes in
 	// the table, to be relayed again, which at-least-once delivery allows
 	// (docs/durability.md).

@@ -28,6 +28,7 @@ type countingDB struct {
 var (
 	_ database.DB                     = (*countingDB)(nil)
 	_ database.FirstStatementBeginner = (*countingDB)(nil)
+	_ dbx.DeferredBeginner            = (*countingDB)(nil)
 )
 
 // newCountingDB counts into qc what is sent through db and the connections it hands out.
@@ -77,6 +78,20 @@ func (c *countingDB) BeginExec(ctx context.Context, query string, args ...any) (
 		return nil, n, err
 	}
 	return &countingTxDB{tx: tx, qc: c.qc}, n, nil
+}
+
+// BeginDeferred keeps the pool's deferred BEGIN (dbx.BeginDeferred): BEGIN and first are
+// counted now, as statements of one transaction, and sent with its first statement.
+func (c *countingDB) BeginDeferred(ctx context.Context, first ...string) (database.Tx, error) {
+	c.qc.addAutocommit(ctx, "BEGIN")
+	for _, q := range first {
+		c.qc.query(ctx, q)
+	}
+	tx, err := dbx.BeginDeferred(ctx, c.db, first...)
+	if err != nil {
+		return nil, err
+	}
+	return &countingTxDB{tx: tx, qc: c.qc}, nil
 }
 
 func (c *countingDB) Acquire(ctx context.Context) (database.Conn, error) {

@@ -134,15 +134,13 @@ func (s *Store) BeginMarkHandled(ctx context.Context, p store.MarkHandledParams)
 	return tx, n == 1, err
 }
 
-// BeginRelay starts a relay's batch transaction: with the dialect's RelayTxSettings as its
-// first statement, when it has one.
+// BeginRelay starts a relay's batch transaction: BEGIN and the dialect's RelayTxSettings go
+// with its first statement (the lock) where the pool can send them together.
 func (s *Store) BeginRelay(ctx context.Context) (dbx.Tx, error) {
-	q := s.d.RelayTxSettings()
-	if q == "" {
-		return s.db.Begin(ctx)
+	if q := s.d.RelayTxSettings(); q != "" {
+		return dbx.BeginDeferred(ctx, s.db, q)
 	}
-	tx, _, err := dbx.BeginExec(ctx, s.db, q)
-	return tx, err
+	return dbx.BeginDeferred(ctx, s.db)
 }
 
 // BeginInsertHandled starts a transaction whose first statement is InsertHandled.
