@@ -15,6 +15,22 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
 
+// bothDBs are the test database through a pgx pool of its own (closed when the test ends)
+// and through database/sql.
+func bothDBs(t *testing.T) (*pgxpool.Pool, dbx.DB, dbx.DB) {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), testdb.PostgresDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	stdDB, err := dbx.FromStdSQL(testdb.StdDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, dbx.FromPgx(pool), stdDB
+}
+
 // BeginExec: BEGIN and the first statement in one round trip on pgx, Begin then Exec on
 // database/sql; a failing first statement leaves no transaction and no busy connection.
 func TestBeginExec(t *testing.T) {
@@ -25,18 +41,9 @@ func TestBeginExec(t *testing.T) {
 	if _, err := testdb.Pool(t).Exec(ctx, `CREATE TABLE `+table+` (id int PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := pgxpool.New(ctx, testdb.PostgresDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	pgxDB := dbx.FromPgx(pool)
+	pool, pgxDB, stdDB := bothDBs(t)
 	if _, ok := pgxDB.(dbx.FirstStatementBeginner); !ok {
 		t.Fatal("FromPgx does not implement FirstStatementBeginner")
-	}
-	stdDB, err := dbx.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
 	}
 	insert := `INSERT INTO ` + table + ` (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
 	strict := `INSERT INTO ` + table + ` (id) VALUES ($1)`
@@ -161,18 +168,9 @@ func TestBeginExec(t *testing.T) {
 func TestBeginDeferred(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testdb.PostgresDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	pgxDB := dbx.FromPgx(pool)
+	pool, pgxDB, stdDB := bothDBs(t)
 	if _, ok := pgxDB.(dbx.DeferredBeginner); !ok {
 		t.Fatal("FromPgx does not implement DeferredBeginner")
-	}
-	stdDB, err := dbx.FromStdSQL(testdb.StdDB(t))
-	if err != nil {
-		t.Fatal(err)
 	}
 	const set = "SET LOCAL application_name = 'wj_deferred'"
 	setting := func(q dbx.Querier) string {
