@@ -188,6 +188,10 @@ func (fl *follower) follow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := fl.awaitDrained(ctx); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return err
+	}
 	if fl.lr.Create {
 		if _, err := logrepl.Setup(ctx, conn, fl.cfg); err != nil {
 			_ = conn.Close(context.WithoutCancel(ctx))
@@ -308,6 +312,29 @@ func (fl *follower) follow(ctx context.Context) error {
 			fl.finish(r, b, left)
 		}()
 	}
+}
+
+// awaitDrained wakes the polling path and returns once a batch of it has finished since, and
+// the last one came back less than full: what the table held when the source was about to
+// stream (a backlog left while no relay streamed the slot, or before the slot existed) has
+// been sent by the polling path's parallel workers. The stream starts only then, because the
+// slot's sender would decode the same rows on the same machine meanwhile, which slows that
+// drain; the slot brings them afterwards, and they are skipped, as they are gone. A batch
+// that fails ends the wait too (the slot then brings what is committed after its position,
+// and the polling path what it is woken for, as always).
+func (fl *follower) awaitDrained(ctx context.Context) error {
+	f := fl.f
+	polls := f.polls.Load()
+	f.signal()
+	for f.polls.Load() == polls || f.draining.Load() {
+		// No event tells a batch's end to the source: look every drainingRecheck.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(drainingRecheck):
+		}
+	}
+	return nil
 }
 
 // sweepDue reports whether pending rows wait and their sweep is due.

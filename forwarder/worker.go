@@ -81,13 +81,13 @@ func (w *worker) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		f.polls.Add(1)
 		n, found, err := w.relayBatch(finish)
 		if err != nil {
 			f.logger.Error("Relaying a batch of outgoing envelopes failed; its envelopes are unlocked and relayed again", err, watermill.LogFields{"worker": w.id})
 		}
 		full = err == nil && n == f.config.BatchSize
 		f.draining.Store(full)
+		f.polls.Add(1) // after draining: a batch counted is one whose outcome draining tells
 		if found {
 			now := time.Now().UnixNano()
 			if prev := f.lastFound.Swap(now); time.Duration(now-prev) >= f.config.PollInterval {
