@@ -151,6 +151,8 @@ func (s *crashSchema) awaitHandled() (sent, handled int64) {
 func (s *crashSchema) awaitHandledWithin(timeout time.Duration) (sent, handled int64) {
 	s.t.Helper()
 	deadline := time.Now().Add(timeout)
+	var progress []int64 // handled, every 5 s
+	lastMark := time.Now()
 	for {
 		var in, out int64
 		err := database.QueryRow(context.Background(), s.db, `SELECT
@@ -163,11 +165,44 @@ func (s *crashSchema) awaitHandledWithin(timeout time.Duration) (sent, handled i
 		if sent == handled && in == 0 && out == 0 {
 			return sent, handled
 		}
+		if now := time.Now(); now.Sub(lastMark) >= 5*time.Second {
+			progress = append(progress, handled)
+			lastMark = now
+		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("not handled: %d sent, %d handled, %d left in the incoming table, %d in the outbox", sent, handled, in, out)
+			s.t.Fatalf("not handled: %d sent, %d handled, %d left in the incoming table, %d in the outbox; handled every 5 s: %v; owners: %s",
+				sent, handled, in, out, progress, s.owners())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// owners describes who holds the envelopes left in both tables (owner_id: count), and how
+// many outgoing ones relays have locked, for a failure message.
+func (s *crashSchema) owners() string {
+	s.t.Helper()
+	var b strings.Builder
+	for _, tab := range []string{schema.IncomingTable, schema.OutgoingTable} {
+		rows, err := s.db.Query(context.Background(), `SELECT owner_id, count(*) FROM `+s.cfg.Qualified(tab)+` GROUP BY owner_id ORDER BY owner_id`)
+		if err != nil {
+			return err.Error()
+		}
+		fmt.Fprintf(&b, "%s {", tab)
+		for rows.Next() {
+			var owner, n int64
+			if err := rows.Scan(&owner, &n); err != nil {
+				_ = rows.Close()
+				return err.Error()
+			}
+			fmt.Fprintf(&b, " %d: %d", owner, n)
+		}
+		if err := rows.Close(); err != nil {
+			return err.Error()
+		}
+		b.WriteString(" } ")
+	}
+	fmt.Fprintf(&b, "outgoing locked by relays: %d", s.lockedOutgoing())
+	return b.String()
 }
 
 // duplicates counts the copies beyond the first, in forwarded and handled.

@@ -81,8 +81,8 @@ type Stats struct {
 	// paused, or the forwarder stopping).
 	Released int64
 	// Polls counts the finished batches of the polling path, each one claim statement
-	// whether or not it found envelopes (a forwarder following a replication slot polls only when woken
-	// for what the slot does not bring).
+	// whether or not it found envelopes (a forwarder following a replication slot polls
+	// only when woken for what the slot does not bring).
 	Polls int64
 }
 

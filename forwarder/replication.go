@@ -188,15 +188,17 @@ func (fl *follower) follow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := fl.awaitDrained(ctx); err != nil {
-		_ = conn.Close(context.WithoutCancel(ctx))
-		return err
-	}
 	if fl.lr.Create {
 		if _, err := logrepl.Setup(ctx, conn, fl.cfg); err != nil {
 			_ = conn.Close(context.WithoutCancel(ctx))
 			return err
 		}
+	}
+	// What was committed before the slot's position (before it existed, or while no relay
+	// streamed it) is the polling path's: drained before the stream starts.
+	if err := fl.awaitDrained(ctx); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return err
 	}
 	r, err := logrepl.Start(ctx, conn, fl.cfg)
 	if errors.Is(err, logrepl.ErrSlotInUse) {
@@ -204,6 +206,10 @@ func (fl *follower) follow(ctx context.Context) error {
 		fl.standingBy.Store(true)
 		r, err = logrepl.WaitForSlot(ctx, conn, fl.cfg, fl.lr.RetryInterval)
 		fl.standingBy.Store(false)
+		if err == nil {
+			// Taken over: what the relay that streamed it left is in the table.
+			f.signal()
+		}
 	}
 	if err != nil {
 		_ = conn.Close(context.WithoutCancel(ctx))
@@ -221,9 +227,6 @@ func (fl *follower) follow(ctx context.Context) error {
 	fl.streaming.Store(true)
 	fl.setErr(nil)
 	f.logger.Info("Following the outbox through the replication slot", watermill.LogFields{"slot": fl.cfg.Slot, "pid": r.PID()})
-	// What was committed before the slot's position (and while no relay streamed it) is the
-	// polling path's: drain it once.
-	f.signal()
 	var txs []logrepl.Tx
 	for {
 		if f.draining.Load() {
@@ -316,8 +319,9 @@ func (fl *follower) follow(ctx context.Context) error {
 
 // awaitDrained wakes the polling path and returns once a batch of it has finished since, and
 // the last one came back less than full: what the table held when the source was about to
-// stream (a backlog left while no relay streamed the slot, or before the slot existed) has
-// been sent by the polling path's parallel workers. The stream starts only then, because the
+// stream (a backlog left while no relay streamed the slot, or before the slot existed; the
+// slot exists by then, so whatever is committed later is the slot's) has been sent by the
+// polling path's parallel workers. The stream starts only then, because the
 // slot's sender would decode the same rows on the same machine meanwhile, which slows that
 // drain; the slot brings them afterwards, and they are skipped, as they are gone. A batch
 // that fails ends the wait too (the slot then brings what is committed after its position,

@@ -186,17 +186,25 @@ func BeginDeferred(ctx context.Context, db interface {
 }
 
 // BeginExec starts a transaction on db and runs query as its first statement, in one round
-// trip when db implements FirstStatementBeginner (FromPgx pools do), else as Begin then Exec.
-// It returns the transaction and the rows the statement affected; when the statement fails the
-// transaction is rolled back and a nil Tx is returned with the error, so the caller has
-// nothing to end.
+// trip when db implements FirstStatementBeginner or DeferredBeginner (FromPgx pools do), else
+// as Begin then Exec. It returns the transaction and the rows the statement affected; when the
+// statement fails the transaction is rolled back and a nil Tx is returned with the error, so
+// the caller has nothing to end.
 func BeginExec(ctx context.Context, db interface {
 	Begin(ctx context.Context) (Tx, error)
 }, query string, args ...any) (Tx, int64, error) {
 	if b, ok := db.(FirstStatementBeginner); ok {
 		return b.BeginExec(ctx, query, args...)
 	}
-	tx, err := db.Begin(ctx)
+	return beginDeferredExec(ctx, db, query, args...)
+}
+
+// beginDeferredExec is BeginDeferred then Exec of query, the transaction rolled back when the
+// statement fails.
+func beginDeferredExec(ctx context.Context, db interface {
+	Begin(ctx context.Context) (Tx, error)
+}, query string, args ...any) (Tx, int64, error) {
+	tx, err := BeginDeferred(ctx, db)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -3,7 +3,6 @@ package dbx
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -48,16 +47,7 @@ var (
 // (BeginDeferred, then Exec). The transaction it returns drives COMMIT and ROLLBACK on that
 // connection itself and gives the connection back to the pool when it ends.
 func (d pgxDB) BeginExec(ctx context.Context, query string, args ...any) (Tx, int64, error) {
-	tx, err := d.BeginDeferred(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	n, err := tx.Exec(ctx, query, args...)
-	if err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, 0, err
-	}
-	return tx, n, nil
+	return beginDeferredExec(ctx, d, query, args...)
 }
 
 // BeginDeferred acquires a connection; BEGIN and first go with the transaction's first
@@ -159,28 +149,29 @@ func (r batchRows) Close() error {
 }
 
 // end sends query (COMMIT or ROLLBACK) unless nothing was sent (the transaction never began
-// on the server), and releases the connection.
-func (t *pgxConnTx) end(ctx context.Context, query string) (pgconn.CommandTag, error) {
+// on the server: sent is false), and releases the connection.
+func (t *pgxConnTx) end(ctx context.Context, query string) (tag pgconn.CommandTag, sent bool, err error) {
 	c, err := t.conn()
 	if err != nil {
-		return pgconn.CommandTag{}, err
+		return tag, false, err
 	}
 	t.c = nil
 	defer c.Release() // destroyed by the pool unless idle and healthy
 	if len(t.first) > 0 {
-		return pgconn.NewCommandTag(strings.ToUpper(query)), nil
+		return tag, false, nil
 	}
-	return c.Exec(ctx, query)
+	tag, err = c.Exec(ctx, query)
+	return tag, true, err
 }
 
 // Commit sends COMMIT and releases the connection. As pgx.Tx.Commit, a transaction that
 // failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback.
 func (t *pgxConnTx) Commit(ctx context.Context) error {
-	tag, err := t.end(ctx, "commit")
+	tag, sent, err := t.end(ctx, "commit")
 	if err != nil {
 		return err
 	}
-	if tag.String() != "COMMIT" {
+	if sent && tag.String() != "COMMIT" {
 		return pgx.ErrTxCommitRollback
 	}
 	return nil
@@ -189,7 +180,7 @@ func (t *pgxConnTx) Commit(ctx context.Context) error {
 // Rollback sends ROLLBACK and releases the connection. After Commit or Rollback it returns
 // pgx.ErrTxClosed, as pgx.Tx does.
 func (t *pgxConnTx) Rollback(ctx context.Context) error {
-	_, err := t.end(ctx, "rollback")
+	_, _, err := t.end(ctx, "rollback")
 	return err
 }
 

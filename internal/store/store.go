@@ -73,11 +73,10 @@ type Store interface {
 	// of its publishes (DeleteOutgoing, ReleaseOutgoing, DeadLetterOutgoing), then the
 	// commit. Where the database can, that commit does not wait for the write-ahead log to
 	// reach the disk (PostgreSQL: synchronous_commit = off for this transaction alone; BEGIN
-	// and the setting go with the first statement, in one round trip, where the driver can):
-	// the publishes were confirmed
-	// before it, and a commit that a crash of the database loses leaves the envelopes in
-	// the table, to be relayed again, which at-least-once delivery allows
-	// (docs/durability.md).
+	// and the setting go with the first statement, in one round trip, where the driver
+	// can): the publishes were confirmed before it, and a commit that a crash of the
+	// database loses leaves the envelopes in the table, to be relayed again, which
+	// at-least-once delivery allows (docs/durability.md).
 	BeginRelay(ctx context.Context) (dbx.Tx, error)
 
 	// Capabilities of the database.

@@ -372,11 +372,11 @@ func (e *env) timedLatency(ctx context.Context, impl string, s *sink, rate int, 
 		if !ok {
 			return res, fmt.Errorf("%s: message %s was committed but never arrived", label, id)
 		}
-		// The relay may deliver before the publishing goroutine has read the clock after
-		// Commit returned; such a message counts as 0.
 		if at.Sub(t0) < warmup {
 			continue
 		}
+		// The relay may deliver before the publishing goroutine has read the clock after
+		// Commit returned; such a message counts as 0.
 		lat = append(lat, max(got.Sub(at), 0))
 	}
 	if res.Received != res.Sent {

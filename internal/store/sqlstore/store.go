@@ -137,10 +137,11 @@ func (s *Store) BeginMarkHandled(ctx context.Context, p store.MarkHandledParams)
 // BeginRelay starts a relay's batch transaction: BEGIN and the dialect's RelayTxSettings go
 // with its first statement (the lock) where the pool can send them together.
 func (s *Store) BeginRelay(ctx context.Context) (dbx.Tx, error) {
+	var first []string
 	if q := s.d.RelayTxSettings(); q != "" {
-		return dbx.BeginDeferred(ctx, s.db, q)
+		first = append(first, q)
 	}
-	return dbx.BeginDeferred(ctx, s.db)
+	return dbx.BeginDeferred(ctx, s.db, first...)
 }
 
 // BeginInsertHandled starts a transaction whose first statement is InsertHandled.
