@@ -165,11 +165,12 @@ func (s *crashSchema) awaitHandledWithin(timeout time.Duration) (sent, handled i
 		if sent == handled && in == 0 && out == 0 {
 			return sent, handled
 		}
-		if now := time.Now(); now.Sub(lastMark) >= 5*time.Second {
+		now := time.Now()
+		if now.Sub(lastMark) >= 5*time.Second {
 			progress = append(progress, handled)
 			lastMark = now
 		}
-		if time.Now().After(deadline) {
+		if now.After(deadline) {
 			s.t.Fatalf("not handled: %d sent, %d handled, %d left in the incoming table, %d in the outbox; handled every 5 s: %v; owners: %s",
 				sent, handled, in, out, progress, s.owners())
 		}
@@ -183,23 +184,13 @@ func (s *crashSchema) owners() string {
 	s.t.Helper()
 	var b strings.Builder
 	for _, tab := range []string{schema.IncomingTable, schema.OutgoingTable} {
-		rows, err := s.db.Query(context.Background(), `SELECT owner_id, count(*) FROM `+s.cfg.Qualified(tab)+` GROUP BY owner_id ORDER BY owner_id`)
+		var held string
+		err := database.QueryRow(context.Background(), s.db, `SELECT COALESCE(string_agg(owner_id || ': ' || n, ', ' ORDER BY owner_id), '')
+		  FROM (SELECT owner_id, count(*) AS n FROM `+s.cfg.Qualified(tab)+` GROUP BY owner_id) AS o`, nil, &held)
 		if err != nil {
 			return err.Error()
 		}
-		fmt.Fprintf(&b, "%s {", tab)
-		for rows.Next() {
-			var owner, n int64
-			if err := rows.Scan(&owner, &n); err != nil {
-				_ = rows.Close()
-				return err.Error()
-			}
-			fmt.Fprintf(&b, " %d: %d", owner, n)
-		}
-		if err := rows.Close(); err != nil {
-			return err.Error()
-		}
-		b.WriteString(" } ")
+		fmt.Fprintf(&b, "%s {%s} ", tab, held)
 	}
 	fmt.Fprintf(&b, "outgoing locked by relays: %d", s.lockedOutgoing())
 	return b.String()
