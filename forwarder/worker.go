@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/watermill-jasper/watermill-jasper/fault"
+	"github.com/watermill-jasper/watermill-jasper/internal/dbx"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/metadata"
@@ -155,7 +156,8 @@ func (w *worker) relay(base context.Context, lock func(base context.Context, ops
 		return n, false, err
 	}
 	w.process()
-	if err := w.record(base, ops); err != nil {
+	// The outcomes go with the COMMIT, in one round trip, where the pool can (dbx.Queued).
+	if err := w.record(base, f.store.With(dbx.Queued(tx))); err != nil {
 		return n, true, err
 	}
 	ctx, cancel := context.WithTimeout(base, statementTimeout)

@@ -185,6 +185,49 @@ func BeginDeferred(ctx context.Context, db interface {
 	return tx, nil
 }
 
+// ExecQueuer is an optional capability of a Tx: QueueExec keeps a statement whose result
+// the caller does not need, to be sent with the transaction's next statement or with its
+// COMMIT, in one round trip, instead of a round trip of its own. A queued statement that fails
+// fails that next statement or the Commit (the transaction is then rolled back); Rollback
+// drops what is queued. Transactions of FromPgx's BeginDeferred have it; a Tx that wraps
+// another passes it on with the package function QueueExec.
+type ExecQueuer interface {
+	QueueExec(ctx context.Context, query string, args ...any) error
+}
+
+// QueueExec queues query on tx when tx implements ExecQueuer, else runs it at once.
+func QueueExec(ctx context.Context, tx Querier, query string, args ...any) error {
+	if q, ok := tx.(ExecQueuer); ok {
+		return q.QueueExec(ctx, query, args...)
+	}
+	_, err := tx.Exec(ctx, query, args...)
+	return err
+}
+
+// Queued is a Querier on tx whose Exec queues the statement when tx implements ExecQueuer,
+// and then reports 0 rows affected, as the count is not known yet: it is for statements whose
+// count does not matter, such as the outcomes a transaction records right before its commit.
+// Its Query sends what is queued first. On any other Tx it is tx itself.
+func Queued(tx Tx) Querier {
+	if q, ok := tx.(ExecQueuer); ok {
+		return queuedTx{tx: tx, q: q}
+	}
+	return tx
+}
+
+type queuedTx struct {
+	tx Tx
+	q  ExecQueuer
+}
+
+func (t queuedTx) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	return 0, t.q.QueueExec(ctx, query, args...)
+}
+
+func (t queuedTx) Query(ctx context.Context, query string, args ...any) (Rows, error) {
+	return t.tx.Query(ctx, query, args...)
+}
+
 // BeginExec starts a transaction on db and runs query as its first statement, in one round
 // trip when db implements FirstStatementBeginner or DeferredBeginner (FromPgx pools do), else
 // as Begin then Exec. It returns the transaction and the rows the statement affected; when the

@@ -57,15 +57,30 @@ func (d pgxDB) BeginDeferred(ctx context.Context, first ...string) (Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pgxConnTx{c: c, first: append([]string{"begin"}, first...)}, nil
+	t := &pgxConnTx{c: c, queue: make([]queued, 0, len(first)+1)}
+	t.queue = append(t.queue, queued{query: "begin"})
+	for _, q := range first {
+		t.queue = append(t.queue, queued{query: q})
+	}
+	return t, nil
 }
 
-// pgxConnTx is a transaction on an acquired connection (BeginDeferred). Until its first
-// statement, first holds what must precede it (BEGIN and the caller's settings), not sent
-// yet.
+var _ ExecQueuer = (*pgxConnTx)(nil)
+
+// pgxConnTx is a transaction on an acquired connection (BeginDeferred). queue holds what is
+// not sent yet: BEGIN and the caller's settings until the first statement, then what
+// QueueExec kept; it goes with the next statement, or with COMMIT.
 type pgxConnTx struct {
-	c     *pgxpool.Conn
-	first []string
+	c      *pgxpool.Conn
+	began  bool // BEGIN was sent
+	queued bool // queue holds a statement of QueueExec
+	queue  []queued
+}
+
+// queued is a statement not sent yet.
+type queued struct {
+	query string
+	args  []any
 }
 
 func (t *pgxConnTx) conn() (*pgxpool.Conn, error) {
@@ -75,16 +90,26 @@ func (t *pgxConnTx) conn() (*pgxpool.Conn, error) {
 	return t.c, nil
 }
 
-// sendFirst sends the statements not sent yet and query as one batch, and reads the results
+// QueueExec keeps query, to be sent with the transaction's next statement or its COMMIT.
+func (t *pgxConnTx) QueueExec(_ context.Context, query string, args ...any) error {
+	if _, err := t.conn(); err != nil {
+		return err
+	}
+	t.queue, t.queued = append(t.queue, queued{query: query, args: args}), true
+	return nil
+}
+
+// sendQueued sends the statements not sent yet and query as one batch, and reads the results
 // of the former: the caller reads query's and closes the batch.
-func (t *pgxConnTx) sendFirst(ctx context.Context, c *pgxpool.Conn, query string, args []any) (pgx.BatchResults, error) {
-	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(t.first)+1)}
-	for _, q := range t.first {
-		b.Queue(q)
+func (t *pgxConnTx) sendQueued(ctx context.Context, c *pgxpool.Conn, query string, args []any) (pgx.BatchResults, error) {
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(t.queue)+1)}
+	for _, q := range t.queue {
+		b.Queue(q.query, q.args...)
 	}
 	b.Queue(query, args...)
-	n := len(t.first)
-	t.first = nil
+	n := len(t.queue)
+	clear(t.queue)
+	t.queue, t.began, t.queued = t.queue[:0], true, false
 	br := c.SendBatch(ctx, b)
 	for range n {
 		if _, err := br.Exec(); err != nil {
@@ -100,10 +125,10 @@ func (t *pgxConnTx) Exec(ctx context.Context, query string, args ...any) (int64,
 	if err != nil {
 		return 0, err
 	}
-	if len(t.first) == 0 {
+	if len(t.queue) == 0 {
 		return pgxExec(ctx, c, query, args)
 	}
-	br, err := t.sendFirst(ctx, c, query, args)
+	br, err := t.sendQueued(ctx, c, query, args)
 	if err != nil {
 		return 0, err
 	}
@@ -119,10 +144,10 @@ func (t *pgxConnTx) Query(ctx context.Context, query string, args ...any) (Rows,
 	if err != nil {
 		return nil, err
 	}
-	if len(t.first) == 0 {
+	if len(t.queue) == 0 {
 		return pgxQuery(ctx, c, query, args)
 	}
-	br, err := t.sendFirst(ctx, c, query, args)
+	br, err := t.sendQueued(ctx, c, query, args)
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +173,10 @@ func (r batchRows) Close() error {
 	return err
 }
 
-// end sends query (COMMIT or ROLLBACK) unless nothing was sent (the transaction never began
-// on the server: sent is false), and releases the connection.
+// end sends query (COMMIT or ROLLBACK), after what is queued when it commits, unless the
+// transaction never began on the server (sent is false), and releases the connection. A
+// queued statement that fails fails the transaction: it is rolled back and its error
+// returned.
 func (t *pgxConnTx) end(ctx context.Context, query string) (tag pgconn.CommandTag, sent bool, err error) {
 	c, err := t.conn()
 	if err != nil {
@@ -157,15 +184,28 @@ func (t *pgxConnTx) end(ctx context.Context, query string) (tag pgconn.CommandTa
 	}
 	t.c = nil
 	defer c.Release() // destroyed by the pool unless idle and healthy
-	if len(t.first) > 0 {
-		return tag, false, nil
+	if query != "commit" || !t.queued {
+		if !t.began {
+			return tag, false, nil
+		}
+		tag, err = c.Exec(ctx, query)
+		return tag, true, err
 	}
-	tag, err = c.Exec(ctx, query)
+	br, err := t.sendQueued(ctx, c, query, nil)
+	if err == nil {
+		tag, err = br.Exec()
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil && c.Conn().PgConn().TxStatus() != 'I' {
+		_, _ = c.Exec(context.WithoutCancel(ctx), "rollback")
+	}
 	return tag, true, err
 }
 
-// Commit sends COMMIT and releases the connection. As pgx.Tx.Commit, a transaction that
-// failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback.
+// Commit sends what is queued and COMMIT, and releases the connection. As pgx.Tx.Commit, a
+// transaction that failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback.
 func (t *pgxConnTx) Commit(ctx context.Context) error {
 	tag, sent, err := t.end(ctx, "commit")
 	if err != nil {
@@ -177,8 +217,8 @@ func (t *pgxConnTx) Commit(ctx context.Context) error {
 	return nil
 }
 
-// Rollback sends ROLLBACK and releases the connection. After Commit or Rollback it returns
-// pgx.ErrTxClosed, as pgx.Tx does.
+// Rollback sends ROLLBACK (what is queued is dropped) and releases the connection. After
+// Commit or Rollback it returns pgx.ErrTxClosed, as pgx.Tx does.
 func (t *pgxConnTx) Rollback(ctx context.Context) error {
 	_, _, err := t.end(ctx, "rollback")
 	return err

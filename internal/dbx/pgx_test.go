@@ -244,3 +244,143 @@ func TestBeginDeferred(t *testing.T) {
 		t.Errorf("%d connections still acquired", n)
 	}
 }
+
+// QueueExec and Queued: on pgx a queued statement is sent with the transaction's next
+// statement or its COMMIT, not at once (its failure shows there); on database/sql it runs at
+// once. Either way it is part of the transaction: committed with it, dropped by Rollback, a
+// failure rolls everything back, and no connection is left busy.
+func TestQueueExec(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := testdb.Schema(t)
+	table := fmt.Sprintf(`"%s".t`, s)
+	if _, err := testdb.Pool(t).Exec(ctx, `CREATE TABLE `+table+` (id int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	pool, pgxDB, stdDB := bothDBs(t)
+	insert := `INSERT INTO ` + table + ` (id) VALUES ($1)`
+	count := func(ids ...int) int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE id = ANY($1)`, ids).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	begin := func(db dbx.DB, first int) dbx.Tx {
+		t.Helper()
+		tx, err := dbx.BeginDeferred(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, insert, first); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	for i, c := range []struct {
+		name    string
+		db      dbx.DB
+		defers  bool
+		queuers bool
+	}{{"pgx", pgxDB, true, true}, {"database/sql", stdDB, false, false}} {
+		base := 100 * (i + 1)
+		t.Run(c.name, func(t *testing.T) {
+			// Queued statements are committed with the transaction, in order, and a query
+			// after them sees them.
+			tx := begin(c.db, base+1)
+			if _, ok := dbx.Queued(tx).(dbx.Tx); ok == c.queuers {
+				t.Errorf("Queued(tx) is the Tx itself: %v, want %v", ok, !c.queuers)
+			}
+			q := dbx.Queued(tx)
+			for _, id := range []int{base + 2, base + 3} {
+				if n, err := q.Exec(ctx, insert, id); err != nil || n != 0 && c.queuers {
+					t.Fatalf("queued Exec: %d, %v", n, err)
+				}
+			}
+			var seen int
+			if err := dbx.QueryRow(ctx, q, `SELECT count(*) FROM `+table+` WHERE id IN ($1, $2)`, []any{base + 2, base + 3}, &seen); err != nil || seen != 2 {
+				t.Fatalf("a query after two queued inserts sees %d of them (%v), want 2", seen, err)
+			}
+			if err := dbx.QueueExec(ctx, tx, insert, base+4); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(base+1, base+2, base+3, base+4); n != 4 {
+				t.Fatalf("%d of 4 rows committed", n)
+			}
+
+			// Queued before any statement: BEGIN, the settings and the statement go with
+			// the COMMIT.
+			tx, err := dbx.BeginDeferred(ctx, c.db, "SET LOCAL application_name = 'wj_queued'")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dbx.QueueExec(ctx, tx, insert, base+8); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(base + 8); n != 1 {
+				t.Fatal("a statement queued before any other was not committed")
+			}
+
+			// Rollback drops what is queued.
+			tx = begin(c.db, base+5)
+			if err := dbx.QueueExec(ctx, tx, insert, base+6); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(base+5, base+6); n != 0 {
+				t.Fatalf("%d rows of a rolled back transaction exist", n)
+			}
+
+			// A queued statement that fails: on pgx its error comes with the Commit, which
+			// rolls back the whole transaction.
+			tx = begin(c.db, base+7)
+			err = dbx.QueueExec(ctx, tx, insert, base+1) // a duplicate
+			if c.defers {
+				if err != nil {
+					t.Fatalf("QueueExec sent the statement at once: %v", err)
+				}
+				err = tx.Commit(ctx)
+			} else {
+				_ = tx.Rollback(ctx)
+			}
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "23505" {
+				t.Fatalf("a failing queued statement: %v, want the duplicate key error", err)
+			}
+			if n := count(base + 7); n != 0 {
+				t.Fatal("the row of a failed transaction exists")
+			}
+		})
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections still acquired", n)
+	}
+	// The connection of the failed commit went back to the pool idle, not in an aborted
+	// transaction: every connection of the pool runs a transaction again.
+	for i := range 2 * int(pool.Config().MaxConns) {
+		tx := begin(pgxDB, 1000+i)
+		if err := dbx.QueueExec(ctx, tx, insert, 2000+i); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("commit after a failed one: %v", err)
+		}
+	}
+	// After Commit the transaction is closed: nothing is queued.
+	tx := begin(pgxDB, 3000)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := dbx.QueueExec(ctx, tx, insert, 3001); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Errorf("QueueExec after Commit: %v, want pgx.ErrTxClosed", err)
+	}
+}

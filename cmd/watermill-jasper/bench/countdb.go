@@ -29,6 +29,7 @@ var (
 	_ database.DB                     = (*countingDB)(nil)
 	_ database.FirstStatementBeginner = (*countingDB)(nil)
 	_ dbx.DeferredBeginner            = (*countingDB)(nil)
+	_ dbx.ExecQueuer                  = (*countingTxDB)(nil)
 )
 
 // newCountingDB counts into qc what is sent through db and the connections it hands out.
@@ -115,6 +116,13 @@ func (t *countingTxDB) Exec(ctx context.Context, query string, args ...any) (int
 func (t *countingTxDB) Query(ctx context.Context, query string, args ...any) (database.Rows, error) {
 	t.qc.query(ctx, query)
 	return t.tx.Query(ctx, query, args...)
+}
+
+// QueueExec keeps the transaction's queued statements (dbx.QueueExec): counted now, sent
+// with the next statement or the commit where the pool's transaction can.
+func (t *countingTxDB) QueueExec(ctx context.Context, query string, args ...any) error {
+	t.qc.query(ctx, query)
+	return dbx.QueueExec(ctx, t.tx, query, args...)
 }
 
 func (t *countingTxDB) Commit(ctx context.Context) error {
