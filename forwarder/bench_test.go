@@ -3,6 +3,8 @@ package forwarder
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -12,8 +14,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
+	"github.com/watermill-jasper/watermill-jasper/internal/tcpproxy"
+	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
 
 // backlogs are the outbox sizes the drain benchmarks run with (flat throughput expected).
@@ -73,6 +79,55 @@ func BenchmarkDrainGoChannel(b *testing.B) {
 	for _, n := range backlogs {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			e := newEnv(b)
+			var total time.Duration
+			for range b.N {
+				seed(b, e, "t", n)
+				pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 4096}, watermill.NopLogger{})
+				c := collect(b, pubsub, "t", n)
+				f := e.forwarder(Config{Publisher: pubsub})
+				startAt := time.Now()
+				go func() { _ = f.Run(context.Background()) }()
+				c.wait(b, "drain")
+				total += time.Since(startAt)
+				_ = f.Close()
+				_ = pubsub.Close()
+				if left := e.outgoing(); left != 0 {
+					b.Fatalf("%d rows left", left)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/total.Seconds(), "msg/s")
+		})
+	}
+}
+
+// BenchmarkDrainGoChannelRTT is BenchmarkDrainGoChannel of a 20,000-row backlog with the
+// database behind a proxy that adds a network's latency to every round trip (1 ms and 5 ms;
+// internal/tcpproxy): what the relay's round trips per batch cost away from the loopback.
+func BenchmarkDrainGoChannelRTT(b *testing.B) {
+	for _, rtt := range []time.Duration{time.Millisecond, 5 * time.Millisecond} {
+		b.Run(rtt.String(), func(b *testing.B) {
+			_, cfg := testdb.Migrated(b)
+			pcfg, err := pgxpool.ParseConfig(testdb.PostgresDSN())
+			if err != nil {
+				b.Fatal(err)
+			}
+			proxy, err := tcpproxy.New(net.JoinHostPort(pcfg.ConnConfig.Host, strconv.Itoa(int(pcfg.ConnConfig.Port))))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = proxy.Close() })
+			proxy.DelayReplies(rtt)
+			host, port, _ := net.SplitHostPort(proxy.Addr())
+			p, _ := strconv.Atoi(port)
+			pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Fallbacks = host, uint16(p), nil
+			pcfg.MaxConns = 10
+			pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(pool.Close)
+			e := newEnvOn(b, database.FromPgx(pool), cfg)
+			const n = 20000
 			var total time.Duration
 			for range b.N {
 				seed(b, e, "t", n)

@@ -2,7 +2,8 @@
 // real server (RabbitMQ, PostgreSQL), then Cut to kill every connection and refuse new ones
 // as a crashed or unreachable server would, and Restore to let clients reconnect; or
 // HoldReplies to let requests reach the server while its answers are held back, as when the
-// network fails after a request left.
+// network fails after a request left. DelayReplies puts a network's latency in between, for
+// benchmarks.
 package tcpproxy
 
 import (
@@ -27,6 +28,7 @@ type Proxy struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	held   chan struct{} // non-nil while replies are held; closed to let them through
+	delay  time.Duration // added to every reply of the connections accepted from now on
 	wg     sync.WaitGroup
 }
 
@@ -64,6 +66,15 @@ func (p *Proxy) ReleaseReplies() {
 		close(p.held)
 		p.held = nil
 	}
+}
+
+// DelayReplies delivers every byte a server sends d after it arrives, in order, on the
+// connections accepted from now on: a round trip through the proxy takes d longer, as over a
+// network with that much more latency, while a stream of replies keeps its rate.
+func (p *Proxy) DelayReplies(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
 }
 
 // waitReplies blocks while replies are held.
@@ -191,6 +202,13 @@ func (p *Proxy) pipe(ln net.Listener, client net.Conn) {
 
 // copyReplies copies what the server sends to the client, waiting while replies are held.
 func (p *Proxy) copyReplies(client, server net.Conn) {
+	p.mu.Lock()
+	delay := p.delay
+	p.mu.Unlock()
+	if delay > 0 {
+		p.copyDelayed(client, server, delay)
+		return
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := server.Read(buf)
@@ -201,6 +219,39 @@ func (p *Proxy) copyReplies(client, server net.Conn) {
 			}
 		}
 		if err != nil {
+			return
+		}
+	}
+}
+
+// copyDelayed is copyReplies with every reply delivered delay after it arrived: a reader
+// stamps what arrives, a writer sends each piece at its time.
+func (p *Proxy) copyDelayed(client, server net.Conn, delay time.Duration) {
+	type piece struct {
+		b   []byte
+		due time.Time
+	}
+	pieces := make(chan piece, 1024)
+	go func() {
+		defer close(pieces)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := server.Read(buf)
+			if n > 0 {
+				pieces <- piece{buf[:n], time.Now().Add(delay)}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for pc := range pieces {
+		time.Sleep(time.Until(pc.due))
+		p.waitReplies()
+		if _, err := client.Write(pc.b); err != nil {
+			_ = server.Close() // ends the reader
+			for range pieces {
+			}
 			return
 		}
 	}

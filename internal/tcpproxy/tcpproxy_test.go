@@ -173,3 +173,39 @@ func TestHoldReplies(t *testing.T) {
 		t.Fatalf("after ReleaseReplies: %q, %v", got, err)
 	}
 }
+
+// DelayReplies: a round trip through the proxy takes at least the delay, and a stream of
+// replies arrives whole and in order.
+func TestDelayReplies(t *testing.T) {
+	p, err := New(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const delay = 30 * time.Millisecond
+	p.DelayReplies(delay)
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	roundTrip(t, c, "ping")
+	if took := time.Since(start); took < delay {
+		t.Fatalf("a round trip took %v, want at least the delay %v", took, delay)
+	}
+	// 1 MiB of numbered lines, written while they are read back.
+	var want []byte
+	for i := range 100000 {
+		want = append(want, []byte(time.Duration(i).String()+"\n")...)
+	}
+	go func() { _, _ = c.Write(want) }()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read the stream back: %v", err)
+	}
+	if string(got) != string(want) {
+		t.Fatal("the stream came back altered or out of order")
+	}
+}
