@@ -117,7 +117,7 @@ var definitions = []definition{
 		read: func(s *snapshot) []sample { return one(float64(s.agent.ScheduledReleased + s.agent.ScheduledSent)) }},
 	{name: "handled_deleted", kind: counterKind, help: "Handled inbox rows deleted after keep_until.",
 		read: func(s *snapshot) []sample { return one(float64(s.agent.HandledDeleted)) }},
-	{name: "agent_job_errors", kind: counterKind, help: "Failed runs of the durability agent's jobs.", labels: []string{"job"},
+	{name: "agent_job_errors", kind: counterKind, help: "Failed runs of the durability agent's jobs.", labels: []string{"agent_job"},
 		read: func(s *snapshot) []sample {
 			jobs := make([]string, 0, len(s.agent.JobErrors))
 			for job := range s.agent.JobErrors {

@@ -34,3 +34,16 @@ func TestGrafanaDashboardQueriesDefinedMetrics(t *testing.T) {
 		}
 	}
 }
+
+// No metric has a label Prometheus sets on every series it scrapes (job, instance): a scrape
+// would rename ours to exported_job, and the dashboard's "by job" would group by the
+// scrape job instead.
+func TestNoLabelClashesWithPrometheusTargetLabels(t *testing.T) {
+	for _, d := range definitions {
+		for _, l := range d.labels {
+			if l == "job" || l == "instance" {
+				t.Errorf("metric %s has the label %q, which Prometheus sets on every scraped series", d.name, l)
+			}
+		}
+	}
+}

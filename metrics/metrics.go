@@ -31,7 +31,7 @@
 //	watermill_jasper_dormant_nodes_total           dormant nodes whose envelopes were handed back
 //	watermill_jasper_scheduled_released_total      scheduled envelopes and sends released
 //	watermill_jasper_handled_deleted_total         Handled rows deleted after keep_until
-//	watermill_jasper_agent_job_errors_total{job}   failed runs of the agent's jobs
+//	watermill_jasper_agent_job_errors_total{agent_job} failed runs of the agent's jobs
 //
 // Per destination (forwarders that implement DestinationSource, as *forwarder.Forwarder
 // does; summed over the forwarders relaying the same destination):

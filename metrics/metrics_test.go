@@ -62,7 +62,7 @@ watermill_jasper_envelopes_recovered_total{schema="app"} 40
 watermill_jasper_scheduled_released_total{schema="app"} 5
 # HELP watermill_jasper_agent_job_errors_total Failed runs of the durability agent's jobs.
 # TYPE watermill_jasper_agent_job_errors_total counter
-watermill_jasper_agent_job_errors_total{job="reassign-dormant-nodes",schema="app"} 4
+watermill_jasper_agent_job_errors_total{agent_job="reassign-dormant-nodes",schema="app"} 4
 `), "watermill_jasper_envelopes_sent_total", "watermill_jasper_envelopes_discarded_total",
 		"watermill_jasper_envelopes_dead_lettered_total", "watermill_jasper_envelopes_recovered_total",
 		"watermill_jasper_scheduled_released_total", "watermill_jasper_agent_job_errors_total")
