@@ -3,8 +3,6 @@ package forwarder
 import (
 	"context"
 	"fmt"
-	"net"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -14,11 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
-	"github.com/watermill-jasper/watermill-jasper/internal/tcpproxy"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 )
 
@@ -78,26 +73,31 @@ func BenchmarkRawClaimDelete(b *testing.B) {
 func BenchmarkDrainGoChannel(b *testing.B) {
 	for _, n := range backlogs {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			e := newEnv(b)
-			var total time.Duration
-			for range b.N {
-				seed(b, e, "t", n)
-				pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 4096}, watermill.NopLogger{})
-				c := collect(b, pubsub, "t", n)
-				f := e.forwarder(Config{Publisher: pubsub})
-				startAt := time.Now()
-				go func() { _ = f.Run(context.Background()) }()
-				c.wait(b, "drain")
-				total += time.Since(startAt)
-				_ = f.Close()
-				_ = pubsub.Close()
-				if left := e.outgoing(); left != 0 {
-					b.Fatalf("%d rows left", left)
-				}
-			}
-			b.ReportMetric(float64(n*b.N)/total.Seconds(), "msg/s")
+			drainGoChannel(b, newEnv(b), n)
 		})
 	}
+}
+
+// drainGoChannel drains a backlog of n rows b.N times through a forwarder of e to a GoChannel
+// subscriber and reports the rate.
+func drainGoChannel(b *testing.B, e *env, n int) {
+	var total time.Duration
+	for range b.N {
+		seed(b, e, "t", n)
+		pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 4096}, watermill.NopLogger{})
+		c := collect(b, pubsub, "t", n)
+		f := e.forwarder(Config{Publisher: pubsub})
+		startAt := time.Now()
+		go func() { _ = f.Run(context.Background()) }()
+		c.wait(b, "drain")
+		total += time.Since(startAt)
+		_ = f.Close()
+		_ = pubsub.Close()
+		if left := e.outgoing(); left != 0 {
+			b.Fatalf("%d rows left", left)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/total.Seconds(), "msg/s")
 }
 
 // BenchmarkDrainGoChannelRTT is BenchmarkDrainGoChannel of a 20,000-row backlog with the
@@ -107,44 +107,9 @@ func BenchmarkDrainGoChannelRTT(b *testing.B) {
 	for _, rtt := range []time.Duration{time.Millisecond, 5 * time.Millisecond} {
 		b.Run(rtt.String(), func(b *testing.B) {
 			_, cfg := testdb.Migrated(b)
-			pcfg, err := pgxpool.ParseConfig(testdb.PostgresDSN())
-			if err != nil {
-				b.Fatal(err)
-			}
-			proxy, err := tcpproxy.New(net.JoinHostPort(pcfg.ConnConfig.Host, strconv.Itoa(int(pcfg.ConnConfig.Port))))
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = proxy.Close() })
-			proxy.DelayReplies(rtt)
-			host, port, _ := net.SplitHostPort(proxy.Addr())
-			p, _ := strconv.Atoi(port)
-			pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Fallbacks = host, uint16(p), nil
-			pcfg.MaxConns = 10
-			pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(pool.Close)
-			e := newEnvOn(b, database.FromPgx(pool), cfg)
-			const n = 20000
-			var total time.Duration
-			for range b.N {
-				seed(b, e, "t", n)
-				pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 4096}, watermill.NopLogger{})
-				c := collect(b, pubsub, "t", n)
-				f := e.forwarder(Config{Publisher: pubsub})
-				startAt := time.Now()
-				go func() { _ = f.Run(context.Background()) }()
-				c.wait(b, "drain")
-				total += time.Since(startAt)
-				_ = f.Close()
-				_ = pubsub.Close()
-				if left := e.outgoing(); left != 0 {
-					b.Fatalf("%d rows left", left)
-				}
-			}
-			b.ReportMetric(float64(n*b.N)/total.Seconds(), "msg/s")
+			db, proxy := testdb.Proxied(b, 10, 5*time.Second)
+			proxy.DelayReplies(rtt) // the pool has not connected yet
+			drainGoChannel(b, newEnvOn(b, db, cfg), 20000)
 		})
 	}
 }

@@ -31,16 +31,22 @@ func bothDBs(t *testing.T) (*pgxpool.Pool, dbx.DB, dbx.DB) {
 	return pool, dbx.FromPgx(pool), stdDB
 }
 
+// intTable creates a table of one int primary key "id" in a schema of the test's own.
+func intTable(t *testing.T) string {
+	t.Helper()
+	table := fmt.Sprintf(`"%s".t`, testdb.Schema(t))
+	if _, err := testdb.Pool(t).Exec(context.Background(), `CREATE TABLE `+table+` (id int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	return table
+}
+
 // BeginExec: BEGIN and the first statement in one round trip on pgx, Begin then Exec on
 // database/sql; a failing first statement leaves no transaction and no busy connection.
 func TestBeginExec(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := testdb.Schema(t)
-	table := fmt.Sprintf(`"%s".t`, s)
-	if _, err := testdb.Pool(t).Exec(ctx, `CREATE TABLE `+table+` (id int PRIMARY KEY)`); err != nil {
-		t.Fatal(err)
-	}
+	table := intTable(t)
 	pool, pgxDB, stdDB := bothDBs(t)
 	if _, ok := pgxDB.(dbx.FirstStatementBeginner); !ok {
 		t.Fatal("FromPgx does not implement FirstStatementBeginner")
@@ -252,11 +258,7 @@ func TestBeginDeferred(t *testing.T) {
 func TestQueueExec(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := testdb.Schema(t)
-	table := fmt.Sprintf(`"%s".t`, s)
-	if _, err := testdb.Pool(t).Exec(ctx, `CREATE TABLE `+table+` (id int PRIMARY KEY)`); err != nil {
-		t.Fatal(err)
-	}
+	table := intTable(t)
 	pool, pgxDB, stdDB := bothDBs(t)
 	insert := `INSERT INTO ` + table + ` (id) VALUES ($1)`
 	count := func(ids ...int) int {
