@@ -217,7 +217,7 @@ func (f *Forwarder) run(ctx context.Context) error {
 	unregister := f.agent.OnOutgoing(f.signal, durability.NotifiedWhile(func() bool { return !f.following() }))
 	defer unregister()
 
-	var publishers, loops sync.WaitGroup
+	var publishers, loops, following sync.WaitGroup
 	for range f.config.PublishConcurrency {
 		publishers.Go(func() {
 			for it := range f.jobs {
@@ -231,7 +231,7 @@ func (f *Forwarder) run(ctx context.Context) error {
 		for i := range f.config.Workers {
 			fl.workers <- f.newWorker(ctx, -1-i, stopCtx.Done())
 		}
-		loops.Go(func() { fl.run(stopCtx) })
+		following.Go(func() { fl.run(stopCtx) })
 	}
 
 	var workers sync.WaitGroup
@@ -247,6 +247,9 @@ func (f *Forwarder) run(ctx context.Context) error {
 	close(f.running)
 
 	workers.Wait()
+	// The replication source's batches hand their messages to the publishers too: it ends
+	// (after its batches in flight) before the publishers' queue closes.
+	following.Wait()
 	close(f.jobs)
 	publishers.Wait()
 	stop()
