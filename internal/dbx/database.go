@@ -189,8 +189,11 @@ func BeginDeferred(ctx context.Context, db interface {
 // the caller does not need, to be sent with the transaction's next statement or with its
 // COMMIT, in one round trip, instead of a round trip of its own. A queued statement that fails
 // fails that next statement or the Commit (the transaction is then rolled back); Rollback
-// drops what is queued. Transactions of FromPgx's BeginDeferred have it; a Tx that wraps
-// another passes it on with the package function QueueExec.
+// drops what is queued. The arguments are kept, not encoded, until the statement is sent:
+// the caller must not change them before; ctx is not used for a queued statement (the
+// statement that sends it bounds it). A queued statement's error is the next statement's, so
+// queue only right before Commit. Transactions of FromPgx's BeginDeferred have it; a Tx that
+// wraps another passes it on with the package function QueueExec.
 type ExecQueuer interface {
 	QueueExec(ctx context.Context, query string, args ...any) error
 }

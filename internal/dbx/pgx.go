@@ -3,6 +3,7 @@ package dbx
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -199,13 +200,21 @@ func (t *pgxConnTx) end(ctx context.Context, query string) (tag pgconn.CommandTa
 		}
 	}
 	if err != nil && c.Conn().PgConn().TxStatus() != 'I' {
-		_, _ = c.Exec(context.WithoutCancel(ctx), "rollback")
+		// Bounded: a connection that does not answer is destroyed by Release instead.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		_, _ = c.Exec(rctx, "rollback")
+		cancel()
 	}
 	return tag, true, err
 }
 
+// rollbackTimeout bounds the ROLLBACK after a queued statement failed.
+const rollbackTimeout = 5 * time.Second
+
 // Commit sends what is queued and COMMIT, and releases the connection. As pgx.Tx.Commit, a
-// transaction that failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback.
+// transaction that failed and was rolled back by COMMIT returns pgx.ErrTxCommitRollback;
+// with statements queued, the error of the first that failed is returned instead (25P02 in
+// a transaction that had already failed).
 func (t *pgxConnTx) Commit(ctx context.Context) error {
 	tag, sent, err := t.end(ctx, "commit")
 	if err != nil {

@@ -70,7 +70,9 @@ func (p *Proxy) ReleaseReplies() {
 
 // DelayReplies delivers every byte a server sends d after it arrives, in order, on the
 // connections accepted from now on: a round trip through the proxy takes d longer, as over a
-// network with that much more latency, while a stream of replies keeps its rate.
+// network with that much more latency, while a stream of replies keeps its rate. While
+// replies are held (HoldReplies), those connections go on reading from the server, and
+// replies still waiting out their delay are held too.
 func (p *Proxy) DelayReplies(d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -234,11 +236,11 @@ func (p *Proxy) copyDelayed(client, server net.Conn, delay time.Duration) {
 	pieces := make(chan piece, 1024)
 	go func() {
 		defer close(pieces)
+		buf := make([]byte, 32<<10)
 		for {
-			buf := make([]byte, 32<<10)
 			n, err := server.Read(buf)
 			if n > 0 {
-				pieces <- piece{buf[:n], time.Now().Add(delay)}
+				pieces <- piece{append([]byte(nil), buf[:n]...), time.Now().Add(delay)}
 			}
 			if err != nil {
 				return
