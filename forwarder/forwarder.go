@@ -217,7 +217,9 @@ func (f *Forwarder) run(ctx context.Context) error {
 	unregister := f.agent.OnOutgoing(f.signal, durability.NotifiedWhile(func() bool { return !f.following() }))
 	defer unregister()
 
-	var publishers, loops, following sync.WaitGroup
+	// producers hand messages to the publishers: the polling workers and the replication
+	// source's batches. The publishers' queue closes once all of them have ended.
+	var publishers, producers, loops sync.WaitGroup
 	for range f.config.PublishConcurrency {
 		publishers.Go(func() {
 			for it := range f.jobs {
@@ -231,13 +233,12 @@ func (f *Forwarder) run(ctx context.Context) error {
 		for i := range f.config.Workers {
 			fl.workers <- f.newWorker(ctx, -1-i, stopCtx.Done())
 		}
-		following.Go(func() { fl.run(stopCtx) })
+		producers.Go(func() { fl.run(stopCtx) }) // ends after its batches in flight
 	}
 
-	var workers sync.WaitGroup
 	for i := range f.config.Workers {
 		w := f.newWorker(ctx, i, stopCtx.Done())
-		workers.Go(func() { w.run(stopCtx) })
+		producers.Go(func() { w.run(stopCtx) })
 	}
 	f.logger.Info("Forwarder started", watermill.LogFields{
 		"workers": f.config.Workers, "batch_size": f.config.BatchSize,
@@ -246,10 +247,7 @@ func (f *Forwarder) run(ctx context.Context) error {
 	f.signal() // drain the backlog without waiting for a notification
 	close(f.running)
 
-	workers.Wait()
-	// The replication source's batches hand their messages to the publishers too: it ends
-	// (after its batches in flight) before the publishers' queue closes.
-	following.Wait()
+	producers.Wait()
 	close(f.jobs)
 	publishers.Wait()
 	stop()

@@ -202,33 +202,13 @@ func (p *Proxy) pipe(ln net.Listener, client net.Conn) {
 	<-done
 }
 
-// copyReplies copies what the server sends to the client, waiting while replies are held.
+// copyReplies copies what the server sends to the client, each piece once the proxy's delay
+// (DelayReplies; none by default) has passed since it arrived, and not while replies are
+// held: a reader stamps what arrives, a writer sends it at its time.
 func (p *Proxy) copyReplies(client, server net.Conn) {
 	p.mu.Lock()
 	delay := p.delay
 	p.mu.Unlock()
-	if delay > 0 {
-		p.copyDelayed(client, server, delay)
-		return
-	}
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := server.Read(buf)
-		if n > 0 {
-			p.waitReplies()
-			if _, werr := client.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// copyDelayed is copyReplies with every reply delivered delay after it arrived: a reader
-// stamps what arrives, a writer sends each piece at its time.
-func (p *Proxy) copyDelayed(client, server net.Conn, delay time.Duration) {
 	type piece struct {
 		b   []byte
 		due time.Time
@@ -248,7 +228,9 @@ func (p *Proxy) copyDelayed(client, server net.Conn, delay time.Duration) {
 		}
 	}()
 	for pc := range pieces {
-		time.Sleep(time.Until(pc.due))
+		if delay > 0 {
+			time.Sleep(time.Until(pc.due))
+		}
 		p.waitReplies()
 		if _, err := client.Write(pc.b); err != nil {
 			_ = server.Close() // ends the reader
