@@ -10,6 +10,7 @@ import (
 	"github.com/watermill-jasper/watermill-jasper/internal/defaults"
 
 	"github.com/watermill-jasper/watermill-jasper/database"
+	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/schema"
 )
@@ -65,6 +66,24 @@ type Config struct {
 	// sides deliver (e.g. rabbitmq://queue/<topic>, which jasperamqp relays). An error fails
 	// the Publish. Not used for the Incoming table.
 	DestinationURI func(topic string) (string, error)
+
+	// TableLess writes outgoing messages as PostgreSQL logical decoding messages
+	// (pg_logical_emit_message, transactional, in the caller's transaction) instead of rows
+	// of jasper_outgoing_envelopes: no row, no delete, no vacuum (docs/relay-sources.md,
+	// "The table-less outbox"). A forwarder following the replication slot TableLessSlot
+	// (forwarder.LogicalReplication) relays them; .NET Jasper nodes never see them, so use it
+	// only for messages no .NET node relays. Each Publish checks, in the same statement, that
+	// the slot exists and can be read; when it does not (not created yet, dropped,
+	// invalidated) the messages are written as rows, as without TableLess, and a warning is
+	// logged, so nothing is published where no relay would see it. A re-publish of the same
+	// message is not a no-op here (there is no row to conflict with): it is sent twice, and
+	// consumers deduplicate on the message UUID (middleware.Inbox). Delayed messages are
+	// still written as scheduled sends (rows). PostgreSQL 14 or later, the outgoing table
+	// only. Default false.
+	TableLess bool
+	// TableLessSlot is the replication slot TableLess checks for: the forwarder's
+	// LogicalReplication.Slot. Default "wj_outbox_<schema>" (the forwarder's default).
+	TableLessSlot string
 
 	// Defaults for message_type ("watermill-message") and content_type ("application/json").
 	Defaults Defaults
@@ -156,5 +175,24 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: unknown table %q (use publisher.Outgoing or publisher.Incoming)", ErrInvalidConfig, string(c.Table))
 	}
+	if c.TableLess {
+		switch {
+		case c.Table != Outgoing:
+			return fmt.Errorf("%w: TableLess writes outgoing messages only; it cannot be used with the %s table", ErrInvalidConfig, c.Table)
+		case c.Schema.Dialect != schema.Postgres:
+			return fmt.Errorf("%w: TableLess needs PostgreSQL (logical decoding messages), not %s", ErrInvalidConfig, c.Schema.Dialect)
+		}
+		if _, err := c.tableLessSlot(); err != nil {
+			return fmt.Errorf("%w: TableLessSlot: %w", ErrInvalidConfig, err)
+		}
+	} else if c.TableLessSlot != "" {
+		return fmt.Errorf("%w: TableLessSlot is set but TableLess is not: set TableLess to write table-less", ErrInvalidConfig)
+	}
 	return nil
+}
+
+// tableLessSlot is the slot and the message prefix of TableLess (the replication source's
+// defaults and rules: logrepl.Config).
+func (c Config) tableLessSlot() (logrepl.Config, error) {
+	return logrepl.Config{Schema: c.Schema.Schema, Slot: c.TableLessSlot}.Normalized()
 }

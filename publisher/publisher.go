@@ -61,6 +61,9 @@ func ValidateTopic(topic string) error {
 	return nil
 }
 
+// errNoSlot is logged when TableLess finds no usable slot.
+var errNoSlot = errors.New("the replication slot is missing, invalidated or not in this database")
+
 // Publisher writes Watermill messages as Jasper envelopes (see the package documentation).
 // It is safe for concurrent use, as far as the ContextExecutor it was built on is (a
 // transaction is not: publish into one from one goroutine at a time).
@@ -74,6 +77,10 @@ type Publisher struct {
 	logger   watermill.LoggerAdapter
 	now      func() time.Time
 	tracer   *tracing.Tracer // nil: tracing off
+	// emit is what TableLess writes with (nil: rows); fellBack is set once a publish found
+	// no slot and wrote rows (logged once per Publisher).
+	emit     *store.EmitParams
+	fellBack atomic.Bool
 
 	// mu is held shared by each Publish and exclusively by Close, so Close waits for the
 	// Publish calls in flight; closed makes later calls fail fast.
@@ -126,7 +133,16 @@ func NewPublisher(db sql.ContextExecutor, config Config, logger watermill.Logger
 	if coal == nil {
 		coal = &Coalescer{}
 	}
+	var emit *store.EmitParams
+	if config.TableLess {
+		lc, err := config.tableLessSlot()
+		if err != nil {
+			return nil, fmt.Errorf("%w: TableLessSlot: %w", ErrInvalidConfig, err)
+		}
+		emit = &store.EmitParams{Slot: lc.Slot, Prefix: lc.MessagePrefix()}
+	}
 	return &Publisher{
+		emit:     emit,
 		bound:    isTx(db),
 		ops:      st.With(dbx.FromWatermill(db)),
 		store:    st,
@@ -262,6 +278,26 @@ func (p *Publisher) insert(ctx context.Context, topic string, messages []*messag
 	if err != nil {
 		return err
 	}
+	ops, inTx := p.executor(ctx)
+	if p.emit != nil && len(out) > 0 {
+		emitted, err := ops.EmitOutgoing(ctx, store.EmitParams{Slot: p.emit.Slot, Prefix: p.emit.Prefix, Envelopes: out})
+		if err != nil {
+			return p.wrapError(topic, len(messages), err)
+		}
+		switch {
+		case emitted:
+			out = nil
+			if p.fellBack.Swap(false) {
+				p.logger.Info("Table-less publishing found its replication slot again: writing logical decoding messages", watermill.LogFields{"slot": p.emit.Slot})
+			}
+		case !p.fellBack.Swap(true):
+			p.logger.Error("Table-less publishing writes rows of jasper_outgoing_envelopes until its replication slot can be read (create it with `watermill-jasper slot create`)",
+				errNoSlot, watermill.LogFields{"slot": p.emit.Slot})
+		}
+		if len(out)+len(inc) == 0 {
+			return nil
+		}
+	}
 	params := store.InsertParams{Outgoing: out, Incoming: inc}
 	params.NotifyOutgoing = len(out) > 0 && p.channels.Outgoing != "" && p.shouldNotify(p.channels.Outgoing)
 	if p.config.Table == Incoming && hasIncoming(inc) && p.channels.Incoming != "" &&
@@ -272,7 +308,6 @@ func (p *Publisher) insert(ctx context.Context, topic string, messages []*messag
 		params.NotifyTopics = []string{topic}
 	}
 
-	ops, inTx := p.executor(ctx)
 	p.logger.Trace("Publishing messages to Jasper envelope tables", watermill.LogFields{
 		"topic":     topic,
 		"messages":  len(messages),

@@ -83,6 +83,11 @@ func validateName(what, name string, re *regexp.Regexp, rule string) error {
 	return nil
 }
 
+// MessagePrefix is the prefix of the logical decoding messages that carry the schema's
+// outgoing envelopes without a row (the table-less outbox: store.Ops.EmitOutgoing); the
+// reader hands over the transactional messages with this prefix (Tx.Emitted).
+func (c Config) MessagePrefix() string { return "watermill-jasper/outgoing/" + c.Schema }
+
 // table is the quoted, qualified outbox table.
 func (c Config) table() string {
 	return quoteIdent(c.Schema) + "." + quoteIdent(layout.OutgoingTable)

@@ -22,7 +22,15 @@ type Tx struct {
 	CommitTime time.Time
 	// Rows are the inserted rows, in the order the transaction inserted them.
 	Rows []Row
+	// Emitted are the outgoing envelopes the transaction wrote without a row (the table-less
+	// outbox: transactional logical decoding messages with Config.MessagePrefix, decoded by
+	// row.DecodeEmitted), in the order it wrote them. Their ID is the envelope id; WrittenAt
+	// is the commit time.
+	Emitted []Row
 }
+
+// size is how many envelopes tx brings.
+func (tx *Tx) size() int { return len(tx.Rows) + len(tx.Emitted) }
 
 // Row is one row inserted into jasper_outgoing_envelopes, decoded by column name from the
 // pgoutput Relation message (never by position), with the commit of its transaction.

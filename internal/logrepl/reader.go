@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/watermill-jasper/watermill-jasper/internal/layout"
+	"github.com/watermill-jasper/watermill-jasper/internal/row"
 )
 
 // confirmGap is the shortest time between two status updates sent because Confirm advanced
@@ -151,6 +152,7 @@ func startStream(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader,
 		"proto_version '1'",
 		"publication_names " + quoteLiteral(quoteIdent(cfg.Publication)),
 		"binary 'true'",
+		"messages 'true'", // the table-less outbox (PostgreSQL 14 and later, as Start checks)
 	}
 	sql := "START_REPLICATION SLOT " + cfg.Slot + " LOGICAL 0/0 (" + strings.Join(args, ", ") + ")"
 	if err := startReplication(ctx, conn, sql); err != nil {
@@ -214,7 +216,7 @@ func (r *Reader) PID() uint32 { return r.pid }
 func (r *Reader) Slot() string { return r.cfg.Slot }
 
 // Next returns the next committed transaction that inserted rows into the outbox table, in
-// commit order, waiting for one. Transactions that inserted nothing there are skipped,
+// commit order, waiting for one. Transactions that inserted nothing there and emitted no envelope (Tx.Emitted) are skipped,
 // rolled-back ones never appear. When the stream failed or the reader was closed it returns
 // the error (ErrClosed after Close); a caller then closes the reader and starts again on a
 // new connection, from the slot's confirmed position.
@@ -256,7 +258,7 @@ const (
 
 // took accounts for tx taken by Next or TryNext, and lets the loop decode ahead again.
 func (r *Reader) took(tx Tx) {
-	r.queued.Add(-int64(len(tx.Rows)))
+	r.queued.Add(-int64(tx.size()))
 	select {
 	case r.taken <- struct{}{}:
 	default:
@@ -445,13 +447,13 @@ func (r *Reader) loop() error {
 		}
 		if r.pending != nil {
 			out := r.out
-			if q := r.queued.Load(); q > 0 && q+int64(len(r.pending.Rows)) > maxQueuedRows {
+			if q := r.queued.Load(); q > 0 && q+int64(r.pending.size()) > maxQueuedRows {
 				out = nil // enough rows wait: until Next takes some
 			}
 			t := time.NewTimer(time.Until(wake))
 			select {
 			case out <- *r.pending:
-				r.queued.Add(int64(len(r.pending.Rows)))
+				r.queued.Add(int64(r.pending.size()))
 				r.handed = r.pending.EndLSN
 				r.pending = nil
 			case <-r.taken:
@@ -597,6 +599,16 @@ func (r *Reader) logical(data []byte) error {
 			return nil
 		}
 		r.cur.Rows = append(r.cur.Rows, r.dec.decodeRow(rel, m.Tuple))
+	case *pglogrepl.LogicalDecodingMessage:
+		if !m.Transactional || r.cur == nil || m.Prefix != r.cfg.MessagePrefix() {
+			return nil // not an envelope of this outbox (this library writes transactional ones only)
+		}
+		var rw Row
+		rw.Envelope, rw.Err = row.DecodeEmitted(m.Content)
+		if rw.Err != nil {
+			rw.Err = fmt.Errorf("logrepl: message at %s with prefix %s: %w", m.LSN, m.Prefix, rw.Err)
+		}
+		r.cur.Emitted = append(r.cur.Emitted, rw)
 	case *pglogrepl.CommitMessage:
 		tx := r.cur
 		r.cur = nil
@@ -604,7 +616,7 @@ func (r *Reader) logical(data []byte) error {
 			return fmt.Errorf("logrepl: slot %s: commit without begin", r.cfg.Slot)
 		}
 		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
-		if len(tx.Rows) == 0 {
+		if tx.size() == 0 {
 			if r.caughtUp() {
 				r.idle = max(r.idle, m.TransactionEndLSN)
 			}
@@ -612,6 +624,12 @@ func (r *Reader) logical(data []byte) error {
 		}
 		for i := range tx.Rows {
 			tx.Rows[i].CommitLSN, tx.Rows[i].EndLSN, tx.Rows[i].CommitTime = tx.CommitLSN, tx.EndLSN, tx.CommitTime
+		}
+		for i := range tx.Emitted {
+			e := &tx.Emitted[i]
+			e.CommitLSN, e.EndLSN, e.CommitTime = tx.CommitLSN, tx.EndLSN, tx.CommitTime
+			t := tx.CommitTime
+			e.WrittenAt = &t
 		}
 		r.pending = tx
 	}

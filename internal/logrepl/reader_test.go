@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -65,6 +66,92 @@ func TestReader(t *testing.T) {
 		}
 		expect(t, r, "B, committed first", ids(envB))
 		expect(t, r, "A, committed second", append(ids(envA1), ids(envA2)...))
+	})
+
+	// The table-less outbox: envelopes emitted as logical decoding messages arrive in the
+	// transaction's Emitted, in order, beside its rows; rolled-back ones, other prefixes and
+	// non-transactional messages never do; a malformed one arrives with its error.
+	t.Run("Emitted", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, srv, true)
+		r, _ := e.start()
+		ctx := context.Background()
+		emit := func(ops store.Ops, slot string, envs []row.Envelope) bool {
+			t.Helper()
+			ok, err := ops.EmitOutgoing(ctx, store.EmitParams{Slot: slot, Prefix: e.cfg.MessagePrefix(), Envelopes: envs})
+			if err != nil {
+				t.Fatalf("emit: %v", err)
+			}
+			return ok
+		}
+
+		// No such slot: nothing is written, and the caller is told.
+		tx := e.begin()
+		if emit(e.st.With(tx), "wj_no_such_slot", envelopes("orders", "lost", 1)) {
+			t.Fatal("EmitOutgoing reported success for a slot that does not exist")
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+
+		rolledBack := e.begin()
+		if !emit(e.st.With(rolledBack), e.cfg.Slot, envelopes("orders", "rolled-back", 2)) {
+			t.Fatal("EmitOutgoing found no slot")
+		}
+		if err := rolledBack.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Another schema's prefix, a non-transactional message with this prefix: not ours.
+		e.srv.exec(t, "SELECT pg_logical_emit_message(true, 'watermill-jasper/outgoing/other', 'x'::bytea)")
+		e.srv.exec(t, "SELECT pg_logical_emit_message(false, $1, 'x'::bytea)", e.cfg.MessagePrefix())
+
+		mixed := e.begin()
+		rows := envelopes("orders", "row", 1)
+		emitted := envelopes("orders", "emitted", 3)
+		emitted[1].PartitionKey = "order-1"
+		by := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
+		emitted[2].DeliverBy, emitted[2].Headers = &by, []byte(`{"k":"v"}`)
+		e.insert(mixed, rows)
+		if !emit(e.st.With(mixed), e.cfg.Slot, emitted) {
+			t.Fatal("EmitOutgoing found no slot")
+		}
+		if err := mixed.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got := expect(t, r, "the transaction with a row and emitted envelopes (the rolled-back one and the others' messages never arrive)", ids(rows))
+		if len(got.Emitted) != len(emitted) {
+			t.Fatalf("%d emitted envelopes arrived, want %d", len(got.Emitted), len(emitted))
+		}
+		for i, rw := range got.Emitted {
+			if rw.Err != nil {
+				t.Fatalf("emitted %d: %v", i, rw.Err)
+			}
+			if rw.WrittenAt == nil || !rw.WrittenAt.Equal(got.CommitTime) {
+				t.Fatalf("emitted %d: WrittenAt %v, want the commit time %s", i, rw.WrittenAt, got.CommitTime)
+			}
+			want := emitted[i]
+			want.WrittenAt = rw.WrittenAt
+			if !reflect.DeepEqual(rw.Envelope, want) {
+				t.Fatalf("emitted %d:\n got %+v\nwant %+v", i, rw.Envelope, want)
+			}
+			if rw.CommitLSN != got.CommitLSN || rw.EndLSN != got.EndLSN {
+				t.Fatalf("emitted %d carries commit %s..%s, its transaction %s..%s", i, rw.CommitLSN, rw.EndLSN, got.CommitLSN, got.EndLSN)
+			}
+		}
+		r.Confirm(got.EndLSN)
+
+		// Emitted only, then a malformed one.
+		only := envelopes("orders", "only", 1)
+		if !emit(e.st, e.cfg.Slot, only) {
+			t.Fatal("EmitOutgoing found no slot")
+		}
+		if tx := next(t, r); len(tx.Rows) != 0 || len(tx.Emitted) != 1 || tx.Emitted[0].ID != only[0].ID {
+			t.Fatalf("a transaction that only emitted: rows %d, emitted %+v", len(tx.Rows), tx.Emitted)
+		}
+		e.srv.exec(t, "SELECT pg_logical_emit_message(true, $1, '\\x0102'::bytea)", e.cfg.MessagePrefix())
+		if tx := next(t, r); len(tx.Emitted) != 1 || !errors.Is(tx.Emitted[0].Err, row.ErrMalformedEmitted) {
+			t.Fatalf("a malformed emitted envelope: %+v", tx.Emitted)
+		}
 	})
 
 	t.Run("ConcurrentWriters", func(t *testing.T) {

@@ -160,6 +160,14 @@ type Ops interface {
 	// inserted) and NotifyTopics wake the listeners when the transaction commits, on a
 	// database with notifications.
 	InsertEnvelopes(ctx context.Context, p InsertParams) error
+	// EmitOutgoing writes outgoing envelopes as transactional logical decoding messages
+	// (the table-less outbox: no row) with prefix Prefix, in one statement, when the logical
+	// replication slot Slot exists in the current database and can be read (its
+	// confirmed_flush_lsn is set and its WAL was not removed): the slot's reader is then sure
+	// to see them once the transaction commits. It reports false and writes nothing when the
+	// slot is missing or unusable; the caller then writes rows (InsertEnvelopes). PostgreSQL 14
+	// and later only: other databases return an error wrapping dbx.ErrUnsupported.
+	EmitOutgoing(ctx context.Context, p EmitParams) (emitted bool, err error)
 
 	// The relay (forwarder).
 
@@ -307,6 +315,16 @@ type InsertParams struct {
 	NotifyOutgoing bool
 	// NotifyTopics wakes the subscribers of these topics.
 	NotifyTopics []string
+}
+
+// EmitParams are the envelopes EmitOutgoing writes as logical decoding messages.
+type EmitParams struct {
+	// Slot is the logical replication slot that must exist for the messages to be written.
+	Slot string
+	// Prefix is the messages' prefix (logrepl.MessagePrefix of the schema).
+	Prefix string
+	// Envelopes are the outgoing envelopes, one message each, in this order.
+	Envelopes []row.Envelope
 }
 
 // ClaimOutgoingParams select the envelopes of a claim.

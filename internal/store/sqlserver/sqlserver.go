@@ -370,6 +370,10 @@ func (m *sqlserver) IncomingChannel() string { return "" }
 func (m *sqlserver) ListenIncoming() string  { return "" }
 func (m *sqlserver) NotifyIncoming() string  { return "" }
 
+// EmitOutgoing is none: SQL Server has no logical decoding messages (the table-less outbox is
+// PostgreSQL's).
+func (m *sqlserver) EmitOutgoing() string { return "" }
+
 // Forwarder statements.
 
 func (m *sqlserver) ClaimOutgoing() string {

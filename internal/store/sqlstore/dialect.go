@@ -157,6 +157,12 @@ type Dialect interface {
 	IncomingChannel() string
 	// ListenIncoming subscribes the connection it runs on to IncomingChannel. Args: none.
 	ListenIncoming() string
+	// EmitOutgoing writes each content as a transactional logical decoding message with
+	// prefix $1, in order, when slot $2 exists in the current database and can be read, and
+	// returns how many it wrote (0: none, the slot is missing or unusable). "" when the
+	// database has no logical decoding messages. Args: prefix string, slot string, contents
+	// [][]byte.
+	EmitOutgoing() string
 	// NotifyIncoming notifies IncomingChannel (delivered when the transaction commits).
 	// Args: topic string.
 	NotifyIncoming() string

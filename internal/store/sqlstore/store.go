@@ -226,6 +226,37 @@ func (o *ops) InsertEnvelopes(ctx context.Context, p store.InsertParams) error {
 	return run(o)
 }
 
+// EmitOutgoing writes outgoing envelopes as logical decoding messages, when the slot exists.
+func (o *ops) EmitOutgoing(ctx context.Context, p store.EmitParams) (bool, error) {
+	query := o.d.EmitOutgoing()
+	if query == "" {
+		return false, fmt.Errorf("%w: the table-less outbox (logical decoding messages) needs PostgreSQL 14 or later", dbx.ErrUnsupported)
+	}
+	if len(p.Envelopes) == 0 {
+		return true, nil
+	}
+	contents := make([][]byte, len(p.Envelopes))
+	for i := range p.Envelopes {
+		b, err := p.Envelopes[i].EncodeEmitted(nil)
+		if err != nil {
+			return false, err
+		}
+		contents[i] = b
+	}
+	var n int64
+	if err := o.row(ctx, query, []any{p.Prefix, p.Slot, contents}, &n); err != nil {
+		return false, err
+	}
+	switch {
+	case n == 0:
+		return false, nil
+	case n != int64(len(contents)):
+		// The statement writes all or none: a different count is a bug, not a state.
+		return false, fmt.Errorf("emit outgoing envelopes: %d of %d written", n, len(contents))
+	}
+	return true, nil
+}
+
 // claim runs a claim and reads its rows; a failure after some rows were read wraps
 // store.ErrStranded.
 func (o *ops) claim(ctx context.Context, scan func(row.Scanner, row.UUIDCodec) (row.Envelope, error), query string, args ...any) ([]row.Envelope, error) {
