@@ -69,8 +69,10 @@ type ReplicationStats struct {
 	// polling after an error).
 	Streaming bool
 	// Transactions counts the transactions received from the slot; Rows their outbox rows;
-	// Handover the rows left to the polling path (skipped, unsent, unreadable).
-	Transactions, Rows, Handover int64
+	// Emitted their envelopes without a row (the table-less outbox, publisher.Config.TableLess);
+	// Handover the rows left to the polling path (skipped, unsent, unreadable) and the emitted
+	// envelopes of other forwarders' destinations written as rows.
+	Transactions, Rows, Emitted, Handover int64
 	// LagBytes is how far the confirmed position is behind the server's write-ahead log, as
 	// the server last told the stream (0 when not streaming).
 	LagBytes int64
@@ -97,6 +99,7 @@ type follower struct {
 	reader              atomic.Pointer[logrepl.Reader]
 	oldest              atomic.Int64 // unix nanos of the commit of the oldest unconfirmed transaction; 0: none
 	txs, rows, handover atomic.Int64
+	emittedN            atomic.Int64
 	mu                  sync.Mutex
 	lastErr             string
 
@@ -270,17 +273,24 @@ func (fl *follower) follow(ctx context.Context) error {
 			return err
 		}
 		txs = append(txs[:0], tx)
-		rows := len(tx.Rows)
-		for rows < f.config.BatchSize {
+		rows, size := len(tx.Rows), tx.Size()
+		for size < f.config.BatchSize {
 			next, ok := r.TryNext()
 			if !ok {
 				break
 			}
 			txs = append(txs, next)
 			rows += len(next.Rows)
+			size += next.Size()
 		}
 		fl.txs.Add(int64(len(txs)))
 		fl.rows.Add(int64(rows))
+		// The table-less outbox's envelopes are only in the slot: relayed first, and the
+		// batch is confirmed (below) only after them.
+		if err := fl.relayEmitted(ctx, txs); err != nil {
+			clear(txs)
+			return err
+		}
 		if rows >= f.config.BatchSize {
 			// A full batch: the slot is behind the outbox (a backlog, or more than one
 			// relay can send). The polling path's workers help; while they drain, the slot
@@ -501,7 +511,7 @@ func (fl *follower) sweep(ctx context.Context) {
 func (fl *follower) stats() ReplicationStats {
 	s := ReplicationStats{
 		Slot: fl.cfg.Slot, Streaming: fl.streaming.Load(),
-		Transactions: fl.txs.Load(), Rows: fl.rows.Load(), Handover: fl.handover.Load(),
+		Transactions: fl.txs.Load(), Rows: fl.rows.Load(), Emitted: fl.emittedN.Load(), Handover: fl.handover.Load(),
 	}
 	if r := fl.reader.Load(); r != nil && s.Streaming {
 		if end, conf := r.ServerWALEnd(), max(r.Confirmed(), r.Reported()); end > conf && conf > 0 {

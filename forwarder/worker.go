@@ -127,13 +127,7 @@ func (w *worker) relayBatch(base context.Context) (n int, found bool, err error)
 func (w *worker) relay(base context.Context, lock func(base context.Context, ops store.Ops) (int, error)) (n int, found bool, err error) {
 	f := w.f
 	w.resolved = 0
-	defer func() {
-		clear(w.items) // drop the messages
-		clear(w.envs)
-		clear(w.dead)
-		w.envs, w.items, w.done, w.retry, w.dead = w.envs[:0], w.items[:0], w.done[:0], w.retry[:0], w.dead[:0]
-		w.nProbes = 0
-	}()
+	defer w.reset()
 	// Begin's context must live as long as the transaction (database/sql rolls a
 	// transaction back when it ends); base is never cancelled, and every statement has its
 	// own timeout.
@@ -190,6 +184,15 @@ func (w *worker) relay(base context.Context, lock func(base context.Context, ops
 		f.onFlushed()
 	}
 	return n, true, nil
+}
+
+// reset empties the batch's envelopes, messages and outcomes (their arrays are reused).
+func (w *worker) reset() {
+	clear(w.items) // drop the messages
+	clear(w.envs)
+	clear(w.dead)
+	w.envs, w.items, w.done, w.retry, w.dead = w.envs[:0], w.items[:0], w.done[:0], w.retry[:0], w.dead[:0]
+	w.nProbes = 0
 }
 
 // anythingToLock reports whether an envelope the next batch would lock is waiting (or a

@@ -161,6 +161,8 @@ var definitions = []definition{
 		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return r.LagSeconds })},
 	{name: "replication_transactions", kind: counterKind, help: "Transactions received from the logical replication slot, per slot.", labels: []string{"slot"},
 		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return float64(r.Transactions) })},
+	{name: "replication_emitted", kind: counterKind, help: "Envelopes received from the slot without a row (the table-less outbox), per slot.", labels: []string{"slot"},
+		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return float64(r.Emitted) })},
 	{name: "replication_handover", kind: counterKind, help: "Outbox rows from the slot the source could not lock at once and tried again or left to the polling path, per slot.", labels: []string{"slot"},
 		read: perKey(slots, slotKey, func(r *forwarder.ReplicationStats) float64 { return float64(r.Handover) })},
 

@@ -56,6 +56,7 @@
 //	watermill_jasper_replication_lag_bytes{slot}      WAL written since the confirmed position
 //	watermill_jasper_replication_lag_seconds{slot}    age of the oldest unconfirmed transaction
 //	watermill_jasper_replication_transactions_total{slot} transactions received
+//	watermill_jasper_replication_emitted_total{slot}  envelopes without a row (table-less outbox)
 //	watermill_jasper_replication_handover_total{slot} rows tried again or left to polling
 //
 // Per topic (subscribers, and the inbox and dead-letter middleware: the router's subscribe

@@ -82,7 +82,7 @@ func config() metrics.Config {
 // The replication series of a forwarder following a slot.
 func TestCollectorReplication(t *testing.T) {
 	c := metrics.NewCollector(metrics.Config{Forwarders: []metrics.ForwarderSource{
-		fakeReplForwarder{r: forwarder.ReplicationStats{Slot: "wj_outbox_app", Streaming: true, LagBytes: 4096, LagSeconds: 0.25, Transactions: 9, Handover: 2}},
+		fakeReplForwarder{r: forwarder.ReplicationStats{Slot: "wj_outbox_app", Streaming: true, LagBytes: 4096, LagSeconds: 0.25, Transactions: 9, Emitted: 5, Handover: 2}},
 		fakeForwarder{}, // polling only: no series
 	}})
 	reg := prometheus.NewPedanticRegistry()
@@ -94,10 +94,13 @@ watermill_jasper_replication_lag_bytes{slot="wj_outbox_app"} 4096
 # HELP watermill_jasper_replication_streaming 1 while the forwarder streams its logical replication slot, 0 while it stands by or polls after an error, per slot.
 # TYPE watermill_jasper_replication_streaming gauge
 watermill_jasper_replication_streaming{slot="wj_outbox_app"} 1
+# HELP watermill_jasper_replication_emitted_total Envelopes received from the slot without a row (the table-less outbox), per slot.
+# TYPE watermill_jasper_replication_emitted_total counter
+watermill_jasper_replication_emitted_total{slot="wj_outbox_app"} 5
 # HELP watermill_jasper_replication_handover_total Outbox rows from the slot the source could not lock at once and tried again or left to the polling path, per slot.
 # TYPE watermill_jasper_replication_handover_total counter
 watermill_jasper_replication_handover_total{slot="wj_outbox_app"} 2
-`), "watermill_jasper_replication_lag_bytes", "watermill_jasper_replication_streaming", "watermill_jasper_replication_handover_total")
+`), "watermill_jasper_replication_lag_bytes", "watermill_jasper_replication_streaming", "watermill_jasper_replication_emitted_total", "watermill_jasper_replication_handover_total")
 	if err != nil {
 		t.Error(err)
 	}

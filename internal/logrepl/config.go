@@ -84,9 +84,13 @@ func validateName(what, name string, re *regexp.Regexp, rule string) error {
 }
 
 // MessagePrefix is the prefix of the logical decoding messages that carry the schema's
-// outgoing envelopes without a row (the table-less outbox: store.Ops.EmitOutgoing); the
-// reader hands over the transactional messages with this prefix (Tx.Emitted).
-func (c Config) MessagePrefix() string { return "watermill-jasper/outgoing/" + c.Schema }
+// outgoing envelopes without a row, for the reader of the slot (the table-less outbox:
+// store.Ops.EmitOutgoing); the reader hands over the transactional messages with this prefix
+// (Tx.Emitted). It names the slot, so that only the relay of that slot sends them, when
+// several slots follow one outbox.
+func (c Config) MessagePrefix() string {
+	return "watermill-jasper/outgoing/" + c.Schema + "/" + c.Slot
+}
 
 // table is the quoted, qualified outbox table.
 func (c Config) table() string {

@@ -29,8 +29,8 @@ type Tx struct {
 	Emitted []Row
 }
 
-// size is how many envelopes tx brings.
-func (tx *Tx) size() int { return len(tx.Rows) + len(tx.Emitted) }
+// Size is how many envelopes tx brings: rows and emitted.
+func (tx *Tx) Size() int { return len(tx.Rows) + len(tx.Emitted) }
 
 // Row is one row inserted into jasper_outgoing_envelopes, decoded by column name from the
 // pgoutput Relation message (never by position), with the commit of its transaction.

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -258,7 +259,7 @@ const (
 
 // took accounts for tx taken by Next or TryNext, and lets the loop decode ahead again.
 func (r *Reader) took(tx Tx) {
-	r.queued.Add(-int64(tx.size()))
+	r.queued.Add(-int64(tx.Size()))
 	select {
 	case r.taken <- struct{}{}:
 	default:
@@ -447,13 +448,13 @@ func (r *Reader) loop() error {
 		}
 		if r.pending != nil {
 			out := r.out
-			if q := r.queued.Load(); q > 0 && q+int64(r.pending.size()) > maxQueuedRows {
+			if q := r.queued.Load(); q > 0 && q+int64(r.pending.Size()) > maxQueuedRows {
 				out = nil // enough rows wait: until Next takes some
 			}
 			t := time.NewTimer(time.Until(wake))
 			select {
 			case out <- *r.pending:
-				r.queued.Add(int64(r.pending.size()))
+				r.queued.Add(int64(r.pending.Size()))
 				r.handed = r.pending.EndLSN
 				r.pending = nil
 			case <-r.taken:
@@ -606,7 +607,13 @@ func (r *Reader) logical(data []byte) error {
 		var rw Row
 		rw.Envelope, rw.Err = row.DecodeEmitted(m.Content)
 		if rw.Err != nil {
+			// Kept whole for a dead letter: the content as the body, an id from its position
+			// when none could be read.
 			rw.Err = fmt.Errorf("logrepl: message at %s with prefix %s: %w", m.LSN, m.Prefix, rw.Err)
+			rw.Body = append([]byte(nil), m.Content...)
+			if rw.ID == uuid.Nil {
+				rw.ID = uuid.NewSHA1(uuid.NameSpaceOID, []byte(r.cfg.Slot+"/"+m.LSN.String()))
+			}
 		}
 		r.cur.Emitted = append(r.cur.Emitted, rw)
 	case *pglogrepl.CommitMessage:
@@ -616,7 +623,7 @@ func (r *Reader) logical(data []byte) error {
 			return fmt.Errorf("logrepl: slot %s: commit without begin", r.cfg.Slot)
 		}
 		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
-		if tx.size() == 0 {
+		if tx.Size() == 0 {
 			if r.caughtUp() {
 				r.idle = max(r.idle, m.TransactionEndLSN)
 			}

@@ -149,8 +149,9 @@ func TestReader(t *testing.T) {
 			t.Fatalf("a transaction that only emitted: rows %d, emitted %+v", len(tx.Rows), tx.Emitted)
 		}
 		e.srv.exec(t, "SELECT pg_logical_emit_message(true, $1, '\\x0102'::bytea)", e.cfg.MessagePrefix())
-		if tx := next(t, r); len(tx.Emitted) != 1 || !errors.Is(tx.Emitted[0].Err, row.ErrMalformedEmitted) {
-			t.Fatalf("a malformed emitted envelope: %+v", tx.Emitted)
+		if tx := next(t, r); len(tx.Emitted) != 1 || !errors.Is(tx.Emitted[0].Err, row.ErrMalformedEmitted) ||
+			tx.Emitted[0].ID == uuid.Nil || string(tx.Emitted[0].Body) != "\x01\x02" {
+			t.Fatalf("a malformed emitted envelope (its content as the body, an id from its position): %+v", tx.Emitted)
 		}
 	})
 
