@@ -63,6 +63,7 @@ func (fl *follower) relayEmitted(ctx context.Context, txs []logrepl.Tx) error {
 		fl.handover.Add(int64(len(envs)))
 	}
 	for _, rw := range dead {
+		f.deadLettered.Add(1)
 		typ, msg, chain := fault.Describe(rw.Err)
 		reason := store.Reason{Explanation: "The emitted envelope cannot be read: " + rw.Err.Error(), ExceptionType: typ, ExceptionMessage: msg, ExceptionText: chain}
 		if err := fl.deadLetter(ctx, rw.Envelope, reason); err != nil {

@@ -21,12 +21,15 @@ const (
 	implCDC        = "ours by slot"
 	implCDCPolling = "ours polling (same server)"
 	implCDCRaw     = "bare slot reader (limit)"
+	// implCDCTableLess is the slot's forwarder relaying the table-less outbox: the publisher
+	// writes logical decoding messages (publisher.Config.TableLess), no row.
+	implCDCTableLess = "ours table-less"
 )
 
 // onLogicalServer reports whether impl's legs ran on the logical-replication legs' server
 // (which is not the server of the raw loops).
 func onLogicalServer(impl string) bool {
-	return impl == implCDC || impl == implCDCPolling || impl == implCDCRaw
+	return impl == implCDC || impl == implCDCPolling || impl == implCDCRaw || impl == implCDCTableLess
 }
 
 // cdcClusterSettings are the postgresql.conf lines of the private cluster of the
@@ -120,15 +123,18 @@ func (e *env) cdcLegs() cdcLegs {
 	}
 	polling := newOursOutbox(oursOptions{prefillTxRows: cdcPrefillTxRows})
 	slot := newOursOutbox(oursOptions{replication: true, prefillTxRows: cdcPrefillTxRows})
+	tableLess := newOursOutbox(oursOptions{replication: true, tableLess: true, prefillTxRows: cdcPrefillTxRows})
 	return cdcLegs{
 		drains: []outboxDrainLeg{
 			{implCDCPolling, polling, sinkGoChannel, e.cfg.Backlog},
 			{implCDC, slot, sinkGoChannel, e.cfg.Backlog},
+			{implCDCTableLess, tableLess, sinkGoChannel, e.cfg.Backlog},
 		},
 		lats: []outboxLatLeg{
 			{implCDCRaw, newRawSlotOutbox(), sinkGoChannel},
 			{implCDCPolling, polling, sinkGoChannel},
 			{implCDC, slot, sinkGoChannel},
+			{implCDCTableLess, tableLess, sinkGoChannel},
 		},
 		idles: []outboxIdleLeg{{implCDC, slot}},
 	}

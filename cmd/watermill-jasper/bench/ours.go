@@ -31,6 +31,9 @@ type oursOptions struct {
 	// replication relays through a logical replication slot (forwarder.LogicalReplication),
 	// created with the outbox (before any prefill) and dropped with it.
 	replication bool
+	// tableLess publishes logical decoding messages instead of rows (publisher.Config.TableLess;
+	// with replication): the prefill emits them too.
+	tableLess bool
 	// prefillTxRows, when positive, makes a drain leg's prefill commit that many rows per
 	// transaction (jasperSchema.prefillInTxs) instead of one COPY of the whole backlog.
 	prefillTxRows int
@@ -83,7 +86,7 @@ func newOursOutbox(opts oursOptions) outboxFactory {
 
 // newRuntime is the runtime of this outbox's schema on drv with forwarders.
 func (o *oursOutbox) newRuntime(drv store.Driver, forwarders []forwarder.Config) (*jasper.Runtime, error) {
-	pc := publisher.Config{}
+	pc := publisher.Config{TableLess: o.opts.tableLess}
 	if o.opts.notify {
 		pc.Notify = publisher.NotifyEveryPublish
 	}
@@ -133,7 +136,10 @@ func (o *oursOutbox) output(s *sink) (message.Publisher, bool, error) {
 }
 
 func (o *oursOutbox) prefill(ctx context.Context, topic string, n int) error {
-	if o.opts.prefillTxRows > 0 {
+	switch {
+	case o.opts.tableLess:
+		return o.js.emitInTxs(ctx, topic, n, max(o.opts.prefillTxRows, 1))
+	case o.opts.prefillTxRows > 0:
 		return o.js.prefillInTxs(ctx, topic, n, o.opts.prefillTxRows)
 	}
 	return o.js.prefill(ctx, topic, n)

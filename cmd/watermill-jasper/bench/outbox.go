@@ -398,6 +398,8 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 			prefix = "cdc_polling_latency_"
 		case l.Impl == implCDCRaw:
 			prefix = "cdc_raw_latency_"
+		case l.Impl == implCDCTableLess:
+			prefix = "cdc_tableless_latency_"
 		default:
 			continue
 		}
@@ -419,6 +421,7 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 	}
 	f.set("cdc_drain", drain(implCDC, sinkGoChannel, cfg.Backlog))
 	f.set("cdc_polling_drain", drain(implCDCPolling, sinkGoChannel, cfg.Backlog))
+	f.set("cdc_tableless_drain", drain(implCDCTableLess, sinkGoChannel, cfg.Backlog))
 	if r.scheduled != nil {
 		f.set("scheduled_late_p50_ms", ms(r.scheduled.LateP50))
 		f.set("scheduled_late_p99_ms", ms(r.scheduled.LateP99))
@@ -435,6 +438,7 @@ func (r runResult) figures(cfg OutboxConfig) Figures {
 	f.ratio("publish_cost_x", "publish_bare_insert", "publish_ours")
 	f.ratio("latency_p99_of_river", "latency_p99_ms", "river_latency_p99_ms")
 	f.ratio("cdc_drain_of_polling", "cdc_drain", "cdc_polling_drain")
+	f.ratio("cdc_tableless_drain_of_cdc", "cdc_tableless_drain", "cdc_drain")
 	return f
 }
 

@@ -33,7 +33,7 @@ func TestRunOutboxTiny(t *testing.T) {
 			t.Errorf("drain %s %s %d: received %d, %d duplicates, %d left", d.Impl, d.Sink, d.N, d.Received, d.Dups, d.Left)
 		}
 	}
-	wantDrains := 8 // ours 500/200/2000, watermill 500/200, river 500; ours polling and by slot on the logical server
+	wantDrains := 9 // ours 500/200/2000, watermill 500/200, river 500; ours polling, by slot and table-less on the logical server
 	if cfg.amqpEnabled() {
 		wantDrains += 4 // ours, watermill, watermill+jasperamqp, the broker's limit
 	}
@@ -53,8 +53,8 @@ func TestRunOutboxTiny(t *testing.T) {
 			t.Errorf("publish %s: no transaction committed", p.Name)
 		}
 	}
-	if len(res.Publish) != 7 || len(res.Idle) != 3 || len(res.Latency) != 6 {
-		t.Errorf("got %d publish, %d latency and %d idle legs, want 7, 6 and 3", len(res.Publish), len(res.Latency), len(res.Idle))
+	if len(res.Publish) != 7 || len(res.Idle) != 3 || len(res.Latency) != 7 {
+		t.Errorf("got %d publish, %d latency and %d idle legs, want 7, 7 and 3", len(res.Publish), len(res.Latency), len(res.Idle))
 	}
 	var table bytes.Buffer
 	if err := res.WriteTable(&table); err != nil {
@@ -68,7 +68,8 @@ func TestRunOutboxTiny(t *testing.T) {
 		"publish_ours", "publish_bare_insert", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "river_latency_p99_ms",
 		"idle_statements_per_s", "rss_mb_5k", "rss_mb_1m", "scheduled_late_p99_ms",
 		"cdc_drain", "cdc_polling_drain", "cdc_latency_p50_ms", "cdc_latency_p99_ms", "cdc_polling_latency_p99_ms",
-		"cdc_idle_statements_per_s", "cdc_idle_outbox_statements_per_s", "idle_relay_statements_per_s"}
+		"cdc_idle_statements_per_s", "cdc_idle_outbox_statements_per_s", "idle_relay_statements_per_s",
+		"cdc_tableless_drain", "cdc_tableless_latency_p50_ms", "cdc_tableless_latency_p99_ms"}
 	if cfg.amqpEnabled() {
 		keys = append(keys, "amqp_ours", "amqp_broker_limit")
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/watermill-jasper/watermill-jasper/internal/logrepl"
 	"github.com/watermill-jasper/watermill-jasper/internal/row"
 	"github.com/watermill-jasper/watermill-jasper/internal/store"
 	"github.com/watermill-jasper/watermill-jasper/schema"
@@ -77,6 +78,45 @@ func (j *jasperSchema) copyEnvelopes(ctx context.Context, topic string, n int) e
 // per transaction by 4 connections at once: a backlog of many transactions, as a stopped
 // relay finds it (a replication slot brings it transaction by transaction).
 func (j *jasperSchema) prefillInTxs(ctx context.Context, topic string, n, perTx int) error {
+	if err := j.inTxs(ctx, n, perTx, func(ctx context.Context, k int) error { return j.copyEnvelopes(ctx, topic, k) }); err != nil {
+		return err
+	}
+	return j.e.analyze(ctx, j.outgoing())
+}
+
+// emitInTxs is prefillInTxs for the table-less outbox: the envelopes are logical decoding
+// messages for the schema's default slot (store.Ops.EmitOutgoing), perTx per transaction.
+func (j *jasperSchema) emitInTxs(ctx context.Context, topic string, n, perTx int) error {
+	st, err := j.e.drv.Store(j.cfg)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	lc, err := logrepl.Config{Schema: j.cfg.Schema}.Normalized()
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return j.inTxs(ctx, n, perTx, func(ctx context.Context, k int) error {
+		envs := make([]row.Envelope, k)
+		for i := range envs {
+			e, err := row.FromMessage(topic, j.e.newMessage(), row.Defaults{})
+			if err != nil {
+				return err
+			}
+			envs[i] = e
+		}
+		ok, err := st.EmitOutgoing(ctx, store.EmitParams{Slot: lc.Slot, Prefix: lc.MessagePrefix(), Envelopes: envs})
+		if err == nil && !ok {
+			err = fmt.Errorf("slot %s missing", lc.Slot)
+		}
+		if err != nil {
+			return fmt.Errorf("bench: prefill the table-less outbox: %w", err)
+		}
+		return nil
+	})
+}
+
+// inTxs runs write for n envelopes, perTx at a time, on 4 connections at once.
+func (j *jasperSchema) inTxs(ctx context.Context, n, perTx int, write func(ctx context.Context, k int) error) error {
 	const conns = 4
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -89,7 +129,7 @@ func (j *jasperSchema) prefillInTxs(ctx context.Context, topic string, n, perTx 
 				if start >= n {
 					return
 				}
-				if err := j.copyEnvelopes(ctx, topic, min(end, n)-start); err != nil {
+				if err := write(ctx, min(end, n)-start); err != nil {
 					errs[i] = err
 					return
 				}
@@ -97,10 +137,7 @@ func (j *jasperSchema) prefillInTxs(ctx context.Context, topic string, n, perTx 
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(append(errs, ctx.Err())...); err != nil {
-		return err
-	}
-	return j.e.analyze(ctx, j.outgoing())
+	return errors.Join(append(errs, ctx.Err())...)
 }
 
 // envelopeRows is a pgx.CopyFromSource of left new messages (env.newMessage) for topic, as

@@ -199,3 +199,26 @@ func testListenAndNotify(e *env) {
 	e.ok(tx.Rollback(e.ctx))
 	l.quiet("notification of a rolled back transaction")
 }
+
+// EmitOutgoing writes nothing and reports false when the slot it names does not exist (the
+// outbox stays empty), on a database with logical decoding messages; elsewhere it is refused
+// with an error wrapping dbx.ErrUnsupported. Emitting through an existing slot needs
+// wal_level = logical: internal/logrepl's, forwarder's and publisher's tests run it on a
+// private cluster.
+func testEmitOutgoing(e *env) {
+	p := store.EmitParams{Slot: "wj_no_such_slot", Prefix: "watermill-jasper/outgoing/x/wj_no_such_slot", Envelopes: []row.Envelope{outEnv("orders")}}
+	emitted, err := e.s.EmitOutgoing(e.ctx, p)
+	if st, ok := e.s.(interface{ Statements() sqlstore.Dialect }); ok && st.Statements().EmitOutgoing() == "" {
+		if !errors.Is(err, dbx.ErrUnsupported) || emitted {
+			e.t.Errorf("EmitOutgoing without logical decoding messages: %v (emitted %v), want an error wrapping dbx.ErrUnsupported", err, emitted)
+		}
+		return
+	}
+	e.ok(err)
+	if emitted {
+		e.t.Errorf("EmitOutgoing reported success for a slot that does not exist")
+	}
+	if n := len(e.counts().OutgoingByDestination); n != 0 {
+		e.t.Errorf("EmitOutgoing without its slot left %d destinations in the outbox, want none", n)
+	}
+}

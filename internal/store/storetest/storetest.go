@@ -38,7 +38,7 @@ const caseTimeout = 2 * time.Minute
 var cases = []func(e *env){
 	// publish.go
 	testInsertEnvelopes, testInsertEnvelopesBeyondParameterLimit,
-	testInsertEnvelopesAtomicAcrossStatements, testInsertEnvelopesNotifies, testListenAndNotify,
+	testInsertEnvelopesAtomicAcrossStatements, testInsertEnvelopesNotifies, testListenAndNotify, testEmitOutgoing,
 	// relay.go
 	testClaimOutgoing, testClaimOutgoingSkipsLockedRows, testLockOutgoing, testBeginRelay, testLockOutgoingByPrefix, testDeleteOutgoing, testReleaseOutgoing,
 	testDeadLetterOutgoing, testDeadLetterMovesAreAtomic,
