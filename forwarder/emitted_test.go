@@ -200,9 +200,11 @@ func TestLogicalReplicationTableLess(t *testing.T) {
 	if n := rec.attemptsOf("doomed"); n != 3 {
 		t.Fatalf("%d publishes of the failing message, want MaxAttempts (3)", n)
 	}
+	// The one row is the invoices envelope the source wrote, which the slot may have brought
+	// back by now (not this forwarder's destination: skipped).
 	s, _ := f.ReplicationStats()
-	if s.Emitted != keys*perKey+3+1+1+1 || s.Rows != 0 {
-		t.Fatalf("replication stats %+v: want %d emitted, 0 rows", s, keys*perKey+6)
+	if s.Emitted != keys*perKey+3+1+1+1 || s.Rows > 1 || s.Handover < 1 {
+		t.Fatalf("replication stats %+v: want %d emitted, at most the invoices row, it handed over", s, keys*perKey+6)
 	}
 
 	// Emitted while no forwarder runs: kept by the slot, relayed by the next forwarder.

@@ -36,6 +36,11 @@ import (
 // while the slot streams. When the slot cannot be read (missing, invalidated, the connection
 // lost), the forwarder polls as usual and tries the slot again every RetryInterval.
 //
+// The slot also brings the table-less outbox (publisher.Config.TableLess): envelopes written
+// as logical decoding messages, with no row. The source publishes them before it confirms
+// their transactions, per partition key one at a time, and tries a failed one again from the
+// slot after a back-off until it is sent or dead-lettered (forwarder/emitted.go).
+//
 // Several forwarders may name one slot: one streams it, the others stand by (polling only
 // when woken, as the streaming one does) and take it over within RetryInterval of the active
 // one's end (PostgreSQL lets one reader stream a slot at a time); the one that takes over

@@ -134,3 +134,35 @@ func ExampleWithTx() {
 		log.Fatal(err)
 	}
 }
+
+// The table-less outbox: the message is a logical decoding message written in the business
+// transaction, no row; the forwarder following the slot wj_outbox_public
+// (forwarder.LogicalReplication, created beforehand with `watermill-jasper slot create`)
+// publishes it. While that slot is missing the publisher writes rows instead.
+func Example_tableLess() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, "postgres://app@localhost:5432/shop")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	pub, err := publisher.NewPublisher(sql.BeginnerFromPgx(pool), publisher.Config{
+		Schema:    schema.Config{Schema: "public"},
+		TableLess: true,
+	}, watermill.NewStdLogger(false, false))
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO orders (id, total) VALUES ($1, $2)`, "o-43", 2499); err != nil {
+			return err
+		}
+		msg := message.NewMessage(watermill.NewUUID(), []byte(`{"order":"o-43"}`))
+		msg.Metadata.Set(metadata.PartitionKey, "o-43") // in order with the order's other events
+		msg.SetContext(publisher.WithTx(ctx, sql.TxFromPgx(tx)))
+		return pub.Publish("orders", msg)
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}

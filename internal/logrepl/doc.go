@@ -36,7 +36,10 @@
 // plus the extension column timestamp and any unknown column), and delivers the rows of
 // each committed transaction together as a Tx, through Next, one transaction at a time and
 // in commit order, with the transaction's commit LSN, end LSN and commit time. A transaction
-// is held in memory until its commit arrives.
+// is held in memory until its commit arrives. The stream also asks for logical decoding
+// messages (messages 'true'): the transactional ones with Config.MessagePrefix carry outgoing
+// envelopes without a row (the table-less outbox, docs/relay-sources.md), decoded by
+// row.DecodeEmitted into Tx.Emitted; other messages are skipped.
 //
 // Once streaming, the reader sends nothing but standby status updates: every
 // Config.StatusInterval (10s), at once when the server asks for a reply (its keepalive), soon

@@ -32,7 +32,7 @@ var documentedArgs = map[string]int{
 	// Relay, publisher and locks.
 	"NotifyOutgoing": 0, "ClaimOutgoing": 4, "LockOutgoing": 3, "LockOutgoingByID": 3, "DeleteOutgoing": 1, "ReleaseOutgoingFailed": 2,
 	"ReleaseOutgoing": 2, "DeadLetterOutgoing": 6, "ReleaseDueScheduledSends": 1, "ListenOutgoing": 0,
-	"RelayTxSettings": 0, "TryAdvisoryLock": 1, "HoldsAdvisoryLock": 1, "ReleaseAdvisoryLock": 1, "SessionID": 0,
+	"RelayTxSettings": 0, "EmitOutgoing": 3, "TryAdvisoryLock": 1, "HoldsAdvisoryLock": 1, "ReleaseAdvisoryLock": 1, "SessionID": 0,
 	// Subscriber.
 	"ListenIncoming": 0, "NotifyIncoming": 1, "ClaimIncoming": 3, "DeleteIncoming": 1, "RetryIncoming": 3,
 	"ReleaseIncoming": 3, "ReleaseScheduled": 2, "DeadLetterIncoming": 6,
