@@ -87,6 +87,19 @@ func (b *breaker) probesDue(now time.Time) bool {
 	return false
 }
 
+// nextProbe is when the earliest pause of a destination that nobody probes ends (ok false:
+// none is paused).
+func (b *breaker) nextProbe() (t time.Time, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.dests {
+		if c.opens > 0 && !c.probing && (!ok || c.until.Before(t)) {
+			t, ok = c.until, true
+		}
+	}
+	return t, ok
+}
+
 // allow is asked right before a publish: probes were granted by takeProbes; other
 // publishes are allowed while the circuit is closed.
 func (b *breaker) allow(destination string, probe bool) bool {

@@ -63,12 +63,12 @@ func (fl *follower) relayEmitted(ctx context.Context, txs []logrepl.Tx) error {
 		fl.handover.Add(int64(len(envs)))
 	}
 	for _, rw := range dead {
-		f.deadLettered.Add(1)
 		typ, msg, chain := fault.Describe(rw.Err)
 		reason := store.Reason{Explanation: "The emitted envelope cannot be read: " + rw.Err.Error(), ExceptionType: typ, ExceptionMessage: msg, ExceptionText: chain}
 		if err := fl.deadLetter(ctx, rw.Envelope, reason); err != nil {
 			return err
 		}
+		f.deadLettered.Add(1)
 	}
 	if len(mine) == 0 {
 		return nil
@@ -98,12 +98,20 @@ func (fl *follower) relayEmitted(ctx context.Context, txs []logrepl.Tx) error {
 			failures = 0
 			continue
 		}
-		// A failure, or nothing handed to the publishers (the forwarder is stopping).
-		failures++
+		// A failure, or nothing published (a paused destination waits for its probe; the
+		// forwarder is stopping): wait for the back-off, or for the end of a pause when that
+		// comes first.
+		if anyFailed {
+			failures++
+		}
+		wait := fl.retry.Delay(max(failures, 1))
+		if t, ok := f.breaker.nextProbe(); ok {
+			wait = min(wait, max(time.Until(t), time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(fl.retry.Delay(failures)):
+		case <-time.After(wait):
 		}
 	}
 	return nil
@@ -112,10 +120,24 @@ func (fl *follower) relayEmitted(ctx context.Context, txs []logrepl.Tx) error {
 // emittedRound publishes, at once, every pending envelope without a partition key and the
 // first pending envelope of each key, and records their outcomes: it returns the ids done
 // with (sent, expired, dead-lettered) and whether any publish failed. A failed envelope
-// counts an attempt (in pending) unless the failure was temporary.
+// counts an attempt (in pending) unless the failure was temporary. The circuit breaker
+// applies as to rows: a paused destination's envelopes wait (and hold their keys back),
+// except one, its probe, once the pause is over.
 func (fl *follower) emittedRound(ctx context.Context, w *worker, pending []row.Envelope) (resolved map[uuid.UUID]bool, anyFailed bool, err error) {
+	f := fl.f
 	defer w.reset()
+	paused := map[string]bool{}
+	for _, d := range f.breaker.excluded(nil) {
+		paused[d] = true
+	}
+	probing := map[string]bool{} // destinations this round probes: whether its probe is taken
+	if len(paused) > 0 {
+		for _, d := range f.breaker.takeProbes(time.Now(), nil) {
+			probing[d] = false
+		}
+	}
 	keys := map[string]bool{}
+	var regular []row.Envelope
 	for _, e := range pending {
 		if e.PartitionKey != "" {
 			if keys[e.PartitionKey] {
@@ -123,17 +145,41 @@ func (fl *follower) emittedRound(ctx context.Context, w *worker, pending []row.E
 			}
 			keys[e.PartitionKey] = true
 		}
-		w.envs = append(w.envs, e)
+		if paused[e.Destination] {
+			if taken, ok := probing[e.Destination]; ok && !taken {
+				probing[e.Destination] = true
+				w.envs = append(w.envs, e) // the probes go first (w.nProbes)
+			}
+			continue
+		}
+		regular = append(regular, e)
 	}
+	for d, taken := range probing {
+		if !taken {
+			f.breaker.probeDone(d) // nothing of it here: the polling path probes it
+		}
+	}
+	w.nProbes = len(w.envs)
+	w.envs = append(w.envs, regular...)
 	w.process()
 	resolved = make(map[uuid.UUID]bool, len(w.envs))
 	for _, id := range w.done {
 		resolved[id] = true
 	}
+	failedIDs := map[uuid.UUID]bool{}
+	for i := range w.items {
+		if w.items[i].result == failed {
+			anyFailed = true
+			failedIDs[w.items[i].env.ID] = true
+		}
+	}
 	for _, d := range w.dead {
 		for i := range w.envs {
-			if w.envs[i].ID == d.ID {
-				if err := fl.deadLetter(ctx, w.envs[i], d.Reason); err != nil {
+			if e := w.envs[i]; e.ID == d.ID {
+				if failedIDs[e.ID] {
+					e.Attempts++ // the failed publish that ends it, as the rows' dead letters count it
+				}
+				if err := fl.deadLetter(ctx, e, d.Reason); err != nil {
 					return nil, false, err
 				}
 				break
@@ -148,11 +194,6 @@ func (fl *follower) emittedRound(ctx context.Context, w *worker, pending []row.E
 	for i := range pending {
 		if retry[pending[i].ID] {
 			pending[i].Attempts++
-		}
-	}
-	for i := range w.items {
-		if w.items[i].result == failed {
-			anyFailed = true
 		}
 	}
 	return resolved, anyFailed, nil

@@ -128,9 +128,23 @@ func TestLogicalReplicationTableLess(t *testing.T) {
 		}
 	}
 	got := receiveInOrder(t, pubsub, "orders", "flaky")
-	cfg := Config{Publisher: rec, Destinations: []string{"orders", "flaky", "doomed"}, MaxAttempts: 3}
-	f := following(t, e.env, &e.lr, cfg)
+	// The failing destination is paused after 2 failures and then only probed, and still
+	// reaches MaxAttempts: the source takes its probes itself (no row, no polling claim).
+	cfg := Config{Publisher: rec, Destinations: []string{"orders", "flaky", "doomed"}, MaxAttempts: 5,
+		CircuitBreakAfter: 2, CircuitPause: 50 * time.Millisecond}
+	paused := make(chan string, 16)
+	onPause := func(d string) {
+		select {
+		case paused <- d:
+		default:
+		}
+	}
+	cfg.LogicalReplication = &e.lr
+	f := e.forwarder(cfg)
+	f.onPause = onPause
 	dead := deadLettered(f)
+	start(t, f)
+	awaitStreaming(t, f, true)
 
 	lc, err := logrepl.Config{Schema: e.schema.Schema, Slot: e.lr.Slot}.Normalized()
 	if err != nil {
@@ -187,8 +201,16 @@ func TestLogicalReplicationTableLess(t *testing.T) {
 	got.waitFor(t, want...)
 	got.checkKeyOrder(t)
 	waitDeadLettered(t, dead, 2, "the message that keeps failing and the unreadable one")
-	if dl := e.deadLetter(doomed.ID); !strings.Contains(dl.Explanation, "3 times") {
-		t.Fatalf("dead letter of the failing message: %q", dl.Explanation)
+	if dl := e.deadLetter(doomed.ID); !strings.Contains(dl.Explanation, "5 times") || dl.Attempts != 5 {
+		t.Fatalf("dead letter of the failing message: %q, %d attempts", dl.Explanation, dl.Attempts)
+	}
+	select {
+	case d := <-paused:
+		if d != "doomed" && d != "flaky" {
+			t.Fatalf("destination %q paused", d)
+		}
+	default:
+		t.Fatal("no destination was paused")
 	}
 	if n := e.count(schema.DeadLetterTable, "explanation LIKE 'The emitted envelope cannot be read%'"); n != 1 {
 		t.Fatalf("%d dead letters of the unreadable message, want 1", n)
@@ -197,8 +219,8 @@ func TestLogicalReplicationTableLess(t *testing.T) {
 	if n, m := e.outgoing(), e.count(schema.OutgoingTable, "id = $1", other.ID); n != 1 || m != 1 {
 		t.Fatalf("%d outgoing rows (%d of them the invoices envelope), want only the invoices envelope", n, m)
 	}
-	if n := rec.attemptsOf("doomed"); n != 3 {
-		t.Fatalf("%d publishes of the failing message, want MaxAttempts (3)", n)
+	if n := rec.attemptsOf("doomed"); n != 5 {
+		t.Fatalf("%d publishes of the failing message, want MaxAttempts (5)", n)
 	}
 	// The one row is the invoices envelope the source wrote, which the slot may have brought
 	// back by now (not this forwarder's destination: skipped).

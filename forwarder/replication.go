@@ -291,7 +291,9 @@ func (fl *follower) follow(ctx context.Context) error {
 		fl.txs.Add(int64(len(txs)))
 		fl.rows.Add(int64(rows))
 		// The table-less outbox's envelopes are only in the slot: relayed first, and the
-		// batch is confirmed (below) only after them.
+		// batch is confirmed (below) only after them. Meanwhile the lag counts from this
+		// batch's first commit.
+		fl.oldest.CompareAndSwap(0, tx.CommitTime.UnixNano())
 		if err := fl.relayEmitted(ctx, txs); err != nil {
 			clear(txs)
 			return err

@@ -74,12 +74,14 @@ type Config struct {
 	// (forwarder.LogicalReplication) relays them; .NET Jasper nodes never see them, so use it
 	// only for messages no .NET node relays. Each Publish checks, in the same statement, that
 	// the slot exists and can be read; when it does not (not created yet, dropped,
-	// invalidated) the messages are written as rows, as without TableLess, and a warning is
-	// logged, so nothing is published where no relay would see it. A re-publish of the same
-	// message is not a no-op here (there is no row to conflict with): it is sent twice, and
-	// consumers deduplicate on the message UUID (middleware.Inbox). Delayed messages are
-	// still written as scheduled sends (rows). PostgreSQL 14 or later, the outgoing table
-	// only. Default false.
+	// invalidated) the messages are written as rows, as without TableLess, and that is logged
+	// (once, at error level, until the slot is back). A re-publish of the same message is not
+	// a no-op here (there is no row to conflict with): it is sent twice, and consumers
+	// deduplicate on the message UUID (middleware.Inbox). Delayed messages are still written
+	// as scheduled sends (rows); a Publish on the pool (no transaction) that mixes delayed and
+	// undelayed messages writes them all as rows, in one statement. A slot dropped or
+	// invalidated before its relay confirmed the messages loses them (docs/relay-sources.md).
+	// PostgreSQL 14 or later, the outgoing table only. Default false.
 	TableLess bool
 	// TableLessSlot is the replication slot TableLess checks for: the forwarder's
 	// LogicalReplication.Slot. Default "wj_outbox_<schema>" (the forwarder's default).

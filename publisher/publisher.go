@@ -217,7 +217,7 @@ func isTx(db sql.ContextExecutor) bool {
 // larger calls), in the context of messages[0]. It returns when the rows are written: when
 // they are committed if the Publisher runs on a pool without a transaction in the context,
 // otherwise when the caller's transaction holds them. Re-publishing a message (same UUID) to
-// the same topic is a no-op. A message whose components/delay due time is in the future is
+// the same topic is a no-op (not with Config.TableLess, where it is sent again). A message whose components/delay due time is in the future is
 // written as a Jasper scheduled send.
 //
 // Errors wrap ErrPublisherClosed, ErrInvalidTopic, ErrInvalidMessage (nothing is written),
@@ -279,7 +279,9 @@ func (p *Publisher) insert(ctx context.Context, topic string, messages []*messag
 		return err
 	}
 	ops, inTx := p.executor(ctx)
-	if p.emit != nil && len(out) > 0 {
+	// Table-less, except on the pool with delayed messages beside: their rows and the messages
+	// would take two statements, not one transaction, so all are written as rows, at once.
+	if p.emit != nil && len(out) > 0 && (inTx || len(inc) == 0) {
 		emitted, err := ops.EmitOutgoing(ctx, store.EmitParams{Slot: p.emit.Slot, Prefix: p.emit.Prefix, Envelopes: out})
 		if err != nil {
 			return p.wrapError(topic, len(messages), err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
@@ -125,6 +126,15 @@ func TestTableLess(t *testing.T) {
 				t.Fatalf("emitted %d: uuid %s body %q (%v), want %s %q", i, e.MessageUUID, e.Body, e.Err, want[i].UUID, want[i].Payload)
 			}
 		}
+	}
+	// On the pool, undelayed and delayed messages in one Publish: all rows, in one statement.
+	mixed := []*message.Message{message.NewMessage(watermill.NewUUID(), []byte("now")), message.NewMessage(watermill.NewUUID(), []byte("later"))}
+	delay.Message(mixed[1], delay.For(time.Hour))
+	if err := pgxPub.Publish("orders", mixed...); err != nil {
+		t.Fatal(err)
+	}
+	if n := outgoing(); n != 3 {
+		t.Fatalf("%d outgoing rows after a mixed Publish on the pool, want 3 (its undelayed message as a row)", n)
 	}
 	if logs := logger.Captured()[watermill.InfoLogLevel]; len(logs) != 1 || !strings.Contains(logs[0].Msg, "found its replication slot again") {
 		t.Fatalf("logged %+v, want one line saying the slot is back", logs)

@@ -18,7 +18,8 @@ import (
 //	uvarint  number of columns
 //	per column: uvarint name length, name, tag byte, value
 //	  tag 0 NULL; 1 text (uvarint length, bytes); 2 integer (varint);
-//	  3 bytes (uvarint length, bytes); 4 boolean (one byte); 5 time (varint Unix nanoseconds, UTC)
+//	  3 bytes (uvarint length, bytes); 4 boolean (one byte);
+//	  5 time (varint Unix seconds, uvarint nanoseconds, UTC: any year, unlike UnixNano)
 const emittedVersion = 1
 
 const (
@@ -66,7 +67,8 @@ func (e *Envelope) EncodeEmitted(b []byte) ([]byte, error) {
 			}
 			b = append(b, tagBool, t)
 		case time.Time:
-			b = binary.AppendVarint(append(b, tagTime), v.UnixNano())
+			b = binary.AppendVarint(append(b, tagTime), v.Unix())
+			b = binary.AppendUvarint(b, uint64(v.Nanosecond()))
 		default:
 			return nil, fmt.Errorf("encode emitted envelope: column %s holds a %T", name, v)
 		}
@@ -102,18 +104,26 @@ func DecodeEmitted(b []byte) (Envelope, error) {
 		case tagBool:
 			v = d.byte() != 0
 		case tagTime:
-			v = time.Unix(0, d.varint()).UTC()
+			sec := d.varint()
+			nsec := d.uvarint()
+			if nsec >= 1e9 && d.err == nil {
+				d.err = fmt.Errorf("%w: column %q: %d nanoseconds", ErrMalformedEmitted, name, nsec)
+			}
+			v = time.Unix(sec, int64(nsec)).UTC()
 		default:
 			if d.err == nil {
-				d.err = fmt.Errorf("%w: unknown tag %d of column %s", ErrMalformedEmitted, tag, name)
+				d.err = fmt.Errorf("%w: unknown tag %d of column %q", ErrMalformedEmitted, tag, name)
 			}
 		}
 		if d.err != nil {
 			break
 		}
 		if _, err := e.SetColumn(name, v); err != nil {
-			return e, fmt.Errorf("emitted envelope: column %s: %w", name, err)
+			return e, fmt.Errorf("emitted envelope: column %q: %w", name, err)
 		}
+	}
+	if d.err == nil && len(d.b) > 0 {
+		d.err = fmt.Errorf("%w: %d bytes after the last column", ErrMalformedEmitted, len(d.b))
 	}
 	if d.err != nil {
 		return e, d.err

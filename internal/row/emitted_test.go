@@ -11,7 +11,7 @@ import (
 
 func TestEmittedRoundTrip(t *testing.T) {
 	conv := uuid.New()
-	by := time.Date(2026, 12, 5, 10, 11, 12, 123456000, time.UTC)
+	by := time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC) // beyond UnixNano's range
 	full := Envelope{
 		ID: uuid.New(), OwnerID: 0, Attempts: 2, Body: []byte(`{"a":1}`), ConversationID: &conv,
 		CorrelationID: "corr", ParentID: "00-abc-def-01", SagaID: "saga", MessageType: "order.placed",
@@ -48,6 +48,9 @@ func TestEmittedMalformed(t *testing.T) {
 		if _, err := DecodeEmitted(b[:i]); !errors.Is(err, ErrMalformedEmitted) {
 			t.Fatalf("content cut at %d of %d: err %v, want ErrMalformedEmitted", i, len(b), err)
 		}
+	}
+	if _, err := DecodeEmitted(append(b, 0)); !errors.Is(err, ErrMalformedEmitted) {
+		t.Fatalf("a byte after the last column: err %v, want ErrMalformedEmitted", err)
 	}
 	bad := append([]byte{9}, b[1:]...)
 	if _, err := DecodeEmitted(bad); !errors.Is(err, ErrMalformedEmitted) {

@@ -298,14 +298,16 @@ func (p *postgres) IncomingChannel() string { return channel("jasper_incoming_",
 func (p *postgres) ListenIncoming() string { return `LISTEN "` + p.IncomingChannel() + `"` }
 
 // EmitOutgoing: pg_logical_emit_message in the order of the array, guarded by the slot's
-// presence (pg_replication_slots is readable by every role).
+// presence (pg_replication_slots is readable by every role). wal_status is read through
+// to_jsonb, so that the statement parses before PostgreSQL 13 too (and writes nothing there:
+// the version guard).
 func (p *postgres) EmitOutgoing() string {
 	return `SELECT count(pg_logical_emit_message(true, $1::text, m.c))
 FROM unnest($3::bytea[]) AS m(c)
 WHERE current_setting('server_version_num')::int >= 140000
   AND EXISTS (SELECT 1 FROM pg_replication_slots s
     WHERE s.slot_name = $2::text AND s.database = current_database() AND s.plugin = 'pgoutput'
-      AND s.confirmed_flush_lsn IS NOT NULL AND s.wal_status IS DISTINCT FROM 'lost')`
+      AND s.confirmed_flush_lsn IS NOT NULL AND (to_jsonb(s) ->> 'wal_status') IS DISTINCT FROM 'lost')`
 }
 
 func (p *postgres) NotifyIncoming() string {
