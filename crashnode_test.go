@@ -67,6 +67,7 @@ func crashNodeMain() error {
 		batch          = fs.Int("batch", 100, "messages per publishing transaction")
 		keys           = fs.Int("keys", 0, "partition keys the messages are spread over, in turn (0: no key)")
 		replicationDSN = fs.String("replication-dsn", "", "follow the outbox through the schema's replication slot (forwarder.LogicalReplication) with this DSN")
+		tableLess      = fs.Bool("table-less", false, "publish table-less (publisher.Config.TableLess): logical decoding messages for the schema's slot, no rows")
 		sinkLatency    = fs.Duration("sink-latency", 0, "latency added to each relayed message (a slow broker)")
 		handlerLatency = fs.Duration("handler-latency", 0, "work time of the handler for each message")
 		fwdBatch       = fs.Int("forwarder-batch", 100, "forwarder BatchSize")
@@ -122,8 +123,9 @@ func crashNodeMain() error {
 		lr = &forwarder.LogicalReplication{DSN: *replicationDSN}
 	}
 	rt, err := jasper.NewRuntime(database.FromPgx(pool), jasper.Config{
-		Schema: *schemaName,
-		Node:   durability.NodeConfig{ID: int32(*nodeID)},
+		Schema:    *schemaName,
+		Publisher: publisher.Config{TableLess: *tableLess},
+		Node:      durability.NodeConfig{ID: int32(*nodeID)},
 		Agent: durability.Config{
 			ScheduledJobPollingTime:     *scheduled,
 			NodeReassignmentPollingTime: *reassign,

@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/watermill-jasper/watermill-jasper/admin"
+	"github.com/watermill-jasper/watermill-jasper/database"
 	"github.com/watermill-jasper/watermill-jasper/internal/testdb"
 	"github.com/watermill-jasper/watermill-jasper/internal/testproc"
+	"github.com/watermill-jasper/watermill-jasper/schema"
 )
 
 // Per-key ordering across processes, relay sources and a SIGKILL: 20,000 messages over 200
@@ -133,4 +135,141 @@ func (s *crashSchema) checkOrder(table string, keys, perKey int) int {
 		}
 	}
 	return total
+}
+
+// Per-key ordering of the table-less outbox across a SIGKILL: 6,000 messages over 60 partition
+// keys, published table-less (logical decoding messages, no row) by three node processes, two
+// of which follow the schema's slot (the first streams it, the second stands by); the third
+// only publishes. The streaming node, a slow one, is killed with SIGKILL while it relays. The
+// stand-by takes the slot over and receives again what was not confirmed: nothing is lost,
+// no outbox row is ever written, and per key the first arrival of each message is in the
+// published order. A redelivery here may repeat several earlier messages of a key (the slot
+// resends from its confirmed position, docs/ordering.md), so duplicates are not checked.
+func TestCrashTableLessSIGKILL(t *testing.T) {
+	t.Parallel()
+	cluster := testdb.StartLogicalCluster(t)
+	db, st := cluster.Migrated(t)
+	s := newCrashSchemaOn(t, db, st.Schema())
+	if _, err := admin.CreateReplicationSlot(context.Background(), cluster.DSN(), s.cfg, admin.ReplicationSlot{}); err != nil {
+		t.Fatal(err)
+	}
+	const following = "Following the outbox through the replication slot"
+	start := time.Now()
+	var procs [3]*testproc.Proc
+	var ids [3]int32
+	for i := range procs {
+		a := []string{"-dsn", cluster.DSN(), "-schema", s.cfg.Schema, "-prefix", fmt.Sprintf("n%d", i),
+			"-messages", "2000", "-keys", "20", "-batch", "50", "-table-less",
+			"-forwarder-batch", "100", "-forwarder-workers", "2", "-forwarder-concurrency", "8",
+			"-subscriber-batch", "50", "-subscriber-inflight", "4", "-reassign", "2s"}
+		if i == 0 {
+			a = append(a, "-sink-latency", "20ms")
+		}
+		if i < 2 {
+			a = append(a, "-replication-dsn", cluster.DSN())
+		}
+		procs[i], ids[i] = startNode(t, fmt.Sprintf("node%d", i), a...)
+		if i == 0 { // the first streams the slot; the second then stands by
+			procs[0].Await(crashTimeout, func(e testproc.Event) bool { return e.Str("msg") == following })
+		}
+	}
+	victim, standBy := procs[0], procs[1]
+	for _, p := range procs {
+		p.Await(crashTimeout, func(e testproc.Event) bool { return e.Str("event") == "published" && e.Num("count") == 2000 })
+	}
+	// Killed while it relays: some of its messages have reached the queue, not all.
+	s.awaitRelayed(1000)
+	victim.Kill()
+	killedAt := time.Now()
+	t.Logf("node %d (streaming the slot) killed with SIGKILL %s after start", ids[0], killedAt.Sub(start).Round(time.Millisecond))
+	standBy.Await(crashTimeout, func(e testproc.Event) bool { return e.Str("msg") == following })
+	t.Logf("node %d took the slot over %s after the kill", ids[1], time.Since(killedAt).Round(time.Millisecond))
+
+	sent, handled := s.awaitHandledWithin(2 * time.Minute)
+	if sent != 6000 || handled != sent {
+		t.Fatalf("%d messages committed and %d handled, want 6,000 each", sent, handled)
+	}
+	var inserted int64
+	if err := database.QueryRow(context.Background(), db, `SELECT COALESCE(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables
+		WHERE schemaname = $1 AND relname = $2`, []any{s.cfg.Schema, schema.OutgoingTable}, &inserted); err != nil {
+		t.Fatal(err)
+	}
+	if inserted != 0 {
+		t.Fatalf("%d rows were inserted into the outbox, want none (table-less)", inserted)
+	}
+	relays := s.checkFirstOrder("relay_log", 60, 100)
+	handlings := s.checkFirstOrder("handle_log", 60, 100)
+	t.Logf("per-key order of first arrivals held over 60 keys: %d relays, %d handlings of 6,000 messages", relays, handlings)
+	for _, p := range procs[1:] {
+		p.Stop(crashTimeout)
+	}
+}
+
+// checkFirstOrder reads a log table (id order, uuid "<prefix>-<n>", partition key) and checks,
+// per key, that the first arrivals of the messages are in the order of n and that every
+// message arrived; it returns the number of log rows.
+func (s *crashSchema) checkFirstOrder(table string, keys, perKey int) int {
+	s.t.Helper()
+	rows, err := s.db.Query(context.Background(), `SELECT uuid, COALESCE(pkey, '') FROM `+s.prefix+table+` ORDER BY id`)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rows.Close()
+	seen := map[string]bool{}
+	last := map[string]int{}   // key -> n of the latest first arrival
+	counts := map[string]int{} // key -> distinct messages
+	total := 0
+	for rows.Next() {
+		var uuid, key string
+		if err := rows.Scan(&uuid, &key); err != nil {
+			s.t.Fatal(err)
+		}
+		total++
+		if seen[uuid] {
+			continue
+		}
+		seen[uuid] = true
+		i := strings.LastIndexByte(uuid, '-')
+		n, err := strconv.Atoi(uuid[i+1:])
+		if err != nil || key == "" {
+			s.t.Fatalf("%s: uuid %q, key %q", table, uuid, key)
+		}
+		if prev, ok := last[key]; ok && n < prev {
+			s.t.Fatalf("%s: key %s: message %d arrived first after %d (out of order)", table, key, n, prev)
+		}
+		last[key] = n
+		counts[key]++
+	}
+	if err := rows.Err(); err != nil {
+		s.t.Fatal(err)
+	}
+	if len(counts) != keys {
+		s.t.Fatalf("%s: %d keys, want %d", table, len(counts), keys)
+	}
+	for key, n := range counts {
+		if n != perKey {
+			s.t.Fatalf("%s: key %s: %d distinct messages, want %d", table, key, n, perKey)
+		}
+	}
+	return total
+}
+
+// awaitRelayed waits until at least n relayed copies are in relay_log (the tables hold the
+// state it waits for: it polls them).
+func (s *crashSchema) awaitRelayed(n int64) {
+	s.t.Helper()
+	deadline := time.Now().Add(crashTimeout)
+	for {
+		var got int64
+		if err := database.QueryRow(context.Background(), s.db, `SELECT count(*) FROM `+s.prefix+`relay_log`, nil, &got); err != nil {
+			s.t.Fatal(err)
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%d messages relayed after %s, want %d", got, crashTimeout, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
