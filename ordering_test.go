@@ -26,12 +26,7 @@ import (
 // latest message of its key (a redelivery never overtakes a later message).
 func TestCrashOrderedByKeySIGKILL(t *testing.T) {
 	t.Parallel()
-	cluster := testdb.StartLogicalCluster(t)
-	db, st := cluster.Migrated(t)
-	s := newCrashSchemaOn(t, db, st.Schema())
-	if _, err := admin.CreateReplicationSlot(context.Background(), cluster.DSN(), s.cfg, admin.ReplicationSlot{}); err != nil {
-		t.Fatal(err)
-	}
+	cluster, _, s := slotCrashSchema(t)
 	// The victim publishes 6,800 messages over 68 keys, the others 6,600 over 66: 20,000
 	// over 200 keys, 100 a key.
 	plan := []struct {
@@ -91,13 +86,27 @@ func TestCrashOrderedByKeySIGKILL(t *testing.T) {
 // with duplicates only of the latest message; it returns the number of log rows.
 func (s *crashSchema) checkOrder(table string, keys, perKey int) int {
 	s.t.Helper()
+	return s.checkKeyOrder(table, keys, perKey, false)
+}
+
+// checkFirstOrder is checkOrder for the first arrival of each message only: a duplicate may
+// repeat any earlier message (a table-less redelivery replays from the slot's position).
+func (s *crashSchema) checkFirstOrder(table string, keys, perKey int) int {
+	s.t.Helper()
+	return s.checkKeyOrder(table, keys, perKey, true)
+}
+
+// checkKeyOrder is checkOrder, or checkFirstOrder with firstOnly.
+func (s *crashSchema) checkKeyOrder(table string, keys, perKey int, firstOnly bool) int {
+	s.t.Helper()
 	rows, err := s.db.Query(context.Background(), `SELECT uuid, COALESCE(pkey, '') FROM `+s.prefix+table+` ORDER BY id`)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	defer rows.Close()
-	last := map[string]int{} // key -> n of the latest message seen
-	seen := map[string]int{} // key -> distinct messages seen
+	arrived := map[string]bool{} // uuids seen
+	last := map[string]int{}     // key -> n of the latest message seen
+	seen := map[string]int{}     // key -> distinct messages seen
 	total := 0
 	for rows.Next() {
 		var uuid, key string
@@ -108,6 +117,10 @@ func (s *crashSchema) checkOrder(table string, keys, perKey int) int {
 		if key == "" {
 			s.t.Fatalf("%s: message %s has no partition key", table, uuid)
 		}
+		if firstOnly && arrived[uuid] {
+			continue
+		}
+		arrived[uuid] = true
 		i := strings.LastIndexByte(uuid, '-')
 		n, err := strconv.Atoi(uuid[i+1:])
 		if err != nil {
@@ -147,12 +160,7 @@ func (s *crashSchema) checkOrder(table string, keys, perKey int) int {
 // resends from its confirmed position, docs/ordering.md), so duplicates are not checked.
 func TestCrashTableLessSIGKILL(t *testing.T) {
 	t.Parallel()
-	cluster := testdb.StartLogicalCluster(t)
-	db, st := cluster.Migrated(t)
-	s := newCrashSchemaOn(t, db, st.Schema())
-	if _, err := admin.CreateReplicationSlot(context.Background(), cluster.DSN(), s.cfg, admin.ReplicationSlot{}); err != nil {
-		t.Fatal(err)
-	}
+	cluster, db, s := slotCrashSchema(t)
 	const following = "Following the outbox through the replication slot"
 	start := time.Now()
 	var procs [3]*testproc.Proc
@@ -205,55 +213,6 @@ func TestCrashTableLessSIGKILL(t *testing.T) {
 	}
 }
 
-// checkFirstOrder reads a log table (id order, uuid "<prefix>-<n>", partition key) and checks,
-// per key, that the first arrivals of the messages are in the order of n and that every
-// message arrived; it returns the number of log rows.
-func (s *crashSchema) checkFirstOrder(table string, keys, perKey int) int {
-	s.t.Helper()
-	rows, err := s.db.Query(context.Background(), `SELECT uuid, COALESCE(pkey, '') FROM `+s.prefix+table+` ORDER BY id`)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer rows.Close()
-	seen := map[string]bool{}
-	last := map[string]int{}   // key -> n of the latest first arrival
-	counts := map[string]int{} // key -> distinct messages
-	total := 0
-	for rows.Next() {
-		var uuid, key string
-		if err := rows.Scan(&uuid, &key); err != nil {
-			s.t.Fatal(err)
-		}
-		total++
-		if seen[uuid] {
-			continue
-		}
-		seen[uuid] = true
-		i := strings.LastIndexByte(uuid, '-')
-		n, err := strconv.Atoi(uuid[i+1:])
-		if err != nil || key == "" {
-			s.t.Fatalf("%s: uuid %q, key %q", table, uuid, key)
-		}
-		if prev, ok := last[key]; ok && n < prev {
-			s.t.Fatalf("%s: key %s: message %d arrived first after %d (out of order)", table, key, n, prev)
-		}
-		last[key] = n
-		counts[key]++
-	}
-	if err := rows.Err(); err != nil {
-		s.t.Fatal(err)
-	}
-	if len(counts) != keys {
-		s.t.Fatalf("%s: %d keys, want %d", table, len(counts), keys)
-	}
-	for key, n := range counts {
-		if n != perKey {
-			s.t.Fatalf("%s: key %s: %d distinct messages, want %d", table, key, n, perKey)
-		}
-	}
-	return total
-}
-
 // awaitRelayed waits until at least n relayed copies are in relay_log (the tables hold the
 // state it waits for: it polls them).
 func (s *crashSchema) awaitRelayed(n int64) {
@@ -272,4 +231,17 @@ func (s *crashSchema) awaitRelayed(n int64) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// slotCrashSchema starts a private cluster with wal_level = logical, migrates a crash schema
+// on it and creates the schema's slot and publication.
+func slotCrashSchema(t *testing.T) (*testdb.Cluster, database.DB, *crashSchema) {
+	t.Helper()
+	cluster := testdb.StartLogicalCluster(t)
+	db, st := cluster.Migrated(t)
+	s := newCrashSchemaOn(t, db, st.Schema())
+	if _, err := admin.CreateReplicationSlot(context.Background(), cluster.DSN(), s.cfg, admin.ReplicationSlot{}); err != nil {
+		t.Fatal(err)
+	}
+	return cluster, db, s
 }
