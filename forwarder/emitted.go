@@ -173,19 +173,21 @@ func (fl *follower) emittedRound(ctx context.Context, w *worker, pending []row.E
 			failedIDs[w.items[i].env.ID] = true
 		}
 	}
-	for _, d := range w.dead {
-		for i := range w.envs {
-			if e := w.envs[i]; e.ID == d.ID {
-				if failedIDs[e.ID] {
-					e.Attempts++ // the failed publish that ends it, as the rows' dead letters count it
-				}
-				if err := fl.deadLetter(ctx, e, d.Reason); err != nil {
-					return nil, false, err
-				}
-				break
-			}
+	if len(w.dead) > 0 {
+		byID := make(map[uuid.UUID]row.Envelope, len(w.envs))
+		for _, e := range w.envs {
+			byID[e.ID] = e
 		}
-		resolved[d.ID] = true
+		for _, d := range w.dead {
+			e := byID[d.ID]
+			if failedIDs[e.ID] {
+				e.Attempts++ // the failed publish that ends it, as the rows' dead letters count it
+			}
+			if err := fl.deadLetter(ctx, e, d.Reason); err != nil {
+				return nil, false, err
+			}
+			resolved[d.ID] = true
+		}
 	}
 	retry := make(map[uuid.UUID]bool, len(w.retry))
 	for _, id := range w.retry {
@@ -228,10 +230,8 @@ func (fl *follower) persist(ctx context.Context, what string, op func(ctx contex
 			return ctx.Err()
 		}
 		fl.f.logger.Error("Cannot "+what+"; trying again", err, watermill.LogFields{"slot": fl.cfg.Slot, "retry_in": fl.retry.Delay(failures).String()})
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(fl.retry.Delay(failures)):
+		if err := fl.retry.Sleep(ctx, failures); err != nil {
+			return err
 		}
 	}
 }

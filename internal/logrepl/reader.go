@@ -47,9 +47,10 @@ func Dial(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
 // contract). It owns its connection: Close closes it. Next is for one goroutine; Confirm,
 // Flush and Close may be called from any.
 type Reader struct {
-	conn *pgconn.PgConn
-	cfg  Config
-	pid  uint32
+	conn   *pgconn.PgConn
+	cfg    Config
+	pid    uint32
+	prefix string // cfg.MessagePrefix(), compared with every logical decoding message
 
 	out       chan Tx       // decoded transactions, up to readAhead
 	queued    atomic.Int64  // rows of the transactions in out
@@ -161,7 +162,7 @@ func startStream(ctx context.Context, conn *pgconn.PgConn, cfg Config) (*Reader,
 	}
 	lctx, stop := context.WithCancel(context.Background())
 	r := &Reader{
-		conn: conn, cfg: cfg, pid: conn.PID(),
+		conn: conn, cfg: cfg, pid: conn.PID(), prefix: cfg.MessagePrefix(),
 		out: make(chan Tx, readAhead), taken: make(chan struct{}, 1),
 		kickCh: make(chan struct{}, 1), flushCh: make(chan chan struct{}, 16),
 		ctx: lctx, stop: stop, done: make(chan struct{}),
@@ -601,7 +602,7 @@ func (r *Reader) logical(data []byte) error {
 		}
 		r.cur.Rows = append(r.cur.Rows, r.dec.decodeRow(rel, m.Tuple))
 	case *pglogrepl.LogicalDecodingMessage:
-		if !m.Transactional || r.cur == nil || m.Prefix != r.cfg.MessagePrefix() {
+		if !m.Transactional || r.cur == nil || m.Prefix != r.prefix {
 			return nil // not an envelope of this outbox (this library writes transactional ones only)
 		}
 		var rw Row

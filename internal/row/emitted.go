@@ -159,18 +159,19 @@ func (r *emittedReader) byte() byte {
 
 func (r *emittedReader) uvarint() uint64 {
 	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail("length")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
+	return r.took(v, n, "length")
 }
 
 func (r *emittedReader) varint() int64 {
 	v, n := binary.Varint(r.b)
+	return int64(r.took(uint64(v), n, "integer"))
+}
+
+// took consumes the n bytes a varint of value v was read from (n <= 0: truncated or
+// overflowing) and returns v, or 0 after an error.
+func (r *emittedReader) took(v uint64, n int, what string) uint64 {
 	if n <= 0 {
-		r.fail("integer")
+		r.fail(what)
 		return 0
 	}
 	r.b = r.b[n:]

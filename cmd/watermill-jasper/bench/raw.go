@@ -87,10 +87,6 @@ func (j *jasperSchema) prefillInTxs(ctx context.Context, topic string, n, perTx 
 // emitInTxs is prefillInTxs for the table-less outbox: the envelopes are logical decoding
 // messages for the schema's default slot (store.Ops.EmitOutgoing), perTx per transaction.
 func (j *jasperSchema) emitInTxs(ctx context.Context, topic string, n, perTx int) error {
-	st, err := j.e.drv.Store(j.cfg)
-	if err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
 	lc, err := logrepl.Config{Schema: j.cfg.Schema}.Normalized()
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
@@ -104,7 +100,7 @@ func (j *jasperSchema) emitInTxs(ctx context.Context, topic string, n, perTx int
 			}
 			envs[i] = e
 		}
-		ok, err := st.EmitOutgoing(ctx, store.EmitParams{Slot: lc.Slot, Prefix: lc.MessagePrefix(), Envelopes: envs})
+		ok, err := j.store.EmitOutgoing(ctx, store.EmitParams{Slot: lc.Slot, Prefix: lc.MessagePrefix(), Envelopes: envs})
 		if err == nil && !ok {
 			err = fmt.Errorf("slot %s missing", lc.Slot)
 		}
